@@ -1,0 +1,392 @@
+//! The broker's typed configuration. File formats are parsed elsewhere into this shape; the
+//! core only sees values, and validates them before they take effect.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the core needs to know. Defaults follow NanoMQ where it has a setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Largest packet accepted from a client, fixed header included (NanoMQ `max_packet_size`).
+    pub max_packet_size: u32,
+    /// Most user properties in one packet (NanoMQ `property_size`).
+    pub property_size: u32,
+    /// Offline / backlog queue length per session (NanoMQ `msq_len`).
+    pub msq_len: u32,
+    /// Seconds NanoMQ waits before resending; we resend on session resume as the spec asks,
+    /// and keep the value for API compatibility (NanoMQ `qos_duration`).
+    pub qos_duration: u32,
+    /// Clients that give no user name may connect (NanoMQ `allow_anonymous`).
+    pub allow_anonymous: bool,
+    /// user name -> password. Empty: no password check for named users.
+    pub users: BTreeMap<String, String>,
+    /// A connection is closed after `keepalive * keepalive_multiplier` seconds of silence.
+    pub keepalive_multiplier: f64,
+    /// Largest keepalive a client may ask for, in seconds; 0 = no cap. v5 clients asking more
+    /// are told the server keepalive, v3 clients are held to it.
+    pub max_keepalive: u16,
+    /// Milliseconds a new connection may take to send CONNECT.
+    pub connect_timeout_ms: u64,
+    /// Unacknowledged QoS 1/2 messages we accept from one client (our Receive Maximum).
+    pub receive_maximum: u16,
+    /// Unacknowledged QoS 1/2 messages we send to one client, capped by its Receive Maximum.
+    pub max_inflight: u16,
+    /// Topic aliases a v5 client may use towards us.
+    pub max_topic_alias: u16,
+    /// Longest client identifier accepted.
+    pub max_client_id_len: u32,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: u32,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: u32,
+    /// Bytes handed to a connection's writer and not yet written before QoS 0 messages to it
+    /// are dropped and QoS 1/2 messages wait in its queue.
+    pub max_write_buffer: u32,
+    /// Largest session expiry a v5 client may ask for, in seconds.
+    pub max_session_expiry: u32,
+    /// Publish `$SYS/brokers/connected` and `$SYS/brokers/disconnected` events.
+    pub sys_events: bool,
+    /// The MQTT-over-TCP listener, NanoMQ URL form (`nmq-tcp://0.0.0.0:1883`).
+    pub url: String,
+    /// Serve the TCP listener at all (HOCON `listeners.tcp.enable`).
+    pub tcp_enable: bool,
+    /// NanoMQ's daemon flag: run in the background (`-d`).
+    pub daemon: bool,
+    /// NanoMQ thread-pool sizing; TideMQ sizes its runtime from `max_taskq_thread` (0 = one
+    /// worker per core) and keeps the others for API compatibility.
+    pub num_taskq_thread: u32,
+    pub max_taskq_thread: u32,
+    pub parallel: u32,
+    pub tls: TlsConfig,
+    pub websocket: WebSocketConfig,
+    pub http_server: HttpServerConfig,
+    /// Named MQTT bridges (old-format single bridge is named `default`).
+    pub bridges: BTreeMap<String, BridgeConfig>,
+    pub log: LogConfig,
+}
+
+/// The TLS listener (NanoMQ `tls.*`, HOCON `listeners.ssl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enable: bool,
+    pub url: String,
+    pub keyfile: Option<String>,
+    pub certfile: Option<String>,
+    pub cacertfile: Option<String>,
+    pub key_password: Option<String>,
+    pub verify_peer: bool,
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enable: false,
+            url: "tls+nmq-tcp://0.0.0.0:8883".to_owned(),
+            keyfile: None,
+            certfile: None,
+            cacertfile: None,
+            key_password: None,
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+        }
+    }
+}
+
+/// The WebSocket listeners (NanoMQ `websocket.*`, HOCON `listeners.ws` / `listeners.wss`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub enable: bool,
+    pub url: String,
+    pub tls_url: String,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enable: false,
+            url: "nmq-ws://0.0.0.0:8083/mqtt".to_owned(),
+            tls_url: "nmq-wss://0.0.0.0:8084/mqtt".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuthType {
+    Basic,
+    Jwt,
+    NoAuth,
+}
+
+/// The admin HTTP API (NanoMQ `http_server.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpServerConfig {
+    pub enable: bool,
+    pub ip_addr: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub auth_type: HttpAuthType,
+    pub jwt_public_keyfile: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: u64,
+    /// Concurrent admin connections.
+    pub limit_conn: u32,
+}
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        HttpServerConfig {
+            enable: false,
+            ip_addr: "0.0.0.0".to_owned(),
+            port: 8081,
+            username: "admin".to_owned(),
+            password: "public".to_owned(),
+            auth_type: HttpAuthType::Basic,
+            jwt_public_keyfile: None,
+            max_body: 1024 * 1024,
+            limit_conn: 32,
+        }
+    }
+}
+
+/// A local topic forwarded to the remote broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeForward {
+    /// Local filter to forward.
+    pub local_topic: String,
+    /// Remote topic prefix replacement; empty keeps the local topic.
+    pub remote_topic: String,
+    pub qos: Option<u8>,
+    pub retain: Option<bool>,
+}
+
+/// A remote filter subscribed to and republished locally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeSubscription {
+    /// Remote filter to subscribe to.
+    pub remote_topic: String,
+    /// Local topic replacement; empty keeps the remote topic.
+    pub local_topic: String,
+    pub qos: u8,
+}
+
+/// One MQTT bridge (NanoMQ `bridge.mqtt.*`, HOCON `bridges.mqtt.<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    pub enable: bool,
+    /// `mqtt-tcp://host:port` (also `tls+mqtt-tcp://`).
+    pub address: String,
+    /// 4 (3.1.1) or 5.
+    pub proto_ver: u8,
+    pub clientid: String,
+    pub keepalive: u16,
+    pub clean_start: bool,
+    pub parallel: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub forwards: Vec<BridgeForward>,
+    pub subscription: Vec<BridgeSubscription>,
+    /// Messages held for the remote while it is unreachable.
+    pub max_send_queue_len: u32,
+    /// Longest reconnect backoff, in seconds.
+    pub backoff_max: u32,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            enable: false,
+            address: "mqtt-tcp://127.0.0.1:1883".to_owned(),
+            proto_ver: 4,
+            clientid: "bridge_client".to_owned(),
+            keepalive: 60,
+            clean_start: true,
+            parallel: 2,
+            username: None,
+            password: None,
+            forwards: Vec::new(),
+            subscription: Vec::new(),
+            max_send_queue_len: 32_768,
+            backoff_max: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Where logs go: `console`, `file` (and `syslog`, accepted as console).
+    pub to: Vec<String>,
+    /// trace, debug, info, warn, error.
+    pub level: String,
+    pub dir: String,
+    pub file: String,
+    /// Bytes per file before rotating.
+    pub rotation_size: u64,
+    pub rotation_count: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            to: vec!["console".to_owned()],
+            level: "info".to_owned(),
+            dir: "/tmp".to_owned(),
+            file: "tidemq.log".to_owned(),
+            rotation_size: 10 * 1024 * 1024,
+            rotation_count: 5,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_packet_size: 1024 * 1024,
+            property_size: 32,
+            msq_len: 2048,
+            qos_duration: 10,
+            allow_anonymous: true,
+            users: BTreeMap::new(),
+            keepalive_multiplier: 1.5,
+            max_keepalive: 0,
+            connect_timeout_ms: 10_000,
+            receive_maximum: 1024,
+            max_inflight: 1024,
+            max_topic_alias: 1024,
+            max_client_id_len: 1024,
+            max_subscriptions: 10_000,
+            max_topic_levels: 128,
+            max_write_buffer: 4 * 1024 * 1024,
+            max_session_expiry: u32::MAX,
+            sys_events: true,
+            url: "nmq-tcp://0.0.0.0:1883".to_owned(),
+            tcp_enable: true,
+            daemon: false,
+            num_taskq_thread: 0,
+            max_taskq_thread: 0,
+            parallel: 0,
+            tls: TlsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            http_server: HttpServerConfig::default(),
+            bridges: BTreeMap::new(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration value outside what the broker can run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every value; the first bad key is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, message: &str| {
+            Err(ConfigError {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.max_packet_size < 16 || self.max_packet_size > 268_435_460 {
+            return err(
+                "max_packet_size",
+                "must be between 16 bytes and 256 MiB (the MQTT limit)",
+            );
+        }
+        if self.msq_len == 0 {
+            return err("msq_len", "must be at least 1");
+        }
+        if !(self.keepalive_multiplier.is_finite()
+            && self.keepalive_multiplier >= 1.0
+            && self.keepalive_multiplier <= 10.0)
+        {
+            return err("keepalive_multiplier", "must be between 1.0 and 10.0");
+        }
+        if self.receive_maximum == 0 {
+            return err("receive_maximum", "must be at least 1");
+        }
+        if self.max_inflight == 0 {
+            return err("max_inflight", "must be at least 1");
+        }
+        if self.max_client_id_len == 0 {
+            return err("max_client_id_len", "must be at least 1");
+        }
+        if self.max_topic_levels == 0 {
+            return err("max_topic_levels", "must be at least 1");
+        }
+        if self.max_write_buffer < 1024 {
+            return err("max_write_buffer", "must be at least 1024 bytes");
+        }
+        if self.connect_timeout_ms == 0 {
+            return err("connect_timeout_ms", "must be at least 1");
+        }
+        if self.http_server.port == 0 {
+            return err("http_server.port", "must be between 1 and 65535");
+        }
+        if self.http_server.auth_type == HttpAuthType::Jwt
+            && self.http_server.jwt_public_keyfile.is_none()
+        {
+            return err(
+                "http_server.jwt.public.keyfile",
+                "is required when http_server.auth_type = jwt",
+            );
+        }
+        if self.http_server.max_body < 64 {
+            return err("http_server.max_body", "must be at least 64 bytes");
+        }
+        if self.tls.enable && (self.tls.certfile.is_none() || self.tls.keyfile.is_none()) {
+            return err(
+                "tls.certfile",
+                "tls.certfile and tls.keyfile are required when TLS is enabled",
+            );
+        }
+        for (name, bridge) in &self.bridges {
+            if !matches!(bridge.proto_ver, 4 | 5) {
+                return Err(ConfigError {
+                    key: "bridge.mqtt.proto_ver",
+                    message: format!("bridge {name}: must be 4 (MQTT 3.1.1) or 5"),
+                });
+            }
+            if bridge.subscription.iter().any(|s| s.qos > 2)
+                || bridge.forwards.iter().any(|f| f.qos.is_some_and(|q| q > 2))
+            {
+                return Err(ConfigError {
+                    key: "bridge.mqtt.subscription.qos",
+                    message: format!("bridge {name}: QoS must be 0, 1 or 2"),
+                });
+            }
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "trace" | "debug" | "info" | "warn" | "error" | "fatal"
+        ) {
+            return err(
+                "log.level",
+                "must be one of trace, debug, info, warn, error, fatal",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,855 @@
+//! NanoMQ's two configuration formats, HOCON (`nanomq.conf`) and the older `key=value` format
+//! (`--old_conf`), read into one [`Config`]. Both are flattened into [`Entry`]s with line
+//! numbers, and one table of keys applies them, so environment variables and command-line
+//! flags go through the same checks. Parsing is pure: the caller reads the files.
+
+use std::collections::BTreeMap;
+
+use crate::config::{BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType};
+
+/// One setting as found in a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Dotted key as written (HOCON path or key=value key).
+    pub key: String,
+    pub value: Raw,
+    /// 1-based line in the source, when known.
+    pub line: Option<usize>,
+}
+
+/// A value before it is given a type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    Str(String),
+    /// A number as written, to be read as an integer or a float.
+    Num(String),
+    Bool(bool),
+    Null,
+    List(Vec<Raw>),
+    Object(Vec<(String, Raw)>),
+}
+
+/// A problem with one setting: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The file (or `environment`, `command line`), set by whoever knows it.
+    pub source: Option<String>,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(source) = &self.source {
+            write!(f, "{source}")?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": ")?;
+        } else if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigIssue {}
+
+impl ConfigIssue {
+    fn at(entry: &Entry, message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            source: None,
+            line: entry.line,
+            key: Some(entry.key.clone()),
+            message: message.into(),
+        }
+    }
+
+    /// Names the source (file path, `environment`, ...).
+    pub fn in_source(mut self, source: &str) -> ConfigIssue {
+        self.source = Some(source.to_owned());
+        self
+    }
+}
+
+/// Which format a source is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Hocon,
+    KeyValue,
+}
+
+/// Reads a HOCON document into entries. `env` resolves `${VAR}` substitutions.
+pub fn parse_hocon(text: &str, env: &BTreeMap<String, String>) -> Result<Vec<Entry>, ConfigIssue> {
+    // The parser wants a std map; it only looks keys up, so its order never shows.
+    #[allow(clippy::disallowed_types)]
+    let env: std::collections::HashMap<String, String> =
+        env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let opts = hocon::ParseOptions::defaults().with_env(env);
+    let parsed = hocon::parse_string_with_options(text, opts).map_err(|e| ConfigIssue {
+        source: None,
+        line: hocon_error_line(&e),
+        key: None,
+        message: format!("not valid HOCON: {e}"),
+    })?;
+    let mut entries = Vec::new();
+    for key in parsed.keys() {
+        if let Some(value) = parsed.get(key) {
+            flatten(text, key, value, &mut entries);
+        }
+    }
+    Ok(entries)
+}
+
+fn hocon_error_line(e: &hocon::HoconError) -> Option<usize> {
+    // The error's text carries "at LINE:COL"; keep it rather than depend on variants.
+    let text = e.to_string();
+    let at = text.find(" at ")?;
+    let digits: String = text
+        .get(at + 4..)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn to_raw(value: &hocon::HoconValue) -> Raw {
+    match value {
+        hocon::HoconValue::Object(map) => {
+            Raw::Object(map.iter().map(|(k, v)| (k.clone(), to_raw(v))).collect())
+        }
+        hocon::HoconValue::Array(items) => Raw::List(items.iter().map(to_raw).collect()),
+        hocon::HoconValue::Scalar(s) => match s.value_type {
+            hocon::ScalarType::String => Raw::Str(s.raw.clone()),
+            hocon::ScalarType::Number => Raw::Num(s.raw.clone()),
+            hocon::ScalarType::Boolean => Raw::Bool(s.raw == "true"),
+            hocon::ScalarType::Null => Raw::Null,
+            _ => Raw::Str(s.raw.clone()),
+        },
+        _ => Raw::Null,
+    }
+}
+
+/// Objects become dotted keys; lists stay whole (forwards, subscriptions, log.to).
+fn flatten(text: &str, path: &str, value: &hocon::HoconValue, out: &mut Vec<Entry>) {
+    match value {
+        hocon::HoconValue::Object(map) => {
+            // An empty section still means "present" (NanoMQ: a section turns its feature on).
+            out.push(Entry {
+                key: path.to_owned(),
+                value: Raw::Object(Vec::new()),
+                line: find_line(text, path),
+            });
+            for (k, v) in map {
+                flatten(text, &format!("{path}.{k}"), v, out);
+            }
+        }
+        other => out.push(Entry {
+            key: path.to_owned(),
+            value: to_raw(other),
+            line: find_line(text, path),
+        }),
+    }
+}
+
+/// The line where a dotted key is written: the last segment as a key, searched after the
+/// line of its parent so that `port` finds the right section's `port`.
+fn find_line(text: &str, path: &str) -> Option<usize> {
+    let mut from = 0usize;
+    let mut found = None;
+    let segments: Vec<&str> = path.split('.').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        // A dotted key written in one piece (`a.b.c = 1`).
+        let rest = segments.get(i..).map(|s| s.join(".")).unwrap_or_default();
+        if let Some(line) = key_line(text, &rest, from) {
+            return Some(line);
+        }
+        match key_line(text, seg, from) {
+            Some(line) => {
+                found = Some(line);
+                from = line;
+            }
+            None => return found,
+        }
+    }
+    found
+}
+
+fn key_line(text: &str, key: &str, after_line: usize) -> Option<usize> {
+    for (i, line) in text.lines().enumerate().skip(after_line.saturating_sub(1)) {
+        let trimmed = line.trim_start();
+        let unquoted = trimmed
+            .strip_prefix('"')
+            .and_then(|t| t.strip_prefix(key))
+            .and_then(|t| t.strip_prefix('"'));
+        let rest = unquoted.or_else(|| trimmed.strip_prefix(key));
+        if let Some(rest) = rest
+            && rest
+                .trim_start()
+                .starts_with(['=', ':', '{', '['])
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Reads NanoMQ's `key=value` format: one setting per line, `#` starts a comment line,
+/// spaces around `=` allowed.
+pub fn parse_key_value(text: &str) -> Result<Vec<Entry>, ConfigIssue> {
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once('=') else {
+            return Err(ConfigIssue {
+                source: None,
+                line: Some(i + 1),
+                key: None,
+                message: format!("expected key=value, found {trimmed:?}"),
+            });
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(ConfigIssue {
+                source: None,
+                line: Some(i + 1),
+                key: None,
+                message: "empty key before '='".to_owned(),
+            });
+        }
+        entries.push(Entry {
+            key: key.to_owned(),
+            value: Raw::Str(value.trim().to_owned()),
+            line: Some(i + 1),
+        });
+    }
+    Ok(entries)
+}
+
+/// The settings NanoMQ reads from its environment, by variable name suffix (after `NANOMQ_`
+/// or `TIDEMQ_`), and the key each sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("BROKER_URL", "url"),
+    ("DAEMON", "daemon"),
+    ("NUM_TASKQ_THREAD", "num_taskq_thread"),
+    ("MAX_TASKQ_THREAD", "max_taskq_thread"),
+    ("PARALLEL", "parallel"),
+    ("PROPERTY_SIZE", "property_size"),
+    ("MAX_PACKET_SIZE", "max_packet_size"),
+    ("MSQ_LEN", "msq_len"),
+    ("QOS_DURATION", "qos_duration"),
+    ("ALLOW_ANONYMOUS", "allow_anonymous"),
+    ("TCP_ENABLE", "tcp.enable"),
+    ("WEBSOCKET_ENABLE", "websocket.enable"),
+    ("WEBSOCKET_URL", "websocket.url"),
+    ("WEBSOCKET_TLS_URL", "websocket.tls_url"),
+    ("HTTP_SERVER_ENABLE", "http_server.enable"),
+    ("HTTP_SERVER_PORT", "http_server.port"),
+    ("HTTP_SERVER_USERNAME", "http_server.username"),
+    ("HTTP_SERVER_PASSWORD", "http_server.password"),
+    ("HTTP_SERVER_AUTH_TYPE", "http_server.auth_type"),
+    ("HTTP_SERVER_JWT_PUBLIC_KEYFILE", "http_server.jwt.public.keyfile"),
+    ("TLS_ENABLE", "tls.enable"),
+    ("TLS_URL", "tls.url"),
+    ("TLS_CA_CERT_PATH", "tls.cacertfile"),
+    ("TLS_CERT_PATH", "tls.certfile"),
+    ("TLS_KEY_PATH", "tls.keyfile"),
+    ("TLS_KEY_PASSWORD", "tls.key_password"),
+    ("TLS_VERIFY_PEER", "tls.verify_peer"),
+    ("TLS_FAIL_IF_NO_PEER_CERT", "tls.fail_if_no_peer_cert"),
+    ("LOG_LEVEL", "log.level"),
+    ("LOG_TO", "log.to"),
+    ("LOG_DIR", "log.dir"),
+    ("LOG_FILE", "log.file"),
+];
+
+/// Entries for the NanoMQ / TideMQ environment variables present in `env`. A `TIDEMQ_`
+/// variable wins over the `NANOMQ_` one of the same name.
+pub fn env_entries(env: &BTreeMap<String, String>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for (suffix, key) in ENV_KEYS {
+        for prefix in ["NANOMQ_", "TIDEMQ_"] {
+            if let Some(v) = env.get(&format!("{prefix}{suffix}")) {
+                out.push(Entry {
+                    key: (*key).to_owned(),
+                    value: Raw::Str(v.clone()),
+                    line: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Applies entries in order (later wins) to `config`. Returns warnings for keys that are
+/// unknown (likely typos) or accepted for NanoMQ compatibility without effect. The first
+/// bad value is an error and leaves `config` unspecified: callers apply to a copy.
+pub fn apply(
+    config: &mut Config,
+    entries: &[Entry],
+    format: Format,
+) -> Result<Vec<ConfigIssue>, ConfigIssue> {
+    let mut warnings = Vec::new();
+    // Old-format users come in halves: `auth.1.login = alice`, `auth.1.password = secret`.
+    let mut kv_users: BTreeMap<u32, (Option<String>, Option<String>, &Entry)> = BTreeMap::new();
+    for entry in entries {
+        if format == Format::KeyValue
+            && let Some((n, field)) = entry
+                .key
+                .strip_prefix("auth.")
+                .and_then(|rest| rest.split_once('.'))
+            && let Ok(n) = n.parse::<u32>()
+            && matches!(field, "login" | "password")
+        {
+            let value = string(&entry.value).map_err(|m| ConfigIssue::at(entry, m))?;
+            let slot = kv_users.entry(n).or_insert((None, None, entry));
+            if field == "login" {
+                slot.0 = Some(value);
+            } else {
+                slot.1 = Some(value);
+            }
+            continue;
+        }
+        match apply_one(config, entry, format) {
+            Ok(Applied::Set | Applied::Section) => {}
+            Ok(Applied::NoEffect) => warnings.push(ConfigIssue::at(
+                entry,
+                "accepted for NanoMQ compatibility; it has no effect in TideMQ",
+            )),
+            Ok(Applied::Unknown) => warnings.push(ConfigIssue::at(entry, "unknown key, ignored")),
+            Err(message) => return Err(ConfigIssue::at(entry, message)),
+        }
+    }
+    for (n, (login, password, entry)) in kv_users {
+        match (login, password) {
+            (Some(login), Some(password)) => {
+                config.users.insert(login, password);
+            }
+            _ => {
+                return Err(ConfigIssue::at(
+                    entry,
+                    format!("auth.{n} needs both auth.{n}.login and auth.{n}.password"),
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+enum Applied {
+    Set,
+    /// A section header (HOCON object); its keys come as their own entries.
+    Section,
+    NoEffect,
+    Unknown,
+}
+
+fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, String> {
+    let v = &e.value;
+    let key = e.key.as_str();
+    // NanoMQ's old format gives packet sizes in KB.
+    let kb = format == Format::KeyValue;
+    match key {
+        "url" => c.url = string(v)?,
+        "tcp.enable" | "listeners.tcp.enable" | "enable" => c.tcp_enable = boolean(v)?,
+        "listeners.tcp.bind" => c.url = format!("nmq-tcp://{}", string(v)?),
+        "daemon" | "system.daemon" => c.daemon = boolean(v)?,
+        "num_taskq_thread" | "system.num_taskq_thread" => c.num_taskq_thread = int(v)?,
+        "max_taskq_thread" | "system.max_taskq_thread" => c.max_taskq_thread = int(v)?,
+        "parallel" | "system.parallel" => c.parallel = int(v)?,
+        "property_size" | "mqtt.property_size" => c.property_size = int(v)?,
+        "max_packet_size" if kb => {
+            c.max_packet_size = int::<u32>(v)?
+                .checked_mul(1024)
+                .ok_or("too large (the value is in KB)")?
+        }
+        "max_packet_size" | "mqtt.max_packet_size" => c.max_packet_size = size(v)?,
+        "msq_len" | "mqtt.max_mqueue_len" => c.msq_len = int(v)?,
+        "qos_duration" | "mqtt.retry_interval" => c.qos_duration = seconds(v)?,
+        "allow_anonymous" | "auth.allow_anonymous" => c.allow_anonymous = boolean(v)?,
+        "keepalive_backoff" => {
+            c.keepalive_multiplier = float(v)? / 1000.0;
+        }
+        "keepalive_multiplier" | "mqtt.keepalive_multiplier" => {
+            c.keepalive_multiplier = float(v)?
+        }
+        "max_inflight" | "max_inflight_window" | "mqtt.max_inflight_window" => {
+            c.max_inflight = int(v)?
+        }
+        "receive_maximum" | "mqtt.receive_maximum" | "mqtt.max_awaiting_rel" => {
+            c.receive_maximum = int(v)?
+        }
+        "max_topic_alias" | "mqtt.max_topic_alias" => c.max_topic_alias = int(v)?,
+        "max_keepalive" | "mqtt.max_keepalive" => c.max_keepalive = seconds(v)?,
+        "connect_timeout" | "mqtt.connect_timeout" => c.connect_timeout_ms = millis(v)?,
+        "max_client_id_len" | "mqtt.max_client_id_len" => c.max_client_id_len = int(v)?,
+        "max_subscriptions" | "mqtt.max_subscriptions" => c.max_subscriptions = int(v)?,
+        "max_topic_levels" | "mqtt.max_topic_levels" => c.max_topic_levels = int(v)?,
+        "max_write_buffer" | "mqtt.max_write_buffer" => c.max_write_buffer = size(v)?,
+        "max_session_expiry" | "mqtt.max_session_expiry" => c.max_session_expiry = seconds(v)?,
+        "sys_events" | "mqtt.sys_events" => c.sys_events = boolean(v)?,
+
+        "tls.enable" | "listeners.ssl.enable" => c.tls.enable = boolean(v)?,
+        "tls.url" => c.tls.url = string(v)?,
+        "listeners.ssl.bind" => c.tls.url = format!("tls+nmq-tcp://{}", string(v)?),
+        "tls.keyfile" | "listeners.ssl.keyfile" => c.tls.keyfile = opt_string(v)?,
+        "tls.certfile" | "listeners.ssl.certfile" => c.tls.certfile = opt_string(v)?,
+        "tls.cacertfile" | "listeners.ssl.cacertfile" => c.tls.cacertfile = opt_string(v)?,
+        "tls.key_password" | "listeners.ssl.key_password" => {
+            c.tls.key_password = opt_string(v)?
+        }
+        "tls.verify_peer" | "listeners.ssl.verify_peer" => c.tls.verify_peer = boolean(v)?,
+        "tls.fail_if_no_peer_cert" | "listeners.ssl.fail_if_no_peer_cert" => {
+            c.tls.fail_if_no_peer_cert = boolean(v)?
+        }
+        "websocket.enable" | "listeners.ws.enable" => c.websocket.enable = boolean(v)?,
+        "websocket.url" => c.websocket.url = string(v)?,
+        "listeners.ws.bind" => c.websocket.url = format!("nmq-ws://{}", string(v)?),
+        "websocket.tls_url" => c.websocket.tls_url = string(v)?,
+        "listeners.wss.bind" => c.websocket.tls_url = format!("nmq-wss://{}", string(v)?),
+        "listeners" | "listeners.tcp" => return Ok(Applied::Section),
+        "listeners.ssl" => {
+            c.tls.enable = true;
+            return Ok(Applied::Section);
+        }
+        "listeners.ws" => {
+            c.websocket.enable = true;
+            return Ok(Applied::Section);
+        }
+        "listeners.wss" => return Ok(Applied::Section),
+
+        "http_server" => {
+            c.http_server.enable = true;
+            return Ok(Applied::Section);
+        }
+        "http_server.enable" => c.http_server.enable = boolean(v)?,
+        "http_server.port" => c.http_server.port = int(v)?,
+        "http_server.ip_addr" => c.http_server.ip_addr = string(v)?,
+        "http_server.username" => c.http_server.username = string(v)?,
+        "http_server.password" => c.http_server.password = string(v)?,
+        "http_server.auth_type" => {
+            c.http_server.auth_type = match string(v)?.as_str() {
+                "basic" => HttpAuthType::Basic,
+                "jwt" => HttpAuthType::Jwt,
+                "no_auth" | "none" => HttpAuthType::NoAuth,
+                other => return Err(format!("{other:?}: expected basic, jwt or no_auth")),
+            }
+        }
+        "http_server.jwt.public.keyfile" => c.http_server.jwt_public_keyfile = opt_string(v)?,
+        "http_server.max_body" => c.http_server.max_body = size(v)?,
+        "http_server.limit_conn" => c.http_server.limit_conn = int(v)?,
+        "http_server.jwt" | "http_server.jwt.public" | "http_server.jwt.private" => {
+            return Ok(Applied::Section);
+        }
+        "http_server.parallel" | "http_server.jwt.private.keyfile" => {
+            return Ok(Applied::NoEffect);
+        }
+
+        "log" | "log.rotation" => return Ok(Applied::Section),
+        "log.to" => c.log.to = string_list(v)?,
+        "log.level" => c.log.level = string(v)?.to_ascii_lowercase(),
+        "log.dir" => c.log.dir = string(v)?,
+        "log.file" => c.log.file = string(v)?,
+        "log.rotation.size" => c.log.rotation_size = size(v)?,
+        "log.rotation.count" => c.log.rotation_count = int(v)?,
+
+        "system" | "mqtt" | "auth" | "auth.password" | "bridges" | "bridges.mqtt" => {
+            return Ok(Applied::Section);
+        }
+        "client_max_packet_size"
+        | "mqtt.client_max_packet_size"
+        | "mqtt.await_rel_timeout"
+        | "mqtt.batch_resend"
+        | "enable_ipc_internal"
+        | "system.enable_ipc_internal"
+        | "system.hook_ipc_url"
+        | "system.cmd_ipc_url"
+        | "auth_enable"
+        | "acl_enable"
+        | "acl_nomatch"
+        | "acl_deny_action"
+        | "auth.no_match"
+        | "auth.deny_action" => return Ok(Applied::NoEffect),
+        _ => return apply_prefixed(c, e, format),
+    }
+    Ok(Applied::Set)
+}
+
+/// Keys with a variable part: users, bridges, and sections we accept without effect.
+fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, String> {
+    let key = e.key.as_str();
+    if let Some(user) = key.strip_prefix("auth.password.") {
+        c.users.insert(user.trim_matches('"').to_owned(), string(&e.value)?);
+        return Ok(Applied::Set);
+    }
+    if let Some(rest) = key.strip_prefix("bridges.mqtt.") {
+        let (name, field) = rest.split_once('.').unwrap_or((rest, ""));
+        return apply_bridge(c, name, field, &e.value, format);
+    }
+    if let Some(rest) = key.strip_prefix("bridge.mqtt.") {
+        // `bridge.mqtt.<field>` is the single old-style bridge; `bridge.mqtt.<name>.<field>`
+        // a named one.
+        let first = rest.split('.').next().unwrap_or_default();
+        if is_bridge_field(first) {
+            return apply_bridge(c, "default", rest, &e.value, format);
+        }
+        let (name, field) = rest.split_once('.').unwrap_or((rest, ""));
+        return apply_bridge(c, name, field, &e.value, format);
+    }
+    let no_effect_sections = [
+        "auth.acl",
+        "auth.cache",
+        "auth.http_auth",
+        "auth.http",
+        "acl.rule",
+        "sqlite",
+        "webhook",
+        "web.hook",
+        "rules",
+        "rule",
+        "preset",
+        "exchange_client",
+        "parquet",
+        "plugin",
+        "bridges.aws",
+        "bridges.nng",
+        "aws",
+        "listeners.quic",
+        "log.syslog",
+    ];
+    if no_effect_sections
+        .iter()
+        .any(|s| key == *s || key.starts_with(&format!("{s}.")))
+    {
+        return Ok(Applied::NoEffect);
+    }
+    Ok(Applied::Unknown)
+}
+
+fn is_bridge_field(s: &str) -> bool {
+    matches!(
+        s,
+        "bridge_mode"
+            | "enable"
+            | "address"
+            | "server"
+            | "proto_ver"
+            | "clientid"
+            | "keepalive"
+            | "clean_start"
+            | "parallel"
+            | "username"
+            | "password"
+            | "forwards"
+            | "subscription"
+            | "max_send_queue_len"
+            | "backoff_max"
+    )
+}
+
+fn apply_bridge(
+    c: &mut Config,
+    name: &str,
+    field: &str,
+    v: &Raw,
+    format: Format,
+) -> Result<Applied, String> {
+    if name.is_empty() {
+        return Ok(Applied::Unknown);
+    }
+    let hocon = format == Format::Hocon;
+    let b = c.bridges.entry(name.to_owned()).or_insert_with(|| BridgeConfig {
+        // A HOCON bridge section is on unless it says otherwise; the old format has
+        // `bridge_mode`.
+        enable: hocon,
+        ..BridgeConfig::default()
+    });
+    match field {
+        "" => return Ok(Applied::Section),
+        "bridge_mode" | "enable" => b.enable = boolean(v)?,
+        "address" | "server" => {
+            let addr = string(v)?;
+            b.address = if addr.contains("://") {
+                addr
+            } else {
+                format!("mqtt-tcp://{addr}")
+            };
+        }
+        "proto_ver" => b.proto_ver = int(v)?,
+        "clientid" => b.clientid = string(v)?,
+        "keepalive" => b.keepalive = seconds(v)?,
+        "clean_start" => b.clean_start = boolean(v)?,
+        "parallel" | "max_parallel_processes" => b.parallel = int(v)?,
+        "username" => b.username = opt_string(v)?,
+        "password" => b.password = opt_string(v)?,
+        "max_send_queue_len" => b.max_send_queue_len = int(v)?,
+        "backoff_max" => b.backoff_max = seconds(v)?,
+        "forwards" => b.forwards = forwards(v)?,
+        "subscription" => b.subscription = subscriptions(v)?,
+        _ => {
+            // Old format lists: `subscription.<n>.topic|qos|remote_topic|local_topic`,
+            // `forwards.<n>.remote_topic|local_topic|qos|retain`.
+            let mut parts = field.splitn(3, '.');
+            let (list, n, sub) = (parts.next(), parts.next(), parts.next());
+            if let (Some(list @ ("subscription" | "forwards")), Some(n), Some(sub)) = (list, n, sub)
+            {
+                let index: usize = n
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                    .ok_or_else(|| format!("{list} entries are numbered from 1"))?;
+                if index > 4096 {
+                    return Err(format!("{list} index {n} is too large"));
+                }
+                if list == "subscription" {
+                    if b.subscription.len() <= index {
+                        b.subscription.resize(index + 1, BridgeSubscription::default());
+                    }
+                    let s = b.subscription.get_mut(index).ok_or("bad index")?;
+                    match sub {
+                        "topic" => {
+                            s.remote_topic = string(v)?;
+                        }
+                        "remote_topic" => s.remote_topic = string(v)?,
+                        "local_topic" => s.local_topic = string(v)?,
+                        "qos" => s.qos = int(v)?,
+                        "retain" | "retain_as_published" | "retain_handling" => {
+                            return Ok(Applied::NoEffect);
+                        }
+                        _ => return Ok(Applied::Unknown),
+                    }
+                } else {
+                    if b.forwards.len() <= index {
+                        b.forwards.resize(index + 1, BridgeForward::default());
+                    }
+                    let f = b.forwards.get_mut(index).ok_or("bad index")?;
+                    match sub {
+                        "remote_topic" => f.remote_topic = string(v)?,
+                        "local_topic" => f.local_topic = string(v)?,
+                        "qos" => f.qos = Some(int(v)?),
+                        "retain" => f.retain = Some(boolean(v)?),
+                        _ => return Ok(Applied::Unknown),
+                    }
+                }
+                return Ok(Applied::Set);
+            }
+            return Ok(Applied::NoEffect);
+        }
+    }
+    Ok(Applied::Set)
+}
+
+fn forwards(v: &Raw) -> Result<Vec<BridgeForward>, String> {
+    match v {
+        // Old format: `forwards=topic1/#,topic2/#`.
+        Raw::Str(s) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| BridgeForward {
+                local_topic: t.to_owned(),
+                ..BridgeForward::default()
+            })
+            .collect()),
+        Raw::List(items) => items
+            .iter()
+            .map(|item| match item {
+                Raw::Str(t) => Ok(BridgeForward {
+                    local_topic: t.clone(),
+                    ..BridgeForward::default()
+                }),
+                Raw::Object(fields) => {
+                    let mut f = BridgeForward::default();
+                    for (k, v) in fields {
+                        match k.as_str() {
+                            "local_topic" => f.local_topic = string(v)?,
+                            "remote_topic" => f.remote_topic = string(v)?,
+                            "qos" => f.qos = Some(int(v)?),
+                            "retain" => f.retain = Some(boolean(v)?),
+                            "prefix" | "suffix" => {}
+                            other => return Err(format!("unknown forwards field {other:?}")),
+                        }
+                    }
+                    if f.local_topic.is_empty() {
+                        f.local_topic = f.remote_topic.clone();
+                    }
+                    Ok(f)
+                }
+                _ => Err("forwards entries must be topics or objects".to_owned()),
+            })
+            .collect(),
+        _ => Err("expected a list of forwards".to_owned()),
+    }
+}
+
+fn subscriptions(v: &Raw) -> Result<Vec<BridgeSubscription>, String> {
+    let Raw::List(items) = v else {
+        return Err("expected a list of subscriptions".to_owned());
+    };
+    items
+        .iter()
+        .map(|item| {
+            let Raw::Object(fields) = item else {
+                return Err("subscription entries must be objects".to_owned());
+            };
+            let mut s = BridgeSubscription::default();
+            for (k, v) in fields {
+                match k.as_str() {
+                    "topic" | "remote_topic" => s.remote_topic = string(v)?,
+                    "local_topic" => s.local_topic = string(v)?,
+                    "qos" => s.qos = int(v)?,
+                    "retain" | "retain_as_published" | "retain_handling" | "prefix"
+                    | "suffix" => {}
+                    other => return Err(format!("unknown subscription field {other:?}")),
+                }
+            }
+            Ok(s)
+        })
+        .collect()
+}
+
+// ----- typed readers ----------------------------------------------------------------------
+
+fn string(v: &Raw) -> Result<String, String> {
+    match v {
+        Raw::Str(s) | Raw::Num(s) => Ok(s.clone()),
+        Raw::Bool(b) => Ok(b.to_string()),
+        _ => Err("expected a string".to_owned()),
+    }
+}
+
+fn opt_string(v: &Raw) -> Result<Option<String>, String> {
+    match v {
+        Raw::Null => Ok(None),
+        Raw::Str(s) if s.is_empty() => Ok(None),
+        other => string(other).map(Some),
+    }
+}
+
+fn string_list(v: &Raw) -> Result<Vec<String>, String> {
+    match v {
+        Raw::List(items) => items.iter().map(string).collect(),
+        Raw::Str(s) => Ok(s
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()),
+        _ => Err("expected a list".to_owned()),
+    }
+}
+
+fn boolean(v: &Raw) -> Result<bool, String> {
+    match v {
+        Raw::Bool(b) => Ok(*b),
+        Raw::Str(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(format!("{s:?} is not a boolean (true or false)")),
+        },
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn int<T: TryFrom<u64>>(v: &Raw) -> Result<T, String> {
+    let text = match v {
+        Raw::Num(s) | Raw::Str(s) => s.trim(),
+        _ => return Err("expected a whole number".to_owned()),
+    };
+    let n: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    T::try_from(n).map_err(|_| format!("{n} is out of range"))
+}
+
+fn float(v: &Raw) -> Result<f64, String> {
+    let text = match v {
+        Raw::Num(s) | Raw::Str(s) => s.trim(),
+        _ => return Err("expected a number".to_owned()),
+    };
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// A size as NanoMQ reads it: a number and an optional unit, `B`, `K`/`KB` = 1024,
+/// `M`/`MB` = 1024², `G`/`GB` = 1024³ (case-insensitive); a bare number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1024, 10KB, 256MB)"))?;
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" => 1024,
+        "M" | "MB" => 1024 * 1024,
+        "G" | "GB" => 1024 * 1024 * 1024,
+        _ => return Err(format!("{text:?}: unknown size unit (B, KB, MB, GB)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A duration in milliseconds: a number of seconds, or a number with `ms`, `s`, `m`, `h`, `d`.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30, 30s, 500ms, 1m)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "s" => 1000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: unknown duration unit (ms, s, m, h, d)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn size<T: TryFrom<u64>>(v: &Raw) -> Result<T, String> {
+    let n = match v {
+        Raw::Num(s) | Raw::Str(s) => parse_size(s)?,
+        _ => return Err("expected a size (e.g. 1024, 10KB, 256MB)".to_owned()),
+    };
+    T::try_from(n).map_err(|_| format!("{n} bytes is out of range"))
+}
+
+fn millis<T: TryFrom<u64>>(v: &Raw) -> Result<T, String> {
+    let n = match v {
+        Raw::Num(s) | Raw::Str(s) => parse_duration_ms(s)?,
+        _ => return Err("expected a duration (e.g. 30s)".to_owned()),
+    };
+    T::try_from(n).map_err(|_| format!("{n} ms is out of range"))
+}
+
+fn seconds<T: TryFrom<u64>>(v: &Raw) -> Result<T, String> {
+    let ms: u64 = millis(v)?;
+    T::try_from(ms / 1000).map_err(|_| format!("{} s is out of range", ms / 1000))
+}
+
+/// Parses a whole configuration source and layers it over `base`.
+pub fn load(
+    base: &Config,
+    text: &str,
+    format: Format,
+    env: &BTreeMap<String, String>,
+) -> Result<(Config, Vec<ConfigIssue>), ConfigIssue> {
+    let entries = match format {
+        Format::Hocon => parse_hocon(text, env)?,
+        Format::KeyValue => parse_key_value(text)?,
+    };
+    let mut config = base.clone();
+    let warnings = apply(&mut config, &entries, format)?;
+    Ok((config, warnings))
+}

@@ -1,0 +1,119 @@
+//! TideMQ's broker core: a pure, deterministic MQTT state machine.
+//!
+//! Feed one [`Input`] at a time to [`Broker::handle_input`], then drain
+//! [`Broker::poll_output`] until it returns `None`, then wait until [`Broker::poll_timeout`] (or
+//! the next input) and call again. The core never reads a clock, never does I/O, and draws
+//! randomness only from the seed it was built with: the same inputs give the same outputs.
+
+mod broker;
+pub mod codec;
+pub mod config;
+pub mod config_parse;
+mod rng;
+mod session;
+mod sys;
+pub mod topic;
+
+pub use broker::{Broker, Stats};
+pub use config::{Config, ConfigError};
+
+use bytes::Bytes;
+
+/// A point on the core's monotonic time axis, in milliseconds from an arbitrary origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(pub u64);
+
+impl Instant {
+    pub fn plus_ms(self, ms: u64) -> Instant {
+        Instant(self.0.saturating_add(ms))
+    }
+
+    pub fn plus_secs(self, secs: u64) -> Instant {
+        self.plus_ms(secs.saturating_mul(1000))
+    }
+
+    /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Instant) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A network connection, numbered by the caller (the runtime or a simulator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Everything that can happen to the broker. One input is one mutation.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A client connection was accepted. `peer` is its address as `ip:port`.
+    Accepted { conn: ConnId, peer: String },
+    /// Bytes arrived on a connection, in any fragmentation.
+    Received { conn: ConnId, bytes: Bytes },
+    /// The connection's writer has put `bytes` more bytes of earlier [`Output::Transmit`]s on
+    /// the wire; this is the core's flow control towards slow readers.
+    Written { conn: ConnId, bytes: usize },
+    /// The connection closed from the other side or failed.
+    Closed { conn: ConnId },
+    /// `now` reached [`Broker::poll_timeout`].
+    Timeout,
+    /// The wall clock, in milliseconds since the Unix epoch, at `now`. Used only for
+    /// timestamps shown to users.
+    WallClock { unix_ms: u64 },
+    /// Replace the configuration. Applied only if it validates; limits advertised to
+    /// clients already connected stay as they were told.
+    ConfigChange(Box<Config>),
+    /// Stop: every connection is told (v5: DISCONNECT 0x8B) and closed.
+    Shutdown,
+}
+
+/// What the broker asks its driver to do, or tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Write these bytes to the connection, in order.
+    Transmit { conn: ConnId, bytes: Bytes },
+    /// Close the connection after the bytes already asked for are written. No
+    /// [`Input::Closed`] is needed afterwards.
+    Close { conn: ConnId },
+    /// Something worth logging or counting.
+    Event(BrokerEvent),
+}
+
+/// Observable facts, for logs and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrokerEvent {
+    ClientConnected {
+        conn: ConnId,
+        client_id: String,
+        protocol: u8,
+        session_present: bool,
+    },
+    ConnectRefused {
+        conn: ConnId,
+        client_id: String,
+        reason_code: u8,
+    },
+    ClientDisconnected {
+        conn: ConnId,
+        client_id: Option<String>,
+        reason_code: u8,
+        detail: String,
+    },
+    SessionExpired {
+        client_id: String,
+    },
+    MessagesDropped {
+        client_id: String,
+        count: u64,
+        why: &'static str,
+    },
+    ConfigApplied,
+    ConfigRejected {
+        error: ConfigError,
+    },
+}

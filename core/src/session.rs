@@ -1,0 +1,153 @@
+//! Per-client session state: subscriptions, the outbound inflight window and queue, the
+//! inbound QoS 2 ids awaiting PUBREL, the will, and expiry.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions, Will};
+use crate::{ConnId, Instant};
+
+pub(crate) type SessionId = u64;
+
+/// Session expiry meaning "never" (v5 0xFFFFFFFF; also 3.1.1 clean session 0).
+pub(crate) const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// A message as routed: shared by every subscriber it goes to.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// PUBLISH properties to pass on (no topic alias, no subscription identifiers).
+    pub properties: Properties,
+    /// When the message stops being deliverable (v5 message expiry).
+    pub expires_at: Option<Instant>,
+    /// The session that published it, for no-local.
+    pub publisher: Option<SessionId>,
+}
+
+impl Message {
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// One message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutStage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub delivery: Delivery,
+    pub stage: OutStage,
+}
+
+/// What a subscription asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub client_id: String,
+    pub conn: Option<ConnId>,
+    pub version: ProtocolVersion,
+    pub username: Option<String>,
+    /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for never.
+    pub expiry_secs: u32,
+    /// Raw filter as subscribed (with any `$share/group/` prefix) -> options.
+    pub subscriptions: BTreeMap<String, Subscription>,
+    /// Outbound QoS 1/2 messages not yet acknowledged, by packet id, in send order.
+    pub inflight: BTreeMap<u16, Inflight>,
+    /// Send order of `inflight` keys, for resending in order on resume.
+    pub inflight_order: VecDeque<u16>,
+    pub next_packet_id: u16,
+    /// Messages waiting for the connection, the inflight window or the writer.
+    pub queue: VecDeque<Delivery>,
+    /// Inbound QoS 2 packet ids received and not yet released.
+    pub awaiting_rel: BTreeSet<u16>,
+    /// The will of the current connection, or of the last one while its delay runs.
+    pub will: Option<Will>,
+    /// When a delayed will is due.
+    pub will_at: Option<Instant>,
+    /// When the session ends, once disconnected.
+    pub expires_at: Option<Instant>,
+    /// The session timer currently armed, if any.
+    pub timer_armed: Option<Instant>,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: String, version: ProtocolVersion) -> Session {
+        Session {
+            client_id,
+            conn: None,
+            version,
+            username: None,
+            expiry_secs: 0,
+            subscriptions: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            inflight_order: VecDeque::new(),
+            next_packet_id: 1,
+            queue: VecDeque::new(),
+            awaiting_rel: BTreeSet::new(),
+            will: None,
+            will_at: None,
+            expires_at: None,
+            timer_armed: None,
+            messages_received: 0,
+            messages_sent: 0,
+            messages_dropped: 0,
+        }
+    }
+
+    /// A free packet id, or `None` when all 65,535 are in flight.
+    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+        if self.inflight.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if id != 0 && !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// The session's next deadline: will delay or expiry, whichever is first.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.will_at, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn remove_inflight(&mut self, id: u16) -> Option<Inflight> {
+        let removed = self.inflight.remove(&id)?;
+        if let Some(pos) = self.inflight_order.iter().position(|x| *x == id) {
+            self.inflight_order.remove(pos);
+        }
+        Some(removed)
+    }
+}

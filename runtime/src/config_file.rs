@@ -1,0 +1,244 @@
+//! Where the configuration comes from: built-in defaults, then the file, then environment
+//! variables, then command-line flags (later wins). Reading files lives here; parsing and
+//! validation live in the core.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tidemq_core::Config;
+use tidemq_core::config_parse::{self, ConfigIssue, Entry, Format, Raw};
+
+/// The file a broker reads, and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
+/// Everything that decides the configuration, kept so that a reload can redo it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigInputs {
+    /// The file, if one is used.
+    pub source: Option<ConfigSource>,
+    /// Settings from command-line flags, as key/value entries.
+    pub flags: Vec<(String, String)>,
+}
+
+/// The configuration and what was noticed on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// Picks the file: the `--conf`/`--old_conf` flag, else `NANOMQ_CONF_PATH`/`TIDEMQ_CONF_PATH`,
+/// else `etc/nanomq.conf` in the working directory, else `nanomq.conf` beside the binary,
+/// else `/etc/nanomq.conf`. `None` when none exists: built-in defaults apply.
+pub fn find_source(
+    conf: Option<&Path>,
+    old_conf: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Option<ConfigSource> {
+    if let Some(path) = old_conf {
+        return Some(ConfigSource {
+            path: path.to_owned(),
+            format: Format::KeyValue,
+        });
+    }
+    let hocon = |path: PathBuf| ConfigSource {
+        path,
+        format: Format::Hocon,
+    };
+    if let Some(path) = conf {
+        return Some(hocon(path.to_owned()));
+    }
+    for var in ["TIDEMQ_CONF_PATH", "NANOMQ_CONF_PATH"] {
+        if let Some(path) = env.get(var) {
+            return Some(hocon(PathBuf::from(path)));
+        }
+    }
+    let beside_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("nanomq.conf")));
+    [
+        Some(PathBuf::from("etc/nanomq.conf")),
+        beside_binary,
+        Some(PathBuf::from("/etc/nanomq.conf")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+    .map(hocon)
+}
+
+/// Builds and validates the configuration from its inputs. Nothing is applied on error.
+pub fn load(inputs: &ConfigInputs, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigIssue> {
+    let mut config = Config::default();
+    let mut warnings = Vec::new();
+    if let Some(source) = &inputs.source {
+        let name = source.path.display().to_string();
+        let text = std::fs::read_to_string(&source.path).map_err(|e| ConfigIssue {
+            source: Some(name.clone()),
+            line: None,
+            key: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        let (loaded, file_warnings) = config_parse::load(&config, &text, source.format, env)
+            .map_err(|e| e.in_source(&name))?;
+        config = loaded;
+        warnings.extend(file_warnings.into_iter().map(|w| w.in_source(&name)));
+    }
+    let env_warnings = config_parse::apply(
+        &mut config,
+        &config_parse::env_entries(env),
+        Format::KeyValue,
+    )
+    .map_err(|e| e.in_source("environment"))?;
+    warnings.extend(env_warnings.into_iter().map(|w| w.in_source("environment")));
+    let flags: Vec<Entry> = inputs
+        .flags
+        .iter()
+        .map(|(key, value)| Entry {
+            key: key.clone(),
+            value: Raw::Str(value.clone()),
+            line: None,
+        })
+        .collect();
+    let flag_warnings = config_parse::apply(&mut config, &flags, Format::Hocon)
+        .map_err(|e| e.in_source("command line"))?;
+    warnings.extend(flag_warnings.into_iter().map(|w| w.in_source("command line")));
+    config.validate().map_err(|e| {
+        ConfigIssue {
+            source: None,
+            line: None,
+            key: Some(e.key.to_owned()),
+            message: e.message,
+        }
+        .in_source(
+            &inputs
+                .source
+                .as_ref()
+                .map_or("configuration".to_owned(), |s| s.path.display().to_string()),
+        )
+    })?;
+    Ok(Loaded { config, warnings })
+}
+
+/// The process environment, as the map the loaders take.
+pub fn process_env() -> BTreeMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// The configuration as JSON for display, with passwords and key passwords masked.
+pub fn masked_json(config: &Config) -> String {
+    let mut shown = config.clone();
+    const MASK: &str = "******";
+    for password in shown.users.values_mut() {
+        *password = MASK.to_owned();
+    }
+    shown.http_server.password = MASK.to_owned();
+    if shown.tls.key_password.is_some() {
+        shown.tls.key_password = Some(MASK.to_owned());
+    }
+    for bridge in shown.bridges.values_mut() {
+        if bridge.password.is_some() {
+            bridge.password = Some(MASK.to_owned());
+        }
+    }
+    serde_json::to_string_pretty(&shown).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tidemq-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn precedence_is_defaults_then_file_then_env_then_flags() {
+        let path = temp_file(
+            "precedence.conf",
+            "mqtt { max_mqueue_len = 10, property_size = 11 }\nhttp_server { port = 9001 }\n",
+        );
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path,
+                format: Format::Hocon,
+            }),
+            flags: vec![("property_size".to_owned(), "13".to_owned())],
+        };
+        let loaded = load(
+            &inputs,
+            &env(&[("NANOMQ_MSQ_LEN", "12"), ("NANOMQ_PROPERTY_SIZE", "12")]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.msq_len, 12, "env beats file");
+        assert_eq!(loaded.config.property_size, 13, "flag beats env");
+        assert_eq!(loaded.config.http_server.port, 9001, "file beats default");
+        assert_eq!(loaded.config.max_inflight, Config::default().max_inflight);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let path = temp_file("broken.conf", "mqtt {\n  max_mqueue_len = -3\n}\n");
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: path.clone(),
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        let err = load(&inputs, &BTreeMap::new()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}:2: mqtt.max_mqueue_len", path.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: PathBuf::from("/nonexistent/nanomq.conf"),
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        let err = load(&inputs, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/nanomq.conf"), "{err}");
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn old_conf_flag_selects_the_key_value_format() {
+        let source = find_source(None, Some(Path::new("x.conf")), &BTreeMap::new()).unwrap();
+        assert_eq!(source.format, Format::KeyValue);
+        let source = find_source(None, None, &env(&[("NANOMQ_CONF_PATH", "/a.conf")])).unwrap();
+        assert_eq!(source.path, PathBuf::from("/a.conf"));
+        assert_eq!(source.format, Format::Hocon);
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let mut config = Config::default();
+        config.users.insert("alice".to_owned(), "s3cret".to_owned());
+        config.http_server.password = "adminpw".to_owned();
+        let shown = masked_json(&config);
+        assert!(!shown.contains("s3cret") && !shown.contains("adminpw"), "{shown}");
+        assert!(shown.contains("alice"));
+    }
+}

@@ -1,0 +1,13 @@
+//! TideMQ's tokio runtime: sockets, clock and signals around the sans-IO core.
+//!
+//! One driver task owns the [`tidemq_core::Broker`] and feeds it one input at a time; small
+//! per-connection tasks only move bytes. The runtime holds no protocol logic.
+
+pub mod config_file;
+mod driver;
+mod listener;
+pub mod logging;
+pub mod pidfile;
+
+pub use driver::{Control, Server, ServerHandle};
+pub use listener::{ListenerUrl, parse_listener_url};

@@ -1,0 +1,162 @@
+//! Logs through `tracing`: to the console and/or a size-rotated file, with a level that a
+//! reload can change.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tidemq_core::config::LogConfig;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Changes the log level of the running process.
+pub struct LogHandle {
+    filter: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+}
+
+impl LogHandle {
+    pub fn set_level(&self, level: &str) {
+        if std::env::var_os("RUST_LOG").is_some() {
+            return;
+        }
+        if let Ok(filter) = EnvFilter::try_new(level_directive(level)) {
+            let _ = self.filter.reload(filter);
+        }
+    }
+}
+
+/// NanoMQ's `fatal` is `error` here.
+fn level_directive(level: &str) -> &str {
+    match level {
+        "fatal" => "error",
+        other => other,
+    }
+}
+
+/// Sets up the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
+pub fn init(config: &LogConfig) -> Result<LogHandle, String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level_directive(&config.level)))
+        .map_err(|e| format!("log.level: {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let to_console = config.to.iter().any(|t| t == "console" || t == "syslog");
+    let to_file = config.to.iter().any(|t| t == "file");
+    let console = to_console.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
+    });
+    let file = if to_file {
+        let path = PathBuf::from(&config.dir).join(&config.file);
+        let writer = RotatingFile::open(path, config.rotation_size, config.rotation_count)
+            .map_err(|e| format!("log file: {e}"))?;
+        Some(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(false),
+        )
+    } else {
+        None
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(console)
+        .with(file)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(LogHandle { filter: handle })
+}
+
+/// A log file that moves to `.1`, `.2`, ... when it reaches its size limit.
+#[derive(Clone)]
+struct RotatingFile {
+    inner: Arc<Mutex<Rotating>>,
+}
+
+struct Rotating {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    fn open(path: PathBuf, max_size: u64, keep: u32) -> io::Result<RotatingFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(RotatingFile {
+            inner: Arc::new(Mutex::new(Rotating {
+                path,
+                file,
+                size,
+                max_size: max_size.max(4096),
+                keep,
+            })),
+        })
+    }
+}
+
+impl Rotating {
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        if self.keep == 0 {
+            self.file = File::create(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("log file lock poisoned"))?;
+        if inner.size > 0 && inner.size + buf.len() as u64 > inner.max_size {
+            inner.rotate()?;
+        }
+        let n = inner.file.write(buf)?;
+        inner.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("log file lock poisoned"))?;
+        inner.file.flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for RotatingFile {
+    type Writer = RotatingFile;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}

@@ -1,0 +1,254 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! Configuration files, SIGHUP reload and the stop/check verbs against the real binary.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TIDEMQ: &str = env!("CARGO_BIN_EXE_tidemq");
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("tidemq-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Dir(path)
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is missing: install the Debian package mosquitto-clients (scripts/test does)"
+    );
+    Command::new(name)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- broker log ---\n{}", self.log());
+        }
+    }
+}
+
+fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
+    let child = Command::new(TIDEMQ)
+        .args(["start", "--conf"])
+        .arg(conf)
+        .arg("--pid_file")
+        .arg(pid)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let running = Running {
+        child,
+        log: log.to_owned(),
+    };
+    wait_for("the broker to listen", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    running
+}
+
+fn publish(port: u16, creds: Option<(&str, &str)>, topic: &str, msg: &str) -> Output {
+    let mut cmd = tool("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", msg, "-q", "1"]);
+    if let Some((user, pass)) = creds {
+        cmd.args(["-u", user, "-P", pass]);
+    }
+    run(&mut cmd)
+}
+
+fn config(port: u16, auth: &str) -> String {
+    format!(
+        "listeners.tcp.bind = \"127.0.0.1:{port}\"\nlog.level = info\nauth {{\n{auth}\n}}\n"
+    )
+}
+
+#[test]
+fn sighup_applies_new_users_to_new_connections_and_keeps_existing_ones() {
+    let dir = Dir::new("reload");
+    let port = free_port();
+    let conf = dir.file("nanomq.conf");
+    let pid = dir.file("tidemq.pid");
+    std::fs::write(&conf, config(port, "allow_anonymous = true")).unwrap();
+    let broker = start(&conf, &pid, &dir.file("broker.log"), port);
+
+    // An anonymous subscriber connected under the old rules.
+    let keeper = tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "reload/t", "-q", "1"])
+        .args(["-C", "2", "-W", "20", "-i", "keeper"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the subscriber", Duration::from_secs(10), || {
+        broker.log().contains("client_id=\"keeper\"")
+    });
+    assert!(publish(port, None, "other/t", "anon ok").status.success());
+
+    std::fs::write(
+        &conf,
+        config(
+            port,
+            "allow_anonymous = false\npassword {\n  alice = \"secret\"\n}",
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new(TIDEMQ).args(["reload", "--pid_file"]).arg(&pid));
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the reload", Duration::from_secs(10), || {
+        broker.log().contains("configuration reloaded")
+    });
+
+    let anon = publish(port, None, "reload/t", "refused");
+    assert!(!anon.status.success(), "anonymous client still accepted");
+    let wrong = publish(port, Some(("alice", "nope")), "reload/t", "refused");
+    assert!(!wrong.status.success(), "wrong password accepted");
+    let first = publish(port, Some(("alice", "secret")), "reload/t", "one");
+    assert!(first.status.success(), "{first:?}");
+
+    // A broken file is refused as a whole; the running rules stay.
+    std::fs::write(&conf, "auth {\n  allow_anonymous = perhaps\n}\n").unwrap();
+    let out = run(Command::new(TIDEMQ).args(["reload", "--pid_file"]).arg(&pid));
+    assert!(out.status.success());
+    wait_for("the failed reload", Duration::from_secs(10), || {
+        broker.log().contains("reload failed")
+    });
+    assert!(
+        broker.log().contains("nanomq.conf:2: auth.allow_anonymous"),
+        "the error names file, line and key"
+    );
+    assert!(!publish(port, None, "reload/t", "still refused").status.success());
+    let second = publish(port, Some(("alice", "secret")), "reload/t", "two");
+    assert!(second.status.success(), "{second:?}");
+
+    // The subscriber from before the change got both messages.
+    let kept = keeper.wait_with_output().unwrap();
+    assert!(kept.status.success(), "{kept:?}");
+    assert_eq!(String::from_utf8_lossy(&kept.stdout), "one\ntwo\n");
+
+    let out = run(Command::new(TIDEMQ).args(["stop", "--pid_file"]).arg(&pid));
+    assert!(out.status.success(), "{out:?}");
+    assert!(!pid.exists(), "pid file removed on exit");
+}
+
+#[test]
+fn second_start_with_the_same_pid_file_is_refused() {
+    let dir = Dir::new("pidfile");
+    let port = free_port();
+    let conf = dir.file("nanomq.conf");
+    let pid = dir.file("tidemq.pid");
+    std::fs::write(&conf, config(port, "allow_anonymous = true")).unwrap();
+    let _broker = start(&conf, &pid, &dir.file("broker.log"), port);
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--url", &format!("nmq-tcp://127.0.0.1:{}", free_port())])
+        .arg("--pid_file")
+        .arg(&pid));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+}
+
+#[test]
+fn check_reports_the_line_of_a_broken_file_and_fails() {
+    let dir = Dir::new("check");
+    let conf = dir.file("broken.conf");
+    std::fs::write(&conf, "mqtt {\n  property_size = 32\n  max_packet_size = huge\n}\n").unwrap();
+    let out = run(Command::new(TIDEMQ).args(["check", "--conf"]).arg(&conf));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.conf:3"), "{err}");
+    assert!(err.contains("mqtt.max_packet_size"), "{err}");
+
+    let old = dir.file("old.conf");
+    std::fs::write(&old, "url=nmq-tcp://0.0.0.0:1883\nmsq_len=oops\n").unwrap();
+    let out = run(Command::new(TIDEMQ).args(["check", "--old_conf"]).arg(&old));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("old.conf:2: msq_len"));
+}
+
+#[test]
+fn check_prints_the_effective_configuration_with_secrets_masked() {
+    let dir = Dir::new("check-ok");
+    let conf = dir.file("ok.conf");
+    std::fs::write(
+        &conf,
+        "auth { password { alice = \"hunter2\" } }\nmqtt { max_mqueue_len = 77 }\n",
+    )
+    .unwrap();
+    let out = run(Command::new(TIDEMQ)
+        .args(["check", "--conf"])
+        .arg(&conf)
+        .env("NANOMQ_PROPERTY_SIZE", "9"));
+    assert!(out.status.success(), "{out:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["msq_len"], 77);
+    assert_eq!(shown["property_size"], 9, "environment applies over the file");
+    assert_eq!(shown["users"]["alice"], "******");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
+
+#[test]
+fn shipped_config_starts_the_broker_from_the_repo_root() {
+    let out = run(Command::new(TIDEMQ)
+        .arg("check")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etc/nanomq.conf: ok"));
+}
