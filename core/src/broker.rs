@@ -219,7 +219,7 @@ impl Broker {
     }
 
     fn wall_now(&self) -> u64 {
-        self.wall_ms + self.now.since(self.wall_at)
+        self.wall_ms.saturating_add(self.now.since(self.wall_at))
     }
 
     // ----- connections -------------------------------------------------------------------
@@ -890,39 +890,41 @@ impl Broker {
         self.resume(sid);
     }
 
-    /// Resends what was in flight (PUBLISH with DUP, or PUBREL), then drains the queue.
+    /// A reconnected session: what was in flight is resent (within the new connection's
+    /// window), then the queue drains.
     fn resume(&mut self, sid: SessionId) {
-        let Some(session) = self.sessions.get(&sid) else {
-            return;
-        };
-        let order: Vec<u16> = session.inflight_order.iter().copied().collect();
-        for pid in order {
-            let Some(session) = self.sessions.get(&sid) else {
-                return;
-            };
-            let Some(conn) = session.conn else {
-                return;
-            };
-            let version = session.version;
-            let Some(f) = session.inflight.get(&pid) else {
-                continue;
-            };
-            match f.stage {
-                OutStage::Published => {
-                    let delivery = f.delivery.clone();
-                    if !self.write_publish(conn, version, &delivery, Some(pid), true) {
-                        // No longer deliverable (expired or too large): forget it.
-                        if let Some(s) = self.sessions.get_mut(&sid) {
-                            s.remove_inflight(pid);
-                        }
-                    }
-                }
-                OutStage::Released => {
-                    self.send(conn, version, &Packet::PubRel(ack(pid, reason::SUCCESS)))
-                }
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            for f in session.inflight.values_mut() {
+                f.sent = false;
             }
         }
         self.pump(sid);
+    }
+
+    /// Resends a message in flight before a reconnect: PUBLISH with DUP, or PUBREL.
+    fn resend(&mut self, sid: SessionId, conn: ConnId, pid: u16) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let version = session.version;
+        let Some(f) = session.inflight.get_mut(&pid) else {
+            return;
+        };
+        f.sent = true;
+        match f.stage {
+            OutStage::Published => {
+                let delivery = f.delivery.clone();
+                if !self.write_publish(conn, version, &delivery, Some(pid), true) {
+                    // No longer deliverable (expired or too large): forget it.
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.remove_inflight(pid);
+                    }
+                }
+            }
+            OutStage::Released => {
+                self.send(conn, version, &Packet::PubRel(ack(pid, reason::SUCCESS)))
+            }
+        }
     }
 
     fn handle_disconnect(&mut self, id: ConnId, sid: SessionId, d: ReasonOnly) {
@@ -944,13 +946,13 @@ impl Broker {
                 s.expiry_secs = capped;
             }
         }
-        let with_will = d.reason == reason::DISCONNECT_WITH_WILL;
+        // Only a normal disconnection discards the will [MQTT-3.1.2-10].
         self.drop_conn(
             id,
             CloseReason {
                 code: d.reason,
                 notify: false,
-                will: with_will,
+                will: d.reason != reason::SUCCESS,
                 detail: "client disconnected".to_owned(),
             },
         );
@@ -1079,7 +1081,7 @@ impl Broker {
 
     /// Delivers `msg` to every matching subscription: once per session for its non-shared
     /// subscriptions, with the highest QoS and every subscription identifier that matched,
-    /// plus one copy per share group that picked it [MQTT-4.8.2].
+    /// plus one copy per share group that picked it (v5 §4.8.2).
     fn route(&mut self, msg: &Arc<Message>) {
         // Targets with the same key merge: (session, 0) for non-shared, (session, n) for the
         // n-th share group.
@@ -1216,6 +1218,7 @@ impl Broker {
                 Inflight {
                     delivery: d,
                     stage: OutStage::Published,
+                    sent: true,
                 },
             );
             session.inflight_order.push_back(pid);
@@ -1283,7 +1286,8 @@ impl Broker {
         true
     }
 
-    /// Moves queued messages out while the connection, window and writer allow.
+    /// Resends what is in flight from an earlier connection, then moves queued messages
+    /// out, while the connection, window and writer allow.
     fn pump(&mut self, sid: SessionId) {
         loop {
             let Some(session) = self.sessions.get(&sid) else {
@@ -1292,13 +1296,21 @@ impl Broker {
             let Some(conn) = session.conn else {
                 return;
             };
-            let Some(front) = session.queue.front() else {
-                return;
-            };
             if !self.can_write(conn) {
                 return;
             }
-            if front.qos != QoS::AtMostOnce && session.inflight.len() >= self.inflight_limit(conn) {
+            let limit = self.inflight_limit(conn);
+            if let Some(pid) = session.next_resend() {
+                if session.inflight_sent() >= limit {
+                    return;
+                }
+                self.resend(sid, conn, pid);
+                continue;
+            }
+            let Some(front) = session.queue.front() else {
+                return;
+            };
+            if front.qos != QoS::AtMostOnce && session.inflight.len() >= limit {
                 return;
             }
             let Some(d) = self
@@ -1329,6 +1341,7 @@ impl Broker {
                     return;
                 }
                 f.stage = OutStage::Released;
+                f.sent = true;
                 self.send(
                     id,
                     version,

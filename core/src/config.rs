@@ -301,6 +301,49 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The settings that differ from `self` in `new` and that a running broker cannot
+    /// change in place (listeners, threads, log destination, bridges).
+    pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |changed: bool, key| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        check(
+            self.url != new.url || self.tcp_enable != new.tcp_enable,
+            "url",
+        );
+        check(self.tls != new.tls, "tls");
+        check(self.websocket != new.websocket, "websocket");
+        check(
+            self.http_server.enable != new.http_server.enable
+                || self.http_server.port != new.http_server.port
+                || self.http_server.ip_addr != new.http_server.ip_addr
+                || self.http_server.jwt_public_keyfile != new.http_server.jwt_public_keyfile
+                || self.http_server.limit_conn != new.http_server.limit_conn
+                || self.http_server.max_body != new.http_server.max_body,
+            "http_server",
+        );
+        check(self.bridges != new.bridges, "bridges");
+        check(
+            self.num_taskq_thread != new.num_taskq_thread
+                || self.max_taskq_thread != new.max_taskq_thread
+                || self.parallel != new.parallel
+                || self.daemon != new.daemon,
+            "system",
+        );
+        check(
+            self.log.to != new.log.to
+                || self.log.dir != new.log.dir
+                || self.log.file != new.log.file
+                || self.log.rotation_size != new.log.rotation_size
+                || self.log.rotation_count != new.log.rotation_count,
+            "log",
+        );
+        keys
+    }
+
     /// Checks every value; the first bad key is reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key, message: &str| {

@@ -56,6 +56,8 @@ pub(crate) enum OutStage {
 pub(crate) struct Inflight {
     pub delivery: Delivery,
     pub stage: OutStage,
+    /// Sent on the current connection; cleared on reconnect until it is resent.
+    pub sent: bool,
 }
 
 /// What a subscription asked for.
@@ -141,6 +143,19 @@ impl Session {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The oldest message in flight not yet resent on the current connection.
+    pub fn next_resend(&self) -> Option<u16> {
+        self.inflight_order
+            .iter()
+            .copied()
+            .find(|id| self.inflight.get(id).is_some_and(|f| !f.sent))
+    }
+
+    /// Messages in flight on the current connection: what counts against its window.
+    pub fn inflight_sent(&self) -> usize {
+        self.inflight.values().filter(|f| f.sent).count()
     }
 
     pub fn remove_inflight(&mut self, id: u16) -> Option<Inflight> {

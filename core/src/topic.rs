@@ -440,7 +440,10 @@ mod tests {
     #[test]
     fn reference_matcher_follows_the_spec_examples() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("#", "a/b/c"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
@@ -472,7 +475,13 @@ mod tests {
         let p = parse_subscription("$share/g/a/+", 16).unwrap();
         assert_eq!(p.share_group, Some("g"));
         assert_eq!(p.filter, "a/+");
-        for bad in ["$share/ab", "$share//t", "$share/a+b/t", "$share/a/", "$share"] {
+        for bad in [
+            "$share/ab",
+            "$share//t",
+            "$share/a+b/t",
+            "$share/a/",
+            "$share",
+        ] {
             assert!(parse_subscription(bad, 16).is_err(), "{bad}");
         }
     }
@@ -483,7 +492,9 @@ mod tests {
             "#", "+", "a", "a/#", "a/+", "a/b", "+/b", "+/+", "a/b/c", "$SYS/#", "$SYS/+", "/",
             "/+", "+/#",
         ];
-        let topics = ["a", "a/b", "a/b/c", "b", "$SYS/x", "$SYS", "/", "/x", "a/", "x/b"];
+        let topics = [
+            "a", "a/b", "a/b/c", "b", "$SYS/x", "$SYS", "/", "/x", "a/", "x/b",
+        ];
         let mut trie = SubscriptionTrie::default();
         for (i, f) in filters.iter().enumerate() {
             trie.insert(f, None, i, ());
@@ -523,17 +534,23 @@ mod tests {
     #[test]
     fn retain_trie_matches_like_the_reference() {
         let topics = ["a", "a/b", "a/b/c", "b", "$SYS/x", "/", "/x", "a/"];
-        let filters = ["#", "+", "a/#", "a/+", "+/+", "$SYS/#", "/+", "a/b", "+/#", "+/b/+"];
+        let filters = [
+            "#", "+", "a/#", "a/+", "+/+", "$SYS/#", "/+", "a/b", "+/#", "+/b/+",
+        ];
         let mut trie = RetainTrie::default();
         for t in topics {
             trie.insert(t, t.to_owned());
         }
         assert_eq!(trie.len(), topics.len());
         for f in filters {
-            let mut got: Vec<String> = trie.matching(f).into_iter().map(|(t, v)| {
-                assert_eq!(&t, v);
-                t
-            }).collect();
+            let mut got: Vec<String> = trie
+                .matching(f)
+                .into_iter()
+                .map(|(t, v)| {
+                    assert_eq!(&t, v);
+                    t
+                })
+                .collect();
             got.sort();
             let mut want: Vec<String> = topics
                 .iter()

@@ -274,7 +274,7 @@ proptest! {
             max_user_properties: config.property_size as usize,
         };
         let mut d = Driver {
-            broker: Broker::new(config, 1, Instant(0)),
+            broker: Broker::new(config.clone(), 1, Instant(0)),
             now: Instant(0),
             shadows: (0..streams.len())
                 .map(|_| Shadow {
@@ -304,6 +304,19 @@ proptest! {
                     d.input(Input::Closed { conn: ConnId(conn as u64) });
                     d.shadows[conn].closed = true;
                 }
+                // Decode limits stay put: the shadow decoders use them.
+                30 => d.input(Input::ConfigChange(Box::new(Config {
+                    msq_len: u32::from(n % 3),
+                    max_topic_alias: n % 4,
+                    receive_maximum: n % 3,
+                    max_inflight: n % 4,
+                    max_write_buffer: u32::from(n) * 16,
+                    max_keepalive: n % 20,
+                    ..config.clone()
+                }))),
+                29 => d.input(Input::WallClock {
+                    unix_ms: u64::MAX - u64::from(n),
+                }),
                 _ => d.input(Input::Written { conn: ConnId(conn as u64), bytes: usize::from(n) }),
             }
         }

@@ -150,6 +150,7 @@ fn restrict(p: Properties, ctx: Ctx) -> Properties {
     let is = |set: &[Ctx]| set.contains(&ctx);
     let message = is(&[Publish, Will]);
     let connack = ctx == ConnAck;
+    let has_method = p.authentication_method.is_some();
     Properties {
         payload_format_indicator: keep(p.payload_format_indicator, message),
         message_expiry_interval: keep(p.message_expiry_interval, message),
@@ -168,7 +169,11 @@ fn restrict(p: Properties, ctx: Ctx) -> Properties {
         assigned_client_identifier: keep(p.assigned_client_identifier, connack),
         server_keep_alive: keep(p.server_keep_alive, connack),
         authentication_method: keep(p.authentication_method, is(&[Connect, ConnAck, Auth])),
-        authentication_data: keep(p.authentication_data, is(&[Connect, ConnAck, Auth])),
+        // Data without a method is a Protocol Error (v5 §3.1.2.11.10).
+        authentication_data: keep(
+            p.authentication_data,
+            is(&[Connect, ConnAck, Auth]) && has_method,
+        ),
         request_problem_information: keep(p.request_problem_information, ctx == Connect),
         will_delay_interval: keep(p.will_delay_interval, ctx == Will),
         request_response_information: keep(p.request_response_information, ctx == Connect),
@@ -369,7 +374,8 @@ fn unsubscribe(version: ProtocolVersion) -> BoxedStrategy<Packet> {
 fn unsuback(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     // Reason codes exist from v5 on only.
     let reasons = if version.is_v5() {
-        prop::collection::vec(any::<u8>(), 0..5).boxed()
+        // One reason code per filter, and at least one filter.
+        prop::collection::vec(any::<u8>(), 1..5).boxed()
     } else {
         Just(Vec::new()).boxed()
     };

@@ -345,6 +345,33 @@ fn v311_keepalive_above_max_is_held_to_max() {
 }
 
 #[test]
+fn v311_keepalive_zero_is_held_to_max() {
+    let config = Config {
+        max_keepalive: 30,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(config);
+    let (conn, _) = h.connect("k", V311, true, ConnectOpts::default());
+    h.advance(45_000);
+    assert!(h.is_closed(conn));
+}
+
+#[test]
+fn keepalive_below_max_is_kept() {
+    let config = Config {
+        max_keepalive: 30,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(config);
+    let (conn, ack) = h.connect("k", V5, true, ConnectOpts::default().keep_alive(10));
+    assert_eq!(ack.properties.server_keep_alive, None);
+    h.advance(14_999);
+    assert!(!h.is_closed(conn));
+    h.advance(1);
+    assert!(h.is_closed(conn));
+}
+
+#[test]
 fn connect_timeout_closes_a_silent_connection() {
     let config = Config {
         connect_timeout_ms: 5_000,

@@ -60,52 +60,17 @@ fn busy(h: &mut Harness) {
         h.advance(250);
     }
     let delivered: usize = [a, b, c]
-        .map(|conn| h.publishes_and_acks(conn).len())
+        .map(|conn| h.publishes_acked(conn).len())
         .iter()
         .sum();
     assert!(delivered >= 12, "{delivered}");
     h.close(a);
     h.advance(3_500);
     let (a2, _) = h.connect("a", V5, false, ConnectOpts::default().session_expiry(30));
-    h.publishes_and_acks(a2);
+    h.publishes_acked(a2);
     h.client("b", V5); // takeover
     h.advance(10_000); // keepalive of anon
     h.input(Input::Shutdown);
-}
-
-trait AckAll {
-    fn publishes_and_acks(&mut self, conn: ConnId) -> Vec<tidemq_core::codec::Publish>;
-}
-
-impl AckAll for Harness {
-    /// Takes the inbox and acknowledges every QoS 1/2 PUBLISH in it (QoS 2 fully).
-    fn publishes_and_acks(&mut self, conn: ConnId) -> Vec<tidemq_core::codec::Publish> {
-        let mut out = Vec::new();
-        loop {
-            let got: Vec<_> = self
-                .recv(conn)
-                .into_iter()
-                .filter_map(|p| match p {
-                    tidemq_core::codec::Packet::Publish(p) => Some(p),
-                    _ => None,
-                })
-                .collect();
-            if got.is_empty() {
-                return out;
-            }
-            for p in &got {
-                match (p.qos, p.packet_id) {
-                    (Q1, Some(id)) => self.puback(conn, id),
-                    (Q2, Some(id)) => {
-                        self.pubrec(conn, id);
-                        self.pubcomp(conn, id);
-                    }
-                    _ => {}
-                }
-            }
-            out.extend(got);
-        }
-    }
 }
 
 struct Run {

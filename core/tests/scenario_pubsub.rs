@@ -450,3 +450,29 @@ fn messages_are_counted() {
     assert_eq!(s.messages_sent, 1);
     assert_eq!(s.messages_dropped, 0);
 }
+
+#[test]
+fn subscriptions_beyond_the_quota_are_refused() {
+    let config = tidemq_core::Config {
+        max_subscriptions: 2,
+        ..tidemq_core::Config::default()
+    };
+    let mut h = Harness::with_config(config);
+    let v5 = h.client("five", V5);
+    let ack = h.subscribe_with(
+        v5,
+        &[
+            ("a", sub_opts(Q0)),
+            ("b", sub_opts(Q0)),
+            ("c", sub_opts(Q0)),
+        ],
+        Properties::default(),
+    );
+    assert_eq!(ack.reasons, [0, 0, 0x97]);
+    // Replacing an existing subscription is not a new one.
+    assert_eq!(h.subscribe(v5, "a", Q1).reasons, [1]);
+    let v3 = h.client("three", V311);
+    h.subscribe(v3, "a", Q0);
+    h.subscribe(v3, "b", Q0);
+    assert_eq!(h.subscribe(v3, "c", Q0).reasons, [0x80]);
+}

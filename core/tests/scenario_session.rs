@@ -330,3 +330,62 @@ fn slow_reader_qos1_is_queued_then_sent_after_written() {
     assert_eq!(before + after, 10);
     assert_eq!(h.stats().messages_dropped, 0);
 }
+
+#[test]
+fn online_queue_behind_a_full_window_is_bounded_by_msq_len() {
+    let config = Config {
+        msq_len: 2,
+        max_inflight: 1,
+        sys_events: false,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(config);
+    let c = h.client("s", V311);
+    h.subscribe(c, "t", Q1);
+    let p = h.client("p", V311);
+    for i in 0..5 {
+        h.publish(p, "t", &i.to_string(), Q1, false);
+    }
+    // One in flight, two queued, two dropped.
+    assert_eq!(h.stats().messages_dropped, 2);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = h.publishes(c);
+        assert_eq!(m.len(), 1);
+        got.push(String::from_utf8_lossy(&m[0].payload).into_owned());
+        h.puback(c, m[0].packet_id.unwrap());
+    }
+    assert_eq!(got, ["0", "1", "2"]);
+}
+
+#[test]
+fn session_resume_resends_within_the_new_receive_maximum() {
+    let mut h = Harness::new();
+    let opts = ConnectOpts::default().session_expiry(60);
+    let (c, _) = h.connect("s", V5, true, opts.clone().receive_maximum(5));
+    h.subscribe(c, "t", Q1);
+    let p = h.client("p", V5);
+    for i in 0..6 {
+        h.publish(p, "t", &i.to_string(), Q1, false);
+    }
+    assert_eq!(h.publishes(c).len(), 5);
+    h.close(c);
+    // The client comes back allowing only two unacknowledged messages.
+    let (c, _) = h.connect("s", V5, false, opts.receive_maximum(2));
+    let mut got = Vec::new();
+    loop {
+        let batch = h.publishes(c);
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 2, "window exceeded: {}", batch.len());
+        for m in &batch {
+            got.push((String::from_utf8_lossy(&m.payload).into_owned(), m.dup));
+        }
+        for m in &batch {
+            h.puback(c, m.packet_id.unwrap());
+        }
+    }
+    let want: Vec<(String, bool)> = (0..6).map(|i| (i.to_string(), i < 5)).collect();
+    assert_eq!(got, want);
+}

@@ -97,6 +97,17 @@ fn will_is_published_after_disconnect_with_will_0x04() {
 }
 
 #[test]
+fn will_is_published_after_disconnect_with_an_error_reason() {
+    // Only a normal disconnection (0x00) discards the will [MQTT-3.1.2-10].
+    let mut h = Harness::new();
+    let opts = ConnectOpts::default().will("will/c", "failed", Q0, false);
+    let (w, c) = with_will(&mut h, "c", V5, opts);
+    h.disconnect(c, 0x80);
+    assert!(h.is_closed(c));
+    assert_eq!(h.payloads(w), ["failed"]);
+}
+
+#[test]
 fn will_is_published_when_the_session_is_taken_over() {
     let mut h = Harness::new();
     let opts = ConnectOpts::default().will("will/c", "taken", Q0, false);

@@ -87,6 +87,16 @@ pub fn load(inputs: &ConfigInputs, env: &BTreeMap<String, String>) -> Result<Loa
             .map_err(|e| e.in_source(&name))?;
         config = loaded;
         warnings.extend(file_warnings.into_iter().map(|w| w.in_source(&name)));
+        if source.format == Format::Hocon {
+            let over = override_path(&source.path);
+            if let Ok(text) = std::fs::read_to_string(&over) {
+                let over_name = over.display().to_string();
+                let (loaded, over_warnings) = config_parse::load(&config, &text, Format::Hocon, env)
+                    .map_err(|e| e.in_source(&over_name))?;
+                config = loaded;
+                warnings.extend(over_warnings.into_iter().map(|w| w.in_source(&over_name)));
+            }
+        }
     }
     let env_warnings = config_parse::apply(
         &mut config,
@@ -233,6 +243,63 @@ mod tests {
     }
 
     #[test]
+    fn key_value_rewrite_keeps_comments_and_other_lines() {
+        let text = "# main\nurl=nmq-tcp://0.0.0.0:1883\n\n# queue\nmsq_len = 64\nbridge.mqtt.subscription.1.topic=a\nbridge.mqtt.subscription.2.topic=b\n";
+        let out = rewrite_key_value(
+            text,
+            &[
+                ("msq_len".to_owned(), "5".to_owned()),
+                ("allow_anonymous".to_owned(), "false".to_owned()),
+                ("bridge.mqtt.subscription.1.topic".to_owned(), "c".to_owned()),
+            ],
+        );
+        assert_eq!(
+            out,
+            "# main\nurl=nmq-tcp://0.0.0.0:1883\n\n# queue\nmsq_len=5\nbridge.mqtt.subscription.1.topic=c\nallow_anonymous=false\n"
+        );
+    }
+
+    #[test]
+    fn admin_changes_to_a_hocon_file_go_to_the_override_and_load_over_it() {
+        let base = temp_file("persist.conf", "mqtt { max_mqueue_len = 10 }\n");
+        let source = ConfigSource {
+            path: base.clone(),
+            format: Format::Hocon,
+        };
+        let change = |key: &str, value: serde_json::Value| tidemq_core::admin::ConfigChange {
+            key: key.to_owned(),
+            value,
+        };
+        persist(Some(&source), &[change("msq_len", serde_json::json!(20))]).unwrap();
+        persist(
+            Some(&source),
+            &[
+                change("msq_len", serde_json::json!(30)),
+                change("allow_anonymous", serde_json::json!(false)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&base).unwrap(),
+            "mqtt { max_mqueue_len = 10 }\n",
+            "the user's file is untouched"
+        );
+        let inputs = ConfigInputs {
+            source: Some(source),
+            flags: Vec::new(),
+        };
+        let loaded = load(&inputs, &BTreeMap::new()).unwrap();
+        assert_eq!(loaded.config.msq_len, 30);
+        assert!(!loaded.config.allow_anonymous);
+        let _ = std::fs::remove_file(override_path(&base));
+    }
+
+    #[test]
+    fn persisting_without_a_file_is_refused() {
+        assert!(persist(None, &[]).unwrap_err().contains("--conf"));
+    }
+
+    #[test]
     fn masked_output_hides_secrets() {
         let mut config = Config::default();
         config.users.insert("alice".to_owned(), "s3cret".to_owned());
@@ -240,5 +307,133 @@ mod tests {
         let shown = masked_json(&config);
         assert!(!shown.contains("s3cret") && !shown.contains("adminpw"), "{shown}");
         assert!(shown.contains("alice"));
+    }
+}
+
+/// The file beside a HOCON configuration that holds changes made through the admin API; it
+/// is loaded over the base file, which is never rewritten (EMQX does the same).
+pub fn override_path(base: &Path) -> PathBuf {
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "nanomq.conf".to_owned());
+    let name = match name.strip_suffix(".conf") {
+        Some(stem) => format!("{stem}.override.conf"),
+        None => format!("{name}.override"),
+    };
+    base.with_file_name(name)
+}
+
+/// Writes `text` to `path` so that readers see the old or the new file, never a mix, and
+/// the new one survives a crash: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Replaces or appends `key=value` lines, keeping every other line and comment as it was.
+/// Numbered bridge subscriptions beyond the new list are removed.
+pub fn rewrite_key_value(text: &str, settings: &[(String, String)]) -> String {
+    let key_of = |line: &str| -> Option<String> {
+        let t = line.trim();
+        if t.starts_with('#') {
+            return None;
+        }
+        t.split_once('=').map(|(k, _)| k.trim().to_owned())
+    };
+    let new_subs = settings
+        .iter()
+        .filter(|(k, _)| k.starts_with("bridge.mqtt.subscription."))
+        .count();
+    let mut pending: Vec<&(String, String)> = settings.iter().collect();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(key) = key_of(line) else {
+            out.push(line.to_owned());
+            continue;
+        };
+        if let Some(pos) = pending.iter().position(|(k, _)| *k == key) {
+            let (k, v) = pending.remove(pos);
+            out.push(format!("{k}={v}"));
+        } else if new_subs > 0 && key.starts_with("bridge.mqtt.subscription.") {
+            // A stale entry of the old, longer list.
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    for (k, v) in pending {
+        out.push(format!("{k}={v}"));
+    }
+    let mut joined = out.join("\n");
+    joined.push('\n');
+    joined
+}
+
+/// Persists admin API changes to the broker's configuration: key by key in an old-format
+/// file, or in the override file beside a HOCON one. Returns the file written.
+pub fn persist(
+    source: Option<&ConfigSource>,
+    changes: &[tidemq_core::admin::ConfigChange],
+) -> Result<PathBuf, String> {
+    let Some(source) = source else {
+        return Err(
+            "the broker runs on built-in defaults: start it with --conf FILE to change its configuration"
+                .to_owned(),
+        );
+    };
+    let fail = |path: &Path, e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    match source.format {
+        Format::KeyValue => {
+            let text = std::fs::read_to_string(&source.path).map_err(|e| fail(&source.path, e))?;
+            let settings: Vec<(String, String)> = changes
+                .iter()
+                .flat_map(tidemq_core::admin::key_value_lines)
+                .collect();
+            write_atomically(&source.path, &rewrite_key_value(&text, &settings))
+                .map_err(|e| fail(&source.path, e))?;
+            Ok(source.path.clone())
+        }
+        Format::Hocon => {
+            let path = override_path(&source.path);
+            let old = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut lines: Vec<String> = old
+                .lines()
+                .filter(|l| {
+                    let key = l.split_once('=').map(|(k, _)| k.trim());
+                    !changes.iter().any(|c| Some(c.key.as_str()) == key)
+                })
+                .map(str::to_owned)
+                .collect();
+            if lines.is_empty() {
+                lines.push(format!(
+                    "# Written by TideMQ's admin API (req 12); loaded over {}.",
+                    source.path.display()
+                ));
+            }
+            lines.extend(changes.iter().map(tidemq_core::admin::hocon_line));
+            let mut text = lines.join("\n");
+            text.push('\n');
+            write_atomically(&path, &text).map_err(|e| fail(&path, e))?;
+            Ok(path)
+        }
     }
 }

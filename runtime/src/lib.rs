@@ -5,9 +5,10 @@
 
 pub mod config_file;
 mod driver;
+mod http;
 mod listener;
 pub mod logging;
 pub mod pidfile;
 
-pub use driver::{Control, Server, ServerHandle};
+pub use driver::{ConfigOrigin, Control, Server, ServerHandle};
 pub use listener::{ListenerUrl, parse_listener_url};

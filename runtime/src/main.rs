@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tidemq_runtime::config_file::{self, ConfigInputs, Loaded};
-use tidemq_runtime::{Control, Server, logging, parse_listener_url, pidfile};
+use tidemq_runtime::{ConfigOrigin, Control, Server, logging, pidfile};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -275,7 +275,7 @@ fn main() -> ExitCode {
 }
 
 fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
-    let mut inputs = args.inputs(env);
+    let inputs = args.inputs(env);
     let Loaded { config, warnings } = match config_file::load(&inputs, env) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -313,13 +313,6 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
         error!("the TCP listener is disabled (listeners.tcp.enable = false) and no other listener exists yet");
         return ExitCode::FAILURE;
     }
-    let listener = match parse_listener_url(&config.url) {
-        Ok(l) => l,
-        Err(e) => {
-            error!("url: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let pid_path = pidfile::path(args.pid.pid_file.as_deref(), env);
     let _pid_guard = match pidfile::PidFile::create(&pid_path) {
         Ok(guard) => guard,
@@ -339,38 +332,21 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let origin = ConfigOrigin {
+        inputs,
+        env: env.clone(),
+        pid_file: Some(pid_path),
+        log: Some(log),
+    };
     let result = runtime.block_on(async move {
-        let seed = os_seed();
-        let mut server = Server::bind(config.clone(), listener.addr, seed).await?;
+        let mut server = Server::bind(config, os_seed()).await?.with_origin(origin);
         let control = server.control();
-        let env = env.clone();
         // Installed before serving, so an early SIGHUP reloads instead of killing us.
         let mut hangups = hangup_signals()?;
         tokio::spawn(async move {
-            let mut current = config;
             while hangups.recv().await.is_some() {
-                if let Some(new_path) = pidfile::take_reload_request(&pid_path) {
-                    inputs.source = Some(config_file::ConfigSource {
-                        path: new_path,
-                        format: tidemq_core::config_parse::Format::Hocon,
-                    });
-                }
-                match config_file::load(&inputs, &env) {
-                    Ok(Loaded { config, warnings }) => {
-                        for w in &warnings {
-                            warn!("{w}");
-                        }
-                        for key in needs_restart(&current, &config) {
-                            warn!(key, "changed in the file; takes effect after a restart");
-                        }
-                        if config.log.level != current.log.level {
-                            log.set_level(&config.log.level);
-                        }
-                        current = config.clone();
-                        let _ = control.send(Control::Reconfigure(Box::new(config)));
-                        info!("configuration reloaded");
-                    }
-                    Err(e) => error!("reload failed, keeping the running configuration: {e}"),
+                if control.send(Control::Reload).is_err() {
+                    return;
                 }
             }
         });
@@ -383,33 +359,6 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Settings that the running broker cannot change in place.
-fn needs_restart(old: &tidemq_core::Config, new: &tidemq_core::Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    if old.url != new.url || old.tcp_enable != new.tcp_enable {
-        keys.push("url");
-    }
-    if old.tls != new.tls {
-        keys.push("tls");
-    }
-    if old.websocket != new.websocket {
-        keys.push("websocket");
-    }
-    if old.http_server != new.http_server {
-        keys.push("http_server");
-    }
-    if old.bridges != new.bridges {
-        keys.push("bridges");
-    }
-    if old.max_taskq_thread != new.max_taskq_thread {
-        keys.push("max_taskq_thread");
-    }
-    if old.log.to != new.log.to || old.log.dir != new.log.dir || old.log.file != new.log.file {
-        keys.push("log.to");
-    }
-    keys
 }
 
 /// The broker's seed: fresh per process, logged at start so a run can be replayed.

@@ -557,6 +557,36 @@ impl Harness {
             .collect()
     }
 
+    /// Takes every PUBLISH, acknowledging QoS 1/2 ones (QoS 2 through PUBCOMP) until no
+    /// more come; other packets are dropped.
+    pub fn publishes_acked(&mut self, conn: ConnId) -> Vec<Publish> {
+        let mut out = Vec::new();
+        loop {
+            let got: Vec<Publish> = self
+                .recv(conn)
+                .into_iter()
+                .filter_map(|p| match p {
+                    Packet::Publish(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            if got.is_empty() {
+                return out;
+            }
+            for p in &got {
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => self.puback(conn, id),
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        self.pubrec(conn, id);
+                        self.pubcomp(conn, id);
+                    }
+                    _ => {}
+                }
+            }
+            out.extend(got);
+        }
+    }
+
     /// Payloads of the PUBLISH packets received, as strings.
     pub fn payloads(&mut self, conn: ConnId) -> Vec<String> {
         self.publishes(conn)
