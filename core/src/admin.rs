@@ -145,7 +145,11 @@ pub fn parse_envelope(raw: &[u8]) -> Result<Envelope, Reply> {
 }
 
 /// Step 2: authentication against the configured scheme.
-pub fn authenticate(config: &Config, credentials: &Credentials, env: &Envelope) -> Result<(), Reply> {
+pub fn authenticate(
+    config: &Config,
+    credentials: &Credentials,
+    env: &Envelope,
+) -> Result<(), Reply> {
     let http = &config.http_server;
     let fail = |code: u16, challenge: &'static str, message: &str| {
         let mut reply = error(401, code, &env.seq, env.req, message);
@@ -224,7 +228,7 @@ pub fn basic_credentials(header: &str) -> Option<(String, String)> {
 /// Standard base64 with padding (RFC 4648 §4); `None` for anything else.
 pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
     let bytes = input.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| -> Option<u32> {
@@ -438,7 +442,11 @@ const V1_FIELDS: &[(&str, Kind, &str)] = &[
     ("tls.cert", Kind::OptStr, "tls.certfile"),
     ("tls.cacert", Kind::OptStr, "tls.cacertfile"),
     ("tls.verify_peer", Kind::Bool, "tls.verify_peer"),
-    ("tls.fail_if_no_peer_cert", Kind::Bool, "tls.fail_if_no_peer_cert"),
+    (
+        "tls.fail_if_no_peer_cert",
+        Kind::Bool,
+        "tls.fail_if_no_peer_cert",
+    ),
     ("websocket.enable", Kind::Bool, "websocket.enable"),
     ("websocket.url", Kind::Str, "websocket.url"),
     ("websocket.tls_url", Kind::Str, "websocket.tls_url"),
@@ -457,7 +465,11 @@ const V1_FIELDS: &[(&str, Kind, &str)] = &[
     ("bridge.keepalive", Kind::Int, "bridge.mqtt.keepalive"),
     ("bridge.parallel", Kind::Int, "bridge.mqtt.parallel"),
     ("bridge.forwards", Kind::StrList, "bridge.mqtt.forwards"),
-    ("bridge.subscription", Kind::SubList, "bridge.mqtt.subscription"),
+    (
+        "bridge.subscription",
+        Kind::SubList,
+        "bridge.mqtt.subscription",
+    ),
 ];
 
 /// A setting changed by a set-configuration, for the runtime to persist.
@@ -660,12 +672,18 @@ mod tests {
 
     #[test]
     fn envelope_errors_follow_the_documented_order() {
-        assert_eq!(env("not json").unwrap_err().body, json!({"code":109,"seq":0,"message":"the body must be a JSON object"}));
+        assert_eq!(
+            env("not json").unwrap_err().body,
+            json!({"code":109,"seq":0,"message":"the body must be a JSON object"})
+        );
         assert_eq!(env("[1]").unwrap_err().status, 400);
         let e = env(r#"{"req":2}"#).unwrap_err();
         assert_eq!((e.status, e.body["code"].clone()), (400, json!(107)));
         let e = env(r#"{"req":"2","seq":5}"#).unwrap_err();
-        assert_eq!((e.status, e.body["code"].clone(), e.body["seq"].clone()), (400, json!(108), json!(5)));
+        assert_eq!(
+            (e.status, e.body["code"].clone(), e.body["seq"].clone()),
+            (400, json!(108), json!(5))
+        );
         let e = env(r#"{"req":2.5,"seq":5}"#).unwrap_err();
         assert_eq!(e.body["code"], 108);
         let ok = env(r#"{"req":2,"seq":18446744073709551615}"#).unwrap();
@@ -694,9 +712,18 @@ mod tests {
         assert!(authenticate(&config, &creds(Some("Basic YWRtaW46cHVibGlj")), &e).is_ok());
         assert!(authenticate(&config, &creds(Some("basic YWRtaW46cHVibGlj")), &e).is_ok());
         let wrong = authenticate(&config, &creds(Some("Basic YWRtaW46eA==")), &e).unwrap_err();
-        assert_eq!((wrong.status, wrong.body["code"].clone()), (401, json!(103)));
+        assert_eq!(
+            (wrong.status, wrong.body["code"].clone()),
+            (401, json!(103))
+        );
         assert!(wrong.challenge.unwrap().starts_with("Basic"));
-        for bad in [None, Some("Basic"), Some("Basic !!!"), Some("Bearer x"), Some("Basic Zm9v")] {
+        for bad in [
+            None,
+            Some("Basic"),
+            Some("Basic !!!"),
+            Some("Bearer x"),
+            Some("Basic Zm9v"),
+        ] {
             let r = authenticate(&config, &creds(bad), &e).unwrap_err();
             assert_eq!(r.body["code"], 104, "{bad:?}");
         }
@@ -717,7 +744,10 @@ mod tests {
         assert_eq!(code(Some(JwtVerdict::Invalid)), 103);
         assert_eq!(code(None), 103);
         let none = Credentials::default();
-        assert_eq!(authenticate(&config, &none, &e).unwrap_err().body["code"], 104);
+        assert_eq!(
+            authenticate(&config, &none, &e).unwrap_err().body["code"],
+            104
+        );
     }
 
     #[test]
@@ -736,7 +766,8 @@ mod tests {
     #[test]
     fn set_config_checks_everything_before_applying() {
         let base = Config::default();
-        let err = check_set_config(&base, &json!({"msq_len": 5, "allow_anonymous": "yes"})).unwrap_err();
+        let err =
+            check_set_config(&base, &json!({"msq_len": 5, "allow_anonymous": "yes"})).unwrap_err();
         assert!(err.contains("allow_anonymous must be a boolean"), "{err}");
         let err = check_set_config(&base, &json!({"msq_lenn": 5})).unwrap_err();
         assert!(err.contains("unknown field msq_lenn"), "{err}");
@@ -753,7 +784,10 @@ mod tests {
         assert_eq!(update.restart_required, vec!["http_server", "bridges"]);
         let kv: Vec<(String, String)> = update.changes.iter().flat_map(key_value_lines).collect();
         assert!(kv.contains(&("allow_anonymous".to_owned(), "false".to_owned())));
-        assert!(kv.contains(&("bridge.mqtt.subscription.1.topic".to_owned(), "b/#".to_owned())));
+        assert!(kv.contains(&(
+            "bridge.mqtt.subscription.1.topic".to_owned(),
+            "b/#".to_owned()
+        )));
         assert!(kv.contains(&("bridge.mqtt.forwards".to_owned(), "a/#".to_owned())));
     }
 }

@@ -18,6 +18,8 @@ use crate::sys;
 use crate::topic::{self, RetainTrie, SubMatch, SubscriptionTrie, TopicError};
 use crate::{BrokerEvent, ConnId, Input, Instant, Output};
 
+mod admin_api;
+
 /// Broker-wide counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -25,12 +27,14 @@ pub struct Stats {
     pub sessions: u64,
     pub subscriptions: u64,
     pub retained: u64,
-    /// PUBLISH packets accepted from clients (and wills and `$SYS` events).
+    /// PUBLISH packets accepted from clients, and wills.
     pub messages_received: u64,
     /// PUBLISH packets sent to clients.
     pub messages_sent: u64,
     /// Messages that could not be delivered: queue full, slow reader, expired, too large.
     pub messages_dropped: u64,
+    /// Client messages (and wills) that matched no subscription.
+    pub messages_unrouted: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +86,15 @@ struct CloseReason {
     notify: bool,
     /// Publish the will (anything but a normal DISCONNECT).
     will: bool,
+    /// The driver reported the connection gone: nothing to send, no Close to ask for.
+    peer_gone: bool,
     detail: String,
 }
 
 impl CloseReason {
     fn error(code: u8, detail: impl Into<String>) -> CloseReason {
         CloseReason {
+            peer_gone: false,
             code,
             notify: true,
             will: true,
@@ -115,6 +122,8 @@ pub struct Broker {
     /// Connections with bytes in `tx`, in the order they were first written this round.
     dirty: Vec<ConnId>,
     stats: Stats,
+    /// Admin set-configurations waiting for their file write, in arrival order.
+    pending_config: BTreeMap<u64, admin_api::PendingConfig>,
 }
 
 impl Broker {
@@ -136,6 +145,7 @@ impl Broker {
             outputs: VecDeque::new(),
             dirty: Vec::new(),
             stats: Stats::default(),
+            pending_config: BTreeMap::new(),
         }
     }
 
@@ -166,6 +176,7 @@ impl Broker {
                     self.drop_conn(
                         conn,
                         CloseReason {
+                            peer_gone: true,
                             code: reason::UNSPECIFIED_ERROR,
                             notify: false,
                             will: true,
@@ -186,12 +197,19 @@ impl Broker {
                 }
                 Err(error) => self.event(BrokerEvent::ConfigRejected { error }),
             },
+            Input::Admin {
+                req_id,
+                credentials,
+                body,
+            } => self.handle_admin(req_id, &credentials, &body),
+            Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
             Input::Shutdown => {
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
                 for conn in conns {
                     self.drop_conn(
                         conn,
                         CloseReason {
+                            peer_gone: false,
                             code: reason::SERVER_SHUTTING_DOWN,
                             notify: true,
                             will: false,
@@ -323,6 +341,7 @@ impl Broker {
             self.drop_conn(
                 id,
                 CloseReason {
+                    peer_gone: false,
                     code: e.reason_code(),
                     notify: false,
                     will: false,
@@ -395,14 +414,18 @@ impl Broker {
                 }),
             );
         }
-        self.flush_conn(id);
+        if !why.peer_gone {
+            self.flush_conn(id);
+        }
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
         if let Some(at) = conn.timer_armed {
             self.timers.remove(&(at, Timer::Conn(id)));
         }
-        self.outputs.push_back(Output::Close { conn: id });
+        if !why.peer_gone {
+            self.outputs.push_back(Output::Close { conn: id });
+        }
         let ConnState::Active(sid) = state else {
             self.event(BrokerEvent::ClientDisconnected {
                 conn: id,
@@ -671,6 +694,7 @@ impl Broker {
         self.drop_conn(
             id,
             CloseReason {
+                peer_gone: false,
                 code,
                 notify: false,
                 will: false,
@@ -851,6 +875,7 @@ impl Broker {
         session.conn = Some(id);
         session.version = version;
         session.username = connect.username.clone();
+        session.keep_alive = keep_alive;
         session.expiry_secs = expiry_secs;
         session.expires_at = None;
         session.will = connect.will.clone();
@@ -950,6 +975,7 @@ impl Broker {
         self.drop_conn(
             id,
             CloseReason {
+                peer_gone: false,
                 code: d.reason,
                 notify: false,
                 will: d.reason != reason::SUCCESS,
@@ -1065,9 +1091,12 @@ impl Broker {
         self.publish(msg);
     }
 
-    /// Retains and routes a message from any source.
+    /// Retains and routes a message from any source. Client messages and wills count as
+    /// received; the broker's own `$SYS` events do not.
     fn publish(&mut self, msg: Message) {
-        self.stats.messages_received += 1;
+        if msg.publisher.is_some() {
+            self.stats.messages_received += 1;
+        }
         let msg = Arc::new(msg);
         if msg.retain {
             if msg.payload.is_empty() {
@@ -1112,6 +1141,9 @@ impl Broker {
                     }
                 }
             }
+        }
+        if targets.is_empty() && msg.publisher.is_some() {
+            self.stats.messages_unrouted += 1;
         }
         targets.sort_by_key(|t| t.0);
         let mut i = 0;

@@ -188,9 +188,7 @@ fn key_line(text: &str, key: &str, after_line: usize) -> Option<usize> {
             .and_then(|t| t.strip_prefix('"'));
         let rest = unquoted.or_else(|| trimmed.strip_prefix(key));
         if let Some(rest) = rest
-            && rest
-                .trim_start()
-                .starts_with(['=', ':', '{', '['])
+            && rest.trim_start().starts_with(['=', ':', '{', '['])
         {
             return Some(i + 1);
         }
@@ -255,7 +253,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HTTP_SERVER_USERNAME", "http_server.username"),
     ("HTTP_SERVER_PASSWORD", "http_server.password"),
     ("HTTP_SERVER_AUTH_TYPE", "http_server.auth_type"),
-    ("HTTP_SERVER_JWT_PUBLIC_KEYFILE", "http_server.jwt.public.keyfile"),
+    (
+        "HTTP_SERVER_JWT_PUBLIC_KEYFILE",
+        "http_server.jwt.public.keyfile",
+    ),
     ("TLS_ENABLE", "tls.enable"),
     ("TLS_URL", "tls.url"),
     ("TLS_CA_CERT_PATH", "tls.cacertfile"),
@@ -377,9 +378,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "keepalive_backoff" => {
             c.keepalive_multiplier = float(v)? / 1000.0;
         }
-        "keepalive_multiplier" | "mqtt.keepalive_multiplier" => {
-            c.keepalive_multiplier = float(v)?
-        }
+        "keepalive_multiplier" | "mqtt.keepalive_multiplier" => c.keepalive_multiplier = float(v)?,
         "max_inflight" | "max_inflight_window" | "mqtt.max_inflight_window" => {
             c.max_inflight = int(v)?
         }
@@ -402,9 +401,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "tls.keyfile" | "listeners.ssl.keyfile" => c.tls.keyfile = opt_string(v)?,
         "tls.certfile" | "listeners.ssl.certfile" => c.tls.certfile = opt_string(v)?,
         "tls.cacertfile" | "listeners.ssl.cacertfile" => c.tls.cacertfile = opt_string(v)?,
-        "tls.key_password" | "listeners.ssl.key_password" => {
-            c.tls.key_password = opt_string(v)?
-        }
+        "tls.key_password" | "listeners.ssl.key_password" => c.tls.key_password = opt_string(v)?,
         "tls.verify_peer" | "listeners.ssl.verify_peer" => c.tls.verify_peer = boolean(v)?,
         "tls.fail_if_no_peer_cert" | "listeners.ssl.fail_if_no_peer_cert" => {
             c.tls.fail_if_no_peer_cert = boolean(v)?
@@ -486,7 +483,8 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
 fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, String> {
     let key = e.key.as_str();
     if let Some(user) = key.strip_prefix("auth.password.") {
-        c.users.insert(user.trim_matches('"').to_owned(), string(&e.value)?);
+        c.users
+            .insert(user.trim_matches('"').to_owned(), string(&e.value)?);
         return Ok(Applied::Set);
     }
     if let Some(rest) = key.strip_prefix("bridges.mqtt.") {
@@ -565,12 +563,15 @@ fn apply_bridge(
         return Ok(Applied::Unknown);
     }
     let hocon = format == Format::Hocon;
-    let b = c.bridges.entry(name.to_owned()).or_insert_with(|| BridgeConfig {
-        // A HOCON bridge section is on unless it says otherwise; the old format has
-        // `bridge_mode`.
-        enable: hocon,
-        ..BridgeConfig::default()
-    });
+    let b = c
+        .bridges
+        .entry(name.to_owned())
+        .or_insert_with(|| BridgeConfig {
+            // A HOCON bridge section is on unless it says otherwise; the old format has
+            // `bridge_mode`.
+            enable: hocon,
+            ..BridgeConfig::default()
+        });
     match field {
         "" => return Ok(Applied::Section),
         "bridge_mode" | "enable" => b.enable = boolean(v)?,
@@ -610,7 +611,8 @@ fn apply_bridge(
                 }
                 if list == "subscription" {
                     if b.subscription.len() <= index {
-                        b.subscription.resize(index + 1, BridgeSubscription::default());
+                        b.subscription
+                            .resize(index + 1, BridgeSubscription::default());
                     }
                     let s = b.subscription.get_mut(index).ok_or("bad index")?;
                     match sub {
@@ -705,8 +707,7 @@ fn subscriptions(v: &Raw) -> Result<Vec<BridgeSubscription>, String> {
                     "topic" | "remote_topic" => s.remote_topic = string(v)?,
                     "local_topic" => s.local_topic = string(v)?,
                     "qos" => s.qos = int(v)?,
-                    "retain" | "retain_as_published" | "retain_handling" | "prefix"
-                    | "suffix" => {}
+                    "retain" | "retain_as_published" | "retain_handling" | "prefix" | "suffix" => {}
                     other => return Err(format!("unknown subscription field {other:?}")),
                 }
             }

@@ -71,6 +71,18 @@ pub enum Input {
     ConfigChange(Box<Config>),
     /// Stop: every connection is told (v5: DISCONNECT 0x8B) and closed.
     Shutdown,
+    /// An HTTP API V1 request: its body and what the client presented. Answered by
+    /// [`Output::AdminReply`] with the same `req_id`.
+    Admin {
+        req_id: u64,
+        credentials: admin::Credentials,
+        body: Bytes,
+    },
+    /// The outcome of an [`Output::WriteConfig`].
+    AdminConfigWritten {
+        req_id: u64,
+        result: Result<(), String>,
+    },
 }
 
 /// What the broker asks its driver to do, or tells it.
@@ -83,6 +95,22 @@ pub enum Output {
     Close { conn: ConnId },
     /// Something worth logging or counting.
     Event(BrokerEvent),
+    /// The answer to [`Input::Admin`]: HTTP status and JSON body.
+    AdminReply {
+        req_id: u64,
+        status: u16,
+        body: Bytes,
+        /// `WWW-Authenticate` value for a 401.
+        challenge: Option<&'static str>,
+    },
+    /// Persist these settings (admin API set-configuration), then report with
+    /// [`Input::AdminConfigWritten`]; they take effect only once written.
+    WriteConfig {
+        req_id: u64,
+        changes: Vec<admin::ConfigChange>,
+    },
+    /// The admin API asked the process to restart (re-read its configuration) or stop.
+    Control(admin::ControlAction),
 }
 
 /// Observable facts, for logs and metrics.

@@ -73,6 +73,8 @@ pub(crate) struct Session {
     pub conn: Option<ConnId>,
     pub version: ProtocolVersion,
     pub username: Option<String>,
+    /// Keep alive of the last connection, in seconds.
+    pub keep_alive: u16,
     /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for never.
     pub expiry_secs: u32,
     /// Raw filter as subscribed (with any `$share/group/` prefix) -> options.
@@ -106,6 +108,7 @@ impl Session {
             conn: None,
             version,
             username: None,
+            keep_alive: 0,
             expiry_secs: 0,
             subscriptions: BTreeMap::new(),
             inflight: BTreeMap::new(),

@@ -240,6 +240,43 @@ impl<K: Ord + Clone, V: Clone> SubscriptionTrie<K, V> {
     }
 }
 
+/// One node of the subscription tree as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeNode<'a, K> {
+    pub level: &'a str,
+    pub children: usize,
+    /// Subscribers at this node (ordinary and shared).
+    pub subscribers: Vec<&'a K>,
+}
+
+impl<K: Ord + Clone, V: Clone> SubscriptionTrie<K, V> {
+    /// The tree breadth first: level 0 is the root, then each depth in order. Bounded by
+    /// the number of nodes, which subscriptions bound.
+    pub fn levels(&self) -> Vec<Vec<TreeNode<'_, K>>> {
+        let mut levels = Vec::new();
+        let mut current: Vec<(&str, &SubNode<K, V>)> = vec![("", &self.root)];
+        while !current.is_empty() {
+            let mut next = Vec::new();
+            let mut level = Vec::new();
+            for (name, node) in current {
+                let mut subscribers: Vec<&K> = node.subscribers.keys().collect();
+                for group in node.shared.values() {
+                    subscribers.extend(group.members.keys());
+                }
+                level.push(TreeNode {
+                    level: name,
+                    children: node.children.len(),
+                    subscribers,
+                });
+                next.extend(node.children.iter().map(|(k, v)| (k.as_str(), v)));
+            }
+            levels.push(level);
+            current = next;
+        }
+        levels
+    }
+}
+
 fn join(path: &str, level: &str) -> String {
     let mut s = String::with_capacity(path.len() + 1 + level.len());
     s.push_str(path);

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 //! The two NanoMQ configuration formats read into the same typed configuration.
 
 use std::collections::BTreeMap;
@@ -125,7 +130,10 @@ fn hocon_bad_value_names_line_and_key() {
     let err = hocon("mqtt {\n  property_size = 32\n  max_mqueue_len = lots\n}\n").unwrap_err();
     assert_eq!(err.line, Some(3), "{err}");
     assert_eq!(err.key.as_deref(), Some("mqtt.max_mqueue_len"));
-    assert!(err.to_string().contains("\"lots\" is not a whole number"), "{err}");
+    assert!(
+        err.to_string().contains("\"lots\" is not a whole number"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -189,12 +197,9 @@ fn environment_variables_use_nanomq_names_and_tidemq_aliases() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let mut config = Config::default();
-    let warnings = tidemq_core::config_parse::apply(
-        &mut config,
-        &env_entries(&env),
-        Format::KeyValue,
-    )
-    .unwrap();
+    let warnings =
+        tidemq_core::config_parse::apply(&mut config, &env_entries(&env), Format::KeyValue)
+            .unwrap();
     assert!(warnings.is_empty());
     assert_eq!(config.url, "nmq-tcp://127.0.0.1:2000");
     assert_eq!(config.msq_len, 9, "TIDEMQ_ wins over NANOMQ_");

@@ -223,7 +223,10 @@ impl Driver {
                     }
                 }
                 Output::Close { conn } => self.shadows[conn.0 as usize].closed = true,
-                Output::Event(_) => {}
+                Output::Event(_)
+                | Output::AdminReply { .. }
+                | Output::WriteConfig { .. }
+                | Output::Control(_) => {}
             }
         }
     }

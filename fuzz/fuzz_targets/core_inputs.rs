@@ -54,10 +54,10 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         rest = tail;
-        if let Input::Accepted { conn, .. } = &input {
-            if !open.insert(conn.0) {
-                continue;
-            }
+        if let Input::Accepted { conn, .. } = &input
+            && !open.insert(conn.0)
+        {
+            continue;
         }
         if let Input::Closed { conn } = &input {
             open.remove(&conn.0);
@@ -77,7 +77,10 @@ fn drain(broker: &mut Broker, open: &mut BTreeSet<u64>) {
             Output::Close { conn } => {
                 assert!(open.remove(&conn.0), "close of a closed connection");
             }
-            Output::Event(_) => {}
+            Output::Event(_)
+            | Output::AdminReply { .. }
+            | Output::WriteConfig { .. }
+            | Output::Control(_) => {}
         }
     }
 }

@@ -91,8 +91,9 @@ pub fn load(inputs: &ConfigInputs, env: &BTreeMap<String, String>) -> Result<Loa
             let over = override_path(&source.path);
             if let Ok(text) = std::fs::read_to_string(&over) {
                 let over_name = over.display().to_string();
-                let (loaded, over_warnings) = config_parse::load(&config, &text, Format::Hocon, env)
-                    .map_err(|e| e.in_source(&over_name))?;
+                let (loaded, over_warnings) =
+                    config_parse::load(&config, &text, Format::Hocon, env)
+                        .map_err(|e| e.in_source(&over_name))?;
                 config = loaded;
                 warnings.extend(over_warnings.into_iter().map(|w| w.in_source(&over_name)));
             }
@@ -116,7 +117,11 @@ pub fn load(inputs: &ConfigInputs, env: &BTreeMap<String, String>) -> Result<Loa
         .collect();
     let flag_warnings = config_parse::apply(&mut config, &flags, Format::Hocon)
         .map_err(|e| e.in_source("command line"))?;
-    warnings.extend(flag_warnings.into_iter().map(|w| w.in_source("command line")));
+    warnings.extend(
+        flag_warnings
+            .into_iter()
+            .map(|w| w.in_source("command line")),
+    );
     config.validate().map_err(|e| {
         ConfigIssue {
             source: None,
@@ -158,158 +163,6 @@ pub fn masked_json(config: &Config) -> String {
     serde_json::to_string_pretty(&shown).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn temp_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tidemq-conf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    #[test]
-    fn precedence_is_defaults_then_file_then_env_then_flags() {
-        let path = temp_file(
-            "precedence.conf",
-            "mqtt { max_mqueue_len = 10, property_size = 11 }\nhttp_server { port = 9001 }\n",
-        );
-        let inputs = ConfigInputs {
-            source: Some(ConfigSource {
-                path,
-                format: Format::Hocon,
-            }),
-            flags: vec![("property_size".to_owned(), "13".to_owned())],
-        };
-        let loaded = load(
-            &inputs,
-            &env(&[("NANOMQ_MSQ_LEN", "12"), ("NANOMQ_PROPERTY_SIZE", "12")]),
-        )
-        .unwrap();
-        assert_eq!(loaded.config.msq_len, 12, "env beats file");
-        assert_eq!(loaded.config.property_size, 13, "flag beats env");
-        assert_eq!(loaded.config.http_server.port, 9001, "file beats default");
-        assert_eq!(loaded.config.max_inflight, Config::default().max_inflight);
-    }
-
-    #[test]
-    fn errors_name_the_file_and_line() {
-        let path = temp_file("broken.conf", "mqtt {\n  max_mqueue_len = -3\n}\n");
-        let inputs = ConfigInputs {
-            source: Some(ConfigSource {
-                path: path.clone(),
-                format: Format::Hocon,
-            }),
-            flags: Vec::new(),
-        };
-        let err = load(&inputs, &BTreeMap::new()).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.starts_with(&format!("{}:2: mqtt.max_mqueue_len", path.display())),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn missing_file_is_a_clear_error() {
-        let inputs = ConfigInputs {
-            source: Some(ConfigSource {
-                path: PathBuf::from("/nonexistent/nanomq.conf"),
-                format: Format::Hocon,
-            }),
-            flags: Vec::new(),
-        };
-        let err = load(&inputs, &BTreeMap::new()).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/nanomq.conf"), "{err}");
-        assert!(err.contains("cannot read"), "{err}");
-    }
-
-    #[test]
-    fn old_conf_flag_selects_the_key_value_format() {
-        let source = find_source(None, Some(Path::new("x.conf")), &BTreeMap::new()).unwrap();
-        assert_eq!(source.format, Format::KeyValue);
-        let source = find_source(None, None, &env(&[("NANOMQ_CONF_PATH", "/a.conf")])).unwrap();
-        assert_eq!(source.path, PathBuf::from("/a.conf"));
-        assert_eq!(source.format, Format::Hocon);
-    }
-
-    #[test]
-    fn key_value_rewrite_keeps_comments_and_other_lines() {
-        let text = "# main\nurl=nmq-tcp://0.0.0.0:1883\n\n# queue\nmsq_len = 64\nbridge.mqtt.subscription.1.topic=a\nbridge.mqtt.subscription.2.topic=b\n";
-        let out = rewrite_key_value(
-            text,
-            &[
-                ("msq_len".to_owned(), "5".to_owned()),
-                ("allow_anonymous".to_owned(), "false".to_owned()),
-                ("bridge.mqtt.subscription.1.topic".to_owned(), "c".to_owned()),
-            ],
-        );
-        assert_eq!(
-            out,
-            "# main\nurl=nmq-tcp://0.0.0.0:1883\n\n# queue\nmsq_len=5\nbridge.mqtt.subscription.1.topic=c\nallow_anonymous=false\n"
-        );
-    }
-
-    #[test]
-    fn admin_changes_to_a_hocon_file_go_to_the_override_and_load_over_it() {
-        let base = temp_file("persist.conf", "mqtt { max_mqueue_len = 10 }\n");
-        let source = ConfigSource {
-            path: base.clone(),
-            format: Format::Hocon,
-        };
-        let change = |key: &str, value: serde_json::Value| tidemq_core::admin::ConfigChange {
-            key: key.to_owned(),
-            value,
-        };
-        persist(Some(&source), &[change("msq_len", serde_json::json!(20))]).unwrap();
-        persist(
-            Some(&source),
-            &[
-                change("msq_len", serde_json::json!(30)),
-                change("allow_anonymous", serde_json::json!(false)),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&base).unwrap(),
-            "mqtt { max_mqueue_len = 10 }\n",
-            "the user's file is untouched"
-        );
-        let inputs = ConfigInputs {
-            source: Some(source),
-            flags: Vec::new(),
-        };
-        let loaded = load(&inputs, &BTreeMap::new()).unwrap();
-        assert_eq!(loaded.config.msq_len, 30);
-        assert!(!loaded.config.allow_anonymous);
-        let _ = std::fs::remove_file(override_path(&base));
-    }
-
-    #[test]
-    fn persisting_without_a_file_is_refused() {
-        assert!(persist(None, &[]).unwrap_err().contains("--conf"));
-    }
-
-    #[test]
-    fn masked_output_hides_secrets() {
-        let mut config = Config::default();
-        config.users.insert("alice".to_owned(), "s3cret".to_owned());
-        config.http_server.password = "adminpw".to_owned();
-        let shown = masked_json(&config);
-        assert!(!shown.contains("s3cret") && !shown.contains("adminpw"), "{shown}");
-        assert!(shown.contains("alice"));
-    }
-}
-
 /// The file beside a HOCON configuration that holds changes made through the admin API; it
 /// is loaded over the base file, which is never rewritten (EMQX does the same).
 pub fn override_path(base: &Path) -> PathBuf {
@@ -334,7 +187,9 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let result = (|| {
@@ -435,5 +290,163 @@ pub fn persist(
             write_atomically(&path, &text).map_err(|e| fail(&path, e))?;
             Ok(path)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tidemq-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn precedence_is_defaults_then_file_then_env_then_flags() {
+        let path = temp_file(
+            "precedence.conf",
+            "mqtt { max_mqueue_len = 10, property_size = 11 }\nhttp_server { port = 9001 }\n",
+        );
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path,
+                format: Format::Hocon,
+            }),
+            flags: vec![("property_size".to_owned(), "13".to_owned())],
+        };
+        let loaded = load(
+            &inputs,
+            &env(&[("NANOMQ_MSQ_LEN", "12"), ("NANOMQ_PROPERTY_SIZE", "12")]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.msq_len, 12, "env beats file");
+        assert_eq!(loaded.config.property_size, 13, "flag beats env");
+        assert_eq!(loaded.config.http_server.port, 9001, "file beats default");
+        assert_eq!(loaded.config.max_inflight, Config::default().max_inflight);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let path = temp_file("broken.conf", "mqtt {\n  max_mqueue_len = -3\n}\n");
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: path.clone(),
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        let err = load(&inputs, &BTreeMap::new()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}:2: mqtt.max_mqueue_len", path.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: PathBuf::from("/nonexistent/nanomq.conf"),
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        let err = load(&inputs, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/nanomq.conf"), "{err}");
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn old_conf_flag_selects_the_key_value_format() {
+        let source = find_source(None, Some(Path::new("x.conf")), &BTreeMap::new()).unwrap();
+        assert_eq!(source.format, Format::KeyValue);
+        let source = find_source(None, None, &env(&[("NANOMQ_CONF_PATH", "/a.conf")])).unwrap();
+        assert_eq!(source.path, PathBuf::from("/a.conf"));
+        assert_eq!(source.format, Format::Hocon);
+    }
+
+    #[test]
+    fn key_value_rewrite_keeps_comments_and_other_lines() {
+        let text = "# main\nurl=nmq-tcp://0.0.0.0:1883\n\n# queue\nmsq_len = 64\nbridge.mqtt.subscription.1.topic=a\nbridge.mqtt.subscription.2.topic=b\n";
+        let out = rewrite_key_value(
+            text,
+            &[
+                ("msq_len".to_owned(), "5".to_owned()),
+                ("allow_anonymous".to_owned(), "false".to_owned()),
+                (
+                    "bridge.mqtt.subscription.1.topic".to_owned(),
+                    "c".to_owned(),
+                ),
+            ],
+        );
+        assert_eq!(
+            out,
+            "# main\nurl=nmq-tcp://0.0.0.0:1883\n\n# queue\nmsq_len=5\nbridge.mqtt.subscription.1.topic=c\nallow_anonymous=false\n"
+        );
+    }
+
+    #[test]
+    fn admin_changes_to_a_hocon_file_go_to_the_override_and_load_over_it() {
+        let base = temp_file("persist.conf", "mqtt { max_mqueue_len = 10 }\n");
+        let source = ConfigSource {
+            path: base.clone(),
+            format: Format::Hocon,
+        };
+        let change = |key: &str, value: serde_json::Value| tidemq_core::admin::ConfigChange {
+            key: key.to_owned(),
+            value,
+        };
+        persist(Some(&source), &[change("msq_len", serde_json::json!(20))]).unwrap();
+        persist(
+            Some(&source),
+            &[
+                change("msq_len", serde_json::json!(30)),
+                change("allow_anonymous", serde_json::json!(false)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&base).unwrap(),
+            "mqtt { max_mqueue_len = 10 }\n",
+            "the user's file is untouched"
+        );
+        let inputs = ConfigInputs {
+            source: Some(source),
+            flags: Vec::new(),
+        };
+        let loaded = load(&inputs, &BTreeMap::new()).unwrap();
+        assert_eq!(loaded.config.msq_len, 30);
+        assert!(!loaded.config.allow_anonymous);
+        let _ = std::fs::remove_file(override_path(&base));
+    }
+
+    #[test]
+    fn persisting_without_a_file_is_refused() {
+        assert!(persist(None, &[]).unwrap_err().contains("--conf"));
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let mut config = Config::default();
+        config.users.insert("alice".to_owned(), "s3cret".to_owned());
+        config.http_server.password = "adminpw".to_owned();
+        let shown = masked_json(&config);
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("adminpw"),
+            "{shown}"
+        );
+        assert!(shown.contains("alice"));
     }
 }

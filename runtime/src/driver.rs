@@ -585,13 +585,17 @@ fn log_event(event: BrokerEvent) {
             conn,
             client_id,
             reason_code,
-        } => info!(%conn, client_id, reason_code = format_args!("{reason_code:#04x}"), "connect refused"),
+        } => {
+            info!(%conn, client_id, reason_code = format_args!("{reason_code:#04x}"), "connect refused")
+        }
         BrokerEvent::ClientDisconnected {
             conn,
             client_id,
             reason_code,
             detail,
-        } => info!(%conn, client_id = client_id.as_deref().unwrap_or("-"), reason_code = format_args!("{reason_code:#04x}"), detail, "client disconnected"),
+        } => {
+            info!(%conn, client_id = client_id.as_deref().unwrap_or("-"), reason_code = format_args!("{reason_code:#04x}"), detail, "client disconnected")
+        }
         BrokerEvent::SessionExpired { client_id } => info!(client_id, "session expired"),
         BrokerEvent::MessagesDropped {
             client_id,
@@ -603,7 +607,11 @@ fn log_event(event: BrokerEvent) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, next_conn: Arc<AtomicU64>, events: mpsc::Sender<Event>) {
+async fn accept_loop(
+    listener: TcpListener,
+    next_conn: Arc<AtomicU64>,
+    events: mpsc::Sender<Event>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -128,9 +128,14 @@ pub(crate) async fn serve(
     }
 }
 
-fn json_response(status: u16, body: Bytes, challenge: Option<&'static str>) -> Response<Full<Bytes>> {
+fn json_response(
+    status: u16,
+    body: Bytes,
+    challenge: Option<&'static str>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -166,14 +171,20 @@ async fn handle(
         (Some(key), Some(header)) => scheme_token(header, "bearer").map(|t| key.verify(t)),
         _ => None,
     };
-    let body = match Limited::new(req.into_body(), settings.max_body).collect().await {
+    let body = match Limited::new(req.into_body(), settings.max_body)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             debug!(%peer, error = %e, "admin API body refused");
             return plain_error(
                 413,
                 108,
-                &format!("request body larger than http_server.max_body ({} bytes) or unreadable", settings.max_body),
+                &format!(
+                    "request body larger than http_server.max_body ({} bytes) or unreadable",
+                    settings.max_body
+                ),
             );
         }
     };

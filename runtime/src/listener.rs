@@ -21,7 +21,9 @@ pub fn parse_listener_url(url: &str) -> Result<ListenerUrl, String> {
         ));
     }
     let addr = rest.parse::<SocketAddr>().map_err(|e| {
-        format!("listener URL {url:?}: {e} (expected nmq-tcp://host:port, e.g. nmq-tcp://0.0.0.0:1883)")
+        format!(
+            "listener URL {url:?}: {e} (expected nmq-tcp://host:port, e.g. nmq-tcp://0.0.0.0:1883)"
+        )
     })?;
     Ok(ListenerUrl { addr })
 }

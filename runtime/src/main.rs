@@ -166,7 +166,10 @@ impl StartArgs {
         if let Some(path) = &self.log_file {
             set("log.to", "console,file".into());
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            set("log.dir", dir.unwrap_or(Path::new(".")).display().to_string());
+            set(
+                "log.dir",
+                dir.unwrap_or(Path::new(".")).display().to_string(),
+            );
             let file = path.file_name().unwrap_or_default();
             set("log.file", file.to_string_lossy().into_owned());
         }
@@ -235,7 +238,9 @@ fn main() -> ExitCode {
             let pid_path = pidfile::path(args.pid.pid_file.as_deref(), &env);
             match pidfile::reload(&pid_path, args.conf.as_deref()) {
                 Ok(pid) => {
-                    println!("reload requested from tidemq (pid {pid}); its log reports the result");
+                    println!(
+                        "reload requested from tidemq (pid {pid}); its log reports the result"
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -304,13 +309,17 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
     };
     match &inputs.source {
         Some(s) => info!(file = %s.path.display(), "configuration loaded"),
-        None => warn!("no configuration file found (etc/nanomq.conf, /etc/nanomq.conf): using built-in defaults"),
+        None => warn!(
+            "no configuration file found (etc/nanomq.conf, /etc/nanomq.conf): using built-in defaults"
+        ),
     }
     for w in &warnings {
         warn!("{w}");
     }
     if !config.tcp_enable {
-        error!("the TCP listener is disabled (listeners.tcp.enable = false) and no other listener exists yet");
+        error!(
+            "the TCP listener is disabled (listeners.tcp.enable = false) and no other listener exists yet"
+        );
         return ExitCode::FAILURE;
     }
     let pid_path = pidfile::path(args.pid.pid_file.as_deref(), env);

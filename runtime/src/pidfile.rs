@@ -39,7 +39,10 @@ fn read_pid(path: &Path) -> io::Result<u32> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("no running broker found: cannot read pid file {}: {e}", path.display()),
+            format!(
+                "no running broker found: cannot read pid file {}: {e}",
+                path.display()
+            ),
         )
     })?;
     text.trim().parse().map_err(|_| {
@@ -86,7 +89,10 @@ impl PidFile {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot write pid file {}: {e}", path.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot write pid file {}: {e}", path.display()),
+            )
         })?;
         Ok(PidFile {
             path: path.to_owned(),

@@ -1,112 +1,32 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 //! Configuration files, SIGHUP reload and the stop/check verbs against the real binary.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const TIDEMQ: &str = env!("CARGO_BIN_EXE_tidemq");
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!("tidemq-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Dir(path)
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tool(name: &str) -> Command {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is missing: install the Debian package mosquitto-clients (scripts/test does)"
-    );
-    Command::new(name)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- broker log ---\n{}", self.log());
-        }
-    }
-}
-
-fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
-    let child = Command::new(TIDEMQ)
-        .args(["start", "--conf"])
-        .arg(conf)
-        .arg("--pid_file")
-        .arg(pid)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let running = Running {
-        child,
-        log: log.to_owned(),
-    };
-    wait_for("the broker to listen", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    running
-}
+use support::{Dir, TIDEMQ, free_port, run, start, tool, wait_for};
 
 fn publish(port: u16, creds: Option<(&str, &str)>, topic: &str, msg: &str) -> Output {
     let mut cmd = tool("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", msg, "-q", "1"]);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-m",
+        msg,
+        "-q",
+        "1",
+    ]);
     if let Some((user, pass)) = creds {
         cmd.args(["-u", user, "-P", pass]);
     }
@@ -114,9 +34,7 @@ fn publish(port: u16, creds: Option<(&str, &str)>, topic: &str, msg: &str) -> Ou
 }
 
 fn config(port: u16, auth: &str) -> String {
-    format!(
-        "listeners.tcp.bind = \"127.0.0.1:{port}\"\nlog.level = info\nauth {{\n{auth}\n}}\n"
-    )
+    format!("listeners.tcp.bind = \"127.0.0.1:{port}\"\nlog.level = info\nauth {{\n{auth}\n}}\n")
 }
 
 #[test]
@@ -130,7 +48,16 @@ fn sighup_applies_new_users_to_new_connections_and_keeps_existing_ones() {
 
     // An anonymous subscriber connected under the old rules.
     let keeper = tool("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "reload/t", "-q", "1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "reload/t",
+            "-q",
+            "1",
+        ])
         .args(["-C", "2", "-W", "20", "-i", "keeper"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -150,7 +77,9 @@ fn sighup_applies_new_users_to_new_connections_and_keeps_existing_ones() {
         ),
     )
     .unwrap();
-    let out = run(Command::new(TIDEMQ).args(["reload", "--pid_file"]).arg(&pid));
+    let out = run(Command::new(TIDEMQ)
+        .args(["reload", "--pid_file"])
+        .arg(&pid));
     assert!(out.status.success(), "{out:?}");
     wait_for("the reload", Duration::from_secs(10), || {
         broker.log().contains("configuration reloaded")
@@ -165,7 +94,9 @@ fn sighup_applies_new_users_to_new_connections_and_keeps_existing_ones() {
 
     // A broken file is refused as a whole; the running rules stay.
     std::fs::write(&conf, "auth {\n  allow_anonymous = perhaps\n}\n").unwrap();
-    let out = run(Command::new(TIDEMQ).args(["reload", "--pid_file"]).arg(&pid));
+    let out = run(Command::new(TIDEMQ)
+        .args(["reload", "--pid_file"])
+        .arg(&pid));
     assert!(out.status.success());
     wait_for("the failed reload", Duration::from_secs(10), || {
         broker.log().contains("reload failed")
@@ -174,7 +105,11 @@ fn sighup_applies_new_users_to_new_connections_and_keeps_existing_ones() {
         broker.log().contains("nanomq.conf:2: auth.allow_anonymous"),
         "the error names file, line and key"
     );
-    assert!(!publish(port, None, "reload/t", "still refused").status.success());
+    assert!(
+        !publish(port, None, "reload/t", "still refused")
+            .status
+            .success()
+    );
     let second = publish(port, Some(("alice", "secret")), "reload/t", "two");
     assert!(second.status.success(), "{second:?}");
 
@@ -197,7 +132,11 @@ fn second_start_with_the_same_pid_file_is_refused() {
     std::fs::write(&conf, config(port, "allow_anonymous = true")).unwrap();
     let _broker = start(&conf, &pid, &dir.file("broker.log"), port);
     let out = run(Command::new(TIDEMQ)
-        .args(["start", "--url", &format!("nmq-tcp://127.0.0.1:{}", free_port())])
+        .args([
+            "start",
+            "--url",
+            &format!("nmq-tcp://127.0.0.1:{}", free_port()),
+        ])
         .arg("--pid_file")
         .arg(&pid));
     assert!(!out.status.success());
@@ -209,7 +148,11 @@ fn second_start_with_the_same_pid_file_is_refused() {
 fn check_reports_the_line_of_a_broken_file_and_fails() {
     let dir = Dir::new("check");
     let conf = dir.file("broken.conf");
-    std::fs::write(&conf, "mqtt {\n  property_size = 32\n  max_packet_size = huge\n}\n").unwrap();
+    std::fs::write(
+        &conf,
+        "mqtt {\n  property_size = 32\n  max_packet_size = huge\n}\n",
+    )
+    .unwrap();
     let out = run(Command::new(TIDEMQ).args(["check", "--conf"]).arg(&conf));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -239,7 +182,10 @@ fn check_prints_the_effective_configuration_with_secrets_masked() {
     assert!(out.status.success(), "{out:?}");
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["msq_len"], 77);
-    assert_eq!(shown["property_size"], 9, "environment applies over the file");
+    assert_eq!(
+        shown["property_size"], 9,
+        "environment applies over the file"
+    );
     assert_eq!(shown["users"]["alice"], "******");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 }

@@ -42,7 +42,9 @@ pub fn peek_fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, Decod
             return Ok(Some((first, value, 2 + i)));
         }
     }
-    Err(DecodeError::Malformed("remaining length longer than 4 bytes"))
+    Err(DecodeError::Malformed(
+        "remaining length longer than 4 bytes",
+    ))
 }
 
 /// Decodes the packet at the front of `buf` and removes its bytes.
@@ -325,7 +327,9 @@ fn decode_connect(r: &mut Reader, limits: &DecodeLimits) -> Result<Connect, Deco
     let has_password = flags & 0x40 != 0;
     let has_username = flags & 0x80 != 0;
     if !will_flag && (will_qos != QoS::AtMostOnce || will_retain) {
-        return Err(DecodeError::Malformed("will QoS or retain without will flag"));
+        return Err(DecodeError::Malformed(
+            "will QoS or retain without will flag",
+        ));
     }
     if has_password && !has_username && !version.is_v5() {
         return Err(DecodeError::Malformed("password without user name"));
@@ -433,7 +437,9 @@ impl Reader {
                 return Ok(value);
             }
         }
-        Err(DecodeError::Malformed("variable byte integer longer than 4 bytes"))
+        Err(DecodeError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {

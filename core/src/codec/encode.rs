@@ -97,8 +97,7 @@ fn check_properties(p: &Properties) -> Result<(), EncodeError> {
         field_ok(k.len())?;
         field_ok(v.len())?;
     }
-    if p
-        .subscription_identifiers
+    if p.subscription_identifiers
         .iter()
         .any(|id| *id == 0 || *id as usize > MAX_REMAINING)
     {
@@ -246,7 +245,12 @@ fn remaining_len(packet: &Packet, version: ProtocolVersion) -> usize {
         Packet::Publish(p) => PublishRef::of(p).remaining_len(version),
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             let (reason, with_props) = ack_has_tail(v5, a);
-            2 + usize::from(reason) + if with_props { a.properties.encoded_len() } else { 0 }
+            2 + usize::from(reason)
+                + if with_props {
+                    a.properties.encoded_len()
+                } else {
+                    0
+                }
         }
         Packet::Subscribe(s) => {
             2 + props(&s.properties) + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>()
@@ -265,7 +269,12 @@ fn remaining_len(packet: &Packet, version: ProtocolVersion) -> usize {
         Packet::PingReq | Packet::PingResp => 0,
         Packet::Disconnect(r) | Packet::Auth(r) => {
             let (reason, with_props) = reason_only_tail(v5, r);
-            usize::from(reason) + if with_props { r.properties.encoded_len() } else { 0 }
+            usize::from(reason)
+                + if with_props {
+                    r.properties.encoded_len()
+                } else {
+                    0
+                }
         }
     }
 }

@@ -114,12 +114,20 @@ const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
 /// The packets each property may appear in (v5 §2.2.2.2).
 fn allowed_in(id: u8) -> Option<u16> {
     Some(match id {
-        PAYLOAD_FORMAT_INDICATOR | MESSAGE_EXPIRY_INTERVAL | CONTENT_TYPE | RESPONSE_TOPIC
+        PAYLOAD_FORMAT_INDICATOR
+        | MESSAGE_EXPIRY_INTERVAL
+        | CONTENT_TYPE
+        | RESPONSE_TOPIC
         | CORRELATION_DATA => PUBLISH | WILL,
         SUBSCRIPTION_IDENTIFIER => PUBLISH | SUBSCRIBE,
         SESSION_EXPIRY_INTERVAL => CONNECT | CONNACK | DISCONNECT,
-        ASSIGNED_CLIENT_IDENTIFIER | SERVER_KEEP_ALIVE | RESPONSE_INFORMATION | MAXIMUM_QOS
-        | RETAIN_AVAILABLE | WILDCARD_SUBSCRIPTION_AVAILABLE | SUBSCRIPTION_IDENTIFIER_AVAILABLE
+        ASSIGNED_CLIENT_IDENTIFIER
+        | SERVER_KEEP_ALIVE
+        | RESPONSE_INFORMATION
+        | MAXIMUM_QOS
+        | RETAIN_AVAILABLE
+        | WILDCARD_SUBSCRIPTION_AVAILABLE
+        | SUBSCRIPTION_IDENTIFIER_AVAILABLE
         | SHARED_SUBSCRIPTION_AVAILABLE => CONNACK,
         AUTHENTICATION_METHOD | AUTHENTICATION_DATA => CONNECT | CONNACK | AUTH,
         REQUEST_PROBLEM_INFORMATION | REQUEST_RESPONSE_INFORMATION => CONNECT,
@@ -182,8 +190,7 @@ impl Properties {
                     if v == 0 {
                         return Err(DecodeError::Protocol("subscription identifier 0"));
                     }
-                    if ctx == PropertyContext::Subscribe && !p.subscription_identifiers.is_empty()
-                    {
+                    if ctx == PropertyContext::Subscribe && !p.subscription_identifiers.is_empty() {
                         return Err(DecodeError::Protocol("property included more than once"));
                     }
                     p.subscription_identifiers.push(v);
@@ -336,7 +343,11 @@ impl Properties {
                 put_binary(out, v);
             }
         };
-        u8p(out, PAYLOAD_FORMAT_INDICATOR, &self.payload_format_indicator);
+        u8p(
+            out,
+            PAYLOAD_FORMAT_INDICATOR,
+            &self.payload_format_indicator,
+        );
         u32p(out, MESSAGE_EXPIRY_INTERVAL, &self.message_expiry_interval);
         strp(out, CONTENT_TYPE, &self.content_type);
         strp(out, RESPONSE_TOPIC, &self.response_topic);
@@ -346,13 +357,25 @@ impl Properties {
             put_varint(out, *id as usize);
         }
         u32p(out, SESSION_EXPIRY_INTERVAL, &self.session_expiry_interval);
-        strp(out, ASSIGNED_CLIENT_IDENTIFIER, &self.assigned_client_identifier);
+        strp(
+            out,
+            ASSIGNED_CLIENT_IDENTIFIER,
+            &self.assigned_client_identifier,
+        );
         u16p(out, SERVER_KEEP_ALIVE, &self.server_keep_alive);
         strp(out, AUTHENTICATION_METHOD, &self.authentication_method);
         binp(out, AUTHENTICATION_DATA, &self.authentication_data);
-        u8p(out, REQUEST_PROBLEM_INFORMATION, &self.request_problem_information);
+        u8p(
+            out,
+            REQUEST_PROBLEM_INFORMATION,
+            &self.request_problem_information,
+        );
         u32p(out, WILL_DELAY_INTERVAL, &self.will_delay_interval);
-        u8p(out, REQUEST_RESPONSE_INFORMATION, &self.request_response_information);
+        u8p(
+            out,
+            REQUEST_RESPONSE_INFORMATION,
+            &self.request_response_information,
+        );
         strp(out, RESPONSE_INFORMATION, &self.response_information);
         strp(out, SERVER_REFERENCE, &self.server_reference);
         strp(out, REASON_STRING, &self.reason_string);

@@ -222,6 +222,8 @@ impl Harness {
                         c.closed = true;
                     }
                     Output::Event(e) => self.events.push(e),
+                    Output::AdminReply { .. } | Output::WriteConfig { .. } | Output::Control(_) => {
+                    }
                 }
             }
         }
