@@ -216,9 +216,11 @@ fn ack_has_tail(v5: bool, a: &Ack) -> (bool, bool) {
     (v5 && (a.reason != 0 || props), props)
 }
 
+/// DISCONNECT and AUTH: a reason code is always followed by a property length, even an
+/// empty one. The spec lets it be left out, but some clients (rumqttc) cannot read that.
 fn reason_only_tail(v5: bool, r: &ReasonOnly) -> (bool, bool) {
-    let props = v5 && !r.properties.is_empty();
-    (v5 && (r.reason != 0 || props), props)
+    let tail = v5 && (r.reason != 0 || !r.properties.is_empty());
+    (tail, tail)
 }
 
 fn remaining_len(packet: &Packet, version: ProtocolVersion) -> usize {

@@ -2136,13 +2136,23 @@ fn ping_disconnect_auth_bytes() {
         Packet::Disconnect(ReasonOnly::default()),
     );
     exact(&[0xE0, 0x00], V5, Packet::Disconnect(ReasonOnly::default()));
+    // A reason code is sent with an (empty) property length, which every client reads;
+    // the short form without it still decodes.
     exact(
-        &[0xE0, 0x01, 0x8E],
+        &[0xE0, 0x02, 0x8E, 0x00],
         V5,
         Packet::Disconnect(ReasonOnly {
             reason: reason::SESSION_TAKEN_OVER,
             properties: props(),
         }),
+    );
+    let mut short = BytesMut::from(&[0xE0, 0x01, 0x8E][..]);
+    assert_eq!(
+        decode_packet(&mut short, V5, &DecodeLimits::default()).unwrap(),
+        Some(Packet::Disconnect(ReasonOnly {
+            reason: reason::SESSION_TAKEN_OVER,
+            properties: props(),
+        }))
     );
     exact(
         &[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x00],
