@@ -20,7 +20,8 @@ pub struct Config {
     pub qos_duration: u32,
     /// Clients that give no user name may connect (NanoMQ `allow_anonymous`).
     pub allow_anonymous: bool,
-    /// user name -> password. Empty: no password check for named users.
+    /// user name -> password. A client giving a user name must match one; with none listed,
+    /// named clients count as anonymous (see `allow_anonymous`).
     pub users: BTreeMap<String, String>,
     /// A connection is closed after `keepalive * keepalive_multiplier` seconds of silence.
     pub keepalive_multiplier: f64,
