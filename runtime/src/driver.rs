@@ -8,26 +8,23 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
 use tidemq_core::admin::ControlAction;
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, error, info, warn};
 
 use crate::config_file::{self, ConfigInputs, Loaded};
+use crate::conn::{self, AcceptContext, ConnEvent, WriterCmd};
 use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
-use crate::listener::parse_listener_url;
+use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
+use crate::tls::{self, SharedTls};
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
 /// Inputs waiting for the driver; readers wait when it is full, which slows their peers.
 const EVENT_QUEUE: usize = 4096;
 /// Inputs handled per wake-up before the driver checks its timer again.
@@ -36,36 +33,32 @@ const EVENT_BATCH: usize = 256;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 enum Event {
-    Accepted {
-        conn: ConnId,
-        peer: SocketAddr,
-        stream: TcpStream,
-    },
-    Received {
-        conn: ConnId,
-        bytes: Bytes,
-    },
-    Written {
-        conn: ConnId,
-        bytes: usize,
-    },
-    Closed {
-        conn: ConnId,
-    },
+    Conn(ConnEvent),
     ConfigWritten {
         req_id: u64,
         result: Result<PathBuf, String>,
     },
 }
 
-enum WriterCmd {
-    Data(Bytes),
-    Close,
+impl From<ConnEvent> for Event {
+    fn from(e: ConnEvent) -> Event {
+        Event::Conn(e)
+    }
 }
 
 struct ConnHandle {
     writer: mpsc::UnboundedSender<WriterCmd>,
     reader: AbortHandle,
+    writer_task: JoinHandle<()>,
+}
+
+impl ConnHandle {
+    /// Stops reading and lets the writer flush what it has, then close.
+    fn close(self) -> JoinHandle<()> {
+        self.reader.abort();
+        let _ = self.writer.send(WriterCmd::Close);
+        self.writer_task
+    }
 }
 
 /// Requests from outside the broker (signals, the command line, tests).
@@ -88,8 +81,9 @@ pub struct ConfigOrigin {
 
 /// A bound, not yet running broker.
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<(ListenerUrl, TcpListener)>,
     http: Option<TcpListener>,
+    tls: Option<SharedTls>,
     config: Config,
     seed: u64,
     control: Option<mpsc::UnboundedReceiver<Control>>,
@@ -98,7 +92,10 @@ pub struct Server {
 
 /// A broker running in the background (for tests and embedding).
 pub struct ServerHandle {
+    /// The first MQTT listener's address (TCP when enabled).
     pub local_addr: SocketAddr,
+    /// Every MQTT listener's address.
+    pub listener_addrs: Vec<(Transport, SocketAddr)>,
     pub http_addr: Option<SocketAddr>,
     pub control: mpsc::UnboundedSender<Control>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -115,15 +112,51 @@ impl ServerHandle {
     }
 }
 
-async fn bind_mqtt(config: &Config) -> io::Result<TcpListener> {
-    let url = parse_listener_url(&config.url)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("url: {e}")))?;
-    TcpListener::bind(url.addr).await.map_err(|e| {
+/// The MQTT listeners a configuration asks for, by transport.
+fn wanted_listeners(config: &Config) -> BTreeMap<Transport, String> {
+    let mut wanted = BTreeMap::new();
+    if config.tcp_enable {
+        wanted.insert(Transport::Tcp, config.url.clone());
+    }
+    if config.tls.enable {
+        wanted.insert(Transport::Tls, config.tls.url.clone());
+    }
+    if config.websocket.enable {
+        wanted.insert(Transport::Ws, config.websocket.url.clone());
+        if config.tls.enable {
+            wanted.insert(Transport::Wss, config.websocket.tls_url.clone());
+        }
+    }
+    wanted
+}
+
+/// Binds one listener; the error names it.
+async fn bind_listener(transport: Transport, url: &str) -> io::Result<(ListenerUrl, TcpListener)> {
+    let setting = match transport {
+        Transport::Tcp => "url",
+        Transport::Tls => "tls.url",
+        Transport::Ws => "websocket.url",
+        Transport::Wss => "websocket.tls_url",
+    };
+    let parsed = parse_listener_url(url)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{setting}: {e}")))?;
+    if parsed.transport != transport {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{setting}: {url:?} is not a {} URL", transport.name()),
+        ));
+    }
+    let listener = TcpListener::bind(parsed.addr).await.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen on {} (url {}): {e}", url.addr, config.url),
+            format!(
+                "cannot listen on {} ({} listener, {setting} = {url}): {e}",
+                parsed.addr,
+                transport.name()
+            ),
         )
-    })
+    })?;
+    Ok((parsed, listener))
 }
 
 async fn bind_http(config: &Config) -> io::Result<Option<TcpListener>> {
@@ -159,17 +192,42 @@ fn http_settings(config: &Config) -> io::Result<Arc<HttpSettings>> {
     }))
 }
 
+/// WebSocket frames may hold a whole packet and then some.
+fn max_frame(config: &Config) -> usize {
+    (config.max_packet_size as usize)
+        .saturating_mul(2)
+        .max(64 * 1024)
+}
+
 impl Server {
-    /// Binds the MQTT listener (`config.url`) and, when enabled, the admin API. The
-    /// configuration must already be valid.
+    /// Binds every enabled MQTT listener and, when enabled, the admin API. The configuration
+    /// must already be valid; a listener that cannot bind is an error naming it.
     pub async fn bind(config: Config, seed: u64) -> io::Result<Server> {
-        let listener = bind_mqtt(&config).await?;
+        let wanted = wanted_listeners(&config);
+        if wanted.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no MQTT listener is enabled (tcp, tls and websocket are all off)",
+            ));
+        }
+        let tls = if wanted.keys().any(|t| t.uses_tls()) {
+            let built = tls::server_config(&config.tls)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            Some(SharedTls::new(built))
+        } else {
+            None
+        };
+        let mut listeners = Vec::new();
+        for (transport, url) in &wanted {
+            listeners.push(bind_listener(*transport, url).await?);
+        }
         let http = bind_http(&config).await?;
         // Fail at start, not at the first request, on an unreadable JWT key.
         http_settings(&config)?;
         Ok(Server {
-            listener,
+            listeners,
             http,
+            tls,
             config,
             seed,
             control: None,
@@ -183,8 +241,19 @@ impl Server {
         self
     }
 
+    /// The first MQTT listener's address (the TCP one when enabled).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.listeners.first() {
+            Some((_, l)) => l.local_addr(),
+            None => Err(io::Error::other("no listener")),
+        }
+    }
+
+    pub fn listener_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(url, l)| l.local_addr().ok().map(|a| (url.transport, a)))
+            .collect()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -201,6 +270,7 @@ impl Server {
     /// Runs in a background task until [`ServerHandle::shutdown`].
     pub fn spawn(mut self) -> io::Result<ServerHandle> {
         let local_addr = self.local_addr()?;
+        let listener_addrs = self.listener_addrs();
         let http_addr = self.http_addr();
         let control = self.control();
         let (tx, rx) = oneshot::channel();
@@ -209,6 +279,7 @@ impl Server {
         }));
         Ok(ServerHandle {
             local_addr,
+            listener_addrs,
             http_addr,
             control,
             shutdown: Some(tx),
@@ -218,31 +289,32 @@ impl Server {
 
     /// Runs until `shutdown` completes (or req 10 stop), then disconnects every client.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let addr = self.local_addr()?;
-        info!(listener = "tcp", %addr, seed = self.seed, "listening");
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let (admin_tx, mut admin) = mpsc::channel::<AdminCall>(64);
-        let next_conn = Arc::new(AtomicU64::new(1));
         let start = tokio::time::Instant::now();
         let now = move || Instant(start.elapsed().as_millis() as u64);
         let mut control = self.control.take();
+        info!(seed = self.seed, "starting");
         let mut driver = Driver {
             broker: Broker::new(self.config.clone(), self.seed, now()),
             config: self.config,
             conns: BTreeMap::new(),
-            events_tx: events_tx.clone(),
-            writers: JoinSet::new(),
+            closing: Vec::new(),
+            events_tx,
             pending_admin: BTreeMap::new(),
             next_req: 1,
             origin: self.origin,
-            next_conn,
+            next_conn: Arc::new(AtomicU64::new(1)),
             admin_tx,
-            accept: None,
+            listeners: BTreeMap::new(),
+            tls: self.tls,
             http: None,
             stop_requested: false,
             reload_requested: false,
         };
-        driver.start_accepting(self.listener);
+        for (url, listener) in self.listeners {
+            driver.start_listener(url, listener);
+        }
         if let Some(listener) = self.http {
             driver.start_http(listener)?;
         }
@@ -286,9 +358,11 @@ impl Server {
         }
         info!("shutting down");
         driver.input(now(), Input::Shutdown);
-        let mut writers = driver.finish();
+        let writers = driver.finish();
         let flushed = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while writers.join_next().await.is_some() {}
+            for writer in writers {
+                let _ = writer.await;
+            }
         })
         .await;
         if flushed.is_err() {
@@ -323,29 +397,45 @@ struct Driver {
     /// The configuration the listeners were set up with.
     config: Config,
     conns: BTreeMap<ConnId, ConnHandle>,
+    /// Writers of closed connections still flushing.
+    closing: Vec<JoinHandle<()>>,
     events_tx: mpsc::Sender<Event>,
-    writers: JoinSet<()>,
     pending_admin: BTreeMap<u64, oneshot::Sender<AdminAnswer>>,
     next_req: u64,
     origin: Option<ConfigOrigin>,
     next_conn: Arc<AtomicU64>,
     admin_tx: mpsc::Sender<AdminCall>,
-    accept: Option<JoinHandle<()>>,
+    /// Running MQTT listeners: their URL and accept task.
+    listeners: BTreeMap<Transport, (String, JoinHandle<()>)>,
+    tls: Option<SharedTls>,
     http: Option<JoinHandle<()>>,
     stop_requested: bool,
     reload_requested: bool,
 }
 
 impl Driver {
-    fn start_accepting(&mut self, listener: TcpListener) {
-        if let Some(old) = self.accept.take() {
+    fn start_listener(&mut self, url: ListenerUrl, listener: TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            info!(listener = url.transport.name(), %addr, "listening");
+        }
+        let transport = url.transport;
+        let text = match transport {
+            Transport::Tcp => self.config.url.clone(),
+            Transport::Tls => self.config.tls.url.clone(),
+            Transport::Ws => self.config.websocket.url.clone(),
+            Transport::Wss => self.config.websocket.tls_url.clone(),
+        };
+        let ctx = AcceptContext {
+            url,
+            tls: self.tls.clone(),
+            next_conn: self.next_conn.clone(),
+            max_frame: max_frame(&self.config),
+            handshake_timeout: Duration::from_millis(self.config.connect_timeout_ms),
+        };
+        let task = tokio::spawn(conn::accept_loop(listener, ctx, self.events_tx.clone()));
+        if let Some((_, old)) = self.listeners.insert(transport, (text, task)) {
             old.abort();
         }
-        self.accept = Some(tokio::spawn(accept_loop(
-            listener,
-            self.next_conn.clone(),
-            self.events_tx.clone(),
-        )));
     }
 
     fn start_http(&mut self, listener: TcpListener) -> io::Result<()> {
@@ -364,17 +454,31 @@ impl Driver {
         Ok(())
     }
 
+    fn close_conn(&mut self, conn: ConnId) {
+        if let Some(handle) = self.conns.remove(&conn) {
+            self.closing.push(handle.close());
+        }
+    }
+
     fn event(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Accepted { conn, peer, stream } => {
-                // The core learns of the connection before any of its bytes can arrive.
-                let (rd, wr) = stream.into_split();
-                let (writer, writer_rx) = mpsc::unbounded_channel();
-                let reader =
-                    tokio::spawn(read_loop(conn, rd, self.events_tx.clone())).abort_handle();
-                self.writers
-                    .spawn(write_loop(conn, wr, writer_rx, self.events_tx.clone()));
-                self.conns.insert(conn, ConnHandle { writer, reader });
+            Event::Conn(ConnEvent::Accepted {
+                conn,
+                peer,
+                transport,
+                writer,
+                reader,
+                writer_task,
+            }) => {
+                debug!(%conn, %peer, transport = transport.name(), "accepted");
+                self.conns.insert(
+                    conn,
+                    ConnHandle {
+                        writer,
+                        reader,
+                        writer_task,
+                    },
+                );
                 self.input(
                     now,
                     Input::Accepted {
@@ -383,13 +487,14 @@ impl Driver {
                     },
                 );
             }
-            Event::Received { conn, bytes } => self.input(now, Input::Received { conn, bytes }),
-            Event::Written { conn, bytes } => self.input(now, Input::Written { conn, bytes }),
-            Event::Closed { conn } => {
-                if let Some(handle) = self.conns.remove(&conn) {
-                    handle.reader.abort();
-                    let _ = handle.writer.send(WriterCmd::Close);
-                }
+            Event::Conn(ConnEvent::Received { conn, bytes }) => {
+                self.input(now, Input::Received { conn, bytes })
+            }
+            Event::Conn(ConnEvent::Written { conn, bytes }) => {
+                self.input(now, Input::Written { conn, bytes })
+            }
+            Event::Conn(ConnEvent::Closed { conn }) => {
+                self.close_conn(conn);
                 self.input(now, Input::Closed { conn });
             }
             Event::ConfigWritten { req_id, result } => {
@@ -406,8 +511,7 @@ impl Driver {
                 );
             }
         }
-        // Reap finished writers so the set does not grow.
-        while self.writers.try_join_next().is_some() {}
+        self.closing.retain(|task| !task.is_finished());
     }
 
     fn admin(&mut self, now: Instant, call: AdminCall) {
@@ -434,12 +538,7 @@ impl Driver {
                         let _ = handle.writer.send(WriterCmd::Data(bytes));
                     }
                 }
-                Output::Close { conn } => {
-                    if let Some(handle) = self.conns.remove(&conn) {
-                        handle.reader.abort();
-                        let _ = handle.writer.send(WriterCmd::Close);
-                    }
-                }
+                Output::Close { conn } => self.close_conn(conn),
                 Output::AdminReply {
                     req_id,
                     status,
@@ -502,24 +601,62 @@ impl Driver {
         }
     }
 
-    /// Applies a configuration: rebinds listeners whose address changed (keeping the old
-    /// one if the new address cannot be bound), then hands it to the core.
+    /// Applies a configuration: reloads TLS certificates, rebinds listeners whose address
+    /// changed (keeping an old listener if the new address cannot be bound), then hands the
+    /// configuration to the core.
     async fn reconfigure(&mut self, now: Instant, mut config: Config) {
-        if config.url != self.config.url {
-            match bind_mqtt(&config).await {
-                Ok(listener) => {
-                    if let Ok(addr) = listener.local_addr() {
-                        info!(listener = "tcp", %addr, "listening");
-                    }
-                    self.start_accepting(listener);
-                }
+        let wanted = wanted_listeners(&config);
+        if wanted.keys().any(|t| t.uses_tls()) {
+            // Certificates are re-read on every reload: new connections use the new ones.
+            match tls::server_config(&config.tls) {
+                Ok(built) => match &self.tls {
+                    Some(shared) => shared.replace(built),
+                    None => self.tls = Some(SharedTls::new(built)),
+                },
                 Err(e) => {
-                    error!("{e}; keeping {}", self.config.url);
-                    config.url = self.config.url.clone();
+                    error!("TLS not reloaded, keeping the previous certificate and settings: {e}");
+                    config.tls = self.config.tls.clone();
                 }
             }
         }
-        let old_http = &self.config.http_server;
+        let wanted = wanted_listeners(&config);
+        let stale: Vec<Transport> = self
+            .listeners
+            .keys()
+            .filter(|t| !wanted.contains_key(t))
+            .copied()
+            .collect();
+        for transport in stale {
+            if let Some((_, task)) = self.listeners.remove(&transport) {
+                task.abort();
+                info!(listener = transport.name(), "listener stopped");
+            }
+        }
+        let previous = std::mem::replace(&mut self.config, config.clone());
+        for (transport, url) in wanted {
+            if self
+                .listeners
+                .get(&transport)
+                .is_some_and(|(u, _)| *u == url)
+            {
+                continue;
+            }
+            match bind_listener(transport, &url).await {
+                Ok((parsed, listener)) => self.start_listener(parsed, listener),
+                Err(e) => {
+                    error!("{e}; keeping the previous listener");
+                    match transport {
+                        Transport::Tcp => config.url = previous.url.clone(),
+                        Transport::Tls => config.tls.url = previous.tls.url.clone(),
+                        Transport::Ws => config.websocket.url = previous.websocket.url.clone(),
+                        Transport::Wss => {
+                            config.websocket.tls_url = previous.websocket.tls_url.clone()
+                        }
+                    }
+                }
+            }
+        }
+        let old_http = &previous.http_server;
         let new_http = &config.http_server;
         if old_http.enable != new_http.enable
             || old_http.port != new_http.port
@@ -529,7 +666,7 @@ impl Driver {
             || old_http.max_body != new_http.max_body
             || old_http.limit_conn != new_http.limit_conn
         {
-            let previous = std::mem::replace(&mut self.config, config.clone());
+            self.config = config.clone();
             let rebound = match bind_http(&config).await {
                 Ok(Some(listener)) => self.start_http(listener),
                 Ok(None) => {
@@ -543,16 +680,16 @@ impl Driver {
             };
             if let Err(e) = rebound {
                 error!("{e}; keeping the admin API as it was");
-                config.http_server = previous.http_server;
+                config.http_server = previous.http_server.clone();
             }
         }
-        for key in self.config.restart_required(&config) {
-            if !matches!(key, "url" | "http_server") {
+        for key in previous.restart_required(&config) {
+            if !matches!(key, "url" | "http_server" | "tls" | "websocket") {
                 warn!(key, "changed; takes effect after the process restarts");
             }
         }
         if let Some(log) = self.origin.as_ref().and_then(|o| o.log.as_ref())
-            && config.log.level != self.config.log.level
+            && config.log.level != previous.log.level
         {
             log.set_level(&config.log.level);
         }
@@ -561,15 +698,18 @@ impl Driver {
     }
 
     /// Stops the listeners and closes every connection; returns the writers to wait for.
-    fn finish(mut self) -> JoinSet<()> {
-        for task in [self.accept.take(), self.http.take()].into_iter().flatten() {
+    fn finish(mut self) -> Vec<JoinHandle<()>> {
+        for (_, (_, task)) in std::mem::take(&mut self.listeners) {
             task.abort();
         }
-        for handle in std::mem::take(&mut self.conns).into_values() {
-            handle.reader.abort();
-            let _ = handle.writer.send(WriterCmd::Close);
+        if let Some(http) = self.http.take() {
+            http.abort();
         }
-        std::mem::take(&mut self.writers)
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.close_conn(conn);
+        }
+        std::mem::take(&mut self.closing)
     }
 }
 
@@ -605,115 +745,4 @@ fn log_event(event: BrokerEvent) {
         BrokerEvent::ConfigApplied => info!("configuration applied"),
         BrokerEvent::ConfigRejected { error } => error!(%error, "configuration rejected"),
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    next_conn: Arc<AtomicU64>,
-    events: mpsc::Sender<Event>,
-) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors and similar: log, back off briefly, keep serving.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        // Without NODELAY a QoS 0 subscriber stalls on delayed ACKs.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "set_nodelay failed");
-        }
-        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
-        if events
-            .send(Event::Accepted { conn, peer, stream })
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-async fn read_loop(conn: ConnId, mut rd: OwnedReadHalf, events: mpsc::Sender<Event>) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    loop {
-        buf.reserve(READ_CHUNK);
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = events.send(Event::Closed { conn }).await;
-                return;
-            }
-            Ok(_) => {
-                let bytes = buf.split().freeze();
-                if events.send(Event::Received { conn, bytes }).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn write_loop(
-    conn: ConnId,
-    mut wr: OwnedWriteHalf,
-    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
-    events: mpsc::Sender<Event>,
-) {
-    let mut batch = BytesMut::new();
-    let mut closing = false;
-    while !closing {
-        let Some(cmd) = commands.recv().await else {
-            break;
-        };
-        let mut first = None;
-        match cmd {
-            WriterCmd::Data(bytes) => first = Some(bytes),
-            WriterCmd::Close => closing = true,
-        }
-        // Coalesce whatever else is already queued into one write.
-        while !closing {
-            match commands.try_recv() {
-                Ok(WriterCmd::Data(more)) => {
-                    if let Some(f) = first.take() {
-                        batch.extend_from_slice(&f);
-                    }
-                    batch.extend_from_slice(&more);
-                    if batch.len() >= 256 * 1024 {
-                        break;
-                    }
-                }
-                Ok(WriterCmd::Close) => closing = true,
-                Err(_) => break,
-            }
-        }
-        let result = match first.take() {
-            Some(single) if batch.is_empty() => wr.write_all(&single).await.map(|()| single.len()),
-            _ => {
-                let n = batch.len();
-                let r = wr.write_all(&batch).await.map(|()| n);
-                batch.clear();
-                r
-            }
-        };
-        match result {
-            Ok(0) => {}
-            Ok(n) => {
-                if events
-                    .send(Event::Written { conn, bytes: n })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Err(_) => {
-                let _ = events.send(Event::Closed { conn }).await;
-                return;
-            }
-        }
-    }
-    let _ = wr.shutdown().await;
 }

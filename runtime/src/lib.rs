@@ -4,11 +4,13 @@
 //! per-connection tasks only move bytes. The runtime holds no protocol logic.
 
 pub mod config_file;
+mod conn;
 mod driver;
 mod http;
 mod listener;
 pub mod logging;
 pub mod pidfile;
+pub mod tls;
 
 pub use driver::{ConfigOrigin, Control, Server, ServerHandle};
-pub use listener::{ListenerUrl, parse_listener_url};
+pub use listener::{ListenerUrl, Transport, parse_listener_url};

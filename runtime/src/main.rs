@@ -210,6 +210,7 @@ impl StartArgs {
 }
 
 fn main() -> ExitCode {
+    tidemq_runtime::tls::install_provider();
     let cli = Cli::parse();
     let env = config_file::process_env();
     match cli.command {

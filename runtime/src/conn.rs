@@ -1,0 +1,421 @@
+//! Accepting connections on every transport and moving their bytes. The tasks here know
+//! nothing of MQTT: TLS and WebSocket framing end here, the core sees a byte stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tidemq_core::ConnId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::debug;
+
+use crate::listener::{ListenerUrl, Transport};
+use crate::tls::SharedTls;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Writes are coalesced up to this size.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// What the connection tasks tell the driver.
+pub(crate) enum ConnEvent {
+    Accepted {
+        conn: ConnId,
+        peer: SocketAddr,
+        transport: Transport,
+        writer: mpsc::UnboundedSender<WriterCmd>,
+        reader: AbortHandle,
+        writer_task: JoinHandle<()>,
+    },
+    Received {
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    Written {
+        conn: ConnId,
+        bytes: usize,
+    },
+    Closed {
+        conn: ConnId,
+    },
+}
+
+pub(crate) enum WriterCmd {
+    Data(Bytes),
+    Close,
+}
+
+/// Everything an accept loop needs.
+pub(crate) struct AcceptContext {
+    pub url: ListenerUrl,
+    pub tls: Option<SharedTls>,
+    pub next_conn: Arc<AtomicU64>,
+    pub max_frame: usize,
+    /// How long a TLS or WebSocket handshake may take (the connect timeout).
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts until aborted; each connection's handshake runs in its own task, bounded by the
+/// handshake timeout, so a stalled peer holds nothing else up.
+pub(crate) async fn accept_loop<E: From<ConnEvent> + Send + 'static>(
+    listener: TcpListener,
+    ctx: AcceptContext,
+    events: mpsc::Sender<E>,
+) {
+    let ctx = Arc::new(ctx);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and similar: log, back off briefly, keep serving.
+                tracing::warn!(listener = ctx.url.transport.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Without NODELAY a QoS 0 subscriber stalls on delayed ACKs.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "set_nodelay failed");
+        }
+        let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
+        if ctx.url.transport == Transport::Tcp {
+            let (rd, wr) = stream.into_split();
+            if !start(conn, peer, Transport::Tcp, rd, wr, &events).await {
+                return;
+            }
+            continue;
+        }
+        let ctx = ctx.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(
+                ctx.handshake_timeout,
+                handshake(conn, peer, stream, &ctx, &events),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(%peer, listener = ctx.url.transport.name(), error = %e, "handshake failed")
+                }
+                Err(_) => debug!(%peer, listener = ctx.url.transport.name(), "handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn handshake<E: From<ConnEvent> + Send + 'static>(
+    conn: ConnId,
+    peer: SocketAddr,
+    stream: tokio::net::TcpStream,
+    ctx: &AcceptContext,
+    events: &mpsc::Sender<E>,
+) -> Result<(), String> {
+    let transport = ctx.url.transport;
+    if transport.uses_tls() {
+        let config = ctx
+            .tls
+            .as_ref()
+            .and_then(SharedTls::current)
+            .ok_or("no TLS configuration")?;
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        if transport == Transport::Wss {
+            let ws = websocket(tls, ctx).await?;
+            start_ws(conn, peer, transport, ws, events).await;
+        } else {
+            let (rd, wr) = tokio::io::split(tls);
+            start(conn, peer, transport, rd, wr, events).await;
+        }
+    } else {
+        let ws = websocket(stream, ctx).await?;
+        start_ws(conn, peer, transport, ws, events).await;
+    }
+    Ok(())
+}
+
+/// The WebSocket upgrade: the configured path only, and the `mqtt` (or legacy
+/// `mqttv3.1`) subprotocol echoed when the client offers it.
+async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    ctx: &AcceptContext,
+) -> Result<WebSocketStream<S>, String> {
+    let path = ctx.url.path.clone();
+    // The error type is tungstenite's HTTP response, fixed by its callback trait.
+    #[allow(clippy::result_large_err)]
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != path {
+            let mut err =
+                ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|p| p.eq_ignore_ascii_case("mqtt") || p.eq_ignore_ascii_case("mqttv3.1"))
+            .map(str::to_owned);
+        if let Some(protocol) = offered
+            && let Ok(value) = HeaderValue::from_str(&protocol)
+        {
+            resp.headers_mut().insert("sec-websocket-protocol", value);
+        }
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(ctx.max_frame))
+        .max_frame_size(Some(ctx.max_frame));
+    tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Registers the connection with the driver, then starts reading: the driver hears of the
+/// connection before any of its bytes. False when the driver is gone.
+async fn start<R, W, E>(
+    conn: ConnId,
+    peer: SocketAddr,
+    transport: Transport,
+    rd: R,
+    wr: W,
+    events: &mpsc::Sender<E>,
+) -> bool
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    E: From<ConnEvent> + Send + 'static,
+{
+    let (writer, commands) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_loop(conn, wr, commands, events.clone()));
+    let (open, gate) = oneshot::channel();
+    let reader = tokio::spawn(read_loop(conn, rd, events.clone(), gate));
+    let accepted = ConnEvent::Accepted {
+        conn,
+        peer,
+        transport,
+        writer,
+        reader: reader.abort_handle(),
+        writer_task,
+    };
+    register(accepted, open, events).await
+}
+
+async fn start_ws<S, E>(
+    conn: ConnId,
+    peer: SocketAddr,
+    transport: Transport,
+    ws: WebSocketStream<S>,
+    events: &mpsc::Sender<E>,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: From<ConnEvent> + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let (writer, commands) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(ws_write_loop(conn, sink, commands, events.clone()));
+    let (open, gate) = oneshot::channel();
+    let reader = tokio::spawn(ws_read_loop(conn, stream, events.clone(), gate));
+    let accepted = ConnEvent::Accepted {
+        conn,
+        peer,
+        transport,
+        writer,
+        reader: reader.abort_handle(),
+        writer_task,
+    };
+    register(accepted, open, events).await
+}
+
+/// Queues `Accepted`, then lets the reader start: the driver hears of a connection before
+/// any of its bytes. False when the driver is gone (the tasks then end with their channels).
+async fn register<E: From<ConnEvent>>(
+    accepted: ConnEvent,
+    open: oneshot::Sender<()>,
+    events: &mpsc::Sender<E>,
+) -> bool {
+    if events.send(E::from(accepted)).await.is_err() {
+        return false;
+    }
+    let _ = open.send(());
+    true
+}
+
+async fn read_loop<R, E>(
+    conn: ConnId,
+    mut rd: R,
+    events: mpsc::Sender<E>,
+    gate: oneshot::Receiver<()>,
+) where
+    R: AsyncRead + Unpin,
+    E: From<ConnEvent>,
+{
+    if gate.await.is_err() {
+        return;
+    }
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        buf.reserve(READ_CHUNK);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
+                return;
+            }
+            Ok(_) => {
+                let bytes = buf.split().freeze();
+                if events
+                    .send(E::from(ConnEvent::Received { conn, bytes }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes one command and whatever else is already queued, up to [`WRITE_BATCH`] bytes.
+/// Returns the bytes to write and whether a close was asked for; `None` when the channel
+/// is closed.
+async fn next_batch(
+    commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
+    batch: &mut BytesMut,
+) -> Option<(Bytes, bool)> {
+    let first = match commands.recv().await? {
+        WriterCmd::Data(bytes) => bytes,
+        WriterCmd::Close => return Some((Bytes::new(), true)),
+    };
+    let mut closing = false;
+    let mut single = Some(first);
+    while batch.len() < WRITE_BATCH {
+        match commands.try_recv() {
+            Ok(WriterCmd::Data(more)) => {
+                if let Some(f) = single.take() {
+                    batch.extend_from_slice(&f);
+                }
+                batch.extend_from_slice(&more);
+            }
+            Ok(WriterCmd::Close) => {
+                closing = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Some(match single {
+        Some(bytes) => (bytes, closing),
+        None => (batch.split().freeze(), closing),
+    })
+}
+
+async fn write_loop<W, E>(
+    conn: ConnId,
+    mut wr: W,
+    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    events: mpsc::Sender<E>,
+) where
+    W: AsyncWrite + Unpin,
+    E: From<ConnEvent>,
+{
+    let mut batch = BytesMut::new();
+    while let Some((bytes, closing)) = next_batch(&mut commands, &mut batch).await {
+        if !bytes.is_empty() {
+            if wr.write_all(&bytes).await.is_err() {
+                let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
+                return;
+            }
+            let written = ConnEvent::Written {
+                conn,
+                bytes: bytes.len(),
+            };
+            if events.send(E::from(written)).await.is_err() {
+                break;
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn ws_read_loop<S, E>(
+    conn: ConnId,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    events: mpsc::Sender<E>,
+    gate: oneshot::Receiver<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: From<ConnEvent>,
+{
+    if gate.await.is_err() {
+        return;
+    }
+    while let Some(message) = stream.next().await {
+        let bytes = match message {
+            Ok(Message::Binary(bytes)) => bytes,
+            // Pings are answered by the WebSocket layer.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            // MQTT over WebSocket is binary only [MQTT-6.0.0-1]; text or close ends it.
+            Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break,
+        };
+        if events
+            .send(E::from(ConnEvent::Received { conn, bytes }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
+}
+
+async fn ws_write_loop<S, E>(
+    conn: ConnId,
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    events: mpsc::Sender<E>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: From<ConnEvent>,
+{
+    let mut batch = BytesMut::new();
+    while let Some((bytes, closing)) = next_batch(&mut commands, &mut batch).await {
+        if !bytes.is_empty() {
+            let n = bytes.len();
+            if sink.send(Message::Binary(bytes)).await.is_err() {
+                let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
+                return;
+            }
+            if events
+                .send(E::from(ConnEvent::Written { conn, bytes: n }))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,363 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+//! TLS, WebSocket and WSS listeners with real clients and certificates made at test time.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Dir, Running, TIDEMQ, free_port, run, start, tool, wait_for};
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by
+/// the CA, written as `<prefix>ca.pem`, `<prefix>server.pem`/`.key`, `<prefix>client.pem`/`.key`.
+fn make_certs(dir: &Dir, prefix: &str) {
+    let p = |name: &str| dir.file(&format!("{prefix}{name}"));
+    let ok = |cmd: &mut Command| {
+        let out = run(cmd);
+        assert!(out.status.success(), "openssl failed: {out:?}");
+    };
+    ok(tool("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", &format!("/CN=TideMQ test CA {prefix}")])
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")));
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(p(&format!("{who}.ext")), ext).unwrap();
+        ok(tool("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .args(["-subj", &format!("/CN={who}")])
+            .arg("-keyout")
+            .arg(p(&format!("{who}.key")))
+            .arg("-out")
+            .arg(p(&format!("{who}.csr"))));
+        ok(tool("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p(&format!("{who}.csr")))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p(&format!("{who}.ext")))
+            .arg("-out")
+            .arg(p(&format!("{who}.pem"))));
+    }
+}
+
+struct Ports {
+    tcp: u16,
+    tls: u16,
+    ws: u16,
+    wss: u16,
+}
+
+fn conf(dir: &Dir, ports: &Ports, ssl_extra: &str) -> PathBuf {
+    let conf = dir.file("nanomq.conf");
+    let f = |n: &str| dir.file(n).display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            r#"listeners.tcp.bind = "127.0.0.1:{tcp}"
+listeners.ssl {{
+  bind = "127.0.0.1:{tls}"
+  keyfile = "{key}"
+  certfile = "{cert}"
+  cacertfile = "{ca}"
+{ssl_extra}
+}}
+listeners.ws.bind = "127.0.0.1:{ws}/mqtt"
+listeners.wss.bind = "127.0.0.1:{wss}/mqtt"
+mqtt.connect_timeout = 1s
+"#,
+            tcp = ports.tcp,
+            tls = ports.tls,
+            ws = ports.ws,
+            wss = ports.wss,
+            key = f("server.key"),
+            cert = f("server.pem"),
+            ca = f("ca.pem"),
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn ports() -> Ports {
+    Ports {
+        tcp: free_port(),
+        tls: free_port(),
+        ws: free_port(),
+        wss: free_port(),
+    }
+}
+
+fn broker(name: &str, ssl_extra: &str) -> (Dir, Ports, Running) {
+    let dir = Dir::new(name);
+    make_certs(&dir, "");
+    let ports = ports();
+    let conf = conf(&dir, &ports, ssl_extra);
+    let running = start(&conf, &dir.file("pid"), &dir.file("log"), ports.tcp);
+    for port in [ports.tls, ports.ws, ports.wss] {
+        wait_for("every listener", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    (dir, ports, running)
+}
+
+fn mosquitto(kind: &str, port: u16, tls: &[&str], args: &[&str]) -> std::process::Output {
+    run(tool(kind)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(tls)
+        .args(args))
+}
+
+#[test]
+fn messages_cross_tcp_tls_websocket_and_wss_both_ways() {
+    let (dir, ports, _broker) = broker("transports", "");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/paho_transports.py"
+    );
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg(dir.file("ca.pem"))
+        .arg(format!("tcp=tcp:{}", ports.tcp))
+        .arg(format!("tls=tls:{}", ports.tls))
+        .arg(format!("ws=ws:{}", ports.ws))
+        .arg(format!("wss=wss:{}", ports.wss)));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn mosquitto_clients_work_over_tls_with_the_ca_file() {
+    let (dir, ports, _broker) = broker("tls-mosquitto", "");
+    let ca = dir.file("ca.pem").display().to_string();
+    let tls = ["--cafile", ca.as_str()];
+    let sub = tool("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &ports.tls.to_string(),
+            "--cafile",
+            &ca,
+        ])
+        .args(["-t", "secure/t", "-C", "1", "-W", "10", "-q", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &tls,
+        &["-t", "secure/t", "-m", "over tls", "-q", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "over tls\n");
+    // A client that does not trust our CA fails the handshake.
+    let other = Dir::new("tls-other-ca");
+    make_certs(&other, "");
+    let wrong = other.file("ca.pem").display().to_string();
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &wrong],
+        &["-t", "x", "-m", "y"],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn client_without_certificate_is_refused_when_one_is_required() {
+    let (dir, ports, _broker) = broker(
+        "mtls",
+        "  verify_peer = true\n  fail_if_no_peer_cert = true",
+    );
+    let ca = dir.file("ca.pem").display().to_string();
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &ca],
+        &["-t", "m/t", "-m", "no cert"],
+    );
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was accepted"
+    );
+    let cert = dir.file("client.pem").display().to_string();
+    let key = dir.file("client.key").display().to_string();
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &ca, "--cert", &cert, "--key", &key],
+        &["-t", "m/t", "-m", "with cert"],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn reloaded_certificate_is_used_by_new_connections_while_old_ones_continue() {
+    let (dir, ports, broker) = broker("cert-reload", "");
+    let old_ca = dir.file("old-ca.pem");
+    std::fs::copy(dir.file("ca.pem"), &old_ca).unwrap();
+    let old_ca = old_ca.display().to_string();
+    let keeper = tool("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &ports.tls.to_string(),
+            "--cafile",
+            &old_ca,
+        ])
+        .args([
+            "-t", "reload/t", "-C", "2", "-W", "20", "-q", "1", "-i", "keeper",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the TLS subscriber", Duration::from_secs(10), || {
+        broker.log().contains("client_id=\"keeper\"")
+    });
+
+    // A broken certificate is refused; the old one stays in use.
+    std::fs::write(dir.file("server.pem"), "not a certificate").unwrap();
+    let reload = || {
+        let out = run(Command::new(TIDEMQ)
+            .args(["reload", "--pid_file"])
+            .arg(dir.file("pid")));
+        assert!(out.status.success(), "{out:?}");
+    };
+    reload();
+    wait_for("the refused TLS reload", Duration::from_secs(10), || {
+        broker.log().contains("TLS not reloaded")
+    });
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &old_ca],
+        &["-t", "reload/t", "-m", "one", "-q", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    // A new certificate from another CA: new connections get it.
+    make_certs(&dir, "");
+    let new_ca = dir.file("ca.pem").display().to_string();
+    reload();
+    wait_for("two reloads", Duration::from_secs(10), || {
+        broker.log().matches("configuration reloaded").count() >= 2
+    });
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &old_ca],
+        &["-t", "x", "-m", "old ca"],
+    );
+    assert!(
+        !out.status.success(),
+        "a new connection still got the old certificate"
+    );
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &new_ca],
+        &["-t", "reload/t", "-m", "two", "-q", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // The connection made before both reloads kept working throughout.
+    let got = keeper.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "one\ntwo\n");
+}
+
+#[test]
+fn stalled_tls_handshake_is_dropped_after_the_connect_timeout() {
+    let (_dir, ports, _broker) = broker("stalled", "");
+    let mut stalled = TcpStream::connect(("127.0.0.1", ports.tls)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // connect_timeout = 1s: the broker closes a peer that never starts the handshake.
+    let n = stalled
+        .read(&mut buf)
+        .expect("closed before the 10 s read timeout");
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn websocket_on_a_wrong_path_is_refused() {
+    let (_dir, ports, _broker) = broker("ws-path", "");
+    let mut s = TcpStream::connect(("127.0.0.1", ports.ws)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::Write;
+    s.write_all(
+        b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+}
+
+#[test]
+fn missing_certificate_stops_start_up_with_a_clear_error() {
+    let dir = Dir::new("tls-missing");
+    let ports = ports();
+    let conf = conf(&dir, &ports, "");
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--conf"])
+        .arg(&conf)
+        .arg("--pid_file")
+        .arg(dir.file("pid")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.certfile") && err.contains("server.pem"),
+        "{err}"
+    );
+}
