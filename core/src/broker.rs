@@ -390,6 +390,23 @@ impl Broker {
         for id in &dirty {
             self.flush_conn(*id);
         }
+        // Messages wait while a reader is slow, but acknowledgements cannot: a peer that
+        // keeps sending without reading is cut off before its backlog grows without bound.
+        let hard_limit = 2 * self.config.max_write_buffer as usize;
+        for id in &dirty {
+            if self.conns.get(id).is_some_and(|c| c.unwritten > hard_limit) {
+                self.drop_conn(
+                    *id,
+                    CloseReason {
+                        peer_gone: false,
+                        code: reason::QUOTA_EXCEEDED,
+                        notify: false,
+                        will: true,
+                        detail: "not reading: write backlog over twice max_write_buffer".to_owned(),
+                    },
+                );
+            }
+        }
         self.dirty = dirty;
         self.dirty.clear();
     }

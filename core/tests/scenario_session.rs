@@ -389,3 +389,26 @@ fn session_resume_resends_within_the_new_receive_maximum() {
     let want: Vec<(String, bool)> = (0..6).map(|i| (i.to_string(), i < 5)).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn client_that_sends_without_reading_is_cut_off_at_twice_the_write_buffer() {
+    let config = Config {
+        max_write_buffer: 1024,
+        sys_events: false,
+        ..Config::default()
+    };
+    let mut h = Harness::with_config(config);
+    let c = h.client("flooder", V311);
+    let bystander = h.client("bystander", V311);
+    h.withhold_written(c, true);
+    // Each PINGREQ earns a 2-byte PINGRESP that the client never reads.
+    for _ in 0..4096 {
+        h.send(c, &Packet::PingReq);
+        if h.is_closed(c) {
+            break;
+        }
+    }
+    assert!(h.is_closed(c), "the backlog kept growing");
+    assert!(h.client_state(c).unwritten <= 2 * 1024 + 2);
+    assert!(!h.is_closed(bystander));
+}
