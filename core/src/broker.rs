@@ -70,6 +70,8 @@ struct Conn {
     username: Option<String>,
     keep_alive: u16,
     clean_start: bool,
+    /// The verified client certificate's common name (TLS), if any.
+    cert_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,6 +173,13 @@ impl Broker {
             Input::Accepted { conn, peer } => self.accept(conn, peer),
             Input::Received { conn, bytes } => self.receive(conn, &bytes),
             Input::Written { conn, bytes } => self.written(conn, bytes),
+            Input::PeerCertificate { conn, identity } => {
+                if let Some(c) = self.conns.get_mut(&conn)
+                    && c.state == ConnState::AwaitingConnect
+                {
+                    c.cert_identity = Some(identity);
+                }
+            }
             Input::Closed { conn } => {
                 if self.conns.contains_key(&conn) {
                     self.drop_conn(
@@ -273,6 +282,7 @@ impl Broker {
             username: None,
             keep_alive: 0,
             clean_start: true,
+            cert_identity: None,
         };
         self.conns.insert(id, conn);
         self.arm_conn_timer(id);
@@ -726,7 +736,7 @@ impl Broker {
             Some(user) => match self.config.users.get(user) {
                 Some(expected) => {
                     let given = connect.password.as_deref().unwrap_or_default();
-                    if constant_time_eq(expected.as_bytes(), given) {
+                    if crate::admin::constant_time_eq(expected.as_bytes(), given) {
                         Ok(())
                     } else {
                         Err(reason::BAD_USERNAME_OR_PASSWORD)
@@ -750,11 +760,19 @@ impl Broker {
         }
     }
 
-    fn handle_connect(&mut self, id: ConnId, connect: Connect) {
+    fn handle_connect(&mut self, id: ConnId, mut connect: Connect) {
         let version = connect.version;
         let v5 = version.is_v5();
+        let mut identity = None;
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.version = Some(version);
+            identity = conn.cert_identity.clone();
+        }
+        // The certificate, verified by TLS, stands for user name and password.
+        let by_certificate = self.config.tls.use_identity_as_username && identity.is_some();
+        if by_certificate {
+            connect.username = identity;
+            connect.password = None;
         }
         if v5 && connect.properties.authentication_method.is_some() {
             return self.refuse_connect(
@@ -805,7 +823,10 @@ impl Broker {
                 "will to a $SYS topic",
             );
         }
-        if let Err(code) = self.authenticate(&connect) {
+        if let Err(code) = self
+            .authenticate(&connect)
+            .or_else(|e| by_certificate.then_some(()).ok_or(e))
+        {
             return self.refuse_connect(id, &connect, code, "authentication failed");
         }
 
@@ -1665,15 +1686,6 @@ fn will_message(will: Will, publisher: Option<SessionId>, now: Instant) -> Messa
         expires_at,
         publisher,
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        let y = b.get(i % b.len().max(1)).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
 }
 
 /// The routed form of a client PUBLISH: topic alias and subscription ids never travel on.

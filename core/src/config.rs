@@ -80,6 +80,9 @@ pub struct TlsConfig {
     pub key_password: Option<String>,
     pub verify_peer: bool,
     pub fail_if_no_peer_cert: bool,
+    /// A verified client certificate's common name becomes the client's user name, and
+    /// no password is needed (mosquitto's option of the same name).
+    pub use_identity_as_username: bool,
 }
 
 impl Default for TlsConfig {
@@ -93,6 +96,7 @@ impl Default for TlsConfig {
             key_password: None,
             verify_peer: false,
             fail_if_no_peer_cert: false,
+            use_identity_as_username: false,
         }
     }
 }
@@ -404,6 +408,12 @@ impl Config {
             return err(
                 "tls.certfile",
                 "tls.certfile and tls.keyfile are required when TLS is enabled",
+            );
+        }
+        if self.tls.use_identity_as_username && !self.tls.verify_peer {
+            return err(
+                "tls.use_identity_as_username",
+                "needs tls.verify_peer = true (only a verified certificate names a user)",
             );
         }
         for (name, bridge) in &self.bridges {

@@ -406,6 +406,9 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "tls.fail_if_no_peer_cert" | "listeners.ssl.fail_if_no_peer_cert" => {
             c.tls.fail_if_no_peer_cert = boolean(v)?
         }
+        "tls.use_identity_as_username" | "listeners.ssl.use_identity_as_username" => {
+            c.tls.use_identity_as_username = boolean(v)?
+        }
         "websocket.enable" | "listeners.ws.enable" => c.websocket.enable = boolean(v)?,
         "websocket.url" => c.websocket.url = string(v)?,
         "listeners.ws.bind" => c.websocket.url = format!("nmq-ws://{}", string(v)?),

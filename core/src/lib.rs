@@ -54,6 +54,10 @@ impl std::fmt::Display for ConnId {
 pub enum Input {
     /// A client connection was accepted. `peer` is its address as `ip:port`.
     Accepted { conn: ConnId, peer: String },
+    /// The common name of the client certificate a TLS connection presented and the
+    /// runtime verified; sent after `Accepted`, before any bytes. Used as the user name when
+    /// `tls.use_identity_as_username` is on.
+    PeerCertificate { conn: ConnId, identity: String },
     /// Bytes arrived on a connection, in any fragmentation.
     Received { conn: ConnId, bytes: Bytes },
     /// The connection's writer has put `bytes` more bytes of earlier [`Output::Transmit`]s on

@@ -34,6 +34,8 @@ pub(crate) enum ConnEvent {
         conn: ConnId,
         peer: SocketAddr,
         transport: Transport,
+        /// The verified client certificate's common name (TLS).
+        identity: Option<String>,
         writer: mpsc::UnboundedSender<WriterCmd>,
         reader: AbortHandle,
         writer_task: JoinHandle<()>,
@@ -91,7 +93,7 @@ pub(crate) async fn accept_loop<E: From<ConnEvent> + Send + 'static>(
         let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
         if ctx.url.transport == Transport::Tcp {
             let (rd, wr) = stream.into_split();
-            if !start(conn, peer, Transport::Tcp, rd, wr, &events).await {
+            if !start(conn, peer, Transport::Tcp, None, rd, wr, &events).await {
                 return;
             }
             continue;
@@ -133,16 +135,22 @@ async fn handshake<E: From<ConnEvent> + Send + 'static>(
             .accept(stream)
             .await
             .map_err(|e| e.to_string())?;
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| crate::tls::subject_common_name(cert));
         if transport == Transport::Wss {
             let ws = websocket(tls, ctx).await?;
-            start_ws(conn, peer, transport, ws, events).await;
+            start_ws(conn, peer, transport, identity, ws, events).await;
         } else {
             let (rd, wr) = tokio::io::split(tls);
-            start(conn, peer, transport, rd, wr, events).await;
+            start(conn, peer, transport, identity, rd, wr, events).await;
         }
     } else {
         let ws = websocket(stream, ctx).await?;
-        start_ws(conn, peer, transport, ws, events).await;
+        start_ws(conn, peer, transport, None, ws, events).await;
     }
     Ok(())
 }
@@ -193,6 +201,7 @@ async fn start<R, W, E>(
     conn: ConnId,
     peer: SocketAddr,
     transport: Transport,
+    identity: Option<String>,
     rd: R,
     wr: W,
     events: &mpsc::Sender<E>,
@@ -210,6 +219,7 @@ where
         conn,
         peer,
         transport,
+        identity,
         writer,
         reader: reader.abort_handle(),
         writer_task,
@@ -221,6 +231,7 @@ async fn start_ws<S, E>(
     conn: ConnId,
     peer: SocketAddr,
     transport: Transport,
+    identity: Option<String>,
     ws: WebSocketStream<S>,
     events: &mpsc::Sender<E>,
 ) -> bool
@@ -237,6 +248,7 @@ where
         conn,
         peer,
         transport,
+        identity,
         writer,
         reader: reader.abort_handle(),
         writer_task,

@@ -466,6 +466,7 @@ impl Driver {
                 conn,
                 peer,
                 transport,
+                identity,
                 writer,
                 reader,
                 writer_task,
@@ -486,6 +487,9 @@ impl Driver {
                         peer: peer.to_string(),
                     },
                 );
+                if let Some(identity) = identity {
+                    self.input(now, Input::PeerCertificate { conn, identity });
+                }
             }
             Event::Conn(ConnEvent::Received { conn, bytes }) => {
                 self.input(now, Input::Received { conn, bytes })

@@ -118,3 +118,98 @@ impl SharedTls {
         }
     }
 }
+
+/// One DER element: (tag, contents, rest). `None` on anything malformed.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(n);
+        (
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+            rest,
+        )
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+/// 2.5.4.3, commonName.
+const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+
+/// The subject common name of an X.509 certificate (the last one if several), as text.
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    let (SEQUENCE, certificate, _) = der(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, mut tbs, _) = der(certificate)? else {
+        return None;
+    };
+    // version [0] (optional), serial, signature algorithm, issuer, validity, subject.
+    let mut fields = Vec::new();
+    while !tbs.is_empty() && fields.len() < 6 {
+        let (tag, contents, rest) = der(tbs)?;
+        if tag != 0xA0 {
+            fields.push((tag, contents));
+        }
+        tbs = rest;
+    }
+    let &(SEQUENCE, mut subject) = fields.get(4)? else {
+        return None;
+    };
+    let mut name = None;
+    while !subject.is_empty() {
+        let (SET, mut set, rest) = der(subject)? else {
+            return None;
+        };
+        subject = rest;
+        while !set.is_empty() {
+            let (SEQUENCE, pair, rest) = der(set)? else {
+                return None;
+            };
+            set = rest;
+            let (OID, oid, value) = der(pair)? else {
+                return None;
+            };
+            if oid == COMMON_NAME {
+                let (tag, text, _) = der(value)?;
+                // UTF8String, PrintableString, IA5String, TeletexString (as Latin-1-ish ASCII).
+                if matches!(tag, 0x0C | 0x13 | 0x16 | 0x14) {
+                    name = std::str::from_utf8(text).ok().map(str::to_owned);
+                }
+            }
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_certificates_give_no_name() {
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x85, 0, 0, 0, 0, 0],
+            &[0x30, 0x02, 0x30, 0x05],
+        ] {
+            assert_eq!(subject_common_name(bad), None);
+        }
+    }
+}

@@ -361,3 +361,61 @@ fn missing_certificate_stops_start_up_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn certificate_common_name_is_the_user_name_when_configured() {
+    let dir = Dir::new("cert-identity");
+    make_certs(&dir, "");
+    let ports = ports();
+    let conf = conf(
+        &dir,
+        &ports,
+        "  verify_peer = true\n  fail_if_no_peer_cert = false\n  use_identity_as_username = true",
+    );
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("auth {\n  allow_anonymous = false\n  password { watcher = \"w\" }\n}\n");
+    std::fs::write(&conf, text).unwrap();
+    let _broker = start(&conf, &dir.file("pid"), &dir.file("log"), ports.tcp);
+    wait_for("the TLS listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", ports.tls)).is_ok()
+    });
+    let watcher = tool("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &ports.tcp.to_string(),
+            "-u",
+            "watcher",
+            "-P",
+            "w",
+        ])
+        .args(["-t", "$SYS/brokers/connected", "-C", "1", "-W", "10"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let ca = dir.file("ca.pem").display().to_string();
+    // Without a certificate (and without a password) the client is refused.
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &ca],
+        &["-t", "x", "-m", "y"],
+    );
+    assert!(!out.status.success());
+    let cert = dir.file("client.pem").display().to_string();
+    let key = dir.file("client.key").display().to_string();
+    let out = mosquitto(
+        "mosquitto_pub",
+        ports.tls,
+        &["--cafile", &ca, "--cert", &cert, "--key", &key],
+        &["-t", "x", "-m", "y", "-i", "by-cert"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let event = watcher.wait_with_output().unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&event.stdout).unwrap();
+    assert_eq!(event["client_id"], "by-cert");
+    assert_eq!(event["username"], "client", "the certificate's CN");
+}
