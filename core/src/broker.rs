@@ -19,6 +19,7 @@ use crate::topic::{self, RetainTrie, SubMatch, SubscriptionTrie, TopicError};
 use crate::{BrokerEvent, ConnId, Input, Instant, Output};
 
 mod admin_api;
+mod bridge;
 
 /// Broker-wide counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,6 +79,8 @@ struct Conn {
 enum Timer {
     Conn(ConnId),
     Session(SessionId),
+    /// A bridge, by [`bridge::bridge_key`].
+    Bridge(u64),
 }
 
 /// Why a connection is being closed by the broker.
@@ -126,12 +129,17 @@ pub struct Broker {
     stats: Stats,
     /// Admin set-configurations waiting for their file write, in arrival order.
     pending_config: BTreeMap<u64, admin_api::PendingConfig>,
+    /// Enabled bridges, by name.
+    bridges: BTreeMap<String, bridge::Bridge>,
+    next_bridge_conn: u64,
+    /// This broker's mark on messages it bridges out (v5), to recognise them coming back.
+    node_id: String,
 }
 
 impl Broker {
     /// A broker with no connections. `seed` is the only randomness it will ever use.
     pub fn new(config: Config, seed: u64, now: Instant) -> Broker {
-        Broker {
+        let mut broker = Broker {
             config,
             rng: Rng::new(seed),
             now,
@@ -148,7 +156,13 @@ impl Broker {
             dirty: Vec::new(),
             stats: Stats::default(),
             pending_config: BTreeMap::new(),
-        }
+            bridges: BTreeMap::new(),
+            next_bridge_conn: 0,
+            node_id: String::new(),
+        };
+        broker.node_id = format!("{:016x}", broker.rng.next_u64());
+        broker.configure_bridges();
+        broker
     }
 
     pub fn config(&self) -> &Config {
@@ -171,7 +185,12 @@ impl Broker {
         self.now = self.now.max(now);
         match input {
             Input::Accepted { conn, peer } => self.accept(conn, peer),
-            Input::Received { conn, bytes } => self.receive(conn, &bytes),
+            Input::Received { conn, bytes } => match self.bridge_of(conn) {
+                Some(bridge) => self.bridge_receive(&bridge, &bytes),
+                None => self.receive(conn, &bytes),
+            },
+            Input::BridgeConnected { conn } => self.bridge_connected(conn),
+            Input::BridgeConnectFailed { conn, error } => self.bridge_connect_failed(conn, &error),
             Input::Written { conn, bytes } => self.written(conn, bytes),
             Input::PeerCertificate { conn, identity } => {
                 if let Some(c) = self.conns.get_mut(&conn)
@@ -181,7 +200,9 @@ impl Broker {
                 }
             }
             Input::Closed { conn } => {
-                if self.conns.contains_key(&conn) {
+                if let Some(bridge) = self.bridge_of(conn) {
+                    self.bridge_link_down(&bridge, "connection lost", false);
+                } else if self.conns.contains_key(&conn) {
                     self.drop_conn(
                         conn,
                         CloseReason {
@@ -202,6 +223,7 @@ impl Broker {
             Input::ConfigChange(config) => match config.validate() {
                 Ok(()) => {
                     self.config = *config;
+                    self.configure_bridges();
                     self.event(BrokerEvent::ConfigApplied);
                 }
                 Err(error) => self.event(BrokerEvent::ConfigRejected { error }),
@@ -213,6 +235,7 @@ impl Broker {
             } => self.handle_admin(req_id, &credentials, &body),
             Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
             Input::Shutdown => {
+                self.close_bridges();
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
                 for conn in conns {
                     self.drop_conn(
@@ -566,6 +589,7 @@ impl Broker {
             match timer {
                 Timer::Conn(id) => self.conn_timer(id, at),
                 Timer::Session(sid) => self.session_timer(sid, at),
+                Timer::Bridge(key) => self.bridge_timer(key, at),
             }
         }
     }
@@ -1119,6 +1143,10 @@ impl Broker {
 
     /// Stores (if retained) and routes a message published by a client.
     fn accept_publish(&mut self, sid: SessionId, mut msg: Message) {
+        if self.is_own_origin(&msg.properties) {
+            // Our own message, back through a loop of bridges: it was delivered here already.
+            return;
+        }
         if let Some(session) = self.sessions.get_mut(&sid) {
             session.messages_received += 1;
         }
@@ -1132,7 +1160,7 @@ impl Broker {
     /// Retains and routes a message from any source. Client messages and wills count as
     /// received; the broker's own `$SYS` events do not.
     fn publish(&mut self, msg: Message) {
-        if msg.publisher.is_some() {
+        if msg.publisher.is_some() || msg.from_bridge.is_some() {
             self.stats.messages_received += 1;
         }
         let msg = Arc::new(msg);
@@ -1144,6 +1172,7 @@ impl Broker {
             }
         }
         self.route(&msg);
+        self.bridge_forward(&msg);
     }
 
     /// Delivers `msg` to every matching subscription: once per session for its non-shared
@@ -1180,7 +1209,7 @@ impl Broker {
                 }
             }
         }
-        if targets.is_empty() && msg.publisher.is_some() {
+        if targets.is_empty() && (msg.publisher.is_some() || msg.from_bridge.is_some()) {
             self.stats.messages_unrouted += 1;
         }
         targets.sort_by_key(|t| t.0);
@@ -1631,6 +1660,7 @@ impl Broker {
             properties: Properties::default(),
             expires_at: None,
             publisher: None,
+            from_bridge: None,
         });
     }
 }
@@ -1685,6 +1715,7 @@ fn will_message(will: Will, publisher: Option<SessionId>, now: Instant) -> Messa
         properties,
         expires_at,
         publisher,
+        from_bridge: None,
     }
 }
 
@@ -1701,5 +1732,6 @@ fn into_message(p: Publish) -> Message {
         properties,
         expires_at: None,
         publisher: None,
+        from_bridge: None,
     }
 }

@@ -330,6 +330,7 @@ impl Config {
                 || self.http_server.max_body != new.http_server.max_body,
             "http_server",
         );
+        // Bridges restart with new settings on reload or req 10, not on req 12 alone.
         check(self.bridges != new.bridges, "bridges");
         check(
             self.num_taskq_thread != new.num_taskq_thread

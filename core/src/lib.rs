@@ -82,6 +82,10 @@ pub enum Input {
         credentials: admin::Credentials,
         body: Bytes,
     },
+    /// The socket an [`Output::BridgeConnect`] asked for is open.
+    BridgeConnected { conn: ConnId },
+    /// The socket an [`Output::BridgeConnect`] asked for could not be opened.
+    BridgeConnectFailed { conn: ConnId, error: String },
     /// The outcome of an [`Output::WriteConfig`].
     AdminConfigWritten {
         req_id: u64,
@@ -115,6 +119,14 @@ pub enum Output {
     },
     /// The admin API asked the process to restart (re-read its configuration) or stop.
     Control(admin::ControlAction),
+    /// Open a connection to a bridge's remote broker (`address` as configured, e.g.
+    /// `mqtt-tcp://host:1883`) under the id `conn`; answer with [`Input::BridgeConnected`]
+    /// or [`Input::BridgeConnectFailed`]. Its bytes then flow like a client's.
+    BridgeConnect {
+        conn: ConnId,
+        bridge: String,
+        address: String,
+    },
 }
 
 /// Observable facts, for logs and metrics.
@@ -144,6 +156,14 @@ pub enum BrokerEvent {
         client_id: String,
         count: u64,
         why: &'static str,
+    },
+    BridgeUp {
+        bridge: String,
+    },
+    BridgeDown {
+        bridge: String,
+        detail: String,
+        retry_in_ms: u64,
     },
     ConfigApplied,
     ConfigRejected {

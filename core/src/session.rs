@@ -27,6 +27,8 @@ pub(crate) struct Message {
     pub expires_at: Option<Instant>,
     /// The session that published it, for no-local.
     pub publisher: Option<SessionId>,
+    /// The bridge it came in through (not forwarded back there).
+    pub from_bridge: Option<u64>,
 }
 
 impl Message {

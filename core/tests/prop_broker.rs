@@ -226,7 +226,8 @@ impl Driver {
                 Output::Event(_)
                 | Output::AdminReply { .. }
                 | Output::WriteConfig { .. }
-                | Output::Control(_) => {}
+                | Output::Control(_)
+                | Output::BridgeConnect { .. } => {}
             }
         }
     }

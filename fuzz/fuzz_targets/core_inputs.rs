@@ -80,7 +80,8 @@ fn drain(broker: &mut Broker, open: &mut BTreeSet<u64>) {
             Output::Event(_)
             | Output::AdminReply { .. }
             | Output::WriteConfig { .. }
-            | Output::Control(_) => {}
+            | Output::Control(_)
+            | Output::BridgeConnect { .. } => {}
         }
     }
 }

@@ -40,6 +40,17 @@ pub(crate) enum ConnEvent {
         reader: AbortHandle,
         writer_task: JoinHandle<()>,
     },
+    /// An outbound (bridge) connection is open.
+    Connected {
+        conn: ConnId,
+        writer: mpsc::UnboundedSender<WriterCmd>,
+        reader: AbortHandle,
+        writer_task: JoinHandle<()>,
+    },
+    ConnectFailed {
+        conn: ConnId,
+        error: String,
+    },
     Received {
         conn: ConnId,
         bytes: Bytes,
@@ -254,6 +265,54 @@ where
         writer_task,
     };
     register(accepted, open, events).await
+}
+
+/// Opens a bridge's connection to `address` (`mqtt-tcp://host:port`, `tcp://host:port` or
+/// `host:port`) and reports `Connected` or `ConnectFailed`.
+pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
+    conn: ConnId,
+    address: String,
+    timeout: Duration,
+    events: mpsc::Sender<E>,
+) {
+    let target = ["mqtt-tcp://", "tcp://", "nmq-tcp://"]
+        .iter()
+        .find_map(|scheme| address.strip_prefix(scheme))
+        .unwrap_or(&address)
+        .to_owned();
+    let result = if target.contains("://") {
+        Err(format!(
+            "{address}: unsupported scheme (expected mqtt-tcp://host:port)"
+        ))
+    } else {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(format!("{address}: {e}")),
+            Err(_) => Err(format!("{address}: timed out")),
+        }
+    };
+    let stream = match result {
+        Ok(stream) => stream,
+        Err(error) => {
+            let _ = events
+                .send(E::from(ConnEvent::ConnectFailed { conn, error }))
+                .await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (writer, commands) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_loop(conn, wr, commands, events.clone()));
+    let (open, gate) = oneshot::channel();
+    let reader = tokio::spawn(read_loop(conn, rd, events.clone(), gate));
+    let connected = ConnEvent::Connected {
+        conn,
+        writer,
+        reader: reader.abort_handle(),
+        writer_task,
+    };
+    register(connected, open, &events).await;
 }
 
 /// Queues `Accepted`, then lets the reader start: the driver hears of a connection before

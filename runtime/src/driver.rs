@@ -491,6 +491,25 @@ impl Driver {
                     self.input(now, Input::PeerCertificate { conn, identity });
                 }
             }
+            Event::Conn(ConnEvent::Connected {
+                conn,
+                writer,
+                reader,
+                writer_task,
+            }) => {
+                self.conns.insert(
+                    conn,
+                    ConnHandle {
+                        writer,
+                        reader,
+                        writer_task,
+                    },
+                );
+                self.input(now, Input::BridgeConnected { conn });
+            }
+            Event::Conn(ConnEvent::ConnectFailed { conn, error }) => {
+                self.input(now, Input::BridgeConnectFailed { conn, error });
+            }
             Event::Conn(ConnEvent::Received { conn, bytes }) => {
                 self.input(now, Input::Received { conn, bytes })
             }
@@ -569,6 +588,19 @@ impl Driver {
                         .unwrap_or_else(|e| Err(format!("writer task failed: {e}")));
                         let _ = events.send(Event::ConfigWritten { req_id, result }).await;
                     });
+                }
+                Output::BridgeConnect {
+                    conn,
+                    bridge,
+                    address,
+                } => {
+                    debug!(%conn, bridge, address, "bridge connecting");
+                    tokio::spawn(conn::connect_outbound(
+                        conn,
+                        address,
+                        Duration::from_millis(self.config.connect_timeout_ms),
+                        self.events_tx.clone(),
+                    ));
                 }
                 Output::Control(ControlAction::Stop) => self.stop_requested = true,
                 Output::Control(ControlAction::Restart) => self.reload_requested = true,
@@ -746,6 +778,12 @@ fn log_event(event: BrokerEvent) {
             count,
             why,
         } => debug!(client_id, count, why, "messages dropped"),
+        BrokerEvent::BridgeUp { bridge } => info!(bridge, "bridge connected"),
+        BrokerEvent::BridgeDown {
+            bridge,
+            detail,
+            retry_in_ms,
+        } => warn!(bridge, detail, retry_in_ms, "bridge down"),
         BrokerEvent::ConfigApplied => info!("configuration applied"),
         BrokerEvent::ConfigRejected { error } => error!(%error, "configuration rejected"),
     }

@@ -222,8 +222,10 @@ impl Harness {
                         c.closed = true;
                     }
                     Output::Event(e) => self.events.push(e),
-                    Output::AdminReply { .. } | Output::WriteConfig { .. } | Output::Control(_) => {
-                    }
+                    Output::AdminReply { .. }
+                    | Output::WriteConfig { .. }
+                    | Output::Control(_)
+                    | Output::BridgeConnect { .. } => {}
                 }
             }
         }
