@@ -36,16 +36,12 @@ pub(crate) enum ConnEvent {
         transport: Transport,
         /// The verified client certificate's common name (TLS).
         identity: Option<String>,
-        writer: mpsc::UnboundedSender<WriterCmd>,
-        reader: AbortHandle,
-        writer_task: JoinHandle<()>,
+        io: ConnIo,
     },
     /// An outbound (bridge) connection is open.
     Connected {
         conn: ConnId,
-        writer: mpsc::UnboundedSender<WriterCmd>,
-        reader: AbortHandle,
-        writer_task: JoinHandle<()>,
+        io: ConnIo,
     },
     ConnectFailed {
         conn: ConnId,
@@ -67,6 +63,45 @@ pub(crate) enum ConnEvent {
 pub(crate) enum WriterCmd {
     Data(Bytes),
     Close,
+}
+
+/// A connection's two tasks, as the driver holds them.
+pub(crate) struct ConnIo {
+    pub writer: mpsc::UnboundedSender<WriterCmd>,
+    reader: AbortHandle,
+    writer_task: JoinHandle<()>,
+}
+
+impl ConnIo {
+    /// Starts the writer, and the reader behind a gate that [`register`] opens.
+    fn launch<W, R>(
+        write: impl FnOnce(mpsc::UnboundedReceiver<WriterCmd>) -> W,
+        read: impl FnOnce(oneshot::Receiver<()>) -> R,
+    ) -> (ConnIo, oneshot::Sender<()>)
+    where
+        W: std::future::Future<Output = ()> + Send + 'static,
+        R: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (writer, commands) = mpsc::unbounded_channel();
+        let writer_task = tokio::spawn(write(commands));
+        let (open, gate) = oneshot::channel();
+        let reader = tokio::spawn(read(gate)).abort_handle();
+        (
+            ConnIo {
+                writer,
+                reader,
+                writer_task,
+            },
+            open,
+        )
+    }
+
+    /// Stops reading and lets the writer flush what it has, then close.
+    pub fn close(self) -> JoinHandle<()> {
+        self.reader.abort();
+        let _ = self.writer.send(WriterCmd::Close);
+        self.writer_task
+    }
 }
 
 /// Everything an accept loop needs.
@@ -222,18 +257,16 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     E: From<ConnEvent> + Send + 'static,
 {
-    let (writer, commands) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(write_loop(conn, wr, commands, events.clone()));
-    let (open, gate) = oneshot::channel();
-    let reader = tokio::spawn(read_loop(conn, rd, events.clone(), gate));
+    let (io, open) = ConnIo::launch(
+        |commands| write_loop(conn, wr, commands, events.clone()),
+        |gate| read_loop(conn, rd, events.clone(), gate),
+    );
     let accepted = ConnEvent::Accepted {
         conn,
         peer,
         transport,
         identity,
-        writer,
-        reader: reader.abort_handle(),
-        writer_task,
+        io,
     };
     register(accepted, open, events).await
 }
@@ -251,18 +284,16 @@ where
     E: From<ConnEvent> + Send + 'static,
 {
     let (sink, stream) = ws.split();
-    let (writer, commands) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(ws_write_loop(conn, sink, commands, events.clone()));
-    let (open, gate) = oneshot::channel();
-    let reader = tokio::spawn(ws_read_loop(conn, stream, events.clone(), gate));
+    let (io, open) = ConnIo::launch(
+        |commands| ws_write_loop(conn, sink, commands, events.clone()),
+        |gate| ws_read_loop(conn, stream, events.clone(), gate),
+    );
     let accepted = ConnEvent::Accepted {
         conn,
         peer,
         transport,
         identity,
-        writer,
-        reader: reader.abort_handle(),
-        writer_task,
+        io,
     };
     register(accepted, open, events).await
 }
@@ -302,17 +333,11 @@ pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
     };
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let (writer, commands) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(write_loop(conn, wr, commands, events.clone()));
-    let (open, gate) = oneshot::channel();
-    let reader = tokio::spawn(read_loop(conn, rd, events.clone(), gate));
-    let connected = ConnEvent::Connected {
-        conn,
-        writer,
-        reader: reader.abort_handle(),
-        writer_task,
-    };
-    register(connected, open, &events).await;
+    let (io, open) = ConnIo::launch(
+        |commands| write_loop(conn, wr, commands, events.clone()),
+        |gate| read_loop(conn, rd, events.clone(), gate),
+    );
+    register(ConnEvent::Connected { conn, io }, open, &events).await;
 }
 
 /// Queues `Accepted`, then lets the reader start: the driver hears of a connection before

@@ -15,11 +15,11 @@ use tidemq_core::admin::ControlAction;
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config_file::{self, ConfigInputs, Loaded};
-use crate::conn::{self, AcceptContext, ConnEvent, WriterCmd};
+use crate::conn::{self, AcceptContext, ConnEvent, ConnIo, WriterCmd};
 use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
 use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
@@ -29,6 +29,8 @@ use crate::tls::{self, SharedTls};
 const EVENT_QUEUE: usize = 4096;
 /// Inputs handled per wake-up before the driver checks its timer again.
 const EVENT_BATCH: usize = 256;
+/// How long a stop asked through the admin API waits, so that its reply is sent.
+const STOP_GRACE: Duration = Duration::from_millis(300);
 /// How long shutdown waits for writers to flush.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -43,21 +45,6 @@ enum Event {
 impl From<ConnEvent> for Event {
     fn from(e: ConnEvent) -> Event {
         Event::Conn(e)
-    }
-}
-
-struct ConnHandle {
-    writer: mpsc::UnboundedSender<WriterCmd>,
-    reader: AbortHandle,
-    writer_task: JoinHandle<()>,
-}
-
-impl ConnHandle {
-    /// Stops reading and lets the writer flush what it has, then close.
-    fn close(self) -> JoinHandle<()> {
-        self.reader.abort();
-        let _ = self.writer.send(WriterCmd::Close);
-        self.writer_task
     }
 }
 
@@ -352,7 +339,17 @@ impl Server {
                 driver.reload(now()).await;
             }
             if driver.stop_requested {
+                // Let the admin API's reply reach the wire before everything stops.
                 info!("stop requested through the admin API");
+                let _ = tokio::time::timeout(STOP_GRACE, async {
+                    loop {
+                        match events.recv().await {
+                            Some(event) => driver.event(now(), event),
+                            None => break,
+                        }
+                    }
+                })
+                .await;
                 break;
             }
         }
@@ -396,7 +393,7 @@ struct Driver {
     broker: Broker,
     /// The configuration the listeners were set up with.
     config: Config,
-    conns: BTreeMap<ConnId, ConnHandle>,
+    conns: BTreeMap<ConnId, ConnIo>,
     /// Writers of closed connections still flushing.
     closing: Vec<JoinHandle<()>>,
     events_tx: mpsc::Sender<Event>,
@@ -467,19 +464,10 @@ impl Driver {
                 peer,
                 transport,
                 identity,
-                writer,
-                reader,
-                writer_task,
+                io,
             }) => {
                 debug!(%conn, %peer, transport = transport.name(), "accepted");
-                self.conns.insert(
-                    conn,
-                    ConnHandle {
-                        writer,
-                        reader,
-                        writer_task,
-                    },
-                );
+                self.conns.insert(conn, io);
                 self.input(
                     now,
                     Input::Accepted {
@@ -491,20 +479,8 @@ impl Driver {
                     self.input(now, Input::PeerCertificate { conn, identity });
                 }
             }
-            Event::Conn(ConnEvent::Connected {
-                conn,
-                writer,
-                reader,
-                writer_task,
-            }) => {
-                self.conns.insert(
-                    conn,
-                    ConnHandle {
-                        writer,
-                        reader,
-                        writer_task,
-                    },
-                );
+            Event::Conn(ConnEvent::Connected { conn, io }) => {
+                self.conns.insert(conn, io);
                 self.input(now, Input::BridgeConnected { conn });
             }
             Event::Conn(ConnEvent::ConnectFailed { conn, error }) => {

@@ -505,7 +505,9 @@ fn restart_rebinds_a_changed_listener_and_keeps_persistent_sessions() {
     wait_for("the new listener", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", new_port)).is_ok()
     });
-    assert!(broker.log().contains("configuration reloaded"));
+    wait_for("the reload to finish", Duration::from_secs(10), || {
+        broker.log().contains("configuration reloaded")
+    });
     wait_for("the old listener to close", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_err()
     });
