@@ -997,12 +997,14 @@ impl Broker {
         let Some(f) = session.inflight.get_mut(&pid) else {
             return;
         };
+        // Everything in flight went out once: resends carry DUP and finish even if the
+        // message has expired since.
         f.sent = true;
         match f.stage {
             OutStage::Published => {
                 let delivery = f.delivery.clone();
                 if !self.write_publish(conn, version, &delivery, Some(pid), true) {
-                    // No longer deliverable (expired or too large): forget it.
+                    // Larger than the client now accepts: forget it.
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.remove_inflight(pid);
                     }
@@ -1336,7 +1338,9 @@ impl Broker {
     ) -> bool {
         let now = self.now;
         let msg = &d.msg;
-        if msg.expired(now) {
+        // Expiry stops a delivery that has not started; a resend finishes what was started
+        // (v5 §3.3.2.3.3), so its packet id is never freed while the client may hold it.
+        if msg.expired(now) && !dup {
             self.stats.messages_dropped += 1;
             return false;
         }
@@ -1346,7 +1350,7 @@ impl Broker {
             let mut p = msg.properties.clone();
             p.subscription_identifiers = d.subscription_ids.clone();
             if let Some(at) = msg.expires_at {
-                p.message_expiry_interval = Some(at.since(now).div_ceil(1000) as u32);
+                p.message_expiry_interval = Some((at.since(now).div_ceil(1000) as u32).max(1));
             }
             owned = p;
             &owned

@@ -206,8 +206,10 @@ fn expired_queued_messages_are_dropped() {
     assert_eq!(h.stats().messages_dropped, 1);
 }
 
+/// v5 §3.3.2.3.3: expiry deletes a copy whose onward delivery has not started. One already
+/// in flight is finished: its packet id may still be held by the client.
 #[test]
-fn expired_inflight_message_is_not_resent() {
+fn expired_inflight_message_is_still_resent_once_delivery_started() {
     let mut h = Harness::new();
     let (c, _) = h.connect("s", V5, true, ConnectOpts::default().session_expiry(600));
     h.subscribe(c, "t", Q1);
@@ -217,6 +219,25 @@ fn expired_inflight_message_is_not_resent() {
     h.publish_with(p, short);
     assert_eq!(h.publishes(c).len(), 1);
     h.close(c);
+    h.advance(6_000);
+    let (c, ack) = h.connect("s", V5, false, ConnectOpts::default().session_expiry(600));
+    assert!(ack.session_present);
+    let resent = h.publishes(c);
+    assert_eq!(resent.len(), 1);
+    assert!(resent[0].dup);
+    assert_eq!(resent[0].properties.message_expiry_interval, Some(1));
+}
+
+#[test]
+fn expired_queued_message_is_not_sent() {
+    let mut h = Harness::new();
+    let (c, _) = h.connect("s", V5, true, ConnectOpts::default().session_expiry(600));
+    h.subscribe(c, "t", Q1);
+    h.close(c);
+    let p = h.client("p", V5);
+    let mut short = publish_msg("t", "short", Q1);
+    short.properties.message_expiry_interval = Some(5);
+    h.publish_with(p, short);
     h.advance(6_000);
     let (c, ack) = h.connect("s", V5, false, ConnectOpts::default().session_expiry(600));
     assert!(ack.session_present);

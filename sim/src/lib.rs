@@ -1,1 +1,92 @@
+//! Deterministic simulation of the TideMQ core.
+//!
+//! One seed drives everything: the BUGGIFY knobs and scenario family ([`scenario`]), the
+//! network ([`net`]: latency, jitter, fragmentation, coalescing, partitions, black holes,
+//! RST), the clients ([`client`], written with the core's codec), faults such as broker
+//! restarts, and the broker's own seed. A run is a chaos phase (faults, safety invariants
+//! only) then a heal phase (faults stop, clients reconnect and drain) after which the liveness
+//! invariants must hold too. Everything observable goes into a typed [`trace::Trace`];
+//! [`check::check`] judges it afterwards.
 
+pub mod check;
+pub mod client;
+pub mod net;
+pub mod rng;
+pub mod scenario;
+pub mod trace;
+pub mod world;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+pub use check::Violation;
+pub use scenario::Family;
+use trace::{Ev, Trace};
+pub use world::{ActorInfo, World};
+
+/// A bug planted on purpose, to show that a checker catches it. The client-side ones act while
+/// the simulation runs (the broker is untouched); the trace ones rewrite a finished trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The subscriber's library loses some QoS 1 messages after acknowledging them.
+    LoseQos1,
+    /// The subscriber's application sees a QoS 2 message twice.
+    DuplicateQos2,
+    /// The will watcher never sees wills.
+    SwallowWill,
+}
+
+/// Everything one seed produced.
+pub struct Outcome {
+    pub seed: u64,
+    pub family: Family,
+    pub trace: Trace,
+    pub actors: Vec<ActorInfo>,
+    pub config: tidemq_core::Config,
+    pub violations: Vec<Violation>,
+}
+
+impl Outcome {
+    pub fn hash(&self) -> u64 {
+        self.trace.hash()
+    }
+
+    /// Re-runs the checkers (after a trace mutation).
+    pub fn recheck(&mut self) {
+        self.violations = check::check(&self.trace.entries, &self.actors, &self.config);
+    }
+
+    /// The command that replays this seed.
+    pub fn replay_hint(&self) -> String {
+        format!(
+            "SIM_SEED={} cargo test -p tidemq-sim --test sweep -- --nocapture replay",
+            self.seed
+        )
+    }
+}
+
+/// Runs one seed, chaos then heal, and checks it. A panic in the core is a violation.
+pub fn run_seed(seed: u64, mutation: Option<Mutation>) -> Outcome {
+    let mut world = World::new(seed, mutation);
+    let family = world.knobs.family;
+    let config = world.knobs.config.clone();
+    let result = catch_unwind(AssertUnwindSafe(|| world.run()));
+    if let Err(e) = result {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        world.trace.push(Ev::Panic(msg));
+    }
+    let actors = world.actors();
+    let trace = std::mem::take(&mut world.trace);
+    let violations = check::check(&trace.entries, &actors, &config);
+    Outcome {
+        seed,
+        family,
+        trace,
+        actors,
+        config,
+        violations,
+    }
+}

@@ -1,0 +1,262 @@
+//! The typed trace of a run, and its hash.
+
+use std::hash::{Hash, Hasher};
+
+/// What a payload says about where it came from. Publishers write `M:<actor>:<seq>` (plain),
+/// `R:<actor>:<seq>` (retained); wills carry `W:<actor>:<conn>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tag {
+    Msg {
+        publisher: usize,
+        seq: u64,
+    },
+    Retained {
+        publisher: usize,
+        seq: u64,
+    },
+    Will {
+        actor: usize,
+        conn: u64,
+    },
+    /// Zero-length payload (clears a retained message).
+    Empty,
+    /// Anything else (`$SYS` events, garbage).
+    Other,
+}
+
+impl Tag {
+    pub fn parse(payload: &[u8]) -> Tag {
+        if payload.is_empty() {
+            return Tag::Empty;
+        }
+        let Ok(s) = std::str::from_utf8(payload) else {
+            return Tag::Other;
+        };
+        let mut it = s.split(':');
+        let (Some(kind), Some(a), Some(b)) = (it.next(), it.next(), it.next()) else {
+            return Tag::Other;
+        };
+        let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<u64>()) else {
+            return Tag::Other;
+        };
+        match kind {
+            "M" => Tag::Msg {
+                publisher: a,
+                seq: b,
+            },
+            "R" => Tag::Retained {
+                publisher: a,
+                seq: b,
+            },
+            "W" => Tag::Will { actor: a, conn: b },
+            _ => Tag::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+/// A PUBLISH as seen on the wire, either direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pub {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pid: Option<u16>,
+    pub tag: Tag,
+    /// v5 message expiry interval, seconds.
+    pub expiry: Option<u32>,
+}
+
+/// A whole packet the broker read from a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Got {
+    Connect {
+        client_id: String,
+        clean_start: bool,
+        v5: bool,
+        /// Requested session expiry in seconds (`u32::MAX` = never; 3.1.1 persistent).
+        expiry: u32,
+        keep_alive: u16,
+        /// Will delay (seconds) and tag.
+        will: Option<(u32, Tag)>,
+    },
+    Publish(Pub),
+    Subscribe(Vec<(String, u8)>),
+    Unsubscribe(Vec<String>),
+    Disconnect {
+        reason: u8,
+    },
+    Ack(AckKind, u16),
+    Ping,
+    Other,
+}
+
+/// A whole packet the broker wrote to a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sent {
+    ConnAck { session_present: bool, code: u8 },
+    Publish(Pub),
+    Ack(AckKind, u16, u8),
+    SubAck(Vec<u8>),
+    UnsubAck,
+    Disconnect { reason: u8 },
+    PingResp,
+    Other,
+}
+
+/// One message handed to a client application (or seen by the client library).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    pub actor: usize,
+    pub conn: u64,
+    pub publish: Pub,
+    /// Not a repeat of a QoS 2 packet id the client still holds (its application sees it).
+    pub first: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Ev {
+    /// The broker (re)started: every earlier session and connection is gone.
+    BrokerStart {
+        incarnation: u32,
+    },
+    Heal,
+    Quiesced,
+    ConnOpened {
+        conn: u64,
+        actor: usize,
+    },
+    BrokerGot {
+        conn: u64,
+        actor: usize,
+        pkt: Got,
+    },
+    BrokerSent {
+        conn: u64,
+        actor: usize,
+        pkt: Sent,
+    },
+    /// The broker's side of a connection ended (its Close, or our Closed input).
+    BrokerClosed {
+        conn: u64,
+        by_broker: bool,
+    },
+    /// Bytes the reference decoder (or alias check) rejects reached the broker.
+    GarbageFed {
+        conn: u64,
+        code: u8,
+        notify: bool,
+    },
+    Delivered(Delivery),
+    ClientAck {
+        actor: usize,
+        conn: u64,
+        kind: AckKind,
+        pid: u16,
+    },
+    /// The client saw its connection end.
+    ClientLost {
+        actor: usize,
+        conn: u64,
+    },
+    Dropped {
+        client_id: String,
+        count: u64,
+        why: String,
+    },
+    SessionExpired {
+        client_id: String,
+    },
+    Fault(String),
+    /// Broker counters against what the simulator knows.
+    Stats {
+        connections: u64,
+        open_conns: u64,
+        sessions: u64,
+        retained: u64,
+    },
+    /// A write backlog the simulator holds for a connection, against its bound.
+    Backlog {
+        conn: u64,
+        bytes: u64,
+        bound: u64,
+    },
+    /// The end-of-run retained audit: one retained message seen by a fresh subscriber.
+    RetainedSeen {
+        topic: String,
+        tag: Tag,
+    },
+    /// The broker kept silent past the keepalive limit.
+    KeepAliveMissed {
+        conn: u64,
+        silent_ms: u64,
+        limit_ms: u64,
+    },
+    /// The broker closed for keepalive before the limit.
+    KeepAliveEarly {
+        conn: u64,
+        silent_ms: u64,
+        limit_ms: u64,
+    },
+    /// A simulation step limit or a quiescence timeout was hit.
+    Stuck(String),
+    /// The core panicked.
+    Panic(String),
+}
+
+/// One recorded event: which input it belongs to, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub step: u64,
+    pub at: u64,
+    pub ev: Ev,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub entries: Vec<Entry>,
+    pub step: u64,
+    pub now: u64,
+}
+
+impl Trace {
+    pub fn push(&mut self, ev: Ev) {
+        self.entries.push(Entry {
+            step: self.step,
+            at: self.now,
+            ev,
+        });
+    }
+
+    /// FNV-1a over the hashed events: equal traces give equal hashes on one build.
+    pub fn hash(&self) -> u64 {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        for e in &self.entries {
+            e.hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}

@@ -1,0 +1,1004 @@
+//! The simulated world: one broker core, the network, the clients, faults and time.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, decode_packet};
+use tidemq_core::{Broker, BrokerEvent, ConnId, Input, Instant, Output};
+
+use crate::Mutation;
+use crate::client::{Client, Cmd, Ctx, Role, pub_of};
+use crate::net::{Mode, Pipe, Seg};
+use crate::rng::Rng;
+use crate::scenario::Knobs;
+use crate::trace::{AckKind, Ev, Got, Sent, Tag, Trace};
+
+/// Most loop iterations one run may take: a livelock shows up as `Stuck`.
+const MAX_ITERATIONS: u64 = 2_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Both,
+    ClientToBroker,
+    BrokerToClient,
+}
+
+struct SimConn {
+    actor: usize,
+    c2s: Pipe,
+    s2c: Pipe,
+    /// Broker output not yet accepted by the socket (the broker's unwritten bytes).
+    sendq: VecDeque<Seg>,
+    sendq_bytes: usize,
+    broker_open: bool,
+    client_open: bool,
+    /// Reference decoder of what the broker reads.
+    shadow_in: BytesMut,
+    in_version: Option<ProtocolVersion>,
+    in_dead: bool,
+    aliases: BTreeMap<u16, String>,
+    alias_max: u16,
+    shadow_out: BytesMut,
+    /// Last whole packet the broker read, and the silence it allows.
+    last_rx: u64,
+    idle_limit: u64,
+    keepalive_close: bool,
+}
+
+/// What a checker needs to know about an actor.
+#[derive(Debug, Clone)]
+pub struct ActorInfo {
+    pub client_id: String,
+    pub role: Role,
+    pub v5: bool,
+    pub receive_max: Option<u16>,
+}
+
+pub struct World {
+    pub knobs: Knobs,
+    seed: u64,
+    broker: Broker,
+    incarnation: u32,
+    pub trace: Trace,
+    net_rng: Rng,
+    fault_rng: Rng,
+    client_rng: Rng,
+    conns: BTreeMap<u64, SimConn>,
+    next_conn: u64,
+    pub clients: Vec<Client>,
+    /// Per actor: a partition in force and when it ends.
+    partitions: BTreeMap<usize, (Dir, u64)>,
+    /// Swizzle: actors to clog at a time.
+    swizzle: Vec<(u64, usize, bool)>,
+    heal: bool,
+    next_fault: u64,
+    frozen_until: u64,
+    now: u64,
+    iterations: u64,
+    rotate: usize,
+    pub mutation: Option<Mutation>,
+}
+
+impl World {
+    pub fn new(seed: u64, mutation: Option<Mutation>) -> World {
+        let knobs = Knobs::from_seed(seed);
+        let mut master = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+        let clients = knobs
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Client::new(i, p.clone(), (i as u64) * 37))
+            .collect();
+        let mut trace = Trace::default();
+        trace.push(Ev::BrokerStart { incarnation: 0 });
+        World {
+            broker: Broker::new(knobs.config.clone(), seed, Instant(0)),
+            seed,
+            incarnation: 0,
+            trace,
+            net_rng: master.fork(),
+            fault_rng: master.fork(),
+            client_rng: master.fork(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            clients,
+            partitions: BTreeMap::new(),
+            swizzle: Vec::new(),
+            heal: false,
+            next_fault: 1_000,
+            frozen_until: 0,
+            now: 0,
+            iterations: 0,
+            rotate: 0,
+            mutation,
+            knobs,
+        }
+    }
+
+    pub fn actors(&self) -> Vec<ActorInfo> {
+        self.clients
+            .iter()
+            .map(|c| ActorInfo {
+                client_id: c.p.client_id.clone(),
+                role: c.p.role.clone(),
+                v5: c.p.version.is_v5(),
+                receive_max: c.p.receive_max,
+            })
+            .collect()
+    }
+
+    fn limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_packet_size: self.knobs.config.max_packet_size as usize,
+            max_user_properties: self.knobs.config.property_size as usize,
+        }
+    }
+
+    // ----- the broker ---------------------------------------------------------------------
+
+    fn feed(&mut self, input: Input) {
+        let mut pending = VecDeque::from([input]);
+        while let Some(input) = pending.pop_front() {
+            self.trace.step += 1;
+            self.trace.now = self.now;
+            if let Input::Received { conn, bytes } = &input {
+                self.shadow_in(conn.0, bytes);
+            }
+            self.broker.handle_input(Instant(self.now), input);
+            while let Some(out) = self.broker.poll_output() {
+                self.output(out);
+            }
+            let ids: Vec<u64> = self.conns.keys().copied().collect();
+            for id in ids {
+                if let Some(written) = self.pump_sendq(id)
+                    && written > 0
+                {
+                    pending.push_back(Input::Written {
+                        conn: ConnId(id),
+                        bytes: written,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The reference decoder: what the broker must have read from these bytes.
+    fn shadow_in(&mut self, id: u64, bytes: &Bytes) {
+        let limits = self.limits();
+        let alias_max_cfg = self.knobs.config.max_topic_alias;
+        let max_ka = self.knobs.config.max_keepalive;
+        let mult = self.knobs.config.keepalive_multiplier;
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.in_dead {
+            return;
+        }
+        c.shadow_in.extend_from_slice(bytes);
+        let actor = c.actor;
+        let mut events = Vec::new();
+        loop {
+            let version = c.in_version;
+            match decode_packet(&mut c.shadow_in, version, &limits) {
+                Ok(None) => break,
+                Err(e) => {
+                    c.in_dead = true;
+                    events.push(Ev::GarbageFed {
+                        conn: id,
+                        code: e.reason_code(),
+                        notify: version == Some(ProtocolVersion::V5),
+                    });
+                    break;
+                }
+                Ok(Some(p)) => {
+                    c.last_rx = now;
+                    let got = match p {
+                        Packet::Connect(cn) => {
+                            c.in_version = Some(cn.version);
+                            c.alias_max = alias_max_cfg;
+                            let ka = if max_ka > 0 && (cn.keep_alive == 0 || cn.keep_alive > max_ka)
+                            {
+                                max_ka
+                            } else {
+                                cn.keep_alive
+                            };
+                            c.idle_limit = (f64::from(ka) * 1000.0 * mult) as u64;
+                            let v5 = cn.version.is_v5();
+                            Got::Connect {
+                                client_id: cn.client_id.clone(),
+                                clean_start: cn.clean_start,
+                                v5,
+                                expiry: if v5 {
+                                    cn.properties.session_expiry_interval.unwrap_or(0)
+                                } else if cn.clean_start {
+                                    0
+                                } else {
+                                    u32::MAX
+                                },
+                                keep_alive: ka,
+                                will: cn.will.as_ref().map(|w| {
+                                    (
+                                        w.properties.will_delay_interval.unwrap_or(0),
+                                        Tag::parse(&w.payload),
+                                    )
+                                }),
+                            }
+                        }
+                        Packet::Publish(mut p) => {
+                            if let Some(a) = p.properties.topic_alias {
+                                if a == 0 || a > c.alias_max {
+                                    c.in_dead = true;
+                                    events.push(Ev::GarbageFed {
+                                        conn: id,
+                                        code: 0x94,
+                                        notify: version == Some(ProtocolVersion::V5),
+                                    });
+                                    break;
+                                }
+                                if p.topic.is_empty() {
+                                    match c.aliases.get(&a) {
+                                        Some(t) => p.topic = t.clone(),
+                                        None => {
+                                            c.in_dead = true;
+                                            events.push(Ev::GarbageFed {
+                                                conn: id,
+                                                code: 0x82,
+                                                notify: version == Some(ProtocolVersion::V5),
+                                            });
+                                            break;
+                                        }
+                                    }
+                                } else {
+                                    c.aliases.insert(a, p.topic.clone());
+                                }
+                            }
+                            Got::Publish(pub_of(&p))
+                        }
+                        Packet::Subscribe(s) => Got::Subscribe(
+                            s.filters
+                                .iter()
+                                .map(|(f, o)| (f.clone(), o.qos as u8))
+                                .collect(),
+                        ),
+                        Packet::Unsubscribe(u) => Got::Unsubscribe(u.filters.clone()),
+                        Packet::Disconnect(d) => {
+                            c.in_dead = true;
+                            events.push(Ev::BrokerGot {
+                                conn: id,
+                                actor,
+                                pkt: Got::Disconnect { reason: d.reason },
+                            });
+                            break;
+                        }
+                        Packet::PubAck(a) => Got::Ack(AckKind::PubAck, a.packet_id),
+                        Packet::PubRec(a) => Got::Ack(AckKind::PubRec, a.packet_id),
+                        Packet::PubRel(a) => Got::Ack(AckKind::PubRel, a.packet_id),
+                        Packet::PubComp(a) => Got::Ack(AckKind::PubComp, a.packet_id),
+                        Packet::PingReq => Got::Ping,
+                        _ => Got::Other,
+                    };
+                    events.push(Ev::BrokerGot {
+                        conn: id,
+                        actor,
+                        pkt: got,
+                    });
+                }
+            }
+        }
+        for e in events {
+            self.trace.push(e);
+        }
+    }
+
+    fn output(&mut self, out: Output) {
+        match out {
+            Output::Transmit { conn, bytes } => {
+                let id = conn.0;
+                let mut events = Vec::new();
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.shadow_out.extend_from_slice(&bytes);
+                    let version = c.in_version.unwrap_or(ProtocolVersion::V311);
+                    let limits = DecodeLimits {
+                        max_packet_size: 268_435_460,
+                        max_user_properties: usize::MAX,
+                    };
+                    while let Ok(Some(p)) = decode_packet(&mut c.shadow_out, Some(version), &limits)
+                    {
+                        let sent = match p {
+                            Packet::ConnAck(a) => Sent::ConnAck {
+                                session_present: a.session_present,
+                                code: a.code,
+                            },
+                            Packet::Publish(p) => Sent::Publish(pub_of(&p)),
+                            Packet::PubAck(a) => Sent::Ack(AckKind::PubAck, a.packet_id, a.reason),
+                            Packet::PubRec(a) => Sent::Ack(AckKind::PubRec, a.packet_id, a.reason),
+                            Packet::PubRel(a) => Sent::Ack(AckKind::PubRel, a.packet_id, a.reason),
+                            Packet::PubComp(a) => {
+                                Sent::Ack(AckKind::PubComp, a.packet_id, a.reason)
+                            }
+                            Packet::SubAck(s) => Sent::SubAck(s.reasons),
+                            Packet::UnsubAck(_) => Sent::UnsubAck,
+                            Packet::Disconnect(d) => Sent::Disconnect { reason: d.reason },
+                            Packet::PingResp => Sent::PingResp,
+                            _ => Sent::Other,
+                        };
+                        events.push(Ev::BrokerSent {
+                            conn: id,
+                            actor: c.actor,
+                            pkt: sent,
+                        });
+                    }
+                    c.sendq_bytes += bytes.len();
+                    c.sendq.push_back(Seg::Data(bytes));
+                    let bound = u64::from(self.knobs.config.max_write_buffer)
+                        + 2 * u64::from(self.knobs.config.max_packet_size)
+                        + 16_384;
+                    let backlog = (c.sendq_bytes + c.s2c.in_flight) as u64;
+                    if backlog > bound + self.knobs.sndbuf as u64 {
+                        events.push(Ev::Backlog {
+                            conn: id,
+                            bytes: backlog,
+                            bound: bound + self.knobs.sndbuf as u64,
+                        });
+                    }
+                }
+                for e in events {
+                    self.trace.push(e);
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(c) = self.conns.get_mut(&conn.0)
+                    && c.broker_open
+                {
+                    c.broker_open = false;
+                    c.sendq.push_back(Seg::Fin);
+                    if c.keepalive_close {
+                        let silent = self.now.saturating_sub(c.last_rx);
+                        if silent < c.idle_limit {
+                            let limit = c.idle_limit;
+                            self.trace.push(Ev::KeepAliveEarly {
+                                conn: conn.0,
+                                silent_ms: silent,
+                                limit_ms: limit,
+                            });
+                        }
+                    }
+                    self.trace.push(Ev::BrokerClosed {
+                        conn: conn.0,
+                        by_broker: true,
+                    });
+                }
+            }
+            Output::Event(e) => match e {
+                BrokerEvent::MessagesDropped {
+                    client_id,
+                    count,
+                    why,
+                } => self.trace.push(Ev::Dropped {
+                    client_id,
+                    count,
+                    why: why.to_owned(),
+                }),
+                BrokerEvent::SessionExpired { client_id } => {
+                    self.trace.push(Ev::SessionExpired { client_id })
+                }
+                BrokerEvent::ClientDisconnected {
+                    conn,
+                    reason_code: 0x8D,
+                    ..
+                } => {
+                    if let Some(c) = self.conns.get_mut(&conn.0) {
+                        c.keepalive_close = true;
+                    }
+                }
+                _ => {}
+            },
+            // Admin, bridge and control outputs are not simulated.
+            _ => {}
+        }
+    }
+
+    /// Moves broker output into the socket while it has room; returns bytes written.
+    fn pump_sendq(&mut self, id: u64) -> Option<usize> {
+        let shape = self.knobs.shape;
+        let sndbuf = self.knobs.sndbuf;
+        let c = self.conns.get_mut(&id)?;
+        let mut written = 0;
+        while let Some(seg) = c.sendq.front() {
+            let len = match seg {
+                Seg::Data(b) => b.len(),
+                Seg::Fin => 0,
+            };
+            // A peer that closed its socket takes (and drops) anything.
+            if c.client_open && len > 0 && c.s2c.in_flight > 0 && c.s2c.in_flight + len > sndbuf {
+                break;
+            }
+            let Some(seg) = c.sendq.pop_front() else {
+                break;
+            };
+            c.sendq_bytes -= len;
+            written += len;
+            if c.client_open {
+                c.s2c.push(self.now, &shape, &mut self.net_rng, seg);
+            }
+        }
+        Some(written)
+    }
+
+    // ----- clients and connections --------------------------------------------------------
+
+    fn ctx_run<F: FnOnce(&mut Client, &mut Ctx)>(&mut self, actor: usize, f: F) {
+        let Some(client) = self.clients.get_mut(actor) else {
+            return;
+        };
+        self.trace.now = self.now;
+        let mut ctx = Ctx {
+            now: self.now,
+            rng: &mut self.client_rng,
+            trace: &mut self.trace,
+            cmds: Vec::new(),
+            heal: self.heal,
+            mutation: self.mutation,
+        };
+        f(client, &mut ctx);
+        let cmds = ctx.cmds;
+        self.apply(cmds);
+    }
+
+    fn apply(&mut self, cmds: Vec<Cmd>) {
+        let shape = self.knobs.shape;
+        for cmd in cmds {
+            match cmd {
+                Cmd::Send(id, bytes) => {
+                    if let Some(c) = self.conns.get_mut(&id)
+                        && c.client_open
+                    {
+                        c.c2s
+                            .push(self.now, &shape, &mut self.net_rng, Seg::Data(bytes));
+                    }
+                }
+                Cmd::Close(id) => {
+                    if let Some(c) = self.conns.get_mut(&id)
+                        && c.client_open
+                    {
+                        c.client_open = false;
+                        c.s2c.clear();
+                        c.c2s.push(self.now, &shape, &mut self.net_rng, Seg::Fin);
+                    }
+                }
+                Cmd::Rst(id) => {
+                    if let Some(c) = self.conns.get_mut(&id)
+                        && c.client_open
+                    {
+                        c.client_open = false;
+                        c.s2c.clear();
+                        if c.c2s.mode != Mode::BlackHole {
+                            c.c2s.clear();
+                        }
+                        c.c2s.push(self.now, &shape, &mut self.net_rng, Seg::Fin);
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_conn(&mut self, actor: usize) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let mut c2s = Pipe::new(Mode::Open);
+        let mut s2c = Pipe::new(Mode::Open);
+        if let Some((dir, _)) = self.partitions.get(&actor) {
+            hold(*dir, &mut c2s, &mut s2c);
+        }
+        self.conns.insert(
+            id,
+            SimConn {
+                actor,
+                c2s,
+                s2c,
+                sendq: VecDeque::new(),
+                sendq_bytes: 0,
+                broker_open: true,
+                client_open: true,
+                shadow_in: BytesMut::new(),
+                in_version: None,
+                in_dead: false,
+                aliases: BTreeMap::new(),
+                alias_max: 0,
+                shadow_out: BytesMut::new(),
+                last_rx: self.now,
+                idle_limit: self.knobs.config.connect_timeout_ms,
+                keepalive_close: false,
+            },
+        );
+        self.trace.now = self.now;
+        self.trace.push(Ev::ConnOpened { conn: id, actor });
+        self.feed(Input::Accepted {
+            conn: ConnId(id),
+            peer: format!(
+                "10.0.{}.{}:{}",
+                actor / 250,
+                actor % 250 + 1,
+                40_000 + id % 20_000
+            ),
+        });
+        self.ctx_run(actor, |c, ctx| c.start(ctx, id));
+    }
+
+    fn deliver_pipes(&mut self) {
+        let now = self.now;
+        let frozen = now < self.frozen_until;
+        let mut ids: Vec<u64> = self.conns.keys().copied().collect();
+        if self.knobs.random_order && !ids.is_empty() {
+            self.rotate = self.rotate.wrapping_add(1);
+            let k = self.rotate % ids.len();
+            ids.rotate_left(k);
+        }
+        for id in ids {
+            // Client to broker.
+            if !frozen {
+                let (bytes, fin, open) = match self.conns.get_mut(&id) {
+                    Some(c) => {
+                        let (b, f) = c.c2s.take_due(now);
+                        (b, f, c.broker_open)
+                    }
+                    None => continue,
+                };
+                if open && !bytes.is_empty() {
+                    self.feed(Input::Received {
+                        conn: ConnId(id),
+                        bytes,
+                    });
+                }
+                if fin
+                    && let Some(c) = self.conns.get_mut(&id)
+                    && c.broker_open
+                {
+                    c.broker_open = false;
+                    self.trace.push(Ev::BrokerClosed {
+                        conn: id,
+                        by_broker: false,
+                    });
+                    self.feed(Input::Closed { conn: ConnId(id) });
+                }
+            }
+            // Broker to client.
+            let (bytes, fin, actor, open) = match self.conns.get_mut(&id) {
+                Some(c) => {
+                    let (b, f) = c.s2c.take_due(now);
+                    (b, f, c.actor, c.client_open)
+                }
+                None => continue,
+            };
+            if open && !bytes.is_empty() {
+                self.ctx_run(actor, |c, ctx| c.on_bytes(ctx, id, &bytes));
+            }
+            if open && fin {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.client_open = false;
+                }
+                self.ctx_run(actor, |c, ctx| c.lost(ctx, id));
+            }
+            if let Some(written) = self.pump_sendq(id)
+                && written > 0
+                && !frozen
+            {
+                self.feed(Input::Written {
+                    conn: ConnId(id),
+                    bytes: written,
+                });
+            }
+        }
+        // Forget connections both sides are done with.
+        self.conns.retain(|_, c| {
+            c.broker_open || c.client_open || !c.c2s.is_idle() || !c.sendq.is_empty()
+        });
+    }
+
+    fn wake_clients(&mut self) {
+        for i in 0..self.clients.len() {
+            let (due, connect) = match self.clients.get(i) {
+                Some(c) => (c.next_wake <= self.now, c.wants_connect(self.now)),
+                None => continue,
+            };
+            if connect {
+                self.open_conn(i);
+            } else if due {
+                self.ctx_run(i, |c, ctx| c.tick(ctx));
+            }
+        }
+    }
+
+    // ----- faults -------------------------------------------------------------------------
+
+    fn actor_conns(&self, actor: usize) -> Vec<u64> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.actor == actor)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn faultable(&mut self) -> Option<usize> {
+        let candidates: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|c| c.p.faultable && !c.done)
+            .map(|c| c.idx)
+            .collect();
+        self.fault_rng.pick(&candidates).copied()
+    }
+
+    fn partition(&mut self, actor: usize, dir: Dir, until: u64) {
+        self.trace.push(Ev::Fault(format!(
+            "partition {actor} {dir:?} until {until}"
+        )));
+        self.partitions.insert(actor, (dir, until));
+        for id in self.actor_conns(actor) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                hold(dir, &mut c.c2s, &mut c.s2c);
+            }
+        }
+    }
+
+    fn repair(&mut self, actor: usize) {
+        if self.partitions.remove(&actor).is_none() {
+            return;
+        }
+        self.trace.push(Ev::Fault(format!("repair {actor}")));
+        for id in self.actor_conns(actor) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.c2s.release(self.now);
+                c.s2c.release(self.now);
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        self.incarnation += 1;
+        self.trace.now = self.now;
+        self.trace
+            .push(Ev::Fault(format!("broker restart {}", self.incarnation)));
+        self.trace.push(Ev::BrokerStart {
+            incarnation: self.incarnation,
+        });
+        self.broker = Broker::new(
+            self.knobs.config.clone(),
+            self.seed ^ u64::from(self.incarnation),
+            Instant(self.now),
+        );
+        let conns = std::mem::take(&mut self.conns);
+        for (id, c) in conns {
+            if c.client_open {
+                self.ctx_run(c.actor, |cl, ctx| cl.lost(ctx, id));
+            }
+        }
+    }
+
+    fn inject_fault(&mut self) {
+        let f = self.knobs.faults.clone();
+        let total = f.partition
+            + f.one_way
+            + f.black_hole
+            + f.rst
+            + f.restart
+            + f.suspend
+            + f.wall_jump
+            + f.swizzle;
+        let mut roll = self.fault_rng.below(total.max(1));
+        let mut pick = |w: u64| {
+            if roll < w {
+                true
+            } else {
+                roll -= w;
+                false
+            }
+        };
+        let now = self.now;
+        let dur = self.fault_rng.range(f.partition_ms.0, f.partition_ms.1);
+        if pick(f.partition) {
+            if let Some(a) = self.faultable() {
+                self.partition(a, Dir::Both, now + dur);
+            }
+        } else if pick(f.one_way) {
+            if let Some(a) = self.faultable() {
+                let dir = if self.fault_rng.chance(500) {
+                    Dir::ClientToBroker
+                } else {
+                    Dir::BrokerToClient
+                };
+                self.partition(a, dir, now + dur);
+            }
+        } else if pick(f.black_hole) {
+            if let Some(a) = self.faultable() {
+                self.trace.push(Ev::Fault(format!("black hole {a}")));
+                for id in self.actor_conns(a) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.c2s.black_hole();
+                        c.s2c.black_hole();
+                    }
+                }
+            }
+        } else if pick(f.rst) {
+            if let Some(a) = self.faultable() {
+                self.trace.push(Ev::Fault(format!("rst {a}")));
+                for id in self.actor_conns(a) {
+                    self.ctx_run(a, |c, ctx| {
+                        if c.conn == Some(id) {
+                            ctx.cmds.push(Cmd::Rst(id));
+                            c.lost(ctx, id);
+                        }
+                    });
+                }
+            }
+        } else if pick(f.restart) {
+            self.restart();
+        } else if pick(f.suspend) {
+            let d = self.fault_rng.range(1_000, 30_000);
+            self.trace.push(Ev::Fault(format!("suspend broker {d} ms")));
+            self.frozen_until = now + d;
+        } else if pick(f.wall_jump) {
+            let unix_ms = 1_700_000_000_000u64.wrapping_add(self.fault_rng.next_u64() % (1 << 40));
+            self.trace.push(Ev::Fault("wall clock jump".to_owned()));
+            self.feed(Input::WallClock { unix_ms });
+        } else if pick(f.swizzle) {
+            let n = self.fault_rng.range(2, 5);
+            let mut t = now;
+            let mut chosen = Vec::new();
+            for _ in 0..n {
+                if let Some(a) = self.faultable() {
+                    t += self.fault_rng.range(100, 1_000);
+                    self.swizzle.push((t, a, true));
+                    chosen.push(a);
+                }
+            }
+            while !chosen.is_empty() {
+                let i = self.fault_rng.below(chosen.len() as u64) as usize;
+                let a = chosen.swap_remove(i.min(chosen.len() - 1));
+                t += self.fault_rng.range(100, 3_000);
+                self.swizzle.push((t, a, false));
+            }
+        }
+    }
+
+    fn run_faults(&mut self) {
+        let now = self.now;
+        let due: Vec<usize> = self
+            .partitions
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            self.repair(a);
+        }
+        let (ready, later): (Vec<_>, Vec<_>) = self.swizzle.drain(..).partition(|s| s.0 <= now);
+        self.swizzle = later;
+        for (_, a, clog) in ready {
+            if clog {
+                self.partition(a, Dir::Both, u64::MAX);
+            } else {
+                self.repair(a);
+            }
+        }
+        if !self.heal && now >= self.next_fault {
+            self.inject_fault();
+            let (lo, hi) = self.knobs.faults.every_ms;
+            self.next_fault = now + self.fault_rng.range(lo, hi);
+        }
+    }
+
+    // ----- checks made while running ------------------------------------------------------
+
+    fn observe(&mut self) {
+        if self.now < self.frozen_until {
+            return;
+        }
+        let now = self.now;
+        let mut events = Vec::new();
+        let mut open = 0;
+        for (id, c) in &self.conns {
+            if !c.broker_open {
+                continue;
+            }
+            open += 1;
+            if c.idle_limit > 0 && now > c.last_rx + c.idle_limit {
+                events.push(Ev::KeepAliveMissed {
+                    conn: *id,
+                    silent_ms: now - c.last_rx,
+                    limit_ms: c.idle_limit,
+                });
+            }
+        }
+        for e in events {
+            self.trace.push(e);
+        }
+        if self.iterations.is_multiple_of(64) || !self.trace.entries.is_empty() && open == 0 {
+            let s = self.broker.stats();
+            self.trace.push(Ev::Stats {
+                connections: s.connections,
+                open_conns: open,
+                sessions: s.sessions,
+                retained: s.retained,
+            });
+        }
+    }
+
+    // ----- the loop -----------------------------------------------------------------------
+
+    fn next_time(&self) -> u64 {
+        let mut t = u64::MAX;
+        if let Some(at) = self.broker.poll_timeout() {
+            t = t.min(at.0.max(self.frozen_until));
+        }
+        for c in self.conns.values() {
+            if let Some(at) = c.c2s.next_due() {
+                t = t.min(at.max(self.frozen_until));
+            }
+            if let Some(at) = c.s2c.next_due() {
+                t = t.min(at);
+            }
+        }
+        for c in &self.clients {
+            if !c.done {
+                t = t.min(c.next_wake);
+            }
+        }
+        for (_, (_, until)) in self.partitions.iter() {
+            t = t.min(*until);
+        }
+        for s in &self.swizzle {
+            t = t.min(s.0);
+        }
+        if !self.heal {
+            t = t.min(self.next_fault);
+        }
+        t.max(self.now)
+    }
+
+    /// Runs until `until`; returns false if the iteration budget ran out.
+    fn run_until(&mut self, until: u64, stop: &dyn Fn(&World) -> bool) -> bool {
+        loop {
+            self.iterations += 1;
+            if self.iterations > MAX_ITERATIONS {
+                self.trace
+                    .push(Ev::Stuck(format!("iteration budget spent at {}", self.now)));
+                return false;
+            }
+            if stop(self) {
+                return true;
+            }
+            let t = self.next_time().max(self.now + 1).min(until);
+            self.now = t;
+            self.trace.now = t;
+            if self.now >= self.frozen_until
+                && self
+                    .broker
+                    .poll_timeout()
+                    .is_some_and(|at| at.0 <= self.now)
+            {
+                self.feed(Input::Timeout);
+            }
+            self.deliver_pipes();
+            self.wake_clients();
+            self.run_faults();
+            self.observe();
+            if self.now >= until {
+                return true;
+            }
+        }
+    }
+
+    fn quiescent(&self) -> bool {
+        let clients_ok = self
+            .clients
+            .iter()
+            .all(|c| c.done || matches!(c.p.role, Role::Fuzzer) || (c.is_up() && c.is_drained()));
+        let net_ok = self
+            .conns
+            .values()
+            .all(|c| c.sendq.is_empty() && (c.c2s.mode == Mode::BlackHole || c.c2s.is_idle()))
+            && self
+                .conns
+                .values()
+                .all(|c| !c.client_open || c.s2c.is_idle() || c.s2c.mode == Mode::BlackHole);
+        clients_ok && net_ok && self.now >= self.frozen_until
+    }
+
+    /// Chaos, then heal, then the retained audit.
+    pub fn run(&mut self) {
+        let chaos = self.knobs.chaos_ms;
+        if !self.run_until(chaos, &|_| false) {
+            return;
+        }
+        self.heal = true;
+        self.trace.push(Ev::Heal);
+        let actors: Vec<usize> = self.partitions.keys().copied().collect();
+        for a in actors {
+            self.repair(a);
+        }
+        self.swizzle.clear();
+        let storm: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|c| c.p.role == Role::Storm)
+            .map(|c| c.idx)
+            .skip(1)
+            .collect();
+        for i in storm {
+            self.ctx_run(i, |c, ctx| c.retire(ctx));
+        }
+        let now = self.now;
+        for c in &mut self.clients {
+            c.offline_until = c.offline_until.min(now + 1_000);
+            c.next_wake = c.next_wake.min(now + 1_000);
+        }
+        // Long enough for keepalives to catch dead links, wills to fire, and queues to drain.
+        let max_ka = self
+            .clients
+            .iter()
+            .map(|c| u64::from(c.p.keep_alive))
+            .max()
+            .unwrap_or(0);
+        let settle = now + 15_000 + max_ka * 3_000 + 10_000;
+        if !self.run_until(settle, &|_| false) {
+            return;
+        }
+        if !self.run_until(settle + 120_000, &|w| w.quiescent()) {
+            return;
+        }
+        if !self.quiescent() {
+            let waiting: Vec<String> = self
+                .clients
+                .iter()
+                .filter(|c| !c.done && c.p.role != Role::Fuzzer && !(c.is_up() && c.is_drained()))
+                .map(|c| format!("{}:{}", c.idx, c.debug_state()))
+                .collect();
+            let busy: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !c.sendq.is_empty() || !c.c2s.is_idle() || !c.s2c.is_idle())
+                .map(|(id, _)| *id)
+                .collect();
+            self.trace.push(Ev::Stuck(format!(
+                "no quiescence 120 s into heal: clients {waiting:?}, conns {busy:?}"
+            )));
+            return;
+        }
+        self.trace.push(Ev::Quiesced);
+        // The retained audit: a fresh subscriber to r/#.
+        let idx = self.clients.len();
+        self.clients
+            .push(Client::new(idx, self.knobs.auditor(), self.now));
+        let end = self.now + 30_000;
+        self.run_until(end, &|w| {
+            w.clients
+                .last()
+                .is_some_and(|c| c.is_up() && c.is_drained())
+                && w.quiescent()
+        });
+        // Let the auditor's SUBACK and retained messages arrive.
+        let end = self.now + 2_000;
+        self.run_until(end, &|_| false);
+        let open = self.conns.values().filter(|c| c.broker_open).count() as u64;
+        let s = self.broker.stats();
+        self.trace.push(Ev::Stats {
+            connections: s.connections,
+            open_conns: open,
+            sessions: s.sessions,
+            retained: s.retained,
+        });
+    }
+}
+
+fn hold(dir: Dir, c2s: &mut Pipe, s2c: &mut Pipe) {
+    match dir {
+        Dir::Both => {
+            c2s.hold();
+            s2c.hold();
+        }
+        Dir::ClientToBroker => c2s.hold(),
+        Dir::BrokerToClient => s2c.hold(),
+    }
+}

@@ -1,0 +1,94 @@
+//! The seed sweep: every scenario family, chaos then heal, all invariants.
+//!
+//! `cargo test -p tidemq-sim` runs a fixed sweep sized for CI; `SIM_SEEDS=N` runs N seeds per
+//! shard instead; `SIM_SEED=<n>` replays one seed with its full trace summary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Instant;
+
+use tidemq_sim::run_seed;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Runs `count` seeds starting at `first`, stepping by `stride`; panics with every failing
+/// seed and its replay command.
+fn sweep(name: &str, first: u64, stride: u64, count: u64) {
+    let count = env_u64("SIM_SEEDS").unwrap_or(count);
+    let base = env_u64("SIM_BASE").unwrap_or(0);
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut events = 0usize;
+    for i in 0..count {
+        let seed = base + first + i * stride;
+        let out = run_seed(seed, None);
+        events += out.trace.entries.len();
+        if !out.violations.is_empty() {
+            let mut msg = format!(
+                "SIM_SEED={seed} ({:?}) failed: {} violation(s)\n",
+                out.family,
+                out.violations.len()
+            );
+            for v in out.violations.iter().take(8) {
+                msg.push_str(&format!("  {} at {} ms: {}\n", v.invariant, v.at, v.detail));
+            }
+            msg.push_str(&format!("  replay: {}\n", out.replay_hint()));
+            eprintln!("{msg}");
+            failures.push(msg);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sweep {name}: {count} seeds in {secs:.1} s ({:.1} seeds/s, {events} trace events)",
+        count as f64 / secs.max(1e-9)
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// Two shards so that the two CI cores share the work.
+#[test]
+fn sweep_even_seeds() {
+    sweep("even", 0, 2, 160);
+}
+
+#[test]
+fn sweep_odd_seeds() {
+    sweep("odd", 1, 2, 160);
+}
+
+/// `SIM_SEED=<n> cargo test -p tidemq-sim --test sweep -- --nocapture replay`
+#[test]
+fn replay() {
+    let Some(seed) = env_u64("SIM_SEED") else {
+        return;
+    };
+    let out = run_seed(seed, None);
+    println!("seed {seed}: family {:?}", out.family);
+    println!("config: {:?}", out.config);
+    for (i, a) in out.actors.iter().enumerate() {
+        println!("actor {i}: {a:?}");
+    }
+    if std::env::var("SIM_TRACE").is_ok() {
+        for e in &out.trace.entries {
+            println!("{:>6} {:>8} {:?}", e.step, e.at, e.ev);
+        }
+    }
+    println!(
+        "{} events, hash {:016x}",
+        out.trace.entries.len(),
+        out.hash()
+    );
+    let again = run_seed(seed, None);
+    assert_eq!(out.hash(), again.hash(), "seed {seed} is not reproducible");
+    for v in &out.violations {
+        println!("{} at {} ms: {}", v.invariant, v.at, v.detail);
+    }
+    assert!(out.violations.is_empty(), "SIM_SEED={seed} failed");
+}
