@@ -329,7 +329,7 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        conn.rx.extend_from_slice(bytes);
+        buffer_input(&mut conn.rx, bytes, conn.limits.max_packet_size);
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
@@ -1667,6 +1667,25 @@ impl Broker {
             from_bridge: None,
         });
     }
+}
+
+/// Appends received bytes to a connection's buffer. It grows only to what is needed, or at
+/// once to the size of the packet being assembled when its header is in and within the limit,
+/// never by doubling: a connection holds at most one maximum-size packet plus one read.
+fn buffer_input(rx: &mut BytesMut, bytes: &[u8], max_packet_size: usize) {
+    let needed = rx.len() + bytes.len();
+    if needed > rx.capacity() {
+        let packet = match codec::peek_fixed_header(rx) {
+            Ok(Some((_, remaining, header))) if header + remaining <= max_packet_size => {
+                header + remaining
+            }
+            _ => 0,
+        };
+        let mut grown = BytesMut::with_capacity(needed.max(packet));
+        grown.extend_from_slice(rx);
+        *rx = grown;
+    }
+    rx.extend_from_slice(bytes);
 }
 
 /// Chooses the share-group member for the next message: round robin over connected members,

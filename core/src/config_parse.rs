@@ -83,8 +83,123 @@ pub enum Format {
     KeyValue,
 }
 
-/// Reads a HOCON document into entries. `env` resolves `${VAR}` substitutions.
+/// An `include "path"` directive (also `include required("path")` / `include file("path")`)
+/// found in HOCON text: its byte range and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    pub start: usize,
+    pub end: usize,
+    pub path: String,
+    pub required: bool,
+}
+
+/// Every include directive outside strings and comments, in order. Includes read files, so
+/// the runtime expands them ([`Include`] ranges replaced by the files' text) before the core
+/// parses; the core refuses text that still has any.
+pub fn find_includes(text: &str) -> Vec<Include> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' if bytes.get(i..i + 3) == Some(b"\"\"\"") => {
+                i = text
+                    .get(i + 3..)
+                    .and_then(|rest| rest.find("\"\"\""))
+                    .map_or(bytes.len(), |end| i + 3 + end + 3);
+            }
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'#' => i = skip_line(text, i),
+            b'/' if bytes.get(i + 1) == Some(&b'/') => i = skip_line(text, i),
+            b'i' if text.get(i..).is_some_and(|t| t.starts_with("include"))
+                && (i == 0
+                    || bytes.get(i - 1).is_some_and(|c| {
+                        !c.is_ascii_alphanumeric() && *c != b'_' && *c != b'.'
+                    })) =>
+            {
+                match parse_include(text, i) {
+                    Some(inc) => {
+                        i = inc.end;
+                        found.push(inc);
+                    }
+                    None => i += 1,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+fn skip_line(text: &str, i: usize) -> usize {
+    text.get(i..)
+        .and_then(|rest| rest.find('\n'))
+        .map_or(text.len(), |n| i + n + 1)
+}
+
+fn parse_include(text: &str, start: usize) -> Option<Include> {
+    let rest = text.get(start + "include".len()..)?;
+    let trimmed = rest.trim_start_matches([' ', '\t']);
+    if trimmed.len() == rest.len() {
+        return None;
+    }
+    let mut pos = start + "include".len() + (rest.len() - trimmed.len());
+    let mut required = false;
+    let mut parens = 0;
+    loop {
+        let t = text.get(pos..)?;
+        if let Some(after) = t.strip_prefix("required(") {
+            required = true;
+            parens += 1;
+            pos = text.len() - after.len();
+        } else if let Some(after) = t.strip_prefix("file(") {
+            parens += 1;
+            pos = text.len() - after.len();
+        } else {
+            break;
+        }
+    }
+    let t = text.get(pos..)?.strip_prefix('"')?;
+    let close = t.find('"')?;
+    let path = t.get(..close)?.to_owned();
+    pos += 1 + close + 1;
+    for _ in 0..parens {
+        pos += text.get(pos..)?.strip_prefix(')').map(|_| 1)?;
+    }
+    Some(Include {
+        start,
+        end: pos,
+        path,
+        required,
+    })
+}
+
+/// Reads a HOCON document into entries. `env` resolves `${VAR}` substitutions; include
+/// directives must have been expanded by the caller (see [`find_includes`]).
 pub fn parse_hocon(text: &str, env: &BTreeMap<String, String>) -> Result<Vec<Entry>, ConfigIssue> {
+    if let Some(include) = find_includes(text).first() {
+        return Err(ConfigIssue {
+            source: None,
+            line: Some(
+                text.get(..include.start)
+                    .map_or(0, |t| t.matches('\n').count())
+                    + 1,
+            ),
+            key: None,
+            message: format!(
+                "include \"{}\" was not expanded (includes are read by the broker, not the parser)",
+                include.path
+            ),
+        });
+    }
     // The parser wants a std map; it only looks keys up, so its order never shows.
     #[allow(clippy::disallowed_types)]
     let env: std::collections::HashMap<String, String> =

@@ -219,3 +219,22 @@ fn hocon_substitutions_come_from_the_given_environment_only() {
     assert_eq!(config.http_server.port, 8123);
     assert!(hocon("http_server { port = ${PORT_FROM_ENV} }").is_err());
 }
+
+#[test]
+fn include_directives_are_found_outside_strings_and_comments_and_refused_unexpanded() {
+    use tidemq_core::config_parse::find_includes;
+    let text = "# include \"no.conf\"\na = \"include \\\"no\\\"\"\ninclude \"yes.conf\"\nb { include required(file(\"req.conf\")) }\n";
+    let found = find_includes(text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].path, "yes.conf");
+    assert!(!found[0].required);
+    assert_eq!(found[1].path, "req.conf");
+    assert!(found[1].required);
+    assert_eq!(
+        &text[found[1].start..found[1].end],
+        "include required(file(\"req.conf\"))"
+    );
+    let err = hocon("mqtt {}\ninclude \"x.conf\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("not expanded"), "{err}");
+}

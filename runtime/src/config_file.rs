@@ -83,6 +83,12 @@ pub fn load(inputs: &ConfigInputs, env: &BTreeMap<String, String>) -> Result<Loa
             key: None,
             message: format!("cannot read the configuration file: {e}"),
         })?;
+        let text = match source.format {
+            Format::Hocon => {
+                expand_includes(&text, &source.path, 0).map_err(|e| e.in_source(&name))?
+            }
+            Format::KeyValue => text,
+        };
         let (loaded, file_warnings) = config_parse::load(&config, &text, source.format, env)
             .map_err(|e| e.in_source(&name))?;
         config = loaded;
@@ -137,6 +143,58 @@ pub fn load(inputs: &ConfigInputs, env: &BTreeMap<String, String>) -> Result<Loa
         )
     })?;
     Ok(Loaded { config, warnings })
+}
+
+/// How deep includes may nest (also stops include cycles).
+const MAX_INCLUDE_DEPTH: usize = 8;
+/// The largest file an include may pull in.
+const MAX_INCLUDE_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Replaces each HOCON `include "file"` with the file's text (paths relative to the including
+/// file), as NanoMQ's `password = {include "/etc/nanomq_pwd.conf"}` needs. A missing optional
+/// include is dropped; a missing `required(...)` one is an error naming it.
+pub fn expand_includes(text: &str, path: &Path, depth: usize) -> Result<String, ConfigIssue> {
+    let includes = config_parse::find_includes(text);
+    if includes.is_empty() {
+        return Ok(text.to_owned());
+    }
+    let line_of = |offset: usize| text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for inc in includes {
+        let fail = |message: String| ConfigIssue {
+            source: None,
+            line: Some(line_of(inc.start)),
+            key: None,
+            message,
+        };
+        if depth >= MAX_INCLUDE_DEPTH {
+            return Err(fail(format!(
+                "include \"{}\": includes nest deeper than {MAX_INCLUDE_DEPTH} (a cycle?)",
+                inc.path
+            )));
+        }
+        let target = dir.join(&inc.path);
+        let content = match std::fs::metadata(&target) {
+            Ok(meta) if meta.len() > MAX_INCLUDE_SIZE => {
+                return Err(fail(format!(
+                    "include \"{}\": larger than {MAX_INCLUDE_SIZE} bytes",
+                    inc.path
+                )));
+            }
+            Ok(_) => std::fs::read_to_string(&target)
+                .map_err(|e| fail(format!("include \"{}\": {e}", target.display())))?,
+            Err(_) if !inc.required => String::new(),
+            Err(e) => return Err(fail(format!("include \"{}\": {e}", target.display()))),
+        };
+        let content = expand_includes(&content, &target, depth + 1)?;
+        out.push_str(text.get(last..inc.start).unwrap_or_default());
+        out.push_str(&content);
+        last = inc.end;
+    }
+    out.push_str(text.get(last..).unwrap_or_default());
+    Ok(out)
 }
 
 /// The process environment, as the map the loaders take.
@@ -435,6 +493,60 @@ mod tests {
     #[test]
     fn persisting_without_a_file_is_refused() {
         assert!(persist(None, &[]).unwrap_err().contains("--conf"));
+    }
+
+    #[test]
+    fn includes_are_read_relative_to_the_including_file() {
+        let pwd = temp_file("pwd.conf", "alice = \"secret\"\nbob = \"b0b\"\n");
+        let main = temp_file(
+            "with-include.conf",
+            &format!(
+                "auth {{\n  password = {{include \"{}\"}}\n}}\ninclude \"missing-optional.conf\"\n",
+                pwd.file_name().unwrap().to_string_lossy()
+            ),
+        );
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: main,
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        let loaded = load(&inputs, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            loaded.config.users.get("bob").map(String::as_str),
+            Some("b0b")
+        );
+        let broken = temp_file(
+            "required.conf",
+            "mqtt {}\ninclude required(\"nope.conf\")\n",
+        );
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: broken,
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        let err = load(&inputs, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("required.conf:2") && err.contains("nope.conf"),
+            "{err}"
+        );
+        let cycle = temp_file("cycle.conf", "include \"cycle.conf\"\n");
+        let inputs = ConfigInputs {
+            source: Some(ConfigSource {
+                path: cycle,
+                format: Format::Hocon,
+            }),
+            flags: Vec::new(),
+        };
+        assert!(
+            load(&inputs, &BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("nest")
+        );
     }
 
     #[test]

@@ -342,11 +342,8 @@ impl Server {
                 // Let the admin API's reply reach the wire before everything stops.
                 info!("stop requested through the admin API");
                 let _ = tokio::time::timeout(STOP_GRACE, async {
-                    loop {
-                        match events.recv().await {
-                            Some(event) => driver.event(now(), event),
-                            None => break,
-                        }
+                    while let Some(event) = events.recv().await {
+                        driver.event(now(), event);
                     }
                 })
                 .await;
