@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tidemq_core::ConnId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::WebSocketStream;
@@ -21,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::debug;
 
 use crate::listener::{ListenerUrl, Transport};
+use crate::net::{BoxStream, Listener, Network};
 use crate::tls::SharedTls;
 
 /// Bytes asked of the socket per read.
@@ -117,7 +117,7 @@ pub(crate) struct AcceptContext {
 /// Accepts until aborted; each connection's handshake runs in its own task, bounded by the
 /// handshake timeout, so a stalled peer holds nothing else up.
 pub(crate) async fn accept_loop<E: From<ConnEvent> + Send + 'static>(
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     ctx: AcceptContext,
     events: mpsc::Sender<E>,
 ) {
@@ -132,13 +132,9 @@ pub(crate) async fn accept_loop<E: From<ConnEvent> + Send + 'static>(
                 continue;
             }
         };
-        // Without NODELAY a QoS 0 subscriber stalls on delayed ACKs.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "set_nodelay failed");
-        }
         let conn = ConnId(ctx.next_conn.fetch_add(1, Ordering::Relaxed));
         if ctx.url.transport == Transport::Tcp {
-            let (rd, wr) = stream.into_split();
+            let (rd, wr) = tokio::io::split(stream);
             if !start(conn, peer, Transport::Tcp, None, rd, wr, &events).await {
                 return;
             }
@@ -166,7 +162,7 @@ pub(crate) async fn accept_loop<E: From<ConnEvent> + Send + 'static>(
 async fn handshake<E: From<ConnEvent> + Send + 'static>(
     conn: ConnId,
     peer: SocketAddr,
-    stream: tokio::net::TcpStream,
+    stream: BoxStream,
     ctx: &AcceptContext,
     events: &mpsc::Sender<E>,
 ) -> Result<(), String> {
@@ -301,6 +297,7 @@ where
 /// Opens a bridge's connection to `address` (`mqtt-tcp://host:port`, `tcp://host:port` or
 /// `host:port`) and reports `Connected` or `ConnectFailed`.
 pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
+    net: std::sync::Arc<dyn Network>,
     conn: ConnId,
     address: String,
     timeout: Duration,
@@ -316,7 +313,7 @@ pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
             "{address}: unsupported scheme (expected mqtt-tcp://host:port)"
         ))
     } else {
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+        match tokio::time::timeout(timeout, net.connect(target)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(format!("{address}: {e}")),
             Err(_) => Err(format!("{address}: timed out")),
@@ -331,8 +328,7 @@ pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let (io, open) = ConnIo::launch(
         |commands| write_loop(conn, wr, commands, events.clone()),
         |gate| read_loop(conn, rd, events.clone(), gate),

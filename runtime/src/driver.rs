@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidemq_core::admin::ControlAction;
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -23,6 +22,7 @@ use crate::conn::{self, AcceptContext, ConnEvent, ConnIo, WriterCmd};
 use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
 use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
+use crate::net::{Listener, Network, TokioNet};
 use crate::tls::{self, SharedTls};
 
 /// Inputs waiting for the driver; readers wait when it is full, which slows their peers.
@@ -68,8 +68,9 @@ pub struct ConfigOrigin {
 
 /// A bound, not yet running broker.
 pub struct Server {
-    listeners: Vec<(ListenerUrl, TcpListener)>,
-    http: Option<TcpListener>,
+    net: Arc<dyn Network>,
+    listeners: Vec<(ListenerUrl, Box<dyn Listener>)>,
+    http: Option<Box<dyn Listener>>,
     tls: Option<SharedTls>,
     config: Config,
     seed: u64,
@@ -118,7 +119,11 @@ fn wanted_listeners(config: &Config) -> BTreeMap<Transport, String> {
 }
 
 /// Binds one listener; the error names it.
-async fn bind_listener(transport: Transport, url: &str) -> io::Result<(ListenerUrl, TcpListener)> {
+async fn bind_listener(
+    net: &dyn Network,
+    transport: Transport,
+    url: &str,
+) -> io::Result<(ListenerUrl, Box<dyn Listener>)> {
     let setting = match transport {
         Transport::Tcp => "url",
         Transport::Tls => "tls.url",
@@ -133,7 +138,7 @@ async fn bind_listener(transport: Transport, url: &str) -> io::Result<(ListenerU
             format!("{setting}: {url:?} is not a {} URL", transport.name()),
         ));
     }
-    let listener = TcpListener::bind(parsed.addr).await.map_err(|e| {
+    let listener = net.bind(parsed.addr).await.map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -146,13 +151,19 @@ async fn bind_listener(transport: Transport, url: &str) -> io::Result<(ListenerU
     Ok((parsed, listener))
 }
 
-async fn bind_http(config: &Config) -> io::Result<Option<TcpListener>> {
+async fn bind_http(net: &dyn Network, config: &Config) -> io::Result<Option<Box<dyn Listener>>> {
     let http = &config.http_server;
     if !http.enable {
         return Ok(None);
     }
     let addr = format!("{}:{}", http.ip_addr, http.port);
-    TcpListener::bind(&addr).await.map(Some).map_err(|e| {
+    let parsed: SocketAddr = addr.parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("http_server.ip_addr / port {addr}: {e}"),
+        )
+    })?;
+    net.bind(parsed).await.map(Some).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot listen on {addr} (http_server admin API): {e}"),
@@ -190,6 +201,11 @@ impl Server {
     /// Binds every enabled MQTT listener and, when enabled, the admin API. The configuration
     /// must already be valid; a listener that cannot bind is an error naming it.
     pub async fn bind(config: Config, seed: u64) -> io::Result<Server> {
+        Server::bind_on(Arc::new(TokioNet), config, seed).await
+    }
+
+    /// [`Server::bind`] on another network (a simulated one in tests).
+    pub async fn bind_on(net: Arc<dyn Network>, config: Config, seed: u64) -> io::Result<Server> {
         let wanted = wanted_listeners(&config);
         if wanted.is_empty() {
             return Err(io::Error::new(
@@ -206,12 +222,13 @@ impl Server {
         };
         let mut listeners = Vec::new();
         for (transport, url) in &wanted {
-            listeners.push(bind_listener(*transport, url).await?);
+            listeners.push(bind_listener(net.as_ref(), *transport, url).await?);
         }
-        let http = bind_http(&config).await?;
+        let http = bind_http(net.as_ref(), &config).await?;
         // Fail at start, not at the first request, on an unreadable JWT key.
         http_settings(&config)?;
         Ok(Server {
+            net,
             listeners,
             http,
             tls,
@@ -283,6 +300,7 @@ impl Server {
         let mut control = self.control.take();
         info!(seed = self.seed, "starting");
         let mut driver = Driver {
+            net: self.net,
             broker: Broker::new(self.config.clone(), self.seed, now()),
             config: self.config,
             conns: BTreeMap::new(),
@@ -387,6 +405,7 @@ fn unix_ms() -> u64 {
 }
 
 struct Driver {
+    net: Arc<dyn Network>,
     broker: Broker,
     /// The configuration the listeners were set up with.
     config: Config,
@@ -408,7 +427,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn start_listener(&mut self, url: ListenerUrl, listener: TcpListener) {
+    fn start_listener(&mut self, url: ListenerUrl, listener: Box<dyn Listener>) {
         if let Ok(addr) = listener.local_addr() {
             info!(listener = url.transport.name(), %addr, "listening");
         }
@@ -432,7 +451,7 @@ impl Driver {
         }
     }
 
-    fn start_http(&mut self, listener: TcpListener) -> io::Result<()> {
+    fn start_http(&mut self, listener: Box<dyn Listener>) -> io::Result<()> {
         let settings = http_settings(&self.config)?;
         if let Ok(addr) = listener.local_addr() {
             info!(listener = "http", %addr, "admin API listening on /api/v1");
@@ -569,6 +588,7 @@ impl Driver {
                 } => {
                     debug!(%conn, bridge, address, "bridge connecting");
                     tokio::spawn(conn::connect_outbound(
+                        self.net.clone(),
                         conn,
                         address,
                         Duration::from_millis(self.config.connect_timeout_ms),
@@ -650,7 +670,7 @@ impl Driver {
             {
                 continue;
             }
-            match bind_listener(transport, &url).await {
+            match bind_listener(self.net.as_ref(), transport, &url).await {
                 Ok((parsed, listener)) => self.start_listener(parsed, listener),
                 Err(e) => {
                     error!("{e}; keeping the previous listener");
@@ -676,7 +696,7 @@ impl Driver {
             || old_http.limit_conn != new_http.limit_conn
         {
             self.config = config.clone();
-            let rebound = match bind_http(&config).await {
+            let rebound = match bind_http(self.net.as_ref(), &config).await {
                 Ok(Some(listener)) => self.start_http(listener),
                 Ok(None) => {
                     if let Some(old) = self.http.take() {

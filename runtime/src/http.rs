@@ -18,7 +18,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tidemq_core::admin::{Credentials, JwtVerdict, scheme_token};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -91,7 +90,7 @@ impl JwtKey {
 
 /// Serves until the task is aborted.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Box<dyn crate::net::Listener>,
     calls: mpsc::Sender<AdminCall>,
     settings: Arc<HttpSettings>,
 ) {

@@ -9,6 +9,7 @@ mod driver;
 mod http;
 mod listener;
 pub mod logging;
+pub mod net;
 pub mod pidfile;
 pub mod tls;
 
