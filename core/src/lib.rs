@@ -14,6 +14,7 @@ mod rng;
 mod session;
 mod sys;
 pub mod topic;
+pub mod ws;
 
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};

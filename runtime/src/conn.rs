@@ -7,16 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use tidemq_core::ConnId;
+use tidemq_core::ws::{self, Frame, FrameDecoder, Handshake};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::debug;
 
 use crate::listener::{ListenerUrl, Transport};
@@ -61,7 +56,10 @@ pub(crate) enum ConnEvent {
 }
 
 pub(crate) enum WriterCmd {
+    /// MQTT bytes from the core.
     Data(Bytes),
+    /// Transport bytes written as they are (WebSocket pongs and closes).
+    Raw(Bytes),
     Close,
 }
 
@@ -76,7 +74,7 @@ impl ConnIo {
     /// Starts the writer, and the reader behind a gate that [`register`] opens.
     fn launch<W, R>(
         write: impl FnOnce(mpsc::UnboundedReceiver<WriterCmd>) -> W,
-        read: impl FnOnce(oneshot::Receiver<()>) -> R,
+        read: impl FnOnce(oneshot::Receiver<()>, mpsc::UnboundedSender<WriterCmd>) -> R,
     ) -> (ConnIo, oneshot::Sender<()>)
     where
         W: std::future::Future<Output = ()> + Send + 'static,
@@ -85,7 +83,7 @@ impl ConnIo {
         let (writer, commands) = mpsc::unbounded_channel();
         let writer_task = tokio::spawn(write(commands));
         let (open, gate) = oneshot::channel();
-        let reader = tokio::spawn(read(gate)).abort_handle();
+        let reader = tokio::spawn(read(gate, writer.clone())).abort_handle();
         (
             ConnIo {
                 writer,
@@ -184,57 +182,68 @@ async fn handshake<E: From<ConnEvent> + Send + 'static>(
             .and_then(|chain| chain.first())
             .and_then(|cert| crate::tls::subject_common_name(cert));
         if transport == Transport::Wss {
-            let ws = websocket(tls, ctx).await?;
-            start_ws(conn, peer, transport, identity, ws, events).await;
+            let (tls, leftover) = websocket(tls, ctx).await?;
+            start_ws(
+                conn,
+                peer,
+                transport,
+                identity,
+                tls,
+                leftover,
+                ctx.max_frame,
+                events,
+            )
+            .await;
         } else {
             let (rd, wr) = tokio::io::split(tls);
             start(conn, peer, transport, identity, rd, wr, events).await;
         }
     } else {
-        let ws = websocket(stream, ctx).await?;
-        start_ws(conn, peer, transport, None, ws, events).await;
+        let (stream, leftover) = websocket(stream, ctx).await?;
+        start_ws(
+            conn,
+            peer,
+            transport,
+            None,
+            stream,
+            leftover,
+            ctx.max_frame,
+            events,
+        )
+        .await;
     }
     Ok(())
 }
 
-/// The WebSocket upgrade: the configured path only, and the `mqtt` (or legacy
-/// `mqttv3.1`) subprotocol echoed when the client offers it.
+/// The WebSocket opening handshake, answered by the core's pure code. Returns the stream
+/// and any bytes that arrived after the request head.
 async fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
+    mut stream: S,
     ctx: &AcceptContext,
-) -> Result<WebSocketStream<S>, String> {
-    let path = ctx.url.path.clone();
-    // The error type is tungstenite's HTTP response, fixed by its callback trait.
-    #[allow(clippy::result_large_err)]
-    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != path {
-            let mut err =
-                ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
-            *err.status_mut() = StatusCode::NOT_FOUND;
-            return Err(err);
+) -> Result<(S, BytesMut), String> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match ws::handshake(&buf, &ctx.url.path) {
+            Handshake::NeedMore => {
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("closed during the WebSocket handshake".to_owned());
+                }
+            }
+            Handshake::Accept { response, consumed } => {
+                stream
+                    .write_all(&response)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let leftover = buf.split_off(consumed);
+                return Ok((stream, leftover));
+            }
+            Handshake::Reject { response, reason } => {
+                let _ = stream.write_all(&response).await;
+                let _ = stream.shutdown().await;
+                return Err(reason);
+            }
         }
-        let offered = req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .find(|p| p.eq_ignore_ascii_case("mqtt") || p.eq_ignore_ascii_case("mqttv3.1"))
-            .map(str::to_owned);
-        if let Some(protocol) = offered
-            && let Ok(value) = HeaderValue::from_str(&protocol)
-        {
-            resp.headers_mut().insert("sec-websocket-protocol", value);
-        }
-        Ok(resp)
-    };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(ctx.max_frame))
-        .max_frame_size(Some(ctx.max_frame));
-    tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-        .await
-        .map_err(|e| e.to_string())
+    }
 }
 
 /// Registers the connection with the driver, then starts reading: the driver hears of the
@@ -255,7 +264,7 @@ where
 {
     let (io, open) = ConnIo::launch(
         |commands| write_loop(conn, wr, commands, events.clone()),
-        |gate| read_loop(conn, rd, events.clone(), gate),
+        |gate, _| read_loop(conn, rd, events.clone(), gate),
     );
     let accepted = ConnEvent::Accepted {
         conn,
@@ -267,22 +276,25 @@ where
     register(accepted, open, events).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_ws<S, E>(
     conn: ConnId,
     peer: SocketAddr,
     transport: Transport,
     identity: Option<String>,
-    ws: WebSocketStream<S>,
+    stream: S,
+    leftover: BytesMut,
+    max_frame: usize,
     events: &mpsc::Sender<E>,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: From<ConnEvent> + Send + 'static,
 {
-    let (sink, stream) = ws.split();
+    let (rd, wr) = tokio::io::split(stream);
     let (io, open) = ConnIo::launch(
-        |commands| ws_write_loop(conn, sink, commands, events.clone()),
-        |gate| ws_read_loop(conn, stream, events.clone(), gate),
+        |commands| ws_write_loop(conn, wr, commands, events.clone()),
+        |gate, writer| ws_read_loop(conn, rd, leftover, max_frame, writer, events.clone(), gate),
     );
     let accepted = ConnEvent::Accepted {
         conn,
@@ -331,7 +343,7 @@ pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
     let (rd, wr) = tokio::io::split(stream);
     let (io, open) = ConnIo::launch(
         |commands| write_loop(conn, wr, commands, events.clone()),
-        |gate| read_loop(conn, rd, events.clone(), gate),
+        |gate, _| read_loop(conn, rd, events.clone(), gate),
     );
     register(ConnEvent::Connected { conn, io }, open, &events).await;
 }
@@ -385,37 +397,37 @@ async fn read_loop<R, E>(
 }
 
 /// Takes one command and whatever else is already queued, up to [`WRITE_BATCH`] bytes.
-/// Returns the bytes to write and whether a close was asked for; `None` when the channel
-/// is closed.
+/// Returns the MQTT bytes to write, transport bytes to write first, and whether a close was
+/// asked for; `None` when the channel is closed.
 async fn next_batch(
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
     batch: &mut BytesMut,
-) -> Option<(Bytes, bool)> {
-    let first = match commands.recv().await? {
-        WriterCmd::Data(bytes) => bytes,
-        WriterCmd::Close => return Some((Bytes::new(), true)),
-    };
+) -> Option<(Bytes, Bytes, bool)> {
+    let mut raw = BytesMut::new();
+    let mut single = None;
     let mut closing = false;
-    let mut single = Some(first);
-    while batch.len() < WRITE_BATCH {
-        match commands.try_recv() {
-            Ok(WriterCmd::Data(more)) => {
+    let mut next = Some(commands.recv().await?);
+    while let Some(cmd) = next.take() {
+        match cmd {
+            WriterCmd::Data(more) if single.is_none() && batch.is_empty() => single = Some(more),
+            WriterCmd::Data(more) => {
                 if let Some(f) = single.take() {
                     batch.extend_from_slice(&f);
                 }
                 batch.extend_from_slice(&more);
             }
-            Ok(WriterCmd::Close) => {
+            WriterCmd::Raw(bytes) => raw.extend_from_slice(&bytes),
+            WriterCmd::Close => {
                 closing = true;
                 break;
             }
-            Err(_) => break,
+        }
+        if batch.len() < WRITE_BATCH {
+            next = commands.try_recv().ok();
         }
     }
-    Some(match single {
-        Some(bytes) => (bytes, closing),
-        None => (batch.split().freeze(), closing),
-    })
+    let data = single.unwrap_or_else(|| batch.split().freeze());
+    Some((data, raw.freeze(), closing))
 }
 
 async fn write_loop<W, E>(
@@ -428,7 +440,10 @@ async fn write_loop<W, E>(
     E: From<ConnEvent>,
 {
     let mut batch = BytesMut::new();
-    while let Some((bytes, closing)) = next_batch(&mut commands, &mut batch).await {
+    while let Some((bytes, raw, closing)) = next_batch(&mut commands, &mut batch).await {
+        if !raw.is_empty() && wr.write_all(&raw).await.is_err() {
+            break;
+        }
         if !bytes.is_empty() {
             if wr.write_all(&bytes).await.is_err() {
                 let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
@@ -449,59 +464,94 @@ async fn write_loop<W, E>(
     let _ = wr.shutdown().await;
 }
 
-async fn ws_read_loop<S, E>(
+/// Unframes WebSocket frames into MQTT bytes; answers pings; a close, a text frame or a
+/// framing error ends the connection with the matching close code.
+async fn ws_read_loop<R, E>(
     conn: ConnId,
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    mut rd: R,
+    mut buf: BytesMut,
+    max_frame: usize,
+    writer: mpsc::UnboundedSender<WriterCmd>,
     events: mpsc::Sender<E>,
     gate: oneshot::Receiver<()>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
     E: From<ConnEvent>,
 {
     if gate.await.is_err() {
         return;
     }
-    while let Some(message) = stream.next().await {
-        let bytes = match message {
-            Ok(Message::Binary(bytes)) => bytes,
-            // Pings are answered by the WebSocket layer.
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-            // MQTT over WebSocket is binary only [MQTT-6.0.0-1]; text or close ends it.
-            Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break,
-        };
-        if events
-            .send(E::from(ConnEvent::Received { conn, bytes }))
-            .await
-            .is_err()
-        {
-            return;
+    let mut decoder = FrameDecoder::new(max_frame);
+    loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(Frame::Data(bytes))) => {
+                if !bytes.is_empty()
+                    && events
+                        .send(E::from(ConnEvent::Received { conn, bytes }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Some(Frame::Ping(payload))) => {
+                let mut pong = BytesMut::new();
+                ws::pong_frame(&payload, &mut pong);
+                let _ = writer.send(WriterCmd::Raw(pong.freeze()));
+            }
+            Ok(Some(Frame::Pong)) => {}
+            Ok(Some(Frame::Close)) => {
+                let mut close = BytesMut::new();
+                ws::close_frame(1000, &mut close);
+                let _ = writer.send(WriterCmd::Raw(close.freeze()));
+                break;
+            }
+            Ok(None) => {
+                buf.reserve(READ_CHUNK);
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            Err(e) => {
+                debug!(%conn, error = %e, "WebSocket framing error");
+                let mut close = BytesMut::new();
+                ws::close_frame(e.close_code(), &mut close);
+                let _ = writer.send(WriterCmd::Raw(close.freeze()));
+                break;
+            }
         }
     }
     let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
 }
 
-async fn ws_write_loop<S, E>(
+/// Wraps each batch of MQTT bytes in one binary frame.
+async fn ws_write_loop<W, E>(
     conn: ConnId,
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut wr: W,
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
     events: mpsc::Sender<E>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
     E: From<ConnEvent>,
 {
     let mut batch = BytesMut::new();
-    while let Some((bytes, closing)) = next_batch(&mut commands, &mut batch).await {
+    let mut frame = BytesMut::new();
+    while let Some((bytes, raw, closing)) = next_batch(&mut commands, &mut batch).await {
+        if !raw.is_empty() && wr.write_all(&raw).await.is_err() {
+            break;
+        }
         if !bytes.is_empty() {
-            let n = bytes.len();
-            if sink.send(Message::Binary(bytes)).await.is_err() {
+            ws::binary_frame(&bytes, &mut frame);
+            if wr.write_all(&frame.split()).await.is_err() {
                 let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
                 return;
             }
-            if events
-                .send(E::from(ConnEvent::Written { conn, bytes: n }))
-                .await
-                .is_err()
-            {
+            let written = ConnEvent::Written {
+                conn,
+                bytes: bytes.len(),
+            };
+            if events.send(E::from(written)).await.is_err() {
                 break;
             }
         }
@@ -509,5 +559,5 @@ async fn ws_write_loop<S, E>(
             break;
         }
     }
-    let _ = sink.close().await;
+    let _ = wr.shutdown().await;
 }

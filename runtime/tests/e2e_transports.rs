@@ -419,3 +419,83 @@ fn certificate_common_name_is_the_user_name_when_configured() {
     assert_eq!(event["client_id"], "by-cert");
     assert_eq!(event["username"], "client", "the certificate's CN");
 }
+
+/// A raw WebSocket client: handshake, then masked frames.
+fn ws_connect(port: u16) -> TcpStream {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    assert!(head.contains("Sec-WebSocket-Protocol: mqtt"), "{head}");
+    s
+}
+
+fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![u8::from(fin) << 7 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[test]
+fn websocket_carries_mqtt_split_across_and_sharing_frames() {
+    use std::io::Write;
+    let (_dir, ports, _broker) = broker("ws-frames", "");
+    let mut s = ws_connect(ports.ws);
+    let connect: &[u8] = &[
+        0x10, 0x0f, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x03, b'w',
+        b's', b'1',
+    ];
+    let ping: &[u8] = &[0xc0, 0x00];
+    // CONNECT in three fragments (binary, continuation, continuation), then CONNECT's tail
+    // and a PINGREQ sharing the last frame.
+    let mut bytes = masked(false, 0x2, &connect[..5]);
+    bytes.extend(masked(false, 0x0, &connect[5..12]));
+    let mut tail = connect[12..].to_vec();
+    tail.extend_from_slice(ping);
+    bytes.extend(masked(true, 0x0, &tail));
+    s.write_all(&bytes).unwrap();
+    // Expect binary frames carrying CONNACK (20 02 00 00) then PINGRESP (d0 00).
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let mut header = [0u8; 2];
+        s.read_exact(&mut header).unwrap();
+        assert_eq!(header[0], 0x82, "server frames are final binary frames");
+        let mut payload = vec![0u8; usize::from(header[1])];
+        s.read_exact(&mut payload).unwrap();
+        got.extend(payload);
+    }
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x00, 0xd0, 0x00]);
+}
+
+#[test]
+fn websocket_text_frame_closes_the_connection_with_1003() {
+    use std::io::Write;
+    let (_dir, ports, _broker) = broker("ws-text", "");
+    let mut s = ws_connect(ports.ws);
+    s.write_all(&masked(true, 0x1, b"hello")).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(
+        rest,
+        [0x88, 0x02, 0x03, 0xEB],
+        "a close frame with 1003, then EOF"
+    );
+}
