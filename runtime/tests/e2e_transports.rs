@@ -499,3 +499,38 @@ fn websocket_text_frame_closes_the_connection_with_1003() {
         "a close frame with 1003, then EOF"
     );
 }
+
+#[test]
+fn encrypted_private_key_is_refused_with_a_clear_error() {
+    let dir = Dir::new("tls-encrypted-key");
+    make_certs(&dir, "");
+    let out = run(tool("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:secret",
+            "-in",
+        ])
+        .arg(dir.file("server.key"))
+        .arg("-out")
+        .arg(dir.file("encrypted.key")));
+    assert!(out.status.success(), "{out:?}");
+    std::fs::rename(dir.file("encrypted.key"), dir.file("server.key")).unwrap();
+    let ports = ports();
+    let conf = conf(&dir, &ports, "  key_password = \"secret\"");
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--conf"])
+        .arg(&conf)
+        .arg("--pid_file")
+        .arg(dir.file("pid")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.keyfile") && err.contains("encrypted private keys are not supported"),
+        "{err}"
+    );
+    assert!(err.contains("PKCS#8"), "says which formats work: {err}");
+}
