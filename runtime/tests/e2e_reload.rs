@@ -198,3 +198,37 @@ fn shipped_config_starts_the_broker_from_the_repo_root() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("etc/nanomq.conf: ok"));
 }
+
+#[test]
+fn daemon_mode_runs_in_the_background_logs_to_a_file_and_stops() {
+    let dir = Dir::new("daemon");
+    let port = free_port();
+    let pid = dir.file("tidemq.pid");
+    let log = dir.file("logs/tidemq.log");
+    let out = run(Command::new(TIDEMQ)
+        .args([
+            "start",
+            "-d",
+            "--url",
+            &format!("nmq-tcp://127.0.0.1:{port}"),
+        ])
+        .arg("--pid_file")
+        .arg(&pid)
+        .arg("--log_file")
+        .arg(&log)
+        .env_remove("RUST_LOG"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started in the background"));
+    wait_for("the background broker", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && pid.exists()
+    });
+    assert!(publish(port, None, "d/t", "hello").status.success());
+    let out = run(Command::new(TIDEMQ).args(["stop", "--pid_file"]).arg(&pid));
+    assert!(out.status.success(), "{out:?}");
+    assert!(!pid.exists());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("client connected") && text.contains("shutting down"),
+        "{text}"
+    );
+}
