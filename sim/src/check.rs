@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tidemq_core::Config;
 
 use crate::client::Role;
+use crate::json::Json;
 use crate::trace::{AckKind, Entry, Ev, Got, Pub, Sent, Tag};
 use crate::world::ActorInfo;
 
@@ -170,13 +171,57 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
     let mut auditor: BTreeSet<(String, Tag)> = BTreeSet::new();
     let mut last_stats_retained = None;
     let mut end_at = 0;
+    // I15: the broker's counters as the trace shows them (since the last start).
+    let mut count_in = 0u64;
+    let mut count_out = 0u64;
+    let mut count_drop = 0u64;
 
     for e in entries {
         let at = e.at;
         end_at = at;
         match &e.ev {
+            Ev::Dropped { count, .. } => count_drop += count,
+            Ev::BrokerSent {
+                pkt: Sent::Publish(_),
+                ..
+            } => count_out += 1,
+            Ev::AdminReply {
+                status: 200,
+                body,
+                req_id,
+                ..
+            } => {
+                // I15: req 2 counters against the trace at the moment of the request.
+                let j = crate::json::parse(body);
+                let data = j.as_ref().and_then(|j| j.get("data"));
+                let rep = j.as_ref().and_then(|j| j.get("rep")).and_then(Json::int);
+                if rep == Some(2) {
+                    let field = |k: &str| data.and_then(|d| d.get(k)).and_then(Json::int);
+                    let want = [
+                        ("message_in", count_in),
+                        ("message_out", count_out),
+                        ("message_drop", count_drop),
+                    ];
+                    for (k, n) in want {
+                        if field(k) != Some(i128::from(n)) {
+                            push(
+                                "I15",
+                                at,
+                                format!(
+                                    "admin request {req_id}: {k} {:?}, the trace says {n}",
+                                    field(k)
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        match &e.ev {
             Ev::BrokerStart { incarnation: n } => {
                 incarnation = *n;
+                (count_in, count_out, count_drop) = (0, 0, 0);
                 if *n > 0 {
                     restarts.push(at);
                 }
@@ -441,6 +486,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                             continue; // a resend before PUBREL: not routed again
                         }
                     }
+                    count_in += 1;
                     if p.retain {
                         if p.tag == Tag::Empty {
                             retained.remove(&p.topic);
@@ -475,6 +521,10 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                             targets.push((id.clone(), s.generation, q));
                         }
                     }
+                    if targets.is_empty() && groups.is_empty() {
+                        // Unrouted: the broker counts it in message_drop.
+                        count_drop += 1;
+                    }
                     match p.tag {
                         Tag::Msg { .. } | Tag::Retained { .. } => {
                             let groups: Vec<_> = groups
@@ -504,6 +554,13 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                 }
                 _ => {}
             },
+            Ev::SessionExpired { client_id } => {
+                // Gone from the broker: nothing routes to it any more.
+                if let Some(s) = sessions.get_mut(client_id) {
+                    s.alive = false;
+                    s.subs.clear();
+                }
+            }
             Ev::BrokerClosed { conn, .. } => {
                 if let Some(w) = wills.get_mut(conn)
                     && w.ended.is_none()
@@ -633,7 +690,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                             );
                         }
                     }
-                    Tag::Empty | Tag::Other => {
+                    Tag::Empty | Tag::Other | Tag::Hostile { .. } => {
                         if !other_topics.contains(&p.topic) {
                             push(
                                 "I6",
@@ -940,5 +997,6 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             );
         }
     }
+    v.extend(crate::admin_check::check_admin(entries));
     v
 }

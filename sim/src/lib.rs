@@ -8,8 +8,12 @@
 //! invariants must hold too. Everything observable goes into a typed [`trace::Trace`];
 //! [`check::check`] judges it afterwards.
 
+pub mod admin_check;
+pub mod bridge;
+pub mod bridge_check;
 pub mod check;
 pub mod client;
+pub mod json;
 pub mod net;
 pub mod rng;
 pub mod scenario;
@@ -42,6 +46,8 @@ pub struct Outcome {
     pub trace: Trace,
     pub actors: Vec<ActorInfo>,
     pub config: tidemq_core::Config,
+    /// Bridge worlds (S13–S15): what their checkers need.
+    pub bridge: Option<bridge::Meta>,
     pub violations: Vec<Violation>,
 }
 
@@ -52,7 +58,10 @@ impl Outcome {
 
     /// Re-runs the checkers (after a trace mutation).
     pub fn recheck(&mut self) {
-        self.violations = check::check(&self.trace.entries, &self.actors, &self.config);
+        self.violations = match &self.bridge {
+            Some(meta) => bridge_check::check_bridge(&self.trace.entries, meta),
+            None => check::check(&self.trace.entries, &self.actors, &self.config),
+        };
     }
 
     /// The command that replays this seed.
@@ -66,6 +75,10 @@ impl Outcome {
 
 /// Runs one seed, chaos then heal, and checks it. A panic in the core is a violation.
 pub fn run_seed(seed: u64, mutation: Option<Mutation>) -> Outcome {
+    let family = Family::of_seed(seed);
+    if family.is_bridge() {
+        return run_bridge_seed(seed, family, mutation);
+    }
     let mut world = World::new(seed, mutation);
     let family = world.knobs.family;
     let config = world.knobs.config.clone();
@@ -87,6 +100,35 @@ pub fn run_seed(seed: u64, mutation: Option<Mutation>) -> Outcome {
         trace,
         actors,
         config,
+        bridge: None,
+        violations,
+    }
+}
+
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+/// Runs one seed of a bridge family (two brokers, or a broker and a hostile remote).
+fn run_bridge_seed(seed: u64, family: Family, mutation: Option<Mutation>) -> Outcome {
+    let mut world = bridge::BridgeWorld::new(seed, family, mutation);
+    let result = catch_unwind(AssertUnwindSafe(|| world.run()));
+    if let Err(e) = result {
+        world.trace.push(Ev::Panic(panic_message(e.as_ref())));
+    }
+    let trace = std::mem::take(&mut world.trace);
+    let meta = world.meta.clone();
+    let violations = bridge_check::check_bridge(&trace.entries, &meta);
+    Outcome {
+        seed,
+        family,
+        trace,
+        actors: Vec::new(),
+        config: world.config.clone(),
+        bridge: Some(meta),
         violations,
     }
 }

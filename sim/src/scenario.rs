@@ -31,10 +31,20 @@ pub enum Family {
     S11,
     /// Topic alias and Receive Maximum stress, with alias abuse.
     S12,
+    /// Bridge uplink outage (partition, black hole, RST, refused connects), also mid-drain.
+    S13,
+    /// Bridge to a scripted hostile remote.
+    S14,
+    /// Two brokers bridged both ways (v5): the loop guard.
+    S15,
     /// Pre-CONNECT flood, slowloris, bad first packets.
     S16,
     /// Mid-session fuzzing.
     S17,
+    /// Configuration reloads (valid and invalid) and admin requests under load.
+    S20,
+    /// HTTP API fuzz at a high rate during traffic.
+    S21,
     /// Clock chaos: wall clock jumps, broker suspended.
     S22,
     /// Many persistent sessions with random ids.
@@ -55,14 +65,24 @@ pub const FAMILIES: &[Family] = &[
     Family::S10,
     Family::S11,
     Family::S12,
+    Family::S13,
+    Family::S14,
+    Family::S15,
     Family::S16,
     Family::S17,
+    Family::S20,
+    Family::S21,
     Family::S22,
     Family::S23,
     Family::S24,
 ];
 
 impl Family {
+    /// Families that run in the two-broker bridge world.
+    pub fn is_bridge(self) -> bool {
+        matches!(self, Family::S13 | Family::S14 | Family::S15)
+    }
+
     pub fn of_seed(seed: u64) -> Family {
         let i = (seed % FAMILIES.len() as u64) as usize;
         FAMILIES.get(i).copied().unwrap_or(Family::S1)
@@ -245,6 +265,23 @@ impl Knobs {
             }
             Family::S24 => {
                 faults.swizzle = 500;
+            }
+            // Run by `bridge::BridgeWorld`; these knobs are not used.
+            Family::S13 | Family::S14 | Family::S15 => {}
+            Family::S20 => {
+                will_rate = 0;
+                faults.partition = 150;
+                faults.rst = 100;
+                faults.one_way = 0;
+                faults.black_hole = 0;
+            }
+            Family::S21 => {
+                will_rate = 0;
+                faults = FaultMix {
+                    every_ms: (1_000, 4_000),
+                    ..FaultMix::default()
+                };
+                config.sys_events = true;
             }
         }
         if family != Family::S3 && rng.chance(700) {

@@ -18,6 +18,11 @@ pub enum Tag {
         actor: usize,
         conn: u64,
     },
+    /// A hostile remote's message (`H:<conn>:<n>`, bridge worlds).
+    Hostile {
+        conn: u64,
+        n: u64,
+    },
     /// Zero-length payload (clears a retained message).
     Empty,
     /// Anything else (`$SYS` events, garbage).
@@ -49,6 +54,10 @@ impl Tag {
                 seq: b,
             },
             "W" => Tag::Will { actor: a, conn: b },
+            "H" => Tag::Hostile {
+                conn: a as u64,
+                n: b,
+            },
             _ => Tag::Other,
         }
     }
@@ -210,6 +219,88 @@ pub enum Ev {
     Stuck(String),
     /// The core panicked.
     Panic(String),
+
+    // ----- bridge worlds (S13-S15): `broker` 0 is the local broker, 1 the remote ------
+    /// A broker asked for a bridge socket.
+    BridgeConnect {
+        broker: u8,
+        conn: u64,
+    },
+    BridgeUp {
+        broker: u8,
+    },
+    BridgeDown {
+        broker: u8,
+        detail: String,
+        retry_in_ms: u64,
+    },
+    /// A PUBLISH written on a bridge link: by the bridge of `owner` (`up`), or towards it.
+    LinkPublish {
+        owner: u8,
+        up: bool,
+        topic: String,
+        tag: Tag,
+        dup: bool,
+    },
+    /// A SUBACK the bridge of `owner` received, with its reason codes.
+    LinkSubAck {
+        owner: u8,
+        reasons: Vec<u8>,
+    },
+    /// A client's QoS 1 PUBLISH was acknowledged by its broker: the broker accepted it.
+    PubAcked {
+        actor: usize,
+        broker: u8,
+        topic: String,
+        tag: Tag,
+    },
+    /// A bridge (or its remote session) dropped messages: `broker`'s MessagesDropped.
+    BridgeDropped {
+        broker: u8,
+        client_id: String,
+        count: u64,
+        why: String,
+    },
+    /// End of a bridge run: a broker's own counters.
+    BrokerStats {
+        broker: u8,
+        dropped: u64,
+        backlog: u64,
+    },
+
+    // ----- admin plane (S20/S21) ---------------------------------------------------------
+    /// An HTTP API request: `req` is the code the sim meant (0 for garbage), `seq` the seq
+    /// it sent (if an integer), `auth_ok` whether the credentials match the config in force.
+    AdminReq {
+        req_id: u64,
+        req: i64,
+        seq: Option<i64>,
+        auth_ok: bool,
+    },
+    AdminReply {
+        req_id: u64,
+        status: u16,
+        body: String,
+        challenge: bool,
+    },
+    /// The broker asked for a set-configuration to be written.
+    AdminWrite {
+        req_id: u64,
+    },
+    /// The sim answered that write.
+    AdminWritten {
+        req_id: u64,
+        ok: bool,
+    },
+    AdminControl,
+    /// A configuration change was sent; `valid` by construction.
+    ConfigSent {
+        valid: bool,
+    },
+    /// The broker's verdict on a configuration (change or write).
+    ConfigEvent {
+        applied: bool,
+    },
 }
 
 /// One recorded event: which input it belongs to, and when.

@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
+use tidemq_core::admin::{Credentials, JwtVerdict};
 use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, decode_packet};
-use tidemq_core::{Broker, BrokerEvent, ConnId, Input, Instant, Output};
+use tidemq_core::config::HttpAuthType;
+use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
 use crate::Mutation;
 use crate::client::{Client, Cmd, Ctx, Role, pub_of};
 use crate::net::{Mode, Pipe, Seg};
 use crate::rng::Rng;
-use crate::scenario::Knobs;
+use crate::scenario::{Family, Knobs};
 use crate::trace::{AckKind, Ev, Got, Sent, Tag, Trace};
 
 /// Most loop iterations one run may take: a livelock shows up as `Stuck`.
@@ -77,6 +79,19 @@ pub struct World {
     iterations: u64,
     rotate: usize,
     pub mutation: Option<Mutation>,
+    // Admin plane (S20/S21).
+    admin_rng: Rng,
+    admin_on: bool,
+    next_admin: u64,
+    next_req: u64,
+    /// Set-configuration writes to answer: (when, req id, succeed).
+    writes: Vec<(u64, u64, bool)>,
+    /// The admin password in force, as far as the sim knows.
+    password: String,
+    /// The password a configuration change being fed would bring.
+    sent_password: Option<String>,
+    /// Recorded as the first event of the next input's step.
+    pre_event: Option<Ev>,
 }
 
 impl World {
@@ -99,6 +114,14 @@ impl World {
             net_rng: master.fork(),
             fault_rng: master.fork(),
             client_rng: master.fork(),
+            admin_rng: master.fork(),
+            admin_on: matches!(knobs.family, Family::S20 | Family::S21),
+            next_admin: 500,
+            next_req: 1,
+            writes: Vec::new(),
+            password: knobs.config.http_server.password.clone(),
+            sent_password: None,
+            pre_event: None,
             conns: BTreeMap::new(),
             next_conn: 1,
             clients,
@@ -141,6 +164,9 @@ impl World {
         while let Some(input) = pending.pop_front() {
             self.trace.step += 1;
             self.trace.now = self.now;
+            if let Some(ev) = self.pre_event.take() {
+                self.trace.push(ev);
+            }
             if let Input::Received { conn, bytes } = &input {
                 self.shadow_in(conn.0, bytes);
             }
@@ -392,11 +418,237 @@ impl World {
                         c.keepalive_close = true;
                     }
                 }
+                BrokerEvent::ConfigApplied => {
+                    if let Some(pw) = self.sent_password.take() {
+                        self.password = pw;
+                    }
+                    self.trace.push(Ev::ConfigEvent { applied: true });
+                }
+                BrokerEvent::ConfigRejected { .. } => {
+                    self.trace.push(Ev::ConfigEvent { applied: false })
+                }
                 _ => {}
             },
-            // Admin, bridge and control outputs are not simulated.
-            _ => {}
+            Output::AdminReply {
+                req_id,
+                status,
+                body,
+                challenge,
+            } => self.trace.push(Ev::AdminReply {
+                req_id,
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                challenge: challenge.is_some(),
+            }),
+            Output::WriteConfig { req_id, .. } => {
+                self.trace.push(Ev::AdminWrite { req_id });
+                let at = self.now + self.admin_rng.range(0, 2_000);
+                let ok = self.admin_rng.chance(700);
+                self.writes.push((at, req_id, ok));
+            }
+            Output::Control(_) => self.trace.push(Ev::AdminControl),
+            // Bridges are simulated in their own world (`bridge`).
+            Output::BridgeConnect { .. } => {}
         }
+    }
+
+    // ----- the admin plane (S20/S21) ------------------------------------------------------
+
+    fn admin_request(&mut self) {
+        let rng = &mut self.admin_rng;
+        let seq = rng.range(0, 1_000_000) as i64;
+        let garbage: &[&str] = &[
+            "",
+            "{",
+            "[1,2,3]",
+            "null",
+            "{\"req\":\"2\",\"seq\":1}",
+            "{\"req\":2}",
+            "{\"seq\":5}",
+            "{\"req\":2,\"seq\":1.5}",
+            "{\"req\":2,\"seq\":18446744073709551615}",
+            "{\"req\":-1,\"seq\":-3}",
+            "{\"req\":12,\"seq\":3,\"data\":[]}",
+            "{\"req\":1e2,\"seq\":1}",
+            "{\"req\":2,\"seq\":1,\"req\":4}",
+            "{\"req\":10,\"seq\":2,\"action\":7}",
+            "\u{feff}{\"req\":2,\"seq\":1}",
+        ];
+        let reads = [2i64, 4, 5, 11, 13];
+        let (req, seq, body): (i64, Option<i64>, Vec<u8>) = match rng.below(24) {
+            0..=9 => {
+                let r = *rng.pick(&reads).unwrap_or(&2);
+                (
+                    r,
+                    Some(seq),
+                    format!("{{\"req\":{r},\"seq\":{seq}}}").into_bytes(),
+                )
+            }
+            10 => {
+                let action = *rng
+                    .pick(&["restart", "stop", "Stop", "reboot"])
+                    .unwrap_or(&"x");
+                (
+                    10,
+                    Some(seq),
+                    format!("{{\"req\":10,\"seq\":{seq},\"action\":\"{action}\"}}").into_bytes(),
+                )
+            }
+            11..=13 => {
+                let n = rng.range(1, 64);
+                let data = match rng.below(10) {
+                    0 => format!("{{\"num_taskq_thread\":{n}}}"),
+                    1 => format!("{{\"qos_duration\":{n}}}"),
+                    2 => "{\"daemon\":false}".to_owned(),
+                    3 => format!("{{\"parallel\":{n},\"qos_duration\":{n}}}"),
+                    4 => "{\"msq_len\":0}".to_owned(),
+                    5 => "{\"msq_len\":\"many\"}".to_owned(),
+                    6 => "{\"nope\":1}".to_owned(),
+                    7 => "{\"tls\":5}".to_owned(),
+                    8 => "{\"http_server\":{\"port\":0}}".to_owned(),
+                    _ => "{\"bridge\":{\"proto_ver\":3}}".to_owned(),
+                };
+                (
+                    12,
+                    Some(seq),
+                    format!("{{\"req\":12,\"seq\":{seq},\"data\":{data}}}").into_bytes(),
+                )
+            }
+            14 => (
+                99,
+                Some(seq),
+                format!("{{\"req\":99,\"seq\":{seq}}}").into_bytes(),
+            ),
+            15 => {
+                let n = rng.range(1, 300) as usize;
+                (
+                    0,
+                    None,
+                    format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes(),
+                )
+            }
+            16 => {
+                let n = rng.range(0, 64) as usize;
+                (0, None, (0..n).map(|_| rng.next_u64() as u8).collect())
+            }
+            _ => (
+                0,
+                None,
+                rng.pick(garbage).unwrap_or(&"").as_bytes().to_vec(),
+            ),
+        };
+        let good = basic("admin", &self.password);
+        let rng = &mut self.admin_rng;
+        let (authorization, jwt, auth_ok) = match rng.below(12) {
+            0..=7 => (Some(good), None, true),
+            8 => (Some(basic("admin", "wrong")), None, false),
+            9 => (None, None, false),
+            10 => (
+                Some("Bearer abc.def.ghi".to_owned()),
+                Some(JwtVerdict::Valid),
+                false,
+            ),
+            _ => {
+                let h = *rng
+                    .pick(&[
+                        "Basic !!!!",
+                        "basic",
+                        "Basic YWRtaW4=",
+                        "Digest x",
+                        "Basic  ",
+                    ])
+                    .unwrap_or(&"");
+                (Some(h.to_owned()), None, false)
+            }
+        };
+        let auth_ok = auth_ok || self.knobs.config.http_server.auth_type == HttpAuthType::NoAuth;
+        let req_id = self.next_req;
+        self.next_req += 1;
+        self.pre_event = Some(Ev::AdminReq {
+            req_id,
+            req,
+            seq,
+            auth_ok,
+        });
+        self.feed(Input::Admin {
+            req_id,
+            credentials: Credentials { authorization, jwt },
+            body: Bytes::from(body),
+        });
+    }
+
+    fn config_change(&mut self) {
+        let rng = &mut self.admin_rng;
+        let mut config: Config = self.knobs.config.clone();
+        config.http_server.password = self.password.clone();
+        let valid = rng.chance(400);
+        if valid {
+            let pw = format!("pw{}", rng.range(0, 999));
+            config.http_server.password = pw.clone();
+            config.num_taskq_thread = rng.range(1, 16) as u32;
+            self.sent_password = Some(pw);
+        } else {
+            // An invalid change that would also open the admin plane: it must not take.
+            if rng.chance(500) {
+                config.http_server.auth_type = HttpAuthType::NoAuth;
+            }
+            match rng.below(9) {
+                0 => config.msq_len = 0,
+                1 => config.max_packet_size = 3,
+                2 => config.keepalive_multiplier = 0.5,
+                3 => config.receive_maximum = 0,
+                4 => config.http_server.port = 0,
+                5 => config.http_server.auth_type = HttpAuthType::Jwt,
+                6 => {
+                    let b = tidemq_core::config::BridgeConfig {
+                        proto_ver: 3,
+                        ..Default::default()
+                    };
+                    config.bridges.insert("bad".to_owned(), b);
+                }
+                7 => config.max_write_buffer = 10,
+                _ => config.max_inflight = 0,
+            }
+        }
+        self.pre_event = Some(Ev::ConfigSent { valid });
+        self.feed(Input::ConfigChange(Box::new(config)));
+        self.sent_password = None;
+    }
+
+    fn run_admin(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = self.writes.drain(..).partition(|w| w.0 <= now);
+        self.writes = later;
+        for (_, req_id, ok) in due {
+            self.pre_event = Some(Ev::AdminWritten { req_id, ok });
+            self.feed(Input::AdminConfigWritten {
+                req_id,
+                result: if ok {
+                    Ok(())
+                } else {
+                    Err("disk full".to_owned())
+                },
+            });
+        }
+        if !self.admin_on || self.heal || now < self.next_admin {
+            return;
+        }
+        let change_rate = if self.knobs.family == Family::S20 {
+            250
+        } else {
+            60
+        };
+        if self.admin_rng.chance(change_rate) {
+            self.config_change();
+        } else {
+            self.admin_request();
+        }
+        let (lo, hi) = if self.knobs.family == Family::S21 {
+            (5, 150)
+        } else {
+            (50, 800)
+        };
+        self.next_admin = now + self.admin_rng.range(lo, hi);
     }
 
     /// Moves broker output into the socket while it has room; returns bytes written.
@@ -853,6 +1105,12 @@ impl World {
         }
         if !self.heal {
             t = t.min(self.next_fault);
+            if self.admin_on {
+                t = t.min(self.next_admin);
+            }
+        }
+        for w in &self.writes {
+            t = t.min(w.0);
         }
         t.max(self.now)
     }
@@ -883,6 +1141,7 @@ impl World {
             self.deliver_pipes();
             self.wake_clients();
             self.run_faults();
+            self.run_admin();
             self.observe();
             if self.now >= until {
                 return true;
@@ -990,6 +1249,30 @@ impl World {
             retained: s.retained,
         });
     }
+}
+
+/// A `Basic` authorization header.
+fn basic(user: &str, pass: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{pass}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in raw.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let k = ((n >> (18 - 6 * i)) & 63) as usize;
+                out.push(char::from(A.get(k).copied().unwrap_or(b'A')));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn hold(dir: Dir, c2s: &mut Pipe, s2c: &mut Pipe) {

@@ -3,11 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use tidemq_sim::run_seed;
+use tidemq_sim::scenario::FAMILIES;
 
 #[test]
 fn same_seed_same_trace_hash() {
     // One seed of every family, each run twice.
-    for seed in 500..516 {
+    for seed in 500..500 + FAMILIES.len() as u64 {
         let a = run_seed(seed, None);
         let b = run_seed(seed, None);
         assert_eq!(
@@ -22,7 +23,7 @@ fn same_seed_same_trace_hash() {
             a.replay_hint()
         );
         assert!(
-            a.trace.entries.len() > 100,
+            a.trace.entries.len() > if a.family.is_bridge() { 30 } else { 100 },
             "SIM_SEED={seed}: suspiciously short trace"
         );
     }
@@ -31,7 +32,7 @@ fn same_seed_same_trace_hash() {
 #[test]
 fn different_seeds_differ() {
     let a = run_seed(7, None);
-    let b = run_seed(7 + 16, None);
+    let b = run_seed(7 + FAMILIES.len() as u64, None);
     assert_eq!(a.family, b.family);
     assert_ne!(a.hash(), b.hash());
 }

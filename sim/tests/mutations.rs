@@ -341,3 +341,214 @@ fn i14_catches_a_nondeterministic_trace() {
     b.trace.entries[last].at += 1;
     assert_ne!(a.hash(), b.hash());
 }
+
+// ----- bridge worlds (S13-S15) and the admin plane (S20/S21) ------------------------------
+
+/// Index of the first entry matching `pred`.
+fn find(out: &Outcome, pred: impl Fn(&Ev) -> bool) -> Option<usize> {
+    out.trace.entries.iter().position(|e| pred(&e.ev))
+}
+
+/// The remote subscriber's deliveries of forwarded local messages (S13: actor 3).
+fn forwarded(out: &Outcome) -> Vec<(usize, Delivery)> {
+    deliveries(out)
+        .into_iter()
+        .filter(|(_, d)| d.actor == 3 && d.publish.topic.starts_with("fwd/"))
+        .collect()
+}
+
+#[test]
+fn i11_catches_a_message_lost_on_the_uplink() {
+    let mut out = passing_run(Family::S13, |o| !forwarded(o).is_empty());
+    let tag = forwarded(&out)[0].1.publish.tag;
+    out.trace
+        .entries
+        .retain(|e| !matches!(&e.ev, Ev::Delivered(d) if d.actor == 3 && d.publish.tag == tag));
+    out.recheck();
+    assert!(flagged(&out, "I11"), "{:?}", out.violations);
+}
+
+#[test]
+fn i11_catches_a_reordered_drain() {
+    let mut out = passing_run(Family::S13, |o| {
+        let f = forwarded(o);
+        f.iter()
+            .any(|(_, a)| f.iter().any(|(_, b)| same_stream(a, b)))
+    });
+    let f = forwarded(&out);
+    let (i, a) = f
+        .iter()
+        .find(|(_, a)| f.iter().any(|(_, b)| same_stream(a, b)))
+        .cloned()
+        .unwrap();
+    // Every delivery of the earlier seq moves to just after the last of a later one.
+    let (j, _) = f
+        .iter()
+        .rev()
+        .find(|(_, b)| same_stream(&a, b))
+        .cloned()
+        .unwrap();
+    let moved = out.trace.entries[i].clone();
+    out.trace.entries.retain(
+        |e| !matches!(&e.ev, Ev::Delivered(d) if d.actor == 3 && d.publish.tag == a.publish.tag),
+    );
+    let j = j.min(out.trace.entries.len() - 1);
+    let mut moved = moved;
+    moved.at = out.trace.entries[j].at;
+    out.trace.entries.insert(j + 1, moved);
+    out.recheck();
+    assert!(flagged(&out, "I11"), "{:?}", out.violations);
+}
+
+#[test]
+fn i12_catches_a_reconnect_before_its_backoff() {
+    let mut out = passing_run(Family::S14, |o| {
+        o.trace
+            .entries
+            .iter()
+            .filter(|e| matches!(e.ev, Ev::BridgeConnect { broker: 0, .. }))
+            .count()
+            > 2
+    });
+    let i = out
+        .trace
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e.ev, Ev::BridgeConnect { broker: 0, .. }))
+        .nth(2)
+        .map(|(i, _)| i)
+        .unwrap();
+    out.trace.entries[i].at -= 300;
+    out.recheck();
+    assert!(flagged(&out, "I12"), "{:?}", out.violations);
+}
+
+#[test]
+fn i12_catches_a_hostile_message_in_a_local_topic() {
+    let mut out = passing_run(Family::S14, |o| {
+        deliveries(o)
+            .iter()
+            .any(|(_, d)| matches!(d.publish.tag, Tag::Hostile { .. }))
+    });
+    let (i, mut d) = deliveries(&out)
+        .into_iter()
+        .find(|(_, d)| matches!(d.publish.tag, Tag::Hostile { .. }))
+        .unwrap();
+    d.publish.topic = "loc/evil".to_owned();
+    out.trace.entries[i].ev = Ev::Delivered(d);
+    out.recheck();
+    assert!(flagged(&out, "I12"), "{:?}", out.violations);
+}
+
+#[test]
+fn loop_guard_catches_a_circulating_message() {
+    let mut out = passing_run(Family::S15, |o| {
+        find(o, |e| matches!(e, Ev::LinkPublish { up: true, .. })).is_some()
+    });
+    let i = find(&out, |e| matches!(e, Ev::LinkPublish { up: true, .. })).unwrap();
+    let again = out.trace.entries[i].clone();
+    out.trace.entries.insert(i + 1, again);
+    out.recheck();
+    assert!(flagged(&out, "LOOP"), "{:?}", out.violations);
+}
+
+#[test]
+fn loop_guard_catches_a_second_delivery() {
+    let mut out = passing_run(Family::S15, |o| !deliveries(o).is_empty());
+    let (i, _) = deliveries(&out).remove(0);
+    let again = out.trace.entries[i].clone();
+    out.trace.entries.insert(i + 1, again);
+    out.recheck();
+    assert!(flagged(&out, "LOOP"), "{:?}", out.violations);
+}
+
+fn admin_replies(out: &Outcome) -> Vec<usize> {
+    out.trace
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e.ev, Ev::AdminReply { .. }))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn i13_catches_an_unanswered_request() {
+    let mut out = passing_run(Family::S21, |o| !admin_replies(o).is_empty());
+    let i = admin_replies(&out)[0];
+    out.trace.entries.remove(i);
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+}
+
+#[test]
+fn i13_catches_a_malformed_reply() {
+    for bad in [0, 1] {
+        let mut out = passing_run(Family::S21, |o| !admin_replies(o).is_empty());
+        let i = admin_replies(&out)[0];
+        if let Ev::AdminReply { status, body, .. } = &mut out.trace.entries[i].ev {
+            if bad == 0 {
+                *status = 302;
+            } else {
+                body.truncate(body.len() - 1);
+            }
+        }
+        out.recheck();
+        assert!(flagged(&out, "I13"), "{:?}", out.violations);
+    }
+}
+
+#[test]
+fn i13_catches_fail_open_and_invalid_config_taking_effect() {
+    // A wrong password answered 200.
+    let mut out = passing_run(Family::S21, |o| {
+        find(o, |e| matches!(e, Ev::AdminReq { auth_ok: false, .. })).is_some()
+    });
+    let i = find(&out, |e| matches!(e, Ev::AdminReq { auth_ok: false, .. })).unwrap();
+    let Ev::AdminReq { req_id, .. } = out.trace.entries[i].ev else {
+        unreachable!()
+    };
+    for e in &mut out.trace.entries {
+        if let Ev::AdminReply {
+            req_id: r,
+            status,
+            body,
+            ..
+        } = &mut e.ev
+            && *r == req_id
+        {
+            *status = 200;
+            *body = "{\"code\":0,\"seq\":0}".to_owned();
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+
+    // An invalid configuration applied.
+    let mut out = passing_run(Family::S20, |o| {
+        find(o, |e| matches!(e, Ev::ConfigSent { valid: false })).is_some()
+    });
+    let i = find(&out, |e| matches!(e, Ev::ConfigSent { valid: false })).unwrap();
+    for e in out.trace.entries.iter_mut().skip(i) {
+        if let Ev::ConfigEvent { applied } = &mut e.ev {
+            *applied = true;
+            break;
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+}
+
+#[test]
+fn i15_catches_a_counter_off_by_one() {
+    let is_info = |e: &Ev| matches!(e, Ev::AdminReply { status: 200, body, .. } if body.contains("\"message_out\""));
+    let mut out = passing_run(Family::S21, |o| find(o, is_info).is_some());
+    let i = find(&out, is_info).unwrap();
+    if let Ev::AdminReply { body, .. } = &mut out.trace.entries[i].ev {
+        let at = body.find("\"message_out\":").unwrap() + "\"message_out\":".len();
+        body.insert(at, '1');
+    }
+    out.recheck();
+    assert!(flagged(&out, "I15"), "{:?}", out.violations);
+}

@@ -92,3 +92,42 @@ fn replay() {
     }
     assert!(out.violations.is_empty(), "SIM_SEED={seed} failed");
 }
+
+/// `SIM_FAMILY=S13 SIM_SEEDS=50 cargo test -p tidemq-sim --release --test sweep -- --nocapture family`
+/// runs seeds of one family only.
+#[test]
+fn family() {
+    let Ok(name) = std::env::var("SIM_FAMILY") else {
+        return;
+    };
+    let count = env_u64("SIM_SEEDS").unwrap_or(20);
+    let base = env_u64("SIM_BASE").unwrap_or(0);
+    let seeds: Vec<u64> = (base..)
+        .filter(|s| format!("{:?}", tidemq_sim::Family::of_seed(*s)) == name)
+        .take(count as usize)
+        .collect();
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for seed in &seeds {
+        let t = Instant::now();
+        let out = run_seed(*seed, None);
+        println!(
+            "seed {seed}: {} events, {:.2} s, {} violations",
+            out.trace.entries.len(),
+            t.elapsed().as_secs_f64(),
+            out.violations.len()
+        );
+        for v in out.violations.iter().take(6) {
+            println!("  {} at {} ms: {}", v.invariant, v.at, v.detail);
+        }
+        if !out.violations.is_empty() {
+            failed.push(*seed);
+        }
+    }
+    println!(
+        "{name}: {} seeds in {:.1} s, failing {failed:?}",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failed.is_empty());
+}

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 //! The real runtime (driver, connection tasks, admin HTTP server) on turmoil's simulated
 //! network: hosts, held and released links, partitions, all from one seed. Clients speak MQTT
 //! with the core's codec. What the pure simulation cannot see: the driver's plumbing.
@@ -70,14 +75,18 @@ struct Client {
 
 impl Client {
     async fn connect(id: &str, clean_start: bool) -> Client {
-        let stream = turmoil::net::TcpStream::connect(("broker", 1883)).await.unwrap();
+        let stream = turmoil::net::TcpStream::connect(("broker", 1883))
+            .await
+            .unwrap();
         let mut c = Client {
             stream,
             rx: BytesMut::new(),
             version: ProtocolVersion::V5,
         };
-        let mut properties = Properties::default();
-        properties.session_expiry_interval = Some(600);
+        let properties = Properties {
+            session_expiry_interval: Some(600),
+            ..Properties::default()
+        };
         c.send(&Packet::Connect(Box::new(Connect {
             version: ProtocolVersion::V5,
             clean_start,
@@ -243,19 +252,39 @@ fn held_link_delays_but_loses_nothing_and_admin_answers_over_http() {
     let (seen, reply) = run(seed);
     let first: Vec<&str> = seen.iter().map(|(_, m)| m.as_str()).collect();
     let expected: Vec<String> = (1..=MESSAGES).map(|i| format!("m{i:03}")).collect();
-    assert_eq!(first, expected, "SIM_SEED={seed}: every QoS 1 message, in order, once");
+    assert_eq!(
+        first, expected,
+        "SIM_SEED={seed}: every QoS 1 message, in order, once"
+    );
     // m010..m029 were held on the subscriber's link and arrive together at the release.
     let held: Vec<u128> = seen[9..29].iter().map(|(at, _)| *at).collect();
-    assert!(held.iter().all(|at| *at == held[0]), "SIM_SEED={seed}: {seen:?}");
+    assert!(
+        held.iter().all(|at| *at == held[0]),
+        "SIM_SEED={seed}: {seen:?}"
+    );
     assert!(held[0] > seen[8].0, "SIM_SEED={seed}: {seen:?}");
-    assert!(reply.starts_with("HTTP/1.1 200"), "SIM_SEED={seed}: {reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "SIM_SEED={seed}: {reply}"
+    );
     let body = reply.rsplit("\r\n\r\n").next().unwrap();
     let json: serde_json_probe::Value = serde_json_probe::parse(body);
     assert_eq!(json.code, 0, "SIM_SEED={seed}: {body}");
     assert_eq!(json.seq, 7);
-    assert_eq!(json.client_size, 2, "SIM_SEED={seed}: sub and pub are connected: {body}");
-    assert_eq!(json.message_in, i64::from(MESSAGES), "SIM_SEED={seed}: {body}");
-    assert_eq!(json.message_out, i64::from(MESSAGES), "SIM_SEED={seed}: {body}");
+    assert_eq!(
+        json.client_size, 2,
+        "SIM_SEED={seed}: sub and pub are connected: {body}"
+    );
+    assert_eq!(
+        json.message_in,
+        i64::from(MESSAGES),
+        "SIM_SEED={seed}: {body}"
+    );
+    assert_eq!(
+        json.message_out,
+        i64::from(MESSAGES),
+        "SIM_SEED={seed}: {body}"
+    );
 }
 
 #[test]
@@ -265,8 +294,15 @@ fn same_seed_gives_the_same_run() {
         let b = run(seed);
         // The HTTP date header is wall-clock time; compare the body only.
         let body = |r: &str| r.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned();
-        assert_eq!(a.0, b.0, "SIM_SEED={seed}: deliveries and their times differ");
-        assert_eq!(body(&a.1), body(&b.1), "SIM_SEED={seed}: admin replies differ");
+        assert_eq!(
+            a.0, b.0,
+            "SIM_SEED={seed}: deliveries and their times differ"
+        );
+        assert_eq!(
+            body(&a.1),
+            body(&b.1),
+            "SIM_SEED={seed}: admin replies differ"
+        );
     }
 }
 
@@ -281,7 +317,9 @@ mod serde_json_probe {
     }
 
     fn number(body: &str, key: &str) -> i64 {
-        let at = body.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("no {key} in {body}"));
+        let at = body
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("no {key} in {body}"));
         body[at + key.len() + 3..]
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == '-')

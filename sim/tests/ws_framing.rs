@@ -198,7 +198,7 @@ fn run(seed: u64) {
     );
     let _ = pings;
     // Delivery parity: the broker answers the same through frames as through plain TCP.
-    let plain = broker_output(&[mqtt.clone()]);
+    let plain = broker_output(std::slice::from_ref(&mqtt));
     let framed = broker_output(&delivered);
     assert_eq!(framed, plain, "SIM_SEED={seed}: broker behaved differently");
     assert!(!plain.is_empty());

@@ -12,6 +12,8 @@ use crate::{BrokerEvent, Output};
 pub(crate) struct PendingConfig {
     seq: Value,
     update: ConfigUpdate,
+    /// The request's `data`, re-applied to the configuration in force once written.
+    data: Value,
 }
 
 impl Broker {
@@ -49,6 +51,7 @@ impl Broker {
                                 PendingConfig {
                                     seq: seq.clone(),
                                     update,
+                                    data,
                                 },
                             );
                             return Err(None);
@@ -81,15 +84,28 @@ impl Broker {
             return;
         };
         let reply = match result {
-            Ok(()) => {
-                self.config = pending.update.config;
-                self.event(BrokerEvent::ConfigApplied);
-                admin::ok(
-                    &pending.seq,
-                    12,
-                    Some(json!({ "restart_required": pending.update.restart_required })),
-                )
-            }
+            // Apply this request's changes to the configuration in force now: a reload or
+            // another set-configuration that took effect meanwhile must not be reverted, and
+            // the changes of a write that failed must not ride along.
+            Ok(()) => match admin::check_set_config(&self.config, &pending.data) {
+                Ok(update) => {
+                    self.config = update.config;
+                    self.event(BrokerEvent::ConfigApplied);
+                    admin::ok(
+                        &pending.seq,
+                        12,
+                        Some(json!({ "restart_required": update.restart_required })),
+                    )
+                }
+                Err(message) => admin::bad_parameter(
+                    &admin::Envelope {
+                        seq: pending.seq,
+                        req: Some(12),
+                        object: serde_json::Map::new(),
+                    },
+                    &message,
+                ),
+            },
             Err(message) => admin::write_failed(&pending.seq, &message),
         };
         self.admin_reply(req_id, reply);

@@ -456,6 +456,9 @@ impl Broker {
                     self.bridge_send(name, &subscribe);
                 }
                 self.bridge_pump(name);
+                // The link is up: keepalive pings are due from now, not at the connect
+                // deadline still armed.
+                self.arm_bridge_timer(name);
             }
             (Link::Up, Packet::SubAck(ack)) => {
                 let expected = b.config.subscription.len();
@@ -540,24 +543,24 @@ impl Broker {
         if p.qos == QoS::ExactlyOnce && b.awaiting_rel.contains(&pid) {
             return self.bridge_send(name, &Packet::PubRec(ack(pid, reason::SUCCESS)));
         }
-        let local = b
-            .config
-            .subscription
-            .iter()
-            .find(|s| topic::matches(&s.remote_topic, &p.topic))
-            .map(|s| remap(&p.topic, &s.remote_topic, &s.local_topic))
-            .unwrap_or_else(|| p.topic.clone());
+        // Only what a subscription rule asked for comes in: a remote that sends anything else
+        // must not write into arbitrary local topics.
+        let local = b.config.subscription.iter().find_map(|s| {
+            let filter = topic::parse_subscription(&s.remote_topic, usize::MAX)
+                .map_or(s.remote_topic.as_str(), |f| f.filter);
+            topic::matches(filter, &p.topic).then(|| remap(&p.topic, filter, &s.local_topic))
+        });
         let bridge_key = bridge_key(name);
-        let acceptable = topic::validate_topic_name(&local, self.config.max_topic_levels as usize)
-            .is_ok()
-            && !crate::sys::is_reserved(&local)
-            && !self.is_own_origin(&p.properties);
+        let acceptable = local.as_deref().is_some_and(|local| {
+            topic::validate_topic_name(local, self.config.max_topic_levels as usize).is_ok()
+                && !crate::sys::is_reserved(local)
+        }) && !self.is_own_origin(&p.properties);
         if p.qos == QoS::ExactlyOnce
             && let Some(b) = self.bridges.get_mut(name)
         {
             b.awaiting_rel.insert(pid);
         }
-        if acceptable {
+        if let (true, Some(local)) = (acceptable, local) {
             let mut properties = p.properties;
             properties.topic_alias = None;
             properties.subscription_identifiers.clear();

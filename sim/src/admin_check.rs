@@ -1,0 +1,245 @@
+//! I13, the admin plane: every request gets exactly one well-formed answer with a documented
+//! status, credentials are honoured (no fail-open), reads change nothing, and a configuration
+//! change is applied exactly when it is valid (a rejected one leaves the old one in force).
+
+use std::collections::BTreeMap;
+
+use crate::check::Violation;
+use crate::json::{self, Json};
+use crate::trace::{Entry, Ev};
+
+const STATUSES: &[u16] = &[200, 400, 401, 404, 413, 500];
+const READS: &[i64] = &[2, 4, 5, 11, 13];
+
+struct Req {
+    step: u64,
+    at: u64,
+    req: i64,
+    seq: Option<i64>,
+    auth_ok: bool,
+    replies: u32,
+}
+
+pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let mut push = |at: u64, detail: String| {
+        v.push(Violation {
+            invariant: "I13",
+            at,
+            detail,
+        })
+    };
+    // Everything each step produced, to judge side effects and verdicts.
+    let mut by_step: BTreeMap<u64, Vec<&Ev>> = BTreeMap::new();
+    for e in entries {
+        by_step.entry(e.step).or_default().push(&e.ev);
+    }
+    let mut reqs: BTreeMap<u64, Req> = BTreeMap::new();
+    let mut last_config: Option<Json> = None;
+    let mut changed_since = false;
+    let mut end_at = 0;
+    let mut quiesced = false;
+    for e in entries {
+        let at = e.at;
+        end_at = at;
+        let same_step = by_step.get(&e.step).map(Vec::as_slice).unwrap_or(&[]);
+        match &e.ev {
+            Ev::Quiesced => quiesced = true,
+            Ev::AdminReq {
+                req_id,
+                req,
+                seq,
+                auth_ok,
+            } => {
+                reqs.insert(
+                    *req_id,
+                    Req {
+                        step: e.step,
+                        at,
+                        req: *req,
+                        seq: *seq,
+                        auth_ok: *auth_ok,
+                        replies: 0,
+                    },
+                );
+                let effects: Vec<String> = same_step
+                    .iter()
+                    // Only what the broker put out (client-side events share the step).
+                    .filter(|ev| match ev {
+                        Ev::AdminControl => *req != 10,
+                        Ev::AdminWrite { .. } => *req != 12,
+                        Ev::BrokerSent { .. }
+                        | Ev::BrokerClosed {
+                            by_broker: true, ..
+                        }
+                        | Ev::ConfigEvent { .. }
+                        | Ev::Dropped { .. }
+                        | Ev::SessionExpired { .. } => true,
+                        _ => false,
+                    })
+                    .map(|ev| format!("{ev:?}"))
+                    .collect();
+                if !effects.is_empty() {
+                    push(
+                        at,
+                        format!("admin request {req_id} (req {req}) had side effects: {effects:?}"),
+                    );
+                }
+            }
+            Ev::AdminReply {
+                req_id,
+                status,
+                body,
+                challenge,
+            } => {
+                let Some(r) = reqs.get_mut(req_id) else {
+                    push(at, format!("reply to unknown admin request {req_id}"));
+                    continue;
+                };
+                r.replies += 1;
+                if r.replies > 1 {
+                    push(at, format!("admin request {req_id} answered twice"));
+                }
+                if !STATUSES.contains(status) {
+                    push(at, format!("admin request {req_id}: status {status}"));
+                }
+                let parsed = json::parse(body);
+                let code = parsed
+                    .as_ref()
+                    .and_then(|j| j.get("code"))
+                    .and_then(Json::int);
+                let seq = parsed
+                    .as_ref()
+                    .and_then(|j| j.get("seq"))
+                    .and_then(Json::int);
+                if !matches!(parsed, Some(Json::Obj(_))) || code.is_none() || seq.is_none() {
+                    push(
+                        at,
+                        format!("admin request {req_id}: malformed reply body {body:?}"),
+                    );
+                    continue;
+                }
+                if (*status == 200) != (code == Some(0)) {
+                    push(
+                        at,
+                        format!("admin request {req_id}: status {status} with code {code:?}"),
+                    );
+                }
+                if *status == 401 && !challenge {
+                    push(
+                        at,
+                        format!("admin request {req_id}: 401 without a challenge"),
+                    );
+                }
+                if let Some(s) = r.seq
+                    && seq != Some(i128::from(s))
+                {
+                    push(
+                        at,
+                        format!("admin request {req_id}: seq {s} echoed as {seq:?}"),
+                    );
+                }
+                if !r.auth_ok && *status == 200 {
+                    push(
+                        at,
+                        format!("admin request {req_id}: wrong credentials, yet 200 (fail-open)"),
+                    );
+                }
+                if r.req != 0 && r.auth_ok == (*status == 401) {
+                    push(
+                        at,
+                        format!(
+                            "admin request {req_id} (req {}): credentials {} but status {status}",
+                            r.req,
+                            if r.auth_ok { "valid" } else { "invalid" }
+                        ),
+                    );
+                }
+                if READS.contains(&r.req) && r.auth_ok && *status != 200 {
+                    push(
+                        at,
+                        format!("admin read {req_id} (req {}) failed: {body}", r.req),
+                    );
+                }
+                if r.req == 11 && *status == 200 {
+                    let data = parsed.as_ref().and_then(|j| j.get("data")).cloned();
+                    if let (Some(prev), false) = (&last_config, changed_since)
+                        && data.as_ref() != Some(prev)
+                    {
+                        push(
+                            at,
+                            format!(
+                                "admin request {req_id}: the configuration changed with no change applied"
+                            ),
+                        );
+                    }
+                    last_config = data;
+                    changed_since = false;
+                }
+                if r.step != e.step && r.req != 12 {
+                    push(
+                        at,
+                        format!("admin request {req_id} (req {}) answered late", r.req),
+                    );
+                }
+            }
+            Ev::ConfigEvent { applied: true } => changed_since = true,
+            Ev::ConfigSent { valid } => {
+                let verdicts: Vec<bool> = same_step
+                    .iter()
+                    .filter_map(|ev| match ev {
+                        Ev::ConfigEvent { applied } => Some(*applied),
+                        _ => None,
+                    })
+                    .collect();
+                if verdicts != [*valid] {
+                    push(
+                        at,
+                        format!(
+                            "a {} configuration change got {verdicts:?}",
+                            if *valid { "valid" } else { "invalid" }
+                        ),
+                    );
+                }
+            }
+            Ev::AdminWritten { req_id, ok } => {
+                let applied = same_step
+                    .iter()
+                    .any(|ev| matches!(ev, Ev::ConfigEvent { applied: true }));
+                let status = same_step.iter().find_map(|ev| match ev {
+                    Ev::AdminReply {
+                        req_id: r, status, ..
+                    } if r == req_id => Some(*status),
+                    _ => None,
+                });
+                if !ok && (applied || status != Some(500)) {
+                    push(
+                        at,
+                        format!(
+                            "failed write of request {req_id}: applied {applied}, status {status:?}"
+                        ),
+                    );
+                }
+                if *ok && applied != (status == Some(200)) {
+                    push(
+                        at,
+                        format!("written request {req_id}: applied {applied}, status {status:?}"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    if quiesced {
+        for (id, r) in &reqs {
+            if r.replies == 0 {
+                push(
+                    r.at,
+                    format!("admin request {id} (req {}) never answered", r.req),
+                );
+            }
+        }
+    }
+    let _ = end_at;
+    v
+}
