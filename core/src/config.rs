@@ -205,6 +205,20 @@ pub struct BridgeConfig {
     pub max_send_queue_len: u32,
     /// Longest reconnect backoff, in seconds.
     pub backoff_max: u32,
+    /// TLS towards the remote (`tls+mqtt-tcp://` addresses, or `ssl.enable`).
+    pub ssl: BridgeTls,
+}
+
+/// TLS settings of a bridge (NanoMQ `bridges.mqtt.<name>.ssl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeTls {
+    pub enable: bool,
+    /// CA certificates that sign the remote's certificate (PEM); required for TLS.
+    pub cacertfile: Option<String>,
+    /// Client certificate and key, when the remote asks for one.
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
 }
 
 impl Default for BridgeConfig {
@@ -223,6 +237,7 @@ impl Default for BridgeConfig {
             subscription: Vec::new(),
             max_send_queue_len: 32_768,
             backoff_max: 60,
+            ssl: BridgeTls::default(),
         }
     }
 }
@@ -422,6 +437,17 @@ impl Config {
                 return Err(ConfigError {
                     key: "bridge.mqtt.proto_ver",
                     message: format!("bridge {name}: must be 4 (MQTT 3.1.1) or 5"),
+                });
+            }
+            let tls = bridge.ssl.enable
+                || bridge.address.starts_with("tls+")
+                || bridge.address.starts_with("mqtts://");
+            if tls && bridge.ssl.cacertfile.is_none() {
+                return Err(ConfigError {
+                    key: "bridges.mqtt.ssl.cacertfile",
+                    message: format!(
+                        "bridge {name}: TLS needs the CA file that signs the remote's certificate"
+                    ),
                 });
             }
             if bridge.subscription.iter().any(|s| s.qos > 2)

@@ -667,6 +667,7 @@ fn is_bridge_field(s: &str) -> bool {
             | "subscription"
             | "max_send_queue_len"
             | "backoff_max"
+            | "ssl"
     )
 }
 
@@ -710,6 +711,11 @@ fn apply_bridge(
         "password" => b.password = opt_string(v)?,
         "max_send_queue_len" => b.max_send_queue_len = int(v)?,
         "backoff_max" => b.backoff_max = seconds(v)?,
+        "ssl" => return Ok(Applied::Section),
+        "ssl.enable" => b.ssl.enable = boolean(v)?,
+        "ssl.cacertfile" => b.ssl.cacertfile = opt_string(v)?,
+        "ssl.certfile" => b.ssl.certfile = opt_string(v)?,
+        "ssl.keyfile" => b.ssl.keyfile = opt_string(v)?,
         "forwards" => b.forwards = forwards(v)?,
         "subscription" => b.subscription = subscriptions(v)?,
         _ => {

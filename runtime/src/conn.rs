@@ -306,34 +306,28 @@ where
     register(accepted, open, events).await
 }
 
-/// Opens a bridge's connection to `address` (`mqtt-tcp://host:port`, `tcp://host:port` or
-/// `host:port`) and reports `Connected` or `ConnectFailed`.
+/// Opens a bridge's connection to `address` (`mqtt-tcp://host:port`, `tcp://host:port`,
+/// `host:port`, or with TLS `tls+mqtt-tcp://host:port` / `mqtts://host:port`) and reports
+/// `Connected` or `ConnectFailed`.
 pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
     net: std::sync::Arc<dyn Network>,
     conn: ConnId,
     address: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     timeout: Duration,
     events: mpsc::Sender<E>,
 ) {
-    let target = ["mqtt-tcp://", "tcp://", "nmq-tcp://"]
-        .iter()
-        .find_map(|scheme| address.strip_prefix(scheme))
-        .unwrap_or(&address)
-        .to_owned();
-    let result = if target.contains("://") {
-        Err(format!(
-            "{address}: unsupported scheme (expected mqtt-tcp://host:port)"
-        ))
-    } else {
-        match tokio::time::timeout(timeout, net.connect(target)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(format!("{address}: {e}")),
-            Err(_) => Err(format!("{address}: timed out")),
-        }
-    };
+    let result = tokio::time::timeout(timeout, open_outbound(net.as_ref(), &address, tls)).await;
     let stream = match result {
-        Ok(stream) => stream,
-        Err(error) => {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let _ = events
+                .send(E::from(ConnEvent::ConnectFailed { conn, error }))
+                .await;
+            return;
+        }
+        Err(_) => {
+            let error = format!("{address}: timed out");
             let _ = events
                 .send(E::from(ConnEvent::ConnectFailed { conn, error }))
                 .await;
@@ -346,6 +340,46 @@ pub(crate) async fn connect_outbound<E: From<ConnEvent> + Send + 'static>(
         |gate, _| read_loop(conn, rd, events.clone(), gate),
     );
     register(ConnEvent::Connected { conn, io }, open, &events).await;
+}
+
+async fn open_outbound(
+    net: &dyn Network,
+    address: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<BoxStream, String> {
+    let (secure, target) = [
+        ("tls+mqtt-tcp://", true),
+        ("tls+nmq-tcp://", true),
+        ("mqtts://", true),
+        ("mqtt-tcp://", false),
+        ("nmq-tcp://", false),
+        ("tcp://", false),
+    ]
+    .iter()
+    .find_map(|(scheme, secure)| address.strip_prefix(scheme).map(|t| (*secure, t)))
+    .unwrap_or((false, address));
+    if target.contains("://") {
+        return Err(format!(
+            "{address}: unsupported scheme (expected mqtt-tcp:// or tls+mqtt-tcp://)"
+        ));
+    }
+    let stream = net
+        .connect(target.to_owned())
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    let tls = match tls {
+        Some(tls) => tls,
+        None if secure => return Err(format!("{address}: TLS address but no bridge ssl settings")),
+        None => return Ok(stream),
+    };
+    let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+    let name = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| format!("{address}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("{address}: TLS: {e}"))?;
+    Ok(Box::new(stream))
 }
 
 /// Queues `Accepted`, then lets the reader start: the driver hears of a connection before

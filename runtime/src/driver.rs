@@ -587,10 +587,26 @@ impl Driver {
                     address,
                 } => {
                     debug!(%conn, bridge, address, "bridge connecting");
+                    let settings = self.config.bridges.get(&bridge);
+                    let wants_tls = settings.is_some_and(|b| b.ssl.enable)
+                        || address.starts_with("tls+")
+                        || address.starts_with("mqtts://");
+                    let tls = match settings
+                        .filter(|_| wants_tls)
+                        .map(|b| tls::client_config(&b.ssl))
+                    {
+                        Some(Ok(config)) => Some(config),
+                        Some(Err(error)) => {
+                            self.input(now, Input::BridgeConnectFailed { conn, error });
+                            continue;
+                        }
+                        None => None,
+                    };
                     tokio::spawn(conn::connect_outbound(
                         self.net.clone(),
                         conn,
                         address,
+                        tls,
                         Duration::from_millis(self.config.connect_timeout_ms),
                         self.events_tx.clone(),
                     ));

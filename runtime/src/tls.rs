@@ -98,6 +98,37 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The client side, for bridges: the remote's certificate must chain to `cacertfile`; a
+/// client certificate is presented when one is configured.
+pub fn client_config(
+    ssl: &tidemq_core::config::BridgeTls,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let cafile = ssl
+        .cacertfile
+        .as_deref()
+        .ok_or("bridge ssl.cacertfile is required for TLS")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(cafile, "bridge ssl.cacertfile")? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bridge ssl.cacertfile {cafile}: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    let config = match (&ssl.certfile, &ssl.keyfile) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(
+                read_certs(cert, "bridge ssl.certfile")?,
+                read_key(key, None)?,
+            )
+            .map_err(|e| format!("bridge ssl.certfile {cert} / ssl.keyfile {key}: {e}"))?,
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 /// The TLS configuration new connections use; a reload swaps it, existing connections keep
 /// theirs.
 #[derive(Clone)]

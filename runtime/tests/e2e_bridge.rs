@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Dir, Running, free_port, run, start, tool, wait_for};
+use support::{Dir, Running, free_port, make_certs, run, start, tool, wait_for};
 
 /// A mosquitto broker with persistence in its own folder, restartable on the same port.
 struct Mosquitto {
@@ -25,6 +25,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Dir) -> Mosquitto {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// `listener_extra`: lines added under the listener (e.g. TLS files).
+    fn start_with(dir: &Dir, listener_extra: &str) -> Mosquitto {
         let found = Command::new("sh")
             .args(["-c", "command -v mosquitto || test -x /usr/sbin/mosquitto"])
             .output()
@@ -41,7 +46,7 @@ impl Mosquitto {
             format!(
                 // `user root`: as root, mosquitto would otherwise switch to its own user, which
                 // cannot write the persistence file in our folder.
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 10000\nuser root\n",
+                "listener {port} 127.0.0.1\n{listener_extra}allow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 10000\nuser root\n",
                 dir.0.display()
             ),
         )
@@ -296,4 +301,72 @@ fn two_brokers_bridged_both_ways_do_not_ping_pong() {
     let got_b = on_b.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&got_a.stdout), "t/1 once\n");
     assert_eq!(String::from_utf8_lossy(&got_b.stdout), "t/1 once\n");
+}
+
+#[test]
+fn bridge_to_a_tls_remote() {
+    let dir = Dir::new("bridge-tls");
+    make_certs(&dir, "");
+    let f = |n: &str| dir.file(n).display().to_string();
+    let remote = Mosquitto::start_with(
+        &dir,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            f("ca.pem"),
+            f("server.pem"),
+            f("server.key")
+        ),
+    );
+    let (broker, port) = tidemq_with_bridge(
+        &dir,
+        0,
+        &format!(
+            "  proto_ver = 5\n  forwards = [{{ local_topic = \"up/#\" }}]\n  subscription = [{{ remote_topic = \"down/#\", qos = 1 }}]\n  ssl {{ cacertfile = \"{}\" }}",
+            f("ca.pem")
+        ),
+    );
+    // The bridge address was written with port 0 above; point it at the TLS remote.
+    let conf = dir.file("nanomq.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        "mqtt-tcp://127.0.0.1:0",
+        &format!("tls+mqtt-tcp://localhost:{}", remote.port),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let out = run(std::process::Command::new(support::TIDEMQ)
+        .args(["reload", "--pid_file"])
+        .arg(dir.file("pid")));
+    assert!(out.status.success(), "{out:?}");
+    wait_bridge_up(&broker, 1);
+    let ca = f("ca.pem");
+    let remote_sub = tool("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &remote.port.to_string(),
+            "--cafile",
+            &ca,
+        ])
+        .args(["-t", "up/#", "-C", "1", "-v", "-W", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    publish(port, &["-t", "up/secure", "-m", "over tls", "-q", "1"]);
+    assert_eq!(lines(remote_sub), ["up/secure over tls"]);
+    let local_sub = sub(port, &["-t", "down/#", "-C", "1", "-v"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(tool("mosquitto_pub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &remote.port.to_string(),
+            "--cafile",
+            &ca,
+        ])
+        .args(["-t", "down/secure", "-m", "back", "-q", "1"]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(lines(local_sub), ["down/secure back"]);
 }

@@ -232,3 +232,22 @@ fn daemon_mode_runs_in_the_background_logs_to_a_file_and_stops() {
         "{text}"
     );
 }
+
+#[test]
+fn a_listener_that_cannot_bind_stops_start_up_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = Dir::new("bind-fail");
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--url", &format!("nmq-tcp://127.0.0.1:{port}")])
+        .arg("--pid_file")
+        .arg(dir.file("pid")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (tcp listener, url = nmq-tcp://127.0.0.1:{port})"
+        )),
+        "{err}"
+    );
+}

@@ -103,3 +103,65 @@ pub fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
     });
     running
 }
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by
+/// the CA, written as `<prefix>ca.pem`, `<prefix>server.pem`/`.key`, `<prefix>client.pem`/`.key`.
+pub fn make_certs(dir: &Dir, prefix: &str) {
+    let p = |name: &str| dir.file(&format!("{prefix}{name}"));
+    let ok = |cmd: &mut Command| {
+        let out = run(cmd);
+        assert!(out.status.success(), "openssl failed: {out:?}");
+    };
+    ok(tool("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", &format!("/CN=TideMQ test CA {prefix}")])
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")));
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(p(&format!("{who}.ext")), ext).unwrap();
+        ok(tool("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .args(["-subj", &format!("/CN={who}")])
+            .arg("-keyout")
+            .arg(p(&format!("{who}.key")))
+            .arg("-out")
+            .arg(p(&format!("{who}.csr"))));
+        ok(tool("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p(&format!("{who}.csr")))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p(&format!("{who}.ext")))
+            .arg("-out")
+            .arg(p(&format!("{who}.pem"))));
+    }
+}
