@@ -66,6 +66,9 @@ struct Conn {
     receive_maximum: u16,
     topic_alias_max: u16,
     topic_aliases: BTreeMap<u16, String>,
+    /// QoS 2 ids received on this connection and not yet released: what counts against our
+    /// Receive Maximum, which is not preserved across connections (v5 §4.9).
+    rel_pending: BTreeSet<u16>,
     /// Session expiry given in CONNECT (v5: DISCONNECT may not raise it from 0).
     connect_expiry_secs: u32,
     username: Option<String>,
@@ -301,6 +304,7 @@ impl Broker {
             receive_maximum: self.config.receive_maximum,
             topic_alias_max: self.config.max_topic_alias,
             topic_aliases: BTreeMap::new(),
+            rel_pending: BTreeSet::new(),
             connect_expiry_secs: 0,
             username: None,
             keep_alive: 0,
@@ -670,6 +674,9 @@ impl Broker {
             }
             Packet::PubRec(a) => self.handle_pubrec(id, sid, version, a),
             Packet::PubRel(a) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.rel_pending.remove(&a.packet_id);
+                }
                 let known = self
                     .sessions
                     .get_mut(&sid)
@@ -1105,11 +1112,17 @@ impl Broker {
             let Some(session) = self.sessions.get(&sid) else {
                 return;
             };
-            if session.awaiting_rel.contains(&pid) {
+            let resend = session.awaiting_rel.contains(&pid);
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if resend {
                 // A resend of a message already accepted: acknowledge, never deliver twice.
+                conn.rel_pending.insert(pid);
                 return self.send(id, version, &Packet::PubRec(ack(pid, reason::SUCCESS)));
             }
-            if session.awaiting_rel.len() >= usize::from(receive_maximum) {
+            // Ids left unreleased by an earlier connection do not count (v5 §4.9).
+            if conn.rel_pending.len() >= usize::from(receive_maximum) {
                 return self.drop_conn(
                     id,
                     CloseReason::error(
@@ -1137,6 +1150,9 @@ impl Broker {
                     && let Some(session) = self.sessions.get_mut(&sid)
                 {
                     session.awaiting_rel.insert(pid);
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.rel_pending.insert(pid);
+                    }
                 }
                 self.send(id, version, &Packet::PubRec(ack(pid, code)));
             }

@@ -71,6 +71,10 @@ struct Accepted {
     /// Broker incarnations that routed it: without persistence, a restart forgets the
     /// QoS 2 ids awaiting PUBREL, and exactly-once cannot hold across it (S7).
     incarnations: BTreeSet<u32>,
+    /// Publisher session generations that routed it: a session that expired while its
+    /// CONNACK (Session Present 0) was lost leaves the client resending a QoS 2 id the new
+    /// session never saw, and the broker must take it as new (v5 §4.1, [MQTT-3.2.2-4]).
+    publisher_gens: BTreeSet<u32>,
     publish: Pub,
     /// Sessions that had a matching non-shared subscription: (client id, generation, QoS granted).
     targets: Vec<(String, u32, u8)>,
@@ -168,6 +172,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
     let mut unacked: BTreeMap<(usize, u32), BTreeSet<u16>> = BTreeMap::new();
     let mut will_seen: BTreeMap<Tag, u32> = BTreeMap::new();
     let mut will_delivered_at: BTreeMap<Tag, u64> = BTreeMap::new();
+    let mut will_sent_at: BTreeMap<Tag, u64> = BTreeMap::new();
     let mut auditor: BTreeSet<(String, Tag)> = BTreeSet::new();
     let mut last_stats_retained = None;
     let mut end_at = 0;
@@ -494,6 +499,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                             retained.insert(p.topic.clone(), p.tag);
                         }
                     }
+                    let publisher_gen = sessions.get(&cid).map_or(0, |s| s.generation);
                     let mut targets = Vec::new();
                     let mut groups: BTreeMap<(String, String), (Members, u8)> = BTreeMap::new();
                     for (id, s) in &sessions {
@@ -537,6 +543,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                                 last_at: at,
                                 routed: 0,
                                 incarnations: BTreeSet::new(),
+                                publisher_gens: BTreeSet::new(),
                                 publish: p.clone(),
                                 targets: Vec::new(),
                                 groups: Vec::new(),
@@ -544,6 +551,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                             a.last_at = at;
                             a.routed += 1;
                             a.incarnations.insert(incarnation);
+                            a.publisher_gens.insert(publisher_gen);
                             a.targets.extend(targets);
                             a.groups.extend(groups);
                         }
@@ -584,8 +592,13 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             Ev::BrokerSent {
                 pkt: Sent::Publish(p),
                 conn,
-                ..
+                actor,
             } => {
+                if let Tag::Will { .. } = p.tag
+                    && role(*actor) == Some(Role::Watcher)
+                {
+                    will_sent_at.entry(p.tag).or_insert(at);
+                }
                 // I6: nothing sent after its expiry, except a resend (DUP) that finishes a
                 // delivery already started (v5 §3.3.2.3.3).
                 if let Some(a) = accepted.get(&p.tag)
@@ -714,7 +727,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                     && !storm_publisher
                     && accepted
                         .get(&p.tag)
-                        .is_none_or(|a| a.incarnations.len() <= 1)
+                        .is_none_or(|a| a.incarnations.len() <= 1 && a.publisher_gens.len() <= 1)
                     && matches!(p.tag, Tag::Msg { .. })
                 {
                     {
@@ -947,7 +960,11 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             }
             continue;
         }
-        let restarted = restarts.iter().any(|r| *r >= end && *r <= due);
+        // A restart without persistence also loses a will already sent but not yet received.
+        let sent = will_sent_at.get(&w.tag);
+        let restarted = restarts
+            .iter()
+            .any(|r| *r >= end && (*r <= due || sent.is_some_and(|s| s <= r)));
         // A QoS 0 will is lost while the watcher is away: only judge when it listened.
         let watcher_away = watcher_down.iter().any(|(a, b)| due >= *a && due <= *b)
             || watcher_down_since.is_some_and(|a| due >= a);

@@ -306,12 +306,18 @@ impl Knobs {
             if family == Family::S1 && filters.is_empty() {
                 filters.push(("t/#".to_owned(), 1));
             }
+            let mut client_id = if family == Family::S23 {
+                format!("c{:x}", rng.next_u64() & 0xFFFF)
+            } else {
+                format!("w{i}")
+            };
+            // Random ids can collide, and two live workers sharing one would take each other
+            // over forever [MQTT-3.1.4-3]: keep them distinct.
+            if profiles.iter().any(|p: &Profile| p.client_id == client_id) {
+                client_id = format!("{client_id}-{i}");
+            }
             profiles.push(Profile {
-                client_id: if family == Family::S23 {
-                    format!("c{:x}", rng.next_u64() & 0xFFFF)
-                } else {
-                    format!("w{i}")
-                },
+                client_id,
                 role: Role::Worker,
                 version: v,
                 persistent,
