@@ -552,3 +552,34 @@ fn i15_catches_a_counter_off_by_one() {
     out.recheck();
     assert!(flagged(&out, "I15"), "{:?}", out.violations);
 }
+
+/// I2: the broker keeps counting a connection that is gone (a leak), or more sessions
+/// than client ids ever seen.
+#[test]
+fn leaked_connection_or_session_is_caught_by_i2() {
+    let has_stats = |o: &Outcome| {
+        o.trace
+            .entries
+            .iter()
+            .any(|e| matches!(e.ev, Ev::Stats { .. }))
+    };
+    let mut out = passing_run(Family::S1, has_stats);
+    for e in &mut out.trace.entries {
+        if let Ev::Stats { connections, .. } = &mut e.ev {
+            *connections += 1;
+            break;
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "I2"), "{:?}", out.violations);
+
+    let mut out = passing_run(Family::S1, has_stats);
+    for e in &mut out.trace.entries {
+        if let Ev::Stats { sessions, .. } = &mut e.ev {
+            *sessions += 1_000;
+            break;
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "I2"), "{:?}", out.violations);
+}

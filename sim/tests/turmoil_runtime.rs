@@ -75,9 +75,11 @@ struct Client {
 
 impl Client {
     async fn connect(id: &str, clean_start: bool) -> Client {
-        let stream = turmoil::net::TcpStream::connect(("broker", 1883))
-            .await
-            .unwrap();
+        Client::try_connect(id, clean_start).await.unwrap()
+    }
+
+    async fn try_connect(id: &str, clean_start: bool) -> io::Result<Client> {
+        let stream = turmoil::net::TcpStream::connect(("broker", 1883)).await?;
         let mut c = Client {
             stream,
             rx: BytesMut::new(),
@@ -87,7 +89,7 @@ impl Client {
             session_expiry_interval: Some(600),
             ..Properties::default()
         };
-        c.send(&Packet::Connect(Box::new(Connect {
+        c.try_send(&Packet::Connect(Box::new(Connect {
             version: ProtocolVersion::V5,
             clean_start,
             keep_alive: 60,
@@ -97,18 +99,41 @@ impl Client {
             username: None,
             password: None,
         })))
-        .await;
-        match c.recv().await {
-            Packet::ConnAck(ack) => assert_eq!(ack.code, 0),
-            other => panic!("expected CONNACK, got {other:?}"),
+        .await?;
+        match c.try_recv().await {
+            Some(Packet::ConnAck(ack)) if ack.code == 0 => Ok(c),
+            other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
         }
-        c
     }
 
     async fn send(&mut self, packet: &Packet) {
         let mut out = BytesMut::new();
         encode_packet(packet, self.version, &mut out).unwrap();
         self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next packet, or `None` when the connection broke.
+    async fn try_recv(&mut self) -> Option<Packet> {
+        let limits = DecodeLimits {
+            max_packet_size: 1 << 20,
+            max_user_properties: 64,
+        };
+        loop {
+            if let Ok(Some(p)) = decode_packet(&mut self.rx, Some(self.version), &limits) {
+                return Some(p);
+            }
+            match self.stream.read_buf(&mut self.rx).await {
+                Ok(n) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    async fn try_send(&mut self, packet: &Packet) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        encode_packet(packet, self.version, &mut out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.stream.write_all(&out).await
     }
 
     async fn recv(&mut self) -> Packet {
@@ -336,5 +361,106 @@ mod serde_json_probe {
             message_in: number(body, "message_in"),
             message_out: number(body, "message_out"),
         }
+    }
+}
+
+/// A persistent subscriber partitioned from the broker: its connection breaks, it comes back
+/// with the same session after the repair, and gets every QoS 1 message (DUP resends allowed).
+fn run_partitioned(seed: u64) -> Vec<String> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(120))
+        .build();
+    sim.host("broker", move || async move {
+        let server = Server::bind_on(Arc::new(TurmoilNet), broker_config(), seed).await?;
+        server.run(std::future::pending()).await?;
+        Ok(())
+    });
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_sub = seen.clone();
+    sim.client("sub", async move {
+        let mut first = true;
+        loop {
+            let mut c = match tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::try_connect("sub", first),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if first {
+                c.send(&Packet::Subscribe(Subscribe {
+                    packet_id: 1,
+                    properties: Properties::default(),
+                    filters: vec![(
+                        "t/#".to_owned(),
+                        SubscriptionOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..SubscriptionOptions::default()
+                        },
+                    )],
+                }))
+                .await;
+                first = false;
+            }
+            // Read until the link breaks or everything is in; a silent link counts as broken.
+            loop {
+                let packet = tokio::time::timeout(Duration::from_secs(3), c.try_recv()).await;
+                let Ok(Some(packet)) = packet else { break };
+                if let Packet::Publish(p) = packet {
+                    let text = String::from_utf8_lossy(&p.payload).into_owned();
+                    let done = {
+                        let mut seen = seen_sub.lock().unwrap();
+                        if !seen.contains(&text) {
+                            seen.push(text);
+                        }
+                        seen.len() == usize::from(MESSAGES)
+                    };
+                    let ack = Packet::PubAck(Ack {
+                        packet_id: p.packet_id.unwrap(),
+                        reason: 0,
+                        properties: Properties::default(),
+                    });
+                    if c.try_send(&ack).await.is_err() {
+                        break;
+                    }
+                    if done {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    });
+    sim.client("pub", async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut c = Client::connect("pub", true).await;
+        for i in 1..=MESSAGES {
+            if i == 10 {
+                turmoil::partition("sub", "broker");
+            }
+            if i == 30 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                turmoil::repair("sub", "broker");
+            }
+            c.send(&publish("t/seq", format!("m{i:03}"), i)).await;
+            assert!(matches!(c.recv().await, Packet::PubAck(a) if a.packet_id == i));
+        }
+        Ok(())
+    });
+    sim.run().unwrap();
+    seen.lock().unwrap().clone()
+}
+
+#[test]
+fn partitioned_persistent_subscriber_gets_every_qos1_message_after_repair() {
+    for seed in [11, 12] {
+        let got = run_partitioned(seed);
+        let expected: Vec<String> = (1..=MESSAGES).map(|i| format!("m{i:03}")).collect();
+        assert_eq!(got, expected, "SIM_SEED={seed}");
     }
 }
