@@ -12,7 +12,7 @@ use crate::codec::{
 use crate::config::Config;
 use crate::rng::Rng;
 use crate::session::{
-    Delivery, Inflight, Message, NEVER_EXPIRES, OutStage, Session, SessionId, Subscription,
+    Delivery, Message, NEVER_EXPIRES, OutStage, Session, SessionId, Subscription,
 };
 use crate::sys;
 use crate::topic::{self, RetainTrie, SubMatch, SubscriptionTrie, TopicError};
@@ -988,9 +988,7 @@ impl Broker {
     /// window), then the queue drains.
     fn resume(&mut self, sid: SessionId) {
         if let Some(session) = self.sessions.get_mut(&sid) {
-            for f in session.inflight.values_mut() {
-                f.sent = false;
-            }
+            session.mark_all_unsent();
         }
         self.pump(sid);
     }
@@ -1001,12 +999,12 @@ impl Broker {
             return;
         };
         let version = session.version;
-        let Some(f) = session.inflight.get_mut(&pid) else {
-            return;
-        };
         // Everything in flight went out once: resends carry DUP and finish even if the
         // message has expired since.
-        f.sent = true;
+        session.mark_sent(pid);
+        let Some(f) = session.inflight.get(&pid) else {
+            return;
+        };
         match f.stage {
             OutStage::Published => {
                 let delivery = f.delivery.clone();
@@ -1330,15 +1328,7 @@ impl Broker {
         if self.write_publish(conn, version, &d, Some(pid), false)
             && let Some(session) = self.sessions.get_mut(&sid)
         {
-            session.inflight.insert(
-                pid,
-                Inflight {
-                    delivery: d,
-                    stage: OutStage::Published,
-                    sent: true,
-                },
-            );
-            session.inflight_order.push_back(pid);
+            session.push_inflight(pid, d);
         }
     }
 
@@ -1460,7 +1450,7 @@ impl Broker {
                     return;
                 }
                 f.stage = OutStage::Released;
-                f.sent = true;
+                session.mark_sent(a.packet_id);
                 self.send(
                     id,
                     version,

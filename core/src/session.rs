@@ -60,6 +60,8 @@ pub(crate) struct Inflight {
     pub stage: OutStage,
     /// Sent on the current connection; cleared on reconnect until it is resent.
     pub sent: bool,
+    /// Send order, for resending in order.
+    pub seq: u64,
 }
 
 /// What a subscription asked for.
@@ -84,7 +86,10 @@ pub(crate) struct Session {
     /// Outbound QoS 1/2 messages not yet acknowledged, by packet id, in send order.
     pub inflight: BTreeMap<u16, Inflight>,
     /// Send order of `inflight` keys, for resending in order on resume.
-    pub inflight_order: VecDeque<u16>,
+    pub inflight_order: BTreeMap<u64, u16>,
+    next_inflight_seq: u64,
+    /// Entries of `inflight` not yet resent on the current connection.
+    unsent: usize,
     pub next_packet_id: u16,
     /// Messages waiting for the connection, the inflight window or the writer.
     pub queue: VecDeque<Delivery>,
@@ -114,7 +119,9 @@ impl Session {
             expiry_secs: 0,
             subscriptions: BTreeMap::new(),
             inflight: BTreeMap::new(),
-            inflight_order: VecDeque::new(),
+            inflight_order: BTreeMap::new(),
+            next_inflight_seq: 0,
+            unsent: 0,
             next_packet_id: 1,
             queue: VecDeque::new(),
             awaiting_rel: BTreeSet::new(),
@@ -152,21 +159,63 @@ impl Session {
 
     /// The oldest message in flight not yet resent on the current connection.
     pub fn next_resend(&self) -> Option<u16> {
+        // O(1) in the steady state: only a resumed session has anything to resend.
+        if self.unsent == 0 {
+            return None;
+        }
         self.inflight_order
-            .iter()
+            .values()
             .copied()
             .find(|id| self.inflight.get(id).is_some_and(|f| !f.sent))
     }
 
     /// Messages in flight on the current connection: what counts against its window.
     pub fn inflight_sent(&self) -> usize {
-        self.inflight.values().filter(|f| f.sent).count()
+        self.inflight.len() - self.unsent
+    }
+
+    /// A message just sent with packet id `id`.
+    pub fn push_inflight(&mut self, id: u16, delivery: Delivery) {
+        let seq = self.next_inflight_seq;
+        self.next_inflight_seq += 1;
+        let entry = Inflight {
+            delivery,
+            stage: OutStage::Published,
+            sent: true,
+            seq,
+        };
+        if let Some(old) = self.inflight.insert(id, entry) {
+            self.inflight_order.remove(&old.seq);
+            if !old.sent {
+                self.unsent -= 1;
+            }
+        }
+        self.inflight_order.insert(seq, id);
+    }
+
+    /// A new connection: everything in flight is to be resent.
+    pub fn mark_all_unsent(&mut self) {
+        for f in self.inflight.values_mut() {
+            f.sent = false;
+        }
+        self.unsent = self.inflight.len();
+    }
+
+    /// `id` went out (again) on the current connection.
+    pub fn mark_sent(&mut self, id: u16) {
+        if let Some(f) = self.inflight.get_mut(&id)
+            && !f.sent
+        {
+            f.sent = true;
+            self.unsent -= 1;
+        }
     }
 
     pub fn remove_inflight(&mut self, id: u16) -> Option<Inflight> {
         let removed = self.inflight.remove(&id)?;
-        if let Some(pos) = self.inflight_order.iter().position(|x| *x == id) {
-            self.inflight_order.remove(pos);
+        self.inflight_order.remove(&removed.seq);
+        if !removed.sent {
+            self.unsent -= 1;
         }
         Some(removed)
     }

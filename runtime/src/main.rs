@@ -360,7 +360,10 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
                 }
             }
         });
-        server.run(shutdown_signal()).await
+        // On a worker thread, like the connection tasks: no cross-thread hand-off per event.
+        tokio::spawn(server.run(shutdown_signal()))
+            .await
+            .map_err(std::io::Error::other)?
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
