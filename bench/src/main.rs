@@ -1,0 +1,224 @@
+//! `tidemq-bench SCENARIO [options]`: one run, printed as one JSON line and one human line.
+//! `tidemq-bench report FILE [--subject L] [--baseline L]`: a Markdown table from JSON lines.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use tidemq_bench::{Opts, Scenario, report};
+use tidemq_core::codec::QoS;
+
+const USAGE: &str = "\
+usage: tidemq-bench SCENARIO [options]
+       tidemq-bench report FILE.jsonl [--subject tidemq] [--baseline mosquitto]
+
+scenarios:
+  fan-in        P publishers -> 1 wildcard subscriber          (--publishers)
+  fan-out       1 publisher -> S subscribers of one topic      (--subscribers)
+  p2p           N publisher/subscriber pairs on N topics       (--pairs)
+  latency       1 -> 1 at a fixed rate; p50/p99/p99.9/max       (--rate)
+  connections   C idle clients: connect rate, broker RSS/conn  (--connections)
+
+options (defaults in brackets):
+  --host H            broker address [127.0.0.1]
+  --port N            broker port [1883]
+  --broker-pid PID    the broker's pid, for its CPU use and memory
+  --label NAME        names the broker in the output [broker]
+  --seconds S         how long to publish [5]
+  --drain S           most seconds to wait for messages on their way afterwards [5]
+  --qos 0|1           [0]
+  --payload BYTES     payload size, at least 16 [16]
+  --publishers P      [8]     --subscribers S   [16]     --pairs N   [8]
+  --rate R            latency: messages per second [1000]
+  --messages M        most messages per publisher [50000000]
+  --window W          end-to-end window per flow, messages; 0 = auto: QoS 0 up to
+                      8192 messages or 2 MiB, QoS 1 2048 [0]
+  --batch B           most messages per write [64]
+  --inflight I        QoS 1: unacknowledged PUBLISHes per publisher [512]
+  --connections C     [10000] (needs `ulimit -n` above C)
+  --concurrency K     connection attempts at once [64]
+  --hold S            seconds to hold idle clients before reading the broker's RSS [1]
+  --keep-alive S      keep alive in CONNECT [60]
+  --threads T         tokio worker threads; 1 = single-threaded runtime [1]
+";
+
+enum Command {
+    Run {
+        scenario: Scenario,
+        opts: Box<Opts>,
+        threads: usize,
+    },
+    Report {
+        file: String,
+        subject: String,
+        baseline: String,
+    },
+    Help,
+}
+
+fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
+    let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+    v.parse().map_err(|_| format!("{flag}: cannot read {v:?}"))
+}
+
+fn parse(args: Vec<String>) -> Result<Command, String> {
+    let mut args = args.into_iter();
+    let Some(first) = args.next() else {
+        return Ok(Command::Help);
+    };
+    if matches!(first.as_str(), "-h" | "--help" | "help") {
+        return Ok(Command::Help);
+    }
+    if first == "report" {
+        let file = args.next().ok_or("report needs a file of JSON lines")?;
+        let (mut subject, mut baseline) = ("tidemq".to_owned(), "mosquitto".to_owned());
+        while let Some(flag) = args.next() {
+            match flag.as_str() {
+                "--subject" => subject = value(&flag, args.next())?,
+                "--baseline" => baseline = value(&flag, args.next())?,
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        return Ok(Command::Report {
+            file,
+            subject,
+            baseline,
+        });
+    }
+    let scenario = Scenario::parse(&first).ok_or_else(|| format!("unknown scenario {first:?}"))?;
+    let mut opts = Opts::default();
+    let (mut host, mut port) = ("127.0.0.1".to_owned(), 1883u16);
+    let mut threads = 1usize;
+    while let Some(flag) = args.next() {
+        let v = args.next();
+        match flag.as_str() {
+            "--host" => host = value(&flag, v)?,
+            "--port" => port = value(&flag, v)?,
+            "--broker-pid" => opts.broker_pid = Some(value(&flag, v)?),
+            "--label" => opts.label = value(&flag, v)?,
+            "--seconds" => opts.seconds = value(&flag, v)?,
+            "--drain" => opts.drain = value(&flag, v)?,
+            "--qos" => {
+                let q: u8 = value(&flag, v)?;
+                opts.qos = match q {
+                    0 | 1 => QoS::from_u8(q).unwrap_or_default(),
+                    _ => return Err("--qos must be 0 or 1".to_owned()),
+                };
+            }
+            "--payload" => opts.payload = value(&flag, v)?,
+            "--publishers" => opts.publishers = value(&flag, v)?,
+            "--subscribers" => opts.subscribers = value(&flag, v)?,
+            "--pairs" => opts.pairs = value(&flag, v)?,
+            "--rate" => opts.rate = value(&flag, v)?,
+            "--messages" => opts.messages = value(&flag, v)?,
+            "--window" => opts.window = value(&flag, v)?,
+            "--batch" => opts.batch = value(&flag, v)?,
+            "--inflight" => opts.inflight = value(&flag, v)?,
+            "--connections" => opts.connections = value(&flag, v)?,
+            "--concurrency" => opts.concurrency = value(&flag, v)?,
+            "--hold" => opts.hold = value(&flag, v)?,
+            "--keep-alive" => opts.keep_alive = value(&flag, v)?,
+            "--threads" => threads = value(&flag, v)?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    // NaN and infinities are outside every range.
+    if !(0.0..=3600.0).contains(&opts.seconds) {
+        return Err("--seconds must be between 0 and 3600".to_owned());
+    }
+    if !(0.0..=600.0).contains(&opts.drain) || !(0.0..=600.0).contains(&opts.hold) {
+        return Err("--drain and --hold must be between 0 and 600".to_owned());
+    }
+    opts.addr = resolve(&host, port)?;
+    Ok(Command::Run {
+        scenario,
+        opts: Box::new(opts),
+        threads: threads.max(1),
+    })
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+fn main() -> ExitCode {
+    let command = match parse(std::env::args().skip(1).collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tidemq-bench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Report {
+            file,
+            subject,
+            baseline,
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("tidemq-bench: cannot read {file}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match report::markdown(&text, &subject, &baseline) {
+                Ok(md) => {
+                    print!("{md}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tidemq-bench: {file}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run {
+            scenario,
+            opts,
+            threads,
+        } => run(scenario, &opts, threads),
+    }
+}
+
+fn run(scenario: Scenario, opts: &Opts, threads: usize) -> ExitCode {
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tidemq-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tidemq_bench::run(scenario, opts)) {
+        Ok(outcome) => {
+            println!("{}", outcome.to_json());
+            println!("{}", outcome.human());
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tidemq-bench {}: {e}", scenario.name());
+            ExitCode::FAILURE
+        }
+    }
+}

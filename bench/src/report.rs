@@ -1,0 +1,590 @@
+//! Results: one JSON line and one human line per run, and the side-by-side Markdown table
+//! built from many JSON lines.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json};
+
+use crate::usage::CpuUse;
+
+/// Publish-to-deliver latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Latency {
+    pub fn from_nanos(mut samples: Vec<u64>) -> Latency {
+        samples.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples.get(rank - 1).copied().unwrap_or(0) as f64 / 1000.0
+        };
+        Latency {
+            samples: samples.len(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: at(1.0),
+        }
+    }
+}
+
+/// The connections scenario's memory readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConnStats {
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    pub rss_per_conn_bytes: Option<f64>,
+}
+
+/// What one scenario run measured and found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    pub label: String,
+    pub params: Vec<(&'static str, Value)>,
+    /// Messages published (connections: attempted).
+    pub sent: u64,
+    /// Deliveries that should have arrived (connections: attempted).
+    pub expected: u64,
+    /// Deliveries that arrived (connections: connected).
+    pub delivered: u64,
+    /// Expected deliveries that never arrived (connections: failed).
+    pub missing: u64,
+    pub out_of_order: u64,
+    pub elapsed_s: f64,
+    /// The scenario's throughput figure, in `unit`.
+    pub rate: f64,
+    pub unit: &'static str,
+    pub latency: Option<Latency>,
+    pub connections: Option<ConnStats>,
+    pub cpu: CpuUse,
+    pub broker_rss_kib: Option<u64>,
+    pub load1: Option<f64>,
+    pub errors: Vec<String>,
+    pub ok: bool,
+}
+
+/// Above this, the tool's own CPU use may be what limits the numbers.
+pub const TOOL_SATURATED_PCT: f64 = 90.0;
+
+impl Outcome {
+    pub fn new(scenario: &'static str, label: &str) -> Outcome {
+        Outcome {
+            scenario,
+            label: label.to_owned(),
+            params: Vec::new(),
+            sent: 0,
+            expected: 0,
+            delivered: 0,
+            missing: 0,
+            out_of_order: 0,
+            elapsed_s: 0.0,
+            rate: 0.0,
+            unit: "msg/s",
+            latency: None,
+            connections: None,
+            cpu: CpuUse::default(),
+            broker_rss_kib: None,
+            load1: None,
+            errors: Vec::new(),
+            ok: false,
+        }
+    }
+
+    pub fn param(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.params.push((key, value.into()));
+    }
+
+    fn param_u64(&self, key: &str) -> Option<u64> {
+        self.params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.as_u64())
+    }
+
+    /// Names the configuration, so runs of the same case can be grouped.
+    pub fn case(&self) -> String {
+        let p = |k| self.param_u64(k).unwrap_or(0);
+        match self.scenario {
+            "fan-in" => format!(
+                "fan-in {}→1 qos{} {}",
+                p("publishers"),
+                p("qos"),
+                size(p("payload"))
+            ),
+            "fan-out" => format!(
+                "fan-out 1→{} qos{} {}",
+                p("subscribers"),
+                p("qos"),
+                size(p("payload"))
+            ),
+            "p2p" => format!(
+                "p2p {}×(1→1) qos{} {}",
+                p("publishers"),
+                p("qos"),
+                size(p("payload"))
+            ),
+            "latency" => {
+                let rate = self
+                    .params
+                    .iter()
+                    .find(|(k, _)| *k == "rate")
+                    .and_then(|(_, v)| v.as_f64())
+                    .unwrap_or(0.0);
+                format!(
+                    "latency {rate:.0} msg/s qos{} {}",
+                    p("qos"),
+                    size(p("payload"))
+                )
+            }
+            "connections" => format!("connections {}", p("connections")),
+            other => other.to_owned(),
+        }
+    }
+
+    pub fn tool_saturated(&self) -> bool {
+        self.cpu.tool_pct.is_some_and(|t| t >= TOOL_SATURATED_PCT)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("scenario".into(), self.scenario.into());
+        m.insert("label".into(), self.label.clone().into());
+        m.insert("case".into(), self.case().into());
+        for (k, v) in &self.params {
+            m.insert((*k).into(), v.clone());
+        }
+        m.insert("ok".into(), self.ok.into());
+        m.insert("sent".into(), self.sent.into());
+        m.insert("expected".into(), self.expected.into());
+        m.insert("delivered".into(), self.delivered.into());
+        m.insert("missing".into(), self.missing.into());
+        m.insert("out_of_order".into(), self.out_of_order.into());
+        m.insert("elapsed_s".into(), round(self.elapsed_s, 4).into());
+        m.insert("rate".into(), round(self.rate, 1).into());
+        m.insert("unit".into(), self.unit.into());
+        if let Some(l) = &self.latency {
+            m.insert("latency_samples".into(), l.samples.into());
+            m.insert("p50_us".into(), round(l.p50_us, 1).into());
+            m.insert("p99_us".into(), round(l.p99_us, 1).into());
+            m.insert("p999_us".into(), round(l.p999_us, 1).into());
+            m.insert("max_us".into(), round(l.max_us, 1).into());
+        }
+        if let Some(c) = &self.connections {
+            m.insert("rss_before_kib".into(), c.rss_before_kib.into());
+            m.insert("rss_after_kib".into(), c.rss_after_kib.into());
+            m.insert(
+                "rss_per_conn_bytes".into(),
+                c.rss_per_conn_bytes.map(|b| round(b, 1)).into(),
+            );
+        }
+        let opt = |v: Option<f64>| v.map(|x| round(x, 1)).into();
+        m.insert("tool_cpu_pct".into(), opt(self.cpu.tool_pct));
+        m.insert("tool_saturated".into(), self.tool_saturated().into());
+        m.insert("broker_cpu_pct".into(), opt(self.cpu.broker_pct));
+        m.insert("others_cpu_pct".into(), opt(self.cpu.others_pct));
+        m.insert("broker_rss_kib".into(), self.broker_rss_kib.into());
+        m.insert("load1".into(), self.load1.into());
+        m.insert("errors".into(), json!(self.errors));
+        Value::Object(m)
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = format!("{} [{}]: ", self.case(), self.label);
+        if let Some(l) = &self.latency {
+            let _ = write!(
+                s,
+                "p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs ({} samples); ",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us, l.samples
+            );
+        } else {
+            let _ = write!(s, "{} {}; ", thousands(self.rate), self.unit);
+        }
+        if let Some(c) = &self.connections {
+            let _ = write!(s, "{} of {} connected", self.delivered, self.expected);
+            if let Some(b) = c.rss_per_conn_bytes {
+                let _ = write!(s, ", broker RSS +{b:.0} B/conn");
+            }
+            s.push_str("; ");
+        } else {
+            let _ = write!(
+                s,
+                "delivered {}/{} (missing {}, out of order {}) in {:.2} s; ",
+                self.delivered, self.expected, self.missing, self.out_of_order, self.elapsed_s
+            );
+        }
+        let pct = |v: Option<f64>| v.map_or("?".to_owned(), |x| format!("{x:.0}%"));
+        let _ = write!(
+            s,
+            "CPU: tool {}, broker {}, others {}",
+            pct(self.cpu.tool_pct),
+            pct(self.cpu.broker_pct),
+            pct(self.cpu.others_pct)
+        );
+        if self.tool_saturated() {
+            s.push_str(" (TOOL NEAR SATURATION: the numbers may be the tool's limit)");
+        }
+        s.push_str(if self.ok { " — OK" } else { " — FAILED" });
+        for e in &self.errors {
+            let _ = write!(s, "; {e}");
+        }
+        s
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{}KiB", bytes / 1024)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+/// 1234567.8 -> "1,234,568".
+pub fn thousands(x: f64) -> String {
+    let n = x.round().max(0.0) as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A compact figure: 3.73M, 771k, 93.2k, 812.
+fn compact(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e5 {
+        format!("{:.0}k", x / 1e3)
+    } else if x >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// One figure compared across brokers.
+struct Metric {
+    name: &'static str,
+    /// JSON key of the value.
+    key: &'static str,
+    higher_is_better: bool,
+}
+
+fn metrics_for(scenario: &str) -> Vec<Metric> {
+    let m = |name, key, higher_is_better| Metric {
+        name,
+        key,
+        higher_is_better,
+    };
+    match scenario {
+        "fan-out" => vec![m("deliveries/s", "rate", true)],
+        "latency" => vec![
+            m("p50 µs", "p50_us", false),
+            m("p99 µs", "p99_us", false),
+            m("p99.9 µs", "p999_us", false),
+            m("max µs", "max_us", false),
+        ],
+        "connections" => vec![
+            m("connect rate conn/s", "rate", true),
+            m("broker RSS B/conn", "rss_per_conn_bytes", false),
+        ],
+        _ => vec![m("msg/s", "rate", true)],
+    }
+}
+
+/// The project's targets for the subject broker.
+enum Target {
+    AtLeast(f64, &'static str),
+    AtMost(f64, &'static str),
+    NoWorseThanBaseline,
+}
+
+fn target_for(scenario: &str, qos: u64, subscribers: u64, key: &str) -> Option<Target> {
+    match (scenario, key) {
+        ("fan-in", "rate") if qos == 0 => Some(Target::AtLeast(771_000.0, "rumqttd 771k")),
+        ("fan-in", "rate") if qos == 1 => Some(Target::AtLeast(555_000.0, "rumqttd 555k")),
+        ("fan-out", "rate") if qos == 0 && subscribers == 16 => {
+            Some(Target::AtLeast(3_730_000.0, "rumqttd 3.73M"))
+        }
+        ("latency", "p99_us") => Some(Target::NoWorseThanBaseline),
+        ("connections", "rate") => Some(Target::NoWorseThanBaseline),
+        ("connections", "rss_per_conn_bytes") => Some(Target::AtMost(2048.0, "2 KiB")),
+        _ => None,
+    }
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let mid = values.get(n / 2).copied()?;
+    if n % 2 == 1 {
+        Some(mid)
+    } else {
+        Some((values.get(n / 2 - 1).copied()? + mid) / 2.0)
+    }
+}
+
+#[derive(Default)]
+struct Runs {
+    values: BTreeMap<&'static str, Vec<f64>>,
+    tool_cpu: Vec<f64>,
+    broker_cpu: Vec<f64>,
+    others_cpu: Vec<f64>,
+    runs: usize,
+    ok: usize,
+    saturated: usize,
+    /// The first error of the first failed run.
+    first_error: Option<String>,
+}
+
+/// The Markdown side-by-side tables from JSON lines (one per run): medians with the range
+/// over runs, the ratio subject/baseline, and the project's targets for the subject.
+pub fn markdown(jsonl: &str, subject: &str, baseline: &str) -> Result<String, String> {
+    // case -> (scenario, qos, subscribers), in first-seen order
+    let mut cases: Vec<(String, String, u64, u64)> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    let mut runs: BTreeMap<(String, String), Runs> = BTreeMap::new();
+    for (n, line) in jsonl.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || !line.starts_with('{') {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let num = |k: &str| v.get(k).and_then(Value::as_f64);
+        let (scenario, case, label) = (text("scenario"), text("case"), text("label"));
+        if !cases.iter().any(|c| c.0 == case) {
+            let int = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            cases.push((
+                case.clone(),
+                scenario.clone(),
+                int("qos"),
+                int("subscribers"),
+            ));
+        }
+        if !labels.contains(&label) {
+            labels.push(label.clone());
+        }
+        let r = runs.entry((case, label)).or_default();
+        r.runs += 1;
+        if v.get("ok").and_then(Value::as_bool) == Some(true) {
+            r.ok += 1;
+        }
+        if v.get("tool_saturated").and_then(Value::as_bool) == Some(true) {
+            r.saturated += 1;
+        }
+        if r.first_error.is_none() {
+            r.first_error = v
+                .get("errors")
+                .and_then(Value::as_array)
+                .and_then(|e| e.first())
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        for m in metrics_for(&scenario) {
+            if let Some(x) = num(m.key) {
+                r.values.entry(m.key).or_default().push(x);
+            }
+        }
+        r.tool_cpu.extend(num("tool_cpu_pct"));
+        r.broker_cpu.extend(num("broker_cpu_pct"));
+        r.others_cpu.extend(num("others_cpu_pct"));
+    }
+    // Subject first, baseline second, the others after.
+    labels.sort_by_key(|l| (l != subject, l != baseline, l.clone()));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| Case | Metric | {} | {subject}/{baseline} | Target ({subject}) | Met |",
+        labels.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|{}---|---|---|", "---|".repeat(labels.len()));
+    let mut verdicts = Vec::new();
+    for (case, scenario, qos, subscribers) in &cases {
+        for m in metrics_for(scenario) {
+            let mut medians = BTreeMap::new();
+            let mut cells = Vec::new();
+            for label in &labels {
+                let values = runs
+                    .get_mut(&(case.clone(), label.clone()))
+                    .and_then(|r| r.values.get_mut(m.key));
+                match values {
+                    Some(values) if !values.is_empty() => {
+                        let med = median(values).unwrap_or(0.0);
+                        let (lo, hi) = (
+                            values.first().copied().unwrap_or(0.0),
+                            values.last().copied().unwrap_or(0.0),
+                        );
+                        medians.insert(label.clone(), med);
+                        cells.push(if values.len() > 1 {
+                            format!("**{}** ({}–{})", compact(med), compact(lo), compact(hi))
+                        } else {
+                            format!("**{}**", compact(med))
+                        });
+                    }
+                    _ => cells.push("—".to_owned()),
+                }
+            }
+            let s = medians.get(subject).copied();
+            let b = medians.get(baseline).copied();
+            let ratio = match (s, b) {
+                (Some(s), Some(b)) if b > 0.0 => format!("{:.2}×", s / b),
+                _ => "—".to_owned(),
+            };
+            let (target, met) = match (target_for(scenario, *qos, *subscribers, m.key), s) {
+                (Some(Target::AtLeast(t, text)), Some(s)) => (
+                    format!("≥ {text}"),
+                    verdict(s >= t, s / t, &mut verdicts, case, m.name),
+                ),
+                (Some(Target::AtMost(t, text)), Some(s)) => (
+                    format!("≤ {text}"),
+                    verdict(s <= t, s / t, &mut verdicts, case, m.name),
+                ),
+                (Some(Target::NoWorseThanBaseline), Some(s)) => match b {
+                    Some(b) if b > 0.0 => {
+                        let met = if m.higher_is_better { s >= b } else { s <= b };
+                        let text = if m.higher_is_better { "≥" } else { "≤" };
+                        (
+                            format!("{text} {baseline}"),
+                            verdict(met, s / b, &mut verdicts, case, m.name),
+                        )
+                    }
+                    _ => (format!("vs {baseline}"), "?".to_owned()),
+                },
+                _ => ("".to_owned(), "".to_owned()),
+            };
+            let _ = writeln!(
+                out,
+                "| {case} | {} | {} | {ratio} | {target} | {met} |",
+                m.name,
+                cells.join(" | ")
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU use during the runs (median % of one core; `others` = everything else on the \
+         machine, max over runs), and checks:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| Case | Broker | runs OK | tool CPU | broker CPU | others CPU (max) | notes |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for (case, ..) in &cases {
+        for label in &labels {
+            let Some(r) = runs.get_mut(&(case.clone(), label.clone())) else {
+                continue;
+            };
+            let pct = |v: Option<f64>| v.map_or("—".to_owned(), |x| format!("{x:.0}%"));
+            let others_max = r.others_cpu.iter().copied().reduce(f64::max);
+            let mut notes = Vec::new();
+            if r.saturated > 0 {
+                notes.push(format!(
+                    "tool ≥ {TOOL_SATURATED_PCT:.0}% CPU in {} run(s)",
+                    r.saturated
+                ));
+            }
+            if r.ok < r.runs {
+                let first = r.first_error.as_deref().unwrap_or("no deliveries");
+                notes.push(format!("{} run(s) failed, e.g. {first}", r.runs - r.ok));
+            }
+            let _ = writeln!(
+                out,
+                "| {case} | {label} | {}/{} | {} | {} | {} | {} |",
+                r.ok,
+                r.runs,
+                pct(median(&mut r.tool_cpu)),
+                pct(median(&mut r.broker_cpu)),
+                pct(others_max),
+                notes.join("; ")
+            );
+        }
+    }
+    if !verdicts.is_empty() {
+        let _ = writeln!(out, "\nTargets not met by {subject}:\n");
+        for v in verdicts {
+            let _ = writeln!(out, "- {v}");
+        }
+    }
+    Ok(out)
+}
+
+fn verdict(met: bool, ratio: f64, misses: &mut Vec<String>, case: &str, metric: &str) -> String {
+    if met {
+        "yes".to_owned()
+    } else {
+        misses.push(format!("{case}, {metric}: {ratio:.2}× the target"));
+        format!("**no** ({ratio:.2}×)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let l = Latency::from_nanos((1..=1000).map(|x| x * 1000).collect());
+        assert_eq!(l.samples, 1000);
+        assert_eq!(l.p50_us, 500.0);
+        assert_eq!(l.p99_us, 990.0);
+        assert_eq!(l.p999_us, 999.0);
+        assert_eq!(l.max_us, 1000.0);
+        assert_eq!(Latency::from_nanos(Vec::new()).max_us, 0.0);
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1234567.8), "1,234,568");
+    }
+
+    #[test]
+    fn markdown_compares_medians() {
+        let mut lines = String::new();
+        for (label, rates) in [
+            ("tidemq", [3.0e5, 4.0e5, 5.0e5]),
+            ("mosquitto", [1.0e5, 2.0e5, 3.0e5]),
+        ] {
+            for rate in rates {
+                let mut o = Outcome::new("fan-in", label);
+                o.param("publishers", 8);
+                o.param("qos", 0);
+                o.param("payload", 16);
+                o.rate = rate;
+                o.ok = true;
+                lines.push_str(&o.to_json().to_string());
+                lines.push('\n');
+            }
+        }
+        let md = markdown(&lines, "tidemq", "mosquitto").unwrap();
+        assert!(md.contains("| fan-in 8→1 qos0 16B | msg/s | **400k** (300k–500k) | **200k** (100k–300k) | 2.00× | ≥ rumqttd 771k | **no** (0.52×) |"), "{md}");
+    }
+}
