@@ -200,11 +200,10 @@ pub fn parse_hocon(text: &str, env: &BTreeMap<String, String>) -> Result<Vec<Ent
             ),
         });
     }
-    // The parser wants a std map; it only looks keys up, so its order never shows.
-    #[allow(clippy::disallowed_types)]
-    let env: std::collections::HashMap<String, String> =
-        env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let opts = hocon::ParseOptions::defaults().with_env(env);
+    // The parser takes its own (unordered) map type; it only looks keys up, so no order
+    // can show through.
+    let opts = hocon::ParseOptions::defaults()
+        .with_env(env.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     let parsed = hocon::parse_string_with_options(text, opts).map_err(|e| ConfigIssue {
         source: None,
         line: hocon_error_line(&e),

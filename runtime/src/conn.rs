@@ -466,20 +466,55 @@ async fn next_batch(
 
 async fn write_loop<W, E>(
     conn: ConnId,
-    mut wr: W,
-    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    wr: W,
+    commands: mpsc::UnboundedReceiver<WriterCmd>,
     events: mpsc::Sender<E>,
 ) where
     W: AsyncWrite + Unpin,
     E: From<ConnEvent>,
 {
+    framed_write_loop(conn, wr, commands, events, false).await
+}
+
+/// Wraps each batch of MQTT bytes in one WebSocket binary frame.
+async fn ws_write_loop<W, E>(
+    conn: ConnId,
+    wr: W,
+    commands: mpsc::UnboundedReceiver<WriterCmd>,
+    events: mpsc::Sender<E>,
+) where
+    W: AsyncWrite + Unpin,
+    E: From<ConnEvent>,
+{
+    framed_write_loop(conn, wr, commands, events, true).await
+}
+
+/// Writes batches of MQTT bytes (each in a WebSocket binary frame when `websocket`) and
+/// reports them `Written`; transport bytes (pongs, closes) go out first, uncounted.
+async fn framed_write_loop<W, E>(
+    conn: ConnId,
+    mut wr: W,
+    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    events: mpsc::Sender<E>,
+    websocket: bool,
+) where
+    W: AsyncWrite + Unpin,
+    E: From<ConnEvent>,
+{
     let mut batch = BytesMut::new();
+    let mut frame = BytesMut::new();
     while let Some((bytes, raw, closing)) = next_batch(&mut commands, &mut batch).await {
         if !raw.is_empty() && wr.write_all(&raw).await.is_err() {
             break;
         }
         if !bytes.is_empty() {
-            if wr.write_all(&bytes).await.is_err() {
+            let out = if websocket {
+                ws::binary_frame(&bytes, &mut frame);
+                frame.split().freeze()
+            } else {
+                bytes.clone()
+            };
+            if wr.write_all(&out).await.is_err() {
                 let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
                 return;
             }
@@ -557,41 +592,4 @@ async fn ws_read_loop<R, E>(
         }
     }
     let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
-}
-
-/// Wraps each batch of MQTT bytes in one binary frame.
-async fn ws_write_loop<W, E>(
-    conn: ConnId,
-    mut wr: W,
-    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
-    events: mpsc::Sender<E>,
-) where
-    W: AsyncWrite + Unpin,
-    E: From<ConnEvent>,
-{
-    let mut batch = BytesMut::new();
-    let mut frame = BytesMut::new();
-    while let Some((bytes, raw, closing)) = next_batch(&mut commands, &mut batch).await {
-        if !raw.is_empty() && wr.write_all(&raw).await.is_err() {
-            break;
-        }
-        if !bytes.is_empty() {
-            ws::binary_frame(&bytes, &mut frame);
-            if wr.write_all(&frame.split()).await.is_err() {
-                let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
-                return;
-            }
-            let written = ConnEvent::Written {
-                conn,
-                bytes: bytes.len(),
-            };
-            if events.send(E::from(written)).await.is_err() {
-                break;
-            }
-        }
-        if closing {
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
 }
