@@ -8,11 +8,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use support::{Dir, Running, TIDEMQ, free_port, run, start, tool, wait_for};
+use support::{
+    Dir, Running, TIDEMQ, free_port, mosquitto_pub, mosquitto_sub, run, start, tool, wait_for,
+};
 
 struct Api {
     port: u16,
@@ -88,34 +90,16 @@ fn broker(name: &str, extra: &str) -> (Dir, Running, u16, Api) {
     (dir, running, mqtt, Api { port: http })
 }
 
-fn subscriber(port: u16, args: &[&str]) -> Child {
-    tool("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-W", "30"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn publish(port: u16, args: &[&str]) {
-    let out = run(tool("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args));
-    assert!(out.status.success(), "{out:?}");
-}
-
 #[test]
 fn broker_topic_and_client_info_describe_the_connected_clients() {
     let (_dir, broker, mqtt, api) = broker("info", "");
-    let mut alice = subscriber(
+    let mut alice = mosquitto_sub(
         mqtt,
         &[
             "-i", "alice", "-u", "ann", "-k", "30", "-t", "a/b", "-t", "c/#", "-q", "1",
         ],
     );
-    let mut bob = subscriber(
+    let mut bob = mosquitto_sub(
         mqtt,
         &["-i", "bob", "-k", "45", "-t", "c/d", "-V", "mqttv5"],
     );
@@ -131,8 +115,8 @@ fn broker_topic_and_client_info_describe_the_connected_clients() {
             .len()
             == 2
     });
-    publish(mqtt, &["-t", "c/d", "-m", "x", "-q", "1"]);
-    publish(mqtt, &["-t", "nobody/here", "-m", "y"]);
+    mosquitto_pub(mqtt, &["-t", "c/d", "-m", "x", "-q", "1"]);
+    mosquitto_pub(mqtt, &["-t", "nobody/here", "-m", "y"]);
 
     let info = api.ok(json!({"req": 2, "seq": 42}));
     assert_eq!(info["seq"], 42);
@@ -511,7 +495,7 @@ fn restart_rebinds_a_changed_listener_and_keeps_persistent_sessions() {
     wait_for("the old listener to close", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", mqtt)).is_err()
     });
-    publish(new_port, &["-t", "r/t", "-m", "kept", "-q", "1"]);
+    mosquitto_pub(new_port, &["-t", "r/t", "-m", "kept", "-q", "1"]);
     let resumed = run(tool("mosquitto_sub").args([
         "-h",
         "127.0.0.1",

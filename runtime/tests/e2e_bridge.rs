@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Dir, Running, free_port, make_certs, run, start, tool, wait_for};
+use support::{
+    Dir, Running, free_port, make_certs, mosquitto_pub, mosquitto_sub, run, start, tool, wait_for,
+};
 
 /// A mosquitto broker with persistence in its own folder, restartable on the same port.
 struct Mosquitto {
@@ -121,24 +123,6 @@ fn wait_bridge_up(broker: &Running, times: usize) {
     });
 }
 
-fn sub(port: u16, args: &[&str]) -> Child {
-    tool("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-W", "30"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn publish(port: u16, args: &[&str]) {
-    let out = run(tool("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args));
-    assert!(out.status.success(), "{out:?}");
-}
-
 fn lines(child: Child) -> Vec<String> {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -162,16 +146,16 @@ fn both_directions_at_every_qos(proto_ver: u8) {
     wait_bridge_up(&broker, 1);
     for qos in ["0", "1", "2"] {
         // Local to remote.
-        let remote_sub = sub(
+        let remote_sub = mosquitto_sub(
             remote.port,
             &["-t", "up/#", "-t", "rem/#", "-q", qos, "-C", "2", "-v"],
         );
         std::thread::sleep(Duration::from_millis(300));
-        publish(
+        mosquitto_pub(
             port,
             &["-t", &format!("up/{qos}"), "-m", "hello", "-q", qos],
         );
-        publish(
+        mosquitto_pub(
             port,
             &["-t", &format!("loc/{qos}"), "-m", "remapped", "-q", qos],
         );
@@ -181,9 +165,9 @@ fn both_directions_at_every_qos(proto_ver: u8) {
             "QoS {qos} local to remote"
         );
         // Remote to local.
-        let local_sub = sub(port, &["-t", "down/#", "-q", qos, "-C", "1", "-v"]);
+        let local_sub = mosquitto_sub(port, &["-t", "down/#", "-q", qos, "-C", "1", "-v"]);
         std::thread::sleep(Duration::from_millis(300));
-        publish(
+        mosquitto_pub(
             remote.port,
             &["-t", &format!("down/{qos}"), "-m", "back", "-q", qos],
         );
@@ -236,22 +220,22 @@ fn remote_restart_mid_stream_loses_no_qos1_message() {
     let messages: Vec<String> = (0..total).map(|i| format!("m{i:03}")).collect();
     // A third before the outage, a third while the remote is down, a third after it returns.
     for m in &messages[..20] {
-        publish(port, &["-t", "up/seq", "-m", m, "-q", "1"]);
+        mosquitto_pub(port, &["-t", "up/seq", "-m", m, "-q", "1"]);
     }
     remote.stop();
     wait_for("the bridge to notice", Duration::from_secs(20), || {
         broker.log().contains("bridge down")
     });
     for m in &messages[20..40] {
-        publish(port, &["-t", "up/seq", "-m", m, "-q", "1"]);
+        mosquitto_pub(port, &["-t", "up/seq", "-m", m, "-q", "1"]);
     }
     remote.restart();
     // The queue drains on reconnect, without waiting for new traffic.
     wait_bridge_up(&broker, 2);
     for m in &messages[40..] {
-        publish(port, &["-t", "up/seq", "-m", m, "-q", "1"]);
+        mosquitto_pub(port, &["-t", "up/seq", "-m", m, "-q", "1"]);
     }
-    let keeper = sub(
+    let keeper = mosquitto_sub(
         remote.port,
         &[
             "-i",
@@ -292,10 +276,10 @@ fn two_brokers_bridged_both_ways_do_not_ping_pong() {
     let b = start(&conf_b, &dir_b.file("pid"), &dir_b.file("log"), port_b);
     wait_bridge_up(&a, 1);
     wait_bridge_up(&b, 1);
-    let on_a = sub(port_a, &["-t", "t/#", "-W", "3", "-v"]);
-    let on_b = sub(port_b, &["-t", "t/#", "-W", "3", "-v"]);
+    let on_a = mosquitto_sub(port_a, &["-t", "t/#", "-W", "3", "-v"]);
+    let on_b = mosquitto_sub(port_b, &["-t", "t/#", "-W", "3", "-v"]);
     std::thread::sleep(Duration::from_millis(300));
-    publish(port_a, &["-t", "t/1", "-m", "once", "-q", "1"]);
+    mosquitto_pub(port_a, &["-t", "t/1", "-m", "once", "-q", "1"]);
     // -W 3: each subscriber listens 3 s; a loop would deliver the message again and again.
     let got_a = on_a.wait_with_output().unwrap();
     let got_b = on_b.wait_with_output().unwrap();
@@ -353,9 +337,9 @@ fn bridge_to_a_tls_remote() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    publish(port, &["-t", "up/secure", "-m", "over tls", "-q", "1"]);
+    mosquitto_pub(port, &["-t", "up/secure", "-m", "over tls", "-q", "1"]);
     assert_eq!(lines(remote_sub), ["up/secure over tls"]);
-    let local_sub = sub(port, &["-t", "down/#", "-C", "1", "-v"]);
+    let local_sub = mosquitto_sub(port, &["-t", "down/#", "-C", "1", "-v"]);
     std::thread::sleep(Duration::from_millis(300));
     let out = run(tool("mosquitto_pub")
         .args([

@@ -165,3 +165,23 @@ pub fn make_certs(dir: &Dir, prefix: &str) {
             .arg(p(&format!("{who}.pem"))));
     }
 }
+
+/// A `mosquitto_sub` on 127.0.0.1:`port` (30 s limit), its output piped.
+pub fn mosquitto_sub(port: u16, args: &[&str]) -> Child {
+    tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-W", "30"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `mosquitto_pub` to 127.0.0.1:`port`, which must succeed.
+pub fn mosquitto_pub(port: u16, args: &[&str]) {
+    let out = run(tool("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args));
+    assert!(out.status.success(), "{out:?}");
+}
