@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::{Bytes, BytesMut};
 
@@ -10,6 +11,7 @@ use crate::codec::{
     Publish, PublishRef, QoS, ReasonOnly, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, reason,
 };
 use crate::config::Config;
+use crate::persist::Record;
 use crate::rng::Rng;
 use crate::session::{
     Delivery, Message, NEVER_EXPIRES, OutStage, Session, SessionId, Subscription,
@@ -20,6 +22,7 @@ use crate::{BrokerEvent, ConnId, Input, Instant, Output};
 
 mod admin_api;
 mod bridge;
+mod durable;
 
 /// Broker-wide counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,6 +140,7 @@ pub struct Broker {
     next_bridge_conn: u64,
     /// This broker's mark on messages it bridges out (v5), to recognise them coming back.
     node_id: String,
+    store: durable::Durability,
 }
 
 impl Broker {
@@ -162,7 +166,11 @@ impl Broker {
             bridges: BTreeMap::new(),
             next_bridge_conn: 0,
             node_id: String::new(),
+            store: durable::Durability::default(),
         };
+        if broker.config.persistence.enable {
+            broker.store.mode = Some(broker.config.persistence.sync);
+        }
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
         broker
@@ -186,6 +194,7 @@ impl Broker {
     /// as the last one seen.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         self.now = self.now.max(now);
+        self.store.barrier = 0;
         match input {
             Input::Accepted { conn, peer } => self.accept(conn, peer),
             Input::Received { conn, bytes } => match self.bridge_of(conn) {
@@ -237,6 +246,9 @@ impl Broker {
                 body,
             } => self.handle_admin(req_id, &credentials, &body),
             Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
+            Input::PersistDone { upto } => self.persist_done(upto),
+            Input::PersistFailed { error } => self.persist_failed(error),
+            Input::SnapshotRequest => self.snapshot(),
             Input::Shutdown => {
                 self.close_bridges();
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -417,12 +429,12 @@ impl Broker {
             && !conn.tx.is_empty()
         {
             let bytes = conn.tx.split().freeze();
-            conn.unwritten += bytes.len();
-            self.outputs.push_back(Output::Transmit { conn: id, bytes });
+            self.transmit(id, bytes);
         }
     }
 
     fn flush_all(&mut self) {
+        self.flush_records();
         let dirty = std::mem::take(&mut self.dirty);
         for id in &dirty {
             self.flush_conn(*id);
@@ -446,6 +458,8 @@ impl Broker {
         }
         self.dirty = dirty;
         self.dirty.clear();
+        self.release_held();
+        self.flush_records();
     }
 
     /// Closes a connection: optional v5 DISCONNECT, will, session bookkeeping, `$SYS`.
@@ -474,6 +488,8 @@ impl Broker {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        // Output still waiting for the store goes with the connection.
+        self.store.held.remove(&id);
         if let Some(at) = conn.timer_armed {
             self.timers.remove(&(at, Timer::Conn(id)));
         }
@@ -513,6 +529,7 @@ impl Broker {
     /// A session lost its connection: start the will delay and the expiry clock.
     fn session_disconnected(&mut self, sid: SessionId) {
         let now = self.now;
+        let wall = self.wall_now();
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -535,6 +552,8 @@ impl Broker {
         if expiry != NEVER_EXPIRES {
             session.expires_at = Some(now.plus_secs(u64::from(expiry)));
         }
+        session.disconnected_at_unix_ms = Some(wall);
+        self.persist_session(sid, false);
         self.arm_session_timer(sid);
     }
 
@@ -563,6 +582,14 @@ impl Broker {
         let Some(session) = self.sessions.remove(&sid) else {
             return;
         };
+        if session.durable {
+            self.persist(
+                Record::SessionDel {
+                    client_id: session.client_id.clone(),
+                },
+                true,
+            );
+        }
         if let Some(at) = session.timer_armed {
             self.timers.remove(&(at, Timer::Session(sid)));
         }
@@ -668,7 +695,10 @@ impl Broker {
                         .get(&a.packet_id)
                         .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce)
                 {
-                    session.remove_inflight(a.packet_id);
+                    let entry = session
+                        .remove_inflight(a.packet_id)
+                        .map_or(0, |f| f.delivery.entry);
+                    self.forget_delivery(sid, entry);
                     self.pump(sid);
                 }
             }
@@ -681,6 +711,9 @@ impl Broker {
                     .sessions
                     .get_mut(&sid)
                     .is_some_and(|s| s.awaiting_rel.remove(&a.packet_id));
+                if known {
+                    self.persist_in_qos2(sid, a.packet_id, false);
+                }
                 let reason = if known || !version.is_v5() {
                     reason::SUCCESS
                 } else {
@@ -696,7 +729,10 @@ impl Broker {
                         .get(&a.packet_id)
                         .is_some_and(|f| f.stage == OutStage::Released)
                 {
-                    session.remove_inflight(a.packet_id);
+                    let entry = session
+                        .remove_inflight(a.packet_id)
+                        .map_or(0, |f| f.delivery.entry);
+                    self.forget_delivery(sid, entry);
                     self.pump(sid);
                 }
             }
@@ -948,6 +984,7 @@ impl Broker {
         session.expiry_secs = expiry_secs;
         session.expires_at = None;
         session.will = connect.will.clone();
+        self.persist_connect(sid);
 
         let mut properties = Properties::default();
         if v5 {
@@ -1013,6 +1050,7 @@ impl Broker {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.remove_inflight(pid);
                     }
+                    self.forget_delivery(sid, delivery.entry);
                 }
             }
             OutStage::Released => {
@@ -1151,6 +1189,7 @@ impl Broker {
                     if let Some(conn) = self.conns.get_mut(&id) {
                         conn.rel_pending.insert(pid);
                     }
+                    self.persist_in_qos2(sid, pid, true);
                 }
                 self.send(id, version, &Packet::PubRec(ack(pid, code)));
             }
@@ -1179,12 +1218,24 @@ impl Broker {
         if msg.publisher.is_some() || msg.from_bridge.is_some() {
             self.stats.messages_received += 1;
         }
+        let mut msg = msg;
+        msg.id = self.next_message_id();
         let msg = Arc::new(msg);
         if msg.retain {
+            // The broker's own events are never kept across a restart.
+            let keep = self.durable_on() && !sys::is_reserved(&msg.topic);
             if msg.payload.is_empty() {
-                self.retained.remove(&msg.topic);
+                if self.retained.remove(&msg.topic).is_some() && keep {
+                    let topic = msg.topic.clone();
+                    self.persist(Record::RetainDel { topic }, true);
+                }
             } else {
                 self.retained.insert(&msg.topic, msg.clone());
+                if keep {
+                    self.persist_message(&msg);
+                    let (topic, msg_id) = (msg.topic.clone(), msg.id);
+                    self.persist(Record::RetainPut { topic, msg_id }, true);
+                }
             }
         }
         self.route(&msg);
@@ -1247,15 +1298,17 @@ impl Broker {
                 qos: qos.min(msg.qos),
                 retain: rap && msg.retain,
                 subscription_ids: ids,
+                entry: 0,
             };
             self.deliver(key.0, delivery);
         }
     }
 
     fn can_write(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| c.unwritten + c.tx.len() < self.config.max_write_buffer as usize)
+        let held = self.held_bytes(conn);
+        self.conns.get(&conn).is_some_and(|c| {
+            c.unwritten + c.tx.len() + held < self.config.max_write_buffer as usize
+        })
     }
 
     fn inflight_limit(&self, conn: ConnId) -> usize {
@@ -1282,6 +1335,7 @@ impl Broker {
     /// Sends now if the window and the writer allow, else queues (QoS 1/2, or QoS 0 behind
     /// them for a connected client) within `msq_len`. QoS 0 to a stalled writer is dropped.
     fn deliver(&mut self, sid: SessionId, d: Delivery) {
+        let mut d = d;
         let Some(session) = self.sessions.get(&sid) else {
             return;
         };
@@ -1299,12 +1353,14 @@ impl Broker {
                     && (d.qos == QoS::AtMostOnce
                         || session.inflight.len() < self.inflight_limit(conn)) =>
             {
+                self.persist_delivery(sid, &mut d);
                 self.send_now(sid, conn, d);
             }
             _ => {
                 if session.queue.len() >= self.config.msq_len as usize {
                     return self.drop_message(sid, "queue full");
                 }
+                self.persist_delivery(sid, &mut d);
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     session.queue.push_back(d);
                 }
@@ -1323,11 +1379,16 @@ impl Broker {
             return;
         }
         let Some(pid) = session.allocate_packet_id() else {
+            self.forget_delivery(sid, d.entry);
             return self.drop_message(sid, "no packet identifier free");
         };
-        if self.write_publish(conn, version, &d, Some(pid), false)
-            && let Some(session) = self.sessions.get_mut(&sid)
-        {
+        if d.qos == QoS::ExactlyOnce {
+            // Before the PUBLISH goes out: after a restart the same packet id must carry on.
+            self.persist_out_state(sid, d.entry, pid, false);
+        }
+        if !self.write_publish(conn, version, &d, Some(pid), false) {
+            self.forget_delivery(sid, d.entry);
+        } else if let Some(session) = self.sessions.get_mut(&sid) {
             session.push_inflight(pid, d);
         }
     }
@@ -1430,6 +1491,7 @@ impl Broker {
                 return;
             };
             if d.msg.expired(self.now) {
+                self.forget_delivery(sid, d.entry);
                 self.drop_message(sid, "message expired");
                 continue;
             }
@@ -1445,12 +1507,17 @@ impl Broker {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                 if a.reason >= 0x80 {
                     // The receiver refused it: the flow ends here.
-                    session.remove_inflight(a.packet_id);
+                    let entry = session
+                        .remove_inflight(a.packet_id)
+                        .map_or(0, |f| f.delivery.entry);
+                    self.forget_delivery(sid, entry);
                     self.pump(sid);
                     return;
                 }
                 f.stage = OutStage::Released;
+                let entry = f.delivery.entry;
                 session.mark_sent(a.packet_id);
+                self.persist_out_state(sid, entry, a.packet_id, true);
                 self.send(
                     id,
                     version,
@@ -1515,8 +1582,18 @@ impl Broker {
                 id: sub_id,
             };
             session.subscriptions.insert(raw.clone(), sub);
+            let durable = session.durable.then(|| session.client_id.clone());
             self.subscriptions
                 .insert(parsed.filter, parsed.share_group, sid, sub);
+            if let Some(client_id) = durable {
+                let record = Record::SubPut {
+                    client_id,
+                    filter: raw.clone(),
+                    options: durable::options_byte(options),
+                    subscription_id: sub_id,
+                };
+                self.persist(record, true);
+            }
             reasons.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
                 0 => true,
@@ -1546,6 +1623,7 @@ impl Broker {
             // Expired retained messages are never delivered again: forget them.
             for (topic, _) in expired {
                 self.retained.remove(&topic);
+                self.persist(Record::RetainDel { topic }, false);
             }
             for (_, msg) in msgs {
                 let delivery = Delivery {
@@ -1553,6 +1631,7 @@ impl Broker {
                     retain: true,
                     subscription_ids: sub.id.into_iter().collect(),
                     msg,
+                    entry: 0,
                 };
                 self.deliver(sid, delivery);
             }
@@ -1577,6 +1656,15 @@ impl Broker {
                     if removed {
                         self.subscriptions
                             .remove(parsed.filter, parsed.share_group, &sid);
+                        if let Some(client_id) = self
+                            .sessions
+                            .get(&sid)
+                            .filter(|s| s.durable)
+                            .map(|s| s.client_id.clone())
+                        {
+                            let filter = raw.clone();
+                            self.persist(Record::SubDel { client_id, filter }, true);
+                        }
                         reason::SUCCESS
                     } else {
                         reason::NO_SUBSCRIPTION_EXISTED
@@ -1671,6 +1759,8 @@ impl Broker {
             expires_at: None,
             publisher: None,
             from_bridge: None,
+            id: 0,
+            stored: AtomicBool::new(false),
         });
     }
 }
@@ -1745,6 +1835,8 @@ fn will_message(will: Will, publisher: Option<SessionId>, now: Instant) -> Messa
         expires_at,
         publisher,
         from_bridge: None,
+        id: 0,
+        stored: AtomicBool::new(false),
     }
 }
 
@@ -1762,5 +1854,7 @@ fn into_message(p: Publish) -> Message {
         expires_at: None,
         publisher: None,
         from_bridge: None,
+        id: 0,
+        stored: AtomicBool::new(false),
     }
 }

@@ -66,6 +66,56 @@ pub struct Config {
     /// Named MQTT bridges (old-format single bridge is named `default`).
     pub bridges: BTreeMap<String, BridgeConfig>,
     pub log: LogConfig,
+    pub persistence: PersistenceConfig,
+}
+
+/// When the store's writes count as done (`persistence.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Written and fsynced: survives power loss. Acks wait for it.
+    Fsync,
+    /// Written to the operating system: survives the process being killed. Acks wait for it.
+    Os,
+    /// Written in the background; acks never wait (Mosquitto's and NanoMQ's promise).
+    None,
+}
+
+/// Durable sessions, subscriptions, queued and in-flight QoS 1/2 messages, retained
+/// messages and bridge outboxes (`persistence { ... }`; NanoMQ's `sqlite` block maps here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersistenceConfig {
+    pub enable: bool,
+    /// Directory of the journal and snapshots.
+    pub data_dir: String,
+    pub sync: SyncMode,
+    /// Longest wait before a group of records is committed, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Records that commit a group at once.
+    pub max_batch: u32,
+    /// Bytes per journal segment before a new one starts.
+    pub segment_size: u64,
+    /// Journal bytes since the last snapshot that make the next one.
+    pub snapshot_threshold: u64,
+    /// Damage before the last segment's tail: refuse to start (`fail`) or keep the valid
+    /// part and go on (`truncate`).
+    pub on_corruption: String,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            enable: false,
+            data_dir: "/var/lib/tidemq".to_owned(),
+            sync: SyncMode::Fsync,
+            flush_interval_ms: 5,
+            max_batch: 1024,
+            segment_size: 64 * 1024 * 1024,
+            snapshot_threshold: 256 * 1024 * 1024,
+            on_corruption: "fail".to_owned(),
+        }
+    }
 }
 
 /// The TLS listener (NanoMQ `tls.*`, HOCON `listeners.ssl`).
@@ -301,6 +351,7 @@ impl Default for Config {
             http_server: HttpServerConfig::default(),
             bridges: BTreeMap::new(),
             log: LogConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -347,6 +398,7 @@ impl Config {
         );
         // Bridges restart with new settings on reload or req 10, not on req 12 alone.
         check(self.bridges != new.bridges, "bridges");
+        check(self.persistence != new.persistence, "persistence");
         check(
             self.num_taskq_thread != new.num_taskq_thread
                 || self.max_taskq_thread != new.max_taskq_thread
@@ -458,6 +510,25 @@ impl Config {
                     message: format!("bridge {name}: QoS must be 0, 1 or 2"),
                 });
             }
+        }
+        let p = &self.persistence;
+        if p.enable && p.data_dir.is_empty() {
+            return err("persistence.data_dir", "must name a directory");
+        }
+        if p.max_batch == 0 {
+            return err("persistence.max_batch", "must be at least 1");
+        }
+        if p.segment_size < 64 * 1024 {
+            return err("persistence.segment_size", "must be at least 64 KiB");
+        }
+        if p.snapshot_threshold < p.segment_size {
+            return err(
+                "persistence.snapshot_threshold",
+                "must be at least persistence.segment_size",
+            );
+        }
+        if !matches!(p.on_corruption.as_str(), "fail" | "truncate") {
+            return err("persistence.on_corruption", "must be fail or truncate");
         }
         if !matches!(
             self.log.level.as_str(),

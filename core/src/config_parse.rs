@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType};
+use crate::config::{
+    BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType, SyncMode,
+};
 
 /// One setting as found in a source.
 #[derive(Debug, Clone, PartialEq)]
@@ -573,6 +575,26 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "log.file" => c.log.file = string(v)?,
         "log.rotation.size" => c.log.rotation_size = size(v)?,
         "log.rotation.count" => c.log.rotation_count = int(v)?,
+
+        "persistence" | "sqlite" => {
+            c.persistence.enable = true;
+            return Ok(Applied::Section);
+        }
+        "persistence.enable" => c.persistence.enable = boolean(v)?,
+        "persistence.data_dir" | "sqlite.mounted_file_path" => c.persistence.data_dir = string(v)?,
+        "persistence.sync" => {
+            c.persistence.sync = match string(v)?.as_str() {
+                "fsync" => SyncMode::Fsync,
+                "os" => SyncMode::Os,
+                "none" => SyncMode::None,
+                other => return Err(format!("{other:?}: expected fsync, os or none")),
+            }
+        }
+        "persistence.flush_interval" => c.persistence.flush_interval_ms = millis(v)?,
+        "persistence.max_batch" | "sqlite.flush_mem_threshold" => c.persistence.max_batch = int(v)?,
+        "persistence.segment_size" => c.persistence.segment_size = size(v)?,
+        "persistence.snapshot_threshold" => c.persistence.snapshot_threshold = size(v)?,
+        "persistence.on_corruption" => c.persistence.on_corruption = string(v)?,
 
         "system" | "mqtt" | "auth" | "auth.password" | "bridges" | "bridges.mqtt" => {
             return Ok(Applied::Section);

@@ -10,6 +10,7 @@ mod broker;
 pub mod codec;
 pub mod config;
 pub mod config_parse;
+pub mod persist;
 mod rng;
 mod session;
 mod sys;
@@ -92,6 +93,14 @@ pub enum Input {
         req_id: u64,
         result: Result<(), String>,
     },
+    /// Every record of [`Output::Persist`] numbered up to `upto` is durable as the
+    /// configured `persistence.sync` mode promises. Reported in order.
+    PersistDone { upto: u64 },
+    /// The store cannot keep records any more (a failed fsync is not retried): nothing
+    /// waiting on it is released, and new work that needs it is refused.
+    PersistFailed { error: String },
+    /// The store's journal has grown: answer with [`Output::Snapshot`] of everything live.
+    SnapshotRequest,
 }
 
 /// What the broker asks its driver to do, or tells it.
@@ -127,6 +136,17 @@ pub enum Output {
         conn: ConnId,
         bridge: String,
         address: String,
+    },
+    /// Keep these records, numbered `upto - len + 1 ..= upto`, in order; report with
+    /// [`Input::PersistDone`]. Output that depends on them is held until then.
+    Persist {
+        upto: u64,
+        records: Vec<persist::Record>,
+    },
+    /// Every live record as of sequence number `upto`: it replaces the journal up to there.
+    Snapshot {
+        upto: u64,
+        records: Vec<persist::Record>,
     },
 }
 
@@ -169,5 +189,9 @@ pub enum BrokerEvent {
     ConfigApplied,
     ConfigRejected {
         error: ConfigError,
+    },
+    /// The store failed; durable work is refused from now on.
+    StoreFailed {
+        error: String,
     },
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -29,11 +30,20 @@ pub(crate) struct Message {
     pub publisher: Option<SessionId>,
     /// The bridge it came in through (not forwarded back there).
     pub from_bridge: Option<u64>,
+    /// Its number in the store; given by [`crate::Broker`] when it is published.
+    pub id: u64,
+    /// Whether the store has been given this message (once, however many refer to it).
+    pub stored: AtomicBool,
 }
 
 impl Message {
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// True the first time only: the caller then hands the message to the store.
+    pub fn first_store(&self) -> bool {
+        !self.stored.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -44,6 +54,8 @@ pub(crate) struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Its number among the session's durable deliveries; 0 when not stored.
+    pub entry: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +118,12 @@ pub(crate) struct Session {
     pub messages_received: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
+    /// Kept in the store (persistence on and a session expiry above 0).
+    pub durable: bool,
+    /// The next [`Delivery::entry`].
+    pub next_entry: u64,
+    /// Wall clock when the last connection ended, for expiry across a restart.
+    pub disconnected_at_unix_ms: Option<u64>,
 }
 
 impl Session {
@@ -132,6 +150,9 @@ impl Session {
             messages_received: 0,
             messages_sent: 0,
             messages_dropped: 0,
+            durable: false,
+            next_entry: 1,
+            disconnected_at_unix_ms: None,
         }
     }
 

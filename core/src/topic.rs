@@ -396,6 +396,25 @@ impl<V> RetainTrie<V> {
         old
     }
 
+    /// Every (topic, value), `$` topics included, in topic order.
+    pub fn all(&self) -> Vec<(String, &V)> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(&RetainNode<V>, Option<String>)> = vec![(&self.root, None)];
+        while let Some((node, path)) = stack.pop() {
+            if let (Some(p), Some(v)) = (&path, &node.value) {
+                out.push((p.clone(), v));
+            }
+            for (name, child) in node.children.iter().rev() {
+                let p = match &path {
+                    None => name.clone(),
+                    Some(p) => join(p, name),
+                };
+                stack.push((child, Some(p)));
+            }
+        }
+        out
+    }
+
     /// Every (topic, value) matched by `filter`, in topic order per level.
     pub fn matching(&self, filter: &str) -> Vec<(String, &V)> {
         let levels: Vec<&str> = filter.split('/').collect();

@@ -23,6 +23,7 @@ use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
 use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
 use crate::net::{Listener, Network, TokioNet};
+use crate::store::{self, StoreEvent};
 use crate::tls::{self, SharedTls};
 
 /// Inputs waiting for the driver; readers wait when it is full, which slows their peers.
@@ -36,6 +37,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 enum Event {
     Conn(ConnEvent),
+    Store(StoreEvent),
     ConfigWritten {
         req_id: u64,
         result: Result<PathBuf, String>,
@@ -316,7 +318,13 @@ impl Server {
             http: None,
             stop_requested: false,
             reload_requested: false,
+            store: None,
+            store_failed: None,
         };
+        let mut store_thread = None;
+        if driver.config.persistence.enable {
+            store_thread = Some(driver.open_store(now()).await?);
+        }
         for (url, listener) in self.listeners {
             driver.start_listener(url, listener);
         }
@@ -370,6 +378,12 @@ impl Server {
         }
         info!("shutting down");
         driver.input(now(), Input::Shutdown);
+        let store_failed = driver.store_failed.take();
+        // Closing the channel lets the store commit what it has and stop.
+        driver.store = None;
+        if let Some(thread) = store_thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         let writers = driver.finish();
         let flushed = tokio::time::timeout(SHUTDOWN_GRACE, async {
             for writer in writers {
@@ -380,7 +394,10 @@ impl Server {
         if flushed.is_err() {
             warn!("some connections did not flush within {SHUTDOWN_GRACE:?}");
         }
-        Ok(())
+        match store_failed {
+            Some(error) => Err(io::Error::other(error)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -424,6 +441,10 @@ struct Driver {
     http: Option<JoinHandle<()>>,
     stop_requested: bool,
     reload_requested: bool,
+    /// The store thread's queue, when persistence is on.
+    store: Option<std::sync::mpsc::Sender<store::StoreCmd>>,
+    /// Why the store stopped, if it did: the process then exits with this error.
+    store_failed: Option<String>,
 }
 
 impl Driver {
@@ -512,6 +533,19 @@ impl Driver {
                 self.close_conn(conn);
                 self.input(now, Input::Closed { conn });
             }
+            Event::Store(StoreEvent::Done { upto }) => self.input(now, Input::PersistDone { upto }),
+            Event::Store(StoreEvent::SnapshotWanted) => self.input(now, Input::SnapshotRequest),
+            Event::Store(StoreEvent::Failed { error }) => {
+                error!("{error}; stopping so that nothing more is acknowledged");
+                self.input(
+                    now,
+                    Input::PersistFailed {
+                        error: error.clone(),
+                    },
+                );
+                self.store_failed = Some(error);
+                self.stop_requested = true;
+            }
             Event::ConfigWritten { req_id, result } => {
                 match &result {
                     Ok(path) => info!(file = %path.display(), "admin API changes saved"),
@@ -543,9 +577,52 @@ impl Driver {
         );
     }
 
+    /// Opens the store, restores the core from it, and starts the store thread. Runs before
+    /// any listener accepts.
+    async fn open_store(&mut self, now: Instant) -> io::Result<std::thread::JoinHandle<()>> {
+        let config = self.config.persistence.clone();
+        let started = std::time::Instant::now();
+        let dir = config.data_dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let fs = store::FsDir::open(&config.data_dir)
+                .map_err(|e| format!("persistence.data_dir {}: {e}", config.data_dir))?;
+            store::Journal::open(Box::new(fs), &config)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let (journal, recovered, report) =
+            opened.map_err(|e| io::Error::other(format!("store {dir}: {e}")))?;
+        for s in &report.salvaged {
+            error!(dir, "store damaged, salvaged: {s}");
+        }
+        info!(
+            dir,
+            sync = ?self.config.persistence.sync,
+            snapshot = ?report.snapshot,
+            segments = report.segments,
+            records = report.records,
+            torn_bytes = report.truncated_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "store recovered: {}",
+            recovered.summary()
+        );
+        let events = self.events_tx.clone();
+        let (tx, thread) = store::spawn(journal, &self.config.persistence, move |e| {
+            let _ = events.blocking_send(Event::Store(e));
+        })?;
+        self.store = Some(tx);
+        self.broker.restore(recovered, unix_ms());
+        self.drain(now);
+        Ok(thread)
+    }
+
     /// One input, then every output it caused.
     fn input(&mut self, now: Instant, input: Input) {
         self.broker.handle_input(now, input);
+        self.drain(now);
+    }
+
+    fn drain(&mut self, now: Instant) {
         while let Some(output) = self.broker.poll_output() {
             match output {
                 Output::Transmit { conn, bytes } => {
@@ -614,6 +691,16 @@ impl Driver {
                 Output::Control(ControlAction::Stop) => self.stop_requested = true,
                 Output::Control(ControlAction::Restart) => self.reload_requested = true,
                 Output::Event(event) => log_event(event),
+                Output::Persist { upto, records } => {
+                    if let Some(store) = &self.store {
+                        let _ = store.send(store::StoreCmd::Persist { upto, records });
+                    }
+                }
+                Output::Snapshot { upto, records } => {
+                    if let Some(store) = &self.store {
+                        let _ = store.send(store::StoreCmd::Snapshot { upto, records });
+                    }
+                }
             }
         }
     }
@@ -795,5 +882,6 @@ fn log_event(event: BrokerEvent) {
         } => warn!(bridge, detail, retry_in_ms, "bridge down"),
         BrokerEvent::ConfigApplied => info!("configuration applied"),
         BrokerEvent::ConfigRejected { error } => error!(%error, "configuration rejected"),
+        BrokerEvent::StoreFailed { error } => error!(error, "store failed"),
     }
 }

@@ -11,6 +11,7 @@ mod listener;
 pub mod logging;
 pub mod net;
 pub mod pidfile;
+pub mod store;
 pub mod tls;
 
 pub use driver::{ConfigOrigin, Control, Server, ServerHandle};

@@ -15,6 +15,7 @@ use crate::codec::{
     ReasonOnly, Subscribe, SubscriptionOptions, reason,
 };
 use crate::config::{BridgeConfig, BridgeForward};
+use crate::persist::{self, Record};
 use crate::session::Message;
 use crate::topic;
 use crate::{BrokerEvent, ConnId, Instant, Output};
@@ -46,6 +47,9 @@ struct Outgoing {
     qos: QoS,
     retain: bool,
     properties: Properties,
+    /// Its number in the store's bridge outbox (with its body's id); 0 when not stored.
+    entry: u64,
+    msg_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,8 @@ pub(crate) struct Bridge {
     last_rx: Instant,
     last_tx: Instant,
     timer_armed: Option<Instant>,
+    /// The next [`Outgoing::entry`].
+    next_entry: u64,
 }
 
 impl Bridge {
@@ -106,6 +112,7 @@ impl Bridge {
             last_rx: now,
             last_tx: now,
             timer_armed: None,
+            next_entry: 1,
         }
     }
 
@@ -177,8 +184,10 @@ impl Broker {
                 if let Some(config) = wanted.get(&name) {
                     if let Some(b) = self.bridges.get_mut(&name) {
                         let outbox = std::mem::take(&mut b.outbox);
+                        let next_entry = b.next_entry;
                         *b = Bridge::new(config.clone(), self.now);
                         b.outbox = outbox;
+                        b.next_entry = next_entry;
                     }
                     self.arm_bridge_timer(&name);
                 } else if let Some(b) = self.bridges.remove(&name) {
@@ -187,6 +196,15 @@ impl Broker {
                     }
                     let lost = (b.outbox.len() + b.inflight.len()) as u64;
                     self.stats.messages_dropped += lost;
+                    let entries: Vec<u64> = b
+                        .outbox
+                        .iter()
+                        .chain(b.inflight.values().map(|(m, _)| m))
+                        .map(|m| m.entry)
+                        .collect();
+                    for entry in entries {
+                        self.bridge_forget(&name, entry);
+                    }
                 }
             }
         }
@@ -314,6 +332,12 @@ impl Broker {
             return;
         };
         let conn = b.conn.take();
+        if let Some(conn) = conn {
+            self.store.held.remove(&conn);
+        }
+        let Some(b) = self.bridges.get_mut(name) else {
+            return;
+        };
         let was_up = b.link == Link::Up;
         b.link = Link::Down;
         b.deadline = None;
@@ -365,10 +389,7 @@ impl Broker {
         let mut bytes = BytesMut::new();
         if codec::encode_packet(packet, b.version, &mut bytes).is_ok() {
             b.last_tx = self.now;
-            self.outputs.push_back(Output::Transmit {
-                conn,
-                bytes: bytes.freeze(),
-            });
+            self.transmit(conn, bytes.freeze());
         }
     }
 
@@ -493,14 +514,16 @@ impl Broker {
                     .get(&a.packet_id)
                     .is_some_and(|(m, _)| m.qos == QoS::AtLeastOnce)
                 {
-                    remove_inflight(b, a.packet_id);
+                    let entry = remove_inflight(b, a.packet_id);
+                    self.bridge_forget(name, entry);
                     self.bridge_pump(name);
                 }
             }
             (Link::Up, Packet::PubRec(a)) => match b.inflight.get_mut(&a.packet_id) {
                 Some((m, stage)) if m.qos == QoS::ExactlyOnce => {
                     if a.reason >= 0x80 {
-                        remove_inflight(b, a.packet_id);
+                        let entry = remove_inflight(b, a.packet_id);
+                        self.bridge_forget(name, entry);
                         self.stats.messages_dropped += 1;
                         self.bridge_pump(name);
                     } else {
@@ -518,7 +541,8 @@ impl Broker {
                     .get(&a.packet_id)
                     .is_some_and(|(_, s)| *s == Stage::Released)
                 {
-                    remove_inflight(b, a.packet_id);
+                    let entry = remove_inflight(b, a.packet_id);
+                    self.bridge_forget(name, entry);
                     self.bridge_pump(name);
                 }
             }
@@ -577,6 +601,8 @@ impl Broker {
                 expires_at,
                 publisher: None,
                 from_bridge: Some(bridge_key),
+                id: 0,
+                stored: std::sync::atomic::AtomicBool::new(false),
             });
         } else {
             self.stats.messages_dropped += 1;
@@ -645,6 +671,8 @@ impl Broker {
             qos: rule.qos.and_then(QoS::from_u8).unwrap_or(msg.qos),
             retain: rule.retain.unwrap_or(msg.retain),
             properties,
+            entry: 0,
+            msg_id: 0,
         }
     }
 
@@ -668,9 +696,84 @@ impl Broker {
             });
             return;
         }
-        b.outbox.push_back(out);
+        let mut out = out;
+        if self.store.mode.is_some() && out.qos != QoS::AtMostOnce {
+            out.entry = b.next_entry;
+            b.next_entry += 1;
+            out.msg_id = self.next_message_id();
+            for record in bridge_put(name, &out) {
+                self.persist(record, true);
+            }
+        }
+        if let Some(b) = self.bridges.get_mut(name) {
+            b.outbox.push_back(out);
+        }
         if up {
             self.bridge_pump(name);
+        }
+    }
+
+    fn bridge_forget(&mut self, name: &str, entry: u64) {
+        if entry != 0 {
+            self.persist(
+                Record::BridgeDel {
+                    bridge: name.to_owned(),
+                    entry,
+                },
+                false,
+            );
+        }
+    }
+
+    /// Every stored outbox entry, for a snapshot.
+    pub(super) fn bridge_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (name, b) in &self.bridges {
+            let inflight = b
+                .inflight_order
+                .iter()
+                .filter_map(|id| b.inflight.get(id).map(|(m, _)| m));
+            for m in inflight.chain(b.outbox.iter()) {
+                if m.entry != 0 {
+                    out.extend(bridge_put(name, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts recovered outbox entries back, oldest first; those of bridges no longer
+    /// configured are dropped and forgotten.
+    pub(super) fn restore_bridges(
+        &mut self,
+        entries: BTreeMap<String, BTreeMap<u64, persist::BridgeEntry>>,
+        messages: &BTreeMap<u64, Arc<Message>>,
+    ) {
+        for (name, list) in entries {
+            if !self.bridges.contains_key(&name) {
+                self.stats.messages_dropped += list.len() as u64;
+                for entry in list.keys() {
+                    self.bridge_forget(&name, *entry);
+                }
+                continue;
+            }
+            for (entry, e) in list {
+                let Some(m) = messages.get(&e.msg_id) else {
+                    continue;
+                };
+                if let Some(b) = self.bridges.get_mut(&name) {
+                    b.next_entry = b.next_entry.max(entry + 1);
+                    b.outbox.push_back(Outgoing {
+                        topic: m.topic.clone(),
+                        payload: m.payload.clone(),
+                        qos: e.qos,
+                        retain: e.retain,
+                        properties: m.properties.clone(),
+                        entry,
+                        msg_id: e.msg_id,
+                    });
+                }
+            }
         }
     }
 
@@ -740,11 +843,35 @@ impl Broker {
     }
 }
 
-fn remove_inflight(b: &mut Bridge, id: u16) {
-    b.inflight.remove(&id);
+/// Removes an acknowledged message; its store entry (0 if none).
+fn remove_inflight(b: &mut Bridge, id: u16) -> u64 {
+    let entry = b.inflight.remove(&id).map_or(0, |(m, _)| m.entry);
     if let Some(pos) = b.inflight_order.iter().position(|x| *x == id) {
         b.inflight_order.remove(pos);
     }
+    entry
+}
+
+/// The records of one stored outbox entry: its body, then its place.
+fn bridge_put(name: &str, m: &Outgoing) -> [Record; 2] {
+    [
+        Record::MsgPut(persist::StoredMessage {
+            id: m.msg_id,
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+            properties: m.properties.clone(),
+            expires_at_unix_ms: None,
+        }),
+        Record::BridgePut {
+            bridge: name.to_owned(),
+            entry: m.entry,
+            msg_id: m.msg_id,
+            qos: m.qos,
+            retain: m.retain,
+        },
+    ]
 }
 
 fn ack(packet_id: u16, reason: u8) -> Ack {
