@@ -38,6 +38,8 @@ options (defaults in brackets):
   --concurrency K     connection attempts at once [64]
   --hold S            seconds to hold idle clients before reading the broker's RSS [1]
   --keep-alive S      keep alive in CONNECT [60]
+  --session K         subscribers' sessions: clean, or persistent (clean session 0, so
+                      QoS 1 messages to them are stored when the broker persists) [clean]
   --threads T         tokio worker threads; 1 = single-threaded runtime [1]
 ";
 
@@ -117,6 +119,15 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
             "--concurrency" => opts.concurrency = value(&flag, v)?,
             "--hold" => opts.hold = value(&flag, v)?,
             "--keep-alive" => opts.keep_alive = value(&flag, v)?,
+            "--session" => {
+                opts.persistent = match value::<String>(&flag, v)?.as_str() {
+                    "clean" => false,
+                    "persistent" => true,
+                    other => {
+                        return Err(format!("--session: {other:?} is not clean or persistent"));
+                    }
+                }
+            }
             "--threads" => threads = value(&flag, v)?,
             _ => return Err(format!("unknown option {flag}")),
         }

@@ -67,6 +67,8 @@ pub struct Opts {
     pub inflight: u64,
     /// Keep alive sent in CONNECT, seconds.
     pub keep_alive: u16,
+    /// Subscribers connect with clean session 0 (a session the broker keeps).
+    pub persistent: bool,
 }
 
 impl Default for Opts {
@@ -91,6 +93,7 @@ impl Default for Opts {
             batch: 64,
             inflight: 512,
             keep_alive: 60,
+            persistent: false,
         }
     }
 }
@@ -536,8 +539,9 @@ async fn run_flows(
     for (f, spec) in specs.iter().enumerate() {
         let flow = Arc::new(Flow::new(window, spec.subscribers));
         for s in 0..spec.subscribers {
+            let id = format!("{tag}-s{f}-{s}");
             let mut client =
-                Client::connect(opts.addr, &format!("{tag}-s{f}-{s}"), opts.keep_alive).await?;
+                Client::connect_session(opts.addr, &id, opts.keep_alive, !opts.persistent).await?;
             client.subscribe(&spec.filter, opts.qos).await?;
             subscribers.push((flow.clone(), s, spec.topics.len(), client));
         }

@@ -216,6 +216,16 @@ pub struct Client {
 impl Client {
     /// Connects, sends CONNECT (3.1.1, clean session) and waits for a successful CONNACK.
     pub async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> io::Result<Client> {
+        Client::connect_session(addr, client_id, keep_alive, true).await
+    }
+
+    /// [`Client::connect`] with a chosen clean-session flag.
+    pub async fn connect_session(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        clean: bool,
+    ) -> io::Result<Client> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
@@ -226,7 +236,7 @@ impl Client {
         };
         let connect = Packet::Connect(Box::new(Connect {
             version: VERSION,
-            clean_start: true,
+            clean_start: clean,
             keep_alive,
             properties: Properties::default(),
             client_id: client_id.to_owned(),
