@@ -911,6 +911,14 @@ impl Broker {
             NEVER_EXPIRES
         };
         let expiry_secs = requested_expiry.min(self.config.max_session_expiry);
+        if expiry_secs > 0 && self.store_refuses() {
+            return self.refuse_connect(
+                id,
+                &connect,
+                reason::QUOTA_EXCEEDED,
+                "the store failed: no new persistent sessions",
+            );
+        }
 
         // Take over a connection that holds this client id.
         if let Some(&old_sid) = self.by_client_id.get(&client_id)
@@ -1170,10 +1178,20 @@ impl Broker {
         }
         let denied = sys::is_reserved(&p.topic);
         let qos = p.qos;
-        if !denied {
+        // With the store gone, a message that would need it is not accepted at all.
+        let refused = !denied && self.store_refuses() && self.needs_store(sid, &p);
+        if refused && (!v5 || qos == QoS::AtMostOnce) {
+            return self.drop_conn(
+                id,
+                CloseReason::error(reason::QUOTA_EXCEEDED, "the store failed"),
+            );
+        }
+        if !denied && !refused {
             self.accept_publish(sid, into_message(p));
         }
-        let code = if denied && v5 {
+        let code = if refused {
+            reason::QUOTA_EXCEEDED
+        } else if denied && v5 {
             reason::NOT_AUTHORIZED
         } else {
             reason::SUCCESS
@@ -1569,6 +1587,14 @@ impl Broker {
                 return;
             };
             let existed = session.subscriptions.contains_key(raw);
+            if session.durable && self.store.failed {
+                reasons.push(if v5 {
+                    reason::QUOTA_EXCEEDED
+                } else {
+                    reason::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
             if !existed && session.subscriptions.len() >= self.config.max_subscriptions as usize {
                 reasons.push(if v5 {
                     reason::QUOTA_EXCEEDED

@@ -101,6 +101,10 @@ pub struct PersistenceConfig {
     /// Damage before the last segment's tail: refuse to start (`fail`) or keep the valid
     /// part and go on (`truncate`).
     pub on_corruption: String,
+    /// When the store fails (a write or fsync error, a full disk): exit so a supervisor
+    /// restarts the broker on a consistent journal (`true`), or keep running and refuse
+    /// everything that needs the store with reason code 0x97 (`false`).
+    pub fail_fast: bool,
 }
 
 impl Default for PersistenceConfig {
@@ -114,6 +118,7 @@ impl Default for PersistenceConfig {
             segment_size: 64 * 1024 * 1024,
             snapshot_threshold: 256 * 1024 * 1024,
             on_corruption: "fail".to_owned(),
+            fail_fast: true,
         }
     }
 }

@@ -536,15 +536,19 @@ impl Driver {
             Event::Store(StoreEvent::Done { upto }) => self.input(now, Input::PersistDone { upto }),
             Event::Store(StoreEvent::SnapshotWanted) => self.input(now, Input::SnapshotRequest),
             Event::Store(StoreEvent::Failed { error }) => {
-                error!("{error}; stopping so that nothing more is acknowledged");
                 self.input(
                     now,
                     Input::PersistFailed {
                         error: error.clone(),
                     },
                 );
-                self.store_failed = Some(error);
-                self.stop_requested = true;
+                if self.config.persistence.fail_fast {
+                    error!("{error}; stopping (persistence.fail_fast)");
+                    self.store_failed = Some(error);
+                    self.stop_requested = true;
+                } else {
+                    error!("{error}; running on, refusing what needs the store (0x97)");
+                }
             }
             Event::ConfigWritten { req_id, result } => {
                 match &result {

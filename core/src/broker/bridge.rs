@@ -713,6 +713,19 @@ impl Broker {
         }
     }
 
+    /// Whether some bridge would keep a forward of this topic in its outbox (QoS 1/2).
+    pub(super) fn bridge_would_keep(&self, topic: &str, qos: QoS) -> bool {
+        self.bridges.values().any(|b| {
+            b.config
+                .forwards
+                .iter()
+                .find(|f| topic::matches(&f.local_topic, topic))
+                .is_some_and(|rule| {
+                    rule.qos.and_then(QoS::from_u8).unwrap_or(qos) != QoS::AtMostOnce
+                })
+        })
+    }
+
     fn bridge_forget(&mut self, name: &str, entry: u64) {
         if entry != 0 {
             self.persist(

@@ -84,7 +84,9 @@ impl Broker {
         }
         if self.store.failed {
             // Nothing that needed this record may ever be acknowledged.
-            self.store.barrier = u64::MAX;
+            if gate {
+                self.store.barrier = u64::MAX;
+            }
             return;
         }
         self.store.seq += 1;
@@ -583,5 +585,37 @@ impl Broker {
         };
         // The PUBCOMP waits too: a lost release would swallow the id's next message.
         self.persist(record, true);
+    }
+}
+
+impl Broker {
+    /// The store failed: work that needs it is refused.
+    pub(super) fn store_refuses(&self) -> bool {
+        self.store.mode.is_some() && self.store.failed
+    }
+
+    /// Whether accepting this client PUBLISH would give the store something to keep: a
+    /// retained value, a QoS 1/2 delivery to a durable session, or a bridge outbox entry.
+    pub(super) fn needs_store(&self, publisher: SessionId, p: &crate::codec::Publish) -> bool {
+        if p.retain {
+            return true;
+        }
+        if p.qos == QoS::AtMostOnce {
+            return false;
+        }
+        let mut matched = Vec::new();
+        self.subscriptions.matches(&p.topic, &mut matched);
+        let durable_target = matched.iter().any(|m| match m {
+            topic::SubMatch::Single(sid, sub) => {
+                sub.options.qos != QoS::AtMostOnce
+                    && !(sub.options.no_local && **sid == publisher)
+                    && self.sessions.get(sid).is_some_and(|s| s.durable)
+            }
+            topic::SubMatch::Shared(group) => group.members.iter().any(|(sid, sub)| {
+                sub.options.qos != QoS::AtMostOnce
+                    && self.sessions.get(sid).is_some_and(|s| s.durable)
+            }),
+        });
+        durable_target || self.bridge_would_keep(&p.topic, p.qos)
     }
 }
