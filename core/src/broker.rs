@@ -122,8 +122,9 @@ pub struct Broker {
     /// Wall clock at `wall_at`, for timestamps shown to users.
     wall_ms: u64,
     wall_at: Instant,
-    conns: BTreeMap<ConnId, Conn>,
-    sessions: BTreeMap<SessionId, Session>,
+    // Boxed: map nodes stay small, each entry costs only its own size (memory per idle client).
+    conns: BTreeMap<ConnId, Box<Conn>>,
+    sessions: BTreeMap<SessionId, Box<Session>>,
     by_client_id: BTreeMap<String, SessionId>,
     next_session_id: SessionId,
     subscriptions: SubscriptionTrie<SessionId, Subscription>,
@@ -323,7 +324,7 @@ impl Broker {
             clean_start: true,
             cert_identity: None,
         };
-        self.conns.insert(id, conn);
+        self.conns.insert(id, Box::new(conn));
         self.arm_conn_timer(id);
     }
 
@@ -946,7 +947,7 @@ impl Broker {
                 let sid = self.next_session_id;
                 self.next_session_id += 1;
                 self.sessions
-                    .insert(sid, Session::new(client_id.clone(), version));
+                    .insert(sid, Box::new(Session::new(client_id.clone(), version)));
                 self.by_client_id.insert(client_id.clone(), sid);
                 (sid, false)
             }
@@ -1814,7 +1815,7 @@ fn buffer_input(rx: &mut BytesMut, bytes: &[u8], max_packet_size: usize) {
 /// or over all members when none is connected (the message waits in its queue).
 fn pick_member(
     group: &topic::SharedGroup<SessionId, Subscription>,
-    sessions: &BTreeMap<SessionId, Session>,
+    sessions: &BTreeMap<SessionId, Box<Session>>,
 ) -> Option<(SessionId, Subscription)> {
     let n = group.members.len();
     if n == 0 {

@@ -18,8 +18,12 @@ use crate::listener::{ListenerUrl, Transport};
 use crate::net::{BoxStream, Listener, Network};
 use crate::tls::SharedTls;
 
-/// Bytes asked of the socket per read.
+/// Most bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Fewest: what an idle connection's reader holds while it waits. The read size doubles
+/// while reads fill it and halves while they use under a quarter, so idle connections stay
+/// small and busy ones read in big chunks.
+const READ_CHUNK_MIN: usize = 256;
 /// Writes are coalesced up to this size.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -63,9 +67,93 @@ pub(crate) enum WriterCmd {
     Close,
 }
 
+/// A connection's outgoing commands: pushed by the driver (and the WebSocket reader), taken
+/// by the writer task. Lighter than an mpsc channel, which allocates a 32-slot block per
+/// connection up front: idle connections are most of a broker's connections.
+struct WriterQueue {
+    state: std::sync::Mutex<QueueState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    cmds: std::collections::VecDeque<WriterCmd>,
+    senders: usize,
+}
+
+/// The sending side of a [`WriterQueue`]; the writer sees the end when the last is dropped.
+pub(crate) struct WriterTx(Arc<WriterQueue>);
+
+/// The writer task's side.
+struct WriterRx(Arc<WriterQueue>);
+
+fn writer_queue() -> (WriterTx, WriterRx) {
+    let queue = Arc::new(WriterQueue {
+        state: std::sync::Mutex::new(QueueState {
+            cmds: std::collections::VecDeque::new(),
+            senders: 1,
+        }),
+        ready: tokio::sync::Notify::new(),
+    });
+    (WriterTx(queue.clone()), WriterRx(queue))
+}
+
+impl WriterTx {
+    pub fn send(&self, cmd: WriterCmd) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.cmds.push_back(cmd);
+        }
+        self.0.ready.notify_one();
+    }
+}
+
+impl Clone for WriterTx {
+    fn clone(&self) -> WriterTx {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.senders += 1;
+        }
+        WriterTx(self.0.clone())
+    }
+}
+
+impl Drop for WriterTx {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.senders = state.senders.saturating_sub(1);
+        }
+        self.0.ready.notify_one();
+    }
+}
+
+impl WriterRx {
+    /// The next command, or `None` once every sender is gone and the queue is empty.
+    async fn recv(&mut self) -> Option<WriterCmd> {
+        loop {
+            if let Some(cmd) = self.try_recv() {
+                return Some(cmd);
+            }
+            if self.0.state.lock().map_or(true, |s| s.senders == 0) {
+                return None;
+            }
+            // A notify between the check and here leaves a permit: no wake-up is lost.
+            self.0.ready.notified().await;
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<WriterCmd> {
+        let mut state = self.0.state.lock().ok()?;
+        let cmd = state.cmds.pop_front();
+        if state.cmds.is_empty() && state.cmds.capacity() > 16 {
+            // A burst is over: give back what it grew.
+            state.cmds = std::collections::VecDeque::new();
+        }
+        cmd
+    }
+}
+
 /// A connection's two tasks, as the driver holds them.
 pub(crate) struct ConnIo {
-    pub writer: mpsc::UnboundedSender<WriterCmd>,
+    pub writer: WriterTx,
     reader: AbortHandle,
     writer_task: JoinHandle<()>,
 }
@@ -73,14 +161,14 @@ pub(crate) struct ConnIo {
 impl ConnIo {
     /// Starts the writer, and the reader behind a gate that [`register`] opens.
     fn launch<W, R>(
-        write: impl FnOnce(mpsc::UnboundedReceiver<WriterCmd>) -> W,
-        read: impl FnOnce(oneshot::Receiver<()>, mpsc::UnboundedSender<WriterCmd>) -> R,
+        write: impl FnOnce(WriterRx) -> W,
+        read: impl FnOnce(oneshot::Receiver<()>, WriterTx) -> R,
     ) -> (ConnIo, oneshot::Sender<()>)
     where
         W: std::future::Future<Output = ()> + Send + 'static,
         R: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (writer, commands) = mpsc::unbounded_channel();
+        let (writer, commands) = writer_queue();
         let writer_task = tokio::spawn(write(commands));
         let (open, gate) = oneshot::channel();
         let reader = tokio::spawn(read(gate, writer.clone())).abort_handle();
@@ -97,7 +185,7 @@ impl ConnIo {
     /// Stops reading and lets the writer flush what it has, then close.
     pub fn close(self) -> JoinHandle<()> {
         self.reader.abort();
-        let _ = self.writer.send(WriterCmd::Close);
+        self.writer.send(WriterCmd::Close);
         self.writer_task
     }
 }
@@ -408,21 +496,19 @@ async fn read_loop<R, E>(
     if gate.await.is_err() {
         return;
     }
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = READ_CHUNK_MIN;
     loop {
-        buf.reserve(READ_CHUNK);
+        // A fresh buffer per read: the bytes handed on never pin a bigger allocation.
+        let mut buf = BytesMut::with_capacity(chunk);
         match rd.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
-                let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
+                report(&events, ConnEvent::Closed { conn }).await;
                 return;
             }
-            Ok(_) => {
-                let bytes = buf.split().freeze();
-                if events
-                    .send(E::from(ConnEvent::Received { conn, bytes }))
-                    .await
-                    .is_err()
-                {
+            Ok(n) => {
+                chunk = next_chunk(chunk, n);
+                let bytes = buf.freeze();
+                if !report(&events, ConnEvent::Received { conn, bytes }).await {
                     return;
                 }
             }
@@ -430,13 +516,27 @@ async fn read_loop<R, E>(
     }
 }
 
+/// Tells the driver; false when it is gone. The send future is boxed: it is large, and
+/// would otherwise be part of every idle connection's task.
+async fn report<E: From<ConnEvent>>(events: &mpsc::Sender<E>, event: ConnEvent) -> bool {
+    Box::pin(events.send(E::from(event))).await.is_ok()
+}
+
+/// The next read size after a read of `n` bytes into `chunk`.
+fn next_chunk(chunk: usize, n: usize) -> usize {
+    if n >= chunk {
+        (chunk * 2).min(READ_CHUNK)
+    } else if n < chunk / 4 {
+        (chunk / 2).max(READ_CHUNK_MIN)
+    } else {
+        chunk
+    }
+}
+
 /// Takes one command and whatever else is already queued, up to [`WRITE_BATCH`] bytes.
 /// Returns the MQTT bytes to write, transport bytes to write first, and whether a close was
 /// asked for; `None` when the channel is closed.
-async fn next_batch(
-    commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
-    batch: &mut BytesMut,
-) -> Option<(Bytes, Bytes, bool)> {
+async fn next_batch(commands: &mut WriterRx, batch: &mut BytesMut) -> Option<(Bytes, Bytes, bool)> {
     let mut raw = BytesMut::new();
     let mut single = None;
     let mut closing = false;
@@ -457,19 +557,15 @@ async fn next_batch(
             }
         }
         if batch.len() < WRITE_BATCH {
-            next = commands.try_recv().ok();
+            next = commands.try_recv();
         }
     }
     let data = single.unwrap_or_else(|| batch.split().freeze());
     Some((data, raw.freeze(), closing))
 }
 
-async fn write_loop<W, E>(
-    conn: ConnId,
-    wr: W,
-    commands: mpsc::UnboundedReceiver<WriterCmd>,
-    events: mpsc::Sender<E>,
-) where
+async fn write_loop<W, E>(conn: ConnId, wr: W, commands: WriterRx, events: mpsc::Sender<E>)
+where
     W: AsyncWrite + Unpin,
     E: From<ConnEvent>,
 {
@@ -477,12 +573,8 @@ async fn write_loop<W, E>(
 }
 
 /// Wraps each batch of MQTT bytes in one WebSocket binary frame.
-async fn ws_write_loop<W, E>(
-    conn: ConnId,
-    wr: W,
-    commands: mpsc::UnboundedReceiver<WriterCmd>,
-    events: mpsc::Sender<E>,
-) where
+async fn ws_write_loop<W, E>(conn: ConnId, wr: W, commands: WriterRx, events: mpsc::Sender<E>)
+where
     W: AsyncWrite + Unpin,
     E: From<ConnEvent>,
 {
@@ -494,7 +586,7 @@ async fn ws_write_loop<W, E>(
 async fn framed_write_loop<W, E>(
     conn: ConnId,
     mut wr: W,
-    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    mut commands: WriterRx,
     events: mpsc::Sender<E>,
     websocket: bool,
 ) where
@@ -515,14 +607,14 @@ async fn framed_write_loop<W, E>(
                 bytes.clone()
             };
             if wr.write_all(&out).await.is_err() {
-                let _ = events.send(E::from(ConnEvent::Closed { conn })).await;
+                report(&events, ConnEvent::Closed { conn }).await;
                 return;
             }
             let written = ConnEvent::Written {
                 conn,
                 bytes: bytes.len(),
             };
-            if events.send(E::from(written)).await.is_err() {
+            if !report(&events, written).await {
                 break;
             }
         }
@@ -540,7 +632,7 @@ async fn ws_read_loop<R, E>(
     mut rd: R,
     mut buf: BytesMut,
     max_frame: usize,
-    writer: mpsc::UnboundedSender<WriterCmd>,
+    writer: WriterTx,
     events: mpsc::Sender<E>,
     gate: oneshot::Receiver<()>,
 ) where
@@ -566,13 +658,13 @@ async fn ws_read_loop<R, E>(
             Ok(Some(Frame::Ping(payload))) => {
                 let mut pong = BytesMut::new();
                 ws::pong_frame(&payload, &mut pong);
-                let _ = writer.send(WriterCmd::Raw(pong.freeze()));
+                writer.send(WriterCmd::Raw(pong.freeze()));
             }
             Ok(Some(Frame::Pong)) => {}
             Ok(Some(Frame::Close)) => {
                 let mut close = BytesMut::new();
                 ws::close_frame(1000, &mut close);
-                let _ = writer.send(WriterCmd::Raw(close.freeze()));
+                writer.send(WriterCmd::Raw(close.freeze()));
                 break;
             }
             Ok(None) => {
@@ -586,7 +678,7 @@ async fn ws_read_loop<R, E>(
                 debug!(%conn, error = %e, "WebSocket framing error");
                 let mut close = BytesMut::new();
                 ws::close_frame(e.close_code(), &mut close);
-                let _ = writer.send(WriterCmd::Raw(close.freeze()));
+                writer.send(WriterCmd::Raw(close.freeze()));
                 break;
             }
         }

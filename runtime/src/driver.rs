@@ -631,7 +631,7 @@ impl Driver {
             match output {
                 Output::Transmit { conn, bytes } => {
                     if let Some(handle) = self.conns.get(&conn) {
-                        let _ = handle.writer.send(WriterCmd::Data(bytes));
+                        handle.writer.send(WriterCmd::Data(bytes));
                     }
                 }
                 Output::Close { conn } => self.close_conn(conn),

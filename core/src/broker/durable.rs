@@ -555,7 +555,7 @@ impl Broker {
             }
             s.mark_all_unsent();
             s.awaiting_rel = rs.awaiting_rel;
-            self.sessions.insert(sid, s);
+            self.sessions.insert(sid, Box::new(s));
             self.by_client_id.insert(client_id, sid);
             self.arm_session_timer(sid);
         }
