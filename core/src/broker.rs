@@ -1241,8 +1241,9 @@ impl Broker {
         msg.id = self.next_message_id();
         let msg = Arc::new(msg);
         if msg.retain {
-            // The broker's own events are never kept across a restart.
-            let keep = self.durable_on() && !sys::is_reserved(&msg.topic);
+            // The broker's own events are never kept across a restart. After a store failure
+            // only what a client is refused for needs it (see `needs_store`).
+            let keep = self.durable_on() && !self.store.failed && !sys::is_reserved(&msg.topic);
             if msg.payload.is_empty() {
                 if self.retained.remove(&msg.topic).is_some() && keep {
                     let topic = msg.topic.clone();
@@ -1372,14 +1373,18 @@ impl Broker {
                     && (d.qos == QoS::AtMostOnce
                         || session.inflight.len() < self.inflight_limit(conn)) =>
             {
-                self.persist_delivery(sid, &mut d);
+                if !self.persist_delivery(sid, &mut d) {
+                    return self.drop_message(sid, "the store failed");
+                }
                 self.send_now(sid, conn, d);
             }
             _ => {
                 if session.queue.len() >= self.config.msq_len as usize {
                     return self.drop_message(sid, "queue full");
                 }
-                self.persist_delivery(sid, &mut d);
+                if !self.persist_delivery(sid, &mut d) {
+                    return self.drop_message(sid, "the store failed");
+                }
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     session.queue.push_back(d);
                 }
@@ -1401,10 +1406,10 @@ impl Broker {
             self.forget_delivery(sid, d.entry);
             return self.drop_message(sid, "no packet identifier free");
         };
-        if d.qos == QoS::ExactlyOnce {
-            // Before the PUBLISH goes out: after a restart the same packet id must carry on.
-            self.persist_out_state(sid, d.entry, pid, false);
-        }
+        // After a restart the same packet id carries on [MQTT-4.4.0-1]. For QoS 2 the record
+        // must be durable before the PUBLISH leaves (else a new id could mean a second
+        // delivery); for QoS 1 a lost record only costs a resend under a new id.
+        self.persist_out_state(sid, d.entry, pid, d.qos, false);
         if !self.write_publish(conn, version, &d, Some(pid), false) {
             self.forget_delivery(sid, d.entry);
         } else if let Some(session) = self.sessions.get_mut(&sid) {
@@ -1536,7 +1541,7 @@ impl Broker {
                 f.stage = OutStage::Released;
                 let entry = f.delivery.entry;
                 session.mark_sent(a.packet_id);
-                self.persist_out_state(sid, entry, a.packet_id, true);
+                self.persist_out_state(sid, entry, a.packet_id, QoS::ExactlyOnce, true);
                 self.send(
                     id,
                     version,

@@ -680,7 +680,7 @@ pub fn read_snapshot(bytes: &[u8]) -> Result<(u64, Vec<Record>), JournalError> {
             let count = r
                 .u64()
                 .map_err(|what| JournalError::BadRecord { offset, what })?;
-            if count != records.len() as u64 || offset + used != bytes.len() {
+            if count != records.len() as u64 || !r.buf.is_empty() || offset + used != bytes.len() {
                 return Err(JournalError::BadRecord {
                     offset,
                     what: "snapshot closing mark does not match its contents",

@@ -21,10 +21,16 @@ pub fn validate_topic_name(topic: &str, max_levels: usize) -> Result<(), TopicEr
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
-    if topic.contains(['+', '#']) {
-        return Err(TopicError::Wildcard);
+    // One pass over the bytes: '+', '#' and '/' are ASCII, so never inside a UTF-8 sequence.
+    let mut levels = 1usize;
+    for b in topic.bytes() {
+        match b {
+            b'+' | b'#' => return Err(TopicError::Wildcard),
+            b'/' => levels += 1,
+            _ => {}
+        }
     }
-    if topic.split('/').count() > max_levels {
+    if levels > max_levels {
         return Err(TopicError::TooManyLevels);
     }
     Ok(())
@@ -128,10 +134,13 @@ impl<K, V> SharedGroup<K, V> {
     }
 }
 
-/// One node of the subscription trie.
+/// One node of the subscription trie. The wildcard levels have their own slots, so matching
+/// a topic costs one map lookup per level.
 #[derive(Debug, Clone)]
 struct SubNode<K, V> {
     children: BTreeMap<String, SubNode<K, V>>,
+    plus: Option<Box<SubNode<K, V>>>,
+    hash: Option<Box<SubNode<K, V>>>,
     subscribers: BTreeMap<K, V>,
     /// share group name -> members.
     shared: BTreeMap<String, SharedGroup<K, V>>,
@@ -141,6 +150,8 @@ impl<K, V> Default for SubNode<K, V> {
     fn default() -> Self {
         SubNode {
             children: BTreeMap::new(),
+            plus: None,
+            hash: None,
             subscribers: BTreeMap::new(),
             shared: BTreeMap::new(),
         }
@@ -149,7 +160,55 @@ impl<K, V> Default for SubNode<K, V> {
 
 impl<K, V> SubNode<K, V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subscribers.is_empty()
+            && self.shared.is_empty()
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut SubNode<K, V>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    fn child_or_default(&mut self, level: &str) -> &mut SubNode<K, V> {
+        match level {
+            "+" => self.plus.get_or_insert_with(Box::default),
+            "#" => self.hash.get_or_insert_with(Box::default),
+            _ => self.children.entry(level.to_owned()).or_default(),
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            _ => {
+                self.children.remove(level);
+            }
+        }
+    }
+
+    fn child_count(&self) -> usize {
+        self.children.len() + usize::from(self.plus.is_some()) + usize::from(self.hash.is_some())
+    }
+
+    /// Children in level order, wildcards included.
+    fn sorted_children(&self) -> Vec<(&str, &SubNode<K, V>)> {
+        let mut all: Vec<(&str, &SubNode<K, V>)> =
+            self.children.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        if let Some(n) = &self.plus {
+            all.push(("+", n));
+        }
+        if let Some(n) = &self.hash {
+            all.push(("#", n));
+        }
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
     }
 }
 
@@ -192,7 +251,7 @@ impl<K: Ord + Clone, V: Clone> SubscriptionTrie<K, V> {
     pub fn insert(&mut self, filter: &str, group: Option<&str>, key: K, value: V) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.to_owned()).or_default();
+            node = node.child_or_default(level);
         }
         let slot = match group {
             Some(g) => &mut node.shared.entry(g.to_owned()).or_default().members,
@@ -223,14 +282,14 @@ impl<K: Ord + Clone, V: Clone> SubscriptionTrie<K, V> {
         let mut pending: Vec<(&SubNode<K, V>, usize)> = vec![(&self.root, 0)];
         while let Some((node, depth)) = pending.pop() {
             let wildcards_allowed = !(depth == 0 && dollar);
-            if wildcards_allowed && let Some(hash) = node.children.get("#") {
+            if wildcards_allowed && let Some(hash) = &node.hash {
                 collect(hash, out);
             }
             let Some(level) = topic.split('/').nth(depth) else {
                 collect(node, out);
                 continue;
             };
-            if wildcards_allowed && let Some(plus) = node.children.get("+") {
+            if wildcards_allowed && let Some(plus) = &node.plus {
                 pending.push((plus, depth + 1));
             }
             if let Some(child) = node.children.get(level) {
@@ -265,10 +324,10 @@ impl<K: Ord + Clone, V: Clone> SubscriptionTrie<K, V> {
                 }
                 level.push(TreeNode {
                     level: name,
-                    children: node.children.len(),
+                    children: node.child_count(),
                     subscribers,
                 });
-                next.extend(node.children.iter().map(|(k, v)| (k.as_str(), v)));
+                next.extend(node.sorted_children());
             }
             levels.push(level);
             current = next;
@@ -315,12 +374,12 @@ fn remove_at<K: Ord, V>(
             None => node.subscribers.remove(key).is_some(),
         };
     };
-    let Some(child) = node.children.get_mut(*first) else {
+    let Some(child) = node.child_mut(first) else {
         return false;
     };
     let removed = remove_at(child, rest, group, key);
     if child.is_empty() {
-        node.children.remove(*first);
+        node.remove_child(first);
     }
     removed
 }

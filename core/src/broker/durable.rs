@@ -130,16 +130,22 @@ impl Broker {
         self.store.next_msg_id
     }
 
-    /// A delivery a durable session keeps (QoS 1/2): numbered and stored.
-    pub(super) fn persist_delivery(&mut self, sid: SessionId, d: &mut Delivery) {
+    /// A delivery a durable session keeps (QoS 1/2): numbered and stored. False when it
+    /// cannot be stored (the store failed): it is dropped rather than kept on a promise the
+    /// store can no longer back, and nothing else waits for it.
+    pub(super) fn persist_delivery(&mut self, sid: SessionId, d: &mut Delivery) -> bool {
         if d.qos == QoS::AtMostOnce || d.entry != 0 {
-            return;
+            return true;
         }
+        let failed = self.store.failed;
         let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
+            return true;
         };
         if !session.durable {
-            return;
+            return true;
+        }
+        if failed {
+            return false;
         }
         d.entry = session.next_entry;
         session.next_entry += 1;
@@ -156,6 +162,7 @@ impl Broker {
             },
             true,
         );
+        true
     }
 
     /// A stored delivery finished or was dropped.
@@ -173,12 +180,15 @@ impl Broker {
         self.persist(Record::QueueDel { client_id, entry }, false);
     }
 
-    /// An outbound QoS 2 delivery took packet id `pid` (or sent its PUBREL).
+    /// A stored delivery took packet id `pid` (or, QoS 2, sent its PUBREL). Only QoS 2
+    /// needs the record durable before the packet leaves: a lost QoS 1 record only costs a
+    /// resend under a new id, a lost QoS 2 one could mean a second delivery.
     pub(super) fn persist_out_state(
         &mut self,
         sid: SessionId,
         entry: u64,
         pid: u16,
+        qos: QoS,
         released: bool,
     ) {
         let Some(session) = self.sessions.get(&sid) else {
@@ -195,7 +205,7 @@ impl Broker {
                 packet_id: pid,
                 released,
             },
-            true,
+            qos == QoS::ExactlyOnce,
         );
     }
 
@@ -281,8 +291,7 @@ impl Broker {
                 if f.delivery.entry == 0 {
                     continue;
                 }
-                let state = (f.delivery.qos == QoS::ExactlyOnce)
-                    .then_some((pid, f.stage == OutStage::Released));
+                let state = Some((pid, f.stage == OutStage::Released));
                 deliveries.push((f.delivery.clone(), state));
             }
         }
@@ -511,6 +520,17 @@ impl Broker {
             s.durable = true;
             s.expiry_secs = rs.expiry_secs;
             s.disconnected_at_unix_ms = Some(rs.disconnected_at_unix_ms.unwrap_or(unix_ms));
+            // Connected when the broker stopped: its expiry runs from this start, and the store
+            // must say so, or every later restart would start the clock again.
+            let restarted_clock =
+                rs.disconnected_at_unix_ms
+                    .is_none()
+                    .then(|| Record::SessionPut {
+                        client_id: client_id.clone(),
+                        version: rs.version,
+                        expiry_secs: rs.expiry_secs,
+                        disconnected_at_unix_ms: Some(unix_ms),
+                    });
             if rs.expiry_secs != NEVER_EXPIRES {
                 let left = u64::from(rs.expiry_secs) * 1000 - elapsed_ms;
                 s.expires_at = Some(now.plus_ms(left));
@@ -542,11 +562,14 @@ impl Broker {
                 match q.out_state {
                     Some((pid, released))
                         if pid != 0
-                            && q.qos == QoS::ExactlyOnce
+                            && q.qos != QoS::AtMostOnce
                             && !s.inflight.contains_key(&pid) =>
                     {
                         s.push_inflight(pid, delivery);
-                        if released && let Some(f) = s.inflight.get_mut(&pid) {
+                        if released
+                            && q.qos == QoS::ExactlyOnce
+                            && let Some(f) = s.inflight.get_mut(&pid)
+                        {
                             f.stage = OutStage::Released;
                         }
                     }
@@ -555,6 +578,9 @@ impl Broker {
             }
             s.mark_all_unsent();
             s.awaiting_rel = rs.awaiting_rel;
+            if let Some(record) = restarted_clock {
+                self.persist(record, false);
+            }
             self.sessions.insert(sid, Box::new(s));
             self.by_client_id.insert(client_id, sid);
             self.arm_session_timer(sid);

@@ -461,10 +461,11 @@ impl Reader {
     /// A UTF-8 string as MQTT defines it: well-formed and without U+0000.
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let raw = self.binary()?;
-        let s = std::str::from_utf8(&raw).map_err(|_| DecodeError::Malformed("invalid UTF-8"))?;
-        if s.contains('\0') {
+        // A zero byte is U+0000 in UTF-8 and nothing else: a byte search, no char decoding.
+        if raw.contains(&0) {
             return Err(DecodeError::Malformed("U+0000 in a string"));
         }
+        let s = std::str::from_utf8(&raw).map_err(|_| DecodeError::Malformed("invalid UTF-8"))?;
         Ok(s.to_owned())
     }
 
