@@ -142,6 +142,19 @@ pub struct Broker {
     /// This broker's mark on messages it bridges out (v5), to recognise them coming back.
     node_id: String,
     store: durable::Durability,
+    /// The last QoS 0 PUBLISH encoded, so a fan-out encodes each message once per version.
+    last_qos0: Option<EncodedQos0>,
+}
+
+/// Where the last QoS 0 PUBLISH was encoded; its bytes are copied out when a second
+/// subscriber needs the same encoding (a single delivery never pays for the copy).
+struct EncodedQos0 {
+    msg_id: u64,
+    version: ProtocolVersion,
+    retain: bool,
+    conn: ConnId,
+    range: std::ops::Range<usize>,
+    bytes: Option<Bytes>,
 }
 
 impl Broker {
@@ -168,6 +181,7 @@ impl Broker {
             next_bridge_conn: 0,
             node_id: String::new(),
             store: durable::Durability::default(),
+            last_qos0: None,
         };
         if broker.config.persistence.enable {
             broker.store.mode = Some(broker.config.persistence.sync);
@@ -435,6 +449,8 @@ impl Broker {
     }
 
     fn flush_all(&mut self) {
+        // The cached range points into a buffer that is about to be handed out.
+        self.last_qos0 = None;
         self.flush_records();
         let dirty = std::mem::take(&mut self.dirty);
         for id in &dirty {
@@ -1436,6 +1452,10 @@ impl Broker {
             return false;
         }
         let extra = version.is_v5() && (!d.subscription_ids.is_empty() || msg.expires_at.is_some());
+        let cacheable = pid.is_none() && !extra && !dup;
+        if cacheable && let Some(bytes) = self.cached_qos0(msg.id, version, d.retain) {
+            return self.write_encoded(conn, &bytes);
+        }
         let owned;
         let properties = if extra {
             let mut p = msg.properties.clone();
@@ -1467,16 +1487,68 @@ impl Broker {
         if c.tx.is_empty() {
             self.dirty.push(conn);
         }
+        let start = c.tx.len();
         if publish.encode(version, &mut c.tx).is_err() {
             self.stats.messages_dropped += 1;
             return false;
         }
+        if cacheable {
+            self.last_qos0 = Some(EncodedQos0 {
+                msg_id: msg.id,
+                version,
+                retain: d.retain,
+                conn,
+                range: start..c.tx.len(),
+                bytes: None,
+            });
+        }
+        self.count_sent(conn);
+        true
+    }
+
+    fn count_sent(&mut self, conn: ConnId) {
         self.stats.messages_sent += 1;
-        if let ConnState::Active(sid) = c.state
+        if let Some(c) = self.conns.get(&conn)
+            && let ConnState::Active(sid) = c.state
             && let Some(s) = self.sessions.get_mut(&sid)
         {
             s.messages_sent += 1;
         }
+    }
+
+    /// The encoded QoS 0 PUBLISH of message `msg_id`, if it was the last one encoded.
+    fn cached_qos0(
+        &mut self,
+        msg_id: u64,
+        version: ProtocolVersion,
+        retain: bool,
+    ) -> Option<Bytes> {
+        let cache = self.last_qos0.as_mut()?;
+        if cache.msg_id != msg_id || cache.version != version || cache.retain != retain {
+            return None;
+        }
+        if cache.bytes.is_none() {
+            let c = self.conns.get(&cache.conn)?;
+            let encoded = c.tx.get(cache.range.clone())?;
+            cache.bytes = Some(Bytes::copy_from_slice(encoded));
+        }
+        cache.bytes.clone()
+    }
+
+    /// Appends an already encoded PUBLISH.
+    fn write_encoded(&mut self, conn: ConnId, bytes: &[u8]) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if bytes.len() > c.client_max_packet_size as usize {
+            self.stats.messages_dropped += 1;
+            return false;
+        }
+        if c.tx.is_empty() {
+            self.dirty.push(conn);
+        }
+        c.tx.extend_from_slice(bytes);
+        self.count_sent(conn);
         true
     }
 

@@ -502,6 +502,9 @@ const FRAME_LEN: usize = 4 + 4 + 8;
 pub const MAX_RECORD_LEN: usize = 268_435_455 + 64 * 1024;
 /// Record type of a snapshot's closing mark; never in a segment.
 const T_SNAPSHOT_END: u8 = 0xFE;
+/// Frame type of a batch: the records of one broker input, numbered from the frame's
+/// sequence number, under one checksum, so recovery applies all of them or none.
+const T_BATCH: u8 = 0xFD;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -559,6 +562,39 @@ pub fn encode_frame(seq: u64, record: &Record, out: &mut BytesMut) {
     let mut body = BytesMut::new();
     record.encode(&mut body);
     frame_body(seq, &body, out);
+}
+
+/// Appends the records of one input, numbered `first_seq..`, as one frame: a crash that
+/// cuts it leaves none of them, so no input is ever half applied after a restart.
+pub fn encode_batch(first_seq: u64, records: &[Record], out: &mut BytesMut) {
+    let mut body = BytesMut::new();
+    body.put_u8(T_BATCH);
+    body.put_u32(records.len() as u32);
+    let mut one = BytesMut::new();
+    for r in records {
+        one.clear();
+        r.encode(&mut one);
+        put_bytes(&mut body, &one);
+    }
+    frame_body(first_seq, &body, out);
+}
+
+/// The records of a batch frame's body (after its type byte).
+fn decode_batch(body: &[u8]) -> Result<Vec<Record>, &'static str> {
+    let mut r = Cursor { buf: body };
+    let count = r.u32()? as usize;
+    // Each record takes at least its 4-byte length and a type byte.
+    if count > r.buf.len() / 5 {
+        return Err("batch count past the end");
+    }
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        records.push(Record::decode(r.bytes()?)?);
+    }
+    if !r.buf.is_empty() {
+        return Err("trailing bytes after the batch");
+    }
+    Ok(records)
 }
 
 fn frame_body(seq: u64, body: &[u8], out: &mut BytesMut) {
@@ -620,24 +656,23 @@ pub fn scan_segment(bytes: &[u8]) -> Result<(u64, Scan), JournalError> {
                     });
                     break;
                 }
-                match body.first() {
-                    Some(&T_SNAPSHOT_END) | None => {
-                        scan.stopped = Some(JournalError::BadRecord {
-                            offset,
-                            what: "snapshot mark inside a segment",
-                        });
-                        break;
+                let decoded = match body.split_first() {
+                    Some((&T_SNAPSHOT_END, _)) | None => Err("snapshot mark inside a segment"),
+                    Some((&T_BATCH, rest)) => decode_batch(rest),
+                    Some(_) => Record::decode(body).map(|r| vec![r]),
+                };
+                match decoded {
+                    Ok(records) => {
+                        for r in records {
+                            scan.records.push((expect, r));
+                            expect = expect.wrapping_add(1);
+                        }
                     }
-                    _ => {}
-                }
-                match Record::decode(body) {
-                    Ok(r) => scan.records.push((seq, r)),
                     Err(what) => {
                         scan.stopped = Some(JournalError::BadRecord { offset, what });
                         break;
                     }
                 }
-                expect = expect.wrapping_add(1);
                 offset += used;
                 scan.valid_len = offset;
             }

@@ -321,26 +321,28 @@ impl Journal {
         Ok((journal, state, report))
     }
 
-    /// Appends records numbered `upto - len + 1 ..= upto` (the write, not the commit).
+    /// Appends the records of one input, numbered `upto - len + 1 ..= upto`, as one frame
+    /// (the write, not the commit). A segment is only ever left between inputs, so an input
+    /// is never split across files either.
     pub fn append(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
-        let first = upto + 1 - records.len() as u64;
-        if first != self.next_seq {
-            return Err(io::Error::other(format!(
-                "records from {first} where {} was expected",
-                self.next_seq
-            )));
+        let first = (upto + 1)
+            .checked_sub(records.len() as u64)
+            .filter(|f| *f == self.next_seq)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "records up to {upto} ({} of them) where {} was expected next",
+                    records.len(),
+                    self.next_seq
+                ))
+            })?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.active_len >= self.segment_size {
+            self.rotate(first)?;
         }
         let mut buf = BytesMut::new();
-        for (i, r) in records.iter().enumerate() {
-            if self.active_len + buf.len() as u64 >= self.segment_size && !buf.is_empty() {
-                self.write_active(&buf)?;
-                buf.clear();
-            }
-            if self.active_len >= self.segment_size {
-                self.rotate(first + i as u64)?;
-            }
-            persist::encode_frame(first + i as u64, r, &mut buf);
-        }
+        persist::encode_batch(first, records, &mut buf);
         self.write_active(&buf)?;
         self.next_seq = upto + 1;
         Ok(())
