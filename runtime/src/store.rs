@@ -32,6 +32,7 @@ pub trait StoreDir: Send {
     fn create(&mut self, name: &str) -> io::Result<Box<dyn StoreFile>>;
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()>;
     fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Cuts a file to `len` bytes, durably.
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
     /// Makes creations, renames and removals durable.
     fn sync_dir(&mut self) -> io::Result<()>;
@@ -102,10 +103,9 @@ impl StoreDir for FsDir {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .open(self.path.join(name))?
-            .set_len(len)
+        let file = OpenOptions::new().write(true).open(self.path.join(name))?;
+        file.set_len(len)?;
+        file.sync_all()
     }
 
     fn sync_dir(&mut self) -> io::Result<()> {
@@ -156,6 +156,9 @@ pub struct Journal {
     since_snapshot: u64,
     snapshot_asked: bool,
     unsynced: bool,
+    /// An operation failed: nothing more is written (a failed fsync is never retried, and
+    /// an append after a short write would follow garbage).
+    failed: bool,
 }
 
 impl Journal {
@@ -215,6 +218,7 @@ impl Journal {
             .unwrap_or(0);
         let mut expect = base + 1;
         let count = segments.len();
+        let firsts: Vec<u64> = segments.iter().map(|(f, _)| *f).collect();
         let mut keep = Vec::new();
         let mut stop = false;
         for (i, (first, name)) in segments.into_iter().enumerate() {
@@ -226,8 +230,12 @@ impl Journal {
             let bytes = dir.read(&name).map_err(|e| format!("{name}: {e}"))?;
             let (file_first, scan) = match persist::scan_segment(&bytes) {
                 Ok(v) => v,
-                Err(e) if last && bytes.len() < persist::HEADER_LEN => {
-                    // Created but its header never made it: an empty tail.
+                Err(e)
+                    if last
+                        && (bytes.len() < persist::HEADER_LEN || bytes.iter().all(|b| *b == 0)) =>
+                {
+                    // Created but its header never made it (a file system may keep the size
+                    // of a write without its data): an empty tail.
                     warn!(file = name, "store: empty last segment ({e}), removed");
                     stale.push(name);
                     continue;
@@ -266,7 +274,10 @@ impl Journal {
             }
             if let Some(e) = scan.stopped {
                 let cut = bytes.len() as u64 - scan.valid_len as u64;
-                if last || scan.rest_is_zero {
+                // A tail cut at an earlier start and back after a power cut: the next segment
+                // carries on exactly where the valid part ends.
+                let cut_before = firsts.get(i + 1) == Some(&expect);
+                if last || scan.rest_is_zero || cut_before {
                     // What a crash leaves: a record cut short or never written.
                     if !scan.rest_is_zero {
                         report.truncated_bytes += cut;
@@ -289,6 +300,8 @@ impl Journal {
             }
             keep.push(name);
         }
+        // Snapshots a crash interrupted before their rename.
+        stale.extend(names.iter().filter(|n| n.ends_with(".tmj.tmp")).cloned());
         for name in stale {
             dir.remove(&name).map_err(|e| format!("{name}: {e}"))?;
         }
@@ -317,6 +330,7 @@ impl Journal {
             since_snapshot: 0,
             snapshot_asked: false,
             unsynced: false,
+            failed: false,
         };
         Ok((journal, state, report))
     }
@@ -325,6 +339,22 @@ impl Journal {
     /// (the write, not the commit). A segment is only ever left between inputs, so an input
     /// is never split across files either.
     pub fn append(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
+        self.check_usable()?;
+        let result = self.append_inner(upto, records);
+        self.failed |= result.is_err();
+        result
+    }
+
+    fn check_usable(&self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "the store failed earlier; nothing more is written",
+            ));
+        }
+        Ok(())
+    }
+
+    fn append_inner(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
         let first = (upto + 1)
             .checked_sub(records.len() as u64)
             .filter(|f| *f == self.next_seq)
@@ -378,8 +408,11 @@ impl Journal {
 
     /// Makes appended records as durable as `sync` promises.
     pub fn commit(&mut self) -> io::Result<()> {
+        self.check_usable()?;
         if self.unsynced && self.sync == SyncMode::Fsync {
-            self.active.sync()?;
+            let result = self.active.sync();
+            self.failed |= result.is_err();
+            result?;
         }
         self.unsynced = false;
         Ok(())
@@ -396,6 +429,13 @@ impl Journal {
 
     /// Writes a snapshot of everything up to `upto` and drops the segments it replaces.
     pub fn snapshot(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
+        self.check_usable()?;
+        let result = self.snapshot_inner(upto, records);
+        self.failed |= result.is_err();
+        result
+    }
+
+    fn snapshot_inner(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
         if upto + 1 != self.next_seq {
             return Err(io::Error::other(format!(
                 "snapshot at {upto} while the journal is at {}",
