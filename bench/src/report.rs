@@ -114,6 +114,15 @@ impl Outcome {
 
     /// Names the configuration, so runs of the same case can be grouped.
     pub fn case(&self) -> String {
+        let base = self.base_case();
+        if self.param_u64("persistent") == Some(1) {
+            format!("{base}, persistent sessions")
+        } else {
+            base
+        }
+    }
+
+    fn base_case(&self) -> String {
         let p = |k| self.param_u64(k).unwrap_or(0);
         match self.scenario {
             "fan-in" => format!(
@@ -456,7 +465,13 @@ pub fn markdown(jsonl: &str, subject: &str, baseline: &str) -> Result<String, St
                 (Some(s), Some(b)) if b > 0.0 => format!("{:.2}×", s / b),
                 _ => "—".to_owned(),
             };
-            let (target, met) = match (target_for(scenario, *qos, *subscribers, m.key), s) {
+            // The targets are for the broker's default (no persistence, clean sessions).
+            let target = if case.ends_with("persistent sessions") {
+                None
+            } else {
+                target_for(scenario, *qos, *subscribers, m.key)
+            };
+            let (target, met) = match (target, s) {
                 (Some(Target::AtLeast(t, text)), Some(s)) => (
                     format!("≥ {text}"),
                     verdict(s >= t, s / t, &mut verdicts, case, m.name),

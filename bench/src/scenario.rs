@@ -662,6 +662,7 @@ async fn run_flows(
     outcome.param("qos", opts.qos as u8);
     outcome.param("payload", opts.payload);
     outcome.param("seconds", opts.seconds);
+    outcome.param("persistent", u8::from(opts.persistent));
     if let Some(rate) = rate {
         outcome.param("rate", rate);
     } else {
