@@ -928,12 +928,19 @@ impl Broker {
             NEVER_EXPIRES
         };
         let expiry_secs = requested_expiry.min(self.config.max_session_expiry);
-        if expiry_secs > 0 && self.store_refuses() {
+        // After a store failure nothing that creates, changes or ends a stored session can
+        // be promised: refuse it (a CONNACK all the same, never silence).
+        let stored = self
+            .by_client_id
+            .get(&client_id)
+            .and_then(|sid| self.sessions.get(sid))
+            .is_some_and(|s| s.durable);
+        if (expiry_secs > 0 || stored) && self.store_refuses() {
             return self.refuse_connect(
                 id,
                 &connect,
                 reason::QUOTA_EXCEEDED,
-                "the store failed: no new persistent sessions",
+                "the store failed: persistent sessions are refused",
             );
         }
 
