@@ -227,7 +227,9 @@ impl Driver {
                 | Output::AdminReply { .. }
                 | Output::WriteConfig { .. }
                 | Output::Control(_)
-                | Output::BridgeConnect { .. } => {}
+                | Output::BridgeConnect { .. }
+                | Output::Persist { .. }
+                | Output::Snapshot { .. } => {}
             }
         }
     }

@@ -1,27 +1,59 @@
-//! The whole broker: arbitrary bytes on several connections, closes, time steps and writer
-//! acknowledgements. It must never panic, and every output must name a live connection.
+//! The whole broker, with persistence on: arbitrary bytes on several connections, closes,
+//! time steps, writer acknowledgements, admin API requests, store commits, snapshots and a
+//! store failure. It must never panic, and:
+//! - every output names a live connection;
+//! - every admin request gets exactly one reply;
+//! - store records are numbered without gaps, and a snapshot holds exactly the state the
+//!   records handed out so far rebuild (what a restart from either would restore).
 #![no_main]
 
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use tidemq_core::admin::Credentials;
+use tidemq_core::config::SyncMode;
+use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
 
+/// `admin:public`, the default admin credentials.
+const BASIC: &str = "Basic YWRtaW46cHVibGlj";
+
+struct Model {
+    open: BTreeSet<u64>,
+    /// Admin requests not answered yet.
+    admin_pending: BTreeSet<u64>,
+    /// Every record handed to the store, in order.
+    journal: Vec<Record>,
+    persisted_upto: u64,
+    store_failed: bool,
+}
+
 fuzz_target!(|data: &[u8]| {
-    let config = Config {
+    let mut config = Config {
         max_packet_size: 4096,
         msq_len: 8,
         max_inflight: 4,
         receive_maximum: 4,
         ..Config::default()
     };
+    config.persistence.enable = true;
+    config.persistence.sync = SyncMode::Fsync;
+    config.http_server.enable = true;
     let mut broker = Broker::new(config, 7, Instant(0));
     let mut now = 0u64;
-    let mut open: BTreeSet<u64> = BTreeSet::new();
+    let mut next_req = 0u64;
+    let mut model = Model {
+        open: BTreeSet::new(),
+        admin_pending: BTreeSet::new(),
+        journal: Vec::new(),
+        persisted_upto: 0,
+        store_failed: false,
+    };
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
         let conn = u64::from(op & 0x03);
+        rest = tail;
         let input = match op >> 2 {
             0 => Input::Accepted {
                 conn: ConnId(conn),
@@ -36,52 +68,135 @@ fuzz_target!(|data: &[u8]| {
                 conn: ConnId(conn),
                 bytes: usize::from(tail.first().copied().unwrap_or(0)) * 64,
             },
+            4 => Input::PersistDone {
+                upto: model.persisted_upto,
+            },
+            5 => Input::SnapshotRequest,
+            6 => {
+                // The next 1..=64 bytes are a request body.
+                let len = (usize::from(tail.first().copied().unwrap_or(0)) % 64 + 1)
+                    .min(tail.len().saturating_sub(1));
+                let body = tail.get(1..1 + len).unwrap_or_default();
+                rest = tail.get(1 + len..).unwrap_or_default();
+                next_req += 1;
+                model.admin_pending.insert(next_req);
+                Input::Admin {
+                    req_id: next_req,
+                    credentials: Credentials {
+                        authorization: Some(BASIC.to_owned()),
+                        jwt: None,
+                    },
+                    body: Bytes::copy_from_slice(body),
+                }
+            }
+            7 if conn == 3 => {
+                model.store_failed = true;
+                Input::PersistFailed {
+                    error: "fuzzed failure".to_owned(),
+                }
+            }
+            7 => Input::WallClock {
+                unix_ms: 1_700_000_000_000 + now,
+            },
             n => {
-                // n = 4..=63 sends the next n - 3 bytes (1..=60).
-                let len = usize::from(n - 3).min(tail.len());
+                // n = 8..=63 sends the next n - 7 bytes (1..=56).
+                let len = usize::from(n - 7).min(tail.len());
                 let (chunk, after) = tail.split_at(len);
                 rest = after;
-                if !open.contains(&conn) {
+                if !model.open.contains(&conn) {
                     continue;
                 }
-                let input = Input::Received {
+                Input::Received {
                     conn: ConnId(conn),
                     bytes: Bytes::copy_from_slice(chunk),
-                };
-                broker.handle_input(Instant(now), input);
-                drain(&mut broker, &mut open);
-                continue;
+                }
             }
         };
-        rest = tail;
         if let Input::Accepted { conn, .. } = &input
-            && !open.insert(conn.0)
+            && !model.open.insert(conn.0)
         {
             continue;
         }
         if let Input::Closed { conn } = &input {
-            open.remove(&conn.0);
+            model.open.remove(&conn.0);
         }
         broker.handle_input(Instant(now), input);
-        drain(&mut broker, &mut open);
+        drain(&mut broker, &mut model, now);
     }
+    assert!(
+        model.admin_pending.is_empty(),
+        "admin requests without a reply: {:?}",
+        model.admin_pending
+    );
 });
 
-fn drain(broker: &mut Broker, open: &mut BTreeSet<u64>) {
+fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
+    let mut written = Vec::new();
     while let Some(output) = broker.poll_output() {
         match output {
             Output::Transmit { conn, bytes } => {
-                assert!(open.contains(&conn.0), "transmit to a closed connection");
+                assert!(
+                    model.open.contains(&conn.0),
+                    "transmit to a closed connection"
+                );
                 assert!(!bytes.is_empty(), "empty transmit");
             }
             Output::Close { conn } => {
-                assert!(open.remove(&conn.0), "close of a closed connection");
+                assert!(model.open.remove(&conn.0), "close of a closed connection");
             }
-            Output::Event(_)
-            | Output::AdminReply { .. }
-            | Output::WriteConfig { .. }
-            | Output::Control(_)
-            | Output::BridgeConnect { .. } => {}
+            Output::AdminReply { req_id, .. } => {
+                assert!(
+                    model.admin_pending.remove(&req_id),
+                    "a reply to request {req_id}, which is not waiting for one"
+                );
+            }
+            Output::WriteConfig { req_id, .. } => written.push(req_id),
+            Output::Persist { upto, records } => {
+                assert!(!model.store_failed, "records after the store failed");
+                assert_eq!(
+                    upto,
+                    model.persisted_upto + records.len() as u64,
+                    "records numbered with a gap"
+                );
+                model.persisted_upto = upto;
+                model.journal.extend(records);
+            }
+            Output::Snapshot { upto, records } => {
+                assert_eq!(
+                    upto, model.persisted_upto,
+                    "snapshot not at the last record"
+                );
+                if !model.store_failed {
+                    let mut from_journal = replay(model.journal.iter().cloned());
+                    let mut from_snapshot = replay(records);
+                    from_journal.prune();
+                    from_snapshot.prune();
+                    assert_eq!(
+                        from_snapshot, from_journal,
+                        "the snapshot and the journal rebuild different states"
+                    );
+                }
+            }
+            Output::Event(_) | Output::Control(_) | Output::BridgeConnect { .. } => {}
         }
     }
+    // The configuration file "was written": the set-configuration completes.
+    for req_id in written {
+        broker.handle_input(
+            Instant(now),
+            Input::AdminConfigWritten {
+                req_id,
+                result: Ok(()),
+            },
+        );
+        drain(broker, model, now);
+    }
+}
+
+fn replay(records: impl IntoIterator<Item = Record>) -> Recovered {
+    let mut r = Recovered::default();
+    for record in records {
+        r.apply(record);
+    }
+    r
 }

@@ -16,6 +16,7 @@ use tidemq_core::codec::{
     ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode_packet,
     encode_packet,
 };
+use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output, Stats};
 
 #[allow(unused_imports)]
@@ -123,6 +124,13 @@ pub struct Harness {
     pub log: Vec<Output>,
     /// How client bytes are cut into `Received` inputs.
     pub fragment: Fragment,
+    /// Every `Output::Persist` as `(upto, records)`, in order.
+    pub persisted: Vec<(u64, Vec<Record>)>,
+    /// Every `Output::Snapshot` as `(upto, records)`, in order.
+    pub snapshots: Vec<(u64, Vec<Record>)>,
+    /// A store that never lags: each `Output::Persist` is answered at once with
+    /// `Input::PersistDone` (off by default, so tests can hold the store back).
+    pub auto_persist: bool,
     rng: u64,
     next_conn: u64,
 }
@@ -158,6 +166,9 @@ impl Harness {
             events: Vec::new(),
             log: Vec::new(),
             fragment: Fragment::Random,
+            persisted: Vec::new(),
+            snapshots: Vec::new(),
+            auto_persist: false,
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             next_conn: 1,
         }
@@ -183,9 +194,20 @@ impl Harness {
     /// Applies one input at the current time and drains every output, acknowledging writes
     /// for clients that are not withholding them.
     pub fn input(&mut self, input: Input) {
-        let mut pending = VecDeque::from([input]);
-        while let Some(input) = pending.pop_front() {
-            self.broker.handle_input(self.now, input);
+        self.run(VecDeque::from([input]));
+    }
+
+    /// Restores the broker from what a store recovered (before any other input), then
+    /// drains what that produced.
+    pub fn restore(&mut self, state: Recovered, unix_ms: u64) {
+        self.broker.restore(state, unix_ms);
+        self.run(VecDeque::new());
+    }
+
+    /// Drains the outputs waiting, then applies `pending` (and the inputs the outputs give
+    /// rise to) one at a time.
+    fn run(&mut self, mut pending: VecDeque<Input>) {
+        loop {
             while let Some(out) = self.broker.poll_output() {
                 self.log.push(out.clone());
                 match out {
@@ -222,12 +244,23 @@ impl Harness {
                         c.closed = true;
                     }
                     Output::Event(e) => self.events.push(e),
+                    Output::Persist { upto, records } => {
+                        self.persisted.push((upto, records));
+                        if self.auto_persist {
+                            pending.push_back(Input::PersistDone { upto });
+                        }
+                    }
+                    Output::Snapshot { upto, records } => self.snapshots.push((upto, records)),
                     Output::AdminReply { .. }
                     | Output::WriteConfig { .. }
                     | Output::Control(_)
                     | Output::BridgeConnect { .. } => {}
                 }
             }
+            let Some(input) = pending.pop_front() else {
+                return;
+            };
+            self.broker.handle_input(self.now, input);
         }
     }
 
