@@ -449,6 +449,8 @@ impl World {
             Output::Control(_) => self.trace.push(Ev::AdminControl),
             // Bridges are simulated in their own world (`bridge`).
             Output::BridgeConnect { .. } => {}
+            // Persistence is off in these worlds.
+            Output::Persist { .. } | Output::Snapshot { .. } => {}
         }
     }
 
