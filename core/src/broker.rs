@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -505,11 +505,11 @@ impl Broker {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
-        // Output still waiting for the store goes with the connection.
-        self.store.held.remove(&id);
         if let Some(at) = conn.timer_armed {
             self.timers.remove(&(at, Timer::Conn(id)));
         }
+        // Output still waiting for the store goes with the connection.
+        self.store.held.remove(&id);
         if !why.peer_gone {
             self.outputs.push_back(Output::Close { conn: id });
         }
@@ -1210,9 +1210,6 @@ impl Broker {
                 CloseReason::error(reason::QUOTA_EXCEEDED, "the store failed"),
             );
         }
-        if !denied && !refused {
-            self.accept_publish(sid, into_message(p));
-        }
         let code = if refused {
             reason::QUOTA_EXCEEDED
         } else if denied && v5 {
@@ -1220,21 +1217,25 @@ impl Broker {
         } else {
             reason::SUCCESS
         };
+        // The QoS 2 id is recorded before the message is routed, so that the message knows
+        // every record its acceptance depends on (see `Message::needs_seq`).
+        if qos == QoS::ExactlyOnce
+            && code == reason::SUCCESS
+            && let Some(session) = self.sessions.get_mut(&sid)
+        {
+            session.awaiting_rel.insert(pid);
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.rel_pending.insert(pid);
+            }
+            self.persist_in_qos2(sid, pid, true);
+        }
+        if !denied && !refused {
+            self.accept_publish(sid, into_message(p));
+        }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(id, version, &Packet::PubAck(ack(pid, code))),
-            QoS::ExactlyOnce => {
-                if code == reason::SUCCESS
-                    && let Some(session) = self.sessions.get_mut(&sid)
-                {
-                    session.awaiting_rel.insert(pid);
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.rel_pending.insert(pid);
-                    }
-                    self.persist_in_qos2(sid, pid, true);
-                }
-                self.send(id, version, &Packet::PubRec(ack(pid, code)));
-            }
+            QoS::ExactlyOnce => self.send(id, version, &Packet::PubRec(ack(pid, code))),
         }
     }
 
@@ -1283,6 +1284,10 @@ impl Broker {
         }
         self.route(&msg);
         self.bridge_forward(&msg);
+        // Deliveries of it in later inputs (from a queue) wait for what accepted it.
+        if self.store.barrier > self.store.durable {
+            msg.needs_seq.store(self.store.barrier, Ordering::Relaxed);
+        }
     }
 
     /// Delivers `msg` to every matching subscription: once per session for its non-shared
@@ -1452,6 +1457,12 @@ impl Broker {
     ) -> bool {
         let now = self.now;
         let msg = &d.msg;
+        // A QoS 2 delivery never leaves before the records that accepted the message are
+        // durable: after a crash the publisher would resend it, and it would be new again.
+        let needs = msg.needs_seq.load(Ordering::Relaxed);
+        if d.qos == QoS::ExactlyOnce && needs > self.store.durable {
+            self.store.barrier = self.store.barrier.max(needs);
+        }
         // Expiry stops a delivery that has not started; a resend finishes what was started
         // (v5 §3.3.2.3.3), so its packet id is never freed while the client may hold it.
         if msg.expired(now) && !dup {
@@ -1872,6 +1883,7 @@ impl Broker {
             from_bridge: None,
             id: 0,
             stored: AtomicBool::new(false),
+            needs_seq: AtomicU64::new(0),
         });
     }
 }
@@ -1948,6 +1960,7 @@ fn will_message(will: Will, publisher: Option<SessionId>, now: Instant) -> Messa
         from_bridge: None,
         id: 0,
         stored: AtomicBool::new(false),
+        needs_seq: AtomicU64::new(0),
     }
 }
 
@@ -1967,5 +1980,6 @@ fn into_message(p: Publish) -> Message {
         from_bridge: None,
         id: 0,
         stored: AtomicBool::new(false),
+        needs_seq: AtomicU64::new(0),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -34,6 +34,9 @@ pub(crate) struct Message {
     pub id: u64,
     /// Whether the store has been given this message (once, however many refer to it).
     pub stored: AtomicBool,
+    /// The store sequence number the input that accepted it depends on; a QoS 2 delivery
+    /// waits until it is durable.
+    pub needs_seq: AtomicU64,
 }
 
 impl Message {

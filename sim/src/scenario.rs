@@ -2,6 +2,7 @@
 
 use tidemq_core::Config;
 use tidemq_core::codec::ProtocolVersion;
+use tidemq_core::config::SyncMode;
 
 use crate::client::{Profile, Role};
 use crate::net::LinkShape;
@@ -19,7 +20,12 @@ pub enum Family {
     S4,
     /// Client id takeover storm.
     S5,
-    /// Broker restart without persistence.
+    /// Broker crash and restart with persistence (`sync = fsync` or `os`): persistent
+    /// sessions publishing and subscribing at QoS 1/2, retained and subscription churn,
+    /// crashes at chosen persistence points, process crashes and power losses, slow disks,
+    /// now and then a store failure. The store is [`crate::store::SimStore`].
+    S6,
+    /// The same without a durable promise: persistence off, or `sync = none`.
     S7,
     /// Retained churn.
     S8,
@@ -59,6 +65,7 @@ pub const FAMILIES: &[Family] = &[
     Family::S3,
     Family::S4,
     Family::S5,
+    Family::S6,
     Family::S7,
     Family::S8,
     Family::S9,
@@ -116,6 +123,9 @@ pub struct Knobs {
     pub profiles: Vec<Profile>,
     /// Visit ready connections in a rotating order rather than by id.
     pub random_order: bool,
+    /// S6: the store fails once, at a time in this range (then the broker exits and
+    /// restarts from what the store kept).
+    pub persist_fail: Option<(u64, u64)>,
 }
 
 fn version(rng: &mut Rng) -> ProtocolVersion {
@@ -192,6 +202,7 @@ impl Knobs {
         let mut shared = 0;
         let mut fuzzers = 0;
         let mut max_q: u8 = 2;
+        let mut persist_fail = None;
         match family {
             Family::S1 => {
                 max_q = 1;
@@ -218,8 +229,37 @@ impl Knobs {
                 storm = rng.range(3, 6) as usize;
                 faults.rst = 400;
             }
-            Family::S7 => {
-                faults.restart = 300;
+            Family::S6 | Family::S7 => {
+                faults = FaultMix {
+                    every_ms: (400, 3_000),
+                    partition: 120,
+                    one_way: 40,
+                    black_hole: 30,
+                    rst: 150,
+                    restart: 350,
+                    partition_ms: (200, 10_000),
+                    ..FaultMix::default()
+                };
+                persist_per_mille = 900;
+                expiry = (2, 900);
+                retain_rate = 250;
+                churn = true;
+                will_rate = 150;
+                let p = &mut config.persistence;
+                if family == Family::S6 {
+                    p.enable = true;
+                    p.sync = if rng.chance(550) {
+                        SyncMode::Fsync
+                    } else {
+                        SyncMode::Os
+                    };
+                    if rng.chance(250) {
+                        persist_fail = Some((3_000, 12_000));
+                    }
+                } else if rng.chance(500) {
+                    p.enable = true;
+                    p.sync = SyncMode::None;
+                }
             }
             Family::S8 => {
                 retain_rate = 600;
@@ -462,6 +502,7 @@ impl Knobs {
             faults,
             profiles,
             random_order: rng.chance(500),
+            persist_fail,
         }
     }
 

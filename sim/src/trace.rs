@@ -301,6 +301,232 @@ pub enum Ev {
     ConfigEvent {
         applied: bool,
     },
+
+    // ----- persistence (S6/S7 with a store) -----------------------------------------------
+    /// The broker handed records `upto - recs.len() + 1 ..= upto` to the store.
+    Persist {
+        upto: u64,
+        recs: Vec<Rec>,
+    },
+    /// The store reported everything up to `upto` durable (`Input::PersistDone`).
+    PersistDone {
+        upto: u64,
+    },
+    /// The store failed (`Input::PersistFailed`): it reports nothing more this life.
+    PersistFailed,
+    /// The broker answered `Input::SnapshotRequest` with `records` records as of `upto`.
+    SnapshotTaken {
+        upto: u64,
+        records: u64,
+    },
+    /// A snapshot reached the disk and replaced the journal up to `upto`.
+    SnapshotStored {
+        upto: u64,
+    },
+    /// P2: a snapshot's records do not rebuild the state its journal prefix rebuilds.
+    SnapshotMismatch {
+        upto: u64,
+        detail: String,
+    },
+    /// The broker process died. `handed`: last record sequence number handed out; `done`:
+    /// last one the broker was told (or, with `sync = none`, assumed) durable; `kept`: last
+    /// one the store still holds (snapshot or journal prefix).
+    Crash {
+        power_loss: bool,
+        handed: u64,
+        done: u64,
+        kept: u64,
+    },
+    /// What the new broker was restored from (after the store's own pruning), right after
+    /// its `BrokerStart`.
+    Restored {
+        kept: u64,
+        sessions: Vec<RestoredSession>,
+        retained: Vec<(String, Tag)>,
+    },
+    /// The restored broker's own counts, right after `restore`.
+    RestoreStats {
+        sessions: u64,
+        retained: u64,
+    },
+}
+
+/// A summary of one [`tidemq_core::persist::Record`], enough for the checkers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Rec {
+    SessionPut {
+        client_id: String,
+        expiry: u32,
+        disconnected: bool,
+    },
+    SessionDel {
+        client_id: String,
+    },
+    SubPut {
+        client_id: String,
+        filter: String,
+        qos: u8,
+    },
+    SubDel {
+        client_id: String,
+        filter: String,
+    },
+    MsgPut {
+        id: u64,
+        tag: Tag,
+    },
+    QueuePut {
+        client_id: String,
+        entry: u64,
+        msg_id: u64,
+        qos: u8,
+    },
+    OutState {
+        client_id: String,
+        entry: u64,
+        pid: u16,
+        released: bool,
+        /// The delivery's QoS, from its `QueuePut` (0: unknown).
+        qos: u8,
+    },
+    QueueDel {
+        client_id: String,
+        entry: u64,
+    },
+    InQos2Put {
+        client_id: String,
+        pid: u16,
+    },
+    InQos2Del {
+        client_id: String,
+        pid: u16,
+    },
+    RetainPut {
+        topic: String,
+        msg_id: u64,
+    },
+    RetainDel {
+        topic: String,
+    },
+    Bridge,
+}
+
+impl Rec {
+    pub fn of(r: &tidemq_core::persist::Record) -> Rec {
+        use tidemq_core::persist::Record as R;
+        match r {
+            R::SessionPut {
+                client_id,
+                expiry_secs,
+                disconnected_at_unix_ms,
+                ..
+            } => Rec::SessionPut {
+                client_id: client_id.clone(),
+                expiry: *expiry_secs,
+                disconnected: disconnected_at_unix_ms.is_some(),
+            },
+            R::SessionDel { client_id } => Rec::SessionDel {
+                client_id: client_id.clone(),
+            },
+            R::SubPut {
+                client_id,
+                filter,
+                options,
+                ..
+            } => Rec::SubPut {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+                qos: options & 3,
+            },
+            R::SubDel { client_id, filter } => Rec::SubDel {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+            },
+            R::MsgPut(m) => Rec::MsgPut {
+                id: m.id,
+                tag: Tag::parse(&m.payload),
+            },
+            R::QueuePut {
+                client_id,
+                entry,
+                msg_id,
+                qos,
+                ..
+            } => Rec::QueuePut {
+                client_id: client_id.clone(),
+                entry: *entry,
+                msg_id: *msg_id,
+                qos: *qos as u8,
+            },
+            R::OutState {
+                client_id,
+                entry,
+                packet_id,
+                released,
+            } => Rec::OutState {
+                client_id: client_id.clone(),
+                entry: *entry,
+                pid: *packet_id,
+                released: *released,
+                qos: 0,
+            },
+            R::QueueDel { client_id, entry } => Rec::QueueDel {
+                client_id: client_id.clone(),
+                entry: *entry,
+            },
+            R::InQos2Put {
+                client_id,
+                packet_id,
+            } => Rec::InQos2Put {
+                client_id: client_id.clone(),
+                pid: *packet_id,
+            },
+            R::InQos2Del {
+                client_id,
+                packet_id,
+            } => Rec::InQos2Del {
+                client_id: client_id.clone(),
+                pid: *packet_id,
+            },
+            R::RetainPut { topic, msg_id } => Rec::RetainPut {
+                topic: topic.clone(),
+                msg_id: *msg_id,
+            },
+            R::RetainDel { topic } => Rec::RetainDel {
+                topic: topic.clone(),
+            },
+            R::BridgePut { .. } | R::BridgeDel { .. } => Rec::Bridge,
+        }
+    }
+
+    /// Whether an acknowledgement of the input that produced it must wait for it
+    /// (persistence-ops.md §1.7: deletes of finished deliveries, the disconnect time of a
+    /// session and the packet id of a QoS 1 delivery are written lazily).
+    pub fn gating(&self) -> bool {
+        !matches!(
+            self,
+            Rec::QueueDel { .. }
+                | Rec::SessionPut {
+                    disconnected: true,
+                    ..
+                }
+                | Rec::OutState { qos: 1, .. }
+                | Rec::Bridge
+        )
+    }
+}
+
+/// One session as the store gave it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RestoredSession {
+    pub client_id: String,
+    pub expiry: u32,
+    /// When the store says it lost its connection, sim milliseconds (`None`: connected).
+    pub disconnected_at: Option<u64>,
+    pub subs: Vec<(String, u8)>,
+    pub awaiting_rel: Vec<u16>,
+    /// Deliveries it holds (queued or in flight).
+    pub queued: u64,
 }
 
 /// One recorded event: which input it belongs to, and when.

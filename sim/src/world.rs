@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use tidemq_core::admin::{Credentials, JwtVerdict};
 use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, decode_packet};
 use tidemq_core::config::HttpAuthType;
+use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
 use crate::Mutation;
@@ -13,7 +14,11 @@ use crate::client::{Client, Cmd, Ctx, Role, pub_of};
 use crate::net::{Mode, Pipe, Seg};
 use crate::rng::Rng;
 use crate::scenario::{Family, Knobs};
-use crate::trace::{AckKind, Ev, Got, Sent, Tag, Trace};
+use crate::store::{SimStore, StoreAct};
+use crate::trace::{AckKind, Ev, Got, Rec, RestoredSession, Sent, Tag, Trace};
+
+/// The wall clock the simulated brokers are given: sim time plus this.
+pub const WALL_BASE_MS: u64 = 1_700_000_000_000;
 
 /// Most loop iterations one run may take: a livelock shows up as `Stuck`.
 const MAX_ITERATIONS: u64 = 2_000_000;
@@ -45,6 +50,17 @@ struct SimConn {
     last_rx: u64,
     idle_limit: u64,
     keepalive_close: bool,
+}
+
+/// Where a broker crash waits to happen (S6/S7 with a store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    /// Right after the broker hands the store a batch (before it is written).
+    NextPersist,
+    /// After a group commit, before its `PersistDone` reaches the broker.
+    NextDone,
+    /// While a snapshot is being written.
+    MidSnapshot,
 }
 
 /// What a checker needs to know about an actor.
@@ -92,6 +108,21 @@ pub struct World {
     sent_password: Option<String>,
     /// Recorded as the first event of the next input's step.
     pre_event: Option<Ev>,
+    // Persistence (S6/S7).
+    store: Option<SimStore>,
+    persist_rng: Rng,
+    /// The broker is down (crashed) until then.
+    down_until: Option<u64>,
+    /// What the next broker is restored from.
+    recovered: Option<Recovered>,
+    /// A crash waiting for its point, and the time it happens regardless.
+    crash_point: Option<(CrashPoint, u64)>,
+    crash_now: bool,
+    next_snapshot: u64,
+    /// After a store failure, the broker exits (fail fast) at this time.
+    fail_exit_at: Option<u64>,
+    /// QoS of each stored delivery (client id, entry), to tell its `OutState` records apart.
+    entry_qos: BTreeMap<(String, u64), u8>,
 }
 
 impl World {
@@ -106,15 +137,39 @@ impl World {
             .collect();
         let mut trace = Trace::default();
         trace.push(Ev::BrokerStart { incarnation: 0 });
+        let net_rng = master.fork();
+        let fault_rng = master.fork();
+        let client_rng = master.fork();
+        let admin_rng = master.fork();
+        let mut persist_rng = master.fork();
+        let mut broker = Broker::new(knobs.config.clone(), seed, Instant(0));
+        let store = knobs.config.persistence.enable.then(|| {
+            let lie = mutation == Some(Mutation::StoreAcksUnsynced);
+            let mut store = SimStore::new(knobs.config.persistence.sync, persist_rng.fork(), lie);
+            if let Some((lo, hi)) = knobs.persist_fail {
+                store.fail_at = Some(persist_rng.range(lo, hi));
+            }
+            broker.restore(Recovered::default(), WALL_BASE_MS);
+            store
+        });
         World {
-            broker: Broker::new(knobs.config.clone(), seed, Instant(0)),
+            broker,
             seed,
             incarnation: 0,
             trace,
-            net_rng: master.fork(),
-            fault_rng: master.fork(),
-            client_rng: master.fork(),
-            admin_rng: master.fork(),
+            net_rng,
+            fault_rng,
+            client_rng,
+            admin_rng,
+            store,
+            persist_rng,
+            down_until: None,
+            recovered: None,
+            crash_point: None,
+            crash_now: false,
+            next_snapshot: 2_000,
+            fail_exit_at: None,
+            entry_qos: BTreeMap::new(),
             admin_on: matches!(knobs.family, Family::S20 | Family::S21),
             next_admin: 500,
             next_req: 1,
@@ -160,6 +215,9 @@ impl World {
     // ----- the broker ---------------------------------------------------------------------
 
     fn feed(&mut self, input: Input) {
+        if self.down_until.is_some() {
+            return;
+        }
         let mut pending = VecDeque::from([input]);
         while let Some(input) = pending.pop_front() {
             self.trace.step += 1;
@@ -447,11 +505,69 @@ impl World {
                 self.writes.push((at, req_id, ok));
             }
             Output::Control(_) => self.trace.push(Ev::AdminControl),
+            Output::Persist { upto, records } => {
+                let recs = records.iter().map(|r| self.summarize(r)).collect();
+                self.trace.push(Ev::Persist { upto, recs });
+                if let Some(store) = &mut self.store {
+                    store.persist(self.now, upto, records);
+                }
+                if matches!(self.crash_point, Some((CrashPoint::NextPersist, _))) {
+                    self.crash_now = true;
+                }
+            }
+            Output::Snapshot { upto, records } => {
+                self.trace.push(Ev::SnapshotTaken {
+                    upto,
+                    records: records.len() as u64,
+                });
+                if let Some(store) = &mut self.store
+                    && let Some(detail) = store.snapshot(self.now, upto, records)
+                {
+                    self.trace.push(Ev::SnapshotMismatch { upto, detail });
+                }
+                if matches!(self.crash_point, Some((CrashPoint::MidSnapshot, _))) {
+                    self.crash_now = true;
+                }
+            }
             // Bridges are simulated in their own world (`bridge`).
             Output::BridgeConnect { .. } => {}
-            // Persistence is off in these worlds.
-            Output::Persist { .. } | Output::Snapshot { .. } => {}
         }
+    }
+
+    /// A record for the trace; an `OutState` learns its delivery's QoS from the `QueuePut`.
+    fn summarize(&mut self, r: &Record) -> Rec {
+        let mut rec = Rec::of(r);
+        match &mut rec {
+            Rec::QueuePut {
+                client_id,
+                entry,
+                qos,
+                ..
+            } => {
+                self.entry_qos.insert((client_id.clone(), *entry), *qos);
+            }
+            Rec::QueueDel { client_id, entry } => {
+                self.entry_qos.remove(&(client_id.clone(), *entry));
+            }
+            Rec::SessionDel { client_id } => {
+                let cid = client_id.clone();
+                self.entry_qos.retain(|(c, _), _| *c != cid);
+            }
+            Rec::OutState {
+                client_id,
+                entry,
+                qos,
+                ..
+            } => {
+                *qos = self
+                    .entry_qos
+                    .get(&(client_id.clone(), *entry))
+                    .copied()
+                    .unwrap_or(0);
+            }
+            _ => {}
+        }
+        rec
     }
 
     // ----- the admin plane (S20/S21) ------------------------------------------------------
@@ -810,7 +926,8 @@ impl World {
                     && c.broker_open
                 {
                     c.broker_open = false;
-                    self.trace.push(Ev::BrokerClosed {
+                    // Recorded in the step of the `Closed` input it causes.
+                    self.pre_event = Some(Ev::BrokerClosed {
                         conn: id,
                         by_broker: false,
                     });
@@ -857,7 +974,9 @@ impl World {
                 None => continue,
             };
             if connect {
-                self.open_conn(i);
+                if self.down_until.is_none() {
+                    self.open_conn(i);
+                }
             } else if due {
                 self.ctx_run(i, |c, ctx| c.tick(ctx));
             }
@@ -909,11 +1028,69 @@ impl World {
         }
     }
 
-    fn restart(&mut self) {
+    /// The broker process dies: its connections drop, the store keeps what its disk holds,
+    /// and a new broker starts after a downtime.
+    fn crash(&mut self, why: &str) {
+        self.crash_point = None;
+        self.crash_now = false;
+        self.fail_exit_at = None;
         self.incarnation += 1;
         self.trace.now = self.now;
-        self.trace
-            .push(Ev::Fault(format!("broker restart {}", self.incarnation)));
+        self.trace.push(Ev::Fault(format!(
+            "broker crash {} ({why})",
+            self.incarnation
+        )));
+        let power_loss = self.store.is_some() && self.fault_rng.chance(400);
+        let (handed, done, kept) = match &mut self.store {
+            Some(store) => {
+                let c = store.crash(power_loss);
+                for d in c.damage {
+                    self.trace.push(Ev::SnapshotMismatch {
+                        upto: c.kept,
+                        detail: d,
+                    });
+                }
+                self.recovered = Some(c.recovered);
+                (c.handed, c.done, c.kept)
+            }
+            None => (0, 0, 0),
+        };
+        self.trace.push(Ev::Crash {
+            power_loss,
+            handed,
+            done,
+            kept,
+        });
+        let conns = std::mem::take(&mut self.conns);
+        for (id, c) in conns {
+            if c.client_open {
+                self.ctx_run(c.actor, |cl, ctx| cl.lost(ctx, id));
+            }
+        }
+        let r = self.fault_rng.below(1000);
+        let downtime = if r < 650 {
+            self.fault_rng.range(0, 500)
+        } else if r < 950 {
+            self.fault_rng.range(500, 5_000)
+        } else {
+            self.fault_rng.range(5_000, 30_000)
+        };
+        let up = self.now + downtime;
+        self.down_until = Some(up);
+        for c in &mut self.clients {
+            let back = up + self.fault_rng.range(0, 300);
+            c.offline_until = c.offline_until.max(back);
+            c.next_wake = c.next_wake.max(c.offline_until);
+        }
+        self.partitions.clear();
+        self.swizzle.clear();
+    }
+
+    /// A new broker, restored from the store if there is one.
+    fn start_broker(&mut self) {
+        self.down_until = None;
+        self.trace.step += 1;
+        self.trace.now = self.now;
         self.trace.push(Ev::BrokerStart {
             incarnation: self.incarnation,
         });
@@ -922,12 +1099,142 @@ impl World {
             self.seed ^ u64::from(self.incarnation),
             Instant(self.now),
         );
-        let conns = std::mem::take(&mut self.conns);
-        for (id, c) in conns {
-            if c.client_open {
-                self.ctx_run(c.actor, |cl, ctx| cl.lost(ctx, id));
+        if let Some(rec) = self.recovered.take() {
+            let mut view = rec.clone();
+            view.prune();
+            self.entry_qos = view
+                .sessions
+                .iter()
+                .flat_map(|(cid, s)| {
+                    s.queue
+                        .iter()
+                        .map(move |(e, d)| ((cid.clone(), *e), d.qos as u8))
+                })
+                .collect();
+            let sessions = view
+                .sessions
+                .iter()
+                .map(|(cid, s)| RestoredSession {
+                    client_id: cid.clone(),
+                    expiry: s.expiry_secs,
+                    disconnected_at: s
+                        .disconnected_at_unix_ms
+                        .map(|w| w.saturating_sub(WALL_BASE_MS)),
+                    subs: s
+                        .subscriptions
+                        .iter()
+                        .map(|(f, (o, _))| (f.clone(), o & 3))
+                        .collect(),
+                    awaiting_rel: s.awaiting_rel.iter().copied().collect(),
+                    queued: s.queue.len() as u64,
+                })
+                .collect();
+            let retained = view
+                .retained
+                .iter()
+                .map(|(t, id)| {
+                    let tag = view
+                        .messages
+                        .get(id)
+                        .map_or(Tag::Other, |m| Tag::parse(&m.payload));
+                    (t.clone(), tag)
+                })
+                .collect();
+            self.trace.push(Ev::Restored {
+                kept: rec.last_seq,
+                sessions,
+                retained,
+            });
+            self.broker.restore(rec, WALL_BASE_MS + self.now);
+            let s = self.broker.stats();
+            self.trace.push(Ev::RestoreStats {
+                sessions: s.sessions,
+                retained: s.retained,
+            });
+            while let Some(out) = self.broker.poll_output() {
+                self.output(out);
             }
         }
+        self.next_snapshot = self.now + self.persist_rng.range(500, 6_000);
+    }
+
+    /// Store timing, snapshots, failures and crashes at chosen points.
+    fn run_persistence(&mut self) {
+        let now = self.now;
+        if self.crash_now {
+            self.crash("at a persistence step");
+        }
+        if let Some((_, deadline)) = self.crash_point
+            && now >= deadline
+        {
+            self.crash("at a random point");
+        }
+        if self.fail_exit_at.is_some_and(|t| now >= t) {
+            self.crash("fail fast after a store failure");
+        }
+        if let Some(up) = self.down_until {
+            if now < up {
+                return;
+            }
+            self.start_broker();
+        }
+        let acts = match &mut self.store {
+            Some(store) => store.tick(now),
+            None => return,
+        };
+        for act in acts {
+            match act {
+                StoreAct::Done(upto) => {
+                    if matches!(self.crash_point, Some((CrashPoint::NextDone, _))) {
+                        self.crash("after a group commit, before its report");
+                        return;
+                    }
+                    self.pre_event = Some(Ev::PersistDone { upto });
+                    self.feed(Input::PersistDone { upto });
+                }
+                StoreAct::Failed => {
+                    self.pre_event = Some(Ev::PersistFailed);
+                    self.feed(Input::PersistFailed {
+                        error: "EIO on fsync".to_owned(),
+                    });
+                    self.fail_exit_at = Some(now + self.persist_rng.range(300, 5_000));
+                }
+                StoreAct::SnapshotStored(upto) => {
+                    self.trace.now = now;
+                    self.trace.push(Ev::SnapshotStored { upto });
+                }
+            }
+        }
+        let failed = self.store.as_ref().is_some_and(|s| s.failed);
+        if now >= self.next_snapshot && !failed {
+            let grown = self.store.as_ref().map_or(0, SimStore::journal_len);
+            if grown > 0 {
+                self.feed(Input::SnapshotRequest);
+            }
+            self.next_snapshot = now + self.persist_rng.range(500, 8_000);
+        }
+    }
+
+    /// The restart fault: with a store, sometimes at a chosen persistence point.
+    fn restart(&mut self) {
+        if self.down_until.is_some() || self.crash_point.is_some() {
+            return;
+        }
+        if self.store.is_none() {
+            return self.crash("at a random point");
+        }
+        let deadline = self.now + 2_000;
+        let point = match self.fault_rng.below(10) {
+            0..=4 => return self.crash("at a random point"),
+            5 | 6 => CrashPoint::NextPersist,
+            7 | 8 => CrashPoint::NextDone,
+            _ => CrashPoint::MidSnapshot,
+        };
+        if point == CrashPoint::MidSnapshot {
+            // Make one.
+            self.next_snapshot = self.now;
+        }
+        self.crash_point = Some((point, deadline));
     }
 
     fn inject_fault(&mut self) {
@@ -1046,7 +1353,7 @@ impl World {
     // ----- checks made while running ------------------------------------------------------
 
     fn observe(&mut self) {
-        if self.now < self.frozen_until {
+        if self.now < self.frozen_until || self.down_until.is_some() {
             return;
         }
         let now = self.now;
@@ -1083,8 +1390,24 @@ impl World {
 
     fn next_time(&self) -> u64 {
         let mut t = u64::MAX;
-        if let Some(at) = self.broker.poll_timeout() {
+        if let Some(up) = self.down_until {
+            t = t.min(up);
+        } else if let Some(at) = self.broker.poll_timeout() {
             t = t.min(at.0.max(self.frozen_until));
+        }
+        if let Some(store) = &self.store {
+            if let Some(at) = store.next_due() {
+                t = t.min(at);
+            }
+            if self.down_until.is_none() && !store.failed {
+                t = t.min(self.next_snapshot);
+            }
+        }
+        if let Some((_, at)) = self.crash_point {
+            t = t.min(at);
+        }
+        if let Some(at) = self.fail_exit_at {
+            t = t.min(at);
         }
         for c in self.conns.values() {
             if let Some(at) = c.c2s.next_due() {
@@ -1132,7 +1455,9 @@ impl World {
             let t = self.next_time().max(self.now + 1).min(until);
             self.now = t;
             self.trace.now = t;
-            if self.now >= self.frozen_until
+            self.run_persistence();
+            if self.down_until.is_none()
+                && self.now >= self.frozen_until
                 && self
                     .broker
                     .poll_timeout()
@@ -1164,7 +1489,10 @@ impl World {
                 .conns
                 .values()
                 .all(|c| !c.client_open || c.s2c.is_idle() || c.s2c.mode == Mode::BlackHole);
-        clients_ok && net_ok && self.now >= self.frozen_until
+        // Output the broker holds for the store is not on the network yet.
+        let store_ok =
+            self.down_until.is_none() && self.store.as_ref().is_none_or(SimStore::settled);
+        clients_ok && net_ok && store_ok && self.now >= self.frozen_until
     }
 
     /// Chaos, then heal, then the retained audit.
@@ -1175,6 +1503,16 @@ impl World {
         }
         self.heal = true;
         self.trace.push(Ev::Heal);
+        // A crash waiting for its point is a fault: it does not happen. A failed store still
+        // takes its broker down (fail fast), and a failure not yet struck never will.
+        self.crash_point = None;
+        self.crash_now = false;
+        if let Some(store) = &mut self.store {
+            store.fail_at = None;
+        }
+        if self.fail_exit_at.is_some() {
+            self.crash("fail fast after a store failure");
+        }
         let actors: Vec<usize> = self.partitions.keys().copied().collect();
         for a in actors {
             self.repair(a);

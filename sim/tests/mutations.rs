@@ -9,8 +9,9 @@
     clippy::indexing_slicing
 )]
 
+use tidemq_core::config::SyncMode;
 use tidemq_sim::scenario::Family;
-use tidemq_sim::trace::{Delivery, Ev, Got, Sent, Tag};
+use tidemq_sim::trace::{AckKind, Delivery, Entry, Ev, Got, Sent, Tag};
 use tidemq_sim::{Mutation, Outcome, run_seed};
 
 /// The first seeds of `family` (seeds are assigned to families round robin).
@@ -582,4 +583,217 @@ fn leaked_connection_or_session_is_caught_by_i2() {
     }
     out.recheck();
     assert!(flagged(&out, "I2"), "{:?}", out.violations);
+}
+
+// ----- persistence (S6/S7) ------------------------------------------------------------------
+
+fn sync_of(out: &Outcome) -> Option<SyncMode> {
+    out.config
+        .persistence
+        .enable
+        .then_some(out.config.persistence.sync)
+}
+
+fn crashes(out: &Outcome) -> usize {
+    out.trace
+        .entries
+        .iter()
+        .filter(|e| matches!(e.ev, Ev::Crash { .. }))
+        .count()
+}
+
+/// Whether step `step` handed the store a record an acknowledgement waits for.
+fn gated(entries: &[Entry], step: u64) -> bool {
+    entries.iter().any(|e| {
+        e.step == step
+            && matches!(&e.ev, Ev::Persist { recs, .. } if recs.iter().any(|r| r.gating()))
+    })
+}
+
+#[test]
+fn p4_catches_a_store_that_acknowledges_unsynced_records() {
+    // `fsync` reported on write, and a crash keeps only what was synced: acknowledged
+    // messages, subscriptions and sessions are lost.
+    for seed in seeds_of(Family::S6).take(30) {
+        let clean = run_seed(seed, None);
+        if !clean.violations.is_empty() || sync_of(&clean) != Some(SyncMode::Fsync) {
+            continue;
+        }
+        let out = run_seed(seed, Some(Mutation::StoreAcksUnsynced));
+        if flagged(&out, "P4") {
+            return;
+        }
+    }
+    panic!("a store losing acknowledged records was never reported as P4");
+}
+
+#[test]
+fn p1_catches_an_ack_released_before_the_store_reported() {
+    // A PUBACK that waited for its records, moved back to the input it answers.
+    let held_ack = |o: &Outcome| -> Option<(usize, usize)> {
+        let es = &o.trace.entries;
+        es.iter().enumerate().find_map(|(i, e)| {
+            let Ev::BrokerSent {
+                conn,
+                pkt: Sent::Ack(AckKind::PubAck, pid, 0),
+                ..
+            } = &e.ev
+            else {
+                return None;
+            };
+            let j = es[..i].iter().rposition(|g| {
+                matches!(&g.ev, Ev::BrokerGot { conn: c, pkt: Got::Publish(p), .. }
+                    if c == conn && p.qos == 1 && p.pid == Some(*pid))
+            })?;
+            (es[j].step < e.step && gated(es, es[j].step)).then_some((i, j))
+        })
+    };
+    let mut out = passing_run(Family::S6, |o| {
+        sync_of(o) != Some(SyncMode::None) && held_ack(o).is_some()
+    });
+    let (i, j) = held_ack(&out).unwrap();
+    let mut e = out.trace.entries.remove(i);
+    e.step = out.trace.entries[j].step;
+    e.at = out.trace.entries[j].at;
+    out.trace.entries.insert(j + 1, e);
+    out.recheck();
+    assert!(flagged(&out, "P1"), "{:?}", out.violations);
+}
+
+#[test]
+fn p3_catches_a_suback_after_the_store_failed() {
+    // The store fails just before a persistent session subscribes: its SUBACK must not
+    // grant anything.
+    let durable_suback = |o: &Outcome| -> Option<u64> {
+        let es = &o.trace.entries;
+        let durable: std::collections::BTreeSet<u64> = es
+            .iter()
+            .filter_map(|e| match &e.ev {
+                Ev::BrokerGot {
+                    conn,
+                    pkt: Got::Connect { expiry, .. },
+                    ..
+                } if *expiry > 0 => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        es.iter().find_map(|e| match &e.ev {
+            Ev::BrokerGot {
+                conn,
+                pkt: Got::Subscribe(_),
+                ..
+            } if durable.contains(conn)
+                && e.step > 1
+                && es.iter().any(|s| {
+                    matches!(&s.ev, Ev::BrokerSent { conn: c, pkt: Sent::SubAck(r), .. }
+                        if c == conn && s.step >= e.step && r.iter().any(|q| *q < 0x80))
+                }) =>
+            {
+                Some(e.step)
+            }
+            _ => None,
+        })
+    };
+    let mut out = passing_run(Family::S6, |o| durable_suback(o).is_some());
+    let step = durable_suback(&out).unwrap();
+    let i = out
+        .trace
+        .entries
+        .iter()
+        .position(|e| e.step == step)
+        .unwrap();
+    let at = out.trace.entries[i].at;
+    out.trace.entries.insert(
+        i,
+        Entry {
+            step: step - 1,
+            at,
+            ev: Ev::PersistFailed,
+        },
+    );
+    out.recheck();
+    assert!(flagged(&out, "P3"), "{:?}", out.violations);
+}
+
+#[test]
+fn p4_catches_a_restart_that_loses_a_subscription() {
+    let mut out = passing_run(Family::S6, |o| {
+        crashes(o) > 0
+            && o.trace.entries.iter().any(
+                |e| matches!(&e.ev, Ev::Restored { sessions, .. } if sessions.iter().any(|s| !s.subs.is_empty())),
+            )
+    });
+    // Drop one restored subscription at a time until the checker notices one.
+    let candidates: Vec<(usize, usize)> = out
+        .trace
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.ev {
+            Ev::Restored { sessions, .. } => Some(
+                sessions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !s.subs.is_empty())
+                    .map(move |(k, _)| (i, k)),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for (i, k) in candidates {
+        let saved = out.trace.entries[i].clone();
+        if let Ev::Restored { sessions, .. } = &mut out.trace.entries[i].ev {
+            sessions[k].subs.remove(0);
+        }
+        out.recheck();
+        if flagged(&out, "P4") {
+            return;
+        }
+        out.trace.entries[i] = saved;
+    }
+    panic!("a lost subscription was never reported as P4");
+}
+
+#[test]
+fn p4_catches_a_stale_retained_message_after_a_restart() {
+    let mut out = passing_run(Family::S6, |o| {
+        o.trace
+            .entries
+            .iter()
+            .any(|e| matches!(&e.ev, Ev::Restored { retained, .. } if !retained.is_empty()))
+    });
+    let mut found = false;
+    for e in &mut out.trace.entries {
+        if let Ev::Restored { retained, .. } = &mut e.ev
+            && let Some(r) = retained.first_mut()
+        {
+            r.1 = Tag::Retained {
+                publisher: 99,
+                seq: 1,
+            };
+            found = true;
+        }
+    }
+    assert!(found);
+    out.recheck();
+    assert!(flagged(&out, "P4"), "{:?}", out.violations);
+}
+
+#[test]
+fn p2_catches_a_restore_that_drops_state() {
+    let mut out = passing_run(Family::S6, |o| crashes(o) > 0);
+    for e in &mut out.trace.entries {
+        if let Ev::RestoreStats { sessions, .. } = &mut e.ev {
+            *sessions += 1;
+            break;
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "P2"), "{:?}", out.violations);
+}
+
+#[test]
+fn i4_catches_a_duplicated_qos2_delivery_across_restarts() {
+    caught_at_runtime(Family::S6, Mutation::DuplicateQos2, "I4");
 }

@@ -603,6 +603,7 @@ impl Broker {
                 from_bridge: Some(bridge_key),
                 id: 0,
                 stored: std::sync::atomic::AtomicBool::new(false),
+                needs_seq: std::sync::atomic::AtomicU64::new(0),
             });
         } else {
             self.stats.messages_dropped += 1;

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use bytes::Bytes;
 
@@ -488,6 +488,7 @@ impl Broker {
                     from_bridge: None,
                     id,
                     stored: AtomicBool::new(true),
+                    needs_seq: AtomicU64::new(0),
                 }),
             );
         }
@@ -628,6 +629,10 @@ impl Broker {
         }
         if p.qos == QoS::AtMostOnce {
             return false;
+        }
+        // Its packet id, for a stored session.
+        if p.qos == QoS::ExactlyOnce && self.sessions.get(&publisher).is_some_and(|s| s.durable) {
+            return true;
         }
         let mut matched = Vec::new();
         self.subscriptions.matches(&p.topic, &mut matched);
