@@ -957,11 +957,12 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                 }
                 seen.insert((actor, p.tag));
                 // I9: wills at most once, never early.
-                // With a store, the first copy the watcher sees may be a resend (DUP) by a
-                // restarted broker: the copy sent before the crash died with it.
+                // The first copy the watcher sees may be a resend (DUP): the copy sent before
+                // died with a restarted broker, or with a watcher connection that the broker
+                // had not yet seen die (a keep-alive cut after a suspension).
                 if let Tag::Will { .. } = p.tag
                     && r == Some(Role::Watcher)
-                    && (!p.dup || store && !will_seen.contains_key(&p.tag))
+                    && (!p.dup || !will_seen.contains_key(&p.tag))
                     && d.first
                 {
                     let (n, life_of) = will_seen.entry(p.tag).or_insert((0, incarnation));
@@ -1140,11 +1141,14 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
     let watcher_dropped = sessions
         .get("watcher")
         .is_some_and(|s| !s.dropped_gens.is_empty());
+    let suspensions = crate::suspend::suspensions(entries);
     for (conn, w) in &wills {
         let Some(end) = w.ended else {
             continue;
         };
-        let due = end + w.delay_ms;
+        // A will delay that ran out while the broker was suspended takes effect when it
+        // resumes, after the keep-alive cuts that came due before it.
+        let due = crate::suspend::broker_runs_at(&suspensions, end + w.delay_ms);
         if w.normal {
             if will_seen.contains_key(&w.tag) {
                 push(
@@ -1164,7 +1168,9 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             // behind the store (with the records its publication produced, or behind other
             // output to the watcher), and it dies with the broker.
             || durable.lives.iter().filter_map(|l| l.crash.as_ref()).any(|c| {
-                c.at >= due && c.held && sent.is_none_or(|s| *s > c.at)
+                c.at >= due
+                    && sent.is_none_or(|s| *s > c.at)
+                    && c.may_lose_will(durable.will_records.get(&w.tag).copied())
             });
         // A QoS 0 will is lost while the watcher is away: only judge when it listened.
         let watcher_away = watcher_down.iter().any(|(a, b)| due >= *a && due <= *b)

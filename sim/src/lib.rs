@@ -24,6 +24,7 @@ pub mod persist_check;
 pub mod rng;
 pub mod scenario;
 pub mod store;
+pub mod suspend;
 pub mod trace;
 pub mod world;
 

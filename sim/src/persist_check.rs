@@ -84,8 +84,21 @@ pub struct CrashInfo {
     pub promise: bool,
     /// Acknowledged work may have been lost (no store, `sync = none`, or `os` power loss).
     pub lossy: bool,
-    /// Output was still held for the store when the broker died.
+    /// The broker still held output for the store when it died: it had not been told that
+    /// everything its output waited for was durable.
     pub held: bool,
+}
+
+impl CrashInfo {
+    /// Whether a will published before this crash and not yet sent may have died with it:
+    /// its records (if its publication produced any) were not kept, or, without records,
+    /// it may have waited behind other output the broker held.
+    pub fn may_lose_will(&self, will_records: Option<u64>) -> bool {
+        match will_records {
+            Some(last) => last > self.kept,
+            None => self.held,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +133,8 @@ pub struct Durable {
     pub steps: BTreeMap<u64, StepSeqs>,
     /// Steps with records a crash did not keep.
     pub lost_steps: BTreeSet<u64>,
+    /// The last record each will's publication produced (its message and its queue entries).
+    pub will_records: BTreeMap<Tag, u64>,
 }
 
 impl Durable {
@@ -150,6 +165,8 @@ pub fn prepass(entries: &[Entry], config: &Config) -> Durable {
     };
     let mut recs: BTreeMap<u64, Vec<&Rec>> = BTreeMap::new();
     let mut life_steps: Vec<u64> = Vec::new();
+    // What the broker of the current life was told is durable.
+    let mut reported = 0u64;
     for e in entries {
         match &e.ev {
             Ev::BrokerStart { .. } => {
@@ -159,7 +176,9 @@ pub fn prepass(entries: &[Entry], config: &Config) -> Durable {
                     crash: None,
                 });
                 life_steps.clear();
+                reported = 0;
             }
+            Ev::PersistDone { upto } => reported = reported.max(*upto),
             Ev::Persist { upto, recs: rs } => {
                 let n = rs.len() as u64;
                 if n == 0 {
@@ -172,31 +191,40 @@ pub fn prepass(entries: &[Entry], config: &Config) -> Durable {
                     .filter(|(_, r)| r.gating())
                     .map(|(i, _)| first + i as u64)
                     .max();
-                let mut wills = BTreeSet::new();
-                let mut will_entries = BTreeSet::new();
+                let mut wills = BTreeMap::new();
+                let mut will_entries = BTreeMap::new();
                 let mut gating = None;
                 for (i, r) in rs.iter().enumerate() {
+                    let seq = first + i as u64;
                     let will = match r {
                         Rec::MsgPut {
                             id,
-                            tag: Tag::Will { .. },
-                        } => wills.insert(*id),
+                            tag: tag @ Tag::Will { .. },
+                        } => {
+                            wills.insert(*id, *tag);
+                            Some(*tag)
+                        }
                         Rec::QueuePut {
                             client_id,
                             entry,
                             msg_id,
                             ..
-                        } if wills.contains(msg_id) => {
-                            will_entries.insert((client_id.clone(), *entry))
-                        }
+                        } => wills.get(msg_id).copied().inspect(|tag| {
+                            will_entries.insert((client_id.clone(), *entry), *tag);
+                        }),
                         Rec::OutState {
                             client_id, entry, ..
-                        } => will_entries.contains(&(client_id.clone(), *entry)),
-                        Rec::RetainPut { msg_id, .. } => wills.contains(msg_id),
-                        _ => false,
+                        } => will_entries.get(&(client_id.clone(), *entry)).copied(),
+                        Rec::RetainPut { msg_id, .. } => wills.get(msg_id).copied(),
+                        _ => None,
                     };
-                    if r.gating() && !will {
-                        gating = Some(first + i as u64);
+                    match will {
+                        Some(tag) => {
+                            let last = d.will_records.entry(tag).or_insert(seq);
+                            *last = (*last).max(seq);
+                        }
+                        None if r.gating() => gating = Some(seq),
+                        None => {}
                     }
                 }
                 let s = d.steps.entry(e.step).or_insert(StepSeqs {
@@ -252,7 +280,7 @@ pub fn prepass(entries: &[Entry], config: &Config) -> Durable {
                 let held = life_steps
                     .iter()
                     .filter_map(|s| d.steps.get(s).and_then(|q| q.holds))
-                    .any(|g| g > *done);
+                    .any(|g| g > reported);
                 let info = CrashInfo {
                     at: e.at,
                     power_loss: *power_loss,
