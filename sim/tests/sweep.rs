@@ -1,7 +1,9 @@
 //! The seed sweep: every scenario family, chaos then heal, all invariants.
 //!
-//! `cargo test -p tidemq-sim` runs a fixed sweep sized for CI; `SIM_SEEDS=N` runs N seeds per
-//! shard instead; `SIM_SEED=<n>` replays one seed with its full trace summary.
+//! `cargo test -p tidemq-sim` runs 10,000 seeds from `SIM_BASE` (default 0; `scripts/test`
+//! derives it from the commit, so every commit explores new seeds) in two shards;
+//! `SIM_SEEDS=N` runs N seeds per shard instead; `SIM_SEED=<n>` replays one seed with its full
+//! trace summary; `SIM_RANGE=a..b` runs seeds a..b (what `scripts/sim-soak` drives).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +20,11 @@ fn env_u64(name: &str) -> Option<u64> {
 fn sweep(name: &str, first: u64, stride: u64, count: u64) {
     let count = env_u64("SIM_SEEDS").unwrap_or(count);
     let base = env_u64("SIM_BASE").unwrap_or(0);
+    println!(
+        "sweep {name}: seeds {} to {} step {stride} (SIM_BASE={base})",
+        base + first,
+        base + first + count.saturating_sub(1) * stride
+    );
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut events = 0usize;
@@ -60,12 +67,55 @@ fn sweep(name: &str, first: u64, stride: u64, count: u64) {
 // Two shards so that the two CI cores share the work.
 #[test]
 fn sweep_even_seeds() {
-    sweep("even", 0, 2, 160);
+    sweep("even", 0, 2, 5_000);
 }
 
 #[test]
 fn sweep_odd_seeds() {
-    sweep("odd", 1, 2, 160);
+    sweep("odd", 1, 2, 5_000);
+}
+
+/// `SIM_RANGE=a..b [SIM_FAILURES=file]`: seeds a..b in order; each failure is appended to the
+/// file as a replay command. Without `SIM_RANGE` it does nothing (the sweeps above run).
+#[test]
+fn range() {
+    let Some((a, b)) = std::env::var("SIM_RANGE").ok().and_then(|r| {
+        let (a, b) = r.split_once("..")?;
+        Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+    }) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for seed in a..b {
+        let out = run_seed(seed, None);
+        if !out.violations.is_empty() {
+            let first = out.violations.first().map_or(String::new(), |v| {
+                format!("{} at {} ms: {}", v.invariant, v.at, v.detail)
+            });
+            failed.push(format!("{}   # {:?} {first}", out.replay_hint(), out.family));
+        }
+    }
+    if let Ok(path) = std::env::var("SIM_FAILURES")
+        && !failed.is_empty()
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for line in &failed {
+            writeln!(f, "{line}").unwrap();
+        }
+    }
+    println!(
+        "range {a}..{b}: {} seeds in {:.1} s, {} failing",
+        b.saturating_sub(a),
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 /// More of the persistence families (S6: broker crashes with a store; S7: without a durable
