@@ -451,6 +451,9 @@ struct ConnLog {
     pubrel_in: BTreeMap<u16, u64>,
     pubrec_in: BTreeMap<u16, u64>,
     subscribes: std::collections::VecDeque<u64>,
+    /// Per SUBSCRIBE awaiting its SUBACK: each filter and the durable QoS it had before, to
+    /// restore when the SUBACK refuses it.
+    subscribe_before: std::collections::VecDeque<Vec<(String, Option<u8>)>>,
     unsubscribes: std::collections::VecDeque<u64>,
 }
 
@@ -626,13 +629,15 @@ pub fn check(entries: &[Entry], d: &Durable) -> Vec<Violation> {
                     }
                     Got::Subscribe(filters) => {
                         c.subscribes.push_back(e.step);
+                        let mut before = Vec::new();
                         if c.durable
                             && let Some(s) = dsubs.get_mut(&c.client_id)
                         {
                             for (f, q) in filters {
-                                s.insert(f.clone(), *q);
+                                before.push((f.clone(), s.insert(f.clone(), *q)));
                             }
                         }
+                        c.subscribe_before.push_back(before);
                     }
                     Got::Unsubscribe(filters) => {
                         c.unsubscribes.push_back(e.step);
@@ -720,6 +725,19 @@ pub fn check(entries: &[Entry], d: &Durable) -> Vec<Violation> {
                         let Some(s) = c.subscribes.pop_front() else {
                             continue;
                         };
+                        // A refused filter (after a store failure: 0x97) changed nothing.
+                        let before = c.subscribe_before.pop_front().unwrap_or_default();
+                        if let Some(subs) = dsubs.get_mut(&c.client_id) {
+                            for ((f, prev), r) in before.into_iter().zip(reasons) {
+                                if *r < 0x80 {
+                                    continue;
+                                }
+                                match prev {
+                                    Some(q) => subs.insert(f, q),
+                                    None => subs.remove(&f),
+                                };
+                            }
+                        }
                         let needs = c.durable && reasons.iter().any(|r| *r < 0x80);
                         (s, format!("SUBACK {reasons:?} to {}", c.client_id), needs)
                     }
