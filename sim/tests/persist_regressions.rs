@@ -18,12 +18,16 @@ fn a_subscription_refused_after_a_store_failure_makes_no_durable_subscriber() {
     let seed = 1_005_383;
     let out = run_seed(seed, None);
     for v in &out.violations {
-        println!("SIM_SEED={seed}: {} at {} ms: {}", v.invariant, v.at, v.detail);
+        println!(
+            "SIM_SEED={seed}: {} at {} ms: {}",
+            v.invariant, v.at, v.detail
+        );
     }
     assert!(out.violations.is_empty());
-    let refused = out.trace.entries.iter().any(|e| {
-        matches!(&e.ev, Ev::BrokerSent { pkt: Sent::SubAck(r), .. } if r.contains(&0x97))
-    });
+    let refused =
+        out.trace.entries.iter().any(
+            |e| matches!(&e.ev, Ev::BrokerSent { pkt: Sent::SubAck(r), .. } if r.contains(&0x97)),
+        );
     assert!(refused, "the seed no longer refuses a subscription");
 
     // The same trace, with the refused SUBACK granted instead: the QoS 1 PUBACK sent later
@@ -42,12 +46,22 @@ fn a_subscription_refused_after_a_store_failure_makes_no_durable_subscriber() {
     }
     out.recheck();
     let acked_after = out.trace.entries.iter().any(|e| {
-        matches!(&e.ev, Ev::BrokerSent { pkt: Sent::Ack(AckKind::PubAck, _, 0), .. })
-    }) && out
-        .trace
-        .entries
-        .iter()
-        .any(|e| matches!(&e.ev, Ev::BrokerGot { pkt: Got::Subscribe(_), .. }));
+        matches!(
+            &e.ev,
+            Ev::BrokerSent {
+                pkt: Sent::Ack(AckKind::PubAck, _, 0),
+                ..
+            }
+        )
+    }) && out.trace.entries.iter().any(|e| {
+        matches!(
+            &e.ev,
+            Ev::BrokerGot {
+                pkt: Got::Subscribe(_),
+                ..
+            }
+        )
+    });
     assert!(acked_after);
     assert!(
         out.violations.iter().any(|v| v.invariant == "P3"),

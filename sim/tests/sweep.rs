@@ -93,7 +93,11 @@ fn range() {
             let first = out.violations.first().map_or(String::new(), |v| {
                 format!("{} at {} ms: {}", v.invariant, v.at, v.detail)
             });
-            failed.push(format!("{}   # {:?} {first}", out.replay_hint(), out.family));
+            failed.push(format!(
+                "{}   # {:?} {first}",
+                out.replay_hint(),
+                out.family
+            ));
         }
     }
     if let Ok(path) = std::env::var("SIM_FAILURES")

@@ -8,15 +8,18 @@
     clippy::indexing_slicing
 )]
 
-use tidemq_sim::scenario::Family;
 use tidemq_sim::persist_check::prepass;
+use tidemq_sim::scenario::Family;
 use tidemq_sim::trace::{Ev, Rec, Tag};
 use tidemq_sim::{Mutation, Outcome, run_seed};
 
 fn clean(seed: u64) -> Outcome {
     let out = run_seed(seed, None);
     for v in out.violations.iter().chain(&out.known) {
-        println!("SIM_SEED={seed}: {} at {} ms: {}", v.invariant, v.at, v.detail);
+        println!(
+            "SIM_SEED={seed}: {} at {} ms: {}",
+            v.invariant, v.at, v.detail
+        );
     }
     assert!(out.violations.is_empty(), "SIM_SEED={seed} failed");
     out
@@ -55,7 +58,10 @@ fn will_first_seen_as_a_dup_resend_counts_as_published() {
         matches!(&e.ev, Ev::Delivered(d)
             if d.first && d.publish.dup && matches!(d.publish.tag, Tag::Will { .. }))
     });
-    assert!(dup_first, "the seed no longer shows a DUP first copy of a will");
+    assert!(
+        dup_first,
+        "the seed no longer shows a DUP first copy of a will"
+    );
     assert!(flags_i9(&run_seed(2_008_883, Some(Mutation::SwallowWill))));
 }
 
@@ -90,7 +96,9 @@ fn will_whose_records_a_crash_kept_must_still_be_delivered() {
         for (tag, last) in &durable.will_records {
             let published = out.trace.entries.iter().find_map(|e| match &e.ev {
                 Ev::Persist { recs, .. }
-                    if recs.iter().any(|r| matches!(r, Rec::MsgPut { tag: t, .. } if t == tag)) =>
+                    if recs
+                        .iter()
+                        .any(|r| matches!(r, Rec::MsgPut { tag: t, .. } if t == tag)) =>
                 {
                     Some(e.at)
                 }
@@ -103,9 +111,11 @@ fn will_whose_records_a_crash_kept_must_still_be_delivered() {
             let (Some(p), Some(d)) = (published, delivered) else {
                 continue;
             };
-            let held_crash = durable.lives.iter().filter_map(|l| l.crash.as_ref()).any(|c| {
-                c.at > p && c.at < d && c.held && *last <= c.kept
-            });
+            let held_crash = durable
+                .lives
+                .iter()
+                .filter_map(|l| l.crash.as_ref())
+                .any(|c| c.at > p && c.at < d && c.held && *last <= c.kept);
             if held_crash {
                 crossed = Some(*tag);
                 break;
