@@ -150,9 +150,23 @@ pub fn authenticate(
     credentials: &Credentials,
     env: &Envelope,
 ) -> Result<(), Reply> {
+    check_credentials(config, credentials, &env.seq, env.req)
+}
+
+/// Authentication of a request head, before its body is read: a refusal carries `seq` 0.
+pub fn authorize_head(config: &Config, credentials: &Credentials) -> Result<(), Reply> {
+    check_credentials(config, credentials, &json!(0), None)
+}
+
+fn check_credentials(
+    config: &Config,
+    credentials: &Credentials,
+    seq: &Value,
+    req: Option<i64>,
+) -> Result<(), Reply> {
     let http = &config.http_server;
     let fail = |code: u16, challenge: &'static str, message: &str| {
-        let mut reply = error(401, code, &env.seq, env.req, message);
+        let mut reply = error(401, code, seq, req, message);
         reply.challenge = Some(challenge);
         reply
     };
@@ -727,6 +741,25 @@ mod tests {
             let r = authenticate(&config, &creds(bad), &e).unwrap_err();
             assert_eq!(r.body["code"], 104, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_request_head_is_authorized_before_any_body() {
+        let config = Config::default();
+        let creds = |h: &str| Credentials {
+            authorization: Some(h.to_owned()),
+            jwt: None,
+        };
+        assert!(authorize_head(&config, &creds("Basic YWRtaW46cHVibGlj")).is_ok());
+        let r = authorize_head(&config, &creds("Basic YWRtaW46eA==")).unwrap_err();
+        assert_eq!(r.status, 401);
+        assert_eq!(r.body["code"], 103);
+        // No body was read: seq is 0 and there is no rep.
+        assert_eq!(r.body["seq"], 0);
+        assert!(r.body.get("rep").is_none());
+        assert!(r.challenge.is_some());
+        let r = authorize_head(&config, &Credentials::default()).unwrap_err();
+        assert_eq!(r.body["code"], 104);
     }
 
     #[test]

@@ -255,6 +255,10 @@ impl Broker {
                 }
                 Err(error) => self.event(BrokerEvent::ConfigRejected { error }),
             },
+            Input::AdminAuthorize {
+                req_id,
+                credentials,
+            } => self.handle_admin_authorize(req_id, &credentials),
             Input::Admin {
                 req_id,
                 credentials,

@@ -77,6 +77,13 @@ pub enum Input {
     ConfigChange(Box<Config>),
     /// Stop: every connection is told (v5: DISCONNECT 0x8B) and closed.
     Shutdown,
+    /// The head of an admin HTTP request, before its body is read: answered by
+    /// [`Output::AdminAuthorized`] when the credentials are good, else by a 401
+    /// [`Output::AdminReply`]. The runtime reads no body from a client it has not authorized.
+    AdminAuthorize {
+        req_id: u64,
+        credentials: admin::Credentials,
+    },
     /// An HTTP API V1 request: its body and what the client presented. Answered by
     /// [`Output::AdminReply`] with the same `req_id`.
     Admin {
@@ -121,6 +128,8 @@ pub enum Output {
         /// `WWW-Authenticate` value for a 401.
         challenge: Option<&'static str>,
     },
+    /// The credentials of an [`Input::AdminAuthorize`] are good: read the request's body.
+    AdminAuthorized { req_id: u64 },
     /// Persist these settings (admin API set-configuration), then report with
     /// [`Input::AdminConfigWritten`]; they take effect only once written.
     WriteConfig {

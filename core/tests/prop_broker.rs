@@ -225,6 +225,7 @@ impl Driver {
                 Output::Close { conn } => self.shadows[conn.0 as usize].closed = true,
                 Output::Event(_)
                 | Output::AdminReply { .. }
+                | Output::AdminAuthorized { .. }
                 | Output::WriteConfig { .. }
                 | Output::Control(_)
                 | Output::BridgeConnect { .. }

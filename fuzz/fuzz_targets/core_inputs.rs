@@ -80,13 +80,22 @@ fuzz_target!(|data: &[u8]| {
                 rest = tail.get(1 + len..).unwrap_or_default();
                 next_req += 1;
                 model.admin_pending.insert(next_req);
-                Input::Admin {
-                    req_id: next_req,
-                    credentials: Credentials {
-                        authorization: Some(BASIC.to_owned()),
-                        jwt: None,
-                    },
-                    body: Bytes::copy_from_slice(body),
+                let credentials = Credentials {
+                    authorization: Some(BASIC.to_owned()),
+                    jwt: None,
+                };
+                // An empty body stands for a request head alone.
+                if body.is_empty() {
+                    Input::AdminAuthorize {
+                        req_id: next_req,
+                        credentials,
+                    }
+                } else {
+                    Input::Admin {
+                        req_id: next_req,
+                        credentials,
+                        body: Bytes::copy_from_slice(body),
+                    }
                 }
             }
             7 if conn == 3 => {
@@ -144,7 +153,7 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
             Output::Close { conn } => {
                 assert!(model.open.remove(&conn.0), "close of a closed connection");
             }
-            Output::AdminReply { req_id, .. } => {
+            Output::AdminReply { req_id, .. } | Output::AdminAuthorized { req_id } => {
                 assert!(
                     model.admin_pending.remove(&req_id),
                     "a reply to request {req_id}, which is not waiting for one"

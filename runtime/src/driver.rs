@@ -570,15 +570,28 @@ impl Driver {
     fn admin(&mut self, now: Instant, call: AdminCall) {
         let req_id = self.next_req;
         self.next_req += 1;
-        self.pending_admin.insert(req_id, call.reply);
-        self.input(
-            now,
-            Input::Admin {
-                req_id,
-                credentials: call.credentials,
-                body: call.body,
-            },
-        );
+        let input = match call {
+            AdminCall::Authorize { credentials, reply } => {
+                self.pending_admin.insert(req_id, reply);
+                Input::AdminAuthorize {
+                    req_id,
+                    credentials,
+                }
+            }
+            AdminCall::Request {
+                credentials,
+                body,
+                reply,
+            } => {
+                self.pending_admin.insert(req_id, reply);
+                Input::Admin {
+                    req_id,
+                    credentials,
+                    body,
+                }
+            }
+        };
+        self.input(now, input);
     }
 
     /// Opens the store, restores the core from it, and starts the store thread. Runs before
@@ -642,11 +655,16 @@ impl Driver {
                     challenge,
                 } => {
                     if let Some(reply) = self.pending_admin.remove(&req_id) {
-                        let _ = reply.send(AdminAnswer {
+                        let _ = reply.send(AdminAnswer::Reply {
                             status,
                             body,
                             challenge,
                         });
+                    }
+                }
+                Output::AdminAuthorized { req_id } => {
+                    if let Some(reply) = self.pending_admin.remove(&req_id) {
+                        let _ = reply.send(AdminAnswer::Proceed);
                     }
                 }
                 Output::WriteConfig { req_id, changes } => {

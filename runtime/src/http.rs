@@ -21,18 +21,29 @@ use tidemq_core::admin::{Credentials, JwtVerdict, scheme_token};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
-/// One admin request on its way to the core, with the channel for its answer.
-pub(crate) struct AdminCall {
-    pub credentials: Credentials,
-    pub body: Bytes,
-    pub reply: oneshot::Sender<AdminAnswer>,
+/// One admin request on its way to the core, with the channel for its answer. A request
+/// is authorized from its head first; only then is its body read and sent.
+pub(crate) enum AdminCall {
+    Authorize {
+        credentials: Credentials,
+        reply: oneshot::Sender<AdminAnswer>,
+    },
+    Request {
+        credentials: Credentials,
+        body: Bytes,
+        reply: oneshot::Sender<AdminAnswer>,
+    },
 }
 
 /// The core's answer, ready for HTTP.
-pub(crate) struct AdminAnswer {
-    pub status: u16,
-    pub body: Bytes,
-    pub challenge: Option<&'static str>,
+pub(crate) enum AdminAnswer {
+    /// The head's credentials are good: read the body.
+    Proceed,
+    Reply {
+        status: u16,
+        body: Bytes,
+        challenge: Option<&'static str>,
+    },
 }
 
 /// What the server needs to know, fixed until a restart.
@@ -88,13 +99,79 @@ impl JwtKey {
     }
 }
 
+/// Most admin connections open at once, authenticated or not; beyond this new ones are
+/// closed at once. Unauthenticated ones last at most [`HEADER_TIMEOUT`].
+const MAX_OPEN: usize = 512;
+/// Most admin connections open at once from one address.
+const MAX_OPEN_PER_ADDRESS: usize = 128;
+/// A request head must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An authorized request's body must arrive within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// No admin connection lives longer.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Connection slots: every connection holds an open slot (bounded overall and per address);
+/// one that has sent an authorized request also holds one of `http_server.limit_conn`
+/// authenticated slots, so clients that never authenticate cannot lock real ones out.
+struct Slots {
+    open: Arc<Semaphore>,
+    authenticated: Arc<Semaphore>,
+    per_address: std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, usize>>,
+}
+
+/// An open connection's claim on its address's count; released on drop.
+struct AddressClaim {
+    slots: Arc<Slots>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for AddressClaim {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.slots.per_address.lock()
+            && let Some(n) = map.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Slots {
+    fn claim_address(self: &Arc<Slots>, ip: std::net::IpAddr) -> Option<AddressClaim> {
+        let mut map = self.per_address.lock().ok()?;
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_OPEN_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressClaim {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Per connection: the authenticated slot, once taken.
+#[derive(Default)]
+struct ConnState {
+    authenticated: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
 /// Serves until the task is aborted.
 pub(crate) async fn serve(
     listener: Box<dyn crate::net::Listener>,
     calls: mpsc::Sender<AdminCall>,
     settings: Arc<HttpSettings>,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.limit_conn.max(1)));
+    let slots = Arc::new(Slots {
+        open: Arc::new(Semaphore::new(MAX_OPEN)),
+        authenticated: Arc::new(Semaphore::new(settings.limit_conn.max(1))),
+        per_address: Default::default(),
+    });
+    let mut refused = RefusalLog::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -104,26 +181,58 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!(%peer, "admin API connection refused: http_server.limit_conn reached");
+        let Ok(open) = slots.open.clone().try_acquire_owned() else {
+            refused.note(peer, "too many admin connections open");
+            continue;
+        };
+        let Some(claim) = slots.claim_address(peer.ip()) else {
+            refused.note(peer, "too many admin connections from this address");
             continue;
         };
         let calls = calls.clone();
         let settings = settings.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (open, claim);
+            let state = Arc::new(ConnState::default());
             let service = service_fn(move |req| {
                 let calls = calls.clone();
                 let settings = settings.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer, &calls, &settings).await) }
+                let slots = slots.clone();
+                let state = state.clone();
+                async move {
+                    Ok::<_, Infallible>(handle(req, peer, &calls, &settings, &slots, &state).await)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            // Bounded: a client cannot hold a connection slot forever.
-            let _ = tokio::time::timeout(Duration::from_secs(300), conn).await;
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
+    }
+}
+
+/// Refused connections are counted and logged at most once a minute.
+#[derive(Default)]
+struct RefusalLog {
+    count: u64,
+    since_log: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, why: &str) {
+        self.count += 1;
+        self.since_log += 1;
+        let due = self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            warn!(%peer, refused = self.since_log, total = self.count, "admin API connection refused: {why}");
+            self.since_log = 0;
+            self.last_log = Some(std::time::Instant::now());
+        }
     }
 }
 
@@ -151,15 +260,67 @@ fn plain_error(status: u16, code: u16, message: &str) -> Response<Full<Bytes>> {
     json_response(status, Bytes::from(body.to_string()), None)
 }
 
+/// A browser request from another site (its `Origin` is not this server) is refused, so a
+/// page elsewhere cannot drive the API with credentials the browser remembers.
+fn cross_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin.to_str().ok().and_then(|o| {
+        let rest = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))?;
+        Some(rest.trim_end_matches('/'))
+    });
+    match (origin_host, host) {
+        (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
+        _ => true,
+    }
+}
+
+async fn ask(
+    calls: &mpsc::Sender<AdminCall>,
+    call: AdminCall,
+    answer: oneshot::Receiver<AdminAnswer>,
+) -> Result<AdminAnswer, Response<Full<Bytes>>> {
+    if calls.send(call).await.is_err() {
+        return Err(plain_error(503, 102, "the broker is shutting down"));
+    }
+    match tokio::time::timeout(Duration::from_secs(30), answer).await {
+        Ok(Ok(a)) => Ok(a),
+        _ => Err(plain_error(500, 102, "the broker did not answer")),
+    }
+}
+
+fn reply_response(answer: AdminAnswer) -> Response<Full<Bytes>> {
+    match answer {
+        AdminAnswer::Reply {
+            status,
+            body,
+            challenge,
+        } => json_response(status, body, challenge),
+        AdminAnswer::Proceed => plain_error(500, 102, "the broker did not answer"),
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     calls: &mpsc::Sender<AdminCall>,
     settings: &HttpSettings,
+    slots: &Slots,
+    state: &ConnState,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path != "/api/v1" && !path.starts_with("/api/v1/") {
+    if path != "/api/v1" && path != "/api/v1/" {
         return plain_error(404, 102, "not found: the API is at /api/v1");
+    }
+    if cross_origin(&req) {
+        return plain_error(403, 102, "cross-origin request refused");
     }
     let authorization = req
         .headers()
@@ -170,12 +331,37 @@ async fn handle(
         (Some(key), Some(header)) => scheme_token(header, "bearer").map(|t| key.verify(t)),
         _ => None,
     };
-    let body = match Limited::new(req.into_body(), settings.max_body)
-        .collect()
-        .await
+    let credentials = Credentials { authorization, jwt };
+    // The head first: no body is read from a client that is not authorized.
+    let (reply, answer) = oneshot::channel();
+    let call = AdminCall::Authorize {
+        credentials: credentials.clone(),
+        reply,
+    };
+    match ask(calls, call, answer).await {
+        Ok(AdminAnswer::Proceed) => {}
+        Ok(refused) => return reply_response(refused),
+        Err(response) => return response,
+    }
+    if let Ok(mut held) = state.authenticated.lock()
+        && held.is_none()
     {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+        match slots.authenticated.clone().try_acquire_owned() {
+            Ok(permit) => *held = Some(permit),
+            Err(_) => {
+                debug!(%peer, "admin API request refused: http_server.limit_conn reached");
+                return plain_error(
+                    503,
+                    102,
+                    "too many admin connections (http_server.limit_conn)",
+                );
+            }
+        }
+    }
+    let body = Limited::new(req.into_body(), settings.max_body).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
             debug!(%peer, error = %e, "admin API body refused");
             return plain_error(
                 413,
@@ -186,18 +372,19 @@ async fn handle(
                 ),
             );
         }
+        Err(_) => {
+            debug!(%peer, "admin API body too slow");
+            return plain_error(408, 102, "the request body did not arrive in time");
+        }
     };
     let (reply, answer) = oneshot::channel();
-    let call = AdminCall {
-        credentials: Credentials { authorization, jwt },
+    let call = AdminCall::Request {
+        credentials,
         body,
         reply,
     };
-    if calls.send(call).await.is_err() {
-        return plain_error(503, 102, "the broker is shutting down");
-    }
-    match tokio::time::timeout(Duration::from_secs(30), answer).await {
-        Ok(Ok(a)) => json_response(a.status, a.body, a.challenge),
-        _ => plain_error(500, 102, "the broker did not answer"),
+    match ask(calls, call, answer).await {
+        Ok(answer) => reply_response(answer),
+        Err(response) => response,
     }
 }

@@ -498,6 +498,8 @@ impl World {
                 body: String::from_utf8_lossy(&body).into_owned(),
                 challenge: challenge.is_some(),
             }),
+            // The simulated admin client sends whole requests (`Input::Admin`) only.
+            Output::AdminAuthorized { .. } => {}
             Output::WriteConfig { req_id, .. } => {
                 self.trace.push(Ev::AdminWrite { req_id });
                 let at = self.now + self.admin_rng.range(0, 2_000);

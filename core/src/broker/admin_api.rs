@@ -17,6 +17,13 @@ pub(crate) struct PendingConfig {
 }
 
 impl Broker {
+    pub(super) fn handle_admin_authorize(&mut self, req_id: u64, credentials: &Credentials) {
+        match admin::authorize_head(&self.config, credentials) {
+            Ok(()) => self.outputs.push_back(Output::AdminAuthorized { req_id }),
+            Err(reply) => self.admin_reply(req_id, reply),
+        }
+    }
+
     pub(super) fn handle_admin(&mut self, req_id: u64, credentials: &Credentials, body: &[u8]) {
         let reply = (|| {
             let envelope = admin::parse_envelope(body)?;

@@ -252,6 +252,7 @@ impl Harness {
                     }
                     Output::Snapshot { upto, records } => self.snapshots.push((upto, records)),
                     Output::AdminReply { .. }
+                    | Output::AdminAuthorized { .. }
                     | Output::WriteConfig { .. }
                     | Output::Control(_)
                     | Output::BridgeConnect { .. } => {}
