@@ -486,6 +486,23 @@ const V1_FIELDS: &[(&str, Kind, &str)] = &[
     ),
 ];
 
+/// The V1 fields that name files.
+const PATH_FIELDS: &[&str] = &["tls.key", "tls.cert", "tls.cacert"];
+
+/// The first control character (C0, DEL or C1) in any string inside `v`.
+fn first_control_char(v: &Value) -> Option<char> {
+    match v {
+        Value::String(s) => s.chars().find(|c| c.is_control()),
+        Value::Array(items) => items.iter().find_map(first_control_char),
+        Value::Object(m) => m.iter().find_map(|(k, v)| {
+            k.chars()
+                .find(|c| c.is_control())
+                .or_else(|| first_control_char(v))
+        }),
+        _ => None,
+    }
+}
+
 /// A setting changed by a set-configuration, for the runtime to persist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigChange {
@@ -573,6 +590,23 @@ pub fn check_set_config(base: &Config, data: &Value) -> Result<ConfigUpdate, Str
         };
         if !type_ok(kind, value) {
             return Err(format!("{path} must be {}", type_name(kind)));
+        }
+        // Values are written into configuration files: a control character (a newline above
+        // all) could add keys of its own.
+        if let Some(bad) = first_control_char(value) {
+            return Err(format!(
+                "{path} must not contain control characters (found U+{:04X})",
+                u32::from(bad)
+            ));
+        }
+        if PATH_FIELDS.contains(&path.as_str())
+            && let Some(p) = value.as_str()
+            && !p.is_empty()
+            && (!p.starts_with('/') || p.split('/').any(|part| part == ".."))
+        {
+            return Err(format!(
+                "{path} must be an absolute file path without \"..\""
+            ));
         }
         // A masked secret sent back unchanged keeps the secret.
         if value.as_str() == Some(MASK) {
@@ -781,6 +815,27 @@ mod tests {
             authenticate(&config, &none, &e).unwrap_err().body["code"],
             104
         );
+    }
+
+    #[test]
+    fn set_config_refuses_control_characters_and_relative_paths() {
+        let base = Config::default();
+        for data in [
+            json!({"http_server": {"password": "x\nhttp_server.username=evil"}}),
+            json!({"bridge": {"clientid": "a\rb"}}),
+            json!({"bridge": {"forwards": ["ok/#", "bad\u{0}"]}}),
+            json!({"bridge": {"subscription": [{"topic": "a\u{7f}", "qos": 1}]}}),
+            json!({"url": "nmq-tcp://0.0.0.0:1883\u{85}"}),
+        ] {
+            let err = check_set_config(&base, &data).unwrap_err();
+            assert!(err.contains("control characters"), "{data}: {err}");
+        }
+        for path in ["key.pem", "/etc/../root/key.pem", "./k"] {
+            let err = check_set_config(&base, &json!({"tls": {"key": path}})).unwrap_err();
+            assert!(err.contains("absolute file path"), "{path}: {err}");
+        }
+        assert!(check_set_config(&base, &json!({"tls": {"key": "/etc/tidemq/key.pem"}})).is_ok());
+        assert!(check_set_config(&base, &json!({"http_server": {"password": "pä ss"}})).is_ok());
     }
 
     #[test]

@@ -238,29 +238,9 @@ pub fn override_path(base: &Path) -> PathBuf {
 /// Writes `text` to `path` so that readers see the old or the new file, never a mix, and
 /// the new one survives a crash: temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    // A configuration may hold passwords: a new file is 0600; an existing one keeps its
+    // mode and owner.
+    crate::files::replace_atomically(path, text.as_bytes(), 0o600)
 }
 
 /// Replaces or appends `key=value` lines, keeping every other line and comment as it was.
@@ -314,6 +294,11 @@ pub fn persist(
         );
     };
     let fail = |path: &Path, e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    // One read-modify-write at a time: concurrent set-configurations must not lose changes.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match source.format {
         Format::KeyValue => {
             let text = std::fs::read_to_string(&source.path).map_err(|e| fail(&source.path, e))?;

@@ -6,6 +6,7 @@
 pub mod config_file;
 mod conn;
 mod driver;
+pub mod files;
 mod http;
 mod listener;
 pub mod logging;

@@ -1,7 +1,7 @@
 //! Logs through `tracing`: to the console and/or a size-rotated file, with a level that a
 //! reload can change.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -87,14 +87,10 @@ struct Rotating {
 
 impl RotatingFile {
     fn open(path: PathBuf, max_size: u64, keep: u32) -> io::Result<RotatingFile> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            crate::files::private_dir(dir)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let file = open_log(&path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(RotatingFile {
             inner: Arc::new(Mutex::new(Rotating {
@@ -108,6 +104,23 @@ impl RotatingFile {
     }
 }
 
+/// The log file, 0600 when we create it; the log directory may be shared (NanoMQ's default
+/// is /tmp), so a symlink or a file someone else owns in its place is refused.
+fn open_log(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = crate::files::append_private(path)?;
+    if file.metadata()?.uid() != crate::files::effective_uid()? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: owned by another user; refusing to log into it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
 impl Rotating {
     fn rotate(&mut self) -> io::Result<()> {
         let numbered = |n: u32| {
@@ -116,16 +129,13 @@ impl Rotating {
             PathBuf::from(p)
         };
         if self.keep == 0 {
-            self.file = File::create(&self.path)?;
+            self.file = crate::files::create_private(&self.path)?;
         } else {
             for n in (1..self.keep).rev() {
                 let _ = std::fs::rename(numbered(n), numbered(n + 1));
             }
             std::fs::rename(&self.path, numbered(1))?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            self.file = open_log(&self.path)?;
         }
         self.size = 0;
         Ok(())

@@ -49,7 +49,8 @@ struct FileArgs {
 
 #[derive(Args, Clone, Default)]
 struct PidArgs {
-    /// Pid file [env: TIDEMQ_PID_FILE or NANOMQ_PID_FILE; default /tmp/tidemq/tidemq.pid].
+    /// Pid file [env: TIDEMQ_PID_FILE or NANOMQ_PID_FILE; default /run/tidemq/tidemq.pid as
+    /// root, else $XDG_RUNTIME_DIR/tidemq/tidemq.pid or /tmp/tidemq-UID/tidemq.pid].
     #[arg(long = "pid_file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
 }

@@ -10,14 +10,26 @@ use std::time::{Duration, Instant};
 /// Set in the environment of the background copy started by `-d`.
 pub const DAEMON_CHILD_ENV: &str = "TIDEMQ_DAEMON_CHILD";
 
-const DEFAULT_PID_FILE: &str = "/tmp/tidemq/tidemq.pid";
-
-/// The pid file: the flag, else `TIDEMQ_PID_FILE` / `NANOMQ_PID_FILE`, else the default.
+/// The pid file: the flag, else `TIDEMQ_PID_FILE` / `NANOMQ_PID_FILE`, else
+/// `tidemq.pid` in a directory of our own: `/run/tidemq` as root, `$XDG_RUNTIME_DIR/tidemq`
+/// otherwise, or `/tmp/tidemq-<uid>` without one. (NanoMQ uses `/tmp/nanomq`, which anyone
+/// could create first.)
 pub fn path(flag: Option<&Path>, env: &BTreeMap<String, String>) -> PathBuf {
     flag.map(Path::to_owned)
         .or_else(|| env.get("TIDEMQ_PID_FILE").map(PathBuf::from))
         .or_else(|| env.get("NANOMQ_PID_FILE").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PID_FILE))
+        .unwrap_or_else(|| default_dir(env).join("tidemq.pid"))
+}
+
+fn default_dir(env: &BTreeMap<String, String>) -> PathBuf {
+    let uid = crate::files::effective_uid().unwrap_or(u32::MAX);
+    if uid == 0 {
+        return PathBuf::from("/run/tidemq");
+    }
+    match env.get("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => Path::new(dir).join("tidemq"),
+        None => PathBuf::from(format!("/tmp/tidemq-{uid}")),
+    }
 }
 
 fn reload_request_path(pid_file: &Path) -> PathBuf {
@@ -36,7 +48,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn read_pid(path: &Path) -> io::Result<u32> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::files::read_own(path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -71,8 +83,16 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Writes our pid, refusing if the file names a live process.
+    /// Writes our pid, refusing if the file names a live process. Its directory must be
+    /// ours alone (created 0700 if missing): the reload request beside it names the
+    /// configuration file to load.
     pub fn create(path: &Path) -> io::Result<PidFile> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        crate::files::private_dir(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("pid file {}: {e}", path.display())))?;
         if let Ok(pid) = read_pid(path)
             && pid != std::process::id()
             && alive(pid)
@@ -85,10 +105,12 @@ impl PidFile {
                 ),
             ));
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+        let write = || -> io::Result<()> {
+            use std::io::Write;
+            let mut file = crate::files::create_private(path)?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        };
+        write().map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot write pid file {}: {e}", path.display()),
@@ -143,8 +165,10 @@ pub fn reload(path: &Path, conf: Option<&Path>) -> io::Result<u32> {
         ));
     }
     if let Some(conf) = conf {
+        use std::io::Write;
         let absolute = std::path::absolute(conf)?;
-        std::fs::write(reload_request_path(path), absolute.display().to_string())?;
+        crate::files::create_private(&reload_request_path(path))?
+            .write_all(absolute.display().to_string().as_bytes())?;
     }
     signal(pid, "HUP")?;
     Ok(pid)
@@ -153,7 +177,16 @@ pub fn reload(path: &Path, conf: Option<&Path>) -> io::Result<u32> {
 /// The file a `tidemq reload --conf FILE` asked for, consumed.
 pub fn take_reload_request(pid_file: &Path) -> Option<PathBuf> {
     let request = reload_request_path(pid_file);
-    let text = std::fs::read_to_string(&request).ok()?;
+    // Only a request we wrote (the directory is ours; the file must be too).
+    let text = match crate::files::read_own(&request) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("ignoring reload request {}: {e}", request.display());
+            let _ = std::fs::remove_file(&request);
+            return None;
+        }
+    };
     let _ = std::fs::remove_file(&request);
     Some(PathBuf::from(text.trim()))
 }

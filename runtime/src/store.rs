@@ -51,9 +51,11 @@ pub struct FsDir {
 }
 
 impl FsDir {
+    /// The data directory is private: created 0700, or refused if someone else could
+    /// write to it (see [`crate::files::private_dir`]).
     pub fn open(path: impl Into<PathBuf>) -> io::Result<FsDir> {
         let path = path.into();
-        fs::create_dir_all(&path)?;
+        crate::files::private_dir(&path)?;
         Ok(FsDir { path })
     }
 }
@@ -86,11 +88,7 @@ impl StoreDir for FsDir {
     }
 
     fn create(&mut self, name: &str) -> io::Result<Box<dyn StoreFile>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(self.path.join(name))?;
+        let file = crate::files::create_private(&self.path.join(name))?;
         Ok(Box::new(FsFile(file)))
     }
 

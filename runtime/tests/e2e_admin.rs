@@ -454,7 +454,23 @@ fn set_configuration_on_an_old_format_file_rewrites_only_its_keys() {
     wait_for("the admin API", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
     });
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o640)).unwrap();
     let api = Api { port: http };
+    // A value with a newline would add a line (a key) of its own: refused, nothing written.
+    let before = std::fs::read_to_string(&conf).unwrap();
+    let bad = api.call(
+        &["-u", "admin:public"],
+        r#"{"req": 12, "seq": 1, "data": {"bridge": {"clientid": "x\nallow_anonymous=false"}}}"#,
+    );
+    assert_eq!((bad.status, bad.json["code"].clone()), (400, json!(108)));
+    assert!(
+        bad.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("control characters")
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), before);
     api.ok(
         json!({"req": 12, "seq": 1, "data": {"msq_len": 9, "allow_anonymous": true,
         "bridge": {"forwards": ["up/#"], "subscription": [{"topic": "down/#", "qos": 1}]}}}),
@@ -466,6 +482,9 @@ fn set_configuration_on_an_old_format_file_rewrites_only_its_keys() {
             "# my broker\nurl=nmq-tcp://127.0.0.1:{mqtt}\n# queue\nmsq_len=9\nhttp_server.enable=true\nhttp_server.port={http}\nallow_anonymous=true\nbridge.mqtt.forwards=up/#\nbridge.mqtt.subscription.1.topic=down/#\nbridge.mqtt.subscription.1.qos=1\n"
         )
     );
+    // Rewritten in place of the original: its mode is kept.
+    let mode = std::fs::metadata(&conf).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
 }
 
 #[test]

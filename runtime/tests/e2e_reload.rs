@@ -144,6 +144,36 @@ fn second_start_with_the_same_pid_file_is_refused() {
     assert!(err.contains("already running"), "{err}");
 }
 
+/// A pid directory someone else could write to (here: world-writable, as a local user would
+/// plant it) is refused before anything is written there; a symlink as the pid file too.
+#[test]
+fn a_shared_pid_directory_or_a_planted_symlink_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new("piddir");
+    let shared = dir.file("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url = format!("nmq-tcp://127.0.0.1:{}", free_port());
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--url", &url, "--pid_file"])
+        .arg(shared.join("tidemq.pid")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(!shared.join("tidemq.pid").exists());
+
+    let private = dir.file("private");
+    std::fs::create_dir(&private).unwrap();
+    let victim = dir.file("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, private.join("tidemq.pid")).unwrap();
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--url", &url, "--pid_file"])
+        .arg(private.join("tidemq.pid")));
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+}
+
 #[test]
 fn check_reports_the_line_of_a_broken_file_and_fails() {
     let dir = Dir::new("check");
