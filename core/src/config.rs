@@ -196,15 +196,33 @@ pub struct HttpServerConfig {
     pub jwt_public_keyfile: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body: u64,
-    /// Concurrent admin connections.
+    /// Concurrent admin connections that have sent an authorized request.
     pub limit_conn: u32,
+}
+
+impl HttpServerConfig {
+    /// Basic auth with NanoMQ's well-known `admin` / `public`, on an address other hosts
+    /// can reach: worth a warning at every start.
+    pub fn exposes_default_credentials(&self) -> bool {
+        let loopback = self
+            .ip_addr
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || self.ip_addr.eq_ignore_ascii_case("localhost");
+        self.enable
+            && !loopback
+            && self.auth_type == HttpAuthType::Basic
+            && self.username == "admin"
+            && self.password == "public"
+    }
 }
 
 impl Default for HttpServerConfig {
     fn default() -> Self {
         HttpServerConfig {
             enable: false,
-            ip_addr: "0.0.0.0".to_owned(),
+            // NanoMQ listens on 0.0.0.0; exposing the API beyond this host is a choice.
+            ip_addr: "127.0.0.1".to_owned(),
             port: 8081,
             username: "admin".to_owned(),
             password: "public".to_owned(),

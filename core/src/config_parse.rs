@@ -435,6 +435,16 @@ pub fn apply(
             continue;
         }
         match apply_one(config, entry, format) {
+            Ok(Applied::Set)
+                if matches!(entry.key.as_str(), "qos_duration" | "mqtt.retry_interval") =>
+            {
+                warnings.push(ConfigIssue::at(
+                    entry,
+                    "accepted and shown by the admin API, but it has no effect: unacknowledged \
+                     QoS 1/2 messages are resent when the client reconnects (MQTT 3.1.1 resends \
+                     on reconnect; MQTT 5 forbids resending within a session)",
+                ));
+            }
             Ok(Applied::Set | Applied::Section) => {}
             Ok(Applied::NoEffect) => warnings.push(ConfigIssue::at(
                 entry,

@@ -30,7 +30,12 @@ fn kv(text: &str) -> Result<(Config, Vec<ConfigIssue>), ConfigIssue> {
 fn shipped_hocon_file_is_the_default_configuration() {
     let (config, warnings) = hocon(&shipped("nanomq.conf")).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(config, Config::default());
+    // Every default, with one change: the admin API is on, on loopback.
+    let mut expected = Config::default();
+    expected.http_server.enable = true;
+    assert_eq!(config, expected);
+    assert_eq!(config.http_server.ip_addr, "127.0.0.1");
+    assert!(!config.http_server.exposes_default_credentials());
     config.validate().unwrap();
 }
 
@@ -94,13 +99,31 @@ bridge.mqtt.subscription.1.topic=down/#
 bridge.mqtt.subscription.1.qos=1
 "#)
     .unwrap();
-    assert!(wa.is_empty() && wb.is_empty(), "{wa:?} {wb:?}");
+    // The retry interval is kept but has no effect, and both formats say so.
+    for w in [&wa, &wb] {
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].to_string().contains("no effect"), "{w:?}");
+    }
     assert_eq!(a, b);
     assert_eq!(a.max_packet_size, 64 * 1024);
     assert_eq!(a.users.get("bob").map(String::as_str), Some("s2"));
     assert!(a.http_server.enable && a.tls.enable && a.websocket.enable);
     assert_eq!(a.bridges["default"].subscription[0].qos, 1);
     a.validate().unwrap();
+}
+
+#[test]
+fn default_admin_credentials_beyond_loopback_are_flagged() {
+    let mut c = Config::default();
+    c.http_server.enable = true;
+    assert!(!c.http_server.exposes_default_credentials());
+    c.http_server.ip_addr = "0.0.0.0".to_owned();
+    assert!(c.http_server.exposes_default_credentials());
+    c.http_server.ip_addr = "::1".to_owned();
+    assert!(!c.http_server.exposes_default_credentials());
+    c.http_server.ip_addr = "192.168.1.5".to_owned();
+    c.http_server.password = "changed".to_owned();
+    assert!(!c.http_server.exposes_default_credentials());
 }
 
 #[test]

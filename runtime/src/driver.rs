@@ -185,6 +185,13 @@ fn http_settings(config: &Config) -> io::Result<Arc<HttpSettings>> {
     if http.auth_type == tidemq_core::config::HttpAuthType::NoAuth {
         warn!("http_server.auth_type = no_auth: the admin API accepts anyone");
     }
+    if http.exposes_default_credentials() {
+        warn!(
+            ip_addr = http.ip_addr,
+            "the admin API listens beyond this host with the default credentials admin/public: \
+             set http_server.username and password"
+        );
+    }
     Ok(Arc::new(HttpSettings {
         max_body: usize::try_from(http.max_body).unwrap_or(usize::MAX),
         limit_conn: http.limit_conn as usize,
