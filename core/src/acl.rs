@@ -197,6 +197,9 @@ impl AclRules {
         for e in &entries {
             match e.key.as_str() {
                 "rules" => found = Some(e),
+                k if k.starts_with("rules.") => {
+                    return Err(issue(e.line, "rules", "expected an array of rules"));
+                }
                 _ => {
                     return Err(issue(
                         e.line,

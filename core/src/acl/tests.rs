@@ -191,6 +191,8 @@ fn acl_conf_errors() {
         e.to_string(),
         "line 1: x: unknown key (an ACL file holds only `rules = [...]`)"
     );
+    let e = AclRules::from_acl_conf("rules { a = 1 }", &env, Allow).unwrap_err();
+    assert_eq!(e.to_string(), "line 1: rules: expected an array of rules");
     let e = AclRules::from_acl_conf("# nothing\n", &env, Allow).unwrap_err();
     assert_eq!(e.to_string(), "rules: missing: expected rules = [ ... ]");
     let e = AclRules::from_acl_conf("rules = [", &env, Allow).unwrap_err();
