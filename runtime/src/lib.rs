@@ -3,6 +3,7 @@
 //! One driver task owns the [`tidemq_core::Broker`] and feeds it one input at a time; small
 //! per-connection tasks only move bytes. The runtime holds no protocol logic.
 
+pub mod auth;
 pub mod config_file;
 mod conn;
 mod driver;

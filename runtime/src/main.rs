@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tidemq_runtime::config_file::{self, ConfigInputs, Loaded};
-use tidemq_runtime::{ConfigOrigin, Control, Server, logging, pidfile};
+use tidemq_runtime::{ConfigOrigin, Control, Server, auth, logging, pidfile};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -35,6 +35,29 @@ enum Command {
     Reload(ReloadArgs),
     /// Validate a configuration and print the effective settings (secrets masked).
     Check(FileArgs),
+    /// Add, change (-c: create) or delete (-D) a user in a Mosquitto-format password file;
+    /// new passwords are stored as argon2id hashes.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Args, Clone)]
+struct PasswdArgs {
+    /// Create the file, replacing an existing one.
+    #[arg(short = 'c', conflicts_with = "delete")]
+    create: bool,
+    /// Batch mode: take the password from the command line instead of prompting.
+    #[arg(short = 'b', requires = "password")]
+    batch: bool,
+    /// Delete the user.
+    #[arg(short = 'D', conflicts_with = "batch")]
+    delete: bool,
+    /// The password file.
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// The password (with -b only).
+    #[arg(requires = "batch")]
+    password: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -274,6 +297,22 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Passwd(args) => {
+            let action = if args.delete {
+                auth::PasswdAction::Delete
+            } else {
+                auth::PasswdAction::Set {
+                    password: args.password,
+                }
+            };
+            match auth::passwd(&args.file, &args.user, args.create, action) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tidemq passwd: {e}");
                     ExitCode::FAILURE
                 }
             }
