@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::api::{BrokerEvent, ConnId, Input, Instant, Output};
 use crate::codec::{
     self, Ack, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion,
     Publish, PublishRef, QoS, ReasonOnly, SubAck, Subscribe, UnsubAck, Unsubscribe, Will, reason,
@@ -18,7 +19,6 @@ use crate::session::{
 };
 use crate::sys;
 use crate::topic::{self, RetainTrie, SubMatch, SubscriptionTrie, TopicError};
-use crate::{BrokerEvent, ConnId, Input, Instant, Output};
 
 mod admin_api;
 mod bridge;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::api::{ConnId, Instant};
 use crate::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions, Will};
-use crate::{ConnId, Instant};
 
 pub(crate) type SessionId = u64;
 
@@ -30,7 +30,7 @@ pub(crate) struct Message {
     pub publisher: Option<SessionId>,
     /// The bridge it came in through (not forwarded back there).
     pub from_bridge: Option<u64>,
-    /// Its number in the store; given by [`crate::Broker`] when it is published.
+    /// Its number in the store; given by the broker when it is published.
     pub id: u64,
     /// Whether the store has been given this message (once, however many refer to it).
     pub stored: AtomicBool,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::Broker;
 use crate::admin::{self, ConfigUpdate, Credentials, Reply, Request};
-use crate::{BrokerEvent, Output};
+use crate::api::{BrokerEvent, Output};
 
 /// A set-configuration waiting for its file write.
 pub(crate) struct PendingConfig {

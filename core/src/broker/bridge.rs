@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::{Broker, Timer};
+use crate::api::{BrokerEvent, ConnId, Instant, Output};
 use crate::codec::{
     self, Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
     ReasonOnly, Subscribe, SubscriptionOptions, reason,
@@ -18,7 +19,6 @@ use crate::config::{BridgeConfig, BridgeForward};
 use crate::persist::{self, Record};
 use crate::session::Message;
 use crate::topic;
-use crate::{BrokerEvent, ConnId, Instant, Output};
 
 /// Bridge connections get ids from their own range so they never meet the runtime's.
 const BRIDGE_CONN_BASE: u64 = 1 << 63;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use bytes::Bytes;
 
 use super::Broker;
+use crate::api::{BrokerEvent, ConnId, Instant, Output};
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::config::SyncMode;
 use crate::persist::{Record, Recovered, StoredMessage};
@@ -20,7 +21,6 @@ use crate::session::{
     Delivery, Message, NEVER_EXPIRES, OutStage, Session, SessionId, Subscription,
 };
 use crate::topic;
-use crate::{BrokerEvent, ConnId, Instant, Output};
 
 /// Output for one connection waiting for the store, oldest first.
 #[derive(Debug, Default)]
