@@ -3,66 +3,12 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::*;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EncodeError {
-    /// A string or binary field longer than 65,535 bytes.
-    FieldTooLong,
-    /// Remaining length above 268,435,455.
-    PacketTooLarge,
-    /// A value outside its wire range (subscription identifier 0 or above 268,435,455).
-    ValueOutOfRange,
-}
-
-impl std::fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EncodeError::FieldTooLong => write!(f, "string or binary field over 65535 bytes"),
-            EncodeError::PacketTooLarge => write!(f, "packet over the MQTT size limit"),
-            EncodeError::ValueOutOfRange => write!(f, "value outside its wire range"),
-        }
-    }
-}
-
-impl std::error::Error for EncodeError {}
+use super::error::EncodeError;
+use super::packet::{Ack, Packet, ProtocolVersion, Publish, QoS, ReasonOnly};
+use super::properties::Properties;
+use super::wire::{put_binary, put_str, put_varint, varint_len};
 
 const MAX_REMAINING: usize = 268_435_455;
-
-pub(crate) fn varint_len(v: usize) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-pub(crate) fn put_varint(out: &mut BytesMut, mut v: usize) {
-    loop {
-        let mut byte = (v & 0x7F) as u8;
-        v >>= 7;
-        if v > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if v == 0 {
-            break;
-        }
-    }
-}
-
-/// Callers check field lengths with [`check_fields`] first; longer values are cut, never
-/// written with a wrong prefix.
-pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
-    put_binary(out, s.as_bytes());
-}
-
-pub(crate) fn put_binary(out: &mut BytesMut, b: &[u8]) {
-    let len = b.len().min(u16::MAX as usize);
-    out.put_u16(len as u16);
-    out.put_slice(b.get(..len).unwrap_or_default());
-}
 
 fn field_ok(len: usize) -> Result<(), EncodeError> {
     if len > u16::MAX as usize {
