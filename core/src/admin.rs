@@ -646,6 +646,14 @@ pub fn hocon_line(change: &ConfigChange) -> String {
     format!("{} = {}", change.key, value)
 }
 
+/// A set-configuration waiting for its file write.
+pub(crate) struct PendingConfig {
+    pub seq: Value,
+    pub update: ConfigUpdate,
+    /// The request's `data`, re-applied to the configuration in force once written.
+    pub data: Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

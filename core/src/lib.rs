@@ -7,14 +7,20 @@
 
 pub mod admin;
 pub mod api;
+mod bridge;
 mod broker;
 pub mod codec;
 pub mod config;
 pub mod config_parse;
+mod conn;
+mod durable;
+mod ids;
+mod message;
 pub mod persist;
 mod rng;
 mod session;
 mod sys;
+mod timer;
 pub mod topic;
 pub mod ws;
 

@@ -3,52 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use bytes::Bytes;
 
 use crate::api::{ConnId, Instant};
-use crate::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions, Will};
 
-pub(crate) type SessionId = u64;
+use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
+use crate::message::Message;
 
 /// Session expiry meaning "never" (v5 0xFFFFFFFF; also 3.1.1 clean session 0).
 pub(crate) const NEVER_EXPIRES: u32 = u32::MAX;
-
-/// A message as routed: shared by every subscriber it goes to.
-#[derive(Debug)]
-pub(crate) struct Message {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-    /// PUBLISH properties to pass on (no topic alias, no subscription identifiers).
-    pub properties: Properties,
-    /// When the message stops being deliverable (v5 message expiry).
-    pub expires_at: Option<Instant>,
-    /// The session that published it, for no-local.
-    pub publisher: Option<SessionId>,
-    /// The bridge it came in through (not forwarded back there).
-    pub from_bridge: Option<u64>,
-    /// Its number in the store; given by the broker when it is published.
-    pub id: u64,
-    /// Whether the store has been given this message (once, however many refer to it).
-    pub stored: AtomicBool,
-    /// The store sequence number the input that accepted it depends on; a QoS 2 delivery
-    /// waits until it is durable.
-    pub needs_seq: AtomicU64,
-}
-
-impl Message {
-    pub fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| now >= at)
-    }
-
-    /// True the first time only: the caller then hands the message to the store.
-    pub fn first_store(&self) -> bool {
-        !self.stored.swap(true, Ordering::Relaxed)
-    }
-}
 
 /// One message on its way to one subscriber.
 #[derive(Debug, Clone)]

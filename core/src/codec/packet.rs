@@ -105,6 +105,17 @@ pub struct Ack {
     pub properties: Properties,
 }
 
+impl Ack {
+    /// An acknowledgement without properties.
+    pub fn new(packet_id: u16, reason: u8) -> Ack {
+        Ack {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SubscriptionOptions {
     pub qos: QoS,

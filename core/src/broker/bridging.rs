@@ -4,165 +4,26 @@
 //! the broker's keeping only when the remote acknowledges them. The runtime only opens and
 //! closes the socket when asked.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Broker, Timer};
+use super::Broker;
 use crate::api::{BrokerEvent, ConnId, Instant, Output};
+use crate::bridge::{
+    BACKOFF_MIN_MS, BRIDGE_CONN_BASE, Bridge, CONNECT_TIMEOUT_MS, Link, ORIGIN_PROPERTY, Outgoing,
+    Stage, bridge_key, bridge_put, remap, remove_inflight,
+};
 use crate::codec::{
     self, Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
     ReasonOnly, Subscribe, SubscriptionOptions, reason,
 };
 use crate::config::{BridgeConfig, BridgeForward};
+use crate::message::Message;
 use crate::persist::{self, Record};
-use crate::session::Message;
+use crate::timer::Timer;
 use crate::topic;
-
-/// Bridge connections get ids from their own range so they never meet the runtime's.
-const BRIDGE_CONN_BASE: u64 = 1 << 63;
-/// Shortest reconnect delay; it doubles per failed attempt up to `backoff_max`.
-const BACKOFF_MIN_MS: u64 = 1_000;
-/// How long a connection attempt may take, TCP to CONNACK.
-const CONNECT_TIMEOUT_MS: u64 = 10_000;
-/// The user property that marks which broker a bridged message came from (v5 only).
-pub(crate) const ORIGIN_PROPERTY: &str = "tidemq-origin";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    /// Waiting to (re)connect at `retry_at`.
-    Down,
-    /// Socket requested from the runtime.
-    Connecting,
-    /// CONNECT sent.
-    AwaitingConnAck,
-    Up,
-}
-
-#[derive(Debug, Clone)]
-struct Outgoing {
-    topic: String,
-    payload: Bytes,
-    qos: QoS,
-    retain: bool,
-    properties: Properties,
-    /// Its number in the store's bridge outbox (with its body's id); 0 when not stored.
-    entry: u64,
-    msg_id: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Published,
-    Released,
-}
-
-#[derive(Debug)]
-pub(crate) struct Bridge {
-    config: BridgeConfig,
-    version: ProtocolVersion,
-    link: Link,
-    conn: Option<ConnId>,
-    rx: BytesMut,
-    /// Waiting for the link or the remote's window, oldest first.
-    outbox: VecDeque<Outgoing>,
-    /// Sent and not yet acknowledged, by packet id, and their send order.
-    inflight: BTreeMap<u16, (Outgoing, Stage)>,
-    inflight_order: VecDeque<u16>,
-    next_packet_id: u16,
-    remote_receive_maximum: u16,
-    /// QoS 2 packet ids received from the remote and not yet released.
-    awaiting_rel: BTreeSet<u16>,
-    subscribe_id: Option<u16>,
-    attempts: u32,
-    retry_at: Instant,
-    /// Connecting: when the attempt is abandoned.
-    deadline: Option<Instant>,
-    last_rx: Instant,
-    last_tx: Instant,
-    timer_armed: Option<Instant>,
-    /// The next [`Outgoing::entry`].
-    next_entry: u64,
-}
-
-impl Bridge {
-    fn new(config: BridgeConfig, now: Instant) -> Bridge {
-        let version = if config.proto_ver == 5 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V311
-        };
-        Bridge {
-            config,
-            version,
-            link: Link::Down,
-            conn: None,
-            rx: BytesMut::new(),
-            outbox: VecDeque::new(),
-            inflight: BTreeMap::new(),
-            inflight_order: VecDeque::new(),
-            next_packet_id: 1,
-            remote_receive_maximum: u16::MAX,
-            awaiting_rel: BTreeSet::new(),
-            subscribe_id: None,
-            attempts: 0,
-            retry_at: now,
-            deadline: None,
-            last_rx: now,
-            last_tx: now,
-            timer_armed: None,
-            next_entry: 1,
-        }
-    }
-
-    fn keepalive_ms(&self) -> u64 {
-        u64::from(self.config.keepalive) * 1000
-    }
-
-    /// The next moment this bridge needs the clock.
-    fn next_deadline(&self) -> Option<Instant> {
-        match self.link {
-            Link::Down => Some(self.retry_at),
-            Link::Connecting | Link::AwaitingConnAck => self.deadline,
-            Link::Up if self.config.keepalive == 0 => None,
-            Link::Up => {
-                let ping = self.last_tx.plus_ms(self.keepalive_ms());
-                let dead = self.last_rx.plus_ms(self.keepalive_ms() * 3 / 2);
-                Some(ping.min(dead))
-            }
-        }
-    }
-
-    fn allocate_packet_id(&mut self) -> Option<u16> {
-        if self.inflight.len() >= usize::from(u16::MAX) - 1 {
-            return None;
-        }
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-            if Some(id) != self.subscribe_id && !self.inflight.contains_key(&id) {
-                return Some(id);
-            }
-        }
-    }
-}
-
-/// The remote topic for a local one under a forward rule (or the local topic for a remote
-/// one under a subscription rule): empty keeps the topic; `a/#` to `b/#` swaps the prefix;
-/// anything else replaces the whole topic.
-fn remap(topic: &str, from_filter: &str, to: &str) -> String {
-    if to.is_empty() {
-        return topic.to_owned();
-    }
-    if let (Some(from_prefix), Some(to_prefix)) =
-        (from_filter.strip_suffix('#'), to.strip_suffix('#'))
-        && let Some(rest) = topic.strip_prefix(from_prefix)
-    {
-        return format!("{to_prefix}{rest}");
-    }
-    to.to_owned()
-}
 
 impl Broker {
     /// Starts, restarts or stops bridges to match the configuration. A bridge whose settings
@@ -191,9 +52,9 @@ impl Broker {
                     }
                     self.arm_bridge_timer(&name);
                 } else if let Some(b) = self.bridges.remove(&name) {
-                    if let Some(at) = b.timer_armed {
-                        self.timers.remove(&(at, Timer::Bridge(bridge_key(&name))));
-                    }
+                    let mut armed = b.timer_armed;
+                    self.timers
+                        .arm(Timer::Bridge(bridge_key(&name)), &mut armed, None);
                     let lost = (b.outbox.len() + b.inflight.len()) as u64;
                     self.stats.messages_dropped += lost;
                     let entries: Vec<u64> = b
@@ -222,13 +83,8 @@ impl Broker {
         let Some(b) = self.bridges.get_mut(name) else {
             return;
         };
-        if let Some(old) = b.timer_armed.take() {
-            self.timers.remove(&(old, Timer::Bridge(key)));
-        }
-        if let Some(at) = b.next_deadline() {
-            b.timer_armed = Some(at);
-            self.timers.insert((at, Timer::Bridge(key)));
-        }
+        let at = b.next_deadline();
+        self.timers.arm(Timer::Bridge(key), &mut b.timer_armed, at);
     }
 
     /// The bridge a connection belongs to.
@@ -333,7 +189,7 @@ impl Broker {
         };
         let conn = b.conn.take();
         if let Some(conn) = conn {
-            self.store.held.remove(&conn);
+            self.store.drop_held(conn);
         }
         let Some(b) = self.bridges.get_mut(name) else {
             return;
@@ -507,7 +363,7 @@ impl Broker {
                 } else {
                     reason::PACKET_ID_NOT_FOUND
                 };
-                self.bridge_send(name, &Packet::PubComp(ack(a.packet_id, code)));
+                self.bridge_send(name, &Packet::PubComp(Ack::new(a.packet_id, code)));
             }
             (Link::Up, Packet::PubAck(a)) => {
                 if b.inflight
@@ -528,12 +384,15 @@ impl Broker {
                         self.bridge_pump(name);
                     } else {
                         *stage = Stage::Released;
-                        self.bridge_send(name, &Packet::PubRel(ack(a.packet_id, reason::SUCCESS)));
+                        self.bridge_send(
+                            name,
+                            &Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)),
+                        );
                     }
                 }
                 _ => self.bridge_send(
                     name,
-                    &Packet::PubRel(ack(a.packet_id, reason::PACKET_ID_NOT_FOUND)),
+                    &Packet::PubRel(Ack::new(a.packet_id, reason::PACKET_ID_NOT_FOUND)),
                 ),
             },
             (Link::Up, Packet::PubComp(a)) => {
@@ -565,7 +424,7 @@ impl Broker {
         };
         let pid = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce && b.awaiting_rel.contains(&pid) {
-            return self.bridge_send(name, &Packet::PubRec(ack(pid, reason::SUCCESS)));
+            return self.bridge_send(name, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)));
         }
         // Only what a subscription rule asked for comes in: a remote that sends anything else
         // must not write into arbitrary local topics.
@@ -592,26 +451,21 @@ impl Broker {
                 .message_expiry_interval
                 .take()
                 .map(|s| self.now.plus_secs(u64::from(s)));
-            self.publish(Message {
-                topic: local,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                properties,
-                expires_at,
-                publisher: None,
-                from_bridge: Some(bridge_key),
-                id: 0,
-                stored: std::sync::atomic::AtomicBool::new(false),
-                needs_seq: std::sync::atomic::AtomicU64::new(0),
-            });
+            let mut msg = Message::new(local, p.payload, p.qos, p.retain, properties);
+            msg.expires_at = expires_at;
+            msg.from_bridge = Some(bridge_key);
+            self.publish(msg);
         } else {
             self.stats.messages_dropped += 1;
         }
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.bridge_send(name, &Packet::PubAck(ack(pid, reason::SUCCESS))),
-            QoS::ExactlyOnce => self.bridge_send(name, &Packet::PubRec(ack(pid, reason::SUCCESS))),
+            QoS::AtLeastOnce => {
+                self.bridge_send(name, &Packet::PubAck(Ack::new(pid, reason::SUCCESS)))
+            }
+            QoS::ExactlyOnce => {
+                self.bridge_send(name, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)))
+            }
         }
     }
 
@@ -698,12 +552,12 @@ impl Broker {
             return;
         }
         let mut out = out;
-        if self.store.mode.is_some() && out.qos != QoS::AtMostOnce {
+        if self.store.on() && out.qos != QoS::AtMostOnce {
             out.entry = b.next_entry;
             b.next_entry += 1;
-            out.msg_id = self.next_message_id();
+            out.msg_id = self.store.next_message_id();
             for record in bridge_put(name, &out) {
-                self.persist(record, true);
+                self.store.persist(record, true);
             }
         }
         if let Some(b) = self.bridges.get_mut(name) {
@@ -729,7 +583,7 @@ impl Broker {
 
     fn bridge_forget(&mut self, name: &str, entry: u64) {
         if entry != 0 {
-            self.persist(
+            self.store.persist(
                 Record::BridgeDel {
                     bridge: name.to_owned(),
                     entry,
@@ -737,23 +591,6 @@ impl Broker {
                 false,
             );
         }
-    }
-
-    /// Every stored outbox entry, for a snapshot.
-    pub(super) fn bridge_records(&self) -> Vec<Record> {
-        let mut out = Vec::new();
-        for (name, b) in &self.bridges {
-            let inflight = b
-                .inflight_order
-                .iter()
-                .filter_map(|id| b.inflight.get(id).map(|(m, _)| m));
-            for m in inflight.chain(b.outbox.iter()) {
-                if m.entry != 0 {
-                    out.extend(bridge_put(name, m));
-                }
-            }
-        }
-        out
     }
 
     /// Puts recovered outbox entries back, oldest first; those of bridges no longer
@@ -854,65 +691,5 @@ impl Broker {
             .iter()
             .map(|(n, b)| (n.clone(), (b.outbox.len(), b.inflight.len())))
             .collect()
-    }
-}
-
-/// Removes an acknowledged message; its store entry (0 if none).
-fn remove_inflight(b: &mut Bridge, id: u16) -> u64 {
-    let entry = b.inflight.remove(&id).map_or(0, |(m, _)| m.entry);
-    if let Some(pos) = b.inflight_order.iter().position(|x| *x == id) {
-        b.inflight_order.remove(pos);
-    }
-    entry
-}
-
-/// The records of one stored outbox entry: its body, then its place.
-fn bridge_put(name: &str, m: &Outgoing) -> [Record; 2] {
-    [
-        Record::MsgPut(persist::StoredMessage {
-            id: m.msg_id,
-            topic: m.topic.clone(),
-            payload: m.payload.clone(),
-            qos: m.qos,
-            retain: m.retain,
-            properties: m.properties.clone(),
-            expires_at_unix_ms: None,
-        }),
-        Record::BridgePut {
-            bridge: name.to_owned(),
-            entry: m.entry,
-            msg_id: m.msg_id,
-            qos: m.qos,
-            retain: m.retain,
-        },
-    ]
-}
-
-fn ack(packet_id: u16, reason: u8) -> Ack {
-    Ack {
-        packet_id,
-        reason,
-        properties: Properties::default(),
-    }
-}
-
-/// A stable small key for a bridge name (timers and message origins need `Copy` keys).
-pub(super) fn bridge_key(name: &str) -> u64 {
-    // FNV-1a: deterministic, no hasher state.
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::remap;
-
-    #[test]
-    fn topic_remapping_rules() {
-        assert_eq!(remap("a/b", "a/#", ""), "a/b");
-        assert_eq!(remap("a/b/c", "a/#", "remote/a/#"), "remote/a/b/c");
-        assert_eq!(remap("sensor/1", "sensor/1", "fwd/s1"), "fwd/s1");
-        assert_eq!(remap("x/y", "x/+", "fixed"), "fixed");
     }
 }
