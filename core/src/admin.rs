@@ -2,7 +2,10 @@
 //! the configuration's V1 JSON shape, and the file changes a set-configuration makes. No HTTP
 //! here: the runtime carries bytes, the broker answers from its state.
 
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::{Engine, alphabet};
 use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
 
 use crate::config::{Config, HttpAuthType};
 use crate::config_parse::{self, Entry, Format, Raw};
@@ -225,53 +228,24 @@ pub fn basic_credentials(header: &str) -> Option<(String, String)> {
     Some((user.to_owned(), pass.to_owned()))
 }
 
-/// Standard base64 with padding (RFC 4648 §4); `None` for anything else.
+/// Standard base64 with padding (RFC 4648 §4); `None` for anything else. Bits past the last
+/// byte are ignored, as they always were here.
 pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let bytes = input.as_bytes();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    );
+    if input.is_empty() {
         return None;
     }
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let chunks = bytes.len() / 4;
-    for (i, chunk) in bytes.chunks_exact(4).enumerate() {
-        let last = i + 1 == chunks;
-        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n: u32 = 0;
-        for (j, c) in chunk.iter().enumerate() {
-            let v = if j >= 4 - pad { 0 } else { value(*c)? };
-            n = (n << 6) | v;
-        }
-        let [_, a, b, c] = n.to_be_bytes();
-        out.push(a);
-        if pad < 2 {
-            out.push(b);
-        }
-        if pad < 1 {
-            out.push(c);
-        }
-    }
-    Some(out)
+    LENIENT.decode(input).ok()
 }
 
+/// Compares secrets in time that depends only on their lengths.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(!x);
-    }
-    diff == 0
+    a.ct_eq(b).into()
 }
 
 /// Step 3: which request it is. Unknown codes are 404 + 108, a bad req 10 action 400 + 108.
@@ -670,6 +644,8 @@ mod tests {
             ("Zm9v", "foo"),
             ("Zm9vYg==", "foob"),
             ("YWRtaW46cHVibGlj", "admin:public"),
+            // Bits past the last byte are ignored.
+            ("Zh==", "f"),
         ] {
             assert_eq!(base64_decode(enc).unwrap(), dec.as_bytes());
         }
