@@ -16,8 +16,8 @@ use tidemq_core::codec::{
 use tidemq_core::config::{BridgeConfig, BridgeForward, BridgeSubscription};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
-use crate::Mutation;
 use crate::client::pub_of;
+use crate::mutation::Mutation;
 use crate::net::{LinkShape, Mode, Pipe, Seg};
 use crate::rng::Rng;
 use crate::scenario::Family;

@@ -45,7 +45,7 @@ pub struct Ctx<'a> {
     pub cmds: Vec<Cmd>,
     pub heal: bool,
     /// A planted client-side fault (mutation checks only).
-    pub mutation: Option<crate::Mutation>,
+    pub mutation: Option<crate::mutation::Mutation>,
 }
 
 /// Client-side decoding accepts anything MQTT allows.
@@ -491,11 +491,13 @@ impl Client {
         };
         let tag = d.publish.tag;
         match ctx.mutation {
-            Some(crate::Mutation::LoseQos1)
+            Some(crate::mutation::Mutation::LoseQos1)
                 if p.qos == QoS::AtLeastOnce
                     && matches!(tag, Tag::Msg { seq, .. } if seq % 3 == 0) => {}
-            Some(crate::Mutation::SwallowWill) if matches!(tag, Tag::Will { .. }) => {}
-            Some(crate::Mutation::DuplicateQos2) if p.qos == QoS::ExactlyOnce && first => {
+            Some(crate::mutation::Mutation::SwallowWill) if matches!(tag, Tag::Will { .. }) => {}
+            Some(crate::mutation::Mutation::DuplicateQos2)
+                if p.qos == QoS::ExactlyOnce && first =>
+            {
                 ctx.trace.push(Ev::Delivered(d.clone()));
                 ctx.trace.push(Ev::Delivered(d));
             }

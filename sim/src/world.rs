@@ -9,7 +9,7 @@ use tidemq_core::config::HttpAuthType;
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
-use crate::Mutation;
+use crate::mutation::Mutation;
 use crate::client::{Client, Cmd, Ctx, Role, pub_of};
 use crate::net::{Mode, Pipe, Seg};
 use crate::rng::Rng;

@@ -17,7 +17,7 @@ use tidemq_core::codec::{
     Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
 };
 use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
-use tidemq_sim::check::topic_matches;
+use tidemq_sim::oracle::topic_matches;
 
 const FILTERS: &[&str] = &["a/b", "a/+", "a/#", "#", "+/b", "$x/#", "+/+", "b"];
 const TOPICS: &[&str] = &["a/b", "a/c", "a", "b", "$x/b", "c/b", "a/b/c"];
