@@ -7,7 +7,7 @@
 //! acknowledgement, a delivery or a session that a crash could take back.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
@@ -26,6 +26,17 @@ struct Held {
     /// (sequence number that must be durable, bytes); 0 = only behind what is before it.
     parts: VecDeque<(u64, Bytes)>,
     bytes: usize,
+}
+
+/// What the store knows about a message still in memory.
+#[derive(Debug)]
+struct Tracked {
+    msg: Weak<Message>,
+    /// The store has been given its body (once, however many records refer to it).
+    stored: bool,
+    /// The sequence number the input that accepted it depends on: a QoS 2 delivery of it
+    /// waits until that is durable.
+    needs: u64,
 }
 
 /// The wall clock as the broker knows it at `now`, to store deadlines in wall time.
@@ -61,6 +72,10 @@ pub(crate) struct Durability {
     held: BTreeMap<ConnId, Held>,
     failed: bool,
     next_msg_id: u64,
+    /// By message id. An entry goes once its message is gone, or when it says nothing.
+    tracked: BTreeMap<u64, Tracked>,
+    /// Size of `tracked` that triggers the next sweep.
+    sweep_at: usize,
 }
 
 impl Durability {
@@ -116,6 +131,42 @@ impl Durability {
         }
     }
 
+    fn track(&mut self, msg: &Arc<Message>) -> &mut Tracked {
+        if self.tracked.len() >= self.sweep_at {
+            self.sweep();
+        }
+        self.tracked.entry(msg.id).or_insert_with(|| Tracked {
+            msg: Arc::downgrade(msg),
+            stored: false,
+            needs: 0,
+        })
+    }
+
+    /// Forgets what no longer matters: messages gone, or nothing to remember about them.
+    /// Deterministic: it runs at sizes that depend only on the inputs.
+    fn sweep(&mut self) {
+        let durable = self.durable;
+        self.tracked
+            .retain(|_, t| t.msg.strong_count() > 0 && (t.stored || t.needs > durable));
+        self.sweep_at = (2 * self.tracked.len()).max(1024);
+    }
+
+    /// True the first time only: the caller then hands the message's body to the store.
+    fn first_store(&mut self, msg: &Arc<Message>) -> bool {
+        !std::mem::replace(&mut self.track(msg).stored, true)
+    }
+
+    /// A message published in this input: its QoS 2 deliveries in later inputs wait for
+    /// `seq`, what accepted it.
+    pub fn set_needs(&mut self, msg: &Arc<Message>, seq: u64) {
+        self.track(msg).needs = seq;
+    }
+
+    /// What a QoS 2 delivery of message `id` waits for (0: nothing).
+    pub fn needs(&self, id: u64) -> u64 {
+        self.tracked.get(&id).map_or(0, |t| t.needs)
+    }
+
     /// What this input's output waits for, when it is not durable yet.
     pub fn pending_barrier(&self) -> Option<u64> {
         (self.barrier > self.durable).then_some(self.barrier)
@@ -140,7 +191,7 @@ impl Durability {
 
     /// Hands the message body to the store the first time anything durable refers to it.
     pub fn persist_message(&mut self, msg: &Arc<Message>, wall: Wall) {
-        if self.on() && msg.first_store() {
+        if self.on() && self.first_store(msg) {
             let stored = Self::stored_message(msg, wall);
             self.persist(Record::MsgPut(stored), true);
         }
@@ -251,7 +302,7 @@ impl Durability {
             }
             (false, true) => {
                 s.durable = true;
-                let records = session_records(s, &mut BTreeSet::new(), true, wall);
+                let records = self.session_records(s, &mut BTreeSet::new(), true, wall);
                 for r in records {
                     self.persist(r, true);
                 }
@@ -263,7 +314,7 @@ impl Durability {
     /// Every live durable record, for [`Output::Snapshot`]: retained messages, durable
     /// sessions (in client id order) and the bridges' stored outbox entries.
     pub fn snapshot(
-        &self,
+        &mut self,
         retained: &RetainTrie<Arc<Message>>,
         sessions: &mut BTreeMap<SessionId, Box<Session>>,
         in_order: &[SessionId],
@@ -278,7 +329,7 @@ impl Durability {
         for (topic, msg) in retained.all() {
             let msg = msg.clone();
             if bodies.insert(msg.id) {
-                msg.first_store();
+                self.first_store(&msg);
                 records.push(Record::MsgPut(Self::stored_message(&msg, wall)));
             }
             records.push(Record::RetainPut {
@@ -288,7 +339,8 @@ impl Durability {
         }
         for sid in in_order {
             if let Some(s) = sessions.get_mut(sid).filter(|s| s.durable) {
-                records.extend(session_records(s, &mut bodies, false, wall));
+                let more = self.session_records(s, &mut bodies, false, wall);
+                records.extend(more);
             }
         }
         records.extend(bridges);
@@ -367,104 +419,106 @@ impl Durability {
         out
     }
 
+    /// Everything a durable session holds, as records (numbering deliveries that have no number
+    /// yet when `assign`). Message bodies not in `sent_bodies` come first.
+    fn session_records(
+        &mut self,
+        s: &mut Session,
+        sent_bodies: &mut BTreeSet<u64>,
+        assign: bool,
+        wall: Wall,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut messages = Vec::new();
+        let client_id = s.client_id.clone();
+        out.push(Record::SessionPut {
+            client_id: client_id.clone(),
+            version: s.version.level(),
+            expiry_secs: s.expiry_secs,
+            disconnected_at_unix_ms: s.disconnected_at_unix_ms,
+        });
+        for (filter, sub) in &s.subscriptions {
+            out.push(Record::SubPut {
+                client_id: client_id.clone(),
+                filter: filter.clone(),
+                options: options_byte(&sub.options),
+                subscription_id: sub.id,
+            });
+        }
+        let order: Vec<u16> = s.inflight_order.values().copied().collect();
+        let mut deliveries = Vec::new();
+        for pid in order {
+            if let Some(f) = s.inflight.get_mut(&pid) {
+                if assign && f.delivery.entry == 0 {
+                    f.delivery.entry = s.next_entry;
+                    s.next_entry += 1;
+                }
+                if f.delivery.entry == 0 {
+                    continue;
+                }
+                let state = Some((pid, f.stage == OutStage::Released));
+                deliveries.push((f.delivery.clone(), state));
+            }
+        }
+        for d in s.queue.iter_mut() {
+            if d.qos == QoS::AtMostOnce {
+                continue;
+            }
+            if assign && d.entry == 0 {
+                d.entry = s.next_entry;
+                s.next_entry += 1;
+            }
+            if d.entry != 0 {
+                deliveries.push((d.clone(), None));
+            }
+        }
+        for pid in &s.awaiting_rel {
+            out.push(Record::InQos2Put {
+                client_id: client_id.clone(),
+                packet_id: *pid,
+            });
+        }
+        for (d, state) in deliveries {
+            if sent_bodies.insert(d.msg.id) {
+                self.first_store(&d.msg);
+                messages.push(d.msg.clone());
+            }
+            out.push(Record::QueuePut {
+                client_id: client_id.clone(),
+                entry: d.entry,
+                msg_id: d.msg.id,
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids.clone(),
+            });
+            if let Some((pid, released)) = state {
+                out.push(Record::OutState {
+                    client_id: client_id.clone(),
+                    entry: d.entry,
+                    packet_id: pid,
+                    released,
+                });
+            }
+        }
+        let mut bodies: Vec<Record> = messages
+            .iter()
+            .map(|m| Record::MsgPut(Durability::stored_message(m, wall)))
+            .collect();
+        bodies.extend(out);
+        bodies
+    }
+
     /// After a restart: everything up to `last_seq` is durable.
     pub fn recovered(&mut self, last_seq: u64) {
         self.seq = self.seq.max(last_seq);
         self.durable = self.seq;
     }
 
-    /// A recovered message body: new ids continue after it.
-    pub fn recovered_message(&mut self, id: u64) {
-        self.next_msg_id = self.next_msg_id.max(id);
+    /// A recovered message: its body is stored, and new ids continue after it.
+    pub fn recovered_message(&mut self, msg: &Arc<Message>) {
+        self.next_msg_id = self.next_msg_id.max(msg.id);
+        self.first_store(msg);
     }
-}
-
-/// Everything a durable session holds, as records (numbering deliveries that have no number
-/// yet when `assign`). Message bodies not in `sent_bodies` come first.
-fn session_records(
-    s: &mut Session,
-    sent_bodies: &mut BTreeSet<u64>,
-    assign: bool,
-    wall: Wall,
-) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut messages = Vec::new();
-    let client_id = s.client_id.clone();
-    out.push(Record::SessionPut {
-        client_id: client_id.clone(),
-        version: s.version.level(),
-        expiry_secs: s.expiry_secs,
-        disconnected_at_unix_ms: s.disconnected_at_unix_ms,
-    });
-    for (filter, sub) in &s.subscriptions {
-        out.push(Record::SubPut {
-            client_id: client_id.clone(),
-            filter: filter.clone(),
-            options: options_byte(&sub.options),
-            subscription_id: sub.id,
-        });
-    }
-    let order: Vec<u16> = s.inflight_order.values().copied().collect();
-    let mut deliveries = Vec::new();
-    for pid in order {
-        if let Some(f) = s.inflight.get_mut(&pid) {
-            if assign && f.delivery.entry == 0 {
-                f.delivery.entry = s.next_entry;
-                s.next_entry += 1;
-            }
-            if f.delivery.entry == 0 {
-                continue;
-            }
-            let state = Some((pid, f.stage == OutStage::Released));
-            deliveries.push((f.delivery.clone(), state));
-        }
-    }
-    for d in s.queue.iter_mut() {
-        if d.qos == QoS::AtMostOnce {
-            continue;
-        }
-        if assign && d.entry == 0 {
-            d.entry = s.next_entry;
-            s.next_entry += 1;
-        }
-        if d.entry != 0 {
-            deliveries.push((d.clone(), None));
-        }
-    }
-    for pid in &s.awaiting_rel {
-        out.push(Record::InQos2Put {
-            client_id: client_id.clone(),
-            packet_id: *pid,
-        });
-    }
-    for (d, state) in deliveries {
-        if sent_bodies.insert(d.msg.id) {
-            d.msg.first_store();
-            messages.push(d.msg.clone());
-        }
-        out.push(Record::QueuePut {
-            client_id: client_id.clone(),
-            entry: d.entry,
-            msg_id: d.msg.id,
-            qos: d.qos,
-            retain: d.retain,
-            subscription_ids: d.subscription_ids.clone(),
-        });
-        if let Some((pid, released)) = state {
-            out.push(Record::OutState {
-                client_id: client_id.clone(),
-                entry: d.entry,
-                packet_id: pid,
-                released,
-            });
-        }
-    }
-    let mut bodies: Vec<Record> = messages
-        .iter()
-        .map(|m| Record::MsgPut(Durability::stored_message(m, wall)))
-        .collect();
-    bodies.extend(out);
-    bodies
 }
 
 /// The v5 SUBSCRIBE options byte.

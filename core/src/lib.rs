@@ -5,6 +5,7 @@
 //! the next input) and call again. The core never reads a clock, never does I/O, and draws
 //! randomness only from the seed it was built with: the same inputs give the same outputs.
 
+pub mod address;
 pub mod admin;
 pub mod api;
 mod bridge;

@@ -1,59 +1,102 @@
 //! A message as routed, shared by every subscriber it goes to, and the cache that lets a fan-out
 //! encode a QoS 0 message once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use bytes::Bytes;
 
 use crate::api::{ConnId, Instant};
 use crate::codec::{Properties, ProtocolVersion, Publish, QoS, Will};
 use crate::ids::SessionId;
 
-/// A message as routed: shared by every subscriber it goes to.
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A client's PUBLISH, or its session's will: counted as received, and not delivered to
+    /// a no-local subscription of that session.
+    Session(SessionId),
+    /// A bridge's remote, by bridge key: counted as received, never forwarded back there.
+    Bridge(u64),
+    /// The broker itself (`$SYS`), or the store (a restored message).
+    Broker,
+}
+
+/// What a message says, before it is a message: the parts of a PUBLISH or a will that
+/// travel on.
 #[derive(Debug)]
-pub(crate) struct Message {
+pub(crate) struct Content {
     pub topic: String,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// PUBLISH properties to pass on (no topic alias, no subscription identifiers).
+    pub properties: Properties,
+}
+
+impl Content {
+    /// A client's or a remote's PUBLISH: topic alias and subscription ids never travel on.
+    pub fn from_publish(p: Publish) -> Content {
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        Content {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+        }
+    }
+
+    /// A will: its delay is the broker's business, not the subscribers'.
+    pub fn from_will(will: Will) -> Content {
+        let mut properties = will.properties;
+        properties.will_delay_interval = None;
+        Content {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+        }
+    }
+
+    /// Takes the v5 message expiry interval out: the message keeps a deadline instead, and
+    /// each delivery says how much of it is left.
+    pub fn take_expiry(&mut self, now: Instant) -> Option<Instant> {
+        self.properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| now.plus_secs(u64::from(secs)))
+    }
+}
+
+/// A message as routed: built once, then shared by every subscriber it goes to. What the
+/// store knows about it is the store's (`durable.rs`), not the message's.
+#[derive(Debug)]
+pub(crate) struct Message {
+    /// Its number, unique among messages; the store refers to its body by it.
+    pub id: u64,
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// PUBLISH properties to pass on (no topic alias, no subscription identifiers, no
+    /// message expiry interval: see `expires_at`).
     pub properties: Properties,
     /// When the message stops being deliverable (v5 message expiry).
     pub expires_at: Option<Instant>,
-    /// The session that published it, for no-local.
-    pub publisher: Option<SessionId>,
-    /// The bridge it came in through (not forwarded back there).
-    pub from_bridge: Option<u64>,
-    /// Its number in the store; given by the broker when it is published.
-    pub id: u64,
-    /// Whether the store has been given this message (once, however many refer to it).
-    pub stored: AtomicBool,
-    /// The store sequence number the input that accepted it depends on; a QoS 2 delivery
-    /// waits until it is durable.
-    pub needs_seq: AtomicU64,
+    pub origin: Origin,
 }
 
 impl Message {
-    /// A message from nowhere in particular: no publisher, no bridge, no expiry, not stored.
-    pub fn new(
-        topic: String,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
-        properties: Properties,
-    ) -> Message {
+    pub fn new(id: u64, content: Content, origin: Origin, expires_at: Option<Instant>) -> Message {
         Message {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
-            expires_at: None,
-            publisher: None,
-            from_bridge: None,
-            id: 0,
-            stored: AtomicBool::new(false),
-            needs_seq: AtomicU64::new(0),
+            id,
+            topic: content.topic,
+            payload: content.payload,
+            qos: content.qos,
+            retain: content.retain,
+            properties: content.properties,
+            expires_at,
+            origin,
         }
     }
 
@@ -61,51 +104,20 @@ impl Message {
         self.expires_at.is_some_and(|at| now >= at)
     }
 
-    /// True the first time only: the caller then hands the message to the store.
-    pub fn first_store(&self) -> bool {
-        !self.stored.swap(true, Ordering::Relaxed)
+    /// The session that published it, for no-local.
+    pub fn publisher(&self) -> Option<SessionId> {
+        match self.origin {
+            Origin::Session(sid) => Some(sid),
+            _ => None,
+        }
     }
-}
 
-/// The routed form of a client PUBLISH: topic alias and subscription ids never travel on.
-pub(crate) fn into_message(p: Publish) -> Message {
-    let mut properties = p.properties;
-    properties.topic_alias = None;
-    properties.subscription_identifiers.clear();
-    Message {
-        topic: p.topic,
-        payload: p.payload,
-        qos: p.qos,
-        retain: p.retain,
-        properties,
-        expires_at: None,
-        publisher: None,
-        from_bridge: None,
-        id: 0,
-        stored: AtomicBool::new(false),
-        needs_seq: AtomicU64::new(0),
-    }
-}
-
-pub(crate) fn will_message(will: Will, publisher: Option<SessionId>, now: Instant) -> Message {
-    let mut properties = will.properties;
-    properties.will_delay_interval = None;
-    let expires_at = properties
-        .message_expiry_interval
-        .take()
-        .map(|secs| now.plus_secs(u64::from(secs)));
-    Message {
-        topic: will.topic,
-        payload: will.payload,
-        qos: will.qos,
-        retain: will.retain,
-        properties,
-        expires_at,
-        publisher,
-        from_bridge: None,
-        id: 0,
-        stored: AtomicBool::new(false),
-        needs_seq: AtomicU64::new(0),
+    /// The bridge it came in through.
+    pub fn bridge(&self) -> Option<u64> {
+        match self.origin {
+            Origin::Bridge(key) => Some(key),
+            _ => None,
+        }
     }
 }
 

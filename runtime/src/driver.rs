@@ -304,6 +304,7 @@ impl Server {
         let mut driver = Driver {
             net: self.net,
             broker: Broker::new(self.config.clone(), self.seed, now()),
+            seed: self.seed,
             config: self.config,
             conns: BTreeMap::new(),
             closing: Vec::new(),
@@ -424,6 +425,8 @@ fn unix_ms() -> u64 {
 struct Driver {
     net: Arc<dyn Network>,
     broker: Broker,
+    /// The broker's seed, for the broker rebuilt from the store.
+    seed: u64,
     /// The configuration the listeners were set up with.
     config: Config,
     conns: BTreeMap<ConnId, ConnIo>,
@@ -615,7 +618,14 @@ impl Driver {
             let _ = events.blocking_send(Event::Store(e));
         })?;
         self.store = Some(tx);
-        self.broker.restore(recovered, unix_ms());
+        // Nothing reached the broker built at start-up: it is replaced by the recovered one.
+        self.broker = Broker::from_recovered(
+            self.broker.config().clone(),
+            self.seed,
+            now,
+            recovered,
+            unix_ms(),
+        );
         self.drain(now);
         Ok(thread)
     }
@@ -670,8 +680,7 @@ impl Driver {
                     debug!(%conn, bridge, address, "bridge connecting");
                     let settings = self.config.bridges.get(&bridge);
                     let wants_tls = settings.is_some_and(|b| b.ssl.enable)
-                        || address.starts_with("tls+")
-                        || address.starts_with("mqtts://");
+                        || tidemq_core::address::wants_tls(&address);
                     let tls = match settings
                         .filter(|_| wants_tls)
                         .map(|b| tls::client_config(&b.ssl))

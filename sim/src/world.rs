@@ -9,8 +9,8 @@ use tidemq_core::config::HttpAuthType;
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
-use crate::mutation::Mutation;
 use crate::client::{Client, Cmd, Ctx, Role, pub_of};
+use crate::mutation::Mutation;
 use crate::net::{Mode, Pipe, Seg};
 use crate::rng::Rng;
 use crate::scenario::{Family, Knobs};
@@ -149,7 +149,13 @@ impl World {
             if let Some((lo, hi)) = knobs.persist_fail {
                 store.fail_at = Some(persist_rng.range(lo, hi));
             }
-            broker.restore(Recovered::default(), WALL_BASE_MS);
+            broker = Broker::from_recovered(
+                knobs.config.clone(),
+                seed,
+                Instant(0),
+                Recovered::default(),
+                WALL_BASE_MS,
+            );
             store
         });
         World {
@@ -1094,11 +1100,8 @@ impl World {
         self.trace.push(Ev::BrokerStart {
             incarnation: self.incarnation,
         });
-        self.broker = Broker::new(
-            self.knobs.config.clone(),
-            self.seed ^ u64::from(self.incarnation),
-            Instant(self.now),
-        );
+        let broker_seed = self.seed ^ u64::from(self.incarnation);
+        self.broker = Broker::new(self.knobs.config.clone(), broker_seed, Instant(self.now));
         if let Some(rec) = self.recovered.take() {
             let mut view = rec.clone();
             view.prune();
@@ -1145,7 +1148,13 @@ impl World {
                 sessions,
                 retained,
             });
-            self.broker.restore(rec, WALL_BASE_MS + self.now);
+            self.broker = Broker::from_recovered(
+                self.knobs.config.clone(),
+                broker_seed,
+                Instant(self.now),
+                rec,
+                WALL_BASE_MS + self.now,
+            );
             let s = self.broker.stats();
             self.trace.push(Ev::RestoreStats {
                 sessions: s.sessions,

@@ -20,7 +20,7 @@ use crate::codec::{
     ReasonOnly, Subscribe, SubscriptionOptions, reason,
 };
 use crate::config::{BridgeConfig, BridgeForward};
-use crate::message::Message;
+use crate::message::{Content, Message, Origin};
 use crate::persist::{self, Record};
 use crate::timer::Timer;
 use crate::topic;
@@ -447,14 +447,15 @@ impl Broker {
             let mut properties = p.properties;
             properties.topic_alias = None;
             properties.subscription_identifiers.clear();
-            let expires_at = properties
-                .message_expiry_interval
-                .take()
-                .map(|s| self.now.plus_secs(u64::from(s)));
-            let mut msg = Message::new(local, p.payload, p.qos, p.retain, properties);
-            msg.expires_at = expires_at;
-            msg.from_bridge = Some(bridge_key);
-            self.publish(msg);
+            let mut content = Content {
+                topic: local,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties,
+            };
+            let expires_at = content.take_expiry(self.now);
+            self.publish(content, Origin::Bridge(bridge_key), expires_at);
         } else {
             self.stats.messages_dropped += 1;
         }
@@ -485,7 +486,7 @@ impl Broker {
         }
         let names: Vec<String> = self.bridges.keys().cloned().collect();
         for name in names {
-            if msg.from_bridge == Some(bridge_key(&name)) {
+            if msg.bridge() == Some(bridge_key(&name)) {
                 continue;
             }
             let Some(b) = self.bridges.get(&name) else {

@@ -3,8 +3,6 @@
 //! resending after a reconnect, and the acknowledgements that end each flow (PUBACK; PUBREC,
 //! PUBREL, PUBCOMP).
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 
 use super::Broker;
@@ -133,7 +131,7 @@ impl Broker {
         // A QoS 2 delivery never leaves before the records that accepted the message are
         // durable: after a crash the publisher would resend it, and it would be new again.
         if d.qos == QoS::ExactlyOnce {
-            self.store.wait_for(msg.needs_seq.load(Ordering::Relaxed));
+            self.store.wait_for(self.store.needs(msg.id));
         }
         // Expiry stops a delivery that has not started; a resend finishes what was started
         // (v5 §3.3.2.3.3), so its packet id is never freed while the client may hold it.

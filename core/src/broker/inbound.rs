@@ -7,7 +7,7 @@ use crate::api::ConnId;
 use crate::codec::{Ack, Packet, ProtocolVersion, Publish, QoS, reason};
 use crate::conn::CloseReason;
 use crate::ids::SessionId;
-use crate::message::{Message, into_message};
+use crate::message::{Content, Origin};
 use crate::sys;
 use crate::topic::{self, TopicError};
 
@@ -113,7 +113,7 @@ impl Broker {
             reason::SUCCESS
         };
         // The QoS 2 id is recorded before the message is routed, so that the message knows
-        // every record its acceptance depends on (see `Message::needs_seq`).
+        // every record its acceptance depends on (see `Durability::set_needs`).
         if qos == QoS::ExactlyOnce
             && code == reason::SUCCESS
             && let Some(session) = self.sessions.get_mut(&sid)
@@ -125,7 +125,7 @@ impl Broker {
             self.store.in_qos2(session, pid, true);
         }
         if !denied && !refused {
-            self.accept_publish(sid, into_message(p));
+            self.accept_publish(sid, Content::from_publish(p));
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -164,19 +164,16 @@ impl Broker {
     }
 
     /// Stores (if retained) and routes a message published by a client.
-    fn accept_publish(&mut self, sid: SessionId, mut msg: Message) {
-        if self.is_own_origin(&msg.properties) {
+    fn accept_publish(&mut self, sid: SessionId, mut content: Content) {
+        if self.is_own_origin(&content.properties) {
             // Our own message, back through a loop of bridges: it was delivered here already.
             return;
         }
         if let Some(session) = self.sessions.get_mut(&sid) {
             session.messages_received += 1;
         }
-        msg.publisher = Some(sid);
-        if let Some(secs) = msg.properties.message_expiry_interval.take() {
-            msg.expires_at = Some(self.now.plus_secs(u64::from(secs)));
-        }
-        self.publish(msg);
+        let expires_at = content.take_expiry(self.now);
+        self.publish(content, Origin::Session(sid), expires_at);
     }
 
     /// Whether accepting this client PUBLISH would give the store something to keep: a

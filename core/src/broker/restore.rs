@@ -3,21 +3,35 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::Broker;
 use crate::api::{BrokerEvent, Instant};
 use crate::codec::QoS;
+use crate::config::Config;
 use crate::durable::{options_from_byte, version_from_level};
-use crate::message::Message;
+use crate::message::{Content, Message, Origin};
 use crate::persist::{Record, Recovered};
 use crate::session::{Delivery, NEVER_EXPIRES, OutStage, Session, Subscription};
 use crate::topic;
 
 impl Broker {
-    /// Rebuilds sessions, subscriptions, queues and retained messages from the store.
-    /// Call once, before any other input. `unix_ms` is the wall clock now.
-    pub fn restore(&mut self, state: Recovered, unix_ms: u64) {
+    /// A broker that resumes what its store recovered: sessions, subscriptions, queues and
+    /// messages in flight, retained messages, bridge outboxes. `unix_ms` is the wall clock
+    /// at `now`. Its records (sessions found expired, restarted expiry clocks) are the first
+    /// output.
+    pub fn from_recovered(
+        config: Config,
+        seed: u64,
+        now: Instant,
+        state: Recovered,
+        unix_ms: u64,
+    ) -> Broker {
+        let mut broker = Broker::new(config, seed, now);
+        broker.restore(state, unix_ms);
+        broker
+    }
+
+    fn restore(&mut self, state: Recovered, unix_ms: u64) {
         let mut state = state;
         state.prune();
         self.wall_ms = unix_ms;
@@ -33,23 +47,18 @@ impl Broker {
         };
         let mut messages: BTreeMap<u64, Arc<Message>> = BTreeMap::new();
         for (id, m) in std::mem::take(&mut state.messages) {
-            self.store.recovered_message(id);
-            messages.insert(
-                id,
-                Arc::new(Message {
-                    topic: m.topic,
-                    payload: m.payload,
-                    qos: m.qos,
-                    retain: m.retain,
-                    properties: m.properties,
-                    expires_at: m.expires_at_unix_ms.map(instant_of),
-                    publisher: None,
-                    from_bridge: None,
-                    id,
-                    stored: AtomicBool::new(true),
-                    needs_seq: AtomicU64::new(0),
-                }),
-            );
+            let content = Content {
+                topic: m.topic,
+                payload: m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                properties: m.properties,
+            };
+            let expires_at = m.expires_at_unix_ms.map(instant_of);
+            let msg = Arc::new(Message::new(id, content, Origin::Broker, expires_at));
+            // Its body is in the store already.
+            self.store.recovered_message(&msg);
+            messages.insert(id, msg);
         }
         for (topic, id) in &state.retained {
             if let Some(m) = messages.get(id)

@@ -3,27 +3,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::Broker;
 use crate::codec::QoS;
 use crate::ids::SessionId;
-use crate::message::Message;
+use crate::message::{Content, Message, Origin};
 use crate::persist::Record;
 use crate::session::{Delivery, Session, Subscription};
 use crate::sys;
 use crate::topic::{self, SubMatch};
 
 impl Broker {
-    /// Retains and routes a message from any source. Client messages and wills count as
-    /// received; the broker's own `$SYS` events do not.
-    pub(super) fn publish(&mut self, msg: Message) {
-        if msg.publisher.is_some() || msg.from_bridge.is_some() {
+    /// Makes a message, retains and routes it. Client messages, wills and bridged messages
+    /// count as received; the broker's own `$SYS` events do not.
+    pub(super) fn publish(
+        &mut self,
+        content: Content,
+        origin: Origin,
+        expires_at: Option<crate::api::Instant>,
+    ) {
+        if origin != Origin::Broker {
             self.stats.messages_received += 1;
         }
-        let mut msg = msg;
-        msg.id = self.store.next_message_id();
-        let msg = Arc::new(msg);
+        let id = self.store.next_message_id();
+        let msg = Arc::new(Message::new(id, content, origin, expires_at));
         if msg.retain {
             self.retain(&msg);
         }
@@ -31,7 +34,7 @@ impl Broker {
         self.bridge_forward(&msg);
         // Deliveries of it in later inputs (from a queue) wait for what accepted it.
         if let Some(barrier) = self.store.pending_barrier() {
-            msg.needs_seq.store(barrier, Ordering::Relaxed);
+            self.store.set_needs(&msg, barrier);
         }
     }
 
@@ -72,7 +75,7 @@ impl Broker {
             for m in matched {
                 match m {
                     SubMatch::Single(sid, sub) => {
-                        if sub.options.no_local && msg.publisher == Some(*sid) {
+                        if sub.options.no_local && msg.publisher() == Some(*sid) {
                             continue;
                         }
                         targets.push((
@@ -91,7 +94,7 @@ impl Broker {
                 }
             }
         }
-        if targets.is_empty() && (msg.publisher.is_some() || msg.from_bridge.is_some()) {
+        if targets.is_empty() && msg.origin != Origin::Broker {
             self.stats.messages_unrouted += 1;
         }
         targets.sort_by_key(|t| t.0);

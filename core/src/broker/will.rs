@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::Broker;
 use crate::codec::{Connect, Properties, QoS};
 use crate::ids::SessionId;
-use crate::message::{Message, will_message};
+use crate::message::{Content, Origin};
 use crate::sys;
 
 impl Broker {
@@ -19,8 +19,9 @@ impl Broker {
         let Some(will) = session.will.take() else {
             return;
         };
-        let msg = will_message(will, Some(sid), self.now);
-        self.publish(msg);
+        let mut content = Content::from_will(will);
+        let expires_at = content.take_expiry(self.now);
+        self.publish(content, Origin::Session(sid), expires_at);
     }
 
     pub(super) fn publish_sys_connected(
@@ -71,12 +72,13 @@ impl Broker {
         let Ok(payload) = payload else {
             return;
         };
-        self.publish(Message::new(
-            topic.to_owned(),
-            Bytes::from(payload),
-            QoS::AtMostOnce,
-            false,
-            Properties::default(),
-        ));
+        let content = Content {
+            topic: topic.to_owned(),
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        };
+        self.publish(content, Origin::Broker, None);
     }
 }

@@ -132,6 +132,8 @@ pub struct Harness {
     /// `Input::PersistDone` (off by default, so tests can hold the store back).
     pub auto_persist: bool,
     rng: u64,
+    /// The broker's seed, kept for a broker restored from the store.
+    seed: u64,
     next_conn: u64,
 }
 
@@ -170,6 +172,7 @@ impl Harness {
             snapshots: Vec::new(),
             auto_persist: false,
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            seed,
             next_conn: 1,
         }
     }
@@ -197,10 +200,11 @@ impl Harness {
         self.run(VecDeque::from([input]));
     }
 
-    /// Restores the broker from what a store recovered (before any other input), then
-    /// drains what that produced.
+    /// Replaces the broker by one restored from what a store recovered (same configuration
+    /// and seed), then drains what that produced.
     pub fn restore(&mut self, state: Recovered, unix_ms: u64) {
-        self.broker.restore(state, unix_ms);
+        let config = self.broker.config().clone();
+        self.broker = Broker::from_recovered(config, self.seed, self.now, state, unix_ms);
         self.run(VecDeque::new());
     }
 
