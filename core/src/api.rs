@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use crate::admin;
+use crate::codec::ReasonCode;
 use crate::config::{Config, ConfigError};
 use crate::persist;
 
@@ -148,12 +149,12 @@ pub enum BrokerEvent {
     ConnectRefused {
         conn: ConnId,
         client_id: String,
-        reason_code: u8,
+        reason_code: ReasonCode,
     },
     ClientDisconnected {
         conn: ConnId,
         client_id: Option<String>,
-        reason_code: u8,
+        reason_code: ReasonCode,
         detail: String,
     },
     SessionExpired {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::BytesMut;
 
 use crate::api::Instant;
-use crate::codec::{self, DecodeLimits, ProtocolVersion};
+use crate::codec::{self, DecodeLimits, ProtocolVersion, ReasonCode};
 use crate::config::Config;
 use crate::ids::SessionId;
 
@@ -124,7 +124,7 @@ pub(crate) fn decode_limits(config: &Config) -> DecodeLimits {
 /// Why a connection is being closed by the broker.
 pub(crate) struct CloseReason {
     /// v5 reason code (also reported in events and `$SYS`).
-    pub code: u8,
+    pub code: ReasonCode,
     /// Send a v5 DISCONNECT first (only after a successful CONNACK).
     pub notify: bool,
     /// Publish the will (anything but a normal DISCONNECT).
@@ -136,7 +136,7 @@ pub(crate) struct CloseReason {
 
 impl CloseReason {
     /// A protocol or limit violation: tell a v5 client, publish the will.
-    pub fn error(code: u8, detail: impl Into<String>) -> CloseReason {
+    pub fn error(code: ReasonCode, detail: impl Into<String>) -> CloseReason {
         CloseReason {
             peer_gone: false,
             code,
@@ -147,7 +147,7 @@ impl CloseReason {
     }
 
     /// Closed without a word and without the will: a refused or unreadable CONNECT.
-    pub fn silent(code: u8, detail: impl Into<String>) -> CloseReason {
+    pub fn silent(code: ReasonCode, detail: impl Into<String>) -> CloseReason {
         CloseReason {
             peer_gone: false,
             code,

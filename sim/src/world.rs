@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use tidemq_core::admin::{Credentials, JwtVerdict};
-use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, decode_packet};
+use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, ReasonCode, decode_packet};
 use tidemq_core::config::HttpAuthType;
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
@@ -276,7 +276,7 @@ impl World {
                     c.in_dead = true;
                     events.push(Ev::GarbageFed {
                         conn: id,
-                        code: e.reason_code(),
+                        code: e.reason_code().0,
                         notify: version == Some(ProtocolVersion::V5),
                     });
                     break;
@@ -357,7 +357,7 @@ impl World {
                             events.push(Ev::BrokerGot {
                                 conn: id,
                                 actor,
-                                pkt: Got::Disconnect { reason: d.reason },
+                                pkt: Got::Disconnect { reason: d.reason.0 },
                             });
                             break;
                         }
@@ -398,18 +398,26 @@ impl World {
                         let sent = match p {
                             Packet::ConnAck(a) => Sent::ConnAck {
                                 session_present: a.session_present,
-                                code: a.code,
+                                code: a.code.0,
                             },
                             Packet::Publish(p) => Sent::Publish(pub_of(&p)),
-                            Packet::PubAck(a) => Sent::Ack(AckKind::PubAck, a.packet_id, a.reason),
-                            Packet::PubRec(a) => Sent::Ack(AckKind::PubRec, a.packet_id, a.reason),
-                            Packet::PubRel(a) => Sent::Ack(AckKind::PubRel, a.packet_id, a.reason),
-                            Packet::PubComp(a) => {
-                                Sent::Ack(AckKind::PubComp, a.packet_id, a.reason)
+                            Packet::PubAck(a) => {
+                                Sent::Ack(AckKind::PubAck, a.packet_id, a.reason.0)
                             }
-                            Packet::SubAck(s) => Sent::SubAck(s.reasons),
+                            Packet::PubRec(a) => {
+                                Sent::Ack(AckKind::PubRec, a.packet_id, a.reason.0)
+                            }
+                            Packet::PubRel(a) => {
+                                Sent::Ack(AckKind::PubRel, a.packet_id, a.reason.0)
+                            }
+                            Packet::PubComp(a) => {
+                                Sent::Ack(AckKind::PubComp, a.packet_id, a.reason.0)
+                            }
+                            Packet::SubAck(s) => {
+                                Sent::SubAck(s.reasons.iter().map(|r| r.0).collect())
+                            }
                             Packet::UnsubAck(_) => Sent::UnsubAck,
-                            Packet::Disconnect(d) => Sent::Disconnect { reason: d.reason },
+                            Packet::Disconnect(d) => Sent::Disconnect { reason: d.reason.0 },
                             Packet::PingResp => Sent::PingResp,
                             _ => Sent::Other,
                         };
@@ -475,7 +483,7 @@ impl World {
                 }
                 BrokerEvent::ClientDisconnected {
                     conn,
-                    reason_code: 0x8D,
+                    reason_code: ReasonCode(0x8D),
                     ..
                 } => {
                     if let Some(c) = self.conns.get_mut(&conn.0) {

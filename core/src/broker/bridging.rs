@@ -347,10 +347,13 @@ impl Broker {
                     );
                 }
                 b.subscribe_id = None;
-                if ack.reasons.iter().any(|r| *r >= 0x80) {
+                if ack.reasons.iter().any(|r| r.is_error()) {
                     self.event(BrokerEvent::BridgeDown {
                         bridge: name.to_owned(),
-                        detail: format!("remote refused some subscriptions: {:?}", ack.reasons),
+                        detail: format!(
+                            "remote refused some subscriptions: {:?}",
+                            ack.reasons.iter().map(|r| r.0).collect::<Vec<u8>>()
+                        ),
                         retry_in_ms: 0,
                     });
                 }
@@ -377,7 +380,7 @@ impl Broker {
             }
             (Link::Up, Packet::PubRec(a)) => match b.inflight.get_mut(&a.packet_id) {
                 Some((m, stage)) if m.qos == QoS::ExactlyOnce => {
-                    if a.reason >= 0x80 {
+                    if a.reason.is_error() {
                         let entry = remove_inflight(b, a.packet_id);
                         self.bridge_forget(name, entry);
                         self.stats.messages_dropped += 1;

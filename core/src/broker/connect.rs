@@ -3,7 +3,9 @@
 
 use super::Broker;
 use crate::api::{BrokerEvent, ConnId};
-use crate::codec::{ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonOnly, reason};
+use crate::codec::{
+    ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode, ReasonOnly, reason,
+};
 use crate::conn::{CloseReason, ConnState, decode_limits};
 use crate::ids::SessionId;
 use crate::session::{NEVER_EXPIRES, Session};
@@ -139,7 +141,7 @@ impl Broker {
     }
 
     /// What a CONNECT may not ask for, checked in the order the spec lists it.
-    fn check_connect(&self, connect: &Connect) -> Result<(), (u8, &'static str)> {
+    fn check_connect(&self, connect: &Connect) -> Result<(), (ReasonCode, &'static str)> {
         let version = connect.version;
         let v5 = version.is_v5();
         if v5 && connect.properties.authentication_method.is_some() {
@@ -175,7 +177,7 @@ impl Broker {
         Ok(())
     }
 
-    fn refuse_connect(&mut self, id: ConnId, connect: &Connect, code: u8, detail: &str) {
+    fn refuse_connect(&mut self, id: ConnId, connect: &Connect, code: ReasonCode, detail: &str) {
         let version = connect.version;
         let code_on_wire = if version.is_v5() {
             code
@@ -200,7 +202,7 @@ impl Broker {
     }
 
     /// Checks the credentials against the configured users and `allow_anonymous`.
-    fn authenticate(&self, connect: &Connect) -> Result<(), u8> {
+    fn authenticate(&self, connect: &Connect) -> Result<(), ReasonCode> {
         match &connect.username {
             Some(user) => match self.config.users.get(user) {
                 Some(expected) => {

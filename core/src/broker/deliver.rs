@@ -342,7 +342,7 @@ impl Broker {
         };
         match session.inflight.get_mut(&a.packet_id) {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
-                if a.reason >= 0x80 {
+                if a.reason.is_error() {
                     // The receiver refused it: the flow ends here.
                     let entry = session
                         .remove_inflight(a.packet_id)

@@ -4,7 +4,8 @@
 use super::Broker;
 use crate::api::ConnId;
 use crate::codec::{
-    Packet, Properties, ProtocolVersion, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+    Packet, Properties, ProtocolVersion, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    reason,
 };
 use crate::conn::CloseReason;
 use crate::durable::options_byte;
@@ -81,7 +82,7 @@ impl Broker {
                 };
                 self.store.persist(record, true);
             }
-            reasons.push(options.qos as u8);
+            reasons.push(ReasonCode(options.qos as u8));
             let wants_retained = match options.retain_handling {
                 0 => true,
                 1 => !existed,

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::Broker;
-use crate::codec::{Connect, Properties, QoS};
+use crate::codec::{Connect, Properties, QoS, ReasonCode};
 use crate::ids::SessionId;
 use crate::message::{Content, Origin};
 use crate::sys;
@@ -53,7 +53,7 @@ impl Broker {
         client_id: &str,
         username: Option<&str>,
         peer: &str,
-        code: u8,
+        code: ReasonCode,
     ) {
         if !self.config.sys_events {
             return;

@@ -8,6 +8,7 @@ use super::packet::{
     SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use super::properties::{Properties, PropertyContext};
+use super::reason::ReasonCode;
 use super::wire::Reader;
 
 /// Limits applied while decoding, from the broker's configuration.
@@ -124,7 +125,7 @@ fn decode_body(
             if flags & 0xFE != 0 {
                 return Err(DecodeError::Malformed("CONNACK reserved flags set"));
             }
-            let code = r.u8()?;
+            let code = ReasonCode(r.u8()?);
             let properties = props(r, PropertyContext::ConnAck)?;
             Packet::ConnAck(ConnAck {
                 session_present: flags & 1 == 1,
@@ -160,7 +161,7 @@ fn decode_body(
             check_flags(first, if kind == 6 { 2 } else { 0 })?;
             let packet_id = r.packet_id()?;
             let (reason, properties) = if v5 && !r.is_empty() {
-                let reason = r.u8()?;
+                let reason = ReasonCode(r.u8()?);
                 let properties = if r.is_empty() {
                     Properties::default()
                 } else {
@@ -168,7 +169,7 @@ fn decode_body(
                 };
                 (reason, properties)
             } else {
-                (0, Properties::default())
+                (ReasonCode::default(), Properties::default())
             };
             let ack = Ack {
                 packet_id,
@@ -230,7 +231,7 @@ fn decode_body(
             check_flags(first, 0)?;
             let packet_id = r.packet_id()?;
             let properties = props(r, PropertyContext::SubAck)?;
-            let reasons = r.rest().to_vec();
+            let reasons: Vec<ReasonCode> = r.rest().iter().map(|b| ReasonCode(*b)).collect();
             if reasons.is_empty() {
                 return Err(DecodeError::Protocol("SUBACK without reason codes"));
             }
@@ -261,7 +262,11 @@ fn decode_body(
             check_flags(first, 0)?;
             let packet_id = r.packet_id()?;
             let properties = props(r, PropertyContext::UnsubAck)?;
-            let reasons = if v5 { r.rest().to_vec() } else { Vec::new() };
+            let reasons: Vec<ReasonCode> = if v5 {
+                r.rest().iter().map(|b| ReasonCode(*b)).collect()
+            } else {
+                Vec::new()
+            };
             if v5 && reasons.is_empty() {
                 return Err(DecodeError::Protocol("UNSUBACK without reason codes"));
             }
@@ -285,7 +290,7 @@ fn decode_body(
                 return Err(DecodeError::Malformed("reserved packet type 15"));
             }
             let (reason, properties) = if v5 && !r.is_empty() {
-                let reason = r.u8()?;
+                let reason = ReasonCode(r.u8()?);
                 let ctx = if kind == 14 {
                     PropertyContext::Disconnect
                 } else {
@@ -298,7 +303,7 @@ fn decode_body(
                 };
                 (reason, properties)
             } else {
-                (0, Properties::default())
+                (ReasonCode::default(), Properties::default())
             };
             let body = ReasonOnly { reason, properties };
             if kind == 14 {

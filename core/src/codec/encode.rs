@@ -6,6 +6,7 @@ use bytes::{BufMut, BytesMut};
 use super::error::EncodeError;
 use super::packet::{Ack, Packet, ProtocolVersion, Publish, QoS, ReasonOnly};
 use super::properties::Properties;
+use super::reason;
 use super::wire::{put_binary, put_str, put_varint, varint_len};
 
 const MAX_REMAINING: usize = 268_435_455;
@@ -159,13 +160,13 @@ impl<'a> PublishRef<'a> {
 
 fn ack_has_tail(v5: bool, a: &Ack) -> (bool, bool) {
     let props = v5 && !a.properties.is_empty();
-    (v5 && (a.reason != 0 || props), props)
+    (v5 && (a.reason != reason::SUCCESS || props), props)
 }
 
 /// DISCONNECT and AUTH: a reason code is always followed by a property length, even an
 /// empty one. The spec lets it be left out, but some clients (rumqttc) cannot read that.
 fn reason_only_tail(v5: bool, r: &ReasonOnly) -> (bool, bool) {
-    let tail = v5 && (r.reason != 0 || !r.properties.is_empty());
+    let tail = v5 && (r.reason != reason::SUCCESS || !r.properties.is_empty());
     (tail, tail)
 }
 
@@ -316,7 +317,7 @@ pub fn encode_packet(
         }
         Packet::ConnAck(c) => {
             out.put_u8(u8::from(c.session_present));
-            out.put_u8(c.code);
+            out.put_u8(c.code.0);
             if v5 {
                 c.properties.encode(out);
             }
@@ -326,7 +327,7 @@ pub fn encode_packet(
             out.put_u16(a.packet_id);
             let (reason, with_props) = ack_has_tail(v5, a);
             if reason {
-                out.put_u8(a.reason);
+                out.put_u8(a.reason.0);
             }
             if with_props {
                 a.properties.encode(out);
@@ -353,7 +354,7 @@ pub fn encode_packet(
             if v5 {
                 s.properties.encode(out);
             }
-            out.put_slice(&s.reasons);
+            out.extend(s.reasons.iter().map(|r| r.0));
         }
         Packet::Unsubscribe(u) => {
             out.put_u16(u.packet_id);
@@ -368,14 +369,14 @@ pub fn encode_packet(
             out.put_u16(u.packet_id);
             if v5 {
                 u.properties.encode(out);
-                out.put_slice(&u.reasons);
+                out.extend(u.reasons.iter().map(|r| r.0));
             }
         }
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(r) | Packet::Auth(r) => {
             let (reason, with_props) = reason_only_tail(v5, r);
             if reason {
-                out.put_u8(r.reason);
+                out.put_u8(r.reason.0);
             }
             if with_props {
                 r.properties.encode(out);

@@ -1,6 +1,6 @@
 //! What can go wrong decoding or encoding a packet.
 
-use super::reason;
+use super::reason::{self, ReasonCode};
 
 /// Why a packet could not be decoded. Each maps to the v5 reason code the broker answers with
 /// (a 3.1/3.1.1 peer just gets its connection closed).
@@ -19,7 +19,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub fn reason_code(&self) -> u8 {
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
             DecodeError::Malformed(_) | DecodeError::BadProtocolName => reason::MALFORMED_PACKET,
             DecodeError::Protocol(_) => reason::PROTOCOL_ERROR,

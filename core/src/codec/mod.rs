@@ -21,6 +21,7 @@ pub use packet::{
     SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 pub use properties::Properties;
+pub use reason::ReasonCode;
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::properties::Properties;
+use super::reason::ReasonCode;
 
 /// The protocol level carried in CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,7 +82,7 @@ pub struct Connect {
 pub struct ConnAck {
     pub session_present: bool,
     /// v5 reason code; for 3.1/3.1.1 the return code (0..=5).
-    pub code: u8,
+    pub code: ReasonCode,
     pub properties: Properties,
 }
 
@@ -101,13 +102,13 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ack {
     pub packet_id: u16,
-    pub reason: u8,
+    pub reason: ReasonCode,
     pub properties: Properties,
 }
 
 impl Ack {
     /// An acknowledgement without properties.
-    pub fn new(packet_id: u16, reason: u8) -> Ack {
+    pub fn new(packet_id: u16, reason: ReasonCode) -> Ack {
         Ack {
             packet_id,
             reason,
@@ -136,7 +137,8 @@ pub struct Subscribe {
 pub struct SubAck {
     pub packet_id: u16,
     pub properties: Properties,
-    pub reasons: Vec<u8>,
+    /// One per filter: the QoS granted, or why not.
+    pub reasons: Vec<ReasonCode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,13 +153,13 @@ pub struct UnsubAck {
     pub packet_id: u16,
     pub properties: Properties,
     /// Empty for 3.1/3.1.1, one per filter for v5.
-    pub reasons: Vec<u8>,
+    pub reasons: Vec<ReasonCode>,
 }
 
 /// DISCONNECT and AUTH share one shape (AUTH is v5 only).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReasonOnly {
-    pub reason: u8,
+    pub reason: ReasonCode,
     pub properties: Properties,
 }
 

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use tidemq_core::codec::{
     Ack, ConnAck, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
-    ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode_packet,
-    encode_packet,
+    ReasonCode, ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    decode_packet, encode_packet,
 };
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output, Stats};
@@ -574,6 +574,7 @@ impl Harness {
     }
 
     pub fn disconnect_with(&mut self, conn: ConnId, reason: u8, properties: Properties) {
+        let reason = ReasonCode(reason);
         self.send(conn, &Packet::Disconnect(ReasonOnly { reason, properties }));
     }
 
@@ -646,7 +647,7 @@ impl Harness {
     /// The v5 DISCONNECT reason the broker sent, if the last packet is a DISCONNECT.
     pub fn disconnect_reason(&mut self, conn: ConnId) -> Option<u8> {
         match self.recv(conn).pop() {
-            Some(Packet::Disconnect(d)) => Some(d.reason),
+            Some(Packet::Disconnect(d)) => Some(d.reason.0),
             _ => None,
         }
     }
@@ -655,7 +656,7 @@ impl Harness {
 pub fn ack(packet_id: u16) -> Ack {
     Ack {
         packet_id,
-        reason: 0,
+        reason: ReasonCode(0),
         properties: Properties::default(),
     }
 }

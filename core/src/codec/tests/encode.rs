@@ -8,10 +8,10 @@ use super::*;
 
 #[test]
 fn v5_ack_tail_is_omitted_only_when_empty() {
-    let ack = |reason, properties| {
+    let ack = |reason: u8, properties| {
         Packet::PubAck(Ack {
             packet_id: 10,
-            reason,
+            reason: ReasonCode(reason),
             properties,
         })
     };
@@ -71,7 +71,7 @@ fn v3_encoding_drops_v5_only_fields() {
     };
     let ack = Packet::PubAck(Ack {
         packet_id: 10,
-        reason: 0x80,
+        reason: ReasonCode(0x80),
         properties: v5_props.clone(),
     });
     assert_eq!(
@@ -114,20 +114,20 @@ fn v3_encoding_drops_v5_only_fields() {
     let unsuback = Packet::UnsubAck(UnsubAck {
         packet_id: 2,
         properties: v5_props.clone(),
-        reasons: vec![0x00, 0x11],
+        reasons: vec![ReasonCode(0x00), ReasonCode(0x11)],
     });
     assert_eq!(
         encode(&unsuback, ProtocolVersion::V311),
         [0xB0, 0x02, 0x00, 0x02]
     );
     let disconnect = Packet::Disconnect(ReasonOnly {
-        reason: 0x04,
+        reason: ReasonCode(0x04),
         properties: v5_props.clone(),
     });
     assert_eq!(encode(&disconnect, ProtocolVersion::V311), [0xE0, 0x00]);
     let connack = Packet::ConnAck(ConnAck {
         session_present: true,
-        code: 0,
+        code: ReasonCode(0),
         properties: v5_props,
     });
     assert_eq!(
@@ -156,7 +156,7 @@ fn encoder_rejects_fields_over_65535_bytes() {
     assert!(out.is_empty(), "nothing written on error");
     let ack = Packet::PubAck(Ack {
         packet_id: 1,
-        reason: 0,
+        reason: ReasonCode(0),
         properties: Properties {
             user_properties: vec![("k".into(), long.clone())],
             ..props()
@@ -362,7 +362,7 @@ fn connack_bytes() {
         V5,
         Packet::ConnAck(ConnAck {
             session_present: false,
-            code: 0,
+            code: ReasonCode(0),
             properties: Properties {
                 receive_maximum: Some(20),
                 topic_alias_maximum: Some(10),
@@ -416,18 +416,30 @@ fn publish_bytes() {
 
 #[test]
 fn ack_bytes() {
-    let ack = |packet_id, reason| Ack {
+    let ack = |packet_id, reason: ReasonCode| Ack {
         packet_id,
         reason,
         properties: props(),
     };
-    exact(&[0x40, 0x02, 0x00, 0x0A], V311, Packet::PubAck(ack(10, 0)));
-    exact(&[0x50, 0x02, 0x00, 0x0A], V311, Packet::PubRec(ack(10, 0)));
-    exact(&[0x62, 0x02, 0x00, 0x0A], V311, Packet::PubRel(ack(10, 0)));
+    exact(
+        &[0x40, 0x02, 0x00, 0x0A],
+        V311,
+        Packet::PubAck(ack(10, ReasonCode(0))),
+    );
+    exact(
+        &[0x50, 0x02, 0x00, 0x0A],
+        V311,
+        Packet::PubRec(ack(10, ReasonCode(0))),
+    );
+    exact(
+        &[0x62, 0x02, 0x00, 0x0A],
+        V311,
+        Packet::PubRel(ack(10, ReasonCode(0))),
+    );
     exact(
         &[0x70, 0x02, 0xFF, 0xFF],
         V311,
-        Packet::PubComp(ack(0xFFFF, 0)),
+        Packet::PubComp(ack(0xFFFF, ReasonCode(0))),
     );
     exact(
         &[0x40, 0x03, 0x00, 0x0A, 0x10],
@@ -498,7 +510,7 @@ fn subscribe_and_unsubscribe_bytes() {
         Packet::SubAck(SubAck {
             packet_id: 1,
             properties: props(),
-            reasons: vec![0x01],
+            reasons: vec![ReasonCode(0x01)],
         }),
     );
     exact(
@@ -507,7 +519,7 @@ fn subscribe_and_unsubscribe_bytes() {
         Packet::SubAck(SubAck {
             packet_id: 1,
             properties: props(),
-            reasons: vec![0x01, 0x80],
+            reasons: vec![ReasonCode(0x01), ReasonCode(0x80)],
         }),
     );
     exact(
@@ -572,7 +584,7 @@ fn ping_disconnect_auth_bytes() {
         &[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x00],
         V5,
         Packet::Disconnect(ReasonOnly {
-            reason: 0,
+            reason: ReasonCode(0),
             properties: Properties {
                 session_expiry_interval: Some(0),
                 ..props()
@@ -585,7 +597,7 @@ fn ping_disconnect_auth_bytes() {
         ],
         V5,
         Packet::Auth(ReasonOnly {
-            reason: 0x18,
+            reason: ReasonCode(0x18),
             properties: Properties {
                 authentication_method: Some("SCRAM".into()),
                 ..props()

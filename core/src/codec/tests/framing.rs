@@ -315,7 +315,7 @@ fn truncated_packets_are_malformed() {
     });
     let connack = Packet::ConnAck(ConnAck {
         session_present: true,
-        code: 0,
+        code: ReasonCode(0),
         properties: Properties {
             assigned_client_identifier: Some("auto-1".into()),
             maximum_qos: Some(1),
@@ -393,7 +393,7 @@ fn truncated_packets_are_malformed() {
                 &Packet::SubAck(SubAck {
                     packet_id: 3,
                     properties: props(),
-                    reasons: vec![0x01],
+                    reasons: vec![ReasonCode(0x01)],
                 }),
                 ProtocolVersion::V5,
             ),
@@ -536,7 +536,7 @@ fn v5_session_packets() -> Vec<Packet> {
         Packet::PingReq,
         Packet::PubAck(Ack {
             packet_id: 300,
-            reason: 0,
+            reason: ReasonCode(0),
             properties: props(),
         }),
         Packet::Publish(Publish {
