@@ -22,11 +22,12 @@ use std::sync::Arc;
 
 use crate::admin::PendingConfig;
 use crate::api::{BrokerEvent, ConnId, Input, Instant, Output};
-use crate::bridge::{self, Bridge};
+use crate::bridge::Bridge;
 use crate::codec::reason;
 use crate::config::Config;
 use crate::conn::{CloseReason, Conn};
 use crate::durable::{Durability, Wall};
+use crate::ids::BridgeId;
 use crate::ids::SessionId;
 use crate::message::{EncodedQos0, Message};
 use crate::rng::Rng;
@@ -86,8 +87,11 @@ pub struct Broker {
     stats: Stats,
     /// Admin set-configurations waiting for their file write, in arrival order.
     pending_config: BTreeMap<u64, PendingConfig>,
-    /// Enabled bridges, by name.
-    bridges: BTreeMap<String, Bridge>,
+    /// Enabled bridges, by number; their numbers by name, and by connection.
+    bridges: BTreeMap<BridgeId, Bridge>,
+    bridge_ids: BTreeMap<String, BridgeId>,
+    bridge_conns: BTreeMap<ConnId, BridgeId>,
+    next_bridge_id: u32,
     next_bridge_conn: u64,
     /// This broker's mark on messages it bridges out (v5), to recognise them coming back.
     node_id: String,
@@ -118,6 +122,9 @@ impl Broker {
             stats: Stats::default(),
             pending_config: BTreeMap::new(),
             bridges: BTreeMap::new(),
+            bridge_ids: BTreeMap::new(),
+            bridge_conns: BTreeMap::new(),
+            next_bridge_id: 0,
             next_bridge_conn: 0,
             node_id: String::new(),
             store: Durability::new(mode),
@@ -150,7 +157,7 @@ impl Broker {
         match input {
             Input::Accepted { conn, peer } => self.accept(conn, peer),
             Input::Received { conn, bytes } => match self.bridge_of(conn) {
-                Some(bridge) => self.bridge_receive(&bridge, &bytes),
+                Some(bridge) => self.bridge_receive(bridge, &bytes),
                 None => self.receive(conn, &bytes),
             },
             Input::BridgeConnected { conn } => self.bridge_connected(conn),
@@ -159,7 +166,7 @@ impl Broker {
             Input::PeerCertificate { conn, identity } => self.peer_certificate(conn, identity),
             Input::Closed { conn } => {
                 if let Some(bridge) = self.bridge_of(conn) {
-                    self.bridge_link_down(&bridge, "connection lost", false);
+                    self.bridge_link_down(bridge, "connection lost", false);
                 } else if self.conns.contains_key(&conn) {
                     self.drop_conn(
                         conn,
@@ -203,7 +210,7 @@ impl Broker {
             }
             Input::SnapshotRequest => {
                 let in_order: Vec<SessionId> = self.by_client_id.values().copied().collect();
-                let bridges = bridge::stored_records(&self.bridges);
+                let bridges = self.bridge_records();
                 let wall = self.wall();
                 if let Some(out) = self.store.snapshot(
                     &self.retained,

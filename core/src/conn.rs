@@ -1,7 +1,7 @@
 //! One client connection's state: its buffers, the limits both sides announced, its keep alive
 //! and topic aliases, and how many bytes its writer still holds (back-pressure).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::BytesMut;
 
@@ -38,9 +38,6 @@ pub(crate) struct Conn {
     pub receive_maximum: u16,
     pub topic_alias_max: u16,
     pub topic_aliases: BTreeMap<u16, String>,
-    /// QoS 2 ids received on this connection and not yet released: what counts against our
-    /// Receive Maximum, which is not preserved across connections (v5 §4.9).
-    pub rel_pending: BTreeSet<u16>,
     /// Session expiry given in CONNECT (v5: DISCONNECT may not raise it from 0).
     pub connect_expiry_secs: u32,
     pub username: Option<String>,
@@ -69,7 +66,6 @@ impl Conn {
             receive_maximum: config.receive_maximum,
             topic_alias_max: config.max_topic_alias,
             topic_aliases: BTreeMap::new(),
-            rel_pending: BTreeSet::new(),
             connect_expiry_secs: 0,
             username: None,
             keep_alive: 0,

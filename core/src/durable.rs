@@ -17,8 +17,9 @@ use crate::config::SyncMode;
 use crate::ids::SessionId;
 use crate::message::Message;
 use crate::persist::{Record, StoredMessage};
-use crate::session::{Delivery, OutStage, Session};
+use crate::session::{Delivery, Session};
 use crate::topic::RetainTrie;
+use crate::window::OutStage;
 
 /// Output for one connection waiting for the store, oldest first.
 #[derive(Debug, Default)]
@@ -445,19 +446,19 @@ impl Durability {
                 subscription_id: sub.id,
             });
         }
-        let order: Vec<u16> = s.inflight_order.values().copied().collect();
+        let order = s.inflight.ids_in_order();
         let mut deliveries = Vec::new();
         for pid in order {
-            if let Some(f) = s.inflight.get_mut(&pid) {
-                if assign && f.delivery.entry == 0 {
-                    f.delivery.entry = s.next_entry;
+            if let Some(f) = s.inflight.get_mut(pid) {
+                if assign && f.item.entry == 0 {
+                    f.item.entry = s.next_entry;
                     s.next_entry += 1;
                 }
-                if f.delivery.entry == 0 {
+                if f.item.entry == 0 {
                     continue;
                 }
                 let state = Some((pid, f.stage == OutStage::Released));
-                deliveries.push((f.delivery.clone(), state));
+                deliveries.push((f.item.clone(), state));
             }
         }
         for d in s.queue.iter_mut() {
@@ -472,10 +473,10 @@ impl Durability {
                 deliveries.push((d.clone(), None));
             }
         }
-        for pid in &s.awaiting_rel {
+        for packet_id in s.qos2_in.ids() {
             out.push(Record::InQos2Put {
                 client_id: client_id.clone(),
-                packet_id: *pid,
+                packet_id,
             });
         }
         for (d, state) in deliveries {

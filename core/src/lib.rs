@@ -23,6 +23,7 @@ mod session;
 mod sys;
 mod timer;
 pub mod topic;
+mod window;
 pub mod ws;
 
 pub use api::{BrokerEvent, ConnId, Input, Instant, Output};

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use crate::api::{ConnId, Instant};
 use crate::codec::{Properties, ProtocolVersion, Publish, QoS, Will};
-use crate::ids::SessionId;
+use crate::ids::{BridgeId, SessionId};
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,8 +13,8 @@ pub(crate) enum Origin {
     /// A client's PUBLISH, or its session's will: counted as received, and not delivered to
     /// a no-local subscription of that session.
     Session(SessionId),
-    /// A bridge's remote, by bridge key: counted as received, never forwarded back there.
-    Bridge(u64),
+    /// A bridge's remote: counted as received, never forwarded back there.
+    Bridge(BridgeId),
     /// The broker itself (`$SYS`), or the store (a restored message).
     Broker,
 }
@@ -113,7 +113,7 @@ impl Message {
     }
 
     /// The bridge it came in through.
-    pub fn bridge(&self) -> Option<u64> {
+    pub fn bridge(&self) -> Option<BridgeId> {
         match self.origin {
             Origin::Bridge(key) => Some(key),
             _ => None,

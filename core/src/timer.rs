@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::api::{ConnId, Instant};
-use crate::ids::SessionId;
+use crate::ids::{BridgeId, SessionId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
@@ -13,8 +13,8 @@ pub(crate) enum Timer {
     Conn(ConnId),
     /// Will delay and session expiry of a disconnected session.
     Session(SessionId),
-    /// A bridge's reconnect, connect timeout or keep alive, by its key.
-    Bridge(u64),
+    /// A bridge's reconnect, connect timeout or keep alive.
+    Bridge(BridgeId),
 }
 
 #[derive(Debug, Default)]

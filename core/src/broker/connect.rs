@@ -278,7 +278,8 @@ impl Broker {
     /// window), then the queue drains.
     fn resume(&mut self, sid: SessionId) {
         if let Some(session) = self.sessions.get_mut(&sid) {
-            session.mark_all_unsent();
+            session.inflight.mark_all_unsent();
+            session.qos2_in.new_connection();
         }
         self.pump(sid);
     }

@@ -11,7 +11,8 @@ use crate::codec::{Ack, Packet, ProtocolVersion, PublishRef, QoS, reason};
 use crate::conn::ConnState;
 use crate::ids::SessionId;
 use crate::message::EncodedQos0;
-use crate::session::{Delivery, OutStage};
+use crate::session::Delivery;
+use crate::window::OutStage;
 
 impl Broker {
     /// Sends now if the window and the writer allow, else queues (QoS 1/2, or QoS 0 behind
@@ -101,7 +102,7 @@ impl Broker {
             self.write_publish(conn, version, &d, None, false);
             return;
         }
-        let Some(pid) = session.allocate_packet_id() else {
+        let Some(pid) = session.inflight.allocate_packet_id(None) else {
             self.forget_delivery(sid, d.entry);
             return self.drop_message(sid, "no packet identifier free");
         };
@@ -112,7 +113,7 @@ impl Broker {
         if !self.write_publish(conn, version, &d, Some(pid), false) {
             self.forget_delivery(sid, d.entry);
         } else if let Some(session) = self.sessions.get_mut(&sid) {
-            session.push_inflight(pid, d);
+            session.inflight.push(pid, d);
         }
     }
 
@@ -254,8 +255,8 @@ impl Broker {
                 return;
             }
             let limit = self.inflight_limit(conn);
-            if let Some(pid) = session.next_resend() {
-                if session.inflight_sent() >= limit {
+            if let Some(pid) = session.inflight.next_resend() {
+                if session.inflight.sent_count() >= limit {
                     return;
                 }
                 self.resend(sid, conn, pid);
@@ -291,17 +292,17 @@ impl Broker {
         let version = session.version;
         // Everything in flight went out once: resends carry DUP and finish even if the
         // message has expired since.
-        session.mark_sent(pid);
-        let Some(f) = session.inflight.get(&pid) else {
+        session.inflight.mark_sent(pid);
+        let Some(f) = session.inflight.get(pid) else {
             return;
         };
         match f.stage {
             OutStage::Published => {
-                let delivery = f.delivery.clone();
+                let delivery = f.item.clone();
                 if !self.write_publish(conn, version, &delivery, Some(pid), true) {
                     // Larger than the client now accepts: forget it.
                     if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.remove_inflight(pid);
+                        s.inflight.remove(pid);
                     }
                     self.forget_delivery(sid, delivery.entry);
                 }
@@ -320,10 +321,10 @@ impl Broker {
         if let Some(session) = session
             && session
                 .inflight
-                .get(&pid)
-                .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce)
+                .get(pid)
+                .is_some_and(|f| f.item.qos == QoS::AtLeastOnce)
         {
-            let entry = session.remove_inflight(pid).map_or(0, |f| f.delivery.entry);
+            let entry = session.inflight.remove(pid).map_or(0, |f| f.item.entry);
             self.forget_delivery(sid, entry);
             self.pump(sid);
         }
@@ -340,20 +341,20 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        match session.inflight.get_mut(&a.packet_id) {
-            Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+        match session.inflight.get(a.packet_id) {
+            Some(f) if f.item.qos == QoS::ExactlyOnce => {
                 if a.reason.is_error() {
                     // The receiver refused it: the flow ends here.
                     let entry = session
-                        .remove_inflight(a.packet_id)
-                        .map_or(0, |f| f.delivery.entry);
+                        .inflight
+                        .remove(a.packet_id)
+                        .map_or(0, |f| f.item.entry);
                     self.forget_delivery(sid, entry);
                     self.pump(sid);
                     return;
                 }
-                f.stage = OutStage::Released;
-                let entry = f.delivery.entry;
-                session.mark_sent(a.packet_id);
+                let entry = f.item.entry;
+                session.inflight.release(a.packet_id);
                 self.store
                     .out_state(session, entry, a.packet_id, QoS::ExactlyOnce, true);
                 self.send(
@@ -379,10 +380,10 @@ impl Broker {
         if let Some(session) = session
             && session
                 .inflight
-                .get(&pid)
+                .get(pid)
                 .is_some_and(|f| f.stage == OutStage::Released)
         {
-            let entry = session.remove_inflight(pid).map_or(0, |f| f.delivery.entry);
+            let entry = session.inflight.remove(pid).map_or(0, |f| f.item.entry);
             self.forget_delivery(sid, entry);
             self.pump(sid);
         }

@@ -72,20 +72,16 @@ impl Broker {
         }
         let pid = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce {
-            let Some(session) = self.sessions.get(&sid) else {
+            let Some(session) = self.sessions.get_mut(&sid) else {
                 return;
             };
-            let resend = session.awaiting_rel.contains(&pid);
-            let Some(conn) = self.conns.get_mut(&id) else {
-                return;
-            };
-            if resend {
+            if session.qos2_in.contains(pid) {
                 // A resend of a message already accepted: acknowledge, never deliver twice.
-                conn.rel_pending.insert(pid);
+                session.qos2_in.seen_again(pid);
                 return self.send(id, version, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)));
             }
             // Ids left unreleased by an earlier connection do not count (v5 §4.9).
-            if conn.rel_pending.len() >= usize::from(receive_maximum) {
+            if session.qos2_in.this_connection() >= usize::from(receive_maximum) {
                 return self.drop_conn(
                     id,
                     CloseReason::error(
@@ -118,10 +114,7 @@ impl Broker {
             && code == reason::SUCCESS
             && let Some(session) = self.sessions.get_mut(&sid)
         {
-            session.awaiting_rel.insert(pid);
-            if let Some(conn) = self.conns.get_mut(&id) {
-                conn.rel_pending.insert(pid);
-            }
+            session.qos2_in.accept(pid);
             self.store.in_qos2(session, pid, true);
         }
         if !denied && !refused {
@@ -142,11 +135,8 @@ impl Broker {
         version: ProtocolVersion,
         pid: u16,
     ) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.rel_pending.remove(&pid);
-        }
         if let Some(session) = self.sessions.get_mut(&sid)
-            && session.awaiting_rel.remove(&pid)
+            && session.qos2_in.release(pid)
         {
             self.store.in_qos2(session, pid, false);
             return self.send(

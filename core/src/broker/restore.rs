@@ -11,8 +11,9 @@ use crate::config::Config;
 use crate::durable::{options_from_byte, version_from_level};
 use crate::message::{Content, Message, Origin};
 use crate::persist::{Record, Recovered};
-use crate::session::{Delivery, NEVER_EXPIRES, OutStage, Session, Subscription};
+use crate::session::{Delivery, NEVER_EXPIRES, Session, Subscription};
 use crate::topic;
+use crate::window::InboundQos2;
 
 impl Broker {
     /// A broker that resumes what its store recovered: sessions, subscriptions, queues and
@@ -130,23 +131,18 @@ impl Broker {
                 };
                 match q.out_state {
                     Some((pid, released))
-                        if pid != 0
-                            && q.qos != QoS::AtMostOnce
-                            && !s.inflight.contains_key(&pid) =>
+                        if pid != 0 && q.qos != QoS::AtMostOnce && !s.inflight.contains(pid) =>
                     {
-                        s.push_inflight(pid, delivery);
-                        if released
-                            && q.qos == QoS::ExactlyOnce
-                            && let Some(f) = s.inflight.get_mut(&pid)
-                        {
-                            f.stage = OutStage::Released;
+                        s.inflight.push(pid, delivery);
+                        if released && q.qos == QoS::ExactlyOnce {
+                            s.inflight.release(pid);
                         }
                     }
                     _ => s.queue.push_back(delivery),
                 }
             }
-            s.mark_all_unsent();
-            s.awaiting_rel = rs.awaiting_rel;
+            s.inflight.mark_all_unsent();
+            s.qos2_in = InboundQos2::restored(rs.awaiting_rel);
             if let Some(record) = restarted_clock {
                 self.store.persist(record, false);
             }
