@@ -175,13 +175,9 @@ impl Bridge {
         self.deadline = None;
         self.subscribe_id = None;
         self.rx.clear();
-        if KEEP_REMOTE_SESSION {
-            // The remote may keep the session: what is in flight is resent after the
-            // CONNACK says whether it did.
-            self.inflight.mark_all_unsent();
-        } else {
-            self.requeue_inflight();
-        }
+        // The remote may keep the session: what is in flight is resent, or requeued, once
+        // the CONNACK says whether it did.
+        self.inflight.mark_all_unsent();
         if was_up {
             self.attempts = 0;
         }
@@ -214,7 +210,7 @@ impl Bridge {
         self.remote_receive_maximum = ack.properties.receive_maximum.unwrap_or(u16::MAX);
         // [MQTT-4.4.0-1]: with the session kept, what was in flight is resent with the same
         // packet ids; without it, it starts again.
-        if !(KEEP_REMOTE_SESSION && ack.session_present && !self.config.clean_start) {
+        if !ack.session_present || self.config.clean_start {
             self.requeue_inflight();
         }
         self.qos2_in.new_connection();
@@ -311,10 +307,6 @@ impl Bridge {
         out
     }
 }
-
-/// Whether a bridge keeps what is in flight across a reconnect when the remote kept the
-/// session, as sessions do.
-const KEEP_REMOTE_SESSION: bool = false;
 
 impl Outgoing {
     fn publish(&self, packet_id: Option<u16>, dup: bool) -> Packet {
