@@ -57,6 +57,10 @@ impl Broker {
 
     /// A durable session's QoS 1/2 delivery is numbered and stored; false if it cannot be.
     fn keep_delivery(&mut self, sid: SessionId, d: &mut Delivery) -> bool {
+        // Only a QoS 1/2 delivery not yet numbered is the store's business.
+        if d.qos == QoS::AtMostOnce || d.entry != 0 {
+            return true;
+        }
         let wall = self.wall();
         match self.sessions.get_mut(&sid) {
             Some(session) => self.store.keep_delivery(session, d, wall),
@@ -66,6 +70,9 @@ impl Broker {
 
     /// A stored delivery finished or was dropped.
     fn forget_delivery(&mut self, sid: SessionId, entry: u64) {
+        if entry == 0 {
+            return;
+        }
         if let Some(session) = self.sessions.get(&sid) {
             self.store.forget_delivery(session, entry);
         }
