@@ -246,10 +246,10 @@ impl Client {
         }));
         client.send(&connect).await?;
         match client.expect_packet("CONNACK").await? {
-            Packet::ConnAck(ack) if ack.code == 0 => Ok(client),
+            Packet::ConnAck(ack) if ack.code.0 == 0 => Ok(client),
             Packet::ConnAck(ack) => Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!("CONNACK return code {}", ack.code),
+                format!("CONNACK return code {}", ack.code.0),
             )),
             other => Err(invalid(format!("expected CONNACK, got {}", other.kind()))),
         }
@@ -312,7 +312,7 @@ impl Client {
         self.send(&subscribe).await?;
         match self.expect_packet("SUBACK").await? {
             Packet::SubAck(ack) if ack.packet_id == 1 => match ack.reasons.first() {
-                Some(code) if *code < 0x80 => Ok(()),
+                Some(code) if !code.is_error() => Ok(()),
                 code => Err(invalid(format!(
                     "subscription to {filter} refused: {code:?}"
                 ))),

@@ -514,9 +514,7 @@ impl Config {
                     message: format!("bridge {name}: must be 4 (MQTT 3.1.1) or 5"),
                 });
             }
-            let tls = bridge.ssl.enable
-                || bridge.address.starts_with("tls+")
-                || bridge.address.starts_with("mqtts://");
+            let tls = bridge.ssl.enable || crate::address::wants_tls(&bridge.address);
             if tls && bridge.ssl.cacertfile.is_none() {
                 return Err(ConfigError {
                     key: "bridges.mqtt.ssl.cacertfile",

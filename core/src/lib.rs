@@ -6,202 +6,27 @@
 //! randomness only from the seed it was built with: the same inputs give the same outputs.
 
 pub mod acl;
+pub mod address;
 pub mod admin;
+pub mod api;
+mod bridge;
 mod broker;
 pub mod codec;
 pub mod config;
 pub mod config_parse;
+mod conn;
+mod durable;
+mod ids;
+mod message;
 pub mod persist;
 mod rng;
 mod session;
 mod sys;
+mod timer;
 pub mod topic;
+mod window;
 pub mod ws;
 
+pub use api::{BrokerEvent, ConnId, Input, Instant, Output};
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};
-
-use bytes::Bytes;
-
-/// A point on the core's monotonic time axis, in milliseconds from an arbitrary origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Instant(pub u64);
-
-impl Instant {
-    pub fn plus_ms(self, ms: u64) -> Instant {
-        Instant(self.0.saturating_add(ms))
-    }
-
-    pub fn plus_secs(self, secs: u64) -> Instant {
-        self.plus_ms(secs.saturating_mul(1000))
-    }
-
-    /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
-    pub fn since(self, earlier: Instant) -> u64 {
-        self.0.saturating_sub(earlier.0)
-    }
-}
-
-/// A network connection, numbered by the caller (the runtime or a simulator).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(pub u64);
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "conn#{}", self.0)
-    }
-}
-
-/// Everything that can happen to the broker. One input is one mutation.
-#[derive(Debug, Clone)]
-pub enum Input {
-    /// A client connection was accepted. `peer` is its address as `ip:port`.
-    Accepted { conn: ConnId, peer: String },
-    /// The common name of the client certificate a TLS connection presented and the
-    /// runtime verified; sent after `Accepted`, before any bytes. Used as the user name when
-    /// `tls.use_identity_as_username` is on.
-    PeerCertificate { conn: ConnId, identity: String },
-    /// Bytes arrived on a connection, in any fragmentation.
-    Received { conn: ConnId, bytes: Bytes },
-    /// The connection's writer has put `bytes` more bytes of earlier [`Output::Transmit`]s on
-    /// the wire; this is the core's flow control towards slow readers.
-    Written { conn: ConnId, bytes: usize },
-    /// The connection closed from the other side or failed.
-    Closed { conn: ConnId },
-    /// `now` reached [`Broker::poll_timeout`].
-    Timeout,
-    /// The wall clock, in milliseconds since the Unix epoch, at `now`. Used only for
-    /// timestamps shown to users.
-    WallClock { unix_ms: u64 },
-    /// Replace the configuration. Applied only if it validates; limits advertised to
-    /// clients already connected stay as they were told.
-    ConfigChange(Box<Config>),
-    /// Stop: every connection is told (v5: DISCONNECT 0x8B) and closed.
-    Shutdown,
-    /// The head of an admin HTTP request, before its body is read: answered by
-    /// [`Output::AdminAuthorized`] when the credentials are good, else by a 401
-    /// [`Output::AdminReply`]. The runtime reads no body from a client it has not authorized.
-    AdminAuthorize {
-        req_id: u64,
-        credentials: admin::Credentials,
-    },
-    /// An HTTP API V1 request: its body and what the client presented. Answered by
-    /// [`Output::AdminReply`] with the same `req_id`.
-    Admin {
-        req_id: u64,
-        credentials: admin::Credentials,
-        body: Bytes,
-    },
-    /// The socket an [`Output::BridgeConnect`] asked for is open.
-    BridgeConnected { conn: ConnId },
-    /// The socket an [`Output::BridgeConnect`] asked for could not be opened.
-    BridgeConnectFailed { conn: ConnId, error: String },
-    /// The outcome of an [`Output::WriteConfig`].
-    AdminConfigWritten {
-        req_id: u64,
-        result: Result<(), String>,
-    },
-    /// Every record of [`Output::Persist`] numbered up to `upto` is durable as the
-    /// configured `persistence.sync` mode promises. Reported in order.
-    PersistDone { upto: u64 },
-    /// The store cannot keep records any more (a failed fsync is not retried): nothing
-    /// waiting on it is released, and new work that needs it is refused.
-    PersistFailed { error: String },
-    /// The store's journal has grown: answer with [`Output::Snapshot`] of everything live.
-    SnapshotRequest,
-}
-
-/// What the broker asks its driver to do, or tells it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    /// Write these bytes to the connection, in order.
-    Transmit { conn: ConnId, bytes: Bytes },
-    /// Close the connection after the bytes already asked for are written. No
-    /// [`Input::Closed`] is needed afterwards.
-    Close { conn: ConnId },
-    /// Something worth logging or counting.
-    Event(BrokerEvent),
-    /// The answer to [`Input::Admin`]: HTTP status and JSON body.
-    AdminReply {
-        req_id: u64,
-        status: u16,
-        body: Bytes,
-        /// `WWW-Authenticate` value for a 401.
-        challenge: Option<&'static str>,
-    },
-    /// The credentials of an [`Input::AdminAuthorize`] are good: read the request's body.
-    AdminAuthorized { req_id: u64 },
-    /// Persist these settings (admin API set-configuration), then report with
-    /// [`Input::AdminConfigWritten`]; they take effect only once written.
-    WriteConfig {
-        req_id: u64,
-        changes: Vec<admin::ConfigChange>,
-    },
-    /// The admin API asked the process to restart (re-read its configuration) or stop.
-    Control(admin::ControlAction),
-    /// Open a connection to a bridge's remote broker (`address` as configured, e.g.
-    /// `mqtt-tcp://host:1883`) under the id `conn`; answer with [`Input::BridgeConnected`]
-    /// or [`Input::BridgeConnectFailed`]. Its bytes then flow like a client's.
-    BridgeConnect {
-        conn: ConnId,
-        bridge: String,
-        address: String,
-    },
-    /// Keep these records, numbered `upto - len + 1 ..= upto`, in order; report with
-    /// [`Input::PersistDone`]. Output that depends on them is held until then.
-    Persist {
-        upto: u64,
-        records: Vec<persist::Record>,
-    },
-    /// Every live record as of sequence number `upto`: it replaces the journal up to there.
-    Snapshot {
-        upto: u64,
-        records: Vec<persist::Record>,
-    },
-}
-
-/// Observable facts, for logs and metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BrokerEvent {
-    ClientConnected {
-        conn: ConnId,
-        client_id: String,
-        protocol: u8,
-        session_present: bool,
-    },
-    ConnectRefused {
-        conn: ConnId,
-        client_id: String,
-        reason_code: u8,
-    },
-    ClientDisconnected {
-        conn: ConnId,
-        client_id: Option<String>,
-        reason_code: u8,
-        detail: String,
-    },
-    SessionExpired {
-        client_id: String,
-    },
-    MessagesDropped {
-        client_id: String,
-        count: u64,
-        why: &'static str,
-    },
-    BridgeUp {
-        bridge: String,
-    },
-    BridgeDown {
-        bridge: String,
-        detail: String,
-        retry_in_ms: u64,
-    },
-    ConfigApplied,
-    ConfigRejected {
-        error: ConfigError,
-    },
-    /// The store failed; durable work is refused from now on.
-    StoreFailed {
-        error: String,
-    },
-}

@@ -2,7 +2,11 @@
 //! The runtime moves bytes; this decides what they mean, so it can be fuzzed and simulated.
 //! MQTT sees a byte stream: frame boundaries carry no meaning [MQTT-6.0.0-2].
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::{Engine, alphabet};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sha1::{Digest, Sha1};
 
 /// The longest request head accepted in the opening handshake.
 pub const MAX_HANDSHAKE: usize = 8 * 1024;
@@ -95,8 +99,7 @@ pub fn handshake(received: &[u8], path: &str) -> Handshake {
     if !version13 {
         return reject("426 Upgrade Required", "WebSocket version 13 only");
     }
-    let Some(key) = key.filter(|k| crate::admin::base64_decode(k).is_some_and(|d| d.len() == 16))
-    else {
+    let Some(key) = key.filter(|k| LENIENT.decode(k).ok().is_some_and(|d| d.len() == 16)) else {
         return reject("400 Bad Request", "missing or malformed Sec-WebSocket-Key");
     };
     let mut response = format!(
@@ -113,88 +116,20 @@ pub fn handshake(received: &[u8], path: &str) -> Handshake {
     }
 }
 
+/// Base64 as the key was always read here: canonical padding, bits past the last byte
+/// ignored.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2).
 pub fn accept_key(key: &str) -> String {
     let mut input = key.as_bytes().to_vec();
     input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64_encode(&sha1(&input))
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sym = |i: u32| {
-        ALPHABET
-            .get((i & 63) as usize)
-            .map_or('=', |c| char::from(*c))
-    };
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        out.push(if chunk.len() > 1 { sym(n >> 6) } else { '=' });
-        out.push(if chunk.len() > 2 { sym(n) } else { '=' });
-    }
-    out
-}
-
-/// SHA-1, only for the handshake's accept key (RFC 3174).
-#[allow(clippy::indexing_slicing)] // fixed-size arrays with constant bounds
-fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xEFCD_AB89,
-        0x98BA_DCFE,
-        0x1032_5476,
-        0xC3D2_E1F0,
-    ];
-    let mut msg = data.to_vec();
-    let bit_len = (data.len() as u64).wrapping_mul(8);
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&bit_len.to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            if let (Some(slot), [a, b, c, d]) = (w.get_mut(i), word) {
-                *slot = u32::from_be_bytes([*a, *b, *c, *d]);
-            }
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (slot, v) in h.iter_mut().zip([a, b, c, d, e]) {
-            *slot = slot.wrapping_add(v);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (chunk, v) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&v.to_be_bytes());
-    }
-    out
+    BASE64.encode(Sha1::digest(&input))
 }
 
 /// What a client frame meant.
@@ -394,9 +329,6 @@ mod tests {
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn valid_stream(version_pick: u8, connect: u16, ops: &[(u8, u16)]) -> Vec<u8> {
         let id = 1 + n % 4;
         let ack = Ack {
             packet_id: id,
-            reason: 0,
+            reason: tidemq_core::codec::ReasonCode(0),
             properties: Properties::default(),
         };
         packets.push(match kind % 16 {
@@ -127,7 +127,7 @@ fn valid_stream(version_pick: u8, connect: u16, ops: &[(u8, u16)]) -> Vec<u8> {
                 filters: vec![pick(FILTERS, n >> 2).to_owned()],
             }),
             _ => Packet::Disconnect(ReasonOnly {
-                reason: if v5 && n & 1 != 0 { 0x04 } else { 0 },
+                reason: tidemq_core::codec::ReasonCode(if v5 && n & 1 != 0 { 0x04 } else { 0 }),
                 properties: Properties::default(),
             }),
         });

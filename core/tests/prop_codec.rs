@@ -13,8 +13,8 @@ use proptest::sample::Index;
 use proptest::strategy::Union;
 use tidemq_core::codec::{
     Ack, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, Publish,
-    QoS, ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
-    decode_packet, encode_packet, encoded_len, peek_fixed_header,
+    QoS, ReasonCode, ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Will, decode_packet, encode_packet, encoded_len, peek_fixed_header,
 };
 
 fn config(cases: u32) -> ProptestConfig {
@@ -288,7 +288,7 @@ fn ack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         .prop_map(|(kind, packet_id, reason, properties)| {
             let ack = Ack {
                 packet_id,
-                reason,
+                reason: ReasonCode(reason),
                 properties,
             };
             match kind {
@@ -349,7 +349,7 @@ fn suback(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             Packet::SubAck(SubAck {
                 packet_id,
                 properties,
-                reasons,
+                reasons: reasons.into_iter().map(ReasonCode).collect(),
             })
         })
         .boxed()
@@ -384,7 +384,7 @@ fn unsuback(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             Packet::UnsubAck(UnsubAck {
                 packet_id,
                 properties,
-                reasons,
+                reasons: reasons.into_iter().map(ReasonCode).collect(),
             })
         })
         .boxed()
@@ -400,7 +400,7 @@ fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         .prop_map(|(session_present, code, properties)| {
             Packet::ConnAck(ConnAck {
                 session_present,
-                code,
+                code: ReasonCode(code),
                 properties,
             })
         })
@@ -410,7 +410,10 @@ fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
 fn reason_only(version: ProtocolVersion, ctx: Ctx) -> BoxedStrategy<ReasonOnly> {
     if version.is_v5() {
         (any::<u8>(), properties(version, ctx))
-            .prop_map(|(reason, properties)| ReasonOnly { reason, properties })
+            .prop_map(|(reason, properties)| ReasonOnly {
+                reason: ReasonCode(reason),
+                properties,
+            })
             .boxed()
     } else {
         Just(ReasonOnly::default()).boxed()

@@ -176,7 +176,7 @@ fn v311_wrong_password_is_refused_0x04_and_closed() {
     assert!(h.events.iter().any(|e| matches!(
         e,
         BrokerEvent::ConnectRefused {
-            reason_code: 0x86,
+            reason_code: tidemq_core::codec::ReasonCode(0x86),
             ..
         }
     )));

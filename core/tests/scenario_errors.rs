@@ -73,7 +73,7 @@ fn server_only_packets_from_a_client_are_a_protocol_error() {
         Packet::SubAck(SubAck {
             packet_id: 1,
             properties: Properties::default(),
-            reasons: vec![0],
+            reasons: vec![tidemq_core::codec::ReasonCode(0)],
         }),
         Packet::PingResp,
     ] {

@@ -763,7 +763,7 @@ fn after_a_store_failure_a_client_with_a_stored_session_still_gets_an_answer_to_
             )
         });
         assert!(
-            [0, 0x97, 3].contains(&ack.code),
+            [0, 0x97, 3].contains(&ack.code.0),
             "{id}: CONNACK {:#x}",
             ack.code
         );

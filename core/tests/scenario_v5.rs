@@ -13,7 +13,7 @@ mod harness;
 use bytes::Bytes;
 use harness::*;
 use tidemq_core::Config;
-use tidemq_core::codec::{Packet, Properties, ReasonOnly};
+use tidemq_core::codec::{Packet, Properties, ReasonCode, ReasonOnly};
 
 fn aliased(topic: &str, alias: u16, payload: &str) -> tidemq_core::codec::Publish {
     let mut p = publish_msg(topic, payload, Q0);
@@ -315,7 +315,7 @@ fn auth_packet_without_enhanced_authentication_is_a_protocol_error() {
     h.send(
         c,
         &Packet::Auth(ReasonOnly {
-            reason: 0x18,
+            reason: ReasonCode(0x18),
             properties: Properties::default(),
         }),
     );

@@ -435,22 +435,14 @@ async fn open_outbound(
     address: &str,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<BoxStream, String> {
-    let (secure, target) = [
-        ("tls+mqtt-tcp://", true),
-        ("tls+nmq-tcp://", true),
-        ("mqtts://", true),
-        ("mqtt-tcp://", false),
-        ("nmq-tcp://", false),
-        ("tcp://", false),
-    ]
-    .iter()
-    .find_map(|(scheme, secure)| address.strip_prefix(scheme).map(|t| (*secure, t)))
-    .unwrap_or((false, address));
-    if target.contains("://") {
+    let parsed = tidemq_core::address::parse(address)?;
+    if parsed.transport.uses_websocket() || !parsed.path.is_empty() {
         return Err(format!(
             "{address}: unsupported scheme (expected mqtt-tcp:// or tls+mqtt-tcp://)"
         ));
     }
+    let secure = parsed.transport.uses_tls();
+    let target = parsed.host_port;
     let stream = net
         .connect(target.to_owned())
         .await

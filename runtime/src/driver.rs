@@ -311,7 +311,7 @@ impl Server {
         let mut driver = Driver {
             net: self.net,
             broker: Broker::new(self.config.clone(), self.seed, now()),
-            config: self.config,
+            seed: self.seed,
             conns: BTreeMap::new(),
             closing: Vec::new(),
             events_tx,
@@ -329,11 +329,13 @@ impl Server {
             store_failed: None,
         };
         let mut store_thread = None;
-        if driver.config.persistence.enable {
+        if driver.broker.config().persistence.enable {
             store_thread = Some(driver.open_store(now()).await?);
         }
+        let texts = wanted_listeners(driver.broker.config());
         for (url, listener) in self.listeners {
-            driver.start_listener(url, listener);
+            let text = texts.get(&url.transport).cloned().unwrap_or_default();
+            driver.start_listener(url, &text, listener);
         }
         if let Some(listener) = self.http {
             driver.start_http(listener)?;
@@ -430,9 +432,11 @@ fn unix_ms() -> u64 {
 
 struct Driver {
     net: Arc<dyn Network>,
+    /// The broker, and with it the configuration in force (the core owns it: it validates
+    /// every change, and the driver applies what it accepted).
     broker: Broker,
-    /// The configuration the listeners were set up with.
-    config: Config,
+    /// The broker's seed, for the broker rebuilt from the store.
+    seed: u64,
     conns: BTreeMap<ConnId, ConnIo>,
     /// Writers of closed connections still flushing.
     closing: Vec<JoinHandle<()>>,
@@ -455,23 +459,20 @@ struct Driver {
 }
 
 impl Driver {
-    fn start_listener(&mut self, url: ListenerUrl, listener: Box<dyn Listener>) {
+    /// Serves a bound listener; `text` is its address as configured.
+    fn start_listener(&mut self, url: ListenerUrl, text: &str, listener: Box<dyn Listener>) {
         if let Ok(addr) = listener.local_addr() {
             info!(listener = url.transport.name(), %addr, "listening");
         }
         let transport = url.transport;
-        let text = match transport {
-            Transport::Tcp => self.config.url.clone(),
-            Transport::Tls => self.config.tls.url.clone(),
-            Transport::Ws => self.config.websocket.url.clone(),
-            Transport::Wss => self.config.websocket.tls_url.clone(),
-        };
+        let text = text.to_owned();
+        let config = self.broker.config();
         let ctx = AcceptContext {
             url,
             tls: self.tls.clone(),
             next_conn: self.next_conn.clone(),
-            max_frame: max_frame(&self.config),
-            handshake_timeout: Duration::from_millis(self.config.connect_timeout_ms),
+            max_frame: max_frame(config),
+            handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
         };
         let task = tokio::spawn(conn::accept_loop(listener, ctx, self.events_tx.clone()));
         if let Some((_, old)) = self.listeners.insert(transport, (text, task)) {
@@ -480,7 +481,7 @@ impl Driver {
     }
 
     fn start_http(&mut self, listener: Box<dyn Listener>) -> io::Result<()> {
-        let settings = http_settings(&self.config)?;
+        let settings = http_settings(self.broker.config())?;
         if let Ok(addr) = listener.local_addr() {
             info!(listener = "http", %addr, "admin API listening on /api/v1");
         }
@@ -549,7 +550,7 @@ impl Driver {
                         error: error.clone(),
                     },
                 );
-                if self.config.persistence.fail_fast {
+                if self.broker.config().persistence.fail_fast {
                     error!("{error}; stopping (persistence.fail_fast)");
                     self.store_failed = Some(error);
                     self.stop_requested = true;
@@ -604,13 +605,14 @@ impl Driver {
     /// Opens the store, restores the core from it, and starts the store thread. Runs before
     /// any listener accepts.
     async fn open_store(&mut self, now: Instant) -> io::Result<std::thread::JoinHandle<()>> {
-        let config = self.config.persistence.clone();
+        let config = self.broker.config().persistence.clone();
         let started = std::time::Instant::now();
         let dir = config.data_dir.clone();
+        let opening = config.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            let fs = store::FsDir::open(&config.data_dir)
-                .map_err(|e| format!("persistence.data_dir {}: {e}", config.data_dir))?;
-            store::Journal::open(Box::new(fs), &config)
+            let fs = store::FsDir::open(&opening.data_dir)
+                .map_err(|e| format!("persistence.data_dir {}: {e}", opening.data_dir))?;
+            store::Journal::open(Box::new(fs), &opening)
         })
         .await
         .map_err(io::Error::other)?;
@@ -621,7 +623,7 @@ impl Driver {
         }
         info!(
             dir,
-            sync = ?self.config.persistence.sync,
+            sync = ?config.sync,
             snapshot = ?report.snapshot,
             segments = report.segments,
             records = report.records,
@@ -631,11 +633,18 @@ impl Driver {
             recovered.summary()
         );
         let events = self.events_tx.clone();
-        let (tx, thread) = store::spawn(journal, &self.config.persistence, move |e| {
+        let (tx, thread) = store::spawn(journal, &config, move |e| {
             let _ = events.blocking_send(Event::Store(e));
         })?;
         self.store = Some(tx);
-        self.broker.restore(recovered, unix_ms());
+        // Nothing reached the broker built at start-up: it is replaced by the recovered one.
+        self.broker = Broker::from_recovered(
+            self.broker.config().clone(),
+            self.seed,
+            now,
+            recovered,
+            unix_ms(),
+        );
         self.drain(now);
         Ok(thread)
     }
@@ -693,10 +702,9 @@ impl Driver {
                     address,
                 } => {
                     debug!(%conn, bridge, address, "bridge connecting");
-                    let settings = self.config.bridges.get(&bridge);
-                    let wants_tls = settings.is_some_and(|b| b.ssl.enable)
-                        || address.starts_with("tls+")
-                        || address.starts_with("mqtts://");
+                    let settings = self.broker.config().bridges.get(&bridge).cloned();
+                    let wants_tls = settings.as_ref().is_some_and(|b| b.ssl.enable)
+                        || tidemq_core::address::wants_tls(&address);
                     let tls = match settings
                         .filter(|_| wants_tls)
                         .map(|b| tls::client_config(&b.ssl))
@@ -713,7 +721,7 @@ impl Driver {
                         conn,
                         address,
                         tls,
-                        Duration::from_millis(self.config.connect_timeout_ms),
+                        Duration::from_millis(self.broker.config().connect_timeout_ms),
                         self.events_tx.clone(),
                     ));
                 }
@@ -762,25 +770,35 @@ impl Driver {
         }
     }
 
-    /// Applies a configuration: reloads TLS certificates, rebinds listeners whose address
-    /// changed (keeping an old listener if the new address cannot be bound), then hands the
-    /// configuration to the core.
-    async fn reconfigure(&mut self, now: Instant, mut config: Config) {
-        let wanted = wanted_listeners(&config);
+    /// Applies a configuration. The core decides first: a configuration it refuses changes
+    /// nothing here. Then what it accepted is put in force: TLS certificates are reloaded,
+    /// listeners whose address changed are rebound, the admin API and the log level follow.
+    /// What cannot be put in force (a certificate that does not load, an address that cannot
+    /// be bound) stays as it was, and the core is told so that its configuration is the one
+    /// in force.
+    async fn reconfigure(&mut self, now: Instant, config: Config) {
+        let previous = self.broker.config().clone();
+        self.input(now, Input::ConfigChange(Box::new(config.clone())));
+        if *self.broker.config() != config {
+            // Refused; the core said why (ConfigRejected).
+            return;
+        }
+        let mut in_force = config;
+        let wanted = wanted_listeners(&in_force);
         if wanted.keys().any(|t| t.uses_tls()) {
             // Certificates are re-read on every reload: new connections use the new ones.
-            match tls::server_config(&config.tls) {
+            match tls::server_config(&in_force.tls) {
                 Ok(built) => match &self.tls {
                     Some(shared) => shared.replace(built),
                     None => self.tls = Some(SharedTls::new(built)),
                 },
                 Err(e) => {
                     error!("TLS not reloaded, keeping the previous certificate and settings: {e}");
-                    config.tls = self.config.tls.clone();
+                    in_force.tls = previous.tls.clone();
                 }
             }
         }
-        let wanted = wanted_listeners(&config);
+        let wanted = wanted_listeners(&in_force);
         let stale: Vec<Transport> = self
             .listeners
             .keys()
@@ -793,7 +811,6 @@ impl Driver {
                 info!(listener = transport.name(), "listener stopped");
             }
         }
-        let previous = std::mem::replace(&mut self.config, config.clone());
         for (transport, url) in wanted {
             if self
                 .listeners
@@ -803,22 +820,22 @@ impl Driver {
                 continue;
             }
             match bind_listener(self.net.as_ref(), transport, &url).await {
-                Ok((parsed, listener)) => self.start_listener(parsed, listener),
+                Ok((parsed, listener)) => self.start_listener(parsed, &url, listener),
                 Err(e) => {
                     error!("{e}; keeping the previous listener");
                     match transport {
-                        Transport::Tcp => config.url = previous.url.clone(),
-                        Transport::Tls => config.tls.url = previous.tls.url.clone(),
-                        Transport::Ws => config.websocket.url = previous.websocket.url.clone(),
+                        Transport::Tcp => in_force.url = previous.url.clone(),
+                        Transport::Tls => in_force.tls.url = previous.tls.url.clone(),
+                        Transport::Ws => in_force.websocket.url = previous.websocket.url.clone(),
                         Transport::Wss => {
-                            config.websocket.tls_url = previous.websocket.tls_url.clone()
+                            in_force.websocket.tls_url = previous.websocket.tls_url.clone()
                         }
                     }
                 }
             }
         }
         let old_http = &previous.http_server;
-        let new_http = &config.http_server;
+        let new_http = &in_force.http_server;
         if old_http.enable != new_http.enable
             || old_http.port != new_http.port
             || old_http.ip_addr != new_http.ip_addr
@@ -827,8 +844,7 @@ impl Driver {
             || old_http.max_body != new_http.max_body
             || old_http.limit_conn != new_http.limit_conn
         {
-            self.config = config.clone();
-            let rebound = match bind_http(self.net.as_ref(), &config).await {
+            let rebound = match bind_http(self.net.as_ref(), &in_force).await {
                 Ok(Some(listener)) => self.start_http(listener),
                 Ok(None) => {
                     if let Some(old) = self.http.take() {
@@ -841,21 +857,22 @@ impl Driver {
             };
             if let Err(e) = rebound {
                 error!("{e}; keeping the admin API as it was");
-                config.http_server = previous.http_server.clone();
+                in_force.http_server = previous.http_server.clone();
             }
         }
-        for key in previous.restart_required(&config) {
+        for key in previous.restart_required(&in_force) {
             if !matches!(key, "url" | "http_server" | "tls" | "websocket") {
                 warn!(key, "changed; takes effect after the process restarts");
             }
         }
         if let Some(log) = self.origin.as_ref().and_then(|o| o.log.as_ref())
-            && config.log.level != previous.log.level
+            && in_force.log.level != previous.log.level
         {
-            log.set_level(&config.log.level);
+            log.set_level(&in_force.log.level);
         }
-        self.config = config.clone();
-        self.input(now, Input::ConfigChange(Box::new(config)));
+        if *self.broker.config() != in_force {
+            self.input(now, Input::ConfigChange(Box::new(in_force)));
+        }
     }
 
     /// Stops the listeners and closes every connection; returns the writers to wait for.

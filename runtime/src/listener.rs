@@ -2,34 +2,8 @@
 
 use std::net::SocketAddr;
 
-/// How a listener speaks: MQTT straight over TCP, over TLS, over WebSocket, or over
-/// WebSocket on TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Transport {
-    Tcp,
-    Tls,
-    Ws,
-    Wss,
-}
-
-impl Transport {
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-        }
-    }
-
-    pub fn uses_tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::Wss)
-    }
-
-    pub fn uses_websocket(self) -> bool {
-        matches!(self, Transport::Ws | Transport::Wss)
-    }
-}
+use tidemq_core::address;
+pub use tidemq_core::address::Transport;
 
 /// A listener address taken from a NanoMQ-style URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,52 +14,26 @@ pub struct ListenerUrl {
     pub path: String,
 }
 
-const SCHEMES: &[(&str, Transport)] = &[
-    ("nmq-tcp://", Transport::Tcp),
-    ("broker+tcp://", Transport::Tcp),
-    ("mqtt-tcp://", Transport::Tcp),
-    ("tcp://", Transport::Tcp),
-    ("tls+nmq-tcp://", Transport::Tls),
-    ("tls+broker+tcp://", Transport::Tls),
-    ("tls+mqtt-tcp://", Transport::Tls),
-    ("nmq-ws://", Transport::Ws),
-    ("nmq+ws://", Transport::Ws),
-    ("ws://", Transport::Ws),
-    ("nmq-wss://", Transport::Wss),
-    ("nmq+wss://", Transport::Wss),
-    ("wss://", Transport::Wss),
-];
-
 /// Parses `nmq-tcp://host:port`, `tls+nmq-tcp://host:port`, `nmq-ws://host:port/path`,
-/// `nmq-wss://host:port/path` (and NanoMQ's aliases), or a bare `host:port` (TCP).
+/// `nmq-wss://host:port/path` (and NanoMQ's aliases), or a bare `host:port` (TCP), with the
+/// core's address parser.
 pub fn parse_listener_url(url: &str) -> Result<ListenerUrl, String> {
-    let (transport, rest) = SCHEMES
-        .iter()
-        .find_map(|(scheme, t)| url.strip_prefix(scheme).map(|rest| (*t, rest)))
-        .unwrap_or((Transport::Tcp, url));
-    if rest.contains("://") {
-        return Err(format!(
-            "listener URL {url:?}: unsupported scheme (expected nmq-tcp://, tls+nmq-tcp://, nmq-ws:// or nmq-wss://)"
-        ));
-    }
-    let (host_port, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if !transport.uses_websocket() && !path.is_empty() {
+    let parsed = address::parse(url).map_err(|e| format!("listener URL {e}"))?;
+    let transport = parsed.transport;
+    if !transport.uses_websocket() && !parsed.path.is_empty() {
         return Err(format!(
             "listener URL {url:?}: a path is only for WebSocket listeners"
         ));
     }
-    let addr = host_port.parse::<SocketAddr>().map_err(|e| {
+    let addr = parsed.host_port.parse::<SocketAddr>().map_err(|e| {
         format!(
             "listener URL {url:?}: {e} (expected scheme://host:port, e.g. nmq-tcp://0.0.0.0:1883)"
         )
     })?;
-    let path = if transport.uses_websocket() && path.is_empty() {
+    let path = if transport.uses_websocket() && parsed.path.is_empty() {
         "/mqtt".to_owned()
     } else {
-        path.to_owned()
+        parsed.path.to_owned()
     };
     Ok(ListenerUrl {
         transport,

@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use tidemq_core::codec::{
-    Ack, ConnAck, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, SubAck,
-    Subscribe, SubscriptionOptions, decode_packet, encode_packet,
+    Ack, ConnAck, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, SubscriptionOptions, decode_packet, encode_packet,
 };
 use tidemq_core::config::{BridgeConfig, BridgeForward, BridgeSubscription};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
-use crate::Mutation;
 use crate::client::pub_of;
+use crate::mutation::Mutation;
 use crate::net::{LinkShape, Mode, Pipe, Seg};
 use crate::rng::Rng;
 use crate::scenario::Family;
@@ -121,7 +121,7 @@ impl Mini {
                 }
             };
             match p {
-                Packet::ConnAck(a) if a.code == 0 => {
+                Packet::ConnAck(a) if a.code.0 == 0 => {
                     self.up = true;
                     if !self.filters.is_empty() {
                         let filters = self
@@ -215,7 +215,7 @@ impl Mini {
 fn ack(packet_id: u16, reason: u8) -> Ack {
     Ack {
         packet_id,
-        reason,
+        reason: ReasonCode(reason),
         properties: Properties::default(),
     }
 }
@@ -278,7 +278,7 @@ impl Hostile {
     fn connack(&self, code: u8) -> Bytes {
         self.enc(&Packet::ConnAck(ConnAck {
             session_present: false,
-            code,
+            code: ReasonCode(code),
             properties: Properties::default(),
         }))
     }
@@ -385,7 +385,7 @@ impl Hostile {
                     out.push(self.enc(&Packet::SubAck(SubAck {
                         packet_id,
                         properties: Properties::default(),
-                        reasons,
+                        reasons: reasons.into_iter().map(ReasonCode).collect(),
                     })));
                     if self.script == Script::EvilPublish {
                         out.extend(self.evil(rng));
@@ -751,7 +751,7 @@ impl BridgeWorld {
                             }),
                             Packet::SubAck(s) if !from_init => events.push(Ev::LinkSubAck {
                                 owner,
-                                reasons: s.reasons,
+                                reasons: s.reasons.iter().map(|r| r.0).collect(),
                             }),
                             _ => {}
                         }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use tidemq_core::codec::{
-    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonOnly,
-    Subscribe, SubscriptionOptions, Unsubscribe, Will, decode_packet, encode_packet,
+    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe, Will, decode_packet, encode_packet,
 };
 
 use crate::rng::Rng;
@@ -45,7 +45,7 @@ pub struct Ctx<'a> {
     pub cmds: Vec<Cmd>,
     pub heal: bool,
     /// A planted client-side fault (mutation checks only).
-    pub mutation: Option<crate::Mutation>,
+    pub mutation: Option<crate::mutation::Mutation>,
 }
 
 /// Client-side decoding accepts anything MQTT allows.
@@ -232,7 +232,7 @@ impl Client {
     fn send_ack(&mut self, ctx: &mut Ctx, kind: AckKind, pid: u16) {
         let a = Ack {
             packet_id: pid,
-            reason: 0,
+            reason: ReasonCode(0),
             properties: Properties::default(),
         };
         let packet = match kind {
@@ -378,7 +378,7 @@ impl Client {
         self.ping_sent = None;
         match packet {
             Packet::ConnAck(c) => {
-                if c.code != 0 {
+                if c.code.0 != 0 {
                     self.abandon(ctx, false);
                     return;
                 }
@@ -444,7 +444,7 @@ impl Client {
                 if let Some(m) = self.out.get_mut(&a.packet_id)
                     && m.publish.qos == QoS::ExactlyOnce
                 {
-                    if a.reason >= 0x80 {
+                    if a.reason.0 >= 0x80 {
                         self.remove_out(a.packet_id);
                     } else {
                         m.stage = OutStage::Released;
@@ -491,11 +491,13 @@ impl Client {
         };
         let tag = d.publish.tag;
         match ctx.mutation {
-            Some(crate::Mutation::LoseQos1)
+            Some(crate::mutation::Mutation::LoseQos1)
                 if p.qos == QoS::AtLeastOnce
                     && matches!(tag, Tag::Msg { seq, .. } if seq % 3 == 0) => {}
-            Some(crate::Mutation::SwallowWill) if matches!(tag, Tag::Will { .. }) => {}
-            Some(crate::Mutation::DuplicateQos2) if p.qos == QoS::ExactlyOnce && first => {
+            Some(crate::mutation::Mutation::SwallowWill) if matches!(tag, Tag::Will { .. }) => {}
+            Some(crate::mutation::Mutation::DuplicateQos2)
+                if p.qos == QoS::ExactlyOnce && first =>
+            {
                 ctx.trace.push(Ev::Delivered(d.clone()));
                 ctx.trace.push(Ev::Delivered(d));
             }
@@ -775,7 +777,7 @@ impl Client {
                     self.send(
                         ctx,
                         &Packet::Disconnect(ReasonOnly {
-                            reason: 0x04,
+                            reason: ReasonCode(0x04),
                             properties: Properties::default(),
                         }),
                     );

@@ -11,16 +11,15 @@
 //! With persistence on (S6, some S7 seeds) the broker's records go to a simulated store
 //! ([`store::SimStore`]: group commits on a seeded clock, snapshots, failures, process
 //! crashes and power losses that keep only what its disk holds), crashed brokers are rebuilt
-//! with `Broker::restore` from what it kept, and [`persist_check`] adds P1–P4.
+//! with `Broker::restore` from what it kept, and the persistence checks add P1–P4.
 
-pub mod admin_check;
 pub mod bridge;
-pub mod bridge_check;
 pub mod check;
 pub mod client;
 pub mod json;
+pub mod mutation;
 pub mod net;
-pub mod persist_check;
+pub mod oracle;
 pub mod rng;
 pub mod scenario;
 pub mod store;
@@ -30,25 +29,11 @@ pub mod world;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-pub use check::Violation;
+pub use mutation::Mutation;
+pub use oracle::Violation;
 pub use scenario::Family;
 use trace::{Ev, Trace};
 pub use world::{ActorInfo, World};
-
-/// A bug planted on purpose, to show that a checker catches it. The client-side ones act while
-/// the simulation runs (the broker is untouched); the trace ones rewrite a finished trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mutation {
-    /// The subscriber's library loses some QoS 1 messages after acknowledging them.
-    LoseQos1,
-    /// The subscriber's application sees a QoS 2 message twice.
-    DuplicateQos2,
-    /// The will watcher never sees wills.
-    SwallowWill,
-    /// The simulated store (`sync = fsync`) reports records durable once written, before
-    /// they are synced, and a crash keeps only what was synced: acknowledged work is lost.
-    StoreAcksUnsynced,
-}
 
 /// Everything one seed produced.
 pub struct Outcome {
@@ -72,7 +57,7 @@ impl Outcome {
     /// Re-runs the checkers (after a trace mutation).
     pub fn recheck(&mut self) {
         let all = match &self.bridge {
-            Some(meta) => bridge_check::check_bridge(&self.trace.entries, meta),
+            Some(meta) => check::check_bridge(&self.trace.entries, meta),
             None => check::check(&self.trace.entries, &self.actors, &self.config),
         };
         (self.known, self.violations) = all.into_iter().partition(Violation::known);
@@ -138,7 +123,7 @@ fn run_bridge_seed(seed: u64, family: Family, mutation: Option<Mutation>) -> Out
     }
     let trace = std::mem::take(&mut world.trace);
     let meta = world.meta.clone();
-    let violations = bridge_check::check_bridge(&trace.entries, &meta);
+    let violations = check::check_bridge(&trace.entries, &meta);
     Outcome {
         seed,
         family,

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use tidemq_core::admin::{Credentials, JwtVerdict};
-use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, decode_packet};
+use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, ReasonCode, decode_packet};
 use tidemq_core::config::HttpAuthType;
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
-use crate::Mutation;
 use crate::client::{Client, Cmd, Ctx, Role, pub_of};
+use crate::mutation::Mutation;
 use crate::net::{Mode, Pipe, Seg};
 use crate::rng::Rng;
 use crate::scenario::{Family, Knobs};
@@ -149,7 +149,13 @@ impl World {
             if let Some((lo, hi)) = knobs.persist_fail {
                 store.fail_at = Some(persist_rng.range(lo, hi));
             }
-            broker.restore(Recovered::default(), WALL_BASE_MS);
+            broker = Broker::from_recovered(
+                knobs.config.clone(),
+                seed,
+                Instant(0),
+                Recovered::default(),
+                WALL_BASE_MS,
+            );
             store
         });
         World {
@@ -270,7 +276,7 @@ impl World {
                     c.in_dead = true;
                     events.push(Ev::GarbageFed {
                         conn: id,
-                        code: e.reason_code(),
+                        code: e.reason_code().0,
                         notify: version == Some(ProtocolVersion::V5),
                     });
                     break;
@@ -351,7 +357,7 @@ impl World {
                             events.push(Ev::BrokerGot {
                                 conn: id,
                                 actor,
-                                pkt: Got::Disconnect { reason: d.reason },
+                                pkt: Got::Disconnect { reason: d.reason.0 },
                             });
                             break;
                         }
@@ -392,18 +398,26 @@ impl World {
                         let sent = match p {
                             Packet::ConnAck(a) => Sent::ConnAck {
                                 session_present: a.session_present,
-                                code: a.code,
+                                code: a.code.0,
                             },
                             Packet::Publish(p) => Sent::Publish(pub_of(&p)),
-                            Packet::PubAck(a) => Sent::Ack(AckKind::PubAck, a.packet_id, a.reason),
-                            Packet::PubRec(a) => Sent::Ack(AckKind::PubRec, a.packet_id, a.reason),
-                            Packet::PubRel(a) => Sent::Ack(AckKind::PubRel, a.packet_id, a.reason),
-                            Packet::PubComp(a) => {
-                                Sent::Ack(AckKind::PubComp, a.packet_id, a.reason)
+                            Packet::PubAck(a) => {
+                                Sent::Ack(AckKind::PubAck, a.packet_id, a.reason.0)
                             }
-                            Packet::SubAck(s) => Sent::SubAck(s.reasons),
+                            Packet::PubRec(a) => {
+                                Sent::Ack(AckKind::PubRec, a.packet_id, a.reason.0)
+                            }
+                            Packet::PubRel(a) => {
+                                Sent::Ack(AckKind::PubRel, a.packet_id, a.reason.0)
+                            }
+                            Packet::PubComp(a) => {
+                                Sent::Ack(AckKind::PubComp, a.packet_id, a.reason.0)
+                            }
+                            Packet::SubAck(s) => {
+                                Sent::SubAck(s.reasons.iter().map(|r| r.0).collect())
+                            }
                             Packet::UnsubAck(_) => Sent::UnsubAck,
-                            Packet::Disconnect(d) => Sent::Disconnect { reason: d.reason },
+                            Packet::Disconnect(d) => Sent::Disconnect { reason: d.reason.0 },
                             Packet::PingResp => Sent::PingResp,
                             _ => Sent::Other,
                         };
@@ -469,7 +483,7 @@ impl World {
                 }
                 BrokerEvent::ClientDisconnected {
                     conn,
-                    reason_code: 0x8D,
+                    reason_code: ReasonCode(0x8D),
                     ..
                 } => {
                     if let Some(c) = self.conns.get_mut(&conn.0) {
@@ -1096,11 +1110,8 @@ impl World {
         self.trace.push(Ev::BrokerStart {
             incarnation: self.incarnation,
         });
-        self.broker = Broker::new(
-            self.knobs.config.clone(),
-            self.seed ^ u64::from(self.incarnation),
-            Instant(self.now),
-        );
+        let broker_seed = self.seed ^ u64::from(self.incarnation);
+        self.broker = Broker::new(self.knobs.config.clone(), broker_seed, Instant(self.now));
         if let Some(rec) = self.recovered.take() {
             let mut view = rec.clone();
             view.prune();
@@ -1147,7 +1158,13 @@ impl World {
                 sessions,
                 retained,
             });
-            self.broker.restore(rec, WALL_BASE_MS + self.now);
+            self.broker = Broker::from_recovered(
+                self.knobs.config.clone(),
+                broker_seed,
+                Instant(self.now),
+                rec,
+                WALL_BASE_MS + self.now,
+            );
             let s = self.broker.stats();
             self.trace.push(Ev::RestoreStats {
                 sessions: s.sessions,

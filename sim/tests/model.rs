@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tidemq_core::codec::{
-    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonOnly,
-    Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
+    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
 };
 use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
-use tidemq_sim::check::topic_matches;
+use tidemq_sim::oracle::topic_matches;
 
 const FILTERS: &[&str] = &["a/b", "a/+", "a/#", "#", "+/b", "$x/#", "+/+", "b"];
 const TOPICS: &[&str] = &["a/b", "a/c", "a", "b", "$x/b", "c/b", "a/b/c"];
@@ -129,7 +129,7 @@ impl Sut {
                             encode_packet(
                                 &Packet::PubAck(Ack {
                                     packet_id: pid,
-                                    reason: 0,
+                                    reason: ReasonCode(0),
                                     properties: Properties::default(),
                                 }),
                                 ProtocolVersion::V5,
@@ -246,7 +246,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }),
                 );
                 prop_assert!(
-                    matches!(got.first(), Some(Packet::SubAck(a)) if a.reasons == vec![q]),
+                    matches!(got.first(), Some(Packet::SubAck(a)) if a.reasons == vec![ReasonCode(q)]),
                     "SUBACK for {}: {:?}",
                     filter,
                     got.first()

@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tidemq_core::Config;
 use tidemq_core::codec::{
-    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscriptionOptions, decode_packet, encode_packet,
+    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    Subscribe, SubscriptionOptions, decode_packet, encode_packet,
 };
 use tidemq_runtime::Server;
 use tidemq_runtime::net::{BoxFuture, BoxStream, Listener, Network};
@@ -62,6 +62,8 @@ fn broker_config() -> Config {
         ..Config::default()
     };
     config.http_server.enable = true;
+    // The simulated clients are other hosts.
+    config.http_server.ip_addr = "0.0.0.0".to_owned();
     config.http_server.port = 8081;
     config
 }
@@ -101,7 +103,7 @@ impl Client {
         })))
         .await?;
         match c.try_recv().await {
-            Some(Packet::ConnAck(ack)) if ack.code == 0 => Ok(c),
+            Some(Packet::ConnAck(ack)) if ack.code.0 == 0 => Ok(c),
             other => Err(io::Error::other(format!("expected CONNACK, got {other:?}"))),
         }
     }
@@ -214,7 +216,7 @@ fn run(seed: u64) -> (Vec<(u128, String)>, String) {
                 let id = p.packet_id.unwrap();
                 c.send(&Packet::PubAck(Ack {
                     packet_id: id,
-                    reason: 0,
+                    reason: ReasonCode(0),
                     properties: Properties::default(),
                 }))
                 .await;
@@ -423,7 +425,7 @@ fn run_partitioned(seed: u64) -> Vec<String> {
                     };
                     let ack = Packet::PubAck(Ack {
                         packet_id: p.packet_id.unwrap(),
-                        reason: 0,
+                        reason: ReasonCode(0),
                         properties: Properties::default(),
                     });
                     if c.try_send(&ack).await.is_err() {

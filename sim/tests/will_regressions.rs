@@ -8,7 +8,7 @@
     clippy::indexing_slicing
 )]
 
-use tidemq_sim::persist_check::prepass;
+use tidemq_sim::check::persist::prepass;
 use tidemq_sim::scenario::Family;
 use tidemq_sim::trace::{Ev, Rec, Tag};
 use tidemq_sim::{Mutation, Outcome, run_seed};

@@ -5,16 +5,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::Broker;
-use crate::admin::{self, ConfigUpdate, Credentials, Reply, Request};
-use crate::{BrokerEvent, Output};
-
-/// A set-configuration waiting for its file write.
-pub(crate) struct PendingConfig {
-    seq: Value,
-    update: ConfigUpdate,
-    /// The request's `data`, re-applied to the configuration in force once written.
-    data: Value,
-}
+use crate::admin::{self, Credentials, PendingConfig, Reply, Request};
+use crate::api::{BrokerEvent, Output};
 
 impl Broker {
     pub(super) fn handle_admin_authorize(&mut self, req_id: u64, credentials: &Credentials) {

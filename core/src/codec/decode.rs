@@ -1,9 +1,15 @@
 //! Streaming, strict decoder.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
-use super::properties::PropertyContext;
-use super::*;
+use super::error::DecodeError;
+use super::packet::{
+    Ack, ConnAck, Connect, Packet, ProtocolVersion, Publish, QoS, ReasonOnly, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+};
+use super::properties::{Properties, PropertyContext};
+use super::reason::ReasonCode;
+use super::wire::Reader;
 
 /// Limits applied while decoding, from the broker's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +125,7 @@ fn decode_body(
             if flags & 0xFE != 0 {
                 return Err(DecodeError::Malformed("CONNACK reserved flags set"));
             }
-            let code = r.u8()?;
+            let code = ReasonCode(r.u8()?);
             let properties = props(r, PropertyContext::ConnAck)?;
             Packet::ConnAck(ConnAck {
                 session_present: flags & 1 == 1,
@@ -155,7 +161,7 @@ fn decode_body(
             check_flags(first, if kind == 6 { 2 } else { 0 })?;
             let packet_id = r.packet_id()?;
             let (reason, properties) = if v5 && !r.is_empty() {
-                let reason = r.u8()?;
+                let reason = ReasonCode(r.u8()?);
                 let properties = if r.is_empty() {
                     Properties::default()
                 } else {
@@ -163,7 +169,7 @@ fn decode_body(
                 };
                 (reason, properties)
             } else {
-                (0, Properties::default())
+                (ReasonCode::default(), Properties::default())
             };
             let ack = Ack {
                 packet_id,
@@ -225,7 +231,7 @@ fn decode_body(
             check_flags(first, 0)?;
             let packet_id = r.packet_id()?;
             let properties = props(r, PropertyContext::SubAck)?;
-            let reasons = r.rest().to_vec();
+            let reasons: Vec<ReasonCode> = r.rest().iter().map(|b| ReasonCode(*b)).collect();
             if reasons.is_empty() {
                 return Err(DecodeError::Protocol("SUBACK without reason codes"));
             }
@@ -256,7 +262,11 @@ fn decode_body(
             check_flags(first, 0)?;
             let packet_id = r.packet_id()?;
             let properties = props(r, PropertyContext::UnsubAck)?;
-            let reasons = if v5 { r.rest().to_vec() } else { Vec::new() };
+            let reasons: Vec<ReasonCode> = if v5 {
+                r.rest().iter().map(|b| ReasonCode(*b)).collect()
+            } else {
+                Vec::new()
+            };
             if v5 && reasons.is_empty() {
                 return Err(DecodeError::Protocol("UNSUBACK without reason codes"));
             }
@@ -280,7 +290,7 @@ fn decode_body(
                 return Err(DecodeError::Malformed("reserved packet type 15"));
             }
             let (reason, properties) = if v5 && !r.is_empty() {
-                let reason = r.u8()?;
+                let reason = ReasonCode(r.u8()?);
                 let ctx = if kind == 14 {
                     PropertyContext::Disconnect
                 } else {
@@ -293,7 +303,7 @@ fn decode_body(
                 };
                 (reason, properties)
             } else {
-                (0, Properties::default())
+                (ReasonCode::default(), Properties::default())
             };
             let body = ReasonOnly { reason, properties };
             if kind == 14 {
@@ -379,97 +389,4 @@ fn decode_connect(r: &mut Reader, limits: &DecodeLimits) -> Result<Connect, Deco
         username,
         password,
     })
-}
-
-/// A bounds-checked cursor over one packet body. Every read fails with `Malformed` past the end.
-pub(crate) struct Reader {
-    data: Bytes,
-}
-
-const TRUNCATED: DecodeError = DecodeError::Malformed("packet truncated");
-
-impl Reader {
-    pub(crate) fn new(data: Bytes) -> Reader {
-        Reader { data }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        if self.data.is_empty() {
-            return Err(TRUNCATED);
-        }
-        Ok(self.data.get_u8())
-    }
-
-    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
-        if self.data.len() < 2 {
-            return Err(TRUNCATED);
-        }
-        Ok(self.data.get_u16())
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        if self.data.len() < 4 {
-            return Err(TRUNCATED);
-        }
-        Ok(self.data.get_u32())
-    }
-
-    pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
-        match self.u16()? {
-            0 => Err(DecodeError::Protocol("packet identifier 0")),
-            id => Ok(id),
-        }
-    }
-
-    pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
-        let mut value: u32 = 0;
-        for i in 0..4 {
-            let byte = self.u8()?;
-            value |= u32::from(byte & 0x7F) << (7 * i);
-            if byte & 0x80 == 0 {
-                if byte == 0 && i > 0 {
-                    return Err(DecodeError::Malformed("non-minimal variable byte integer"));
-                }
-                return Ok(value);
-            }
-        }
-        Err(DecodeError::Malformed(
-            "variable byte integer longer than 4 bytes",
-        ))
-    }
-
-    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
-        if self.data.len() < n {
-            return Err(TRUNCATED);
-        }
-        Ok(self.data.split_to(n))
-    }
-
-    pub(crate) fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
-        self.take(n).map(Reader::new)
-    }
-
-    pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
-        let len = self.u16()? as usize;
-        self.take(len)
-    }
-
-    /// A UTF-8 string as MQTT defines it: well-formed and without U+0000.
-    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
-        let raw = self.binary()?;
-        // A zero byte is U+0000 in UTF-8 and nothing else: a byte search, no char decoding.
-        if raw.contains(&0) {
-            return Err(DecodeError::Malformed("U+0000 in a string"));
-        }
-        let s = std::str::from_utf8(&raw).map_err(|_| DecodeError::Malformed("invalid UTF-8"))?;
-        Ok(s.to_owned())
-    }
-
-    pub(crate) fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.data)
-    }
 }

@@ -3,66 +3,13 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::*;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EncodeError {
-    /// A string or binary field longer than 65,535 bytes.
-    FieldTooLong,
-    /// Remaining length above 268,435,455.
-    PacketTooLarge,
-    /// A value outside its wire range (subscription identifier 0 or above 268,435,455).
-    ValueOutOfRange,
-}
-
-impl std::fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EncodeError::FieldTooLong => write!(f, "string or binary field over 65535 bytes"),
-            EncodeError::PacketTooLarge => write!(f, "packet over the MQTT size limit"),
-            EncodeError::ValueOutOfRange => write!(f, "value outside its wire range"),
-        }
-    }
-}
-
-impl std::error::Error for EncodeError {}
+use super::error::EncodeError;
+use super::packet::{Ack, Packet, ProtocolVersion, Publish, QoS, ReasonOnly};
+use super::properties::Properties;
+use super::reason;
+use super::wire::{put_binary, put_str, put_varint, varint_len};
 
 const MAX_REMAINING: usize = 268_435_455;
-
-pub(crate) fn varint_len(v: usize) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-pub(crate) fn put_varint(out: &mut BytesMut, mut v: usize) {
-    loop {
-        let mut byte = (v & 0x7F) as u8;
-        v >>= 7;
-        if v > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if v == 0 {
-            break;
-        }
-    }
-}
-
-/// Callers check field lengths with [`check_fields`] first; longer values are cut, never
-/// written with a wrong prefix.
-pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
-    put_binary(out, s.as_bytes());
-}
-
-pub(crate) fn put_binary(out: &mut BytesMut, b: &[u8]) {
-    let len = b.len().min(u16::MAX as usize);
-    out.put_u16(len as u16);
-    out.put_slice(b.get(..len).unwrap_or_default());
-}
 
 fn field_ok(len: usize) -> Result<(), EncodeError> {
     if len > u16::MAX as usize {
@@ -213,13 +160,13 @@ impl<'a> PublishRef<'a> {
 
 fn ack_has_tail(v5: bool, a: &Ack) -> (bool, bool) {
     let props = v5 && !a.properties.is_empty();
-    (v5 && (a.reason != 0 || props), props)
+    (v5 && (a.reason != reason::SUCCESS || props), props)
 }
 
 /// DISCONNECT and AUTH: a reason code is always followed by a property length, even an
 /// empty one. The spec lets it be left out, but some clients (rumqttc) cannot read that.
 fn reason_only_tail(v5: bool, r: &ReasonOnly) -> (bool, bool) {
-    let tail = v5 && (r.reason != 0 || !r.properties.is_empty());
+    let tail = v5 && (r.reason != reason::SUCCESS || !r.properties.is_empty());
     (tail, tail)
 }
 
@@ -370,7 +317,7 @@ pub fn encode_packet(
         }
         Packet::ConnAck(c) => {
             out.put_u8(u8::from(c.session_present));
-            out.put_u8(c.code);
+            out.put_u8(c.code.0);
             if v5 {
                 c.properties.encode(out);
             }
@@ -380,7 +327,7 @@ pub fn encode_packet(
             out.put_u16(a.packet_id);
             let (reason, with_props) = ack_has_tail(v5, a);
             if reason {
-                out.put_u8(a.reason);
+                out.put_u8(a.reason.0);
             }
             if with_props {
                 a.properties.encode(out);
@@ -407,7 +354,7 @@ pub fn encode_packet(
             if v5 {
                 s.properties.encode(out);
             }
-            out.put_slice(&s.reasons);
+            out.extend(s.reasons.iter().map(|r| r.0));
         }
         Packet::Unsubscribe(u) => {
             out.put_u16(u.packet_id);
@@ -422,14 +369,14 @@ pub fn encode_packet(
             out.put_u16(u.packet_id);
             if v5 {
                 u.properties.encode(out);
-                out.put_slice(&u.reasons);
+                out.extend(u.reasons.iter().map(|r| r.0));
             }
         }
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(r) | Packet::Auth(r) => {
             let (reason, with_props) = reason_only_tail(v5, r);
             if reason {
-                out.put_u8(r.reason);
+                out.put_u8(r.reason.0);
             }
             if with_props {
                 r.properties.encode(out);

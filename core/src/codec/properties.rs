@@ -2,9 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::DecodeError;
-use super::decode::Reader;
-use super::encode::{put_binary, put_str, put_varint, varint_len};
+use super::error::DecodeError;
+use super::wire::{Reader, put_binary, put_str, put_varint, varint_len};
 
 /// Where a property list appears; each property is valid in some of these only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

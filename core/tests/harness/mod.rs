@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use tidemq_core::codec::{
     Ack, ConnAck, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
-    ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode_packet,
-    encode_packet,
+    ReasonCode, ReasonOnly, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    decode_packet, encode_packet,
 };
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output, Stats};
@@ -132,6 +132,8 @@ pub struct Harness {
     /// `Input::PersistDone` (off by default, so tests can hold the store back).
     pub auto_persist: bool,
     rng: u64,
+    /// The broker's seed, kept for a broker restored from the store.
+    seed: u64,
     next_conn: u64,
 }
 
@@ -170,6 +172,7 @@ impl Harness {
             snapshots: Vec::new(),
             auto_persist: false,
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            seed,
             next_conn: 1,
         }
     }
@@ -197,10 +200,11 @@ impl Harness {
         self.run(VecDeque::from([input]));
     }
 
-    /// Restores the broker from what a store recovered (before any other input), then
-    /// drains what that produced.
+    /// Replaces the broker by one restored from what a store recovered (same configuration
+    /// and seed), then drains what that produced.
     pub fn restore(&mut self, state: Recovered, unix_ms: u64) {
-        self.broker.restore(state, unix_ms);
+        let config = self.broker.config().clone();
+        self.broker = Broker::from_recovered(config, self.seed, self.now, state, unix_ms);
         self.run(VecDeque::new());
     }
 
@@ -571,6 +575,7 @@ impl Harness {
     }
 
     pub fn disconnect_with(&mut self, conn: ConnId, reason: u8, properties: Properties) {
+        let reason = ReasonCode(reason);
         self.send(conn, &Packet::Disconnect(ReasonOnly { reason, properties }));
     }
 
@@ -643,7 +648,7 @@ impl Harness {
     /// The v5 DISCONNECT reason the broker sent, if the last packet is a DISCONNECT.
     pub fn disconnect_reason(&mut self, conn: ConnId) -> Option<u8> {
         match self.recv(conn).pop() {
-            Some(Packet::Disconnect(d)) => Some(d.reason),
+            Some(Packet::Disconnect(d)) => Some(d.reason.0),
             _ => None,
         }
     }
@@ -652,7 +657,7 @@ impl Harness {
 pub fn ack(packet_id: u16) -> Ack {
     Ack {
         packet_id,
-        reason: 0,
+        reason: ReasonCode(0),
         properties: Properties::default(),
     }
 }

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::check::Violation;
 use crate::json::{self, Json};
+use crate::oracle::Violation;
 use crate::trace::{Entry, Ev};
 
 const STATUSES: &[u16] = &[200, 400, 401, 404, 413, 500];

@@ -24,7 +24,7 @@
 //!   With P1 and (a), everything SUBACKed and not UNSUBACKed survives, an acknowledged
 //!   retained value (or a later one) is there, and a persistent session is there.
 //!
-//! Delivery across restarts (I3/I4 with persistence) is judged by [`crate::check`]: a
+//! Delivery across restarts (I3/I4 with persistence) is judged by `delivery.rs`: a
 //! message accepted in a step whose records a crash kept must still reach its persistent
 //! subscribers, and QoS 2 stays exactly once across restarts unless a crash lost
 //! acknowledged records (`os` with a power loss, `sync = none`).
@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tidemq_core::Config;
 use tidemq_core::config::SyncMode;
 
-use crate::check::{Violation, split_share, topic_matches};
+use crate::oracle::{Violation, split_share, topic_matches};
 use crate::trace::{AckKind, Entry, Ev, Got, Pub, Rec, RestoredSession, Sent, Tag};
 
 /// Keys a partly kept step touched: after the restart they may hold either state.

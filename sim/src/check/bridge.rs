@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bridge::{Meta, MiniRole};
-use crate::check::Violation;
+use crate::oracle::Violation;
 use crate::scenario::Family;
 use crate::trace::{Entry, Ev, Got, Tag};
 

@@ -1,66 +1,18 @@
-//! Invariant checkers over a finished trace (robustness.md §3.5, I1–I10, I14).
+//! The client-facing invariants over a finished trace (robustness.md §3.5, I1–I10, I14,
+//! I15): delivery, ordering, QoS, sessions, retained messages, wills, counters. It also runs
+//! the persistence checks (`persist.rs`) and the admin plane's (`admin.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tidemq_core::Config;
 
+use super::admin;
+use super::persist::{self as persist_check, ExpSession, Expected};
 use crate::client::Role;
 use crate::json::Json;
-use crate::persist_check::{self, ExpSession, Expected};
+use crate::oracle::{Violation, split_share, topic_matches};
 use crate::trace::{AckKind, Entry, Ev, Got, Pub, Sent, Tag};
 use crate::world::ActorInfo;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// The invariant broken; `K<n>` marks a known core bug (see [`Violation::known`]).
-    pub invariant: &'static str,
-    pub at: u64,
-    pub detail: String,
-}
-
-impl Violation {
-    /// A manifestation of a known, reported core bug: listed, but not a failure of the
-    /// sweep until the core is fixed (`persistence_regressions` in `tests/sweep.rs` holds
-    /// seeds that show each one).
-    /// - K1: with persistence, a takeover's DISCONNECT 0x8E is held behind the store with
-    ///   the rest of the input's output and dropped when the old connection closes.
-    /// - K2: with persistence, a QoS 2 message queued in memory (for a session whose
-    ///   window was full) is sent by a later input before the input that accepted it (the
-    ///   publisher's QoS 2 id, the message) is durable.
-    pub fn known(&self) -> bool {
-        self.invariant.starts_with('K')
-    }
-}
-
-/// A naive topic matcher, independent of the broker's trie: the oracle.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let f: Vec<&str> = filter.split('/').collect();
-    let t: Vec<&str> = topic.split('/').collect();
-    let mut i = 0;
-    loop {
-        match (f.get(i), t.get(i)) {
-            (Some(&"#"), _) => return i + 1 == f.len(),
-            (Some(&"+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-        i += 1;
-    }
-}
-
-/// `$share/<group>/<filter>` split into group and filter.
-pub fn split_share(raw: &str) -> (Option<&str>, &str) {
-    if let Some(rest) = raw.strip_prefix("$share/")
-        && let Some((group, filter)) = rest.split_once('/')
-    {
-        return (Some(group), filter);
-    }
-    (None, raw)
-}
 
 #[derive(Debug, Clone, Default)]
 struct Sess {
@@ -1221,6 +1173,6 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             );
         }
     }
-    v.extend(crate::admin_check::check_admin(entries));
+    v.extend(admin::check_admin(entries));
     v
 }

@@ -1,0 +1,318 @@
+//! CONNECT to CONNACK, and DISCONNECT: checks and authentication, client-id assignment,
+//! takeover of a connection holding the same client id, opening or resuming the session.
+
+use super::Broker;
+use crate::api::{BrokerEvent, ConnId};
+use crate::codec::{
+    ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode, ReasonOnly, reason,
+};
+use crate::conn::{CloseReason, ConnState, decode_limits};
+use crate::ids::SessionId;
+use crate::session::{NEVER_EXPIRES, Session};
+use crate::sys;
+use crate::timer::Timer;
+use crate::topic;
+
+impl Broker {
+    pub(super) fn handle_connect(&mut self, id: ConnId, mut connect: Connect) {
+        let version = connect.version;
+        let v5 = version.is_v5();
+        let mut identity = None;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.version = Some(version);
+            identity = conn.cert_identity.clone();
+        }
+        // The certificate, verified by TLS, stands for user name and password.
+        let by_certificate = self.config.tls.use_identity_as_username && identity.is_some();
+        if by_certificate {
+            connect.username = identity;
+            connect.password = None;
+        }
+        if let Err((code, detail)) = self.check_connect(&connect) {
+            return self.refuse_connect(id, &connect, code, detail);
+        }
+        if let Err(code) = self
+            .authenticate(&connect)
+            .or_else(|e| by_certificate.then_some(()).ok_or(e))
+        {
+            return self.refuse_connect(id, &connect, code, "authentication failed");
+        }
+
+        let assigned = connect.client_id.is_empty();
+        let client_id = if assigned {
+            self.assign_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+        let requested_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            NEVER_EXPIRES
+        };
+        let expiry_secs = requested_expiry.min(self.config.max_session_expiry);
+        // After a store failure nothing that creates, changes or ends a stored session can
+        // be promised: refuse it (a CONNACK all the same, never silence).
+        let stored = self
+            .by_client_id
+            .get(&client_id)
+            .and_then(|sid| self.sessions.get(sid))
+            .is_some_and(|s| s.durable);
+        if (expiry_secs > 0 || stored) && self.store.refuses() {
+            return self.refuse_connect(
+                id,
+                &connect,
+                reason::QUOTA_EXCEEDED,
+                "the store failed: persistent sessions are refused",
+            );
+        }
+
+        self.take_over(&client_id);
+        let (sid, session_present) = self.open_session(&client_id, version, connect.clean_start);
+
+        let keep_alive = self.keep_alive_for(connect.keep_alive, v5);
+        let limits = decode_limits(&self.config);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.state = ConnState::Active(sid);
+        conn.idle_limit_ms = keep_alive.idle_limit_ms;
+        conn.limits = limits;
+        conn.receive_maximum = self.config.receive_maximum;
+        conn.topic_alias_max = self.config.max_topic_alias;
+        conn.client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        conn.client_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        conn.connect_expiry_secs = requested_expiry;
+        conn.username = connect.username.clone();
+        conn.keep_alive = keep_alive.secs;
+        conn.clean_start = connect.clean_start;
+        let peer = conn.peer.clone();
+        self.arm_conn_timer(id);
+
+        let wall = self.wall();
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        self.timers
+            .arm(Timer::Session(sid), &mut session.timer_armed, None);
+        session.conn = Some(id);
+        session.version = version;
+        session.username = connect.username.clone();
+        session.keep_alive = keep_alive.secs;
+        session.expiry_secs = expiry_secs;
+        session.expires_at = None;
+        session.will = connect.will.clone();
+        self.store.connected(session, wall);
+
+        let mut properties = Properties::default();
+        if v5 {
+            if assigned {
+                properties.assigned_client_identifier = Some(client_id.clone());
+            }
+            if expiry_secs != requested_expiry {
+                properties.session_expiry_interval = Some(expiry_secs);
+            }
+            if self.config.receive_maximum != u16::MAX {
+                properties.receive_maximum = Some(self.config.receive_maximum);
+            }
+            properties.maximum_packet_size = Some(self.config.max_packet_size);
+            properties.topic_alias_maximum =
+                (self.config.max_topic_alias > 0).then_some(self.config.max_topic_alias);
+            properties.server_keep_alive = keep_alive.server_keep_alive;
+        }
+        self.send(
+            id,
+            version,
+            &Packet::ConnAck(ConnAck {
+                session_present,
+                code: reason::SUCCESS,
+                properties,
+            }),
+        );
+        self.event(BrokerEvent::ClientConnected {
+            conn: id,
+            client_id: client_id.clone(),
+            protocol: version.level(),
+            session_present,
+        });
+        self.publish_sys_connected(&client_id, &connect, keep_alive.secs, &peer);
+        self.resume(sid);
+    }
+
+    /// What a CONNECT may not ask for, checked in the order the spec lists it.
+    fn check_connect(&self, connect: &Connect) -> Result<(), (ReasonCode, &'static str)> {
+        let version = connect.version;
+        let v5 = version.is_v5();
+        if v5 && connect.properties.authentication_method.is_some() {
+            return Err((
+                reason::BAD_AUTH_METHOD,
+                "enhanced authentication is not supported",
+            ));
+        }
+        if connect.client_id.len() > self.config.max_client_id_len as usize {
+            return Err((reason::CLIENT_ID_NOT_VALID, "client identifier too long"));
+        }
+        if connect.client_id.is_empty()
+            && (version == ProtocolVersion::V31 || (!v5 && !connect.clean_start))
+        {
+            return Err((
+                reason::CLIENT_ID_NOT_VALID,
+                "empty client identifier needs a clean session",
+            ));
+        }
+        if let Some(will) = &connect.will
+            && topic::validate_topic_name(&will.topic, self.config.max_topic_levels as usize)
+                .is_err()
+        {
+            return Err((reason::TOPIC_NAME_INVALID, "invalid will topic"));
+        }
+        if connect
+            .will
+            .as_ref()
+            .is_some_and(|w| sys::is_reserved(&w.topic))
+        {
+            return Err((reason::NOT_AUTHORIZED, "will to a $SYS topic"));
+        }
+        Ok(())
+    }
+
+    fn refuse_connect(&mut self, id: ConnId, connect: &Connect, code: ReasonCode, detail: &str) {
+        let version = connect.version;
+        let code_on_wire = if version.is_v5() {
+            code
+        } else {
+            reason::connack_code_for_v3(code)
+        };
+        self.send(
+            id,
+            version,
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: code_on_wire,
+                properties: Properties::default(),
+            }),
+        );
+        self.event(BrokerEvent::ConnectRefused {
+            conn: id,
+            client_id: connect.client_id.clone(),
+            reason_code: code,
+        });
+        self.drop_conn(id, CloseReason::silent(code, detail));
+    }
+
+    /// Checks the credentials against the configured users and `allow_anonymous`.
+    fn authenticate(&self, connect: &Connect) -> Result<(), ReasonCode> {
+        match &connect.username {
+            Some(user) => match self.config.users.get(user) {
+                Some(expected) => {
+                    let given = connect.password.as_deref().unwrap_or_default();
+                    if crate::admin::constant_time_eq(expected.as_bytes(), given) {
+                        Ok(())
+                    } else {
+                        Err(reason::BAD_USERNAME_OR_PASSWORD)
+                    }
+                }
+                None if self.config.users.is_empty() && self.config.allow_anonymous => Ok(()),
+                None if self.config.users.is_empty() => Err(reason::NOT_AUTHORIZED),
+                None => Err(reason::BAD_USERNAME_OR_PASSWORD),
+            },
+            None if self.config.allow_anonymous => Ok(()),
+            None => Err(reason::NOT_AUTHORIZED),
+        }
+    }
+
+    fn assign_client_id(&mut self) -> String {
+        loop {
+            let id = format!("tidemq-{:016x}", self.rng.next_u64());
+            if !self.by_client_id.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Takes over a connection that holds this client id (v5: DISCONNECT 0x8E).
+    fn take_over(&mut self, client_id: &str) {
+        if let Some(&old_sid) = self.by_client_id.get(client_id)
+            && let Some(old_conn) = self.sessions.get(&old_sid).and_then(|s| s.conn)
+        {
+            self.drop_conn(
+                old_conn,
+                CloseReason::error(reason::SESSION_TAKEN_OVER, "session taken over"),
+            );
+        }
+    }
+
+    /// The session for a new connection: the existing one unless it asks for a clean start.
+    /// Returns it and whether it was present.
+    fn open_session(
+        &mut self,
+        client_id: &str,
+        version: ProtocolVersion,
+        clean_start: bool,
+    ) -> (SessionId, bool) {
+        let existing = self.by_client_id.get(client_id).copied();
+        // A new connection cancels a will still in its delay, whether or not it keeps the
+        // session [MQTT-3.1.3-9].
+        if let Some(s) = existing.and_then(|sid| self.sessions.get_mut(&sid)) {
+            s.will = None;
+            s.will_at = None;
+        }
+        match existing {
+            Some(sid) if !clean_start => (sid, true),
+            _ => {
+                if let Some(old) = existing {
+                    self.end_session(old);
+                }
+                let sid = self.next_session_id;
+                self.next_session_id += 1;
+                self.sessions
+                    .insert(sid, Box::new(Session::new(client_id.to_owned(), version)));
+                self.by_client_id.insert(client_id.to_owned(), sid);
+                (sid, false)
+            }
+        }
+    }
+
+    /// A reconnected session: what was in flight is resent (within the new connection's
+    /// window), then the queue drains.
+    fn resume(&mut self, sid: SessionId) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.inflight.mark_all_unsent();
+            session.qos2_in.new_connection();
+        }
+        self.pump(sid);
+    }
+
+    pub(super) fn handle_disconnect(&mut self, id: ConnId, sid: SessionId, d: ReasonOnly) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if conn.connect_expiry_secs == 0 && expiry != 0 {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(
+                        reason::PROTOCOL_ERROR,
+                        "session expiry set on DISCONNECT after 0 in CONNECT",
+                    ),
+                );
+            }
+            let capped = expiry.min(self.config.max_session_expiry);
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.expiry_secs = capped;
+            }
+        }
+        // Only a normal disconnection discards the will [MQTT-3.1.2-10].
+        self.drop_conn(
+            id,
+            CloseReason {
+                peer_gone: false,
+                code: d.reason,
+                notify: false,
+                will: d.reason != reason::SUCCESS,
+                detail: "client disconnected".to_owned(),
+            },
+        );
+    }
+}

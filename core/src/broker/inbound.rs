@@ -1,0 +1,197 @@
+//! PUBLISH from a client: topic aliases, checks, inbound QoS 2 (PUBREC, then PUBREL and
+//! PUBCOMP; a resend of an id not yet released is acknowledged, never delivered twice), and
+//! handing the message to routing.
+
+use super::Broker;
+use crate::api::ConnId;
+use crate::codec::{Ack, Packet, ProtocolVersion, Publish, QoS, reason};
+use crate::conn::CloseReason;
+use crate::ids::SessionId;
+use crate::message::{Content, Origin};
+use crate::sys;
+use crate::topic::{self, TopicError};
+
+impl Broker {
+    pub(super) fn handle_publish(
+        &mut self,
+        id: ConnId,
+        sid: SessionId,
+        version: ProtocolVersion,
+        p: Publish,
+    ) {
+        let v5 = version.is_v5();
+        let mut p = p;
+        if !p.properties.subscription_identifiers.is_empty() {
+            return self.drop_conn(
+                id,
+                CloseReason::error(
+                    reason::PROTOCOL_ERROR,
+                    "subscription identifier in a client PUBLISH",
+                ),
+            );
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let receive_maximum = conn.receive_maximum;
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > conn.topic_alias_max {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"),
+                );
+            }
+            if p.topic.is_empty() {
+                match conn.topic_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return self.drop_conn(
+                            id,
+                            CloseReason::error(reason::PROTOCOL_ERROR, "unknown topic alias"),
+                        );
+                    }
+                }
+            } else {
+                conn.topic_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        match topic::validate_topic_name(&p.topic, self.config.max_topic_levels as usize) {
+            Ok(()) => {}
+            Err(TopicError::Empty) => {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(reason::PROTOCOL_ERROR, "empty topic name"),
+                );
+            }
+            Err(_) => {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(reason::TOPIC_NAME_INVALID, "invalid topic name"),
+                );
+            }
+        }
+        let pid = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce {
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            if session.qos2_in.contains(pid) {
+                // A resend of a message already accepted: acknowledge, never deliver twice.
+                session.qos2_in.seen_again(pid);
+                return self.send(id, version, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)));
+            }
+            // Ids left unreleased by an earlier connection do not count (v5 §4.9).
+            if session.qos2_in.this_connection() >= usize::from(receive_maximum) {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "too many unreleased QoS 2 messages",
+                    ),
+                );
+            }
+        }
+        let denied = sys::is_reserved(&p.topic);
+        let qos = p.qos;
+        // With the store gone, a message that would need it is not accepted at all.
+        let refused = !denied && self.store.refuses() && self.needs_store(sid, &p);
+        if refused && (!v5 || qos == QoS::AtMostOnce) {
+            return self.drop_conn(
+                id,
+                CloseReason::error(reason::QUOTA_EXCEEDED, "the store failed"),
+            );
+        }
+        let code = if refused {
+            reason::QUOTA_EXCEEDED
+        } else if denied && v5 {
+            reason::NOT_AUTHORIZED
+        } else {
+            reason::SUCCESS
+        };
+        // The QoS 2 id is recorded before the message is routed, so that the message knows
+        // every record its acceptance depends on (see `Durability::set_needs`).
+        if qos == QoS::ExactlyOnce
+            && code == reason::SUCCESS
+            && let Some(session) = self.sessions.get_mut(&sid)
+        {
+            session.qos2_in.accept(pid);
+            self.store.in_qos2(session, pid, true);
+        }
+        if !denied && !refused {
+            self.accept_publish(sid, Content::from_publish(p));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(id, version, &Packet::PubAck(Ack::new(pid, code))),
+            QoS::ExactlyOnce => self.send(id, version, &Packet::PubRec(Ack::new(pid, code))),
+        }
+    }
+
+    /// PUBREL: the inbound QoS 2 id is released; PUBCOMP answers (v5: 0x92 for an unknown id).
+    pub(super) fn handle_pubrel(
+        &mut self,
+        id: ConnId,
+        sid: SessionId,
+        version: ProtocolVersion,
+        pid: u16,
+    ) {
+        if let Some(session) = self.sessions.get_mut(&sid)
+            && session.qos2_in.release(pid)
+        {
+            self.store.in_qos2(session, pid, false);
+            return self.send(
+                id,
+                version,
+                &Packet::PubComp(Ack::new(pid, reason::SUCCESS)),
+            );
+        }
+        let code = if version.is_v5() {
+            reason::PACKET_ID_NOT_FOUND
+        } else {
+            reason::SUCCESS
+        };
+        self.send(id, version, &Packet::PubComp(Ack::new(pid, code)));
+    }
+
+    /// Stores (if retained) and routes a message published by a client.
+    fn accept_publish(&mut self, sid: SessionId, mut content: Content) {
+        if self.is_own_origin(&content.properties) {
+            // Our own message, back through a loop of bridges: it was delivered here already.
+            return;
+        }
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.messages_received += 1;
+        }
+        let expires_at = content.take_expiry(self.now);
+        self.publish(content, Origin::Session(sid), expires_at);
+    }
+
+    /// Whether accepting this client PUBLISH would give the store something to keep: a
+    /// retained value, a QoS 1/2 delivery to a durable session, or a bridge outbox entry.
+    fn needs_store(&self, publisher: SessionId, p: &Publish) -> bool {
+        if p.retain {
+            return true;
+        }
+        if p.qos == QoS::AtMostOnce {
+            return false;
+        }
+        // Its packet id, for a stored session.
+        if p.qos == QoS::ExactlyOnce && self.sessions.get(&publisher).is_some_and(|s| s.durable) {
+            return true;
+        }
+        let mut matched = Vec::new();
+        self.subscriptions.matches(&p.topic, &mut matched);
+        let durable_target = matched.iter().any(|m| match m {
+            topic::SubMatch::Single(sid, sub) => {
+                sub.options.qos != QoS::AtMostOnce
+                    && !(sub.options.no_local && **sid == publisher)
+                    && self.sessions.get(sid).is_some_and(|s| s.durable)
+            }
+            topic::SubMatch::Shared(group) => group.members.iter().any(|(sid, sub)| {
+                sub.options.qos != QoS::AtMostOnce
+                    && self.sessions.get(sid).is_some_and(|s| s.durable)
+            }),
+        });
+        durable_target || self.bridge_would_keep(&p.topic, p.qos)
+    }
+}

@@ -1,0 +1,300 @@
+//! Bytes in and out of client connections: accepting, decoding and dispatching packets,
+//! encoding replies, flushing one Transmit per connection per input, back-pressure towards
+//! slow readers, and closing.
+
+use bytes::Bytes;
+
+use super::Broker;
+use crate::api::{BrokerEvent, ConnId, Output};
+use crate::codec::{
+    self, ConnAck, DecodeError, Packet, Properties, ProtocolVersion, ReasonOnly, reason,
+};
+use crate::conn::{CloseReason, Conn, ConnState};
+use crate::ids::SessionId;
+use crate::timer::Timer;
+
+impl Broker {
+    pub(super) fn accept(&mut self, id: ConnId, peer: String) {
+        if self.conns.contains_key(&id) {
+            return;
+        }
+        let conn = Conn::new(peer, self.now, &self.config);
+        self.conns.insert(id, Box::new(conn));
+        self.arm_conn_timer(id);
+    }
+
+    /// The verified client certificate of a TLS connection, before its CONNECT.
+    pub(super) fn peer_certificate(&mut self, id: ConnId, identity: String) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.state == ConnState::AwaitingConnect
+        {
+            c.cert_identity = Some(identity);
+        }
+    }
+
+    pub(super) fn receive(&mut self, id: ConnId, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.buffer_input(bytes);
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if conn.rx.is_empty() {
+                return;
+            }
+            let version = conn.version;
+            let limits = conn.limits;
+            match codec::decode_packet(&mut conn.rx, version, &limits) {
+                Ok(None) => return,
+                Ok(Some(packet)) => {
+                    // Keepalive counts whole control packets.
+                    conn.last_rx = self.now;
+                    self.handle_packet(id, packet);
+                }
+                Err(e) => {
+                    self.decode_failed(id, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn decode_failed(&mut self, id: ConnId, e: DecodeError) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if conn.state == ConnState::AwaitingConnect {
+            // A bad CONNECT: answer only when we know how the client speaks.
+            if let DecodeError::UnsupportedVersion(_) = e {
+                self.send(
+                    id,
+                    ProtocolVersion::V311,
+                    &Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: reason::v3::UNACCEPTABLE_PROTOCOL_VERSION,
+                        properties: Properties::default(),
+                    }),
+                );
+            }
+            self.drop_conn(id, CloseReason::silent(e.reason_code(), e.to_string()));
+            return;
+        }
+        self.drop_conn(id, CloseReason::error(e.reason_code(), e.to_string()));
+    }
+
+    /// One whole packet from a client, to the flow it belongs to.
+    fn handle_packet(&mut self, id: ConnId, packet: Packet) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let ConnState::Active(sid) = conn.state else {
+            if let Packet::Connect(connect) = packet {
+                self.handle_connect(id, *connect);
+            }
+            return;
+        };
+        let version = conn.version.unwrap_or(ProtocolVersion::V311);
+        match packet {
+            Packet::Publish(p) => self.handle_publish(id, sid, version, p),
+            Packet::PubAck(a) => self.handle_puback(sid, a.packet_id),
+            Packet::PubRec(a) => self.handle_pubrec(id, sid, version, a),
+            Packet::PubRel(a) => self.handle_pubrel(id, sid, version, a.packet_id),
+            Packet::PubComp(a) => self.handle_pubcomp(sid, a.packet_id),
+            Packet::Subscribe(s) => self.handle_subscribe(id, sid, version, s),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(id, sid, version, u),
+            Packet::PingReq => self.send(id, version, &Packet::PingResp),
+            Packet::Disconnect(d) => self.handle_disconnect(id, sid, d),
+            Packet::Auth(_) => self.drop_conn(
+                id,
+                CloseReason::error(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without enhanced authentication",
+                ),
+            ),
+            Packet::Connect(_) => self.drop_conn(
+                id,
+                CloseReason::error(reason::PROTOCOL_ERROR, "second CONNECT"),
+            ),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                let kind = packet.kind();
+                self.drop_conn(
+                    id,
+                    CloseReason::error(
+                        reason::PROTOCOL_ERROR,
+                        format!("{kind} may only be sent by a server"),
+                    ),
+                )
+            }
+        }
+    }
+
+    pub(super) fn written(&mut self, id: ConnId, bytes: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.unwritten = conn.unwritten.saturating_sub(bytes);
+        if let ConnState::Active(sid) = conn.state {
+            self.pump(sid);
+        }
+    }
+
+    /// Encodes `packet` into the connection's pending output.
+    pub(super) fn send(&mut self, id: ConnId, version: ProtocolVersion, packet: &Packet) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.tx.is_empty() {
+            self.dirty.push(id);
+        }
+        // Packets the broker builds itself always fit the MQTT limits.
+        let _ = codec::encode_packet(packet, version, &mut conn.tx);
+    }
+
+    /// Whether a connection's writer can take more: what it holds, what this input built and
+    /// what waits for the store stay under `max_write_buffer`.
+    pub(super) fn can_write(&self, conn: ConnId) -> bool {
+        let held = self.store.held_bytes(conn);
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.backlog(held) < self.config.max_write_buffer as usize)
+    }
+
+    fn flush_conn(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id)
+            && !conn.tx.is_empty()
+        {
+            let bytes = conn.tx.split().freeze();
+            self.transmit(id, bytes);
+        }
+    }
+
+    /// Bytes for `conn`: out now, or held behind the store.
+    pub(super) fn transmit(&mut self, conn: ConnId, bytes: Bytes) {
+        if let Some(bytes) = self.store.hold(conn, bytes) {
+            self.emit(conn, bytes);
+        }
+    }
+
+    fn emit(&mut self, conn: ConnId, bytes: Bytes) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.unwritten += bytes.len();
+        }
+        self.outputs.push_back(Output::Transmit { conn, bytes });
+    }
+
+    /// What waited for the store and is durable now goes out.
+    pub(super) fn release_held(&mut self) {
+        for (conn, bytes) in self.store.release() {
+            self.emit(conn, bytes);
+        }
+    }
+
+    /// End of an input: records to the store, then one Transmit per connection written to.
+    pub(super) fn flush_all(&mut self) {
+        // The cached range points into a buffer that is about to be handed out.
+        self.last_qos0 = None;
+        self.flush_records();
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in &dirty {
+            self.flush_conn(*id);
+        }
+        // Messages wait while a reader is slow, but acknowledgements cannot: a peer that
+        // keeps sending without reading is cut off before its backlog grows without bound.
+        let hard_limit = 2 * self.config.max_write_buffer as usize;
+        for id in &dirty {
+            if self.conns.get(id).is_some_and(|c| c.unwritten > hard_limit) {
+                self.drop_conn(
+                    *id,
+                    CloseReason {
+                        peer_gone: false,
+                        code: reason::QUOTA_EXCEEDED,
+                        notify: false,
+                        will: true,
+                        detail: "not reading: write backlog over twice max_write_buffer".to_owned(),
+                    },
+                );
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        self.release_held();
+        self.flush_records();
+    }
+
+    pub(super) fn flush_records(&mut self) {
+        if let Some(out) = self.store.flush() {
+            self.outputs.push_back(out);
+        }
+    }
+
+    /// Closes a connection: optional v5 DISCONNECT, will, session bookkeeping, `$SYS`.
+    pub(super) fn drop_conn(&mut self, id: ConnId, why: CloseReason) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let version = conn.version;
+        let state = conn.state;
+        if why.notify
+            && version == Some(ProtocolVersion::V5)
+            && matches!(state, ConnState::Active(_))
+        {
+            self.send(
+                id,
+                ProtocolVersion::V5,
+                &Packet::Disconnect(ReasonOnly {
+                    reason: why.code,
+                    properties: Properties::default(),
+                }),
+            );
+        }
+        if !why.peer_gone {
+            self.flush_conn(id);
+        }
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        self.timers
+            .arm(Timer::Conn(id), &mut conn.timer_armed, None);
+        // Output still waiting for the store goes with the connection.
+        self.store.drop_held(id);
+        if !why.peer_gone {
+            self.outputs.push_back(Output::Close { conn: id });
+        }
+        let ConnState::Active(sid) = state else {
+            self.event(BrokerEvent::ClientDisconnected {
+                conn: id,
+                client_id: None,
+                reason_code: why.code,
+                detail: why.detail,
+            });
+            return;
+        };
+        self.session_lost_conn(sid, id, &conn, why);
+    }
+
+    /// The session side of a closed connection: it is told, the will is kept or discarded,
+    /// and `$SYS` hears of it.
+    fn session_lost_conn(&mut self, sid: SessionId, id: ConnId, conn: &Conn, why: CloseReason) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if session.conn != Some(id) {
+            return;
+        }
+        session.conn = None;
+        let client_id = session.client_id.clone();
+        if !why.will {
+            session.will = None;
+        }
+        self.event(BrokerEvent::ClientDisconnected {
+            conn: id,
+            client_id: Some(client_id.clone()),
+            reason_code: why.code,
+            detail: why.detail,
+        });
+        self.publish_sys_disconnected(&client_id, conn.username.as_deref(), &conn.peer, why.code);
+        self.session_disconnected(sid);
+    }
+}

@@ -1,0 +1,151 @@
+//! Where a message goes once accepted: the retained store, every matching subscription (one
+//! copy per session, one per share group) and the bridges that forward its topic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Broker;
+use crate::codec::QoS;
+use crate::ids::SessionId;
+use crate::message::{Content, Message, Origin};
+use crate::persist::Record;
+use crate::session::{Delivery, Session, Subscription};
+use crate::sys;
+use crate::topic::{self, SubMatch};
+
+impl Broker {
+    /// Makes a message, retains and routes it. Client messages, wills and bridged messages
+    /// count as received; the broker's own `$SYS` events do not.
+    pub(super) fn publish(
+        &mut self,
+        content: Content,
+        origin: Origin,
+        expires_at: Option<crate::api::Instant>,
+    ) {
+        if origin != Origin::Broker {
+            self.stats.messages_received += 1;
+        }
+        let id = self.store.next_message_id();
+        let msg = Arc::new(Message::new(id, content, origin, expires_at));
+        if msg.retain {
+            self.retain(&msg);
+        }
+        self.route(&msg);
+        self.bridge_forward(&msg);
+        // Deliveries of it in later inputs (from a queue) wait for what accepted it.
+        if let Some(barrier) = self.store.pending_barrier() {
+            self.store.set_needs(&msg, barrier);
+        }
+    }
+
+    /// A retained message replaces the topic's; an empty one clears it.
+    fn retain(&mut self, msg: &Arc<Message>) {
+        // The broker's own events are never kept across a restart. After a store failure
+        // only what a client is refused for needs it (see `needs_store`).
+        let keep = self.store.on() && !self.store.failed() && !sys::is_reserved(&msg.topic);
+        if msg.payload.is_empty() {
+            if self.retained.remove(&msg.topic).is_some() && keep {
+                let topic = msg.topic.clone();
+                self.store.persist(Record::RetainDel { topic }, true);
+            }
+        } else {
+            self.retained.insert(&msg.topic, msg.clone());
+            if keep {
+                let wall = self.wall();
+                self.store.persist_message(msg, wall);
+                let (topic, msg_id) = (msg.topic.clone(), msg.id);
+                self.store
+                    .persist(Record::RetainPut { topic, msg_id }, true);
+            }
+        }
+    }
+
+    /// Delivers `msg` to every matching subscription: once per session for its non-shared
+    /// subscriptions, with the highest QoS and every subscription identifier that matched,
+    /// plus one copy per share group that picked it (v5 §4.8.2).
+    fn route(&mut self, msg: &Arc<Message>) {
+        // Targets with the same key merge: (session, 0) for non-shared, (session, n) for the
+        // n-th share group.
+        type Key = (SessionId, usize);
+        let mut targets: Vec<(Key, QoS, bool, Option<u32>)> = Vec::new();
+        {
+            let mut matched = Vec::new();
+            self.subscriptions.matches(&msg.topic, &mut matched);
+            let mut groups = 0;
+            for m in matched {
+                match m {
+                    SubMatch::Single(sid, sub) => {
+                        if sub.options.no_local && msg.publisher() == Some(*sid) {
+                            continue;
+                        }
+                        targets.push((
+                            (*sid, 0),
+                            sub.options.qos,
+                            sub.options.retain_as_published,
+                            sub.id,
+                        ));
+                    }
+                    SubMatch::Shared(group) => {
+                        groups += 1;
+                        if let Some((sid, sub)) = pick_member(group, &self.sessions) {
+                            targets.push(((sid, groups), sub.options.qos, false, sub.id));
+                        }
+                    }
+                }
+            }
+        }
+        if targets.is_empty() && msg.origin != Origin::Broker {
+            self.stats.messages_unrouted += 1;
+        }
+        targets.sort_by_key(|t| t.0);
+        let mut i = 0;
+        while let Some(&(key, mut qos, mut rap, id)) = targets.get(i) {
+            let mut ids: Vec<u32> = id.into_iter().collect();
+            i += 1;
+            while let Some(&(next, q, r, id)) = targets.get(i) {
+                if next != key {
+                    break;
+                }
+                qos = qos.max(q);
+                rap |= r;
+                ids.extend(id);
+                i += 1;
+            }
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos: qos.min(msg.qos),
+                retain: rap && msg.retain,
+                subscription_ids: ids,
+                entry: 0,
+            };
+            self.deliver(key.0, delivery);
+        }
+    }
+}
+
+/// Chooses the share-group member for the next message: round robin over connected members,
+/// or over all members when none is connected (the message waits in its queue).
+fn pick_member(
+    group: &topic::SharedGroup<SessionId, Subscription>,
+    sessions: &BTreeMap<SessionId, Box<Session>>,
+) -> Option<(SessionId, Subscription)> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = (group.advance() % n as u64) as usize;
+    let connected = |sid: &SessionId| sessions.get(sid).is_some_and(|s| s.conn.is_some());
+    let rotated = group
+        .members
+        .iter()
+        .skip(start)
+        .chain(group.members.iter().take(start));
+    let mut first = None;
+    for (sid, sub) in rotated {
+        if connected(sid) {
+            return Some((*sid, *sub));
+        }
+        first.get_or_insert((*sid, *sub));
+    }
+    first
+}

@@ -1,0 +1,16 @@
+//! Bugs planted on purpose, to show that the checkers catch them.
+
+/// A bug planted on purpose, to show that a checker catches it. The client-side ones act while
+/// the simulation runs (the broker is untouched); the trace ones rewrite a finished trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The subscriber's library loses some QoS 1 messages after acknowledging them.
+    LoseQos1,
+    /// The subscriber's application sees a QoS 2 message twice.
+    DuplicateQos2,
+    /// The will watcher never sees wills.
+    SwallowWill,
+    /// The simulated store (`sync = fsync`) reports records durable once written, before
+    /// they are synced, and a crash keeps only what was synced: acknowledged work is lost.
+    StoreAcksUnsynced,
+}
