@@ -341,7 +341,15 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
             }
         };
     }
-    let log = match logging::init(&config.log) {
+    // Until the configuration has `log.format`, the environment chooses.
+    let format = match logging::LogFormat::from_env(env) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("tidemq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = match logging::init(&config.log, format) {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("tidemq: cannot set up logging: {e}");
