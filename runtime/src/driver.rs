@@ -19,10 +19,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::config_file::{self, ConfigInputs, Loaded};
 use crate::conn::{self, AcceptContext, ConnEvent, ConnIo, WriterCmd};
+use crate::health::{Readiness, StoreState};
 use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
 use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
 use crate::net::{Listener, Network, TokioNet};
+use crate::notify::{Notifier, Watchdog};
 use crate::store::{self, StoreEvent};
 use crate::tls::{self, SharedTls};
 
@@ -78,6 +80,8 @@ pub struct Server {
     seed: u64,
     control: Option<mpsc::UnboundedReceiver<Control>>,
     origin: Option<ConfigOrigin>,
+    readiness: Arc<Readiness>,
+    notifier: Notifier,
 }
 
 /// A broker running in the background (for tests and embedding).
@@ -241,11 +245,19 @@ impl Server {
             listeners,
             http,
             tls,
+            readiness: Arc::new(Readiness::new(config.persistence.enable)),
             config,
             seed,
             control: None,
             origin: None,
+            notifier: Notifier::default(),
         })
+    }
+
+    /// Reports start-up, reloads, shutdown and watchdog pings to the service manager.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Server {
+        self.notifier = notifier;
+        self
     }
 
     /// Records where the configuration came from (enables reload, restart and req 12).
@@ -327,18 +339,26 @@ impl Server {
             reload_requested: false,
             store: None,
             store_failed: None,
+            readiness: self.readiness,
+            notifier: self.notifier,
         };
+        // Served from the start, so /readyz answers (503) during a long recovery; /api/v1
+        // waits for the restore.
+        if let Some(listener) = self.http {
+            driver.start_http(listener)?;
+        }
         let mut store_thread = None;
         if driver.config.persistence.enable {
             store_thread = Some(driver.open_store(now()).await?);
         }
+        driver.readiness.set_core_restored();
         for (url, listener) in self.listeners {
             driver.start_listener(url, listener);
         }
-        if let Some(listener) = self.http {
-            driver.start_http(listener)?;
-        }
+        driver.readiness.set_listeners_bound();
         driver.input(now(), Input::WallClock { unix_ms: unix_ms() });
+        driver.notifier.ready("running");
+        let mut watchdog = Watchdog::new(&driver.notifier);
         let mut wall_tick = tokio::time::interval(Duration::from_secs(60));
         tokio::pin!(shutdown);
         loop {
@@ -366,10 +386,15 @@ impl Server {
                 },
                 () = sleep_until(deadline) => driver.input(now(), Input::Timeout),
                 _ = wall_tick.tick() => driver.input(now(), Input::WallClock { unix_ms: unix_ms() }),
+                // Only wakes the loop: the ping below is sent by a loop that still turns.
+                () = watchdog.wait() => {}
             }
+            watchdog.ping_if_due(&driver.notifier);
             if driver.reload_requested {
                 driver.reload_requested = false;
-                driver.reload(now()).await;
+                driver.notifier.reloading();
+                let outcome = driver.reload(now()).await;
+                driver.notifier.reloaded(&outcome);
             }
             if driver.stop_requested {
                 // Let the admin API's reply reach the wire before everything stops.
@@ -384,6 +409,8 @@ impl Server {
             }
         }
         info!("shutting down");
+        driver.readiness.set_draining();
+        driver.notifier.stopping();
         driver.input(now(), Input::Shutdown);
         let store_failed = driver.store_failed.take();
         // Closing the channel lets the store commit what it has and stop.
@@ -452,6 +479,9 @@ struct Driver {
     store: Option<std::sync::mpsc::Sender<store::StoreCmd>>,
     /// Why the store stopped, if it did: the process then exits with this error.
     store_failed: Option<String>,
+    /// For the health endpoints.
+    readiness: Arc<Readiness>,
+    notifier: Notifier,
 }
 
 impl Driver {
@@ -491,6 +521,7 @@ impl Driver {
             listener,
             self.admin_tx.clone(),
             settings,
+            self.readiness.clone(),
         )));
         Ok(())
     }
@@ -543,6 +574,8 @@ impl Driver {
             Event::Store(StoreEvent::Done { upto }) => self.input(now, Input::PersistDone { upto }),
             Event::Store(StoreEvent::SnapshotWanted) => self.input(now, Input::SnapshotRequest),
             Event::Store(StoreEvent::Failed { error }) => {
+                self.readiness.set_store(StoreState::Failed);
+                self.notifier.status(&format!("store failed: {error}"));
                 self.input(
                     now,
                     Input::PersistFailed {
@@ -607,13 +640,15 @@ impl Driver {
         let config = self.config.persistence.clone();
         let started = std::time::Instant::now();
         let dir = config.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let fs = store::FsDir::open(&config.data_dir)
-                .map_err(|e| format!("persistence.data_dir {}: {e}", config.data_dir))?;
-            store::Journal::open(Box::new(fs), &config)
-        })
-        .await
-        .map_err(io::Error::other)?;
+        let opened = self
+            .notifier
+            .while_recovering(tokio::task::spawn_blocking(move || {
+                let fs = store::FsDir::open(&config.data_dir)
+                    .map_err(|e| format!("persistence.data_dir {}: {e}", config.data_dir))?;
+                store::Journal::open(Box::new(fs), &config)
+            }))
+            .await
+            .map_err(io::Error::other)?;
         let (journal, recovered, report) =
             opened.map_err(|e| io::Error::other(format!("store {dir}: {e}")))?;
         for s in &report.salvaged {
@@ -636,6 +671,7 @@ impl Driver {
         })?;
         self.store = Some(tx);
         self.broker.restore(recovered, unix_ms());
+        self.readiness.set_store(StoreState::Recovered);
         self.drain(now);
         Ok(thread)
     }
@@ -734,11 +770,12 @@ impl Driver {
         }
     }
 
-    /// Re-reads the configuration files and applies them (SIGHUP, req 10 restart).
-    async fn reload(&mut self, now: Instant) {
+    /// Re-reads the configuration files and applies them (SIGHUP, req 10 restart). The
+    /// error says why the running configuration stayed.
+    async fn reload(&mut self, now: Instant) -> Result<(), String> {
         let Some(origin) = self.origin.as_mut() else {
             warn!("reload requested, but the broker was not started from a configuration file");
-            return;
+            return Err("not started from a configuration file".to_owned());
         };
         if let Some(path) = origin
             .pid_file
@@ -757,8 +794,16 @@ impl Driver {
                 }
                 self.reconfigure(now, config).await;
                 info!("configuration reloaded");
+                if self.broker.config() == &self.config {
+                    Ok(())
+                } else {
+                    Err("the broker refused the configuration (see the log)".to_owned())
+                }
             }
-            Err(e) => error!("reload failed, keeping the running configuration: {e}"),
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                Err(e.to_string())
+            }
         }
     }
 
