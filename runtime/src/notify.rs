@@ -122,7 +122,11 @@ impl Notifier {
             "STATUS=recovering store\nEXTEND_TIMEOUT_USEC={}",
             EXTEND_BY.as_micros()
         );
-        let mut ticks = tokio::time::interval(EXTEND_EVERY);
+        // Sent before the work is first polled: it may finish at once, and the manager
+        // still hears that recovery happened.
+        self.send(&message);
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + EXTEND_EVERY, EXTEND_EVERY);
         tokio::pin!(work);
         loop {
             tokio::select! {
