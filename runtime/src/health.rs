@@ -1,6 +1,7 @@
 //! Liveness and readiness: a few flags the driver sets, and the unauthenticated endpoints
 //! that report them (`/healthz`, `/readyz`, `/status`, `/api/v4/health`). They say nothing
-//! beyond the status, need no credentials and never ask the core.
+//! beyond the status, need no credentials and never ask the core. Also the client side of
+//! `tidemq healthcheck`: a plain HTTP/1.0 probe, for images without curl.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
