@@ -87,6 +87,12 @@ pub enum Input {
         req_id: u64,
         result: Result<(), String>,
     },
+    /// The outcome of an [`Output::Control`] restart: the configuration files were re-read
+    /// and put in force, or what did not take effect.
+    ControlDone {
+        req_id: u64,
+        result: Result<(), String>,
+    },
     /// Every record of [`Output::Persist`] numbered up to `upto` is durable as the
     /// configured `persistence.sync` mode promises. Reported in order.
     PersistDone { upto: u64 },
@@ -123,8 +129,12 @@ pub enum Output {
         req_id: u64,
         changes: Vec<admin::ConfigChange>,
     },
-    /// The admin API asked the process to restart (re-read its configuration) or stop.
-    Control(admin::ControlAction),
+    /// The admin API asked the process to restart (re-read its configuration and apply it)
+    /// or stop. A restart is answered with [`Input::ControlDone`].
+    Control {
+        req_id: u64,
+        action: admin::ControlAction,
+    },
     /// Open a connection to a bridge's remote broker (`address` as configured, e.g.
     /// `mqtt-tcp://host:1883`) under the id `conn`; answer with [`Input::BridgeConnected`]
     /// or [`Input::BridgeConnectFailed`]. Its bytes then flow like a client's.

@@ -87,6 +87,8 @@ pub struct Broker {
     stats: Stats,
     /// Admin set-configurations waiting for their file write, in arrival order.
     pending_config: BTreeMap<u64, PendingConfig>,
+    /// Restarts asked through the admin API, by request, with the `seq` to answer with.
+    pending_restart: BTreeMap<u64, serde_json::Value>,
     /// Enabled bridges, by number; their numbers by name, and by connection.
     bridges: BTreeMap<BridgeId, Bridge>,
     bridge_ids: BTreeMap<String, BridgeId>,
@@ -121,6 +123,7 @@ impl Broker {
             dirty: Vec::new(),
             stats: Stats::default(),
             pending_config: BTreeMap::new(),
+            pending_restart: BTreeMap::new(),
             bridges: BTreeMap::new(),
             bridge_ids: BTreeMap::new(),
             bridge_conns: BTreeMap::new(),
@@ -203,6 +206,7 @@ impl Broker {
                 body,
             } => self.handle_admin(req_id, &credentials, &body),
             Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
+            Input::ControlDone { req_id, result } => self.control_done(req_id, result),
             Input::PersistDone { upto } => {
                 self.store.done(upto);
                 self.release_held();

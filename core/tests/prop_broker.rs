@@ -227,7 +227,7 @@ impl Driver {
                 | Output::AdminReply { .. }
                 | Output::AdminAuthorized { .. }
                 | Output::WriteConfig { .. }
-                | Output::Control(_)
+                | Output::Control { .. }
                 | Output::BridgeConnect { .. }
                 | Output::Persist { .. }
                 | Output::Snapshot { .. } => {}

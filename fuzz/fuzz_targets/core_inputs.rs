@@ -141,6 +141,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
     let mut written = Vec::new();
+    let mut restarted = Vec::new();
     while let Some(output) = broker.poll_output() {
         match output {
             Output::Transmit { conn, bytes } => {
@@ -186,8 +187,23 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
                     );
                 }
             }
-            Output::Event(_) | Output::Control(_) | Output::BridgeConnect { .. } => {}
+            Output::Control { req_id, action } => {
+                if action == tidemq_core::admin::ControlAction::Restart {
+                    restarted.push(req_id);
+                }
+            }
+            Output::Event(_) | Output::BridgeConnect { .. } => {}
         }
+    }
+    // The restart "was done", every other one in part.
+    for (i, req_id) in restarted.into_iter().enumerate() {
+        let result = if i % 2 == 0 {
+            Ok(())
+        } else {
+            Err("in part".to_owned())
+        };
+        broker.handle_input(Instant(now), Input::ControlDone { req_id, result });
+        drain(broker, model, now);
     }
     // The configuration file "was written": the set-configuration completes.
     for req_id in written {

@@ -19,10 +19,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::config_file::{self, ConfigInputs, Loaded};
 use crate::conn::{self, AcceptContext, ConnEvent, ConnIo, WriterCmd};
+use crate::health::{Readiness, StoreState};
 use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
 use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
 use crate::net::{Listener, Network, TokioNet};
+use crate::notify::{Notifier, Watchdog};
 use crate::store::{self, StoreEvent};
 use crate::tls::{self, SharedTls};
 
@@ -78,6 +80,8 @@ pub struct Server {
     seed: u64,
     control: Option<mpsc::UnboundedReceiver<Control>>,
     origin: Option<ConfigOrigin>,
+    readiness: Arc<Readiness>,
+    notifier: Notifier,
 }
 
 /// A broker running in the background (for tests and embedding).
@@ -241,11 +245,19 @@ impl Server {
             listeners,
             http,
             tls,
+            readiness: Arc::new(Readiness::new(config.persistence.enable)),
             config,
             seed,
             control: None,
             origin: None,
+            notifier: Notifier::default(),
         })
+    }
+
+    /// Reports start-up, reloads, shutdown and watchdog pings to the service manager.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Server {
+        self.notifier = notifier;
+        self
     }
 
     /// Records where the configuration came from (enables reload, restart and req 12).
@@ -324,23 +336,34 @@ impl Server {
             tls: self.tls,
             http: None,
             stop_requested: false,
+            http_settings: None,
+            restart_replies: Vec::new(),
+            last_rejection: None,
             reload_requested: false,
             store: None,
             store_failed: None,
+            readiness: self.readiness,
+            notifier: self.notifier,
         };
+        // Served from the start, so /readyz answers (503) during a long recovery; /api/v1
+        // waits for the restore.
+        if let Some(listener) = self.http {
+            driver.start_http(listener)?;
+        }
         let mut store_thread = None;
         if driver.broker.config().persistence.enable {
             store_thread = Some(driver.open_store(now()).await?);
         }
+        driver.readiness.set_core_restored();
         let texts = wanted_listeners(driver.broker.config());
         for (url, listener) in self.listeners {
             let text = texts.get(&url.transport).cloned().unwrap_or_default();
             driver.start_listener(url, &text, listener);
         }
-        if let Some(listener) = self.http {
-            driver.start_http(listener)?;
-        }
+        driver.readiness.set_listeners_bound();
         driver.input(now(), Input::WallClock { unix_ms: unix_ms() });
+        driver.notifier.ready("running");
+        let mut watchdog = Watchdog::new(&driver.notifier);
         let mut wall_tick = tokio::time::interval(Duration::from_secs(60));
         tokio::pin!(shutdown);
         loop {
@@ -363,15 +386,28 @@ impl Server {
                 }
                 Some(call) = admin.recv() => driver.admin(now(), call),
                 Some(request) = recv_control(&mut control) => match request {
-                    Control::Reconfigure(config) => driver.reconfigure(now(), *config).await,
+                    Control::Reconfigure(config) => {
+                        if let Err(why) = driver.reconfigure(now(), *config).await {
+                            warn!("configuration not wholly applied: {why}");
+                        }
+                    }
                     Control::Reload => driver.reload_requested = true,
                 },
                 () = sleep_until(deadline) => driver.input(now(), Input::Timeout),
                 _ = wall_tick.tick() => driver.input(now(), Input::WallClock { unix_ms: unix_ms() }),
+                // Only wakes the loop: the ping below is sent by a loop that still turns.
+                () = watchdog.wait() => {}
             }
+            watchdog.ping_if_due(&driver.notifier);
             if driver.reload_requested {
                 driver.reload_requested = false;
-                driver.reload(now()).await;
+                driver.notifier.reloading();
+                let outcome = driver.reload(now()).await;
+                driver.notifier.reloaded(&outcome);
+                for req_id in std::mem::take(&mut driver.restart_replies) {
+                    let result = outcome.clone();
+                    driver.input(now(), Input::ControlDone { req_id, result });
+                }
             }
             if driver.stop_requested {
                 // Let the admin API's reply reach the wire before everything stops.
@@ -386,6 +422,8 @@ impl Server {
             }
         }
         info!("shutting down");
+        driver.readiness.set_draining();
+        driver.notifier.stopping();
         driver.input(now(), Input::Shutdown);
         let store_failed = driver.store_failed.take();
         // Closing the channel lets the store commit what it has and stop.
@@ -450,12 +488,21 @@ struct Driver {
     listeners: BTreeMap<Transport, (String, JoinHandle<()>)>,
     tls: Option<SharedTls>,
     http: Option<JoinHandle<()>>,
+    /// The admin server's settings, changed in place when its address stays.
+    http_settings: Option<tokio::sync::watch::Sender<Arc<HttpSettings>>>,
     stop_requested: bool,
     reload_requested: bool,
+    /// Admin req 10 restarts waiting for the reload's outcome.
+    restart_replies: Vec<u64>,
+    /// Why the core refused the last configuration it was given.
+    last_rejection: Option<String>,
     /// The store thread's queue, when persistence is on.
     store: Option<std::sync::mpsc::Sender<store::StoreCmd>>,
     /// Why the store stopped, if it did: the process then exits with this error.
     store_failed: Option<String>,
+    /// For the health endpoints.
+    readiness: Arc<Readiness>,
+    notifier: Notifier,
 }
 
 impl Driver {
@@ -488,10 +535,13 @@ impl Driver {
         if let Some(old) = self.http.take() {
             old.abort();
         }
+        let (tx, rx) = tokio::sync::watch::channel(settings);
+        self.http_settings = Some(tx);
         self.http = Some(tokio::spawn(http::serve(
             listener,
             self.admin_tx.clone(),
-            settings,
+            rx,
+            self.readiness.clone(),
         )));
         Ok(())
     }
@@ -544,6 +594,8 @@ impl Driver {
             Event::Store(StoreEvent::Done { upto }) => self.input(now, Input::PersistDone { upto }),
             Event::Store(StoreEvent::SnapshotWanted) => self.input(now, Input::SnapshotRequest),
             Event::Store(StoreEvent::Failed { error }) => {
+                self.readiness.set_store(StoreState::Failed);
+                self.notifier.status(&format!("store failed: {error}"));
                 self.input(
                     now,
                     Input::PersistFailed {
@@ -609,13 +661,15 @@ impl Driver {
         let started = std::time::Instant::now();
         let dir = config.data_dir.clone();
         let opening = config.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let fs = store::FsDir::open(&opening.data_dir)
-                .map_err(|e| format!("persistence.data_dir {}: {e}", opening.data_dir))?;
-            store::Journal::open(Box::new(fs), &opening)
-        })
-        .await
-        .map_err(io::Error::other)?;
+        let opened = self
+            .notifier
+            .while_recovering(tokio::task::spawn_blocking(move || {
+                let fs = store::FsDir::open(&opening.data_dir)
+                    .map_err(|e| format!("persistence.data_dir {}: {e}", opening.data_dir))?;
+                store::Journal::open(Box::new(fs), &opening)
+            }))
+            .await
+            .map_err(io::Error::other)?;
         let (journal, recovered, report) =
             opened.map_err(|e| io::Error::other(format!("store {dir}: {e}")))?;
         for s in &report.salvaged {
@@ -645,6 +699,7 @@ impl Driver {
             recovered,
             unix_ms(),
         );
+        self.readiness.set_store(StoreState::Recovered);
         self.drain(now);
         Ok(thread)
     }
@@ -725,9 +780,23 @@ impl Driver {
                         self.events_tx.clone(),
                     ));
                 }
-                Output::Control(ControlAction::Stop) => self.stop_requested = true,
-                Output::Control(ControlAction::Restart) => self.reload_requested = true,
-                Output::Event(event) => log_event(event),
+                Output::Control {
+                    action: ControlAction::Stop,
+                    ..
+                } => self.stop_requested = true,
+                Output::Control {
+                    req_id,
+                    action: ControlAction::Restart,
+                } => {
+                    self.reload_requested = true;
+                    self.restart_replies.push(req_id);
+                }
+                Output::Event(event) => {
+                    if let BrokerEvent::ConfigRejected { error } = &event {
+                        self.last_rejection = Some(error.to_string());
+                    }
+                    log_event(event)
+                }
                 Output::Persist { upto, records } => {
                     if let Some(store) = &self.store {
                         let _ = store.send(store::StoreCmd::Persist { upto, records });
@@ -742,11 +811,12 @@ impl Driver {
         }
     }
 
-    /// Re-reads the configuration files and applies them (SIGHUP, req 10 restart).
-    async fn reload(&mut self, now: Instant) {
+    /// Re-reads the configuration files and applies them (SIGHUP, req 10 restart). The
+    /// error says what did not take effect (all of it when the files were refused).
+    async fn reload(&mut self, now: Instant) -> Result<(), String> {
         let Some(origin) = self.origin.as_mut() else {
             warn!("reload requested, but the broker was not started from a configuration file");
-            return;
+            return Err("not started from a configuration file".to_owned());
         };
         if let Some(path) = origin
             .pid_file
@@ -763,10 +833,21 @@ impl Driver {
                 for w in &warnings {
                     warn!("{w}");
                 }
-                self.reconfigure(now, config).await;
-                info!("configuration reloaded");
+                match self.reconfigure(now, config).await {
+                    Ok(()) => {
+                        info!("configuration reloaded");
+                        Ok(())
+                    }
+                    Err(why) => {
+                        error!("configuration reloaded in part: {why}");
+                        Err(why)
+                    }
+                }
             }
-            Err(e) => error!("reload failed, keeping the running configuration: {e}"),
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                Err(e.to_string())
+            }
         }
     }
 
@@ -774,15 +855,20 @@ impl Driver {
     /// nothing here. Then what it accepted is put in force: TLS certificates are reloaded,
     /// listeners whose address changed are rebound, the admin API and the log level follow.
     /// What cannot be put in force (a certificate that does not load, an address that cannot
-    /// be bound) stays as it was, and the core is told so that its configuration is the one
-    /// in force.
-    async fn reconfigure(&mut self, now: Instant, config: Config) {
+    /// be bound) stays as it was, the core is told so that its configuration is the one in
+    /// force, and the error lists it.
+    async fn reconfigure(&mut self, now: Instant, config: Config) -> Result<(), String> {
         let previous = self.broker.config().clone();
+        self.last_rejection = None;
         self.input(now, Input::ConfigChange(Box::new(config.clone())));
         if *self.broker.config() != config {
-            // Refused; the core said why (ConfigRejected).
-            return;
+            let why = self
+                .last_rejection
+                .take()
+                .unwrap_or_else(|| "refused by the broker".to_owned());
+            return Err(format!("nothing applied: {why}"));
         }
+        let mut problems: Vec<String> = Vec::new();
         let mut in_force = config;
         let wanted = wanted_listeners(&in_force);
         if wanted.keys().any(|t| t.uses_tls()) {
@@ -794,6 +880,7 @@ impl Driver {
                 },
                 Err(e) => {
                     error!("TLS not reloaded, keeping the previous certificate and settings: {e}");
+                    problems.push(format!("tls: {e}"));
                     in_force.tls = previous.tls.clone();
                 }
             }
@@ -823,6 +910,7 @@ impl Driver {
                 Ok((parsed, listener)) => self.start_listener(parsed, &url, listener),
                 Err(e) => {
                     error!("{e}; keeping the previous listener");
+                    problems.push(format!("{} listener: {e}", transport.name()));
                     match transport {
                         Transport::Tcp => in_force.url = previous.url.clone(),
                         Transport::Tls => in_force.tls.url = previous.tls.url.clone(),
@@ -834,31 +922,8 @@ impl Driver {
                 }
             }
         }
-        let old_http = &previous.http_server;
-        let new_http = &in_force.http_server;
-        if old_http.enable != new_http.enable
-            || old_http.port != new_http.port
-            || old_http.ip_addr != new_http.ip_addr
-            || old_http.auth_type != new_http.auth_type
-            || old_http.jwt_public_keyfile != new_http.jwt_public_keyfile
-            || old_http.max_body != new_http.max_body
-            || old_http.limit_conn != new_http.limit_conn
-        {
-            let rebound = match bind_http(self.net.as_ref(), &in_force).await {
-                Ok(Some(listener)) => self.start_http(listener),
-                Ok(None) => {
-                    if let Some(old) = self.http.take() {
-                        old.abort();
-                        info!("admin API stopped");
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = rebound {
-                error!("{e}; keeping the admin API as it was");
-                in_force.http_server = previous.http_server.clone();
-            }
+        if let Err(e) = self.reconfigure_http(&previous, &mut in_force).await {
+            problems.push(format!("admin API: {e}"));
         }
         for key in previous.restart_required(&in_force) {
             if !matches!(key, "url" | "http_server" | "tls" | "websocket") {
@@ -872,6 +937,69 @@ impl Driver {
         }
         if *self.broker.config() != in_force {
             self.input(now, Input::ConfigChange(Box::new(in_force)));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The admin server follows the configuration: a new address is bound before the old
+    /// one is let go (and kept if it cannot be); everything else (limits, the JWT key) is
+    /// changed in place, so a reload on the same address never needs a rebind. Credentials
+    /// are the core's: nothing to do here.
+    async fn reconfigure_http(
+        &mut self,
+        previous: &Config,
+        in_force: &mut Config,
+    ) -> io::Result<()> {
+        let (old, new) = (&previous.http_server, &in_force.http_server);
+        let moved = old.enable != new.enable || old.port != new.port || old.ip_addr != new.ip_addr;
+        if moved {
+            let rebound = match bind_http(self.net.as_ref(), in_force).await {
+                Ok(Some(listener)) => self.start_http(listener),
+                Ok(None) => {
+                    if let Some(old) = self.http.take() {
+                        old.abort();
+                        info!("admin API stopped");
+                    }
+                    self.http_settings = None;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = rebound {
+                error!("{e}; the admin API stays where it was");
+                let (enable, ip_addr, port) = (old.enable, old.ip_addr.clone(), old.port);
+                in_force.http_server.enable = enable;
+                in_force.http_server.ip_addr = ip_addr;
+                in_force.http_server.port = port;
+                self.update_http_settings(previous, in_force)?;
+                return Err(e);
+            }
+            return Ok(());
+        }
+        self.update_http_settings(previous, in_force)
+    }
+
+    fn update_http_settings(&mut self, previous: &Config, in_force: &mut Config) -> io::Result<()> {
+        let Some(tx) = &self.http_settings else {
+            return Ok(());
+        };
+        match http_settings(in_force) {
+            Ok(settings) => {
+                tx.send_replace(settings);
+                Ok(())
+            }
+            Err(e) => {
+                // A JWT key that does not load: the API keeps verifying with the old one.
+                error!("{e}; the admin API keeps its previous authentication settings");
+                in_force.http_server.auth_type = previous.http_server.auth_type;
+                in_force.http_server.jwt_public_keyfile =
+                    previous.http_server.jwt_public_keyfile.clone();
+                Err(e)
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The admin HTTP server (hyper, HTTP/1.1). It only carries requests: the body, the
 //! `Authorization` header and a JWT verdict go to the core as one input; the core's reply
-//! comes back as status and JSON.
+//! comes back as status and JSON. The health endpoints (`/healthz`, `/readyz`, `/status`)
+//! are answered here from [`Readiness`], without credentials and without the core.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ use serde::Deserialize;
 use tidemq_core::admin::{Credentials, JwtVerdict, scheme_token};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
+
+use crate::health::{self, Readiness};
 
 /// One admin request on its way to the core, with the channel for its answer. A request
 /// is authorized from its head first; only then is its body read and sent.
@@ -116,7 +119,9 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// authenticated slots, so clients that never authenticate cannot lock real ones out.
 struct Slots {
     open: Arc<Semaphore>,
-    authenticated: Arc<Semaphore>,
+    /// Replaced (not resized) when `limit_conn` changes: connections keep the permit they
+    /// hold on the old one until they close.
+    authenticated: std::sync::Mutex<(usize, Arc<Semaphore>)>,
     per_address: std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, usize>>,
 }
 
@@ -140,6 +145,14 @@ impl Drop for AddressClaim {
 }
 
 impl Slots {
+    fn resize(&self, limit: usize) {
+        if let Ok(mut held) = self.authenticated.lock()
+            && held.0 != limit
+        {
+            *held = (limit, Arc::new(Semaphore::new(limit)));
+        }
+    }
+
     fn claim_address(self: &Arc<Slots>, ip: std::net::IpAddr) -> Option<AddressClaim> {
         let mut map = self.per_address.lock().ok()?;
         let n = map.entry(ip).or_insert(0);
@@ -164,11 +177,14 @@ struct ConnState {
 pub(crate) async fn serve(
     listener: Box<dyn crate::net::Listener>,
     calls: mpsc::Sender<AdminCall>,
-    settings: Arc<HttpSettings>,
+    settings: tokio::sync::watch::Receiver<Arc<HttpSettings>>,
+    readiness: Arc<Readiness>,
 ) {
+    let host: Arc<str> = health::host_name().into();
+    let limit = settings.borrow().limit_conn.max(1);
     let slots = Arc::new(Slots {
         open: Arc::new(Semaphore::new(MAX_OPEN)),
-        authenticated: Arc::new(Semaphore::new(settings.limit_conn.max(1))),
+        authenticated: std::sync::Mutex::new((limit, Arc::new(Semaphore::new(limit)))),
         per_address: Default::default(),
     });
     let mut refused = RefusalLog::default();
@@ -190,8 +206,12 @@ pub(crate) async fn serve(
             continue;
         };
         let calls = calls.clone();
-        let settings = settings.clone();
+        // A reload may have changed the settings: each connection takes the latest.
+        let settings = settings.borrow().clone();
+        slots.resize(settings.limit_conn.max(1));
         let slots = slots.clone();
+        let readiness = readiness.clone();
+        let host = host.clone();
         tokio::spawn(async move {
             let _held = (open, claim);
             let state = Arc::new(ConnState::default());
@@ -200,8 +220,14 @@ pub(crate) async fn serve(
                 let settings = settings.clone();
                 let slots = slots.clone();
                 let state = state.clone();
+                let readiness = readiness.clone();
+                let host = host.clone();
                 async move {
-                    Ok::<_, Infallible>(handle(req, peer, &calls, &settings, &slots, &state).await)
+                    // Health first: no credentials, no core, no body.
+                    if let Some(reply) = health::endpoint(req.uri().path(), &readiness, &host) {
+                        return Ok::<_, Infallible>(health_response(req.method(), reply));
+                    }
+                    Ok(handle(req, peer, &calls, &settings, &slots, &state, &readiness).await)
                 }
             });
             let conn = http1::Builder::new()
@@ -252,6 +278,29 @@ fn json_response(
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
+    response
+}
+
+/// A health endpoint's answer; they only read, so only GET and HEAD.
+fn health_response(method: &hyper::Method, reply: health::HealthReply) -> Response<Full<Bytes>> {
+    if method != hyper::Method::GET && method != hyper::Method::HEAD {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"method not allowed")));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+            .headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    // Probes want the state now, never a cached one.
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     response
 }
 
@@ -314,10 +363,20 @@ async fn handle(
     settings: &HttpSettings,
     slots: &Slots,
     state: &ConnState,
+    readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path != "/api/v1" && path != "/api/v1/" {
         return plain_error(404, 102, "not found: the API is at /api/v1");
+    }
+    // The admin listener serves health during recovery; the core takes no request before
+    // it holds the recovered state.
+    if !readiness.core_restored() {
+        return plain_error(
+            503,
+            102,
+            "the broker is starting: its store is being recovered",
+        );
     }
     if cross_origin(&req) {
         return plain_error(403, 102, "cross-origin request refused");
@@ -346,7 +405,11 @@ async fn handle(
     if let Ok(mut held) = state.authenticated.lock()
         && held.is_none()
     {
-        match slots.authenticated.clone().try_acquire_owned() {
+        let semaphore = match slots.authenticated.lock() {
+            Ok(held) => held.1.clone(),
+            Err(_) => return plain_error(500, 102, "admin API state poisoned"),
+        };
+        match semaphore.try_acquire_owned() {
             Ok(permit) => *held = Some(permit),
             Err(_) => {
                 debug!(%peer, "admin API request refused: http_server.limit_conn reached");

@@ -1,5 +1,5 @@
-//! Logs through `tracing`: to the console and/or a size-rotated file, with a level that a
-//! reload can change.
+//! Logs through `tracing`: to the console and/or a size-rotated file, as text or as one JSON
+//! object per line, with a level that a reload can change.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -29,6 +29,42 @@ impl LogHandle {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message`, fields, `target`), for
+    /// log collectors.
+    Json,
+}
+
+/// The environment variable that chooses the format until `log.format` exists.
+pub const FORMAT_ENV: &str = "TIDEMQ_LOG_FORMAT";
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?}: expected text or json")),
+        }
+    }
+}
+
+impl LogFormat {
+    /// The format `TIDEMQ_LOG_FORMAT` asks for (text when unset); an unknown value is an error.
+    pub fn from_env(env: &std::collections::BTreeMap<String, String>) -> Result<LogFormat, String> {
+        match env.get(FORMAT_ENV) {
+            Some(v) if !v.trim().is_empty() => v.parse().map_err(|e| format!("{FORMAT_ENV}: {e}")),
+            _ => Ok(LogFormat::Text),
+        }
+    }
+}
+
 /// NanoMQ's `fatal` is `error` here.
 fn level_directive(level: &str) -> &str {
     match level {
@@ -38,37 +74,64 @@ fn level_directive(level: &str) -> &str {
 }
 
 /// Sets up the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
-pub fn init(config: &LogConfig) -> Result<LogHandle, String> {
+pub fn init(config: &LogConfig, format: LogFormat) -> Result<LogHandle, String> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level_directive(&config.level)))
         .map_err(|e| format!("log.level: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     let to_console = config.to.iter().any(|t| t == "console" || t == "syslog");
     let to_file = config.to.iter().any(|t| t == "file");
-    let console = to_console.then(|| {
+    let json = format == LogFormat::Json;
+    let console = (to_console && !json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
     });
+    let console_json = (to_console && json).then(|| json_layer().with_writer(io::stderr));
     let file = if to_file {
         let path = PathBuf::from(&config.dir).join(&config.file);
-        let writer = RotatingFile::open(path, config.rotation_size, config.rotation_count)
-            .map_err(|e| format!("log file: {e}"))?;
         Some(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_ansi(false),
+            RotatingFile::open(path, config.rotation_size, config.rotation_count)
+                .map_err(|e| format!("log file: {e}"))?,
         )
     } else {
         None
     };
+    let file_json = file
+        .clone()
+        .filter(|_| json)
+        .map(|writer| json_layer().with_writer(writer));
+    let file_text = file.filter(|_| !json).map(|writer| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false)
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(console)
-        .with(file)
+        .with(console_json)
+        .with(file_text)
+        .with(file_json)
         .try_init()
         .map_err(|e| e.to_string())?;
     Ok(LogHandle { filter: handle })
+}
+
+/// JSON lines with the event's fields at the top level (`message` among them), so a
+/// collector finds `level` and `message` without digging.
+fn json_layer<S>() -> tracing_subscriber::fmt::Layer<
+    S,
+    tracing_subscriber::fmt::format::JsonFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
 }
 
 /// A log file that moves to `.1`, `.2`, ... when it reaches its size limit.
@@ -170,5 +233,32 @@ impl<'a> MakeWriter<'a> for RotatingFile {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_from_the_environment() {
+        let env = |v: &str| {
+            [(FORMAT_ENV.to_owned(), v.to_owned())]
+                .into_iter()
+                .collect()
+        };
+        assert_eq!(
+            LogFormat::from_env(&Default::default()),
+            Ok(LogFormat::Text)
+        );
+        assert_eq!(LogFormat::from_env(&env("json")), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::from_env(&env(" JSON ")), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::from_env(&env("text")), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::from_env(&env("")), Ok(LogFormat::Text));
+        let err = LogFormat::from_env(&env("xml")).unwrap_err();
+        assert!(
+            err.contains("TIDEMQ_LOG_FORMAT") && err.contains("xml"),
+            "{err}"
+        );
     }
 }

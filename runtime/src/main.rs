@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tidemq_runtime::config_file::{self, ConfigInputs, Loaded};
-use tidemq_runtime::{ConfigOrigin, Control, Server, auth, logging, pidfile};
+use tidemq_runtime::notify::Notifier;
+use tidemq_runtime::{ConfigOrigin, Control, Server, auth, health, logging, pidfile};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -38,6 +39,22 @@ enum Command {
     /// Add, change (-c: create) or delete (-D) a user in a Mosquitto-format password file;
     /// new passwords are stored as argon2id hashes.
     Passwd(PasswdArgs),
+    /// Ask the running broker whether it is ready (GET /readyz on the admin API); exit 0 if
+    /// it is, 1 otherwise. For container health checks: needs no curl.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args, Clone)]
+struct HealthcheckArgs {
+    /// What to ask, e.g. http://127.0.0.1:8081/readyz [default: /readyz on the configured
+    /// http_server address, loopback for a wildcard address].
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Seconds each step (connect, send, read) may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    timeout: u64,
+    #[command(flatten)]
+    file: FileArgs,
 }
 
 #[derive(Args, Clone)]
@@ -301,6 +318,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Healthcheck(args) => healthcheck(&args, &env),
         Command::Passwd(args) => {
             let action = if args.delete {
                 auth::PasswdAction::Delete
@@ -341,7 +359,15 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
             }
         };
     }
-    let log = match logging::init(&config.log) {
+    // Until the configuration has `log.format`, the environment chooses.
+    let format = match logging::LogFormat::from_env(env) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("tidemq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = match logging::init(&config.log, format) {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("tidemq: cannot set up logging: {e}");
@@ -389,7 +415,10 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
         log: Some(log),
     };
     let result = runtime.block_on(async move {
-        let mut server = Server::bind(config, os_seed()).await?.with_origin(origin);
+        let mut server = Server::bind(config, os_seed())
+            .await?
+            .with_origin(origin)
+            .with_notifier(Notifier::from_env());
         let control = server.control();
         // Installed before serving, so an early SIGHUP reloads instead of killing us.
         let mut hangups = hangup_signals()?;
@@ -409,6 +438,53 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tidemq healthcheck`: exit 0 when the broker answers 200 on /readyz.
+fn healthcheck(args: &HealthcheckArgs, env: &BTreeMap<String, String>) -> ExitCode {
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => {
+            let inputs = ConfigInputs {
+                source: config_file::find_source(
+                    args.file.conf.as_deref(),
+                    args.file.old_conf.as_deref(),
+                    env,
+                ),
+                flags: Vec::new(),
+            };
+            match config_file::load(&inputs, env) {
+                Ok(Loaded { config, .. }) if config.http_server.enable => {
+                    health::readyz_url(&config.http_server.ip_addr, config.http_server.port)
+                }
+                Ok(_) => {
+                    eprintln!(
+                        "tidemq healthcheck: the admin API is off (http_server.enable = false); \
+                         give --url"
+                    );
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("tidemq healthcheck: invalid configuration: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    match health::probe(&url, Duration::from_secs(args.timeout.max(1))) {
+        Ok((200, body)) => {
+            println!("{url}: 200 {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{url}: {status} {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{url}: {e}");
             ExitCode::FAILURE
         }
     }

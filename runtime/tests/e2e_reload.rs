@@ -281,3 +281,84 @@ fn a_listener_that_cannot_bind_stops_start_up_naming_it() {
         "{err}"
     );
 }
+
+fn admin(port: u16, user_pass: &str, body: &str) -> (u16, String) {
+    let out = run(tool("curl").args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "10",
+        "-u",
+        user_pass,
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{port}/api/v1"),
+        "--data-binary",
+        body,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A reload that changes the admin credentials (and settings such as `limit_conn`) on the same
+/// address applies them without a rebind; a req 10 restart whose configuration does not wholly
+/// take effect says so in its reply.
+#[test]
+fn reload_changes_admin_credentials_on_the_same_port_and_restart_reports_what_failed() {
+    let dir = Dir::new("reload-admin");
+    let (port, http) = (free_port(), free_port());
+    let conf = dir.file("nanomq.conf");
+    let pid = dir.file("tidemq.pid");
+    let write = |user: &str, pass: &str, extra: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "listeners.tcp.bind = \"127.0.0.1:{port}\"\nhttp_server {{\n  port = {http}\n  username = {user}\n  password = {pass}\n  limit_conn = {}\n}}\n{extra}",
+                if user == "admin" { 32 } else { 8 }
+            ),
+        )
+        .unwrap();
+    };
+    write("admin", "public", "");
+    let broker = start(&conf, &pid, &dir.file("broker.log"), port);
+    let info = r#"{"req": 2, "seq": 1}"#;
+    assert_eq!(admin(http, "admin:public", info).0, 200);
+
+    write("root", "n3w", "");
+    let out = run(Command::new(TIDEMQ)
+        .args(["reload", "--pid_file"])
+        .arg(&pid));
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the reload", Duration::from_secs(10), || {
+        broker.log().contains("configuration reloaded")
+    });
+    assert_eq!(admin(http, "admin:public", info).0, 401);
+    assert_eq!(admin(http, "root:n3w", info).0, 200);
+
+    // TLS with a certificate that does not exist: the rest applies, the reply says what not.
+    write(
+        "root",
+        "n3w",
+        &format!(
+            "listeners.ssl {{\n  bind = \"127.0.0.1:{}\"\n  keyfile = \"/nonexistent/key.pem\"\n  certfile = \"/nonexistent/cert.pem\"\n}}\nmqtt.max_mqueue_len = 77\n",
+            free_port()
+        ),
+    );
+    let (status, body) = admin(
+        http,
+        "root:n3w",
+        r#"{"req": 10, "seq": 9, "action": "restart"}"#,
+    );
+    assert_eq!(status, 500, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["code"], 102, "{body}");
+    assert_eq!(reply["seq"], 9);
+    assert!(reply["message"].as_str().unwrap().contains("tls"), "{body}");
+    assert!(broker.log().contains("configuration reloaded in part"));
+    let (_, shown) = admin(http, "root:n3w", r#"{"req": 11, "seq": 2}"#);
+    assert!(shown.contains("\"msq_len\":77"), "{shown}");
+}

@@ -293,6 +293,21 @@ pub enum Ev {
         ok: bool,
     },
     AdminControl,
+    /// A request head sent before its body (`Input::AdminAuthorize`), as the runtime does;
+    /// `auth_ok` as for [`Ev::AdminReq`].
+    AdminHead {
+        req_id: u64,
+        auth_ok: bool,
+    },
+    /// The broker let the head's body be read.
+    AdminAuthorized {
+        req_id: u64,
+    },
+    /// The simulated runtime finished re-reading the configuration for a req 10 restart.
+    AdminRestarted {
+        req_id: u64,
+        ok: bool,
+    },
     /// A configuration change was sent; `valid` by construction.
     ConfigSent {
         valid: bool,

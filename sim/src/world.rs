@@ -102,6 +102,10 @@ pub struct World {
     next_req: u64,
     /// Set-configuration writes to answer: (when, req id, succeed).
     writes: Vec<(u64, u64, bool)>,
+    /// Req 10 restarts to answer: (when, req id, applied wholly).
+    restarts: Vec<(u64, u64, bool)>,
+    /// Request heads the broker authorized (their bodies may be sent).
+    authorized: std::collections::BTreeSet<u64>,
     /// The admin password in force, as far as the sim knows.
     password: String,
     /// The password a configuration change being fed would bring.
@@ -180,6 +184,8 @@ impl World {
             next_admin: 500,
             next_req: 1,
             writes: Vec::new(),
+            restarts: Vec::new(),
+            authorized: std::collections::BTreeSet::new(),
             password: knobs.config.http_server.password.clone(),
             sent_password: None,
             pre_event: None,
@@ -512,15 +518,24 @@ impl World {
                 body: String::from_utf8_lossy(&body).into_owned(),
                 challenge: challenge.is_some(),
             }),
-            // The simulated admin client sends whole requests (`Input::Admin`) only.
-            Output::AdminAuthorized { .. } => {}
+            Output::AdminAuthorized { req_id } => {
+                self.trace.push(Ev::AdminAuthorized { req_id });
+                self.authorized.insert(req_id);
+            }
             Output::WriteConfig { req_id, .. } => {
                 self.trace.push(Ev::AdminWrite { req_id });
                 let at = self.now + self.admin_rng.range(0, 2_000);
                 let ok = self.admin_rng.chance(700);
                 self.writes.push((at, req_id, ok));
             }
-            Output::Control(_) => self.trace.push(Ev::AdminControl),
+            Output::Control { req_id, action } => {
+                self.trace.push(Ev::AdminControl);
+                if action == tidemq_core::admin::ControlAction::Restart {
+                    let at = self.now + self.admin_rng.range(0, 500);
+                    let ok = self.admin_rng.chance(800);
+                    self.restarts.push((at, req_id, ok));
+                }
+            }
             Output::Persist { upto, records } => {
                 let recs = records.iter().map(|r| self.summarize(r)).collect();
                 self.trace.push(Ev::Persist { upto, recs });
@@ -696,6 +711,26 @@ impl World {
             }
         };
         let auth_ok = auth_ok || self.knobs.config.http_server.auth_type == HttpAuthType::NoAuth;
+        // As the runtime does: the head first, the body only once authorized. Now and then
+        // the body comes alone, as from a runtime that skipped the head: the core checks again.
+        if !self.admin_rng.chance(125) {
+            let head = self.next_req;
+            self.next_req += 1;
+            self.pre_event = Some(Ev::AdminHead {
+                req_id: head,
+                auth_ok,
+            });
+            self.feed(Input::AdminAuthorize {
+                req_id: head,
+                credentials: Credentials {
+                    authorization: authorization.clone(),
+                    jwt,
+                },
+            });
+            if !self.authorized.remove(&head) {
+                return;
+            }
+        }
         let req_id = self.next_req;
         self.next_req += 1;
         self.pre_event = Some(Ev::AdminReq {
@@ -753,6 +788,20 @@ impl World {
         let now = self.now;
         let (due, later): (Vec<_>, Vec<_>) = self.writes.drain(..).partition(|w| w.0 <= now);
         self.writes = later;
+        let (restarted, later): (Vec<_>, Vec<_>) =
+            self.restarts.drain(..).partition(|w| w.0 <= now);
+        self.restarts = later;
+        for (_, req_id, ok) in restarted {
+            self.pre_event = Some(Ev::AdminRestarted { req_id, ok });
+            self.feed(Input::ControlDone {
+                req_id,
+                result: if ok {
+                    Ok(())
+                } else {
+                    Err("tls: certificate file not found".to_owned())
+                },
+            });
+        }
         for (_, req_id, ok) in due {
             self.pre_event = Some(Ev::AdminWritten { req_id, ok });
             self.feed(Input::AdminConfigWritten {
@@ -1453,7 +1502,7 @@ impl World {
                 t = t.min(self.next_admin);
             }
         }
-        for w in &self.writes {
+        for w in self.writes.iter().chain(&self.restarts) {
             t = t.min(w.0);
         }
         t.max(self.now)

@@ -542,6 +542,48 @@ fn i13_catches_fail_open_and_invalid_config_taking_effect() {
 }
 
 #[test]
+fn i13_catches_a_request_head_authorized_with_wrong_credentials() {
+    let refused_head = |e: &Ev| matches!(e, Ev::AdminHead { auth_ok: false, .. });
+    let mut out = passing_run(Family::S21, |o| find(o, refused_head).is_some());
+    let i = find(&out, refused_head).unwrap();
+    let Ev::AdminHead { req_id, .. } = out.trace.entries[i].ev else {
+        unreachable!()
+    };
+    for e in &mut out.trace.entries {
+        if matches!(&e.ev, Ev::AdminReply { req_id: r, .. } if *r == req_id) {
+            e.ev = Ev::AdminAuthorized { req_id };
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+}
+
+#[test]
+fn i13_catches_a_restart_reply_that_hides_what_did_not_apply() {
+    let partial = |e: &Ev| matches!(e, Ev::AdminRestarted { ok: false, .. });
+    let mut out = passing_run(Family::S21, |o| find(o, partial).is_some());
+    let i = find(&out, partial).unwrap();
+    let Ev::AdminRestarted { req_id, .. } = out.trace.entries[i].ev else {
+        unreachable!()
+    };
+    for e in &mut out.trace.entries {
+        if let Ev::AdminReply {
+            req_id: r,
+            status,
+            body,
+            ..
+        } = &mut e.ev
+            && *r == req_id
+        {
+            *status = 200;
+            *body = "{\"code\":0,\"seq\":1,\"rep\":10}".to_owned();
+        }
+    }
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+}
+
+#[test]
 fn i15_catches_a_counter_off_by_one() {
     let is_info = |e: &Ev| matches!(e, Ev::AdminReply { status: 200, body, .. } if body.contains("\"message_out\""));
     let mut out = passing_run(Family::S21, |o| find(o, is_info).is_some());

@@ -13,6 +13,7 @@ pub const MASK: &str = "******";
 /// V1 result codes.
 pub mod code {
     pub const OK: u16 = 0;
+    pub const UNKNOWN: u16 = 102;
     pub const WRONG_CREDENTIALS: u16 = 103;
     pub const MISSING_CREDENTIALS: u16 = 104;
     pub const MISSING_PARAMETER: u16 = 107;

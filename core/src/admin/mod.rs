@@ -18,7 +18,7 @@ pub use config_v1::{
 };
 pub use v1::{
     ControlAction, Envelope, Request, authenticate, bad_parameter, ok, parse_envelope,
-    parse_request, write_failed,
+    parse_request, restart_incomplete, write_failed,
 };
 
 #[cfg(test)]

@@ -137,6 +137,17 @@ pub fn bad_parameter(env: &Envelope, message: &str) -> Reply {
 }
 
 /// A reply for a configuration that could not be written.
+/// A req 10 restart whose configuration did not (wholly) take effect: 500 + 102, saying what.
+pub fn restart_incomplete(seq: &Value, why: &str) -> Reply {
+    error(
+        500,
+        code::UNKNOWN,
+        seq,
+        Some(10),
+        &format!("the configuration was not fully applied: {why}"),
+    )
+}
+
 pub fn write_failed(seq: &Value, message: &str) -> Reply {
     error(500, code::CONFIG_WRITE_FAILED, seq, Some(12), message)
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::Broker;
-use crate::admin::{self, Credentials, PendingConfig, Reply, Request};
+use crate::admin::{self, ControlAction, Credentials, PendingConfig, Reply, Request};
 use crate::api::{BrokerEvent, Output};
 
 impl Broker {
@@ -29,7 +29,12 @@ impl Broker {
                 Request::GetConfig => admin::ok(seq, 11, Some(admin::config_to_v1(&self.config))),
                 Request::TopicTree => admin::ok(seq, 13, Some(self.topic_tree())),
                 Request::Control(action) => {
-                    self.outputs.push_back(Output::Control(action));
+                    self.outputs.push_back(Output::Control { req_id, action });
+                    if action == ControlAction::Restart {
+                        // Answered once the runtime says what took effect.
+                        self.pending_restart.insert(req_id, seq.clone());
+                        return Err(None);
+                    }
                     admin::ok(seq, 10, None)
                 }
                 Request::SetConfig(data) => {
@@ -65,6 +70,18 @@ impl Broker {
             // Answered when the configuration is written.
             Err(None) => {}
         }
+    }
+
+    /// The runtime re-read and applied the configuration files for a req 10 restart.
+    pub(super) fn control_done(&mut self, req_id: u64, result: Result<(), String>) {
+        let Some(seq) = self.pending_restart.remove(&req_id) else {
+            return;
+        };
+        let reply = match result {
+            Ok(()) => admin::ok(&seq, 10, None),
+            Err(why) => admin::restart_incomplete(&seq, &why),
+        };
+        self.admin_reply(req_id, reply);
     }
 
     fn admin_reply(&mut self, req_id: u64, reply: Reply) {

@@ -258,7 +258,7 @@ impl Harness {
                     Output::AdminReply { .. }
                     | Output::AdminAuthorized { .. }
                     | Output::WriteConfig { .. }
-                    | Output::Control(_)
+                    | Output::Control { .. }
                     | Output::BridgeConnect { .. } => {}
                 }
             }

@@ -35,6 +35,8 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
         by_step.entry(e.step).or_default().push(&e.ev);
     }
     let mut reqs: BTreeMap<u64, Req> = BTreeMap::new();
+    // Request heads: (when, credentials good, answered).
+    let mut heads: BTreeMap<u64, (u64, bool, bool)> = BTreeMap::new();
     let mut last_config: Option<Json> = None;
     let mut changed_since = false;
     let mut end_at = 0;
@@ -85,6 +87,50 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
                         format!("admin request {req_id} (req {req}) had side effects: {effects:?}"),
                     );
                 }
+            }
+            Ev::AdminHead { req_id, auth_ok } => {
+                heads.insert(*req_id, (at, *auth_ok, false));
+            }
+            // A head is authorized at once, and only with good credentials.
+            Ev::AdminAuthorized { req_id } => match heads.get_mut(req_id) {
+                Some((_, auth_ok, answered)) if !*answered => {
+                    *answered = true;
+                    if !*auth_ok {
+                        push(
+                            at,
+                            format!("admin head {req_id}: wrong credentials authorized"),
+                        );
+                    }
+                }
+                _ => push(
+                    at,
+                    format!("admin head {req_id}: authorized twice or unknown"),
+                ),
+            },
+            Ev::AdminReply {
+                req_id,
+                status,
+                body,
+                challenge,
+            } if heads.contains_key(req_id) => {
+                let Some((_, auth_ok, answered)) = heads.get_mut(req_id) else {
+                    continue;
+                };
+                let seq = json::parse(body)
+                    .as_ref()
+                    .and_then(|j| j.get("seq"))
+                    .and_then(Json::int);
+                if *answered || *auth_ok || *status != 401 || !challenge || seq != Some(0) {
+                    push(
+                        at,
+                        format!(
+                            "admin head {req_id} (credentials {}): answered {} with {status} {body}",
+                            if *auth_ok { "good" } else { "bad" },
+                            if *answered { "twice" } else { "once" }
+                        ),
+                    );
+                }
+                *answered = true;
             }
             Ev::AdminReply {
                 req_id,
@@ -176,7 +222,8 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
                     last_config = data;
                     changed_since = false;
                 }
-                if r.step != e.step && r.req != 12 {
+                // A set-configuration waits for its write, a restart for the reload.
+                if r.step != e.step && r.req != 12 && r.req != 10 {
                     push(
                         at,
                         format!("admin request {req_id} (req {}) answered late", r.req),
@@ -198,6 +245,23 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
                         format!(
                             "a {} configuration change got {verdicts:?}",
                             if *valid { "valid" } else { "invalid" }
+                        ),
+                    );
+                }
+            }
+            Ev::AdminRestarted { req_id, ok } => {
+                let status = same_step.iter().find_map(|ev| match ev {
+                    Ev::AdminReply {
+                        req_id: r, status, ..
+                    } if r == req_id => Some(*status),
+                    _ => None,
+                });
+                let want = if *ok { 200 } else { 500 };
+                if status != Some(want) {
+                    push(
+                        at,
+                        format!(
+                            "restart {req_id} (applied: {ok}): answered {status:?}, not {want}"
                         ),
                     );
                 }
@@ -231,6 +295,11 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
         }
     }
     if quiesced {
+        for (id, (at, _, answered)) in &heads {
+            if !answered {
+                push(*at, format!("admin head {id} never answered"));
+            }
+        }
         for (id, r) in &reqs {
             if r.replies == 0 {
                 push(
