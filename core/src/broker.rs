@@ -214,6 +214,7 @@ impl Broker {
             Input::PersistFailed { error } => {
                 if self.store.fail() {
                     self.event(BrokerEvent::StoreFailed { error });
+                    self.cut_held_connections();
                 }
             }
             Input::SnapshotRequest => {

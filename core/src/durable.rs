@@ -396,6 +396,11 @@ impl Durability {
         self.held.get(&conn).map_or(0, |h| h.bytes)
     }
 
+    /// Connections with output waiting for the store.
+    pub fn held_conns(&self) -> Vec<ConnId> {
+        self.held.keys().copied().collect()
+    }
+
     /// Output still waiting for the store goes with its connection.
     pub fn drop_held(&mut self, conn: ConnId) {
         self.held.remove(&conn);

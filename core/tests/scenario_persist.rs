@@ -785,14 +785,97 @@ fn an_ack_waiting_when_the_store_fails_is_never_sent() {
     h.input(Input::PersistFailed {
         error: "fsync: EIO".to_owned(),
     });
-    h.ping(p);
-    h.advance_secs(5);
     h.ping(other);
     assert!(matches!(h.recv_one(other), Packet::PingResp));
     assert!(
         h.recv(p).is_empty(),
         "an acknowledgement whose records never became durable was sent"
     );
+    // Its acknowledgement can never come: the connection is cut (3.1.1: no word), so the
+    // client reconnects and sends again instead of waiting forever.
+    assert!(h.is_closed(p));
+    assert!(!h.is_closed(other));
+}
+
+#[test]
+fn a_v5_connection_waiting_for_a_failed_store_is_told_0x97_and_nothing_else() {
+    let mut h = durable(SyncMode::Fsync);
+    let (s, _) = persistent_v5(&mut h, "s", true);
+    subscribe_durably(&mut h, s, "t", Q1);
+    h.close(s);
+    let p = h.client("p", V5);
+    let before = sent_len(&h, p);
+    h.publish(p, "t", "m", Q1, false);
+    // A later publish with no durable consequence queues behind the held PUBACK.
+    h.publish(p, "elsewhere", "n", Q1, false);
+    assert!(h.recv(p).is_empty());
+    h.input(Input::PersistFailed {
+        error: "fsync: EIO".to_owned(),
+    });
+    assert_eq!(sent_since(&h, p, before), [0xe0, 0x02, 0x97, 0x00]);
+    assert!(h.is_closed(p));
+}
+
+#[test]
+fn after_a_store_failure_unsubscribe_and_pubrel_on_a_stored_session_are_answered() {
+    let mut h = durable(SyncMode::Fsync);
+    let (s, _) = persistent_v5(&mut h, "s", true);
+    subscribe_durably(&mut h, s, "t", Q1);
+    // An inbound QoS 2 message from the stored session, released only after the failure.
+    store_keeping_up(&mut h, |h| {
+        let mut p = publish_msg("x", "m", Q2);
+        p.packet_id = Some(7);
+        h.send(s, &Packet::Publish(p));
+    });
+    assert!(matches!(h.recv_one(s), Packet::PubRec(a) if a.packet_id == 7 && a.reason == 0));
+    h.input(Input::PersistFailed {
+        error: "fsync: EIO".to_owned(),
+    });
+    // UNSUBSCRIBE: refused per filter (the change would not survive a restart).
+    h.send(
+        s,
+        &Packet::Unsubscribe(tidemq_core::codec::Unsubscribe {
+            packet_id: 3,
+            properties: Properties::default(),
+            filters: vec!["t".to_owned()],
+        }),
+    );
+    assert!(
+        matches!(h.recv_one(s), Packet::UnsubAck(u) if u.packet_id == 3 && u.reasons == vec![0x80]),
+        "UNSUBSCRIBE after a store failure not refused"
+    );
+    // PUBREL: its PUBCOMP would need a record the store cannot take; the client is told
+    // (DISCONNECT 0x97) instead of waiting for a PUBCOMP that never comes.
+    let before = sent_len(&h, s);
+    h.send(
+        s,
+        &Packet::PubRel(tidemq_core::codec::Ack::new(
+            7,
+            tidemq_core::codec::reason::SUCCESS,
+        )),
+    );
+    assert_eq!(sent_since(&h, s, before), [0xe0, 0x02, 0x97, 0x00]);
+    assert!(h.is_closed(s));
+}
+
+#[test]
+fn a_takeover_tells_the_old_connection_0x8e_even_when_its_output_waits_for_the_store() {
+    let mut h = durable(SyncMode::Fsync);
+    let (s, _) = persistent_v5(&mut h, "s", true);
+    subscribe_durably(&mut h, s, "t", Q1);
+    h.close(s);
+    let (old, _) = persistent_v5(&mut h, "p", true);
+    let before = sent_len(&h, old);
+    h.publish(old, "t", "m", Q1, false);
+    assert!(h.recv(old).is_empty(), "PUBACK before the store");
+    // The same client id connects again while the PUBACK waits for the store.
+    let (_new, ack) = store_keeping_up(&mut h, |h| {
+        h.connect("p", V5, false, ConnectOpts::default().session_expiry(3600))
+    });
+    assert_eq!(ack.code, 0);
+    // The held PUBACK is not sent (its record may never be durable); the reason is.
+    assert_eq!(sent_since(&h, old, before), [0xe0, 0x02, 0x8e, 0x00]);
+    assert!(h.is_closed(old));
 }
 
 #[test]

@@ -10,14 +10,11 @@ pub struct Violation {
 }
 
 impl Violation {
-    /// A manifestation of a known, reported core bug: listed, but not a failure of the
-    /// sweep until the core is fixed (`persistence_regressions` in `tests/sweep.rs` holds
-    /// seeds that show each one).
-    /// - K1: with persistence, a takeover's DISCONNECT 0x8E is held behind the store with
-    ///   the rest of the input's output and dropped when the old connection closes.
-    /// - K2: with persistence, a QoS 2 message queued in memory (for a session whose
-    ///   window was full) is sent by a later input before the input that accepted it (the
-    ///   publisher's QoS 2 id, the message) is durable.
+    /// A manifestation of a known, reported core bug (an invariant named `K…`): listed, but
+    /// not a failure of the sweep until the core is fixed. None is open: K1 (a takeover's
+    /// DISCONNECT 0x8E dropped with output held for the store) and K2 (a QoS 2 message sent
+    /// before its acceptance was durable, a modelling error at depth) are closed, and their
+    /// seeds are in `persistence_regressions` (`tests/sweep.rs`).
     pub fn known(&self) -> bool {
         self.invariant.starts_with('K')
     }

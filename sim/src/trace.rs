@@ -111,12 +111,18 @@ pub enum Got {
 /// A whole packet the broker wrote to a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Sent {
-    ConnAck { session_present: bool, code: u8 },
+    ConnAck {
+        session_present: bool,
+        code: u8,
+    },
     Publish(Pub),
     Ack(AckKind, u16, u8),
     SubAck(Vec<u8>),
-    UnsubAck,
-    Disconnect { reason: u8 },
+    /// The v5 reason codes (none for 3.1.1).
+    UnsubAck(Vec<u8>),
+    Disconnect {
+        reason: u8,
+    },
     PingResp,
     Other,
 }

@@ -422,7 +422,9 @@ impl World {
                             Packet::SubAck(s) => {
                                 Sent::SubAck(s.reasons.iter().map(|r| r.0).collect())
                             }
-                            Packet::UnsubAck(_) => Sent::UnsubAck,
+                            Packet::UnsubAck(u) => {
+                                Sent::UnsubAck(u.reasons.iter().map(|r| r.0).collect())
+                            }
                             Packet::Disconnect(d) => Sent::Disconnect { reason: d.reason.0 },
                             Packet::PingResp => Sent::PingResp,
                             _ => Sent::Other,

@@ -69,3 +69,31 @@ fn a_subscription_refused_after_a_store_failure_makes_no_durable_subscriber() {
         out.violations
     );
 }
+
+/// A connection whose acknowledgements wait for the store when it fails can never get them:
+/// it is cut with 0x97 at the failure (SIM_SEED=1145831: conn 13's PUBRECs were held, and
+/// its later QoS 1 message was routed while its PUBACK queued behind them forever).
+#[test]
+fn connections_waiting_for_a_failed_store_are_cut_with_quota_exceeded() {
+    let out = run_seed(1_145_831, None);
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    let failed_step = out
+        .trace
+        .entries
+        .iter()
+        .find(|e| matches!(e.ev, Ev::PersistFailed))
+        .map(|e| e.step)
+        .expect("the seed no longer fails its store");
+    let cut = out.trace.entries.iter().any(|e| {
+        e.step == failed_step
+            && matches!(
+                e.ev,
+                Ev::BrokerSent {
+                    conn: 13,
+                    pkt: Sent::Disconnect { reason: 0x97 },
+                    ..
+                }
+            )
+    });
+    assert!(cut, "conn 13 not cut with 0x97 when the store failed");
+}

@@ -196,36 +196,77 @@ impl Broker {
         // The cached range points into a buffer that is about to be handed out.
         self.last_qos0 = None;
         self.flush_records();
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in &dirty {
-            self.flush_conn(*id);
+        self.flush_dirty();
+        self.release_held();
+        // After a store failure, whatever this input left waiting for the store (a PUBCOMP
+        // after a stored session's PUBREL, say) waits for nothing that will come.
+        if self.store.failed() {
+            self.cut_held_connections();
+            self.flush_dirty();
         }
+        self.flush_records();
+    }
+
+    /// One Transmit per connection written to. Closing a connection here (a peer that does
+    /// not read) can write to others (its will): they are flushed too.
+    fn flush_dirty(&mut self) {
         // Messages wait while a reader is slow, but acknowledgements cannot: a peer that
         // keeps sending without reading is cut off before its backlog grows without bound.
         let hard_limit = 2 * self.config.max_write_buffer as usize;
-        for id in &dirty {
-            if self.conns.get(id).is_some_and(|c| c.unwritten > hard_limit) {
-                self.drop_conn(
-                    *id,
-                    CloseReason {
-                        peer_gone: false,
-                        code: reason::QUOTA_EXCEEDED,
-                        notify: false,
-                        will: true,
-                        detail: "not reading: write backlog over twice max_write_buffer".to_owned(),
-                    },
-                );
+        // Each round closes at least one connection or ends: bounded by the connections.
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for id in &dirty {
+                self.flush_conn(*id);
+            }
+            for id in &dirty {
+                if self.conns.get(id).is_some_and(|c| c.unwritten > hard_limit) {
+                    self.drop_conn(
+                        *id,
+                        CloseReason {
+                            peer_gone: false,
+                            code: reason::QUOTA_EXCEEDED,
+                            notify: false,
+                            will: true,
+                            detail: "not reading: write backlog over twice max_write_buffer"
+                                .to_owned(),
+                        },
+                    );
+                }
+            }
+            // Keep the allocation for the next input.
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+                self.dirty.clear();
             }
         }
-        self.dirty = dirty;
-        self.dirty.clear();
-        self.release_held();
-        self.flush_records();
     }
 
     pub(super) fn flush_records(&mut self) {
         if let Some(out) = self.store.flush() {
             self.outputs.push_back(out);
+        }
+    }
+
+    /// After a store failure, output held for the store can never be sent: each connection
+    /// that has some is cut (v5: DISCONNECT 0x97), so its client reconnects and retries
+    /// instead of waiting forever, and nothing more is accepted behind acknowledgements that
+    /// will never come.
+    pub(super) fn cut_held_connections(&mut self) {
+        for id in self.store.held_conns() {
+            if self.conns.contains_key(&id) {
+                self.drop_conn(
+                    id,
+                    CloseReason::error(
+                        reason::QUOTA_EXCEEDED,
+                        "the store failed: acknowledgements waiting for it cannot be sent",
+                    ),
+                );
+            } else if let Some(bridge) = self.bridge_of(id) {
+                self.bridge_link_down(bridge, "the store failed", true);
+            } else {
+                self.store.drop_held(id);
+            }
         }
     }
 
@@ -236,29 +277,33 @@ impl Broker {
         };
         let version = conn.version;
         let state = conn.state;
+        if !why.peer_gone {
+            self.flush_conn(id);
+        }
+        // Output still waiting for the store goes with the connection: what it acknowledges
+        // is not durable, and the client sends it again after reconnecting.
+        self.store.drop_held(id);
         if why.notify
+            && !why.peer_gone
             && version == Some(ProtocolVersion::V5)
             && matches!(state, ConnState::Active(_))
         {
-            self.send(
-                id,
-                ProtocolVersion::V5,
-                &Packet::Disconnect(ReasonOnly {
-                    reason: why.code,
-                    properties: Properties::default(),
-                }),
-            );
-        }
-        if !why.peer_gone {
-            self.flush_conn(id);
+            // The reason vouches for nothing stored: it goes out at once, never behind the
+            // store (a takeover's 0x8E must reach the old connection).
+            let mut bytes = bytes::BytesMut::new();
+            let packet = Packet::Disconnect(ReasonOnly {
+                reason: why.code,
+                properties: Properties::default(),
+            });
+            if codec::encode_packet(&packet, ProtocolVersion::V5, &mut bytes).is_ok() {
+                self.emit(id, bytes.freeze());
+            }
         }
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
         self.timers
             .arm(Timer::Conn(id), &mut conn.timer_armed, None);
-        // Output still waiting for the store goes with the connection.
-        self.store.drop_held(id);
         if !why.peer_gone {
             self.outputs.push_back(Output::Close { conn: id });
         }

@@ -138,6 +138,27 @@ impl Broker {
         version: ProtocolVersion,
         u: Unsubscribe,
     ) {
+        // A stored session's subscriptions cannot change once the store has failed: the
+        // change would come back after a restart. v5 is told so; 3.1.1 has no way to say it.
+        let durable = self.sessions.get(&sid).is_some_and(|s| s.durable);
+        if durable && self.store.refuses() {
+            if !version.is_v5() {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(reason::QUOTA_EXCEEDED, "the store failed"),
+                );
+            }
+            let reasons = vec![reason::UNSPECIFIED_ERROR; u.filters.len()];
+            return self.send(
+                id,
+                version,
+                &Packet::UnsubAck(UnsubAck {
+                    packet_id: u.packet_id,
+                    properties: Properties::default(),
+                    reasons,
+                }),
+            );
+        }
         let mut reasons = Vec::new();
         for raw in &u.filters {
             let removed = self

@@ -96,6 +96,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
     let mut closed_step: BTreeMap<u64, u64> = BTreeMap::new();
     let mut disconnects: BTreeMap<u64, Vec<(u64, u8)>> = BTreeMap::new();
     let mut subacks: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut unsubacks: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
     let mut quiesced = false;
     for e in entries {
         match &e.ev {
@@ -111,6 +112,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                     .or_default()
                     .push((e.step, *reason)),
                 Sent::SubAck(r) => subacks.entry(*conn).or_default().push(r.clone()),
+                Sent::UnsubAck(r) => unsubacks.entry(*conn).or_default().push(r.clone()),
                 Sent::Ack(AckKind::PubAck | AckKind::PubRec, pid, reason) if *reason >= 0x80 => {
                     refused_acks.insert((*conn, *pid));
                 }
@@ -126,7 +128,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             _ => {}
         }
     }
-    for s in subacks.values_mut() {
+    for s in subacks.values_mut().chain(unsubacks.values_mut()) {
         s.reverse();
     }
 
@@ -486,11 +488,8 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                                 d.iter().any(|(st, r)| *st == e.step && *r == 0x8E)
                             })
                         {
-                            // With a store this is known core bug K1: the DISCONNECT is held
-                            // behind the store with the input's other output, and dropped
-                            // with the connection it closes.
                             push(
-                                if store { "K1" } else { "I10" },
+                                "I10",
                                 at,
                                 format!("takeover by conn {conn}: old conn {old} got no 0x8E"),
                             );
@@ -556,9 +555,17 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
                     }
                 }
                 Got::Unsubscribe(filters) => {
+                    // A v5 UNSUBACK may refuse a filter (after a store failure): it stays.
+                    let reasons = unsubacks.get_mut(conn).and_then(|s| s.pop());
                     if let Some(s) = conn_client.get(conn).and_then(|c| sessions.get_mut(c)) {
-                        for f in filters {
-                            s.subs.remove(f);
+                        for (i, f) in filters.iter().enumerate() {
+                            let refused = reasons
+                                .as_ref()
+                                .and_then(|r| r.get(i))
+                                .is_some_and(|r| *r >= 0x80);
+                            if !refused {
+                                s.subs.remove(f);
+                            }
                         }
                     }
                 }
