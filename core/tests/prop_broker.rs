@@ -181,6 +181,8 @@ impl Shadow {
         }
         self.buf.extend_from_slice(bytes);
         loop {
+            // The broker answers a bad v5 CONNECT in v5.
+            let level = tidemq_core::codec::connect_protocol_level(&self.buf);
             match decode_packet(&mut self.buf, self.version, limits) {
                 Ok(Some(Packet::Connect(c))) if self.version.is_none() => {
                     self.version = Some(c.version)
@@ -188,6 +190,9 @@ impl Shadow {
                 Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(_) => {
+                    if self.version.is_none() && level == Some(5) {
+                        self.version = Some(ProtocolVersion::V5);
+                    }
                     self.failed = true;
                     return;
                 }

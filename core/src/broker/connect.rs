@@ -83,6 +83,13 @@ impl Broker {
         conn.topic_alias_max = self.config.max_topic_alias;
         conn.client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         conn.client_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        conn.out_aliases = crate::alias::OutAliases::new(if v5 {
+            self.config
+                .max_topic_alias_out
+                .min(connect.properties.topic_alias_maximum.unwrap_or(0))
+        } else {
+            0
+        });
         conn.connect_expiry_secs = requested_expiry;
         conn.username = connect.username.clone();
         conn.keep_alive = keep_alive.secs;
@@ -120,6 +127,12 @@ impl Broker {
             properties.topic_alias_maximum =
                 (self.config.max_topic_alias > 0).then_some(self.config.max_topic_alias);
             properties.server_keep_alive = keep_alive.server_keep_alive;
+            // Said explicitly, though 1 is what their absence means: clients that read only
+            // what is present see what the broker supports. Maximum QoS is 2, so it is absent.
+            properties.retain_available = Some(1);
+            properties.wildcard_subscription_available = Some(1);
+            properties.subscription_identifier_available = Some(1);
+            properties.shared_subscription_available = Some(1);
         }
         self.send(
             id,
@@ -173,6 +186,18 @@ impl Broker {
             .is_some_and(|w| sys::is_reserved(&w.topic))
         {
             return Err((reason::NOT_AUTHORIZED, "will to a $SYS topic"));
+        }
+        // [MQTT-3.1.3-11] with [MQTT-3.3.2-14]: a will's Response Topic is a topic name.
+        if connect.will.as_ref().is_some_and(|w| {
+            w.properties
+                .response_topic
+                .as_deref()
+                .is_some_and(|t| t.contains(['+', '#']))
+        }) {
+            return Err((
+                reason::PROTOCOL_ERROR,
+                "wildcard in the will's Response Topic",
+            ));
         }
         Ok(())
     }

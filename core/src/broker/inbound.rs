@@ -30,6 +30,17 @@ impl Broker {
                 ),
             );
         }
+        // [MQTT-3.3.2-14]: the Response Topic is a topic name, never a filter.
+        if p.properties
+            .response_topic
+            .as_deref()
+            .is_some_and(|t| t.contains(['+', '#']))
+        {
+            return self.drop_conn(
+                id,
+                CloseReason::error(reason::PROTOCOL_ERROR, "wildcard in the Response Topic"),
+            );
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };

@@ -46,6 +46,11 @@ impl Broker {
             }
             let version = conn.version;
             let limits = conn.limits;
+            // Read before decoding consumes it: a bad CONNECT is answered in its version.
+            let connect_level = version
+                .is_none()
+                .then(|| codec::connect_protocol_level(&conn.rx))
+                .flatten();
             match codec::decode_packet(&mut conn.rx, version, &limits) {
                 Ok(None) => return,
                 Ok(Some(packet)) => {
@@ -54,26 +59,41 @@ impl Broker {
                     self.handle_packet(id, packet);
                 }
                 Err(e) => {
-                    self.decode_failed(id, e);
+                    self.decode_failed(id, e, connect_level);
                     return;
                 }
             }
         }
     }
 
-    fn decode_failed(&mut self, id: ConnId, e: DecodeError) {
+    fn decode_failed(&mut self, id: ConnId, e: DecodeError, connect_level: Option<u8>) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
         if conn.state == ConnState::AwaitingConnect {
-            // A bad CONNECT: answer only when we know how the client speaks.
-            if let DecodeError::UnsupportedVersion(_) = e {
+            // A bad CONNECT: answered only when we know how the client speaks. A v5 client
+            // is told why (0x81, 0x82, 0x95: [MQTT-4.13.1], a CONNACK before the close);
+            // 3.1.1 has codes for neither.
+            let answer = match (&e, connect_level) {
+                (DecodeError::UnsupportedVersion(_), _) => Some((
+                    ProtocolVersion::V311,
+                    reason::v3::UNACCEPTABLE_PROTOCOL_VERSION,
+                )),
+                (
+                    DecodeError::Malformed(_)
+                    | DecodeError::Protocol(_)
+                    | DecodeError::TooLarge { .. },
+                    Some(5),
+                ) => Some((ProtocolVersion::V5, e.reason_code())),
+                _ => None,
+            };
+            if let Some((version, code)) = answer {
                 self.send(
                     id,
-                    ProtocolVersion::V311,
+                    version,
                     &Packet::ConnAck(ConnAck {
                         session_present: false,
-                        code: reason::v3::UNACCEPTABLE_PROTOCOL_VERSION,
+                        code,
                         properties: Properties::default(),
                     }),
                 );

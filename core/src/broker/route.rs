@@ -108,7 +108,12 @@ impl Broker {
                 }
                 qos = qos.max(q);
                 rap |= r;
-                ids.extend(id);
+                // Several matching subscriptions may share an identifier: it is said once.
+                if let Some(id) = id
+                    && !ids.contains(&id)
+                {
+                    ids.push(id);
+                }
                 i += 1;
             }
             let delivery = Delivery {

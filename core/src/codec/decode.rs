@@ -53,6 +53,22 @@ pub fn peek_fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, Decod
     ))
 }
 
+/// The protocol level of the CONNECT at the front of `buf`, once its first bytes are there:
+/// how the client speaks, even when the rest of the packet turns out bad.
+pub fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+    let (first, _, header_len) = peek_fixed_header(buf).ok().flatten()?;
+    if first != 0x10 {
+        return None;
+    }
+    let rest = buf.get(header_len..)?;
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    if name != b"MQTT" && name != b"MQIsdp" {
+        return None;
+    }
+    rest.get(2 + name_len).copied()
+}
+
 /// Decodes the packet at the front of `buf` and removes its bytes.
 ///
 /// `version` is the connection's protocol version, `None` before CONNECT (only CONNECT is

@@ -13,7 +13,7 @@ mod properties;
 pub mod reason;
 mod wire;
 
-pub use decode::{DecodeLimits, decode_packet, peek_fixed_header};
+pub use decode::{DecodeLimits, connect_protocol_level, decode_packet, peek_fixed_header};
 pub use encode::{PublishRef, encode_packet, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
