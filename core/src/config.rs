@@ -36,6 +36,8 @@ pub struct Config {
     pub max_inflight: u16,
     /// Topic aliases a v5 client may use towards us.
     pub max_topic_alias: u16,
+    /// Topic aliases we set towards a v5 client (within its Topic Alias Maximum); 0 = none.
+    pub max_topic_alias_out: u16,
     /// Longest client identifier accepted.
     pub max_client_id_len: u32,
     /// Subscriptions one session may hold.
@@ -357,6 +359,7 @@ impl Default for Config {
             receive_maximum: 1024,
             max_inflight: 1024,
             max_topic_alias: 1024,
+            max_topic_alias_out: 0,
             max_client_id_len: 1024,
             max_subscriptions: 10_000,
             max_topic_levels: 128,

@@ -38,6 +38,8 @@ pub(crate) struct Conn {
     pub receive_maximum: u16,
     pub topic_alias_max: u16,
     pub topic_aliases: BTreeMap<u16, String>,
+    /// Aliases we set towards the client (`mqtt.max_topic_alias_out`).
+    pub out_aliases: Option<Box<crate::alias::OutAliases>>,
     /// Session expiry given in CONNECT (v5: DISCONNECT may not raise it from 0).
     pub connect_expiry_secs: u32,
     pub username: Option<String>,
@@ -66,6 +68,7 @@ impl Conn {
             receive_maximum: config.receive_maximum,
             topic_alias_max: config.max_topic_alias,
             topic_aliases: BTreeMap::new(),
+            out_aliases: None,
             connect_expiry_secs: 0,
             username: None,
             keep_alive: 0,

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod address;
 pub mod admin;
+mod alias;
 pub mod api;
 mod bridge;
 mod broker;

@@ -96,6 +96,8 @@ pub struct Profile {
     pub publish_rate: u64,
     pub retain_rate: u64,
     pub expiry_rate: u64,
+    /// The Topic Alias Maximum this client offers the broker (v5).
+    pub accept_aliases: Option<u16>,
     pub topic_alias: bool,
     pub alias_abuse: bool,
     pub churn_subs: bool,
@@ -134,6 +136,8 @@ pub struct Client {
     /// Keepalive in force on the current connection, seconds.
     keep_alive: u16,
     aliases: BTreeMap<String, u16>,
+    /// Topic aliases the broker set on this connection (alias -> topic).
+    in_aliases: BTreeMap<u16, String>,
     next_sub_pid: u16,
     pub next_wake: u64,
     last_sent: u64,
@@ -185,6 +189,7 @@ impl Client {
             alias_max: 0,
             keep_alive: 0,
             aliases: BTreeMap::new(),
+            in_aliases: BTreeMap::new(),
             next_sub_pid: 1,
             next_wake: start,
             last_sent: 0,
@@ -259,6 +264,7 @@ impl Client {
         self.rx.clear();
         self.ping_sent = None;
         self.aliases.clear();
+        self.in_aliases.clear();
         let v5 = self.p.version.is_v5();
         let mut properties = Properties::default();
         if v5 {
@@ -266,6 +272,7 @@ impl Client {
                 properties.session_expiry_interval = Some(self.p.expiry);
             }
             properties.receive_maximum = self.p.receive_max;
+            properties.topic_alias_maximum = self.p.accept_aliases;
         }
         let will = self.p.will.map(|(delay, q)| Will {
             topic: format!("will/{}", self.idx),
@@ -477,7 +484,17 @@ impl Client {
         self.out_order.retain(|x| *x != pid);
     }
 
-    fn on_publish(&mut self, ctx: &mut Ctx, conn: u64, p: Publish) {
+    fn on_publish(&mut self, ctx: &mut Ctx, conn: u64, mut p: Publish) {
+        // The broker's topic aliases (set with the topic, later used instead of it).
+        if let Some(alias) = p.properties.topic_alias.take()
+            && ctx.mutation != Some(crate::mutation::Mutation::ForgetServerAliases)
+        {
+            if p.topic.is_empty() {
+                p.topic = self.in_aliases.get(&alias).cloned().unwrap_or_default();
+            } else {
+                self.in_aliases.insert(alias, p.topic.clone());
+            }
+        }
         let pid = p.packet_id.unwrap_or(0);
         let first = match p.qos {
             QoS::ExactlyOnce => !self.in_q2.contains(&pid),

@@ -13,4 +13,7 @@ pub enum Mutation {
     /// The simulated store (`sync = fsync`) reports records durable once written, before
     /// they are synced, and a crash keeps only what was synced: acknowledged work is lost.
     StoreAcksUnsynced,
+    /// The subscriber's library ignores the topic aliases the broker sets (it never learns
+    /// an alias's topic), so an alias-only PUBLISH reaches the application without a topic.
+    ForgetServerAliases,
 }

@@ -284,6 +284,7 @@ impl Knobs {
                 alias = true;
                 abuse = rng.chance(500);
                 config.max_topic_alias = rng.range(1, 3) as u16;
+                config.max_topic_alias_out = rng.range(0, 3) as u16;
                 config.receive_maximum = rng.range(1, 4) as u16;
             }
             Family::S16 => {
@@ -373,6 +374,7 @@ impl Knobs {
                 retain_rate,
                 expiry_rate,
                 topic_alias: alias,
+                accept_aliases: (alias && v.is_v5()).then(|| rng.range(0, 4) as u16),
                 alias_abuse: abuse,
                 churn_subs: churn,
                 withhold_rate,
@@ -401,6 +403,7 @@ impl Knobs {
                 retain_rate: 0,
                 expiry_rate: 0,
                 topic_alias: false,
+                accept_aliases: None,
                 alias_abuse: false,
                 churn_subs: false,
                 withhold_rate: 100,
@@ -429,6 +432,7 @@ impl Knobs {
                 retain_rate: 0,
                 expiry_rate: 0,
                 topic_alias: false,
+                accept_aliases: None,
                 alias_abuse: false,
                 churn_subs: true,
                 withhold_rate: 0,
@@ -456,6 +460,7 @@ impl Knobs {
                 retain_rate: 0,
                 expiry_rate: 0,
                 topic_alias: false,
+                accept_aliases: None,
                 alias_abuse: false,
                 churn_subs: false,
                 withhold_rate: 0,
@@ -483,6 +488,7 @@ impl Knobs {
             retain_rate: 0,
             expiry_rate: 0,
             topic_alias: false,
+            accept_aliases: None,
             alias_abuse: false,
             churn_subs: false,
             withhold_rate: 0,
@@ -523,6 +529,7 @@ impl Knobs {
             retain_rate: 0,
             expiry_rate: 0,
             topic_alias: false,
+            accept_aliases: None,
             alias_abuse: false,
             churn_subs: false,
             withhold_rate: 0,

@@ -42,6 +42,8 @@ struct SimConn {
     /// Reference decoder of what the broker reads.
     shadow_in: BytesMut,
     in_version: Option<ProtocolVersion>,
+    /// Topic aliases the broker set towards the client (alias -> topic).
+    out_aliases: BTreeMap<u16, String>,
     in_dead: bool,
     aliases: BTreeMap<u16, String>,
     alias_max: u16,
@@ -276,10 +278,15 @@ impl World {
         let mut events = Vec::new();
         loop {
             let version = c.in_version;
+            let level = tidemq_core::codec::connect_protocol_level(&c.shadow_in);
             match decode_packet(&mut c.shadow_in, version, &limits) {
                 Ok(None) => break,
                 Err(e) => {
                     c.in_dead = true;
+                    // A bad v5 CONNECT is answered (CONNACK with the reason) in v5.
+                    if version.is_none() && level == Some(5) {
+                        c.in_version = Some(ProtocolVersion::V5);
+                    }
                     events.push(Ev::GarbageFed {
                         conn: id,
                         code: e.reason_code().0,
@@ -406,7 +413,21 @@ impl World {
                                 session_present: a.session_present,
                                 code: a.code.0,
                             },
-                            Packet::Publish(p) => Sent::Publish(pub_of(&p)),
+                            Packet::Publish(mut p) => {
+                                if let Some(alias) = p.properties.topic_alias {
+                                    if p.topic.is_empty() {
+                                        match c.out_aliases.get(&alias) {
+                                            Some(t) => p.topic = t.clone(),
+                                            None => events.push(Ev::Fault(format!(
+                                                "broker used unknown topic alias {alias}"
+                                            ))),
+                                        }
+                                    } else {
+                                        c.out_aliases.insert(alias, p.topic.clone());
+                                    }
+                                }
+                                Sent::Publish(pub_of(&p))
+                            }
                             Packet::PubAck(a) => {
                                 Sent::Ack(AckKind::PubAck, a.packet_id, a.reason.0)
                             }
@@ -940,6 +961,7 @@ impl World {
                 client_open: true,
                 shadow_in: BytesMut::new(),
                 in_version: None,
+                out_aliases: BTreeMap::new(),
                 in_dead: false,
                 aliases: BTreeMap::new(),
                 alias_max: 0,

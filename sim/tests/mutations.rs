@@ -71,6 +71,13 @@ fn i4_catches_a_duplicated_qos2_delivery() {
     caught_at_runtime(Family::S2, Mutation::DuplicateQos2, "I4");
 }
 
+/// Server-to-client topic aliases (S12) are in use: a client that does not resolve them
+/// gets messages without a topic, and the delivery checker sees them.
+#[test]
+fn i6_catches_a_client_that_forgets_the_brokers_topic_aliases() {
+    caught_at_runtime(Family::S12, Mutation::ForgetServerAliases, "I6");
+}
+
 #[test]
 fn i9_catches_a_swallowed_will() {
     caught_at_runtime(Family::S4, Mutation::SwallowWill, "I9");

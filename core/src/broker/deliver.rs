@@ -147,44 +147,71 @@ impl Broker {
             self.stats.messages_dropped += 1;
             return false;
         }
-        let extra = version.is_v5() && (!d.subscription_ids.is_empty() || msg.expires_at.is_some());
+        let alias_table = version.is_v5()
+            && self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.out_aliases.is_some());
+        let extra = version.is_v5()
+            && (!d.subscription_ids.is_empty() || msg.expires_at.is_some() || alias_table);
         let cacheable = pid.is_none() && !extra && !dup;
         if cacheable && let Some(bytes) = self.cached_qos0(msg.id, version, d.retain) {
             return self.write_encoded(conn, &bytes);
         }
-        let owned;
-        let properties = if extra {
-            let mut p = msg.properties.clone();
+        let mut properties = std::borrow::Cow::Borrowed(&msg.properties);
+        if extra {
+            let p = properties.to_mut();
             p.subscription_identifiers = d.subscription_ids.clone();
             if let Some(at) = msg.expires_at {
                 p.message_expiry_interval = Some((at.since(now).div_ceil(1000) as u32).max(1));
             }
-            owned = p;
-            &owned
-        } else {
-            &msg.properties
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
         };
-        let publish = PublishRef {
+        let longest = PublishRef {
             dup,
             qos: d.qos,
             retain: d.retain,
             topic: &msg.topic,
             packet_id: pid,
-            properties,
+            properties: &properties,
             payload: &msg.payload,
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
-        if publish.encoded_len(version) > c.client_max_packet_size as usize {
+        }
+        .encoded_len(version);
+        // The limit is checked on the longest form (topic and alias), before the alias table
+        // is touched: a client never learns of an alias the broker did not send.
+        let alias_property = if alias_table { 3 } else { 0 };
+        if longest + alias_property > c.client_max_packet_size as usize {
             self.stats.messages_dropped += 1;
             return false;
         }
+        let mut topic: &str = &msg.topic;
+        if let Some((alias, with_topic)) =
+            c.out_aliases.as_mut().and_then(|t| t.alias_for(&msg.topic))
+        {
+            properties.to_mut().topic_alias = Some(alias);
+            if !with_topic {
+                // The client knows the alias: it stands for the topic.
+                topic = "";
+            }
+        }
+        let publish = PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id: pid,
+            properties: &properties,
+            payload: &msg.payload,
+        };
         if c.tx.is_empty() {
             self.dirty.push(conn);
         }
         let start = c.tx.len();
         if publish.encode(version, &mut c.tx).is_err() {
+            // The client may not have learnt an alias the table now holds: stop using them.
+            c.out_aliases = None;
             self.stats.messages_dropped += 1;
             return false;
         }

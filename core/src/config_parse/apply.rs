@@ -116,6 +116,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
             c.receive_maximum = int(v)?
         }
         "max_topic_alias" | "mqtt.max_topic_alias" => c.max_topic_alias = int(v)?,
+        "max_topic_alias_out" | "mqtt.max_topic_alias_out" => c.max_topic_alias_out = int(v)?,
         "max_keepalive" | "mqtt.max_keepalive" => c.max_keepalive = seconds(v)?,
         "connect_timeout" | "mqtt.connect_timeout" => c.connect_timeout_ms = millis(v)?,
         "max_client_id_len" | "mqtt.max_client_id_len" => c.max_client_id_len = int(v)?,
