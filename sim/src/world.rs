@@ -512,6 +512,7 @@ impl World {
                 status,
                 body,
                 challenge,
+                ..
             } => self.trace.push(Ev::AdminReply {
                 req_id,
                 status,
