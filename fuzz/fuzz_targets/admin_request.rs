@@ -71,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
             _ => {}
         }
     }
-    assert_eq!(replies + writes, 1, "exactly one reply, or one write or restart");
+    assert_eq!(
+        replies + writes,
+        1,
+        "exactly one reply, or one write or restart"
+    );
     assert_eq!(broker.config(), &before, "nothing applied before the write");
 });
 

@@ -539,7 +539,7 @@ impl Driver {
     fn start_http(&mut self, listener: Box<dyn Listener>) -> io::Result<()> {
         let settings = http_settings(self.broker.config())?;
         if let Ok(addr) = listener.local_addr() {
-            info!(listener = "http", %addr, "admin API listening on /api/v1");
+            info!(listener = "http", %addr, "admin API listening on /api/v1 and /api/v4, dashboard on /");
         }
         if let Some(old) = self.http.take() {
             old.abort();
