@@ -399,9 +399,9 @@ fn reply_response(answer: AdminAnswer, api: Api, browser: bool) -> Response<Full
             content_type,
             challenge,
         } => {
-            // A page's script (X-Requested-With) handles a 401 itself: without the challenge
-            // the browser shows no credentials dialog of its own.
-            let challenge = challenge.filter(|_| !browser);
+            // A page's script (X-Requested-With) handles a v4 401 itself: without the
+            // challenge the browser shows no credentials dialog of its own. V1 is unchanged.
+            let challenge = challenge.filter(|_| !(browser && api == Api::V4));
             let body = match (api, status) {
                 (Api::V4, 401) => tidemq_core::admin::v4::reshape_error(&body),
                 _ => body,
