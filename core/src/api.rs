@@ -78,6 +78,22 @@ pub enum Input {
         credentials: admin::Credentials,
         body: Bytes,
     },
+    /// An HTTP API v4 request (`/api/v4[/...]`): method, path and query as received (the
+    /// path still percent-encoded), its body, and what the client presented. Answered by
+    /// [`Output::AdminReply`] with the same `req_id`, from the state at this point in the
+    /// input order.
+    AdminV4 {
+        req_id: u64,
+        credentials: admin::Credentials,
+        method: String,
+        path: String,
+        query: String,
+        body: Bytes,
+    },
+    /// The process's resident memory and CPU use, sampled by the runtime every few seconds,
+    /// for the v4 API's metrics. `cpu_percent` is the share of the machine's CPU time since
+    /// the previous sample.
+    ProcessStats { rss_bytes: u64, cpu_percent: f64 },
     /// The socket an [`Output::BridgeConnect`] asked for is open.
     BridgeConnected { conn: ConnId },
     /// The socket an [`Output::BridgeConnect`] asked for could not be opened.
@@ -113,11 +129,14 @@ pub enum Output {
     Close { conn: ConnId },
     /// Something worth logging or counting.
     Event(BrokerEvent),
-    /// The answer to [`Input::Admin`]: HTTP status and JSON body.
+    /// The answer to [`Input::Admin`], [`Input::AdminV4`] or a refused
+    /// [`Input::AdminAuthorize`]: HTTP status, body and its content type.
     AdminReply {
         req_id: u64,
         status: u16,
         body: Bytes,
+        /// `application/json`, or the Prometheus text format for `/api/v4/prometheus`.
+        content_type: &'static str,
         /// `WWW-Authenticate` value for a 401.
         challenge: Option<&'static str>,
     },

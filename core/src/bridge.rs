@@ -48,6 +48,21 @@ pub(crate) struct Outgoing {
     pub msg_id: u64,
 }
 
+/// What a bridge has done, for the admin API's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BridgeCounters {
+    pub tx_msgs: u64,
+    pub rx_msgs: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Connection attempts started.
+    pub connects: u64,
+    /// Messages for the remote dropped (outbox full, QoS 0 while down).
+    pub send_drop: u64,
+    /// Messages from the remote dropped (no rule, bad topic, a loop).
+    pub recv_drop: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Bridge {
     pub name: String,
@@ -74,6 +89,11 @@ pub(crate) struct Bridge {
     pub timer_armed: Option<Instant>,
     /// The next [`Outgoing::entry`].
     pub next_entry: u64,
+    /// Switched off through the admin API: no link, no reconnects; the outbox stays.
+    pub switched_off: bool,
+    /// How many filters the SUBSCRIBE waiting for its SUBACK carries.
+    pub subscribe_len: usize,
+    pub counters: BridgeCounters,
 }
 
 impl Bridge {
@@ -102,6 +122,9 @@ impl Bridge {
             last_tx: now,
             timer_armed: None,
             next_entry: 1,
+            switched_off: false,
+            subscribe_len: 0,
+            counters: BridgeCounters::default(),
         }
     }
 
@@ -112,6 +135,7 @@ impl Bridge {
         let mut b = Bridge::new(self.name, config, now);
         b.outbox = self.outbox;
         b.next_entry = self.next_entry;
+        b.counters = self.counters;
         b
     }
 
@@ -122,6 +146,7 @@ impl Bridge {
     /// The next moment this bridge needs the clock.
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.link {
+            Link::Down if self.switched_off => None,
             Link::Down => Some(self.retry_at),
             Link::Connecting | Link::AwaitingConnAck => self.deadline,
             Link::Up if self.config.keepalive == 0 => None,
@@ -236,6 +261,7 @@ impl Bridge {
         }
         let id = self.inflight.allocate_packet_id(None);
         self.subscribe_id = id;
+        self.subscribe_len = filters.len();
         id.map(|packet_id| {
             Packet::Subscribe(Subscribe {
                 packet_id,

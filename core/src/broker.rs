@@ -15,6 +15,8 @@
 //! | `will.rs` | wills and `$SYS` events |
 //! | `bridging.rs` | driving the bridges: links, forwarding, their messages coming in |
 //! | `admin_api.rs` | the HTTP API V1 requests |
+//! | `admin_v4.rs` | the HTTP API v4 requests (`admin_v4_mqtt.rs`: publish and subscribe on a client's behalf; `admin_v4_bridge.rs`: bridges) |
+//! | `metrics.rs` | the v4 API's metrics and Prometheus text |
 //! | `restore.rs` | rebuilding the broker from what the store recovered |
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +38,9 @@ use crate::timer::{Timer, Timers};
 use crate::topic::{RetainTrie, SubscriptionTrie};
 
 mod admin_api;
+mod admin_v4;
+mod admin_v4_bridge;
+mod admin_v4_mqtt;
 mod bridging;
 mod connect;
 mod deliver;
@@ -43,6 +48,7 @@ mod expiry;
 mod inbound;
 mod io;
 mod keepalive;
+mod metrics;
 mod restore;
 mod route;
 mod subscribe;
@@ -100,6 +106,11 @@ pub struct Broker {
     store: Durability,
     /// The last QoS 0 PUBLISH encoded, so a fan-out encodes each message once per version.
     last_qos0: Option<EncodedQos0>,
+    /// When the broker started (the v4 API's uptime).
+    started: Instant,
+    /// The HTTP API v4's requests between inputs, and the metrics it shows.
+    v4: crate::admin::v4::V4Pending,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -132,6 +143,9 @@ impl Broker {
             node_id: String::new(),
             store: Durability::new(mode),
             last_qos0: None,
+            started: now,
+            v4: Default::default(),
+            metrics: Default::default(),
         };
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
@@ -205,13 +219,27 @@ impl Broker {
                 credentials,
                 body,
             } => self.handle_admin(req_id, &credentials, &body),
+            Input::AdminV4 {
+                req_id,
+                credentials,
+                method,
+                path,
+                query,
+                body,
+            } => self.handle_admin_v4(req_id, &credentials, &method, &path, &query, &body),
+            Input::ProcessStats {
+                rss_bytes,
+                cpu_percent,
+            } => self.process_stats(rss_bytes, cpu_percent),
             Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
             Input::ControlDone { req_id, result } => self.control_done(req_id, result),
             Input::PersistDone { upto } => {
                 self.store.done(upto);
                 self.release_held();
+                self.release_v4_replies();
             }
             Input::PersistFailed { error } => {
+                self.fail_v4_replies();
                 if self.store.fail() {
                     self.event(BrokerEvent::StoreFailed { error });
                     self.cut_held_connections();

@@ -168,6 +168,11 @@ impl Durability {
         self.tracked.get(&id).map_or(0, |t| t.needs)
     }
 
+    /// Whether everything up to `seq` is durable.
+    pub fn is_durable(&self, seq: u64) -> bool {
+        seq <= self.durable
+    }
+
     /// What this input's output waits for, when it is not durable yet.
     pub fn pending_barrier(&self) -> Option<u64> {
         (self.barrier > self.durable).then_some(self.barrier)

@@ -19,6 +19,7 @@ mod conn;
 mod durable;
 mod ids;
 mod message;
+mod metrics;
 pub mod persist;
 mod rng;
 mod session;

@@ -17,6 +17,8 @@ pub(crate) enum Origin {
     Bridge(BridgeId),
     /// The broker itself (`$SYS`), or the store (a restored message).
     Broker,
+    /// The admin API's publish (counted as received, like a client's).
+    Admin,
 }
 
 /// What a message says, before it is a message: the parts of a PUBLISH or a will that

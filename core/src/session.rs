@@ -39,6 +39,8 @@ pub(crate) struct Session {
     pub username: Option<String>,
     /// Keep alive of the last connection, in seconds.
     pub keep_alive: u16,
+    /// Whether the last connection asked for a clean start (shown by the admin API).
+    pub clean_start: bool,
     /// Seconds the session outlives its connection; [`NEVER_EXPIRES`] for never.
     pub expiry_secs: u32,
     /// Raw filter as subscribed (with any `$share/group/` prefix) -> options.
@@ -76,6 +78,7 @@ impl Session {
             version,
             username: None,
             keep_alive: 0,
+            clean_start: true,
             expiry_secs: 0,
             subscriptions: BTreeMap::new(),
             inflight: OutWindow::default(),

@@ -32,6 +32,8 @@ use crate::tls::{self, SharedTls};
 const EVENT_QUEUE: usize = 4096;
 /// Inputs handled per wake-up before the driver checks its timer again.
 const EVENT_BATCH: usize = 256;
+/// How often the process's memory and CPU use are sampled for the admin API's metrics.
+const PROCESS_STATS_EVERY: Duration = Duration::from_secs(5);
 /// How long a stop asked through the admin API waits, so that its reply is sent.
 const STOP_GRACE: Duration = Duration::from_millis(300);
 /// How long shutdown waits for writers to flush.
@@ -365,6 +367,8 @@ impl Server {
         driver.notifier.ready("running");
         let mut watchdog = Watchdog::new(&driver.notifier);
         let mut wall_tick = tokio::time::interval(Duration::from_secs(60));
+        let mut process_tick = tokio::time::interval(PROCESS_STATS_EVERY);
+        let mut process = crate::procstat::Sampler::default();
         tokio::pin!(shutdown);
         loop {
             let deadline = driver
@@ -395,6 +399,11 @@ impl Server {
                 },
                 () = sleep_until(deadline) => driver.input(now(), Input::Timeout),
                 _ = wall_tick.tick() => driver.input(now(), Input::WallClock { unix_ms: unix_ms() }),
+                _ = process_tick.tick() => {
+                    if let Some((rss_bytes, cpu_percent)) = process.sample() {
+                        driver.input(now(), Input::ProcessStats { rss_bytes, cpu_percent });
+                    }
+                }
                 // Only wakes the loop: the ping below is sent by a loop that still turns.
                 () = watchdog.wait() => {}
             }
@@ -530,7 +539,7 @@ impl Driver {
     fn start_http(&mut self, listener: Box<dyn Listener>) -> io::Result<()> {
         let settings = http_settings(self.broker.config())?;
         if let Ok(addr) = listener.local_addr() {
-            info!(listener = "http", %addr, "admin API listening on /api/v1");
+            info!(listener = "http", %addr, "admin API listening on /api/v1 and /api/v4, dashboard on /");
         }
         if let Some(old) = self.http.take() {
             old.abort();
@@ -650,6 +659,24 @@ impl Driver {
                     body,
                 }
             }
+            AdminCall::RequestV4 {
+                credentials,
+                method,
+                path,
+                query,
+                body,
+                reply,
+            } => {
+                self.pending_admin.insert(req_id, reply);
+                Input::AdminV4 {
+                    req_id,
+                    credentials,
+                    method,
+                    path,
+                    query,
+                    body,
+                }
+            }
         };
         self.input(now, input);
     }
@@ -723,12 +750,14 @@ impl Driver {
                     req_id,
                     status,
                     body,
+                    content_type,
                     challenge,
                 } => {
                     if let Some(reply) = self.pending_admin.remove(&req_id) {
                         let _ = reply.send(AdminAnswer::Reply {
                             status,
                             body,
+                            content_type,
                             challenge,
                         });
                     }

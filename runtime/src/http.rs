@@ -1,7 +1,9 @@
 //! The admin HTTP server (hyper, HTTP/1.1). It only carries requests: the body, the
-//! `Authorization` header and a JWT verdict go to the core as one input; the core's reply
-//! comes back as status and JSON. The health endpoints (`/healthz`, `/readyz`, `/status`)
-//! are answered here from [`Readiness`], without credentials and without the core.
+//! `Authorization` header and a JWT verdict go to the core as one input (`POST /api/v1`, and
+//! `/api/v4/...` with its method, path and query); the core's reply comes back as status,
+//! body and content type. The health endpoints (`/healthz`, `/readyz`, `/status`) are
+//! answered here from [`Readiness`], without credentials and without the core, and so is the
+//! dashboard's static page (`dashboard.rs`), which holds no data of its own.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +38,15 @@ pub(crate) enum AdminCall {
         body: Bytes,
         reply: oneshot::Sender<AdminAnswer>,
     },
+    /// An `/api/v4` request, authorized from its head like V1's.
+    RequestV4 {
+        credentials: Credentials,
+        method: String,
+        path: String,
+        query: String,
+        body: Bytes,
+        reply: oneshot::Sender<AdminAnswer>,
+    },
 }
 
 /// The core's answer, ready for HTTP.
@@ -45,6 +56,7 @@ pub(crate) enum AdminAnswer {
     Reply {
         status: u16,
         body: Bytes,
+        content_type: &'static str,
         challenge: Option<&'static str>,
     },
 }
@@ -227,6 +239,11 @@ pub(crate) async fn serve(
                     if let Some(reply) = health::endpoint(req.uri().path(), &readiness, &host) {
                         return Ok::<_, Infallible>(health_response(req.method(), reply));
                     }
+                    // The dashboard's files: static, the same for everyone.
+                    if let Some(response) = crate::dashboard::serve(req.method(), req.uri().path())
+                    {
+                        return Ok(response);
+                    }
                     Ok(handle(req, peer, &calls, &settings, &slots, &state, &readiness).await)
                 }
             });
@@ -267,12 +284,21 @@ fn json_response(
     body: Bytes,
     challenge: Option<&'static str>,
 ) -> Response<Full<Bytes>> {
+    typed_response(status, body, "application/json", challenge)
+}
+
+fn typed_response(
+    status: u16,
+    body: Bytes,
+    content_type: &'static str,
+    challenge: Option<&'static str>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(challenge) = challenge {
         response
             .headers_mut()
@@ -304,9 +330,28 @@ fn health_response(method: &hyper::Method, reply: health::HealthReply) -> Respon
     response
 }
 
+/// Which API a request is for: their errors have different shapes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    V1,
+    V4,
+}
+
 fn plain_error(status: u16, code: u16, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({"code": code, "seq": 0, "message": message});
     json_response(status, Bytes::from(body.to_string()), None)
+}
+
+/// An error answered here: V1's shape, or v4's `{"code":N}` alone.
+fn api_error(api: Api, status: u16, code: u16, message: &str) -> Response<Full<Bytes>> {
+    match api {
+        Api::V1 => plain_error(status, code, message),
+        Api::V4 => {
+            debug!(status, code, "admin API v4: {message}");
+            let body = serde_json::json!({ "code": code });
+            json_response(status, Bytes::from(body.to_string()), None)
+        }
+    }
 }
 
 /// A browser request from another site (its `Origin` is not this server) is refused, so a
@@ -332,27 +377,38 @@ fn cross_origin(req: &Request<Incoming>) -> bool {
 }
 
 async fn ask(
+    api: Api,
     calls: &mpsc::Sender<AdminCall>,
     call: AdminCall,
     answer: oneshot::Receiver<AdminAnswer>,
 ) -> Result<AdminAnswer, Response<Full<Bytes>>> {
     if calls.send(call).await.is_err() {
-        return Err(plain_error(503, 102, "the broker is shutting down"));
+        return Err(api_error(api, 503, 102, "the broker is shutting down"));
     }
     match tokio::time::timeout(Duration::from_secs(30), answer).await {
         Ok(Ok(a)) => Ok(a),
-        _ => Err(plain_error(500, 102, "the broker did not answer")),
+        _ => Err(api_error(api, 500, 102, "the broker did not answer")),
     }
 }
 
-fn reply_response(answer: AdminAnswer) -> Response<Full<Bytes>> {
+fn reply_response(answer: AdminAnswer, api: Api, browser: bool) -> Response<Full<Bytes>> {
     match answer {
         AdminAnswer::Reply {
             status,
             body,
+            content_type,
             challenge,
-        } => json_response(status, body, challenge),
-        AdminAnswer::Proceed => plain_error(500, 102, "the broker did not answer"),
+        } => {
+            // A page's script (X-Requested-With) handles a v4 401 itself: without the
+            // challenge the browser shows no credentials dialog of its own. V1 is unchanged.
+            let challenge = challenge.filter(|_| !(browser && api == Api::V4));
+            let body = match (api, status) {
+                (Api::V4, 401) => tidemq_core::admin::v4::reshape_error(&body),
+                _ => body,
+            };
+            typed_response(status, body, content_type, challenge)
+        }
+        AdminAnswer::Proceed => api_error(api, 500, 102, "the broker did not answer"),
     }
 }
 
@@ -366,20 +422,26 @@ async fn handle(
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path != "/api/v1" && path != "/api/v1/" {
-        return plain_error(404, 102, "not found: the API is at /api/v1");
-    }
+    let api = if path == "/api/v1" || path == "/api/v1/" {
+        Api::V1
+    } else if path == "/api/v4" || path.starts_with("/api/v4/") {
+        Api::V4
+    } else {
+        return plain_error(404, 102, "not found: the API is at /api/v1 and /api/v4");
+    };
+    let browser = req.headers().contains_key("x-requested-with");
     // The admin listener serves health during recovery; the core takes no request before
     // it holds the recovered state.
     if !readiness.core_restored() {
-        return plain_error(
+        return api_error(
+            api,
             503,
             102,
             "the broker is starting: its store is being recovered",
         );
     }
     if cross_origin(&req) {
-        return plain_error(403, 102, "cross-origin request refused");
+        return api_error(api, 403, 102, "cross-origin request refused");
     }
     let authorization = req
         .headers()
@@ -397,9 +459,9 @@ async fn handle(
         credentials: credentials.clone(),
         reply,
     };
-    match ask(calls, call, answer).await {
+    match ask(api, calls, call, answer).await {
         Ok(AdminAnswer::Proceed) => {}
-        Ok(refused) => return reply_response(refused),
+        Ok(refused) => return reply_response(refused, api, browser),
         Err(response) => return response,
     }
     if let Ok(mut held) = state.authenticated.lock()
@@ -407,13 +469,14 @@ async fn handle(
     {
         let semaphore = match slots.authenticated.lock() {
             Ok(held) => held.1.clone(),
-            Err(_) => return plain_error(500, 102, "admin API state poisoned"),
+            Err(_) => return api_error(api, 500, 102, "admin API state poisoned"),
         };
         match semaphore.try_acquire_owned() {
             Ok(permit) => *held = Some(permit),
             Err(_) => {
                 debug!(%peer, "admin API request refused: http_server.limit_conn reached");
-                return plain_error(
+                return api_error(
+                    api,
                     503,
                     102,
                     "too many admin connections (http_server.limit_conn)",
@@ -421,12 +484,16 @@ async fn handle(
             }
         }
     }
+    let method = req.method().as_str().to_owned();
+    let path = path.to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     let body = Limited::new(req.into_body(), settings.max_body).collect();
     let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "admin API body refused");
-            return plain_error(
+            return api_error(
+                api,
                 413,
                 108,
                 &format!(
@@ -437,17 +504,27 @@ async fn handle(
         }
         Err(_) => {
             debug!(%peer, "admin API body too slow");
-            return plain_error(408, 102, "the request body did not arrive in time");
+            return api_error(api, 408, 102, "the request body did not arrive in time");
         }
     };
     let (reply, answer) = oneshot::channel();
-    let call = AdminCall::Request {
-        credentials,
-        body,
-        reply,
+    let call = match api {
+        Api::V1 => AdminCall::Request {
+            credentials,
+            body,
+            reply,
+        },
+        Api::V4 => AdminCall::RequestV4 {
+            credentials,
+            method,
+            path,
+            query,
+            body,
+            reply,
+        },
     };
-    match ask(calls, call, answer).await {
-        Ok(answer) => reply_response(answer),
+    match ask(api, calls, call, answer).await {
+        Ok(answer) => reply_response(answer, api, browser),
         Err(response) => response,
     }
 }

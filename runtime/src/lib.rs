@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config_file;
 mod conn;
+mod dashboard;
 mod driver;
 pub mod files;
 pub mod health;
@@ -15,6 +16,7 @@ pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod pidfile;
+mod procstat;
 pub mod store;
 pub mod tls;
 

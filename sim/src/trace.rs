@@ -283,6 +283,16 @@ pub enum Ev {
         seq: Option<i64>,
         auth_ok: bool,
     },
+    /// An HTTP API v4 request: `read` when it changes nothing; `kick` names the client a
+    /// `DELETE /clients/{id}` kicks. `auth_ok` as for [`Ev::AdminReq`].
+    AdminV4Req {
+        req_id: u64,
+        method: String,
+        target: String,
+        auth_ok: bool,
+        read: bool,
+        kick: Option<String>,
+    },
     AdminReply {
         req_id: u64,
         status: u16,

@@ -535,6 +535,7 @@ impl World {
                 status,
                 body,
                 challenge,
+                ..
             } => self.trace.push(Ev::AdminReply {
                 req_id,
                 status,
@@ -769,6 +770,104 @@ impl World {
         });
     }
 
+    /// An HTTP API v4 request: reads (with and without filters and paging), requests the
+    /// API refuses, and now and then a kick of one of the clients (keeping its session).
+    fn admin_v4_request(&mut self) {
+        let actors = self.clients.len() as u64;
+        let rng = &mut self.admin_rng;
+        let reads: &[&str] = &[
+            "/api/v4",
+            "/api/v4/brokers",
+            "/api/v4/nodes",
+            "/api/v4/metrics",
+            "/api/v4/prometheus",
+            "/api/v4/clients",
+            "/api/v4/clients?conn_state=connected&_page=1&_limit=5",
+            "/api/v4/clients?proto_ver=5&_like_clientid=c",
+            "/api/v4/subscriptions?qos=1",
+            "/api/v4/subscriptions",
+            "/api/v4/topic-tree",
+            "/api/v4/retained?topic=%23&_limit=10",
+            "/api/v4/reload",
+            "/api/v4/configuration/basic",
+            "/api/v4/bridges",
+        ];
+        let refused: &[(&str, &str)] = &[
+            ("GET", "/api/v4/nowhere"),
+            ("PATCH", "/api/v4/brokers"),
+            ("DELETE", "/api/v4/brokers"),
+            ("GET", "/api/v4/clients?conn_state=maybe"),
+            ("GET", "/api/v4/clients?_limit=0"),
+            ("GET", "/api/v4/clients/%ZZ"),
+            ("GET", "/api/v4/configuration/nope"),
+            ("DELETE", "/api/v4/clients/nobody-at-all"),
+        ];
+        let (method, target, read, kick) = match rng.below(10) {
+            0..=5 => {
+                let t = *rng.pick(reads).unwrap_or(&"/api/v4");
+                ("GET".to_owned(), t.to_owned(), true, None)
+            }
+            6 | 7 => {
+                let (m, t) = *rng.pick(refused).unwrap_or(&("GET", "/api/v4/x"));
+                (m.to_owned(), t.to_owned(), false, None)
+            }
+            _ => {
+                let actor = rng.below(actors.max(1)) as usize;
+                let Some(client) = self.clients.get(actor) else {
+                    return;
+                };
+                let id = client.p.client_id.clone();
+                let target = format!("/api/v4/clients/{}?keep_session=true", encode(&id));
+                ("DELETE".to_owned(), target, false, Some(id))
+            }
+        };
+        let rng = &mut self.admin_rng;
+        let (authorization, auth_ok) = match rng.below(10) {
+            0..=7 => (Some(basic("admin", &self.password)), true),
+            8 => (Some(basic("admin", "wrong")), false),
+            _ => (None, false),
+        };
+        let auth_ok = auth_ok || self.knobs.config.http_server.auth_type == HttpAuthType::NoAuth;
+        let credentials = Credentials {
+            authorization,
+            jwt: None,
+        };
+        // The head first, as the runtime sends it.
+        let head = self.next_req;
+        self.next_req += 1;
+        self.pre_event = Some(Ev::AdminHead {
+            req_id: head,
+            auth_ok,
+        });
+        self.feed(Input::AdminAuthorize {
+            req_id: head,
+            credentials: credentials.clone(),
+        });
+        if !self.authorized.remove(&head) {
+            return;
+        }
+        let req_id = self.next_req;
+        self.next_req += 1;
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let (path, query) = (path.to_owned(), query.to_owned());
+        self.pre_event = Some(Ev::AdminV4Req {
+            req_id,
+            method: method.clone(),
+            target: target.clone(),
+            auth_ok,
+            read,
+            kick,
+        });
+        self.feed(Input::AdminV4 {
+            req_id,
+            credentials,
+            method,
+            path,
+            query,
+            body: Bytes::new(),
+        });
+    }
+
     fn config_change(&mut self) {
         let rng = &mut self.admin_rng;
         let mut config: Config = self.knobs.config.clone();
@@ -846,6 +945,8 @@ impl World {
         };
         if self.admin_rng.chance(change_rate) {
             self.config_change();
+        } else if self.admin_rng.chance(400) {
+            self.admin_v4_request();
         } else {
             self.admin_request();
         }
@@ -1716,4 +1817,17 @@ fn hold(dir: Dir, c2s: &mut Pipe, s2c: &mut Pipe) {
         Dir::ClientToBroker => c2s.hold(),
         Dir::BrokerToClient => s2c.hold(),
     }
+}
+
+/// Percent-encodes a client id for a path segment (everything but unreserved characters).
+fn encode(id: &str) -> String {
+    let mut out = String::new();
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

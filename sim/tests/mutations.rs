@@ -590,6 +590,103 @@ fn i13_catches_a_restart_reply_that_hides_what_did_not_apply() {
     assert!(flagged(&out, "I13"), "{:?}", out.violations);
 }
 
+/// The index of a v4 kick that closed a connection, and that close.
+fn v4_kick_close(out: &Outcome) -> Option<(usize, usize)> {
+    let entries = &out.trace.entries;
+    entries.iter().enumerate().find_map(|(i, e)| {
+        if !matches!(
+            &e.ev,
+            Ev::AdminV4Req {
+                kick: Some(_),
+                auth_ok: true,
+                ..
+            }
+        ) {
+            return None;
+        }
+        let step = e.step;
+        entries
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .take_while(|(_, x)| x.step == step)
+            .find(|(_, x)| {
+                matches!(
+                    x.ev,
+                    Ev::BrokerClosed {
+                        by_broker: true,
+                        ..
+                    }
+                )
+            })
+            .map(|(j, _)| (i, j))
+    })
+}
+
+#[test]
+fn i13_catches_a_kick_that_closes_the_wrong_connection() {
+    let mut out = passing_run(Family::S21, |o| v4_kick_close(o).is_some());
+    let (_, j) = v4_kick_close(&out).unwrap();
+    if let Ev::BrokerClosed { conn, .. } = &mut out.trace.entries[j].ev {
+        *conn += 1_000_000;
+    }
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+    // And one that closes nothing.
+    let mut out = passing_run(Family::S21, |o| v4_kick_close(o).is_some());
+    let (_, j) = v4_kick_close(&out).unwrap();
+    out.trace.entries.remove(j);
+    out.recheck();
+    assert!(flagged(&out, "I13"), "{:?}", out.violations);
+}
+
+#[test]
+fn i13_catches_a_v4_reply_in_the_wrong_shape() {
+    let v4_reply = |o: &Outcome| {
+        let reqs: Vec<u64> = o
+            .trace
+            .entries
+            .iter()
+            .filter_map(|e| match &e.ev {
+                Ev::AdminV4Req {
+                    req_id,
+                    read: true,
+                    auth_ok: true,
+                    target,
+                    ..
+                } if target.starts_with("/api/v4/clients") => Some(*req_id),
+                _ => None,
+            })
+            .collect();
+        o.trace
+            .entries
+            .iter()
+            .position(|e| matches!(&e.ev, Ev::AdminReply { req_id, .. } if reqs.contains(req_id)))
+    };
+    for bad in 0..3 {
+        let mut out = passing_run(Family::S21, |o| v4_reply(o).is_some());
+        let i = v4_reply(&out).unwrap();
+        if let Ev::AdminReply { status, body, .. } = &mut out.trace.entries[i].ev {
+            match bad {
+                // A read refused.
+                0 => {
+                    *status = 400;
+                    *body = "{\"code\":108}".to_owned();
+                }
+                // An error with V1's extra keys.
+                1 => {
+                    *status = 404;
+                    *body = "{\"code\":102,\"seq\":0}".to_owned();
+                }
+                // 200 with an error code.
+                _ => *body = "{\"code\":108}".to_owned(),
+            }
+        }
+        out.recheck();
+        assert!(flagged(&out, "I13"), "{bad}: {:?}", out.violations);
+    }
+}
+
 #[test]
 fn i15_catches_a_counter_off_by_one() {
     let is_info = |e: &Ev| matches!(e, Ev::AdminReply { status: 200, body, .. } if body.contains("\"message_out\""));

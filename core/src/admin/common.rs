@@ -10,15 +10,21 @@ use crate::config::{Config, HttpAuthType};
 /// Shown instead of secrets; sending it back in a set-configuration keeps the secret.
 pub const MASK: &str = "******";
 
-/// V1 result codes.
+/// Result codes, shared by both APIs.
 pub mod code {
     pub const OK: u16 = 0;
+    /// v4: an unknown section or action.
+    pub const RPC_ERROR: u16 = 101;
     pub const UNKNOWN: u16 = 102;
     pub const WRONG_CREDENTIALS: u16 = 103;
     pub const MISSING_CREDENTIALS: u16 = 104;
     pub const MISSING_PARAMETER: u16 = 107;
     pub const BAD_PARAMETER: u16 = 108;
     pub const NOT_JSON: u16 = 109;
+    /// v4: no such client (or not connected).
+    pub const CLIENT_OFFLINE: u16 = 112;
+    /// v4: no such bridge (NanoMQ's "illegal subject").
+    pub const ILLEGAL_SUBJECT: u16 = 115;
     pub const TOKEN_EXPIRED: u16 = 116;
     /// As NanoMQ's v4 API: the configuration file could not be written.
     pub const CONFIG_WRITE_FAILED: u16 = 118;

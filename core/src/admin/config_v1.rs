@@ -79,17 +79,24 @@ pub fn config_to_v1(c: &Config) -> Value {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Bool,
     Int,
     Str,
     OptStr,
     StrList,
     SubList,
+    /// A number (the keepalive multiplier).
+    Float,
+    /// A size in KiB, written to the files with its unit (v4 `max_packet_size`).
+    Kib,
 }
 
+/// A JSON path, its type, and the configuration key it sets.
+pub(crate) type Field = (&'static str, Kind, &'static str);
+
 /// The V1 fields a set-configuration accepts: JSON path, type, configuration key.
-const V1_FIELDS: &[(&str, Kind, &str)] = &[
+pub(crate) const V1_FIELDS: &[Field] = &[
     ("url", Kind::Str, "url"),
     ("num_taskq_thread", Kind::Int, "num_taskq_thread"),
     ("max_taskq_thread", Kind::Int, "max_taskq_thread"),
@@ -141,7 +148,7 @@ const V1_FIELDS: &[(&str, Kind, &str)] = &[
 const PATH_FIELDS: &[&str] = &["tls.key", "tls.cert", "tls.cacert"];
 
 /// The first control character (C0, DEL or C1) in any string inside `v`.
-fn first_control_char(v: &Value) -> Option<char> {
+pub(crate) fn first_control_char(v: &Value) -> Option<char> {
     match v {
         Value::String(s) => s.chars().find(|c| c.is_control()),
         Value::Array(items) => items.iter().find_map(first_control_char),
@@ -171,13 +178,15 @@ pub struct ConfigUpdate {
     pub restart_required: Vec<&'static str>,
 }
 
-fn type_ok(kind: Kind, v: &Value) -> bool {
+pub(crate) fn type_ok(kind: Kind, v: &Value) -> bool {
     match kind {
         Kind::Bool => v.is_boolean(),
         Kind::Int => v.as_u64().is_some(),
         Kind::Str => v.is_string(),
         Kind::OptStr => v.is_string() || v.is_null(),
         Kind::StrList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        Kind::Float => v.is_number(),
+        Kind::Kib => v.as_u64().is_some_and(|n| n <= u64::from(u32::MAX) / 1024),
         Kind::SubList => v.as_array().is_some_and(|a| {
             a.iter().all(|s| {
                 s.as_object().is_some_and(|o| {
@@ -198,10 +207,12 @@ fn type_name(kind: Kind) -> &'static str {
         Kind::OptStr => "a string or null",
         Kind::StrList => "an array of strings",
         Kind::SubList => "an array of {\"topic\": string, \"qos\": integer}",
+        Kind::Float => "a number",
+        Kind::Kib => "a size in KiB",
     }
 }
 
-fn to_raw(v: &Value) -> Raw {
+pub(crate) fn to_raw(v: &Value) -> Raw {
     match v {
         Value::Null => Raw::Null,
         Value::Bool(b) => Raw::Bool(*b),
@@ -233,10 +244,24 @@ pub fn check_set_config(base: &Config, data: &Value) -> Result<ConfigUpdate, Str
             _ => fields.push((k.clone(), v)),
         }
     }
+    check_fields(base, &fields, &[V1_FIELDS])
+}
+
+/// Checks flattened fields (`section.field` paths) against the tables: every field known and
+/// of the right type, no control characters, absolute file paths, the result valid.
+pub(crate) fn check_fields(
+    base: &Config,
+    fields: &[(String, &Value)],
+    tables: &[&[Field]],
+) -> Result<ConfigUpdate, String> {
     let mut entries = Vec::new();
     let mut changes = Vec::new();
-    for (path, value) in &fields {
-        let Some(&(_, kind, key)) = V1_FIELDS.iter().find(|(p, _, _)| p == path) else {
+    for (path, value) in fields {
+        let Some(&(_, kind, key)) = tables
+            .iter()
+            .flat_map(|t| t.iter())
+            .find(|(p, _, _)| p == path)
+        else {
             return Err(format!("unknown field {path}"));
         };
         if !type_ok(kind, value) {
@@ -263,8 +288,13 @@ pub fn check_set_config(base: &Config, data: &Value) -> Result<ConfigUpdate, Str
         if value.as_str() == Some(MASK) {
             continue;
         }
+        // A size in KiB is written with its unit, which every format reads the same way.
+        let value = match (kind, value.as_u64()) {
+            (Kind::Kib, Some(n)) => json!(format!("{n}KB")),
+            _ => (*value).clone(),
+        };
         // V1 subscriptions are {topic, qos}; the config calls the topic remote_topic.
-        let raw = to_raw(value);
+        let raw = to_raw(&value);
         entries.push(Entry {
             key: key.to_owned(),
             value: raw,
@@ -272,7 +302,7 @@ pub fn check_set_config(base: &Config, data: &Value) -> Result<ConfigUpdate, Str
         });
         changes.push(ConfigChange {
             key: key.to_owned(),
-            value: (*value).clone(),
+            value,
         });
     }
     let mut config = base.clone();
@@ -343,12 +373,4 @@ pub fn hocon_line(change: &ConfigChange) -> String {
         (_, v) => v.clone(),
     };
     format!("{} = {}", change.key, value)
-}
-
-/// A set-configuration waiting for its file write.
-pub(crate) struct PendingConfig {
-    pub seq: Value,
-    pub update: ConfigUpdate,
-    /// The request's `data`, re-applied to the configuration in force once written.
-    pub data: Value,
 }

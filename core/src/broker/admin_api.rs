@@ -56,6 +56,7 @@ impl Broker {
                                     seq: seq.clone(),
                                     update,
                                     data,
+                                    v4: None,
                                 },
                             );
                             return Err(None);
@@ -74,6 +75,9 @@ impl Broker {
 
     /// The runtime re-read and applied the configuration files for a req 10 restart.
     pub(super) fn control_done(&mut self, req_id: u64, result: Result<(), String>) {
+        if self.v4_control_done(req_id, &result) {
+            return;
+        }
         let Some(seq) = self.pending_restart.remove(&req_id) else {
             return;
         };
@@ -90,6 +94,7 @@ impl Broker {
             req_id,
             status: reply.status,
             body: Bytes::from(body),
+            content_type: admin::v4::JSON,
             challenge: reply.challenge,
         });
     }
@@ -99,6 +104,9 @@ impl Broker {
         let Some(pending) = self.pending_config.remove(&req_id) else {
             return;
         };
+        if let Some(write) = pending.v4 {
+            return self.v4_config_written(req_id, write, &pending.data, result);
+        }
         let reply = match result {
             // Apply this request's changes to the configuration in force now: a reload or
             // another set-configuration that took effect meanwhile must not be reverted, and

@@ -70,7 +70,7 @@ impl Broker {
         }
     }
 
-    fn arm_bridge_timer(&mut self, id: BridgeId) {
+    pub(super) fn arm_bridge_timer(&mut self, id: BridgeId) {
         let Some(b) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -96,7 +96,8 @@ impl Broker {
         }
         b.timer_armed = None;
         match b.link {
-            Link::Down if now >= b.retry_at => {
+            Link::Down if now >= b.retry_at && !b.switched_off => {
+                b.counters.connects += 1;
                 self.next_bridge_conn += 1;
                 let conn = ConnId(BRIDGE_CONN_BASE | self.next_bridge_conn);
                 b.connecting(conn, now);
@@ -170,7 +171,7 @@ impl Broker {
         self.arm_bridge_timer(id);
     }
 
-    fn bridge_send(&mut self, id: BridgeId, packet: &Packet) {
+    pub(super) fn bridge_send(&mut self, id: BridgeId, packet: &Packet) {
         let Some(b) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -180,6 +181,7 @@ impl Broker {
         let mut bytes = BytesMut::new();
         if codec::encode_packet(packet, b.version, &mut bytes).is_ok() {
             b.last_tx = self.now;
+            b.counters.tx_bytes += bytes.len() as u64;
             self.transmit(conn, bytes.freeze());
         }
     }
@@ -194,6 +196,7 @@ impl Broker {
             return;
         };
         b.rx.extend_from_slice(bytes);
+        b.counters.rx_bytes += bytes.len() as u64;
         loop {
             let Some(b) = self.bridges.get_mut(&id) else {
                 return;
@@ -239,7 +242,7 @@ impl Broker {
                 self.arm_bridge_timer(id);
             }
             (Link::Up, Packet::SubAck(ack)) => {
-                let expected = b.config.subscription.len();
+                let expected = b.subscribe_len;
                 if Some(ack.packet_id) != b.subscribe_id || ack.reasons.len() != expected {
                     return self.bridge_link_down(
                         id,
@@ -261,6 +264,12 @@ impl Broker {
                 }
             }
             (Link::Up, Packet::Publish(p)) => self.bridge_incoming(id, p),
+            // The answer to an UNSUBSCRIBE the admin API asked for (`admin_v4_bridge.rs`).
+            (Link::Up, Packet::UnsubAck(a)) => {
+                if b.subscribe_id == Some(a.packet_id) {
+                    b.subscribe_id = None;
+                }
+            }
             (Link::Up, Packet::PubRel(a)) => {
                 let known = b.qos2_in.release(a.packet_id);
                 let code = if known || !b.version.is_v5() {
@@ -363,9 +372,15 @@ impl Broker {
                 retain: p.retain,
                 properties,
             };
+            if let Some(b) = self.bridges.get_mut(&id) {
+                b.counters.rx_msgs += 1;
+            }
             let expires_at = content.take_expiry(self.now);
             self.publish(content, Origin::Bridge(id), expires_at);
         } else {
+            if let Some(b) = self.bridges.get_mut(&id) {
+                b.counters.recv_drop += 1;
+            }
             self.stats.messages_dropped += 1;
         }
         match p.qos {
@@ -450,6 +465,7 @@ impl Broker {
             || b.outbox.len() >= b.config.max_send_queue_len as usize
         {
             let client_id = format!("bridge:{}", b.name);
+            b.counters.send_drop += 1;
             self.stats.messages_dropped += 1;
             self.event(BrokerEvent::MessagesDropped {
                 client_id,
@@ -549,10 +565,13 @@ impl Broker {
     }
 
     /// Sends what the bridge has for the remote while its window allows.
-    fn bridge_pump(&mut self, id: BridgeId) {
+    pub(super) fn bridge_pump(&mut self, id: BridgeId) {
         while let Some(packet) = self.bridges.get_mut(&id).and_then(Bridge::next_to_send) {
             if matches!(packet, Packet::Publish(_)) {
                 self.stats.messages_sent += 1;
+                if let Some(b) = self.bridges.get_mut(&id) {
+                    b.counters.tx_msgs += 1;
+                }
             }
             self.bridge_send(id, &packet);
         }

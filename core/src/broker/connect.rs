@@ -107,6 +107,7 @@ impl Broker {
         session.version = version;
         session.username = connect.username.clone();
         session.keep_alive = keep_alive.secs;
+        session.clean_start = connect.clean_start;
         session.expiry_secs = expiry_secs;
         session.expires_at = None;
         session.will = connect.will.clone();

@@ -4,8 +4,8 @@
 use super::Broker;
 use crate::api::ConnId;
 use crate::codec::{
-    Packet, Properties, ProtocolVersion, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
-    reason,
+    Packet, Properties, ProtocolVersion, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe, reason,
 };
 use crate::conn::CloseReason;
 use crate::durable::options_byte;
@@ -24,72 +24,25 @@ impl Broker {
     ) {
         let v5 = version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        let max_levels = self.config.max_topic_levels as usize;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained_for: Vec<(String, Subscription)> = Vec::new();
         for (raw, options) in &s.filters {
-            let parsed = match topic::parse_subscription(raw, max_levels) {
-                Ok(p) => p,
-                Err(_) => {
-                    reasons.push(if v5 {
-                        reason::TOPIC_FILTER_INVALID
-                    } else {
-                        reason::UNSPECIFIED_ERROR
-                    });
-                    continue;
+            match self.add_subscription(sid, raw, *options, sub_id, v5) {
+                Added::Granted(code, retained) => {
+                    reasons.push(code);
+                    retained_for.extend(retained);
                 }
-            };
-            if parsed.share_group.is_some() && options.no_local {
-                return self.drop_conn(
-                    id,
-                    CloseReason::error(reason::PROTOCOL_ERROR, "no local on a shared subscription"),
-                );
-            }
-            let Some(session) = self.sessions.get_mut(&sid) else {
-                return;
-            };
-            let existed = session.subscriptions.contains_key(raw);
-            if session.durable && self.store.failed() {
-                reasons.push(if v5 {
-                    reason::QUOTA_EXCEEDED
-                } else {
-                    reason::UNSPECIFIED_ERROR
-                });
-                continue;
-            }
-            if !existed && session.subscriptions.len() >= self.config.max_subscriptions as usize {
-                reasons.push(if v5 {
-                    reason::QUOTA_EXCEEDED
-                } else {
-                    reason::UNSPECIFIED_ERROR
-                });
-                continue;
-            }
-            let sub = Subscription {
-                options: *options,
-                id: sub_id,
-            };
-            session.subscriptions.insert(raw.clone(), sub);
-            let durable = session.durable.then(|| session.client_id.clone());
-            self.subscriptions
-                .insert(parsed.filter, parsed.share_group, sid, sub);
-            if let Some(client_id) = durable {
-                let record = Record::SubPut {
-                    client_id,
-                    filter: raw.clone(),
-                    options: options_byte(options),
-                    subscription_id: sub_id,
-                };
-                self.store.persist(record, true);
-            }
-            reasons.push(ReasonCode(options.qos as u8));
-            let wants_retained = match options.retain_handling {
-                0 => true,
-                1 => !existed,
-                _ => false,
-            };
-            if parsed.share_group.is_none() && wants_retained {
-                retained_for.push((parsed.filter.to_owned(), sub));
+                Added::Refused(code) => reasons.push(code),
+                Added::SharedNoLocal => {
+                    return self.drop_conn(
+                        id,
+                        CloseReason::error(
+                            reason::PROTOCOL_ERROR,
+                            "no local on a shared subscription",
+                        ),
+                    );
+                }
+                Added::NoSession => return,
             }
         }
         self.send(
@@ -106,8 +59,75 @@ impl Broker {
         }
     }
 
+    /// One filter of a SUBSCRIBE (or of the admin API's subscribe on a client's behalf):
+    /// the session's subscriptions, the trie, the store. Says what the SUBACK reports and
+    /// which subscription gets the retained messages.
+    pub(super) fn add_subscription(
+        &mut self,
+        sid: SessionId,
+        raw: &str,
+        options: SubscriptionOptions,
+        sub_id: Option<u32>,
+        v5: bool,
+    ) -> Added {
+        let max_levels = self.config.max_topic_levels as usize;
+        let parsed = match topic::parse_subscription(raw, max_levels) {
+            Ok(p) => p,
+            Err(_) => {
+                return Added::Refused(if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    reason::UNSPECIFIED_ERROR
+                });
+            }
+        };
+        if parsed.share_group.is_some() && options.no_local {
+            return Added::SharedNoLocal;
+        }
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Added::NoSession;
+        };
+        let existed = session.subscriptions.contains_key(raw);
+        let refused = if v5 {
+            reason::QUOTA_EXCEEDED
+        } else {
+            reason::UNSPECIFIED_ERROR
+        };
+        if session.durable && self.store.failed() {
+            return Added::Refused(refused);
+        }
+        if !existed && session.subscriptions.len() >= self.config.max_subscriptions as usize {
+            return Added::Refused(refused);
+        }
+        let sub = Subscription {
+            options,
+            id: sub_id,
+        };
+        session.subscriptions.insert(raw.to_owned(), sub);
+        let durable = session.durable.then(|| session.client_id.clone());
+        self.subscriptions
+            .insert(parsed.filter, parsed.share_group, sid, sub);
+        if let Some(client_id) = durable {
+            let record = Record::SubPut {
+                client_id,
+                filter: raw.to_owned(),
+                options: options_byte(&options),
+                subscription_id: sub_id,
+            };
+            self.store.persist(record, true);
+        }
+        let wants_retained = match options.retain_handling {
+            0 => true,
+            1 => !existed,
+            _ => false,
+        };
+        let retained = (parsed.share_group.is_none() && wants_retained)
+            .then(|| (parsed.filter.to_owned(), sub));
+        Added::Granted(ReasonCode(options.qos as u8), retained)
+    }
+
     /// The retained messages under `filter`, to a subscription just made.
-    fn send_retained(&mut self, sid: SessionId, filter: &str, sub: Subscription) {
+    pub(super) fn send_retained(&mut self, sid: SessionId, filter: &str, sub: Subscription) {
         let (expired, msgs): (Vec<_>, Vec<_>) = self
             .retained
             .matching(filter)
@@ -161,33 +181,7 @@ impl Broker {
         }
         let mut reasons = Vec::new();
         for raw in &u.filters {
-            let removed = self
-                .sessions
-                .get_mut(&sid)
-                .is_some_and(|s| s.subscriptions.remove(raw).is_some());
-            let code = match topic::parse_subscription(raw, usize::MAX) {
-                Ok(parsed) => {
-                    if removed {
-                        self.subscriptions
-                            .remove(parsed.filter, parsed.share_group, &sid);
-                        if let Some(client_id) = self
-                            .sessions
-                            .get(&sid)
-                            .filter(|s| s.durable)
-                            .map(|s| s.client_id.clone())
-                        {
-                            let filter = raw.clone();
-                            self.store
-                                .persist(Record::SubDel { client_id, filter }, true);
-                        }
-                        reason::SUCCESS
-                    } else {
-                        reason::NO_SUBSCRIPTION_EXISTED
-                    }
-                }
-                Err(_) => reason::TOPIC_FILTER_INVALID,
-            };
-            reasons.push(code);
+            reasons.push(self.remove_subscription(sid, raw));
         }
         if !version.is_v5() {
             reasons.clear();
@@ -202,4 +196,45 @@ impl Broker {
             }),
         );
     }
+
+    /// One filter of an UNSUBSCRIBE (or of the admin API's unsubscribe): what the UNSUBACK
+    /// reports.
+    pub(super) fn remove_subscription(&mut self, sid: SessionId, raw: &str) -> ReasonCode {
+        let removed = self
+            .sessions
+            .get_mut(&sid)
+            .is_some_and(|s| s.subscriptions.remove(raw).is_some());
+        match topic::parse_subscription(raw, usize::MAX) {
+            Ok(parsed) => {
+                if removed {
+                    self.subscriptions
+                        .remove(parsed.filter, parsed.share_group, &sid);
+                    if let Some(client_id) = self
+                        .sessions
+                        .get(&sid)
+                        .filter(|s| s.durable)
+                        .map(|s| s.client_id.clone())
+                    {
+                        let filter = raw.to_owned();
+                        self.store
+                            .persist(Record::SubDel { client_id, filter }, true);
+                    }
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            }
+            Err(_) => reason::TOPIC_FILTER_INVALID,
+        }
+    }
+}
+
+/// What became of one filter of a SUBSCRIBE.
+pub(super) enum Added {
+    /// Subscribed: the SUBACK code, and the subscription that gets retained messages.
+    Granted(ReasonCode, Option<(String, Subscription)>),
+    Refused(ReasonCode),
+    /// No Local on a shared subscription: a protocol error.
+    SharedNoLocal,
+    NoSession,
 }

@@ -72,6 +72,7 @@ pub const RECEIVE_MAXIMUM_EXCEEDED: ReasonCode = ReasonCode(0x93);
 pub const TOPIC_ALIAS_INVALID: ReasonCode = ReasonCode(0x94);
 pub const PACKET_TOO_LARGE: ReasonCode = ReasonCode(0x95);
 pub const QUOTA_EXCEEDED: ReasonCode = ReasonCode(0x97);
+pub const ADMINISTRATIVE_ACTION: ReasonCode = ReasonCode(0x98);
 pub const PAYLOAD_FORMAT_INVALID: ReasonCode = ReasonCode(0x99);
 pub const QOS_NOT_SUPPORTED: ReasonCode = ReasonCode(0x9B);
 

@@ -1,15 +1,30 @@
 //! I13, the admin plane: every request gets exactly one well-formed answer with a documented
 //! status, credentials are honoured (no fail-open), reads change nothing, and a configuration
 //! change is applied exactly when it is valid (a rejected one leaves the old one in force).
+//! The same for the v4 API (its own shapes: `{"code":N}` errors, no `seq`), and a kick closes
+//! exactly the kicked client's connection, in the same step.
 
 use std::collections::BTreeMap;
 
 use crate::json::{self, Json};
 use crate::oracle::Violation;
-use crate::trace::{Entry, Ev};
+use crate::trace::{Entry, Ev, Got, Sent};
 
 const STATUSES: &[u16] = &[200, 400, 401, 404, 413, 500];
 const READS: &[i64] = &[2, 4, 5, 11, 13];
+
+const V4_STATUSES: &[u16] = &[200, 400, 401, 404, 405];
+
+struct V4Req {
+    step: u64,
+    at: u64,
+    target: String,
+    auth_ok: bool,
+    read: bool,
+    /// The connection the kicked client had when asked, if it had one.
+    kick: Option<Option<u64>>,
+    replies: u32,
+}
 
 struct Req {
     step: u64,
@@ -35,6 +50,9 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
         by_step.entry(e.step).or_default().push(&e.ev);
     }
     let mut reqs: BTreeMap<u64, Req> = BTreeMap::new();
+    let mut v4: BTreeMap<u64, V4Req> = BTreeMap::new();
+    // Each client id's connection, as the broker holds it (from CONNECT until closed).
+    let mut active: BTreeMap<String, u64> = BTreeMap::new();
     // Request heads: (when, credentials good, answered).
     let mut heads: BTreeMap<u64, (u64, bool, bool)> = BTreeMap::new();
     let mut last_config: Option<Json> = None;
@@ -47,6 +65,158 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
         let same_step = by_step.get(&e.step).map(Vec::as_slice).unwrap_or(&[]);
         match &e.ev {
             Ev::Quiesced => quiesced = true,
+            Ev::BrokerStart { .. } => active.clear(),
+            Ev::BrokerGot {
+                conn,
+                pkt: Got::Connect { client_id, .. },
+                ..
+            } => {
+                active.insert(client_id.clone(), *conn);
+            }
+            Ev::BrokerSent {
+                conn,
+                pkt: Sent::ConnAck { code, .. },
+                ..
+            } if *code != 0 => active.retain(|_, c| c != conn),
+            Ev::BrokerClosed { conn, .. } => active.retain(|_, c| c != conn),
+            Ev::AdminV4Req {
+                req_id,
+                target,
+                auth_ok,
+                read,
+                kick,
+                ..
+            } => {
+                let closed: Vec<u64> = same_step
+                    .iter()
+                    .filter_map(|ev| match ev {
+                        Ev::BrokerClosed {
+                            conn,
+                            by_broker: true,
+                        } => Some(*conn),
+                        _ => None,
+                    })
+                    .collect();
+                let kick = kick.as_ref().map(|id| active.get(id).copied());
+                let expected: Vec<u64> = match kick {
+                    Some(Some(conn)) if *auth_ok => vec![conn],
+                    _ => Vec::new(),
+                };
+                if closed != expected {
+                    push(
+                        at,
+                        format!(
+                            "admin v4 request {req_id} ({target}) closed {closed:?}, expected {expected:?}"
+                        ),
+                    );
+                }
+                if *read {
+                    let effects: Vec<String> = same_step
+                        .iter()
+                        .filter(|ev| {
+                            matches!(
+                                ev,
+                                Ev::BrokerSent { .. }
+                                    | Ev::ConfigEvent { .. }
+                                    | Ev::Dropped { .. }
+                                    | Ev::AdminWrite { .. }
+                                    | Ev::AdminControl
+                            )
+                        })
+                        .map(|ev| format!("{ev:?}"))
+                        .collect();
+                    if !effects.is_empty() {
+                        push(
+                            at,
+                            format!(
+                                "admin v4 read {req_id} ({target}) had side effects: {effects:?}"
+                            ),
+                        );
+                    }
+                }
+                v4.insert(
+                    *req_id,
+                    V4Req {
+                        step: e.step,
+                        at,
+                        target: target.clone(),
+                        auth_ok: *auth_ok,
+                        read: *read,
+                        kick,
+                        replies: 0,
+                    },
+                );
+            }
+            Ev::AdminReply {
+                req_id,
+                status,
+                body,
+                challenge,
+            } if v4.contains_key(req_id) => {
+                let Some(r) = v4.get_mut(req_id) else {
+                    continue;
+                };
+                r.replies += 1;
+                let what = format!("admin v4 request {req_id} ({})", r.target);
+                if r.replies > 1 {
+                    push(at, format!("{what} answered twice"));
+                }
+                if r.step != e.step {
+                    push(at, format!("{what} answered late"));
+                }
+                if !V4_STATUSES.contains(status) {
+                    push(at, format!("{what}: status {status}"));
+                }
+                if r.auth_ok == (*status == 401) {
+                    push(
+                        at,
+                        format!(
+                            "{what}: credentials {} but status {status}",
+                            if r.auth_ok { "valid" } else { "invalid" }
+                        ),
+                    );
+                }
+                if *status == 401 && !challenge {
+                    push(at, format!("{what}: 401 without a challenge"));
+                }
+                if r.read && r.auth_ok && *status != 200 {
+                    push(at, format!("{what}: read failed with {status} {body}"));
+                }
+                if let Some(conn) = r.kick
+                    && r.auth_ok
+                    && conn.is_some()
+                    && *status != 200
+                {
+                    push(
+                        at,
+                        format!("{what}: kick of a connected client got {status}"),
+                    );
+                }
+                let text = r.target.starts_with("/api/v4/prometheus") && *status == 200;
+                let parsed = json::parse(body);
+                let code = parsed
+                    .as_ref()
+                    .and_then(|j| j.get("code"))
+                    .and_then(Json::int);
+                let fields = match &parsed {
+                    Some(Json::Obj(m)) => Some(m.len()),
+                    _ => None,
+                };
+                let metrics = r.target.starts_with("/api/v4/metrics") && *status == 200;
+                let well_formed = if text {
+                    body.starts_with("# TYPE nanomq_connections_count gauge\n")
+                } else if metrics {
+                    fields.is_some() && code.is_none()
+                } else if *status == 200 {
+                    code == Some(0)
+                } else {
+                    // Errors carry only the code.
+                    fields == Some(1) && code.is_some_and(|c| c > 0)
+                };
+                if !well_formed {
+                    push(at, format!("{what}: malformed reply {status} {body:?}"));
+                }
+            }
             Ev::AdminReq {
                 req_id,
                 req,
@@ -298,6 +468,14 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
         for (id, (at, _, answered)) in &heads {
             if !answered {
                 push(*at, format!("admin head {id} never answered"));
+            }
+        }
+        for (id, r) in &v4 {
+            if r.replies == 0 {
+                push(
+                    r.at,
+                    format!("admin v4 request {id} ({}) never answered", r.target),
+                );
             }
         }
         for (id, r) in &reqs {
