@@ -10,6 +10,14 @@ pub struct Violation {
 }
 
 impl Violation {
+    pub fn new(invariant: &'static str, at: u64, detail: String) -> Self {
+        Self {
+            invariant,
+            at,
+            detail,
+        }
+    }
+
     /// A manifestation of a known, reported core bug: listed, but not a failure of the
     /// sweep until the core is fixed (`persistence_regressions` in `tests/sweep.rs` holds
     /// seeds that show each one).
