@@ -10,6 +10,14 @@ pub struct Violation {
 }
 
 impl Violation {
+    pub fn new(invariant: &'static str, at: u64, detail: String) -> Self {
+        Self {
+            invariant,
+            at,
+            detail,
+        }
+    }
+
     /// A manifestation of a known, reported core bug (an invariant named `K…`): listed, but
     /// not a failure of the sweep until the core is fixed. None is open: K1 (a takeover's
     /// DISCONNECT 0x8E dropped with output held for the store) and K2 (a QoS 2 message sent
