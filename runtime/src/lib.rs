@@ -7,6 +7,7 @@ pub mod config_file;
 mod conn;
 mod driver;
 mod http;
+pub mod limits;
 mod listener;
 pub mod logging;
 pub mod net;
