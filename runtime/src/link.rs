@@ -475,6 +475,126 @@ fn ws_binary_header(len: usize) -> Bytes {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn link(server: DuplexStream, websocket: bool) -> Link {
+        let queue = Arc::new(ReadyQueue::default());
+        let ws = websocket.then(|| (BytesMut::new(), 1 << 16));
+        Link::new(ConnId(1), Box::new(server), ws, None, &queue)
+    }
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Reads what the link has read so far, until the socket has nothing more.
+    fn read_all(link: &mut Link, scratch: &mut BytesMut) -> Vec<Bytes> {
+        let mut into = Vec::new();
+        while let Poll::Ready(r) = link.read(scratch, &mut into) {
+            assert_eq!(r, ReadResult::Open);
+        }
+        into
+    }
+
+    #[tokio::test]
+    async fn pings_from_a_peer_that_does_not_read_leave_one_pong_queued() {
+        // A pipe of 256 bytes each way: the peer's unread pongs fill it at once.
+        let (server, mut client) = tokio::io::duplex(256);
+        let mut link = link(server, true);
+        let mut scratch = BytesMut::new();
+        for i in 0..200u8 {
+            client.write_all(&masked(0x9, &[i; 100])).await.unwrap();
+            assert!(read_all(&mut link, &mut scratch).is_empty());
+            let written = link.write();
+            assert_eq!(written.credited, 0, "pongs are not the core's bytes");
+            assert!(
+                link.queued() <= 2 * 102,
+                "ping {i}: {} bytes queued",
+                link.queued()
+            );
+        }
+        // The peer reads at last: a few pongs, the last one for the last ping.
+        let mut pongs = Vec::new();
+        let mut wire = BytesMut::new();
+        for _ in 0..10 {
+            link.write();
+            let mut buf = [0u8; 1024];
+            let n =
+                tokio::time::timeout(std::time::Duration::from_millis(50), client.read(&mut buf))
+                    .await
+                    .unwrap_or(Ok(0))
+                    .unwrap();
+            wire.extend_from_slice(&buf[..n]);
+        }
+        while wire.len() >= 102 {
+            let frame = wire.split_to(102);
+            assert_eq!(&frame[..2], &[0x8A, 100]);
+            pongs.push(frame[2]);
+        }
+        assert!(wire.is_empty());
+        assert!(pongs.len() <= 4, "{} pongs for 200 pings", pongs.len());
+        assert_eq!(pongs.last(), Some(&199));
+    }
+
+    #[tokio::test]
+    async fn websocket_framing_is_not_counted_as_the_core_bytes() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut link = link(server, true);
+        link.queue(Bytes::from_static(b"hello"));
+        assert_eq!(link.queued(), 7);
+        let written = link.write();
+        assert_eq!((written.credited, written.blocked), (5, false));
+        assert_eq!(link.queued(), 0);
+        let mut buf = [0u8; 7];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"\x82\x05hello");
+    }
+
+    #[tokio::test]
+    async fn bytes_are_credited_once_their_chunk_is_on_the_wire() {
+        let (server, mut client) = tokio::io::duplex(4);
+        let mut link = link(server, false);
+        link.queue(Bytes::from_static(b"0123456789"));
+        let first = link.write();
+        assert!(first.progress && first.blocked);
+        assert_eq!(first.credited, 0);
+        let mut credited = 0;
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let mut buf = [0u8; 4];
+            let n = client.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            credited += link.write().credited;
+        }
+        assert_eq!(got, b"0123456789");
+        assert_eq!(credited, 10);
+        assert!(!link.has_output());
+    }
+
+    #[tokio::test]
+    async fn lingering_discards_up_to_the_byte_bound_or_the_end_of_stream() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut link = link(server, false);
+        let mut scratch = BytesMut::new();
+        link.phase = Phase::Lingering { discarded: 0 };
+        client.write_all(&[0u8; 100]).await.unwrap();
+        assert!(link.discard(&mut scratch, 1000).is_pending());
+        assert_eq!(link.phase, Phase::Lingering { discarded: 100 });
+        client.write_all(&[0u8; 100]).await.unwrap();
+        assert!(link.discard(&mut scratch, 150).is_ready());
+        assert_eq!(link.phase, Phase::Done);
+
+        let (server, client) = tokio::io::duplex(1024);
+        let mut link = super::tests::link(server, false);
+        link.phase = Phase::Lingering { discarded: 0 };
+        drop(client);
+        assert!(link.discard(&mut scratch, 1000).is_ready());
+        assert_eq!(link.phase, Phase::Done);
+    }
 
     #[test]
     fn binary_header_matches_the_core_framing() {
