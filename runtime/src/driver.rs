@@ -619,6 +619,7 @@ impl Driver {
             listener,
             self.admin_tx.clone(),
             settings,
+            self.gate.clone(),
         )));
         Ok(())
     }

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tidemq_core::admin::{Credentials, JwtVerdict, scheme_token};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// One admin request on its way to the core, with the channel for its answer.
 pub(crate) struct AdminCall {
@@ -93,14 +93,16 @@ pub(crate) async fn serve(
     listener: Box<dyn crate::net::Listener>,
     calls: mpsc::Sender<AdminCall>,
     settings: Arc<HttpSettings>,
+    gate: Arc<crate::limits::ConnGate>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.limit_conn.max(1)));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                warn!(error = %e, "admin API accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Counted and logged with the MQTT listeners' errors, once per interval.
+                gate.note_accept_error(&e, tokio::time::Instant::now());
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
