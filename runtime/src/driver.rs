@@ -388,6 +388,7 @@ impl Server {
             feedback: VecDeque::new(),
             deadlines: BTreeSet::new(),
             gate: self.gate,
+            limits: RuntimeLimits::default(),
             shutting_down: false,
             events_tx,
             pending_admin: BTreeMap::new(),
@@ -420,7 +421,8 @@ impl Server {
             disconnect_linger_ms = limits.disconnect_linger.as_millis() as u64,
             "connection limits"
         );
-        driver.gate.set_limits(limits);
+        driver.gate.set_limits(limits.clone());
+        driver.limits = limits;
         for (url, listener) in self.listeners {
             driver.start_listener(url, listener);
         }
@@ -560,6 +562,8 @@ struct Driver {
     /// Stall and linger deadlines, earliest first.
     deadlines: BTreeSet<(tokio::time::Instant, ConnId)>,
     gate: Arc<ConnGate>,
+    /// The gate's limits, kept here for the per-message paths.
+    limits: RuntimeLimits,
     queue_cap: usize,
     max_frame: usize,
     /// No lingering once the broker stops.
@@ -856,7 +860,7 @@ impl Driver {
         };
         link.unqueue();
         self.flush(id);
-        let linger_bytes = self.gate.limits().disconnect_linger_bytes;
+        let linger_bytes = self.limits.disconnect_linger_bytes;
         for _ in 0..READS_PER_TURN {
             let Some(link) = self.links.get_mut(&id) else {
                 return;
@@ -931,25 +935,30 @@ impl Driver {
             }
             return;
         }
-        let limits = self.gate.limits();
-        let clock = tokio::time::Instant::now();
-        let stall = clock + limits.write_stall_timeout;
+        let stall = || tokio::time::Instant::now() + self.limits.write_stall_timeout;
         if result.blocked {
             if result.progress || link.deadline.is_none() {
-                self.set_deadline(id, Some(stall));
+                let at = stall();
+                self.set_deadline(id, Some(at));
             }
             return;
         }
         match link.phase {
-            Phase::Open => self.set_deadline(id, None),
+            Phase::Open => {
+                if link.deadline.is_some() {
+                    self.set_deadline(id, None);
+                }
+            }
             Phase::Closing { linger } => match link.shutdown() {
                 Poll::Pending => {
                     if link.deadline.is_none() {
-                        self.set_deadline(id, Some(stall));
+                        let at = stall();
+                        self.set_deadline(id, Some(at));
                     }
                 }
                 Poll::Ready(_) => {
-                    if linger && !self.shutting_down && !limits.disconnect_linger.is_zero() {
+                    let linger_for = self.limits.disconnect_linger;
+                    if linger && !self.shutting_down && !linger_for.is_zero() {
                         // Read and discard for a while: a client still writing gets to read
                         // the reason it was disconnected instead of a reset.
                         link.phase = Phase::Lingering { discarded: 0 };
@@ -958,7 +967,8 @@ impl Driver {
                             .counters()
                             .lingered
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.set_deadline(id, Some(clock + limits.disconnect_linger));
+                        let at = tokio::time::Instant::now() + linger_for;
+                        self.set_deadline(id, Some(at));
                     } else {
                         self.remove(id);
                     }
