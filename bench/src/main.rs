@@ -9,7 +9,7 @@ use tidemq_core::codec::QoS;
 
 const USAGE: &str = "\
 usage: tidemq-bench SCENARIO [options]
-       tidemq-bench report FILE.jsonl [--subject tidemq] [--baseline mosquitto]
+       tidemq-bench report FILE.jsonl [--subject tidemq] [--baseline mosquitto]...
 
 scenarios:
   fan-in        P publishers -> 1 wildcard subscriber          (--publishers)
@@ -17,6 +17,8 @@ scenarios:
   p2p           N publisher/subscriber pairs on N topics       (--pairs)
   latency       1 -> 1 at a fixed rate; p50/p99/p99.9/max       (--rate)
   connections   C idle clients: connect rate, broker RSS/conn  (--connections)
+  soak          N pairs at a total --rate for --seconds, with connection churn; the
+                broker's RSS sampled throughout               (--pairs, --rate, --churn)
 
 options (defaults in brackets):
   --host H            broker address [127.0.0.1]
@@ -41,6 +43,9 @@ options (defaults in brackets):
   --session K         subscribers' sessions: clean, or persistent (clean session 0, so
                       QoS 1 messages to them are stored when the broker persists) [clean]
   --threads T         tokio worker threads; 1 = single-threaded runtime [1]
+  --churn C           soak: clients connected and disconnected per cycle [500]
+  --churn-every S     soak: seconds between churn cycles [10]
+  --sample-every S    soak: seconds between RSS samples [5]
 ";
 
 enum Command {
@@ -52,7 +57,8 @@ enum Command {
     Report {
         file: String,
         subject: String,
-        baseline: String,
+        /// The peers, in column order; the subject's targets are judged against them.
+        baselines: Vec<String>,
     },
     Help,
 }
@@ -72,18 +78,22 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
     }
     if first == "report" {
         let file = args.next().ok_or("report needs a file of JSON lines")?;
-        let (mut subject, mut baseline) = ("tidemq".to_owned(), "mosquitto".to_owned());
+        let mut subject = "tidemq".to_owned();
+        let mut baselines = Vec::new();
         while let Some(flag) = args.next() {
             match flag.as_str() {
                 "--subject" => subject = value(&flag, args.next())?,
-                "--baseline" => baseline = value(&flag, args.next())?,
+                "--baseline" => baselines.push(value(&flag, args.next())?),
                 _ => return Err(format!("unknown option {flag}")),
             }
+        }
+        if baselines.is_empty() {
+            baselines.push("mosquitto".to_owned());
         }
         return Ok(Command::Report {
             file,
             subject,
-            baseline,
+            baselines,
         });
     }
     let scenario = Scenario::parse(&first).ok_or_else(|| format!("unknown scenario {first:?}"))?;
@@ -129,6 +139,9 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
                 }
             }
             "--threads" => threads = value(&flag, v)?,
+            "--churn" => opts.churn = value(&flag, v)?,
+            "--churn-every" => opts.churn_every = value(&flag, v)?,
+            "--sample-every" => opts.sample_every = value(&flag, v)?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -171,7 +184,7 @@ fn main() -> ExitCode {
         Command::Report {
             file,
             subject,
-            baseline,
+            baselines,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -180,7 +193,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match report::markdown(&text, &subject, &baseline) {
+            match report::markdown(&text, &subject, &baselines) {
                 Ok(md) => {
                     print!("{md}");
                     ExitCode::SUCCESS

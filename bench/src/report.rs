@@ -9,14 +9,22 @@ use serde_json::{Map, Value, json};
 use crate::usage::CpuUse;
 
 /// Publish-to-deliver latency percentiles, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Latency {
     pub samples: usize,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// (percentile, µs) at [`CURVE`]: the percentile curve for charts.
+    pub curve: Vec<(f64, f64)>,
 }
+
+/// The percentiles of the latency curve.
+pub const CURVE: [f64; 16] = [
+    1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.7, 99.8, 99.9, 99.95, 99.97, 99.99,
+    100.0,
+];
 
 impl Latency {
     pub fn from_nanos(mut samples: Vec<u64>) -> Latency {
@@ -34,6 +42,7 @@ impl Latency {
             p99_us: at(0.99),
             p999_us: at(0.999),
             max_us: at(1.0),
+            curve: CURVE.iter().map(|p| (*p, at(p / 100.0))).collect(),
         }
     }
 }
@@ -69,9 +78,30 @@ pub struct Outcome {
     pub connections: Option<ConnStats>,
     pub cpu: CpuUse,
     pub broker_rss_kib: Option<u64>,
+    /// soak: (seconds, broker VmRSS KiB) samples.
+    pub rss_samples: Vec<(f64, u64)>,
     pub load1: Option<f64>,
     pub errors: Vec<String>,
     pub ok: bool,
+}
+
+/// How much the broker's RSS grew over the soak, in % (negative: shrank): the median of the
+/// last fifth of the samples against the median from a tenth to three tenths of the run (after
+/// the warm-up). Medians over windows, so the connection churn's ups and downs do not count;
+/// growth that goes on does.
+pub fn rss_drift(samples: &[(f64, u64)]) -> Option<f64> {
+    let end = samples.last()?.0;
+    let window = |from: f64, to: f64| {
+        let mut v: Vec<f64> = samples
+            .iter()
+            .filter(|(t, _)| *t >= from * end && *t <= to * end)
+            .map(|(_, kib)| *kib as f64)
+            .collect();
+        median(&mut v)
+    };
+    let early = window(0.1, 0.3)?;
+    let late = window(0.8, 1.0)?;
+    (early > 0.0).then(|| 100.0 * (late - early) / early)
 }
 
 /// Above this, the tool's own CPU use may be what limits the numbers.
@@ -95,6 +125,7 @@ impl Outcome {
             connections: None,
             cpu: CpuUse::default(),
             broker_rss_kib: None,
+            rss_samples: Vec::new(),
             load1: None,
             errors: Vec::new(),
             ok: false,
@@ -157,6 +188,23 @@ impl Outcome {
                 )
             }
             "connections" => format!("connections {}", p("connections")),
+            "soak" => {
+                let f = |k: &str| {
+                    self.params
+                        .iter()
+                        .find(|(name, _)| *name == k)
+                        .and_then(|(_, v)| v.as_f64())
+                        .unwrap_or(0.0)
+                };
+                let rate = f("rate") * p("publishers") as f64;
+                format!(
+                    "soak {:.0} s {}×(1→1) qos{} {rate:.0} msg/s + {} conn churn",
+                    f("seconds"),
+                    p("publishers"),
+                    p("qos"),
+                    p("churn")
+                )
+            }
             other => other.to_owned(),
         }
     }
@@ -188,6 +236,12 @@ impl Outcome {
             m.insert("p99_us".into(), round(l.p99_us, 1).into());
             m.insert("p999_us".into(), round(l.p999_us, 1).into());
             m.insert("max_us".into(), round(l.max_us, 1).into());
+            let curve: Vec<Value> = l
+                .curve
+                .iter()
+                .map(|(p, us)| json!([p, round(*us, 1)]))
+                .collect();
+            m.insert("latency_curve".into(), Value::Array(curve));
         }
         if let Some(c) = &self.connections {
             m.insert("rss_before_kib".into(), c.rss_before_kib.into());
@@ -203,6 +257,19 @@ impl Outcome {
         m.insert("broker_cpu_pct".into(), opt(self.cpu.broker_pct));
         m.insert("others_cpu_pct".into(), opt(self.cpu.others_pct));
         m.insert("broker_rss_kib".into(), self.broker_rss_kib.into());
+        if !self.rss_samples.is_empty() {
+            let samples: Vec<Value> = self
+                .rss_samples
+                .iter()
+                .map(|(t, kib)| json!([round(*t, 1), kib]))
+                .collect();
+            m.insert("rss_samples".into(), Value::Array(samples));
+            if let Some(drift) = rss_drift(&self.rss_samples) {
+                m.insert("rss_drift_pct".into(), round(drift, 1).into());
+            }
+            let max = self.rss_samples.iter().map(|(_, kib)| *kib).max();
+            m.insert("rss_max_kib".into(), max.into());
+        }
         m.insert("load1".into(), self.load1.into());
         m.insert("errors".into(), json!(self.errors));
         Value::Object(m)
@@ -319,27 +386,35 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
             m("connect rate conn/s", "rate", true),
             m("broker RSS B/conn", "rss_per_conn_bytes", false),
         ],
+        "soak" => vec![
+            m("msg/s", "rate", true),
+            m("p99 µs", "p99_us", false),
+            m("RSS end KiB", "broker_rss_kib", false),
+            m("RSS max KiB", "rss_max_kib", false),
+            m("RSS drift %", "rss_drift_pct", false),
+        ],
         _ => vec![m("msg/s", "rate", true)],
     }
 }
 
-/// The project's targets for the subject broker.
+/// What the subject broker must reach (issue 20), judged against the peers measured in the
+/// same run.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Target {
-    AtLeast(f64, &'static str),
-    AtMost(f64, &'static str),
-    NoWorseThanBaseline,
+    /// At least as good as every peer present.
+    EveryPeer,
+    /// At least as good as this peer.
+    Peer(&'static str),
+    /// Within ± this value (the soak's RSS drift, in percent).
+    Within(f64),
 }
 
-fn target_for(scenario: &str, qos: u64, subscribers: u64, key: &str) -> Option<Target> {
+fn target_for(scenario: &str, key: &str) -> Option<Target> {
     match (scenario, key) {
-        ("fan-in", "rate") if qos == 0 => Some(Target::AtLeast(771_000.0, "rumqttd 771k")),
-        ("fan-in", "rate") if qos == 1 => Some(Target::AtLeast(555_000.0, "rumqttd 555k")),
-        ("fan-out", "rate") if qos == 0 && subscribers == 16 => {
-            Some(Target::AtLeast(3_730_000.0, "rumqttd 3.73M"))
-        }
-        ("latency", "p99_us") => Some(Target::NoWorseThanBaseline),
-        ("connections", "rate") => Some(Target::NoWorseThanBaseline),
-        ("connections", "rss_per_conn_bytes") => Some(Target::AtMost(2048.0, "2 KiB")),
+        ("fan-in" | "fan-out" | "p2p", "rate") => Some(Target::EveryPeer),
+        ("latency", "p99_us") => Some(Target::EveryPeer),
+        ("connections", "rate" | "rss_per_conn_bytes") => Some(Target::Peer("mosquitto")),
+        ("soak", "rss_drift_pct") => Some(Target::Within(10.0)),
         _ => None,
     }
 }
@@ -372,8 +447,9 @@ struct Runs {
 }
 
 /// The Markdown side-by-side tables from JSON lines (one per run): medians with the range
-/// over runs, the ratio subject/baseline, and the project's targets for the subject.
-pub fn markdown(jsonl: &str, subject: &str, baseline: &str) -> Result<String, String> {
+/// over runs, the ratio of the subject to each baseline (its peers), and whether the subject
+/// meets its targets against the peers measured in the same run.
+pub fn markdown(jsonl: &str, subject: &str, baselines: &[String]) -> Result<String, String> {
     // case -> (scenario, qos, subscribers), in first-seen order
     let mut cases: Vec<(String, String, u64, u64)> = Vec::new();
     let mut labels: Vec<String> = Vec::new();
@@ -424,17 +500,35 @@ pub fn markdown(jsonl: &str, subject: &str, baseline: &str) -> Result<String, St
         r.broker_cpu.extend(num("broker_cpu_pct"));
         r.others_cpu.extend(num("others_cpu_pct"));
     }
-    // Subject first, baseline second, the others after.
-    labels.sort_by_key(|l| (l != subject, l != baseline, l.clone()));
+    // Subject first, the baselines in their order, the others after.
+    let rank = |l: &String| {
+        if l == subject {
+            0
+        } else {
+            baselines
+                .iter()
+                .position(|b| b == l)
+                .map_or(usize::MAX, |i| i + 1)
+        }
+    };
+    labels.sort_by_key(|l| (rank(l), l.clone()));
+    let peers: Vec<&String> = baselines.iter().filter(|b| labels.contains(b)).collect();
     let mut out = String::new();
+    let ratios: Vec<String> = peers.iter().map(|b| format!("{subject}/{b}")).collect();
     let _ = writeln!(
         out,
-        "| Case | Metric | {} | {subject}/{baseline} | Target ({subject}) | Met |",
-        labels.join(" | ")
+        "| Case | Metric | {} | {} | Target ({subject}) | Met |",
+        labels.join(" | "),
+        ratios.join(" | ")
     );
-    let _ = writeln!(out, "|---|---|{}---|---|---|", "---|".repeat(labels.len()));
+    let _ = writeln!(
+        out,
+        "|---|---|{}{}---|---|",
+        "---|".repeat(labels.len()),
+        "---|".repeat(peers.len())
+    );
     let mut verdicts = Vec::new();
-    for (case, scenario, qos, subscribers) in &cases {
+    for (case, scenario, _qos, _subscribers) in &cases {
         for m in metrics_for(scenario) {
             let mut medians = BTreeMap::new();
             let mut cells = Vec::new();
@@ -460,44 +554,79 @@ pub fn markdown(jsonl: &str, subject: &str, baseline: &str) -> Result<String, St
                 }
             }
             let s = medians.get(subject).copied();
-            let b = medians.get(baseline).copied();
-            let ratio = match (s, b) {
-                (Some(s), Some(b)) if b > 0.0 => format!("{:.2}×", s / b),
-                _ => "—".to_owned(),
-            };
+            let ratio_cells: Vec<String> = peers
+                .iter()
+                .map(|b| match (s, medians.get(*b)) {
+                    (Some(s), Some(b)) if *b > 0.0 => format!("{:.2}×", s / b),
+                    _ => "—".to_owned(),
+                })
+                .collect();
             // The targets are for the broker's default (no persistence, clean sessions).
             let target = if case.ends_with("persistent sessions") {
                 None
             } else {
-                target_for(scenario, *qos, *subscribers, m.key)
+                target_for(scenario, m.key)
             };
+            if let (Some(Target::Within(limit)), Some(s)) = (target, s) {
+                let met = verdict(
+                    s.abs() <= limit,
+                    s.abs() / limit,
+                    &mut verdicts,
+                    case,
+                    m.name,
+                );
+                let _ = writeln!(
+                    out,
+                    "| {case} | {} | {} | {} | ±{limit:.0}% | {met} |",
+                    m.name,
+                    cells.join(" | "),
+                    ratio_cells.join(" | ")
+                );
+                continue;
+            }
+            let judged: Vec<&String> = match target {
+                Some(Target::EveryPeer) => peers.clone(),
+                Some(Target::Peer(name)) => peers.iter().copied().filter(|p| *p == name).collect(),
+                Some(Target::Within(_)) | None => Vec::new(),
+            };
+            let sign = if m.higher_is_better { "≥" } else { "≤" };
             let (target, met) = match (target, s) {
-                (Some(Target::AtLeast(t, text)), Some(s)) => (
-                    format!("≥ {text}"),
-                    verdict(s >= t, s / t, &mut verdicts, case, m.name),
-                ),
-                (Some(Target::AtMost(t, text)), Some(s)) => (
-                    format!("≤ {text}"),
-                    verdict(s <= t, s / t, &mut verdicts, case, m.name),
-                ),
-                (Some(Target::NoWorseThanBaseline), Some(s)) => match b {
-                    Some(b) if b > 0.0 => {
-                        let met = if m.higher_is_better { s >= b } else { s <= b };
-                        let text = if m.higher_is_better { "≥" } else { "≤" };
-                        (
-                            format!("{text} {baseline}"),
-                            verdict(met, s / b, &mut verdicts, case, m.name),
-                        )
+                (None, _) => (String::new(), String::new()),
+                (Some(_), _) if judged.is_empty() => {
+                    ("no peer measured".to_owned(), "?".to_owned())
+                }
+                (Some(_), None) => (String::new(), "?".to_owned()),
+                (Some(_), Some(s)) => {
+                    let names: Vec<&str> = judged.iter().map(|p| p.as_str()).collect();
+                    // The worst ratio against the peers judged, as "subject / target".
+                    let mut worst: Option<f64> = None;
+                    let mut met = true;
+                    for p in &judged {
+                        let Some(b) = medians.get(*p).copied().filter(|b| *b > 0.0) else {
+                            continue;
+                        };
+                        let ok = if m.higher_is_better { s >= b } else { s <= b };
+                        met &= ok;
+                        let r = s / b;
+                        worst = Some(match worst {
+                            None => r,
+                            Some(w) if m.higher_is_better => w.min(r),
+                            Some(w) => w.max(r),
+                        });
                     }
-                    _ => (format!("vs {baseline}"), "?".to_owned()),
-                },
-                _ => ("".to_owned(), "".to_owned()),
+                    let text = format!("{sign} {}", names.join(", "));
+                    match worst {
+                        Some(r) => (text, verdict(met, r, &mut verdicts, case, m.name)),
+                        None => (text, "?".to_owned()),
+                    }
+                }
             };
             let _ = writeln!(
                 out,
-                "| {case} | {} | {} | {ratio} | {target} | {met} |",
+                "| {case} | {} | {} | {} | {target} | {met} |",
                 m.name,
-                cells.join(" | ")
+                cells.join(" | "),
+                ratio_cells.join(" | ")
             );
         }
     }
@@ -575,6 +704,18 @@ mod tests {
     }
 
     #[test]
+    fn rss_drift_ignores_the_warm_up_and_the_churn_and_sees_growth() {
+        // Warm-up to 100, then 100/110 alternating (churn): flat.
+        let flat: Vec<(f64, u64)> = (0..100)
+            .map(|i| (i as f64, if i < 5 { 50 } else { 100 + 10 * (i % 2) }))
+            .collect();
+        assert!(rss_drift(&flat).unwrap().abs() < 10.0);
+        let growing: Vec<(f64, u64)> = (0..100).map(|i| (i as f64, 100 + i)).collect();
+        assert!(rss_drift(&growing).unwrap() > 50.0);
+        assert_eq!(rss_drift(&[]), None);
+    }
+
+    #[test]
     fn thousands_separators() {
         assert_eq!(thousands(0.0), "0");
         assert_eq!(thousands(999.0), "999");
@@ -587,6 +728,7 @@ mod tests {
         for (label, rates) in [
             ("tidemq", [3.0e5, 4.0e5, 5.0e5]),
             ("mosquitto", [1.0e5, 2.0e5, 3.0e5]),
+            ("rumqttd", [5.0e5, 5.0e5, 5.0e5]),
         ] {
             for rate in rates {
                 let mut o = Outcome::new("fan-in", label);
@@ -599,7 +741,10 @@ mod tests {
                 lines.push('\n');
             }
         }
-        let md = markdown(&lines, "tidemq", "mosquitto").unwrap();
-        assert!(md.contains("| fan-in 8→1 qos0 16B | msg/s | **400k** (300k–500k) | **200k** (100k–300k) | 2.00× | ≥ rumqttd 771k | **no** (0.52×) |"), "{md}");
+        let peers = ["mosquitto".to_owned(), "rumqttd".to_owned()];
+        let md = markdown(&lines, "tidemq", &peers).unwrap();
+        assert!(md.contains("| fan-in 8→1 qos0 16B | msg/s | **400k** (300k–500k) | **200k** (100k–300k) | **500k** (500k–500k) | 2.00× | 0.80× | ≥ mosquitto, rumqttd | **no** (0.80×) |"), "{md}");
+        let md = markdown(&lines, "tidemq", &peers[..1]).unwrap();
+        assert!(md.contains("| 2.00× | ≥ mosquitto | yes |"), "{md}");
     }
 }

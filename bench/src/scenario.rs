@@ -11,7 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tidemq_core::codec::QoS;
@@ -69,6 +69,12 @@ pub struct Opts {
     pub keep_alive: u16,
     /// Subscribers connect with clean session 0 (a session the broker keeps).
     pub persistent: bool,
+    /// soak: clients connected and disconnected again per churn cycle.
+    pub churn: usize,
+    /// soak: seconds between churn cycles.
+    pub churn_every: f64,
+    /// soak: seconds between samples of the broker's RSS.
+    pub sample_every: f64,
 }
 
 impl Default for Opts {
@@ -94,6 +100,9 @@ impl Default for Opts {
             inflight: 512,
             keep_alive: 60,
             persistent: false,
+            churn: 500,
+            churn_every: 10.0,
+            sample_every: 5.0,
         }
     }
 }
@@ -106,15 +115,17 @@ pub enum Scenario {
     PointToPoint,
     Latency,
     Connections,
+    Soak,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::FanIn,
         Scenario::FanOut,
         Scenario::PointToPoint,
         Scenario::Latency,
         Scenario::Connections,
+        Scenario::Soak,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +135,7 @@ impl Scenario {
             Scenario::PointToPoint => "p2p",
             Scenario::Latency => "latency",
             Scenario::Connections => "connections",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -145,6 +157,7 @@ pub async fn run(scenario: Scenario, opts: &Opts) -> io::Result<Outcome> {
             Scenario::PointToPoint => point_to_point(opts).await,
             Scenario::Latency => latency(opts).await,
             Scenario::Connections => connections(opts).await,
+            Scenario::Soak => soak(opts).await,
         }
     };
     tokio::time::timeout(Duration::from_secs_f64(bound), work)
@@ -213,6 +226,129 @@ pub async fn latency(opts: &Opts) -> io::Result<Outcome> {
         ));
     }
     run_flows(opts, "latency", vec![flow], Some(opts.rate)).await
+}
+
+/// A long steady run: `pairs` publisher/subscriber pairs at `rate` messages per second in
+/// all (checked like p2p: QoS 1 fails on any loss), `churn` clients connecting and leaving
+/// every `churn_every` seconds beside them, and the broker's RSS sampled every `sample_every`
+/// seconds. Bounded memory under steady work is the result.
+pub async fn soak(opts: &Opts) -> io::Result<Outcome> {
+    let tag = run_tag();
+    let pairs = opts.pairs.max(1);
+    if opts.rate.is_nan() || opts.rate <= 0.0 || opts.rate.is_infinite() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--rate must be above 0",
+        ));
+    }
+    let specs = (0..pairs)
+        .map(|i| {
+            let topic = format!("{tag}/soak/{i}");
+            FlowSpec {
+                topics: vec![topic.clone()],
+                filter: topic,
+                subscribers: 1,
+            }
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_rss(
+        opts.broker_pid,
+        Duration::from_secs_f64(opts.sample_every.max(0.1)),
+        stop.clone(),
+    ));
+    let churner = tokio::spawn(churn(
+        opts.addr,
+        format!("{tag}-churn"),
+        opts.churn,
+        Duration::from_secs_f64(opts.churn_every.max(0.1)),
+        opts.keep_alive,
+        stop.clone(),
+    ));
+    let flows = run_flows(opts, "soak", specs, Some(opts.rate / pairs as f64)).await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.await.unwrap_or_default();
+    let (cycles, churn_errors) = churner.await.unwrap_or((0, 1));
+    let mut outcome = flows?;
+    outcome.param("churn", opts.churn);
+    outcome.param("churn_cycles", cycles);
+    if churn_errors > 0 {
+        outcome.errors.push(format!(
+            "{churn_errors} churn connections failed to connect"
+        ));
+        outcome.ok = false;
+    }
+    outcome.rss_samples = samples;
+    Ok(outcome)
+}
+
+/// (seconds since start, VmRSS KiB) every `every`, until `stop`.
+async fn sample_rss(pid: Option<u32>, every: Duration, stop: Arc<AtomicBool>) -> Vec<(f64, u64)> {
+    let Some(pid) = pid else {
+        return Vec::new();
+    };
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if let Some(kib) = usage::rss_kib(pid) {
+            samples.push((start.elapsed().as_secs_f64(), kib));
+        }
+    }
+    samples
+}
+
+/// Every `every`, `count` clients connect, stay a second and disconnect; returns the cycles
+/// completed and the connections that failed.
+async fn churn(
+    addr: SocketAddr,
+    tag: String,
+    count: usize,
+    every: Duration,
+    keep_alive: u16,
+    stop: Arc<AtomicBool>,
+) -> (u64, u64) {
+    let (mut cycles, mut failed) = (0u64, 0u64);
+    if count == 0 {
+        return (0, 0);
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let gate = Arc::new(Semaphore::new(32));
+        let mut tasks = JoinSet::new();
+        for i in 0..count {
+            let Ok(permit) = gate.clone().acquire_owned().await else {
+                break;
+            };
+            let id = format!("{tag}-{cycles}-{i}");
+            tasks.spawn(async move {
+                let c = tokio::time::timeout(
+                    wire::HANDSHAKE_TIMEOUT,
+                    Client::connect(addr, &id, keep_alive),
+                )
+                .await;
+                drop(permit);
+                c.ok().and_then(Result::ok)
+            });
+        }
+        let mut clients = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined.ok().flatten() {
+                Some(c) => clients.push(c),
+                None => failed += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        disconnect_all(clients, 64).await;
+        cycles += 1;
+    }
+    (cycles, failed)
 }
 
 /// A unique prefix for this run's topics and client ids.

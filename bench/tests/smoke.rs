@@ -36,6 +36,9 @@ fn opts(handle: &ServerHandle) -> Opts {
         connections: 20,
         concurrency: 8,
         hold: 0.0,
+        churn: 5,
+        churn_every: 0.2,
+        sample_every: 0.05,
         window: 64,
         batch: 8,
         inflight: 16,
@@ -65,6 +68,12 @@ async fn check(scenario: Scenario, qos: QoS, payload: usize) {
             assert!(outcome.connections.is_some());
         }
         Scenario::FanOut => assert_eq!(outcome.expected, outcome.sent * 3),
+        Scenario::Soak => {
+            assert_eq!(outcome.expected, outcome.sent);
+            assert!(!outcome.rss_samples.is_empty());
+            assert!(json["rss_max_kib"].is_number(), "{json}");
+            assert!(json["latency_curve"].is_array(), "{json}");
+        }
         Scenario::Latency => {
             let latency = outcome.latency.unwrap();
             assert_eq!(latency.samples as u64, outcome.delivered);
@@ -107,6 +116,11 @@ async fn latency_qos0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_qos1() {
+    check(Scenario::Soak, QoS::AtLeastOnce, 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections() {
     check(Scenario::Connections, QoS::AtMostOnce, 16).await;
 }
@@ -127,7 +141,7 @@ fn the_report_reads_what_the_scenarios_write() {
         }
         lines
     });
-    let md = tidemq_bench::report::markdown(&lines, "tidemq", "mosquitto").unwrap();
+    let md = tidemq_bench::report::markdown(&lines, "tidemq", &["mosquitto".to_owned()]).unwrap();
     assert!(md.contains("| fan-in 3→1 qos0 16B | msg/s |"), "{md}");
     assert!(md.contains("| tidemq | mosquitto |"), "{md}");
 }

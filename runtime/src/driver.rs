@@ -1,15 +1,20 @@
 //! The driver: one task owns the broker, feeds it inputs in arrival order and carries out its
-//! outputs. Per-connection tasks only read and write bytes; the admin HTTP server only
-//! carries requests.
+//! outputs. It also reads and writes every connection's socket itself, when the socket is
+//! ready ([`crate::link`]): a message goes from the socket it arrived on through the core to
+//! the sockets it leaves by without crossing a task. Accept loops and handshakes run in tasks
+//! of their own; the admin HTTP server only carries requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
 
 use tidemq_core::admin::ControlAction;
 use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
@@ -18,9 +23,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config_file::{self, ConfigInputs, Loaded};
-use crate::conn::{self, AcceptContext, ConnEvent, ConnIo, WriterCmd};
+use crate::conn::{self, AcceptContext, ConnEvent};
 use crate::health::{Readiness, StoreState};
 use crate::http::{self, AdminAnswer, AdminCall, HttpSettings, JwtKey};
+use crate::limits::{ConnGate, ConnStats, Cut, FdBudget, RuntimeLimits, TRANSPORT_SLACK};
+use crate::link::{Link, Phase, ReadResult, ReadyQueue};
 use crate::listener::{ListenerUrl, Transport, parse_listener_url};
 use crate::logging::LogHandle;
 use crate::net::{Listener, Network, TokioNet};
@@ -28,12 +35,14 @@ use crate::notify::{Notifier, Watchdog};
 use crate::store::{self, StoreEvent};
 use crate::tls::{self, SharedTls};
 
-/// Inputs waiting for the driver; readers wait when it is full, which slows their peers.
+/// Accepted sockets, bridge connects and store reports waiting for the driver.
 const EVENT_QUEUE: usize = 4096;
-/// Inputs handled per wake-up before the driver checks its timer again.
+/// Events handled per wake-up before the driver checks its timer again.
 const EVENT_BATCH: usize = 256;
 /// How often the process's memory and CPU use are sampled for the admin API's metrics.
 const PROCESS_STATS_EVERY: Duration = Duration::from_secs(5);
+/// Reads from one connection per turn before the other ready connections get theirs.
+const READS_PER_TURN: usize = 4;
 /// How long a stop asked through the admin API waits, so that its reply is sent.
 const STOP_GRACE: Duration = Duration::from_millis(300);
 /// How long shutdown waits for writers to flush.
@@ -84,6 +93,10 @@ pub struct Server {
     origin: Option<ConfigOrigin>,
     readiness: Arc<Readiness>,
     notifier: Notifier,
+    /// Set by [`Server::with_limits`]; otherwise derived at start from the open-files limit
+    /// (and `TIDEMQ_*` variables when started from the command line).
+    limits: Option<RuntimeLimits>,
+    gate: Arc<ConnGate>,
 }
 
 /// A broker running in the background (for tests and embedding).
@@ -96,9 +109,15 @@ pub struct ServerHandle {
     pub control: mpsc::UnboundedSender<Control>,
     shutdown: Option<oneshot::Sender<()>>,
     join: JoinHandle<io::Result<()>>,
+    gate: Arc<ConnGate>,
 }
 
 impl ServerHandle {
+    /// Connections open, refused and cut by the runtime's limits.
+    pub fn conn_stats(&self) -> ConnStats {
+        self.gate.stats()
+    }
+
     /// Stops the broker gracefully and waits for it.
     pub async fn shutdown(mut self) -> io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
@@ -212,6 +231,43 @@ fn max_frame(config: &Config) -> usize {
         .max(64 * 1024)
 }
 
+/// Most bytes queued to one connection: the core cuts a connection whose unwritten bytes pass
+/// twice `max_write_buffer`; the runtime's own frames may add a little.
+fn queue_cap(config: &Config) -> usize {
+    (config.max_write_buffer as usize)
+        .saturating_mul(2)
+        .saturating_add(TRANSPORT_SLACK)
+}
+
+/// The connection limits for this configuration: `max_connections` leaves the reserve, the
+/// admin API's connections and the bridges' sockets free.
+fn derive_limits(config: &Config, env: Option<&BTreeMap<String, String>>) -> RuntimeLimits {
+    let mut extra = config.bridges.len();
+    if config.http_server.enable {
+        extra += config.http_server.limit_conn as usize;
+    }
+    let fds = FdBudget::current();
+    let limits = RuntimeLimits::from_fds(fds, extra);
+    let limits = match env {
+        Some(env) => {
+            let (limits, warnings) = limits.with_env(env);
+            for w in warnings {
+                warn!("{w}");
+            }
+            limits
+        }
+        None => limits,
+    };
+    if fds.limit.is_some() && limits.max_connections < 256 {
+        warn!(
+            open_files_limit = fds.limit,
+            max_connections = limits.max_connections,
+            "the open-files limit leaves few connections; raise it (ulimit -n)"
+        );
+    }
+    limits
+}
+
 impl Server {
     /// Binds every enabled MQTT listener and, when enabled, the admin API. The configuration
     /// must already be valid; a listener that cannot bind is an error naming it.
@@ -253,6 +309,8 @@ impl Server {
             control: None,
             origin: None,
             notifier: Notifier::default(),
+            limits: None,
+            gate: ConnGate::new(RuntimeLimits::default()),
         })
     }
 
@@ -260,6 +318,17 @@ impl Server {
     pub fn with_notifier(mut self, notifier: Notifier) -> Server {
         self.notifier = notifier;
         self
+    }
+
+    /// Runs with these limits instead of the derived ones.
+    pub fn with_limits(mut self, limits: RuntimeLimits) -> Server {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The connection counters, for metrics.
+    pub fn conn_gate(&self) -> Arc<ConnGate> {
+        self.gate.clone()
     }
 
     /// Records where the configuration came from (enables reload, restart and req 12).
@@ -300,6 +369,7 @@ impl Server {
         let listener_addrs = self.listener_addrs();
         let http_addr = self.http_addr();
         let control = self.control();
+        let gate = self.gate.clone();
         let (tx, rx) = oneshot::channel();
         let join = tokio::spawn(self.run(async move {
             let _ = rx.await;
@@ -311,6 +381,7 @@ impl Server {
             control,
             shutdown: Some(tx),
             join,
+            gate,
         })
     }
 
@@ -322,12 +393,24 @@ impl Server {
         let now = move || Instant(start.elapsed().as_millis() as u64);
         let mut control = self.control.take();
         info!(seed = self.seed, "starting");
+        let ready = Arc::new(ReadyQueue::default());
         let mut driver = Driver {
             net: self.net,
             broker: Broker::new(self.config.clone(), self.seed, now()),
             seed: self.seed,
-            conns: BTreeMap::new(),
-            closing: Vec::new(),
+            queue_cap: queue_cap(&self.config),
+            max_frame: max_frame(&self.config),
+            links: BTreeMap::new(),
+            ready: ready.clone(),
+            ready_ids: Vec::new(),
+            scratch: BytesMut::new(),
+            received: Vec::new(),
+            dirty: Vec::new(),
+            feedback: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            gate: self.gate,
+            limits: RuntimeLimits::default(),
+            shutting_down: false,
             events_tx,
             pending_admin: BTreeMap::new(),
             next_req: 1,
@@ -357,6 +440,24 @@ impl Server {
             store_thread = Some(driver.open_store(now()).await?);
         }
         driver.readiness.set_core_restored();
+        // Counted once the store and the listeners hold their descriptors.
+        let limits = match self.limits.take() {
+            Some(limits) => limits,
+            None => derive_limits(
+                driver.broker.config(),
+                driver.origin.as_ref().map(|o| &o.env),
+            ),
+        };
+        info!(
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
+            max_conn_rate = limits.max_conn_rate,
+            write_stall_timeout_ms = limits.write_stall_timeout.as_millis() as u64,
+            disconnect_linger_ms = limits.disconnect_linger.as_millis() as u64,
+            "connection limits"
+        );
+        driver.gate.set_limits(limits.clone());
+        driver.limits = limits;
         let texts = wanted_listeners(driver.broker.config());
         for (url, listener) in self.listeners {
             let text = texts.get(&url.transport).cloned().unwrap_or_default();
@@ -369,12 +470,21 @@ impl Server {
         let mut wall_tick = tokio::time::interval(Duration::from_secs(60));
         let mut process_tick = tokio::time::interval(PROCESS_STATS_EVERY);
         let mut process = crate::procstat::Sampler::default();
+        let mut log_tick = tokio::time::interval(crate::limits::REFUSAL_LOG_INTERVAL);
+        // One timer for the core's deadline and the connections' (stall, linger), reset
+        // only when the earliest changes.
+        let sleep = tokio::time::sleep_until(start);
+        tokio::pin!(sleep);
+        let mut armed = None;
         tokio::pin!(shutdown);
         loop {
-            let deadline = driver
-                .broker
-                .poll_timeout()
-                .map(|at| start + Duration::from_millis(at.0));
+            let deadline = driver.next_deadline(start);
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    sleep.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -397,7 +507,10 @@ impl Server {
                     }
                     Control::Reload => driver.reload_requested = true,
                 },
-                () = sleep_until(deadline) => driver.input(now(), Input::Timeout),
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    driver.timeout(now(), tokio::time::Instant::now());
+                }
                 _ = wall_tick.tick() => driver.input(now(), Input::WallClock { unix_ms: unix_ms() }),
                 _ = process_tick.tick() => {
                     if let Some((rss_bytes, cpu_percent)) = process.sample() {
@@ -406,6 +519,8 @@ impl Server {
                 }
                 // Only wakes the loop: the ping below is sent by a loop that still turns.
                 () = watchdog.wait() => {}
+                _ = log_tick.tick() => driver.gate.flush_log(tokio::time::Instant::now()),
+                () = std::future::poll_fn(|cx| ready.poll_ready(cx)) => driver.service_ready(now()),
             }
             watchdog.ping_if_due(&driver.notifier);
             if driver.reload_requested {
@@ -422,17 +537,31 @@ impl Server {
                 // Let the admin API's reply reach the wire before everything stops.
                 info!("stop requested through the admin API");
                 let _ = tokio::time::timeout(STOP_GRACE, async {
-                    while let Some(event) = events.recv().await {
-                        driver.event(now(), event);
+                    loop {
+                        tokio::select! {
+                            event = events.recv() => match event {
+                                Some(event) => driver.event(now(), event),
+                                None => break,
+                            },
+                            () = std::future::poll_fn(|cx| ready.poll_ready(cx)) => {
+                                driver.service_ready(now())
+                            }
+                        }
                     }
                 })
                 .await;
                 break;
             }
+            // The sockets' readiness is polled here, outside tokio's budget accounting for
+            // this task: give the other tasks (accepts, handshakes) their turn.
+            if !tokio::task::coop::has_budget_remaining() {
+                tokio::task::yield_now().await;
+            }
         }
         info!("shutting down");
         driver.readiness.set_draining();
         driver.notifier.stopping();
+        driver.shutting_down = true;
         driver.input(now(), Input::Shutdown);
         let store_failed = driver.store_failed.take();
         // Closing the channel lets the store commit what it has and stop.
@@ -440,10 +569,11 @@ impl Server {
         if let Some(thread) = store_thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        let writers = driver.finish();
+        driver.stop_listeners();
         let flushed = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            for writer in writers {
-                let _ = writer.await;
+            while driver.flushing() {
+                std::future::poll_fn(|cx| ready.poll_ready(cx)).await;
+                driver.service_ready(now());
             }
         })
         .await;
@@ -464,13 +594,6 @@ async fn recv_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) ->
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -484,9 +607,29 @@ struct Driver {
     broker: Broker,
     /// The broker's seed, for the broker rebuilt from the store.
     seed: u64,
-    conns: BTreeMap<ConnId, ConnIo>,
-    /// Writers of closed connections still flushing.
-    closing: Vec<JoinHandle<()>>,
+    /// Every open socket, including closed connections still flushing or lingering.
+    links: BTreeMap<ConnId, Box<Link>>,
+    /// Where the sockets' wakers put the connections that became ready.
+    ready: Arc<ReadyQueue>,
+    ready_ids: Vec<ConnId>,
+    /// The one read buffer: what a read hands on is split off it, and it gets the space back
+    /// once the core has taken the bytes.
+    scratch: BytesMut,
+    received: Vec<Bytes>,
+    /// Connections with new output since the last flush.
+    dirty: Vec<ConnId>,
+    /// What the sockets tell the core (`Written`, `Closed`), fed after the current input.
+    feedback: VecDeque<Input>,
+    /// Stall and linger deadlines, earliest first.
+    deadlines: BTreeSet<(tokio::time::Instant, ConnId)>,
+    gate: Arc<ConnGate>,
+    /// The gate's limits, kept here for the per-message paths.
+    limits: RuntimeLimits,
+    /// Derived from the configuration in force, kept for the per-message paths.
+    queue_cap: usize,
+    max_frame: usize,
+    /// No lingering once the broker stops.
+    shutting_down: bool,
     events_tx: mpsc::Sender<Event>,
     pending_admin: BTreeMap<u64, oneshot::Sender<AdminAnswer>>,
     next_req: u64,
@@ -527,8 +670,8 @@ impl Driver {
             url,
             tls: self.tls.clone(),
             next_conn: self.next_conn.clone(),
-            max_frame: max_frame(config),
             handshake_timeout: Duration::from_millis(config.connect_timeout_ms),
+            gate: self.gate.clone(),
         };
         let task = tokio::spawn(conn::accept_loop(listener, ctx, self.events_tx.clone()));
         if let Some((_, old)) = self.listeners.insert(transport, (text, task)) {
@@ -551,14 +694,9 @@ impl Driver {
             self.admin_tx.clone(),
             rx,
             self.readiness.clone(),
+            self.gate.clone(),
         )));
         Ok(())
-    }
-
-    fn close_conn(&mut self, conn: ConnId) {
-        if let Some(handle) = self.conns.remove(&conn) {
-            self.closing.push(handle.close());
-        }
     }
 
     fn event(&mut self, now: Instant, event: Event) {
@@ -568,10 +706,14 @@ impl Driver {
                 peer,
                 transport,
                 identity,
-                io,
+                stream,
+                websocket,
+                permit,
             }) => {
                 debug!(%conn, %peer, transport = transport.name(), "accepted");
-                self.conns.insert(conn, io);
+                let websocket = websocket.map(|leftover| (leftover, self.max_frame));
+                let link = Link::new(conn, stream, websocket, Some(permit), &self.ready);
+                self.add_link(conn, link);
                 self.input(
                     now,
                     Input::Accepted {
@@ -583,22 +725,13 @@ impl Driver {
                     self.input(now, Input::PeerCertificate { conn, identity });
                 }
             }
-            Event::Conn(ConnEvent::Connected { conn, io }) => {
-                self.conns.insert(conn, io);
+            Event::Conn(ConnEvent::Connected { conn, stream }) => {
+                let link = Link::new(conn, stream, None, None, &self.ready);
+                self.add_link(conn, link);
                 self.input(now, Input::BridgeConnected { conn });
             }
             Event::Conn(ConnEvent::ConnectFailed { conn, error }) => {
                 self.input(now, Input::BridgeConnectFailed { conn, error });
-            }
-            Event::Conn(ConnEvent::Received { conn, bytes }) => {
-                self.input(now, Input::Received { conn, bytes })
-            }
-            Event::Conn(ConnEvent::Written { conn, bytes }) => {
-                self.input(now, Input::Written { conn, bytes })
-            }
-            Event::Conn(ConnEvent::Closed { conn }) => {
-                self.close_conn(conn);
-                self.input(now, Input::Closed { conn });
             }
             Event::Store(StoreEvent::Done { upto }) => self.input(now, Input::PersistDone { upto }),
             Event::Store(StoreEvent::SnapshotWanted) => self.input(now, Input::SnapshotRequest),
@@ -633,7 +766,6 @@ impl Driver {
                 );
             }
         }
-        self.closing.retain(|task| !task.is_finished());
     }
 
     fn admin(&mut self, now: Instant, call: AdminCall) {
@@ -731,21 +863,271 @@ impl Driver {
         Ok(thread)
     }
 
-    /// One input, then every output it caused.
+    /// One input, then every output it caused, written out; then what the sockets answered
+    /// (bytes written, connections failed), each in turn.
     fn input(&mut self, now: Instant, input: Input) {
+        self.step(now, input);
+        while let Some(next) = self.feedback.pop_front() {
+            self.step(now, next);
+        }
+    }
+
+    fn step(&mut self, now: Instant, input: Input) {
         self.broker.handle_input(now, input);
         self.drain(now);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            self.flush(id);
+        }
+        self.dirty = dirty;
+    }
+
+    fn add_link(&mut self, conn: ConnId, link: Link) {
+        // Bytes may be waiting already.
+        link.schedule();
+        self.links.insert(conn, Box::new(link));
+    }
+
+    /// Drops a socket (closing it) and its deadline.
+    fn remove(&mut self, id: ConnId) {
+        if let Some(link) = self.links.remove(&id)
+            && let Some(at) = link.deadline
+        {
+            self.deadlines.remove(&(at, id));
+        }
+    }
+
+    fn set_deadline(&mut self, id: ConnId, at: Option<tokio::time::Instant>) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        if link.deadline == at {
+            return;
+        }
+        if let Some(old) = link.deadline {
+            self.deadlines.remove(&(old, id));
+        }
+        if let Some(new) = at {
+            self.deadlines.insert((new, id));
+        }
+        link.deadline = at;
+    }
+
+    /// The earliest of the core's timeout and the connections' deadlines.
+    fn next_deadline(&self, start: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let core = self
+            .broker
+            .poll_timeout()
+            .map(|at| start + Duration::from_millis(at.0));
+        let io = self.deadlines.first().map(|(at, _)| *at);
+        match (core, io) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The timer fired: the core's timeout and any stall or linger bound that ran out.
+    fn timeout(&mut self, now: Instant, clock: tokio::time::Instant) {
+        if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+            self.input(now, Input::Timeout);
+        }
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > clock {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(link) = self.links.get_mut(&id) else {
+                continue;
+            };
+            link.deadline = None;
+            match link.phase {
+                Phase::Open => {
+                    debug!(conn = %id, "write stalled: the peer takes no bytes; cutting");
+                    self.gate.note_cut(Cut::WriteStall, clock);
+                    self.remove(id);
+                    self.input(now, Input::Closed { conn: id });
+                }
+                Phase::Closing { .. } => {
+                    debug!(conn = %id, "closed connection did not flush; dropping");
+                    self.gate.note_cut(Cut::WriteStall, clock);
+                    self.remove(id);
+                }
+                Phase::Lingering { .. } | Phase::Done => self.remove(id),
+            }
+        }
+    }
+
+    /// Services every connection whose socket became ready.
+    fn service_ready(&mut self, now: Instant) {
+        let mut ids = std::mem::take(&mut self.ready_ids);
+        self.ready.take(&mut ids);
+        for id in ids.drain(..) {
+            self.service(now, id);
+        }
+        self.ready_ids = ids;
+    }
+
+    /// Writes what waits, then reads (a few chunks, then the others get their turn).
+    fn service(&mut self, now: Instant, id: ConnId) {
+        let Some(link) = self.links.get(&id) else {
+            return;
+        };
+        link.unqueue();
+        self.flush(id);
+        let linger_bytes = self.limits.disconnect_linger_bytes;
+        for _ in 0..READS_PER_TURN {
+            let Some(link) = self.links.get_mut(&id) else {
+                return;
+            };
+            match link.phase {
+                Phase::Open => {}
+                Phase::Closing { .. } => return,
+                Phase::Lingering { .. } => {
+                    if link.discard(&mut self.scratch, linger_bytes).is_ready() {
+                        self.remove(id);
+                    }
+                    return;
+                }
+                Phase::Done => {
+                    self.remove(id);
+                    return;
+                }
+            }
+            let mut received = std::mem::take(&mut self.received);
+            let polled = link.read(&mut self.scratch, &mut received);
+            for bytes in received.drain(..) {
+                self.input(now, Input::Received { conn: id, bytes });
+            }
+            self.received = received;
+            match polled {
+                Poll::Pending => return,
+                Poll::Ready(ReadResult::Open) => {}
+                Poll::Ready(ReadResult::Closed) => {
+                    self.peer_closed(now, id);
+                    return;
+                }
+            }
+        }
+        // More may be waiting: after the other ready connections.
+        if let Some(link) = self.links.get(&id) {
+            link.schedule();
+        }
+    }
+
+    /// The peer closed (or the socket failed): the core forgets the connection, and what is
+    /// queued (a WebSocket close frame, say) still goes out.
+    fn peer_closed(&mut self, now: Instant, id: ConnId) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let known = link.phase == Phase::Open;
+        link.close(false);
+        if known {
+            self.input(now, Input::Closed { conn: id });
+        }
+        self.flush(id);
+    }
+
+    /// Writes what is queued; then, for a closing connection, shuts the write side and
+    /// lingers. A write blocked longer than the stall timeout is cut by [`Driver::timeout`].
+    fn flush(&mut self, id: ConnId) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let result = link.write();
+        let open = link.phase == Phase::Open;
+        if result.credited > 0 && open {
+            self.feedback.push_back(Input::Written {
+                conn: id,
+                bytes: result.credited,
+            });
+        }
+        if result.failed {
+            self.remove(id);
+            if open {
+                self.feedback.push_back(Input::Closed { conn: id });
+            }
+            return;
+        }
+        let stall = || tokio::time::Instant::now() + self.limits.write_stall_timeout;
+        if result.blocked {
+            if result.progress || link.deadline.is_none() {
+                let at = stall();
+                self.set_deadline(id, Some(at));
+            }
+            return;
+        }
+        match link.phase {
+            Phase::Open => {
+                if link.deadline.is_some() {
+                    self.set_deadline(id, None);
+                }
+            }
+            Phase::Closing { linger } => match link.shutdown() {
+                Poll::Pending => {
+                    if link.deadline.is_none() {
+                        let at = stall();
+                        self.set_deadline(id, Some(at));
+                    }
+                }
+                Poll::Ready(_) => {
+                    let linger_for = self.limits.disconnect_linger;
+                    if linger && !self.shutting_down && !linger_for.is_zero() {
+                        // Read and discard for a while: a client still writing gets to read
+                        // the reason it was disconnected instead of a reset.
+                        link.phase = Phase::Lingering { discarded: 0 };
+                        link.schedule();
+                        self.gate
+                            .counters()
+                            .lingered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let at = tokio::time::Instant::now() + linger_for;
+                        self.set_deadline(id, Some(at));
+                    } else {
+                        self.remove(id);
+                    }
+                }
+            },
+            Phase::Lingering { .. } => {}
+            Phase::Done => self.remove(id),
+        }
+    }
+
+    /// Connections still flushing after the broker stopped.
+    fn flushing(&self) -> bool {
+        self.links
+            .values()
+            .any(|l| l.phase != Phase::Open || l.has_output())
     }
 
     fn drain(&mut self, now: Instant) {
         while let Some(output) = self.broker.poll_output() {
             match output {
                 Output::Transmit { conn, bytes } => {
-                    if let Some(handle) = self.conns.get(&conn) {
-                        handle.writer.send(WriterCmd::Data(bytes));
+                    let Some(link) = self.links.get_mut(&conn) else {
+                        continue;
+                    };
+                    link.queue(bytes);
+                    if link.queued() <= self.queue_cap {
+                        self.dirty.push(conn);
+                        continue;
+                    }
+                    debug!(%conn, queued = link.queued(), "write queue over its budget; cutting");
+                    let open = link.phase == Phase::Open;
+                    self.gate
+                        .note_cut(Cut::QueueOverflow, tokio::time::Instant::now());
+                    self.remove(conn);
+                    if open {
+                        self.feedback.push_back(Input::Closed { conn });
                     }
                 }
-                Output::Close { conn } => self.close_conn(conn),
+                Output::Close { conn } => {
+                    if let Some(link) = self.links.get_mut(&conn) {
+                        link.close(!self.shutting_down);
+                        self.dirty.push(conn);
+                    }
+                }
                 Output::AdminReply {
                     req_id,
                     status,
@@ -967,6 +1349,8 @@ impl Driver {
         if *self.broker.config() != in_force {
             self.input(now, Input::ConfigChange(Box::new(in_force)));
         }
+        self.queue_cap = queue_cap(self.broker.config());
+        self.max_frame = max_frame(self.broker.config());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1032,19 +1416,14 @@ impl Driver {
         }
     }
 
-    /// Stops the listeners and closes every connection; returns the writers to wait for.
-    fn finish(mut self) -> Vec<JoinHandle<()>> {
+    /// Stops accepting (the core has closed every connection by now).
+    fn stop_listeners(&mut self) {
         for (_, (_, task)) in std::mem::take(&mut self.listeners) {
             task.abort();
         }
         if let Some(http) = self.http.take() {
             http.abort();
         }
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in conns {
-            self.close_conn(conn);
-        }
-        std::mem::take(&mut self.closing)
     }
 }
 

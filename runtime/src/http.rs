@@ -191,6 +191,7 @@ pub(crate) async fn serve(
     calls: mpsc::Sender<AdminCall>,
     settings: tokio::sync::watch::Receiver<Arc<HttpSettings>>,
     readiness: Arc<Readiness>,
+    gate: Arc<crate::limits::ConnGate>,
 ) {
     let host: Arc<str> = health::host_name().into();
     let limit = settings.borrow().limit_conn.max(1);
@@ -204,8 +205,9 @@ pub(crate) async fn serve(
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                warn!(error = %e, "admin API accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Counted and logged with the MQTT listeners' errors, once per interval.
+                gate.note_accept_error(&e, tokio::time::Instant::now());
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };

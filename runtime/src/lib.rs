@@ -1,7 +1,8 @@
 //! TideMQ's tokio runtime: sockets, clock and signals around the sans-IO core.
 //!
-//! One driver task owns the [`tidemq_core::Broker`] and feeds it one input at a time; small
-//! per-connection tasks only move bytes. The runtime holds no protocol logic.
+//! One driver task owns the [`tidemq_core::Broker`], feeds it one input at a time, and reads
+//! and writes the connections' sockets itself when they are ready; accept loops and TLS and
+//! WebSocket handshakes run in tasks of their own. The runtime holds no protocol logic.
 
 pub mod auth;
 pub mod config_file;
@@ -11,6 +12,8 @@ mod driver;
 pub mod files;
 pub mod health;
 mod http;
+pub mod limits;
+mod link;
 mod listener;
 pub mod logging;
 pub mod net;
