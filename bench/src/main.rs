@@ -19,6 +19,9 @@ scenarios:
   connections   C idle clients: connect rate, broker RSS/conn  (--connections)
   soak          N pairs at a total --rate for --seconds, with connection churn; the
                 broker's RSS sampled throughout               (--pairs, --rate, --churn)
+  aliases       1 publisher round K long topics -> 1 MQTT 5 subscriber announcing a
+                Topic Alias Maximum: bytes/message on the wire, aliases resolved and
+                checked                          (--topics, --topic-len, --alias-max)
 
 options (defaults in brackets):
   --host H            broker address [127.0.0.1]
@@ -46,6 +49,11 @@ options (defaults in brackets):
   --churn C           soak: clients connected and disconnected per cycle [500]
   --churn-every S     soak: seconds between churn cycles [10]
   --sample-every S    soak: seconds between RSS samples [5]
+  --topics K          aliases: distinct topics [8]
+  --topic-len L       aliases: bytes per topic name [200]
+  --alias-max A       aliases: the subscriber's Topic Alias Maximum; 0 = none [16]
+                      (aliases: --messages is the total, default 20000, and --seconds
+                      only a bound, default 60)
 ";
 
 enum Command {
@@ -100,7 +108,10 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
     let mut opts = Opts::default();
     let (mut host, mut port) = ("127.0.0.1".to_owned(), 1883u16);
     let mut threads = 1usize;
+    let (mut messages_given, mut seconds_given) = (false, false);
     while let Some(flag) = args.next() {
+        messages_given |= flag == "--messages";
+        seconds_given |= flag == "--seconds";
         let v = args.next();
         match flag.as_str() {
             "--host" => host = value(&flag, v)?,
@@ -142,7 +153,19 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
             "--churn" => opts.churn = value(&flag, v)?,
             "--churn-every" => opts.churn_every = value(&flag, v)?,
             "--sample-every" => opts.sample_every = value(&flag, v)?,
+            "--topics" => opts.topics = value(&flag, v)?,
+            "--topic-len" => opts.topic_len = value(&flag, v)?,
+            "--alias-max" => opts.alias_max = value(&flag, v)?,
             _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if scenario == Scenario::Aliases {
+        // A fixed count, so runs against different brokers move the same messages.
+        if !messages_given {
+            opts.messages = 20_000;
+        }
+        if !seconds_given {
+            opts.seconds = 60.0;
         }
     }
     // NaN and infinities are outside every range.

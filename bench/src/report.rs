@@ -55,6 +55,19 @@ pub struct ConnStats {
     pub rss_per_conn_bytes: Option<f64>,
 }
 
+/// What the subscriber of the aliases scenario read off its socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WireStats {
+    /// Bytes read after the SUBACK.
+    pub bytes: u64,
+    /// `bytes` per message delivered.
+    pub bytes_per_msg: Option<f64>,
+    /// Deliveries that named their topic by alias alone.
+    pub by_alias: u64,
+    /// Deliveries that carried their topic name.
+    pub with_topic: u64,
+}
+
 /// What one scenario run measured and found.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -76,6 +89,8 @@ pub struct Outcome {
     pub unit: &'static str,
     pub latency: Option<Latency>,
     pub connections: Option<ConnStats>,
+    /// aliases: the bytes on the wire towards the subscriber.
+    pub wire: Option<WireStats>,
     pub cpu: CpuUse,
     pub broker_rss_kib: Option<u64>,
     /// soak: (seconds, broker VmRSS KiB) samples.
@@ -123,6 +138,7 @@ impl Outcome {
             unit: "msg/s",
             latency: None,
             connections: None,
+            wire: None,
             cpu: CpuUse::default(),
             broker_rss_kib: None,
             rss_samples: Vec::new(),
@@ -188,6 +204,14 @@ impl Outcome {
                 )
             }
             "connections" => format!("connections {}", p("connections")),
+            "aliases" => format!(
+                "aliases {} topics×{} alias max {} qos{} {}",
+                p("topics"),
+                size(p("topic_len")),
+                p("alias_max"),
+                p("qos"),
+                size(p("payload"))
+            ),
             "soak" => {
                 let f = |k: &str| {
                     self.params
@@ -251,6 +275,15 @@ impl Outcome {
                 c.rss_per_conn_bytes.map(|b| round(b, 1)).into(),
             );
         }
+        if let Some(w) = &self.wire {
+            m.insert("wire_bytes".into(), w.bytes.into());
+            m.insert(
+                "bytes_per_msg".into(),
+                w.bytes_per_msg.map(|b| round(b, 2)).into(),
+            );
+            m.insert("by_alias".into(), w.by_alias.into());
+            m.insert("with_topic".into(), w.with_topic.into());
+        }
         let opt = |v: Option<f64>| v.map(|x| round(x, 1)).into();
         m.insert("tool_cpu_pct".into(), opt(self.cpu.tool_pct));
         m.insert("tool_saturated".into(), self.tool_saturated().into());
@@ -285,6 +318,18 @@ impl Outcome {
             );
         } else {
             let _ = write!(s, "{} {}; ", thousands(self.rate), self.unit);
+        }
+        if let Some(w) = &self.wire {
+            let per = w
+                .bytes_per_msg
+                .map_or("?".to_owned(), |b| format!("{b:.1}"));
+            let _ = write!(
+                s,
+                "{per} B/msg on the wire ({} B; {} by alias alone, {} with the topic); ",
+                thousands(w.bytes as f64),
+                w.by_alias,
+                w.with_topic
+            );
         }
         if let Some(c) = &self.connections {
             let _ = write!(s, "{} of {} connected", self.delivered, self.expected);
@@ -376,6 +421,10 @@ fn metrics_for(scenario: &str) -> Vec<Metric> {
     };
     match scenario {
         "fan-out" => vec![m("deliveries/s", "rate", true)],
+        "aliases" => vec![
+            m("wire B/msg", "bytes_per_msg", false),
+            m("msg/s", "rate", true),
+        ],
         "latency" => vec![
             m("p50 µs", "p50_us", false),
             m("p99 µs", "p99_us", false),

@@ -20,11 +20,13 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::report::{ConnStats, Latency, Outcome};
+use crate::report::{ConnStats, Latency, Outcome, WireStats};
 use crate::usage::{self, CpuMark};
 use crate::wire::{
-    self, Client, PublishTemplate, Stamp, append_puback, drain_frames, parse_publish,
+    self, AliasMap, Client, PublishTemplate, Stamp, TopicBy, append_puback, drain_frames,
+    parse_publish,
 };
+use tidemq_core::codec::Packet;
 
 /// Everything a scenario can be told. Each scenario reads the fields it needs.
 #[derive(Debug, Clone)]
@@ -75,6 +77,12 @@ pub struct Opts {
     pub churn_every: f64,
     /// soak: seconds between samples of the broker's RSS.
     pub sample_every: f64,
+    /// aliases: distinct topics the publisher goes round.
+    pub topics: usize,
+    /// aliases: bytes per topic name.
+    pub topic_len: usize,
+    /// aliases: the Topic Alias Maximum the (MQTT 5) subscriber announces; 0 = none.
+    pub alias_max: u16,
 }
 
 impl Default for Opts {
@@ -103,6 +111,9 @@ impl Default for Opts {
             churn: 500,
             churn_every: 10.0,
             sample_every: 5.0,
+            topics: 8,
+            topic_len: 200,
+            alias_max: 16,
         }
     }
 }
@@ -116,16 +127,18 @@ pub enum Scenario {
     Latency,
     Connections,
     Soak,
+    Aliases,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::FanIn,
         Scenario::FanOut,
         Scenario::PointToPoint,
         Scenario::Latency,
         Scenario::Connections,
         Scenario::Soak,
+        Scenario::Aliases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +149,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Connections => "connections",
             Scenario::Soak => "soak",
+            Scenario::Aliases => "aliases",
         }
     }
 
@@ -158,6 +172,7 @@ pub async fn run(scenario: Scenario, opts: &Opts) -> io::Result<Outcome> {
             Scenario::Latency => latency(opts).await,
             Scenario::Connections => connections(opts).await,
             Scenario::Soak => soak(opts).await,
+            Scenario::Aliases => aliases(opts).await,
         }
     };
     tokio::time::timeout(Duration::from_secs_f64(bound), work)
@@ -419,7 +434,8 @@ impl Flow {
 
 struct PubPlan {
     id: u32,
-    topic: String,
+    /// Message `seq` goes to `topics[seq % topics.len()]` (one topic but in `aliases`).
+    topics: Vec<String>,
     qos: QoS,
     payload: usize,
     batch: u64,
@@ -474,10 +490,15 @@ async fn run_publisher(
     plan: PubPlan,
     flow: Arc<Flow>,
 ) -> io::Result<PubResult> {
-    let template = PublishTemplate::new(&plan.topic, plan.qos, plan.payload)?;
+    let templates = plan
+        .topics
+        .iter()
+        .map(|t| PublishTemplate::new(t, plan.qos, plan.payload))
+        .collect::<io::Result<Vec<_>>>()?;
+    let longest = templates.iter().map(PublishTemplate::len).max();
     let confirmed = plan.qos != QoS::AtMostOnce;
     let inflight = plan.inflight.clamp(1, 60_000);
-    let mut out = Vec::with_capacity(template.len() * plan.batch as usize);
+    let mut out = Vec::with_capacity(longest.unwrap_or(0) * plan.batch as usize);
     let (mut sent, mut acked) = (0u64, 0u64);
     let mut packet_id: u16 = 1;
     loop {
@@ -519,6 +540,10 @@ async fn run_publisher(
                 sent_ns,
                 publisher: plan.id,
                 seq: sent as u32,
+            };
+            let next = (sent as usize).checked_rem(templates.len());
+            let Some(template) = next.and_then(|i| templates.get(i)) else {
+                return Err(io::Error::other("a publisher without a topic"));
             };
             template.append(&mut out, packet_id, stamp);
             packet_id = packet_id.checked_add(1).unwrap_or(1);
@@ -651,6 +676,19 @@ async fn run_subscriber(
     Ok((result, client))
 }
 
+/// The end-to-end window per flow (see [`Opts::window`]) for messages to topics of about
+/// `topic_len` bytes.
+fn window_for(opts: &Opts, topic_len: usize) -> u64 {
+    match opts.window {
+        0 if opts.qos == QoS::AtMostOnce => {
+            let wire = opts.payload.saturating_add(topic_len) as u64 + 64;
+            (2 * 1024 * 1024 / wire).clamp(256, 8192)
+        }
+        0 => 2048,
+        w => w,
+    }
+}
+
 /// Connects every flow's subscribers and publishers, runs them for `opts.seconds`, waits for
 /// what is on its way, and checks the counts.
 async fn run_flows(
@@ -661,14 +699,7 @@ async fn run_flows(
 ) -> io::Result<Outcome> {
     let tag = run_tag();
     let load1 = usage::load1();
-    let window = match opts.window {
-        0 if opts.qos == QoS::AtMostOnce => {
-            let wire = opts.payload as u64 + 64;
-            (2 * 1024 * 1024 / wire).clamp(256, 8192)
-        }
-        0 => 2048,
-        w => w,
-    };
+    let window = window_for(opts, 0);
     let mut subscribers = Vec::new();
     let mut publishers = Vec::new();
     let mut flows = Vec::new();
@@ -709,7 +740,7 @@ async fn run_flows(
     for (flow, id, topic, client) in publishers {
         let plan = PubPlan {
             id: id as u32,
-            topic,
+            topics: vec![topic],
             qos: opts.qos,
             payload: opts.payload,
             batch: if rate.is_some() {
@@ -953,4 +984,347 @@ pub async fn connections(opts: &Opts) -> io::Result<Outcome> {
     outcome.errors = errors;
     outcome.ok = outcome.errors.is_empty();
     Ok(outcome)
+}
+
+/// `count` distinct topic names under `base`, each `len` bytes long (longer when `len` is too
+/// short to tell them apart), padded with levels of a made-up device hierarchy.
+fn long_topics(base: &str, count: usize, len: usize) -> Vec<String> {
+    const FILL: &str = "site-0042/building-7/floor-3/zone-b/rack-12/unit-5/sensor/telemetry/";
+    (0..count)
+        .map(|i| {
+            let mut topic = format!("{base}/{i}");
+            if topic.len() < len {
+                topic.push('/');
+                while topic.len() < len {
+                    topic.push_str(FILL);
+                }
+                // FILL is ASCII: any length is a character boundary.
+                topic.truncate(len);
+            }
+            topic
+        })
+        .collect()
+}
+
+/// Server-to-client topic aliases: one publisher goes round `topics` distinct topic names of
+/// `topic_len` bytes, publishing `messages` in all; one MQTT 5 subscriber of all of them
+/// announces Topic Alias Maximum `alias_max`, resolves the aliases the broker sets (an unknown
+/// one fails the run), checks each message's topic and counts the bytes it reads off its
+/// socket. The result is the wire cost per message, with or without aliases.
+pub async fn aliases(opts: &Opts) -> io::Result<Outcome> {
+    let tag = run_tag();
+    let load1 = usage::load1();
+    if opts.topic_len > usize::from(u16::MAX) || opts.topics > usize::from(u16::MAX) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--topic-len and --topics must be at most 65535",
+        ));
+    }
+    let topics = long_topics(
+        &format!("{tag}/aliases"),
+        opts.topics.max(1),
+        opts.topic_len,
+    );
+    let topic_len = topics.iter().map(String::len).max().unwrap_or(0);
+    let window = window_for(opts, topic_len);
+    let flow = Arc::new(Flow::new(window, 1));
+    let mut subscriber = Client::connect_v5(
+        opts.addr,
+        &format!("{tag}-s"),
+        opts.keep_alive,
+        opts.alias_max,
+    )
+    .await?;
+    subscriber
+        .subscribe(&format!("{tag}/aliases/#"), opts.qos)
+        .await?;
+    let publisher = Client::connect(opts.addr, &format!("{tag}-p"), opts.keep_alive).await?;
+    let origin = std::time::Instant::now();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(opts.seconds.max(0.0));
+    let drain = Duration::from_secs_f64(opts.drain.max(0.0));
+    let cpu_start = CpuMark::now(opts.broker_pid);
+    let sub_plan = AliasSubPlan {
+        topics: topics.clone(),
+        alias_max: opts.alias_max,
+        idle: (opts.qos == QoS::AtMostOnce).then(|| Duration::from_secs(1).min(drain)),
+        hard_deadline: deadline + drain,
+    };
+    let sub_task = tokio::spawn(run_alias_subscriber(subscriber, sub_plan, flow.clone()));
+    let pub_plan = PubPlan {
+        id: 0,
+        topics,
+        qos: opts.qos,
+        payload: opts.payload,
+        batch: opts.batch.max(1) as u64,
+        inflight: opts.inflight,
+        messages: opts.messages,
+        start,
+        deadline,
+        drain,
+        rate: None,
+        origin,
+    };
+    let pub_task = tokio::spawn(run_publisher(publisher, pub_plan, flow.clone()));
+    let mut errors = Vec::new();
+    let mut clients = Vec::new();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    match pub_task.await.map_err(io::Error::other).and_then(|r| r) {
+        Ok(r) => {
+            sent = r.sent;
+            acked = r.acked;
+            clients.push(r.client);
+        }
+        Err(e) => errors.push(format!("publisher: {e}")),
+    }
+    flow.end();
+    let mut r = AliasSubResult::default();
+    match sub_task.await.map_err(io::Error::other).and_then(|r| r) {
+        Ok((result, client)) => {
+            r = result;
+            clients.push(client);
+        }
+        Err(e) => errors.push(format!("subscriber: {e}")),
+    }
+    let cpu = cpu_start.until(&CpuMark::now(opts.broker_pid));
+    let broker_rss_kib = opts.broker_pid.and_then(usage::rss_kib);
+    disconnect_all(clients, 4).await;
+    let expected = flow.sent.load(Ordering::Relaxed);
+    let unique = r.delivered.saturating_sub(r.out_of_order);
+    let missing = expected.saturating_sub(unique);
+    let elapsed = r
+        .last_at
+        .map_or(0.0, |t| t.duration_since(start).as_secs_f64());
+    let confirmed = opts.qos != QoS::AtMostOnce;
+    if confirmed && acked != sent {
+        errors.push(format!(
+            "{} of {sent} PUBLISHes not acknowledged",
+            sent - acked
+        ));
+    }
+    if confirmed && missing > 0 {
+        errors.push(format!(
+            "QoS 1: {missing} of {expected} deliveries missing (lost, or still not delivered \
+             {:.0} s after publishing stopped)",
+            drain.as_secs_f64()
+        ));
+    }
+    if r.out_of_order > 0 {
+        errors.push(format!(
+            "{} deliveries duplicated or out of order",
+            r.out_of_order
+        ));
+    }
+    if r.alias_errors > 0 {
+        errors.push(format!(
+            "{} PUBLISHes whose topic could not be resolved, first: {}",
+            r.alias_errors,
+            r.first_alias_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if r.wrong_topic > 0 {
+        errors.push(format!(
+            "{} deliveries on the wrong topic, first: {}",
+            r.wrong_topic,
+            r.first_wrong_topic.as_deref().unwrap_or("?")
+        ));
+    }
+    let mut outcome = Outcome::new("aliases", &opts.label);
+    outcome.param("publishers", 1);
+    outcome.param("subscribers", 1);
+    outcome.param("qos", opts.qos as u8);
+    outcome.param("payload", opts.payload);
+    outcome.param("topics", opts.topics.max(1));
+    outcome.param("topic_len", topic_len);
+    outcome.param("alias_max", opts.alias_max);
+    outcome.param("messages", opts.messages);
+    outcome.param("seconds", opts.seconds);
+    outcome.param("window", window);
+    outcome.param("batch", opts.batch);
+    outcome.sent = sent;
+    outcome.expected = expected;
+    outcome.delivered = r.delivered;
+    outcome.missing = missing;
+    outcome.out_of_order = r.out_of_order;
+    outcome.elapsed_s = elapsed;
+    outcome.rate = if elapsed > 0.0 {
+        r.delivered as f64 / elapsed
+    } else {
+        0.0
+    };
+    outcome.wire = Some(WireStats {
+        bytes: r.wire_bytes,
+        bytes_per_msg: (r.delivered > 0).then(|| r.wire_bytes as f64 / r.delivered as f64),
+        by_alias: r.aliased,
+        with_topic: r.with_topic,
+    });
+    outcome.cpu = cpu;
+    outcome.broker_rss_kib = broker_rss_kib;
+    outcome.load1 = load1;
+    outcome.errors = errors;
+    outcome.ok = outcome.errors.is_empty() && r.delivered > 0;
+    Ok(outcome)
+}
+
+struct AliasSubPlan {
+    /// What the publisher goes round: message `seq` is on `topics[seq % topics.len()]`.
+    topics: Vec<String>,
+    alias_max: u16,
+    /// As [`SubPlan::idle`].
+    idle: Option<Duration>,
+    hard_deadline: Instant,
+}
+
+#[derive(Default)]
+struct AliasSubResult {
+    delivered: u64,
+    out_of_order: u64,
+    last_at: Option<Instant>,
+    /// Bytes read off the socket after the SUBACK.
+    wire_bytes: u64,
+    /// Deliveries that named their topic by alias alone.
+    aliased: u64,
+    /// Deliveries that carried their topic (with or without an alias).
+    with_topic: u64,
+    /// Deliveries whose topic could not be resolved (unknown or out-of-range alias, no
+    /// topic).
+    alias_errors: u64,
+    first_alias_error: Option<String>,
+    /// Deliveries on another topic than the one published on.
+    wrong_topic: u64,
+    first_wrong_topic: Option<String>,
+}
+
+async fn run_alias_subscriber(
+    mut client: Client,
+    plan: AliasSubPlan,
+    flow: Arc<Flow>,
+) -> io::Result<(AliasSubResult, Client)> {
+    let mut r = AliasSubResult {
+        // Whatever came with the SUBACK is on the wire too.
+        wire_bytes: client.buf.len() as u64,
+        ..AliasSubResult::default()
+    };
+    let mut aliases = AliasMap::new(plan.alias_max);
+    let mut next_seq = 0u32;
+    let mut acks = Vec::new();
+    let mut ended_at: Option<Instant> = None;
+    let received = flow
+        .received
+        .first()
+        .ok_or_else(|| io::Error::other("a flow without a subscriber"))?;
+    loop {
+        let mut got = 0u64;
+        while let Some(packet) = client.decode_buffered()? {
+            let Packet::Publish(publish) = packet else {
+                continue;
+            };
+            got += 1;
+            if let Some(id) = publish.packet_id {
+                append_puback(&mut acks, id);
+            }
+            let topic = match aliases.resolve(&publish.topic, publish.properties.topic_alias) {
+                Ok((topic, by)) => {
+                    if by == TopicBy::Alias {
+                        r.aliased += 1;
+                    } else {
+                        r.with_topic += 1;
+                    }
+                    Some(topic)
+                }
+                Err(e) => {
+                    r.alias_errors += 1;
+                    r.first_alias_error.get_or_insert(e);
+                    None
+                }
+            };
+            let Some(stamp) = Stamp::read(&publish.payload).filter(|s| s.publisher == 0) else {
+                r.out_of_order += 1;
+                continue;
+            };
+            if stamp.seq == next_seq {
+                next_seq = next_seq.wrapping_add(1);
+            } else if stamp.seq > next_seq {
+                // A gap is a loss; it shows in the count.
+                next_seq = stamp.seq.wrapping_add(1);
+            } else {
+                r.out_of_order += 1;
+            }
+            let published_on = (stamp.seq as usize)
+                .checked_rem(plan.topics.len())
+                .and_then(|i| plan.topics.get(i));
+            if let Some(topic) = topic
+                && published_on.map(String::as_str) != Some(topic)
+            {
+                r.wrong_topic += 1;
+                r.first_wrong_topic.get_or_insert_with(|| {
+                    format!(
+                        "message {} arrived on {topic:?}, published on {published_on:?}",
+                        stamp.seq
+                    )
+                });
+            }
+        }
+        if got > 0 {
+            r.delivered += got;
+            r.last_at = Some(Instant::now());
+            received.fetch_add(got, Ordering::Relaxed);
+            flow.room.notify_waiters();
+        }
+        if !acks.is_empty() {
+            client.wr.write_all(&acks).await?;
+            acks.clear();
+        }
+        let ended = flow.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let expected = flow.expected.load(Ordering::Relaxed);
+        if r.delivered >= expected {
+            break;
+        }
+        let now = Instant::now();
+        if now >= plan.hard_deadline {
+            break;
+        }
+        let mut wait_until = plan.hard_deadline;
+        if expected != u64::MAX
+            && let Some(idle) = plan.idle
+        {
+            let since = *ended_at.get_or_insert(now);
+            let quiet_from = r.last_at.map_or(since, |t| t.max(since));
+            if now >= quiet_from + idle {
+                break;
+            }
+            wait_until = wait_until.min(quiet_from + idle);
+        }
+        tokio::select! {
+            n = client.read_more() => r.wire_bytes += n? as u64,
+            () = &mut ended => {}
+            () = tokio::time::sleep_until(wait_until) => {}
+        }
+    }
+    Ok((r, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_topics_are_distinct_and_as_long_as_asked() {
+        let topics = long_topics("tag/aliases", 12, 200);
+        assert_eq!(topics.len(), 12);
+        assert!(topics.iter().all(|t| t.len() == 200), "{topics:?}");
+        let mut unique = topics.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 12);
+        assert!(topics.iter().all(|t| !t.contains(['+', '#'])));
+        // Too short to pad: the distinct part stays.
+        assert_eq!(
+            long_topics("tag/aliases", 2, 3),
+            ["tag/aliases/0", "tag/aliases/1"]
+        );
+        assert_eq!(Scenario::parse("aliases"), Some(Scenario::Aliases));
+    }
 }

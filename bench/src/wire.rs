@@ -25,6 +25,11 @@ pub const VERSION: ProtocolVersion = ProtocolVersion::V311;
 pub const STAMP_LEN: usize = 16;
 /// How much the read buffers grow by per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// What the clients accept from a broker.
+const READ_LIMITS: DecodeLimits = DecodeLimits {
+    max_packet_size: 16 * 1024 * 1024,
+    max_user_properties: 64,
+};
 /// How long a handshake step (CONNACK, SUBACK, the close after DISCONNECT) may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -206,11 +211,74 @@ pub fn drain_frames(
     Ok(())
 }
 
+/// The topic aliases a broker set towards a v5 client (MQTT 5 §3.3.2.3.4), as the client
+/// resolves them: a PUBLISH with a topic and an alias (re)maps the alias, one with an empty
+/// topic stands for the topic its alias was last mapped to.
+#[derive(Debug, Clone, Default)]
+pub struct AliasMap {
+    /// Index `alias - 1`; `None` until the broker maps it.
+    topics: Vec<Option<String>>,
+}
+
+/// How a PUBLISH named its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicBy {
+    /// The topic alone.
+    Topic,
+    /// The topic and an alias, which now stands for it.
+    TopicAndAlias,
+    /// The alias alone.
+    Alias,
+}
+
+impl AliasMap {
+    /// What a client that announced Topic Alias Maximum `max` accepts.
+    pub fn new(max: u16) -> AliasMap {
+        AliasMap {
+            topics: vec![None; usize::from(max)],
+        }
+    }
+
+    /// The topic a PUBLISH with `topic` and alias property `alias` is for, and how it came.
+    /// An alias of 0 or above the maximum, an empty topic without an alias and an alias
+    /// never mapped are protocol errors (the message cannot be delivered).
+    pub fn resolve<'a>(
+        &'a mut self,
+        topic: &'a str,
+        alias: Option<u16>,
+    ) -> Result<(&'a str, TopicBy), String> {
+        let Some(alias) = alias else {
+            if topic.is_empty() {
+                return Err("PUBLISH with an empty topic and no topic alias".to_owned());
+            }
+            return Ok((topic, TopicBy::Topic));
+        };
+        let max = self.topics.len();
+        let slot = usize::from(alias)
+            .checked_sub(1)
+            .and_then(|i| self.topics.get_mut(i))
+            .ok_or_else(|| format!("topic alias {alias} outside 1..={max}"))?;
+        if topic.is_empty() {
+            return slot
+                .as_deref()
+                .map(|t| (t, TopicBy::Alias))
+                .ok_or_else(|| format!("unknown topic alias {alias}"));
+        }
+        match slot {
+            Some(known) if known == topic => {}
+            _ => *slot = Some(topic.to_owned()),
+        }
+        Ok((topic, TopicBy::TopicAndAlias))
+    }
+}
+
 /// A connected MQTT client: its socket halves and what was read but not used yet.
 pub struct Client {
     pub rd: OwnedReadHalf,
     pub wr: OwnedWriteHalf,
     pub buf: BytesMut,
+    /// The protocol it connected with ([`VERSION`] unless [`Client::connect_v5`]).
+    pub version: ProtocolVersion,
 }
 
 impl Client {
@@ -226,15 +294,7 @@ impl Client {
         keep_alive: u16,
         clean: bool,
     ) -> io::Result<Client> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
-        let mut client = Client {
-            rd,
-            wr,
-            buf: BytesMut::with_capacity(1024),
-        };
-        let connect = Packet::Connect(Box::new(Connect {
+        let connect = Connect {
             version: VERSION,
             clean_start: clean,
             keep_alive,
@@ -243,8 +303,45 @@ impl Client {
             will: None,
             username: None,
             password: None,
-        }));
-        client.send(&connect).await?;
+        };
+        Client::handshake(addr, connect).await
+    }
+
+    /// Connects with MQTT 5 (clean start), announcing `topic_alias_maximum` (0: none, so the
+    /// broker sets no aliases towards us), and waits for a successful CONNACK.
+    pub async fn connect_v5(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        topic_alias_maximum: u16,
+    ) -> io::Result<Client> {
+        let connect = Connect {
+            version: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive,
+            properties: Properties {
+                topic_alias_maximum: (topic_alias_maximum > 0).then_some(topic_alias_maximum),
+                ..Properties::default()
+            },
+            client_id: client_id.to_owned(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        Client::handshake(addr, connect).await
+    }
+
+    async fn handshake(addr: SocketAddr, connect: Connect) -> io::Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (rd, wr) = stream.into_split();
+        let mut client = Client {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(1024),
+            version: connect.version,
+        };
+        client.send(&Packet::Connect(Box::new(connect))).await?;
         match client.expect_packet("CONNACK").await? {
             Packet::ConnAck(ack) if ack.code.0 == 0 => Ok(client),
             Packet::ConnAck(ack) => Err(io::Error::new(
@@ -257,8 +354,8 @@ impl Client {
 
     /// Encodes and writes one packet.
     pub async fn send(&mut self, packet: &Packet) -> io::Result<()> {
-        let mut out = BytesMut::with_capacity(codec::encoded_len(packet, VERSION));
-        codec::encode_packet(packet, VERSION, &mut out).map_err(invalid)?;
+        let mut out = BytesMut::with_capacity(codec::encoded_len(packet, self.version));
+        codec::encode_packet(packet, self.version, &mut out).map_err(invalid)?;
         self.wr.write_all(&out).await
     }
 
@@ -270,18 +367,18 @@ impl Client {
     }
 
     async fn read_packet(&mut self) -> io::Result<Packet> {
-        let limits = DecodeLimits {
-            max_packet_size: 16 * 1024 * 1024,
-            max_user_properties: 64,
-        };
         loop {
-            if let Some(packet) =
-                codec::decode_packet(&mut self.buf, Some(VERSION), &limits).map_err(invalid)?
-            {
+            if let Some(packet) = self.decode_buffered()? {
                 return Ok(packet);
             }
             self.read_more().await?;
         }
+    }
+
+    /// The next whole packet already in the buffer, decoded by the codec (and removed from
+    /// the buffer); `None` when the buffer holds less than one packet.
+    pub fn decode_buffered(&mut self) -> io::Result<Option<Packet>> {
+        codec::decode_packet(&mut self.buf, Some(self.version), &READ_LIMITS).map_err(invalid)
     }
 
     /// Reads once more into the buffer; end of stream is an error.
@@ -408,6 +505,64 @@ mod tests {
         .unwrap();
         assert_eq!(seen, 0);
         assert_eq!(buf.len(), out.len() - 1);
+    }
+
+    #[test]
+    fn aliases_resolve_to_what_the_broker_mapped() {
+        let mut m = AliasMap::new(2);
+        assert_eq!(m.resolve("a/b", None), Ok(("a/b", TopicBy::Topic)));
+        assert!(m.resolve("", None).is_err());
+        assert!(m.resolve("", Some(1)).unwrap_err().contains("unknown"));
+        assert_eq!(
+            m.resolve("a/b", Some(1)),
+            Ok(("a/b", TopicBy::TopicAndAlias))
+        );
+        assert_eq!(m.resolve("", Some(1)), Ok(("a/b", TopicBy::Alias)));
+        // Remapped.
+        assert_eq!(m.resolve("c", Some(1)), Ok(("c", TopicBy::TopicAndAlias)));
+        assert_eq!(m.resolve("", Some(1)), Ok(("c", TopicBy::Alias)));
+        assert!(m.resolve("", Some(2)).is_err());
+        assert!(m.resolve("x", Some(0)).is_err());
+        assert!(m.resolve("x", Some(3)).is_err());
+        assert!(AliasMap::new(0).resolve("x", Some(1)).is_err());
+    }
+
+    #[test]
+    fn v5_publishes_with_aliases_decode() {
+        let mut out = BytesMut::new();
+        for (topic, alias) in [("t/long", Some(1)), ("", Some(1))] {
+            let properties = Properties {
+                topic_alias: alias,
+                ..Properties::default()
+            };
+            let payload = [0u8; 16];
+            PublishRef {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic,
+                packet_id: Some(7),
+                properties: &properties,
+                payload: &payload,
+            }
+            .encode(ProtocolVersion::V5, &mut out)
+            .unwrap();
+        }
+        let mut m = AliasMap::new(16);
+        let mut seen = Vec::new();
+        while let Some(Packet::Publish(p)) =
+            codec::decode_packet(&mut out, Some(ProtocolVersion::V5), &READ_LIMITS).unwrap()
+        {
+            let (topic, by) = m.resolve(&p.topic, p.properties.topic_alias).unwrap();
+            seen.push((topic.to_owned(), by));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("t/long".to_owned(), TopicBy::TopicAndAlias),
+                ("t/long".to_owned(), TopicBy::Alias)
+            ]
+        );
     }
 
     #[test]

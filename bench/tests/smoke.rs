@@ -14,9 +14,13 @@ use tidemq_core::codec::QoS;
 use tidemq_runtime::{Server, ServerHandle};
 
 async fn broker() -> ServerHandle {
+    broker_with(Config::default()).await
+}
+
+async fn broker_with(config: Config) -> ServerHandle {
     let config = Config {
         url: "nmq-tcp://127.0.0.1:0".to_owned(),
-        ..Config::default()
+        ..config
     };
     Server::bind(config, 1).await.unwrap().spawn().unwrap()
 }
@@ -42,6 +46,8 @@ fn opts(handle: &ServerHandle) -> Opts {
         window: 64,
         batch: 8,
         inflight: 16,
+        topics: 3,
+        topic_len: 120,
         ..Opts::default()
     }
 }
@@ -73,6 +79,14 @@ async fn check(scenario: Scenario, qos: QoS, payload: usize) {
             assert!(!outcome.rss_samples.is_empty());
             assert!(json["rss_max_kib"].is_number(), "{json}");
             assert!(json["latency_curve"].is_array(), "{json}");
+        }
+        Scenario::Aliases => {
+            // Aliases are off by default: every message carries its topic.
+            let wire = outcome.wire.unwrap();
+            assert_eq!(wire.by_alias, 0);
+            assert_eq!(wire.with_topic, outcome.delivered);
+            assert!(wire.bytes_per_msg.unwrap() > 120.0, "{wire:?}");
+            assert_eq!(outcome.expected, outcome.sent);
         }
         Scenario::Latency => {
             let latency = outcome.latency.unwrap();
@@ -123,6 +137,51 @@ async fn soak_qos1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections() {
     check(Scenario::Connections, QoS::AtMostOnce, 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_off_qos1() {
+    check(Scenario::Aliases, QoS::AtLeastOnce, 16).await;
+}
+
+/// With `max_topic_alias_out` the broker names each topic once, then by alias alone; the
+/// subscriber resolves every alias and finds every message on its topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_on_save_the_topic_bytes() {
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut per_msg = Vec::new();
+        for (alias_out, alias_max) in [(16, 16), (0, 16), (16, 0), (2, 16)] {
+            let handle = broker_with(Config {
+                max_topic_alias_out: alias_out,
+                ..Config::default()
+            })
+            .await;
+            let mut o = opts(&handle);
+            o.qos = qos;
+            o.alias_max = alias_max;
+            let outcome = tidemq_bench::run(Scenario::Aliases, &o).await.unwrap();
+            println!("{}", outcome.human());
+            assert!(outcome.ok, "{}", outcome.human());
+            assert_eq!(outcome.delivered, outcome.sent);
+            assert_eq!(outcome.sent, 300);
+            let wire = outcome.wire.unwrap();
+            assert_eq!(wire.by_alias + wire.with_topic, outcome.delivered);
+            if (alias_out, alias_max) == (16, 16) {
+                // 3 topics, 16 aliases: each topic goes once with its name.
+                assert_eq!(wire.with_topic, 3);
+            } else {
+                // No aliases; or 3 topics round-robin over 2 (the broker's limit): the least
+                // recently used alias is always the one needed next, so every message
+                // carries its topic.
+                assert_eq!(wire.by_alias, 0);
+            }
+            per_msg.push(wire.bytes_per_msg.unwrap());
+            handle.shutdown().await.unwrap();
+        }
+        // The topic (120 B) is gone from all but the first message per topic.
+        assert!(per_msg[0] + 100.0 < per_msg[1], "{per_msg:?}");
+        assert!(per_msg[1] <= per_msg[2] + 0.01, "{per_msg:?}");
+    }
 }
 
 #[test]
