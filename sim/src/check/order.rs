@@ -25,7 +25,8 @@ impl OrderCheck {
         let fresh = d.first && !(p.dup && self.seen.contains(&(actor, p.tag)));
         // A message routed twice (publisher resend) may legitimately overtake: its first
         // copy can have been dropped (QoS 0 to a slow or absent reader).
-        let rerouted = replay.accepted.get(&p.tag).is_some_and(|a| a.routed > 1);
+        let rerouted = replay.accepted.get(&p.tag).is_some_and(|a| a.routed > 1)
+            || replay.absorbed.contains(&p.tag);
         if let Tag::Msg { publisher, seq } = p.tag
             && !p.retain
             && fresh

@@ -188,6 +188,10 @@ pub struct Replay<'a> {
     pub conn_v5: BTreeMap<u64, bool>,
     pub client_ids: BTreeSet<String>,
     pub accepted: BTreeMap<Tag, Accepted>,
+    /// New QoS 2 messages that arrived under a packet id the session still held awaiting
+    /// PUBREL (another connection of the same client id sent it): the broker takes them as
+    /// that message's resend and routes nothing, so a later resend routes them out of order.
+    pub absorbed: BTreeSet<Tag>,
     /// Topics of accepted messages that are not tracked one by one (empty, other, hostile).
     pub other_topics: BTreeSet<String>,
     pub retained: BTreeMap<String, Tag>,
@@ -228,6 +232,7 @@ impl<'a> Replay<'a> {
             conn_v5: BTreeMap::new(),
             client_ids: BTreeSet::new(),
             accepted: BTreeMap::new(),
+            absorbed: BTreeSet::new(),
             other_topics: BTreeSet::new(),
             retained: BTreeMap::new(),
             wills: BTreeMap::new(),
@@ -590,6 +595,9 @@ impl<'a> Replay<'a> {
             };
             let pid = p.pid.unwrap_or(0);
             if !s.awaiting_rel.insert(pid) {
+                if !self.accepted.contains_key(&p.tag) {
+                    self.absorbed.insert(p.tag);
+                }
                 return; // a resend before PUBREL: not routed again
             }
         }
