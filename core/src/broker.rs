@@ -88,6 +88,9 @@ pub struct Broker {
     retained: RetainTrie<Arc<Message>>,
     timers: Timers,
     outputs: VecDeque<Output>,
+    /// Messages dropped during the current input, by client and reason: one
+    /// `MessagesDropped` event each when the input ends, however many were dropped.
+    drops: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// Connections with bytes in `tx`, in the order they were first written this round.
     dirty: Vec<ConnId>,
     stats: Stats,
@@ -131,6 +134,7 @@ impl Broker {
             retained: RetainTrie::default(),
             timers: Timers::default(),
             outputs: VecDeque::new(),
+            drops: BTreeMap::new(),
             dirty: Vec::new(),
             stats: Stats::default(),
             pending_config: BTreeMap::new(),
@@ -276,7 +280,31 @@ impl Broker {
                 }
             }
         }
+        self.report_drops();
         self.flush_all();
+    }
+
+    /// Counts messages dropped for `client_id`; reported once per input by [`Self::report_drops`].
+    fn count_drops(&mut self, client_id: &str, why: &'static str, count: u64) {
+        match self.drops.get_mut(client_id) {
+            Some(by_why) => *by_why.entry(why).or_insert(0) += count,
+            None => {
+                self.drops
+                    .insert(client_id.to_owned(), BTreeMap::from([(why, count)]));
+            }
+        }
+    }
+
+    fn report_drops(&mut self) {
+        for (client_id, by_why) in std::mem::take(&mut self.drops) {
+            for (why, count) in by_why {
+                self.event(BrokerEvent::MessagesDropped {
+                    client_id: client_id.clone(),
+                    count,
+                    why,
+                });
+            }
+        }
     }
 
     /// The next output, if any. Drain until `None` after every input.

@@ -467,15 +467,12 @@ impl Broker {
             let client_id = format!("bridge:{}", b.name);
             b.counters.send_drop += 1;
             self.stats.messages_dropped += 1;
-            self.event(BrokerEvent::MessagesDropped {
-                client_id,
-                count: 1,
-                why: if up {
-                    "bridge queue full"
-                } else {
-                    "bridge down"
-                },
-            });
+            let why = if up {
+                "bridge queue full"
+            } else {
+                "bridge down"
+            };
+            self.count_drops(&client_id, why, 1);
             return;
         }
         let mut out = out;

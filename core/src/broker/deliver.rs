@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::Broker;
-use crate::api::{BrokerEvent, ConnId};
+use crate::api::ConnId;
 use crate::codec::{Ack, Packet, ProtocolVersion, PublishRef, QoS, reason};
 use crate::conn::ConnState;
 use crate::ids::SessionId;
@@ -90,12 +90,13 @@ impl Broker {
         self.stats.messages_dropped += 1;
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.messages_dropped += 1;
-            let client_id = s.client_id.clone();
-            self.event(BrokerEvent::MessagesDropped {
-                client_id,
-                count: 1,
-                why,
-            });
+            match self.drops.get_mut(s.client_id.as_str()) {
+                Some(by_why) => *by_why.entry(why).or_insert(0) += 1,
+                None => {
+                    let client_id = s.client_id.clone();
+                    self.count_drops(&client_id, why, 1);
+                }
+            }
         }
     }
 

@@ -82,11 +82,7 @@ impl Broker {
         let lost = session.queue.len() + session.inflight.len();
         if lost > 0 {
             self.stats.messages_dropped += lost as u64;
-            self.event(BrokerEvent::MessagesDropped {
-                client_id: session.client_id,
-                count: lost as u64,
-                why: "session ended",
-            });
+            self.count_drops(&session.client_id, "session ended", lost as u64);
         }
     }
 

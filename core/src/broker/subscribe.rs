@@ -1,6 +1,8 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the session's subscriptions, the shared trie, SUBACK and
 //! UNSUBACK, and the retained messages a new subscription receives.
 
+use std::collections::BTreeMap;
+
 use super::Broker;
 use crate::api::ConnId;
 use crate::codec::{
@@ -24,15 +26,35 @@ impl Broker {
     ) {
         let v5 = version.is_v5();
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        let mut reasons = Vec::with_capacity(s.filters.len());
+        // Identical filters in one SUBSCRIBE are merged: only the last copy is subscribed (its
+        // options are what processing every copy in order would leave), so the work, the
+        // records and the retained messages sent are per distinct filter; every copy is
+        // answered with the merged subscription's code.
+        let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, (raw, _)) in s.filters.iter().enumerate() {
+            last.insert(raw.as_str(), i);
+        }
+        let mut codes: BTreeMap<&str, ReasonCode> = BTreeMap::new();
         let mut retained_for: Vec<(String, Subscription)> = Vec::new();
-        for (raw, options) in &s.filters {
-            match self.add_subscription(sid, raw, *options, sub_id, v5) {
+        let max_levels = self.config.max_topic_levels as usize;
+        for (i, (raw, options)) in s.filters.iter().enumerate() {
+            let outcome = if last.get(raw.as_str()) == Some(&i) {
+                self.add_subscription(sid, raw, *options, sub_id, v5)
+            } else if options.no_local
+                && topic::parse_subscription(raw, max_levels).is_ok_and(|p| p.share_group.is_some())
+            {
+                Added::SharedNoLocal
+            } else {
+                continue;
+            };
+            match outcome {
                 Added::Granted(code, retained) => {
-                    reasons.push(code);
+                    codes.insert(raw.as_str(), code);
                     retained_for.extend(retained);
                 }
-                Added::Refused(code) => reasons.push(code),
+                Added::Refused(code) => {
+                    codes.insert(raw.as_str(), code);
+                }
                 Added::SharedNoLocal => {
                     return self.drop_conn(
                         id,
@@ -45,6 +67,16 @@ impl Broker {
                 Added::NoSession => return,
             }
         }
+        let reasons = s
+            .filters
+            .iter()
+            .map(|(raw, _)| {
+                codes
+                    .get(raw.as_str())
+                    .copied()
+                    .unwrap_or(reason::UNSPECIFIED_ERROR)
+            })
+            .collect();
         self.send(
             id,
             version,
