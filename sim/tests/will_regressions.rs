@@ -133,3 +133,13 @@ fn will_whose_records_a_crash_kept_must_still_be_delivered() {
     }
     panic!("no S6 seed caught a removed stored will ({candidates} candidates)");
 }
+
+/// The watcher's SUBSCRIBE waited for the store, its connection's later output (QoS 0 wills
+/// among it) queued behind the SUBACK, and the connection was lost before the store caught
+/// up: those wills die with it, as QoS 0 may. (The run's delivered wills are all excused
+/// otherwise, by restarts and the watcher's absence; `i9_catches_a_swallowed_will` shows the
+/// checker still catches wills that never reach a listening watcher.)
+#[test]
+fn qos0_will_held_behind_the_watchers_subscribe_dies_with_its_connection() {
+    clean(3_104_777);
+}

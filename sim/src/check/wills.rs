@@ -141,6 +141,9 @@ impl WillCheck {
             if w.cancelled
                 || restarted
                 || watcher_away
+                // Only a will never stored for the watcher (QoS 0) can die with held output.
+                || (!durable.will_records.contains_key(&w.tag)
+                    && watcher_output_died_held(entries, replay, due))
                 || !w.watcher_ready
                 || watcher_dropped
                 || due > quiesced_at
@@ -159,4 +162,41 @@ impl WillCheck {
             }
         }
     }
+}
+
+/// With a store, output to the watcher waits behind its own records (a SUBACK, say), and a
+/// QoS 0 will queued behind them dies with the watcher's connection if that closes first:
+/// the connection the watcher had open at `due` closed later without the broker sending it
+/// anything from `due` on.
+fn watcher_output_died_held(entries: &[Entry], replay: &Replay, due: u64) -> bool {
+    if !replay.store {
+        return false;
+    }
+    let mut open: Option<u64> = None;
+    let mut closed_at: Option<u64> = None;
+    for e in entries {
+        match &e.ev {
+            Ev::ConnOpened { conn, actor }
+                if e.at <= due && replay.role(*actor) == Some(Role::Watcher) =>
+            {
+                open = Some(*conn);
+                closed_at = None;
+            }
+            Ev::BrokerClosed { conn, .. } | Ev::ClientLost { conn, .. }
+                if Some(*conn) == open && closed_at.is_none() =>
+            {
+                closed_at = Some(e.at);
+            }
+            _ => {}
+        }
+    }
+    let (Some(conn), Some(closed)) = (open, closed_at) else {
+        return false;
+    };
+    closed >= due
+        && !entries.iter().any(|e| {
+            e.at >= due
+                && e.at <= closed
+                && matches!(&e.ev, Ev::BrokerSent { conn: c, .. } if *c == conn)
+        })
 }
