@@ -143,3 +143,11 @@ fn will_whose_records_a_crash_kept_must_still_be_delivered() {
 fn qos0_will_held_behind_the_watchers_subscribe_dies_with_its_connection() {
     clean(3_104_777);
 }
+
+/// The broker was suspended; meanwhile the will's connection dropped and the watcher's client
+/// lost its own connection. On resume the broker published the QoS 0 will to the watcher's
+/// connection, which it had not yet seen close: the will went to a dead connection.
+#[test]
+fn qos0_will_sent_after_the_watchers_client_lost_its_connection_is_lost() {
+    clean(4_035_501);
+}

@@ -395,6 +395,18 @@ impl<'a> Replay<'a> {
                     s.subs.clear();
                 }
             }
+            // The watcher's client lost its connection: what the broker sends it from now on
+            // (a QoS 0 will, say) is lost, though the broker learns of it only later.
+            Ev::ClientLost { conn, .. }
+                if self.conn_client.get(conn).map(String::as_str) == Some("watcher")
+                    && self
+                        .sessions
+                        .get("watcher")
+                        .is_some_and(|s| s.active == Some(*conn))
+                    && self.watcher.down_since.is_none() =>
+            {
+                self.watcher.down_since = Some(at);
+            }
             Ev::BrokerClosed { conn, .. } => {
                 if let Some(w) = self.wills.get_mut(conn)
                     && w.ended.is_none()
