@@ -664,3 +664,87 @@ fn idle_sockets_cannot_take_the_descriptors_the_store_needs() {
         matches!(c.recv(), Some(Packet::ConnAck(a)) if a.code == 0)
     });
 }
+
+/// One SUBSCRIBE of as many copies of `#` as a packet holds, from a client with a stored
+/// session that never reads, with 200 retained messages: the copies are one subscription, so
+/// the retained messages are queued once, the journal gets one record, an honest client's
+/// round trip stays quick, the broker's memory barely moves, and a kill -9 leaves a journal
+/// that starts.
+#[test]
+fn a_subscribe_of_many_identical_filters_stays_bounded_and_the_journal_restarts() {
+    let dir = Dir::new("limits-filters");
+    let port = free_port();
+    let data = dir.file("data");
+    let conf = format!(
+        "listeners.tcp.bind = \"127.0.0.1:{port}\"\nmqtt.max_packet_size = 1MB\n\
+         persistence {{\n  data_dir = \"{}\"\n  sync = os\n}}\n",
+        data.display()
+    );
+    let mut broker = start_with(&dir, &conf, &[], None);
+    let pid = pid(&broker);
+    let v = ProtocolVersion::V311;
+    let mut publisher = Client::connect(port, "filters-pub", v);
+    for i in 0..200 {
+        let mut p = publish(
+            &format!("kept/{i}"),
+            QoS::AtLeastOnce,
+            i + 1,
+            Bytes::from(vec![7u8; 1024]),
+        );
+        if let Packet::Publish(p) = &mut p {
+            p.retain = true;
+        }
+        publisher.send(&p);
+        assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));
+    }
+    let before = rss_kib(pid);
+    let mut attacker = Client::open(port, v);
+    attacker.send(&connect_session("filters-attacker", v, false));
+    assert!(matches!(attacker.recv(), Some(Packet::ConnAck(_))));
+    // "#" costs 4 bytes: 2 of length, 1 of filter, 1 of options.
+    let copies = (1_000_000 - 16) / 4;
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..SubscriptionOptions::default()
+    };
+    attacker.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![("#".to_owned(), options); copies],
+    }));
+    // The attacker never reads again. An honest client's round trip:
+    let started = Instant::now();
+    let mut honest = Client::connect(port, "filters-honest", v);
+    honest.subscribe("honest/t", QoS::AtLeastOnce);
+    publisher.send(&publish(
+        "honest/t",
+        QoS::AtLeastOnce,
+        900,
+        Bytes::from_static(b"hi"),
+    ));
+    let mut delivered = false;
+    while !delivered {
+        match honest.recv() {
+            Some(Packet::Publish(p)) if p.topic == "honest/t" => delivered = true,
+            Some(_) => {}
+            None => panic!("the honest client got nothing"),
+        }
+    }
+    let round_trip = started.elapsed();
+    let grown = rss_kib(pid).saturating_sub(before);
+    println!("{copies} copies of #: honest round trip {round_trip:?}, RSS grew {grown} KiB");
+    assert!(round_trip < Duration::from_secs(2), "{round_trip:?}");
+    assert!(grown < 256 * 1024, "RSS grew {grown} KiB");
+    // Killed mid-flight, the journal restarts.
+    broker.child.kill().unwrap();
+    broker.child.wait().unwrap();
+    drop(broker);
+    let restarted = start_with(&dir, &conf, &[], None);
+    let mut again = Client::connect(port, "filters-after", v);
+    again.subscribe("kept/199", QoS::AtLeastOnce);
+    assert!(
+        matches!(again.recv(), Some(Packet::Publish(p)) if p.topic == "kept/199"),
+        "retained messages survive the restart"
+    );
+    drop(restarted);
+}
