@@ -12,7 +12,7 @@ use crate::codec::{
     ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
     SubscriptionOptions,
 };
-use crate::config::BridgeConfig;
+use crate::config::{BridgeConfig, BridgeSubscription};
 use crate::persist::{self, Record};
 use crate::window::{InboundQos2, OutStage, OutWindow};
 
@@ -239,23 +239,8 @@ impl Bridge {
             self.requeue_inflight();
         }
         self.qos2_in.new_connection();
-        let filters: Vec<(String, SubscriptionOptions)> = self
-            .config
-            .subscription
-            .iter()
-            .map(|s| {
-                (
-                    s.remote_topic.clone(),
-                    SubscriptionOptions {
-                        qos: QoS::from_u8(s.qos).unwrap_or_default(),
-                        // v5: never get back what this bridge published there.
-                        no_local: true,
-                        retain_as_published: true,
-                        retain_handling: 0,
-                    },
-                )
-            })
-            .collect();
+        let filters: Vec<(String, SubscriptionOptions)> =
+            self.config.subscription.iter().map(remote_filter).collect();
         if filters.is_empty() {
             return None;
         }
@@ -409,4 +394,18 @@ mod tests {
         assert_eq!(remap("sensor/1", "sensor/1", "fwd/s1"), "fwd/s1");
         assert_eq!(remap("x/y", "x/+", "fixed"), "fixed");
     }
+}
+
+/// A bridge subscription as the filter and options this bridge sends the remote.
+pub(crate) fn remote_filter(s: &BridgeSubscription) -> (String, SubscriptionOptions) {
+    (
+        s.remote_topic.clone(),
+        SubscriptionOptions {
+            qos: QoS::from_u8(s.qos).unwrap_or_default(),
+            // v5: never get back what this bridge published there.
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: 0,
+        },
+    )
 }

@@ -7,11 +7,26 @@ use super::common::MASK;
 use crate::config::{Config, HttpAuthType};
 use crate::config_parse::{self, Entry, Format, Raw};
 
-fn masked(secret: &Option<String>) -> Value {
+/// A secret as the API shows it: masked when set.
+pub(super) fn masked(secret: &Option<String>) -> Value {
     match secret {
         Some(_) => json!(MASK),
         None => Value::Null,
     }
+}
+
+/// The TLS settings as V1 and v4 show them, the key password masked.
+pub(super) fn tls(c: &Config) -> Value {
+    json!({
+        "enable": c.tls.enable,
+        "url": c.tls.url,
+        "key_password": masked(&c.tls.key_password),
+        "key": c.tls.keyfile,
+        "cert": c.tls.certfile,
+        "cacert": c.tls.cacertfile,
+        "verify_peer": c.tls.verify_peer,
+        "fail_if_no_peer_cert": c.tls.fail_if_no_peer_cert,
+    })
 }
 
 /// The bridge that V1's single `bridge` object shows: `default`, else the first.
@@ -36,16 +51,7 @@ pub fn config_to_v1(c: &Config) -> Value {
         "qos_duration": c.qos_duration,
         "allow_anonymous": c.allow_anonymous,
         "daemon": c.daemon,
-        "tls": {
-            "enable": c.tls.enable,
-            "url": c.tls.url,
-            "key_password": masked(&c.tls.key_password),
-            "key": c.tls.keyfile,
-            "cert": c.tls.certfile,
-            "cacert": c.tls.cacertfile,
-            "verify_peer": c.tls.verify_peer,
-            "fail_if_no_peer_cert": c.tls.fail_if_no_peer_cert,
-        },
+        "tls": tls(c),
         "websocket": {
             "enable": c.websocket.enable,
             "url": c.websocket.url,

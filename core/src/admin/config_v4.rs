@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use super::common::MASK;
-use super::config_v1::{ConfigUpdate, Field, Kind, V1_FIELDS, check_fields};
+use super::config_v1::{ConfigUpdate, Field, Kind, V1_FIELDS, check_fields, masked, tls};
 use crate::config::{BridgeConfig, Config, HttpAuthType};
 
 /// NanoMQ's sections of `GET /configuration/{section}`.
@@ -20,13 +20,6 @@ pub const SECTIONS: &[&str] = &[
     "sqlite",
     "bridge",
 ];
-
-fn masked(secret: &Option<String>) -> Value {
-    match secret {
-        Some(_) => json!(MASK),
-        None => Value::Null,
-    }
-}
 
 fn kib(bytes: u32) -> u32 {
     bytes / 1024
@@ -86,16 +79,7 @@ pub fn section(c: &Config, name: &str, bridges: &[Value]) -> Option<Value> {
             "allow_anonymous": c.allow_anonymous,
             "ipc_internal": false,
         }),
-        "tls" => json!({
-            "enable": c.tls.enable,
-            "url": c.tls.url,
-            "key_password": masked(&c.tls.key_password),
-            "key": c.tls.keyfile,
-            "cert": c.tls.certfile,
-            "cacert": c.tls.cacertfile,
-            "verify_peer": c.tls.verify_peer,
-            "fail_if_no_peer_cert": c.tls.fail_if_no_peer_cert,
-        }),
+        "tls" => tls(c),
         "auth" => Value::Array(
             c.users
                 .keys()

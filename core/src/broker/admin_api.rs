@@ -196,6 +196,23 @@ impl Broker {
 
     /// req 13: the subscription tree level by level, as NanoMQ shows it.
     fn topic_tree(&self) -> Value {
+        self.topic_tree_with(|level, children, ids| {
+            let mut o = serde_json::Map::new();
+            o.insert("topic".into(), json!(level));
+            o.insert("cld_cnt".into(), json!(children));
+            if !ids.is_empty() {
+                o.insert("client_id".into(), json!(ids));
+            }
+            Value::Object(o)
+        })
+    }
+
+    /// The subscription tree level by level, each node shaped by `node` from its level, its
+    /// number of children and its subscribers' client ids (V1 and v4 name the keys apart).
+    pub(super) fn topic_tree_with(
+        &self,
+        node: impl Fn(&str, usize, Vec<String>) -> Value,
+    ) -> Value {
         let client_id = |sid: &u64| {
             self.sessions
                 .get(sid)
@@ -210,16 +227,9 @@ impl Broker {
                     Value::Array(
                         level
                             .into_iter()
-                            .map(|node| {
-                                let mut o = serde_json::Map::new();
-                                o.insert("topic".into(), json!(node.level));
-                                o.insert("cld_cnt".into(), json!(node.children));
-                                if !node.subscribers.is_empty() {
-                                    let ids: Vec<String> =
-                                        node.subscribers.into_iter().map(client_id).collect();
-                                    o.insert("client_id".into(), json!(ids));
-                                }
-                                Value::Object(o)
+                            .map(|n| {
+                                let ids = n.subscribers.into_iter().map(client_id).collect();
+                                node(n.level, n.children, ids)
                             })
                             .collect(),
                     )

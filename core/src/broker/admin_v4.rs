@@ -243,29 +243,8 @@ impl Broker {
 
     /// The subscription tree level by level, NanoMQ's v4 keys (`clientid`, always present).
     fn v4_topic_tree(&self) -> Value {
-        let client_id = |sid: &u64| {
-            self.sessions
-                .get(sid)
-                .map(|s| s.client_id.clone())
-                .unwrap_or_default()
-        };
-        Value::Array(
-            self.subscriptions
-                .levels()
-                .into_iter()
-                .map(|level| {
-                    Value::Array(
-                        level
-                            .into_iter()
-                            .map(|node| {
-                                let ids: Vec<String> =
-                                    node.subscribers.into_iter().map(client_id).collect();
-                                json!({ "topic": node.level, "cld_cnt": node.children, "clientid": ids })
-                            })
-                            .collect(),
-                    )
-                })
-                .collect(),
+        self.topic_tree_with(
+            |level, children, ids| json!({ "topic": level, "cld_cnt": children, "clientid": ids }),
         )
     }
 

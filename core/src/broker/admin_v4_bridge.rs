@@ -10,9 +10,7 @@ use super::Broker;
 use crate::admin::v4::{V4Reply, bad_params};
 use crate::admin::{self, V4Write, code, v4_body};
 use crate::bridge::Link;
-use crate::codec::{
-    Packet, Properties, QoS, ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe,
-};
+use crate::codec::{Packet, Properties, ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe};
 use crate::ids::BridgeId;
 
 impl Broker {
@@ -122,20 +120,8 @@ impl Broker {
         // Subscribed now when the link is up and no other (un)subscribe is outstanding;
         // otherwise at the next connect, which subscribes to them all.
         if b.link == Link::Up && b.subscribe_id.is_none() {
-            let filters: Vec<(String, SubscriptionOptions)> = fresh
-                .iter()
-                .map(|s| {
-                    (
-                        s.remote_topic.clone(),
-                        SubscriptionOptions {
-                            qos: QoS::from_u8(s.qos).unwrap_or_default(),
-                            no_local: true,
-                            retain_as_published: true,
-                            retain_handling: 0,
-                        },
-                    )
-                })
-                .collect();
+            let filters: Vec<(String, SubscriptionOptions)> =
+                fresh.iter().map(crate::bridge::remote_filter).collect();
             if let Some(packet_id) = b.inflight.allocate_packet_id(None) {
                 b.subscribe_id = Some(packet_id);
                 b.subscribe_len = filters.len();
