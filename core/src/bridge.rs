@@ -383,19 +383,6 @@ pub(crate) fn bridge_put(name: &str, m: &Outgoing) -> [Record; 2] {
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::remap;
-
-    #[test]
-    fn topic_remapping_rules() {
-        assert_eq!(remap("a/b", "a/#", ""), "a/b");
-        assert_eq!(remap("a/b/c", "a/#", "remote/a/#"), "remote/a/b/c");
-        assert_eq!(remap("sensor/1", "sensor/1", "fwd/s1"), "fwd/s1");
-        assert_eq!(remap("x/y", "x/+", "fixed"), "fixed");
-    }
-}
-
 /// A bridge subscription as the filter and options this bridge sends the remote.
 pub(crate) fn remote_filter(s: &BridgeSubscription) -> (String, SubscriptionOptions) {
     (
@@ -408,4 +395,17 @@ pub(crate) fn remote_filter(s: &BridgeSubscription) -> (String, SubscriptionOpti
             retain_handling: 0,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remap;
+
+    #[test]
+    fn topic_remapping_rules() {
+        assert_eq!(remap("a/b", "a/#", ""), "a/b");
+        assert_eq!(remap("a/b/c", "a/#", "remote/a/#"), "remote/a/b/c");
+        assert_eq!(remap("sensor/1", "sensor/1", "fwd/s1"), "fwd/s1");
+        assert_eq!(remap("x/y", "x/+", "fixed"), "fixed");
+    }
 }
