@@ -13,117 +13,12 @@ mod support;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Dir, Running, free_port, mosquitto_pub, mosquitto_sub, run, start, tool, wait_for};
-
-struct Api {
-    port: u16,
-}
-
-struct Answer {
-    status: u16,
-    headers: String,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
-    }
-}
-
-impl Api {
-    fn request(&self, method: &str, path: &str, body: Option<&str>, auth: &[&str]) -> Answer {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let mut cmd = tool("curl");
-        cmd.args(["-s", "-i", "-X", method, &url, "--max-time", "10"])
-            .args(auth);
-        if let Some(body) = body {
-            cmd.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-            ]);
-        }
-        let out = run(&mut cmd);
-        assert!(out.status.success(), "curl failed: {out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        Answer {
-            status: head.split(' ').nth(1).unwrap().parse().unwrap(),
-            headers: head.to_ascii_lowercase(),
-            text: body.to_owned(),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
-        self.request(method, path, body, &["-u", "admin:public"])
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let a = self.call("GET", path, None);
-        assert_eq!(a.status, 200, "GET {path}: {}", a.text);
-        assert!(a.headers.contains("content-type: application/json"));
-        a.json()
-    }
-
-    fn expect(&self, method: &str, path: &str, body: Option<&str>, status: u16, code: u64) {
-        let a = self.call(method, path, body);
-        assert_eq!(
-            (a.status, a.json()),
-            (status, json!({ "code": code })),
-            "{method} {path} {body:?}"
-        );
-    }
-}
-
-/// A mosquitto broker as the bridge's remote, on 127.0.0.1.
-struct Remote {
-    child: Child,
-    port: u16,
-}
-
-impl Remote {
-    fn start(dir: &Dir) -> Remote {
-        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        let port = free_port();
-        let conf = dir.file("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "mosquitto is missing: install the Debian package mosquitto (scripts/test does)",
-            );
-        wait_for("mosquitto", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Remote { child, port }
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::api::{Api, Remote};
+use support::{Dir, Running, free_port, mosquitto_pub, mosquitto_sub, start, wait_for};
 
 fn broker(dir: &Dir, remote: u16) -> (Running, u16, Api) {
     let (mqtt, http) = (free_port(), free_port());
@@ -168,25 +63,13 @@ fn client_ids(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn bridge_metrics(api: &Api, name: &str) -> Value {
-    let m = api.get("/api/v4/metrics");
-    assert!(m.get("code").is_none(), "no code key, as NanoMQ");
-    m["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no bridge {name} in {m}"))
-}
-
 #[test]
 fn api_v4_end_to_end() {
     let dir = Dir::new("api-v4");
     let remote = Remote::start(&dir);
     let (broker, mqtt, api) = broker(&dir, remote.port);
     wait_for("the bridge to connect", Duration::from_secs(15), || {
-        bridge_metrics(&api, "cloud")["state"] == "connected"
+        api.bridge_metrics("cloud")["state"] == "connected"
     });
 
     // Clients: a v5 subscriber with properties shown, a 3.1.1 one, a v5 one with a '/' in
@@ -542,7 +425,7 @@ fn api_v4_end_to_end() {
         api.get("/api/v4/bridges/spare")["data"]["bridge"]["nodes"][0]["enable"],
         false
     );
-    assert_eq!(bridge_metrics(&api, "spare")["state"], "disabled");
+    assert_eq!(api.bridge_metrics("spare")["state"], "disabled");
     let remote_sub = mosquitto_sub(remote.port, &["-t", "up/#", "-q", "1", "-v"]);
     std::thread::sleep(Duration::from_millis(300));
     api.expect(
@@ -553,7 +436,7 @@ fn api_v4_end_to_end() {
         0,
     );
     wait_for("the bridge to be off", Duration::from_secs(10), || {
-        bridge_metrics(&api, "cloud")["state"] == "disabled"
+        api.bridge_metrics("cloud")["state"] == "disabled"
     });
     for i in 1..=3 {
         mosquitto_pub(
@@ -564,11 +447,11 @@ fn api_v4_end_to_end() {
     wait_for(
         "three messages in the outbox",
         Duration::from_secs(10),
-        || bridge_metrics(&api, "cloud")["outbox"] == 3,
+        || api.bridge_metrics("cloud")["outbox"] == 3,
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        bridge_metrics(&api, "cloud")["outbox"],
+        api.bridge_metrics("cloud")["outbox"],
         3,
         "no reconnect while off"
     );
@@ -584,7 +467,7 @@ fn api_v4_end_to_end() {
         0,
     );
     wait_for("the outbox to drain", Duration::from_secs(15), || {
-        let m = bridge_metrics(&api, "cloud");
+        let m = api.bridge_metrics("cloud");
         m["state"] == "connected" && m["outbox"] == 0
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -592,7 +475,7 @@ fn api_v4_end_to_end() {
     for i in 1..=3 {
         assert!(got.contains(&format!("up/{i} m{i}")), "remote got: {got}");
     }
-    let m = bridge_metrics(&api, "cloud");
+    let m = api.bridge_metrics("cloud");
     assert!(
         m["tx_msgs"].as_u64().unwrap() >= 3 && m["reconnects"].as_u64().unwrap() >= 1,
         "{m}"
@@ -639,7 +522,7 @@ fn api_v4_end_to_end() {
         200,
         0,
     );
-    assert_eq!(bridge_metrics(&api, "cloud")["name"], "cloud");
+    assert_eq!(api.bridge_metrics("cloud")["name"], "cloud");
 
     // Prometheus: NanoMQ's 15 metrics, text/plain.
     let prom = api.call("GET", "/api/v4/prometheus", None);

@@ -18,88 +18,15 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::Background;
 use serde_json::{Value, json};
+use support::api::{Api, Remote};
 use support::{Dir, Running, free_port, run, start, tool, wait_for};
 
 /// Longest wait for anything that should happen.
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Api {
-    port: u16,
-}
-
-struct Answer {
-    status: u16,
-    headers: String,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
-    }
-}
-
-impl Api {
-    fn request(&self, method: &str, path: &str, body: Option<&str>, extra: &[&str]) -> Answer {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let mut cmd = tool("curl");
-        cmd.args(["-s", "-i", "-X", method, &url, "--max-time", "10"])
-            .args(["-u", "admin:public"])
-            .args(extra);
-        if let Some(body) = body {
-            cmd.args([
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-            ]);
-        }
-        let out = run(&mut cmd);
-        assert!(out.status.success(), "curl failed: {out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        Answer {
-            status: head.split(' ').nth(1).unwrap().parse().unwrap(),
-            headers: head.to_ascii_lowercase(),
-            text: body.to_owned(),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
-        self.request(method, path, body, &[])
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let a = self.call("GET", path, None);
-        assert_eq!(a.status, 200, "GET {path}: {}", a.text);
-        assert!(
-            a.headers.contains("content-type: application/json"),
-            "{path}"
-        );
-        a.json()
-    }
-
-    /// An answer that is exactly `{"code":code}` with this status.
-    fn expect(&self, method: &str, path: &str, body: Option<&str>, status: u16, code: u64) {
-        let a = self.call(method, path, body);
-        assert_eq!(
-            (a.status, a.json()),
-            (status, json!({ "code": code })),
-            "{method} {path} {body:?}"
-        );
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Value {
-        let a = self.call("POST", path, Some(&body.to_string()));
-        assert_eq!(a.status, 200, "POST {path}: {}", a.text);
-        a.json()
-    }
-}
 
 fn ids(v: &Value, key: &str) -> Vec<String> {
     v["data"]
@@ -1098,58 +1025,6 @@ fn subscribe_on_behalf_delivers_and_reload_applies_live() {
 // ----- Bridges: remote subscriptions through a real remote; PUT keeps the outbox ----------
 
 /// A mosquitto broker as the bridge's remote, on 127.0.0.1.
-struct Remote {
-    child: Child,
-    port: u16,
-}
-
-impl Remote {
-    fn start(dir: &Dir) -> Remote {
-        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        let port = free_port();
-        let conf = dir.file("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is missing: install the Debian package mosquitto");
-        wait_for("mosquitto", WAIT, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Remote { child, port }
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bridge_metrics(api: &Api, name: &str) -> Value {
-    let m = api.get("/api/v4/metrics");
-    m["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no bridge {name} in {m}"))
-}
-
 #[test]
 fn bridge_remote_subscriptions_and_put_keep_the_outbox() {
     let dir = Dir::new("v4-extra-bridge");
@@ -1164,7 +1039,7 @@ fn bridge_remote_subscriptions_and_put_keep_the_outbox() {
         ),
     );
     wait_for("the bridge to connect", Duration::from_secs(15), || {
-        bridge_metrics(&api, "cloud")["state"] == "connected"
+        api.bridge_metrics("cloud")["state"] == "connected"
     });
     let mut local = sub(
         mqtt,
@@ -1194,7 +1069,7 @@ fn bridge_remote_subscriptions_and_put_keep_the_outbox() {
         })
     });
     assert!(arrived, "nothing from the remote: {}", local.transcript());
-    assert!(bridge_metrics(&api, "cloud")["rx_msgs"].as_u64().unwrap() >= 1);
+    assert!(api.bridge_metrics("cloud")["rx_msgs"].as_u64().unwrap() >= 1);
 
     // Removed: the remote's messages stop.
     api.expect(
@@ -1319,7 +1194,7 @@ fn bridge_remote_subscriptions_and_put_keep_the_outbox() {
         0,
     );
     wait_for("the bridge off", WAIT, || {
-        bridge_metrics(&api, "cloud")["state"] == "disabled"
+        api.bridge_metrics("cloud")["state"] == "disabled"
     });
     for i in 1..=3 {
         must_publish(
@@ -1328,7 +1203,7 @@ fn bridge_remote_subscriptions_and_put_keep_the_outbox() {
         );
     }
     wait_for("three in the outbox", WAIT, || {
-        bridge_metrics(&api, "cloud")["outbox"] == 3
+        api.bridge_metrics("cloud")["outbox"] == 3
     });
     api.expect(
         "PUT",
@@ -1338,7 +1213,7 @@ fn bridge_remote_subscriptions_and_put_keep_the_outbox() {
         0,
     );
     wait_for("the outbox to drain", Duration::from_secs(15), || {
-        let m = bridge_metrics(&api, "cloud");
+        let m = api.bridge_metrics("cloud");
         m["state"] == "connected" && m["outbox"] == 0
     });
     for i in 1..=3 {
@@ -1436,7 +1311,12 @@ fn route_table_methods_metrics_sections_and_no_file_reading() {
             api.expect(other, &concrete, None, 405, 102);
         }
     }
-    let head = api.request("HEAD", "/api/v4/brokers", None, &["-I"]);
+    let head = api.request(
+        "HEAD",
+        "/api/v4/brokers",
+        None,
+        &["-u", "admin:public", "-I"],
+    );
     assert_eq!(head.status, 405);
 
     // Path segments are percent-decoded after the split; query values too ('+' is a space
@@ -1477,7 +1357,7 @@ fn route_table_methods_metrics_sections_and_no_file_reading() {
         "/dashboard/..%2F..%2Fetc%2Fpasswd",
         "/../../etc/passwd",
     ] {
-        let a = api.request("GET", path, None, &["--path-as-is"]);
+        let a = api.request("GET", path, None, &["-u", "admin:public", "--path-as-is"]);
         assert_eq!(a.status, 404, "{path}: {}", a.text);
         assert!(!a.text.contains("root:"), "{path}: {}", a.text);
     }

@@ -1,6 +1,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Helpers for end-to-end tests that start `tidemq` with a configuration file.
 
+pub mod api;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
