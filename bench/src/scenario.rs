@@ -649,24 +649,16 @@ async fn run_subscriber(
         tokio::pin!(ended);
         ended.as_mut().enable();
         let expected = flow.expected.load(Ordering::Relaxed);
-        if result.delivered >= expected {
+        let Some(wait_until) = stop_waiting_at(
+            expected,
+            result.delivered,
+            result.last_at,
+            plan.idle,
+            plan.hard_deadline,
+            &mut ended_at,
+        ) else {
             break;
-        }
-        let now = Instant::now();
-        if now >= plan.hard_deadline {
-            break;
-        }
-        let mut wait_until = plan.hard_deadline;
-        if expected != u64::MAX
-            && let Some(idle) = plan.idle
-        {
-            let since = *ended_at.get_or_insert(now);
-            let quiet_from = result.last_at.map_or(since, |t| t.max(since));
-            if now >= quiet_from + idle {
-                break;
-            }
-            wait_until = wait_until.min(quiet_from + idle);
-        }
+        };
         tokio::select! {
             r = client.read_more() => { r?; }
             () = &mut ended => {}
@@ -674,6 +666,38 @@ async fn run_subscriber(
         }
     }
     Ok((result, client))
+}
+
+/// How long a subscriber waits for more: `None` once every expected message arrived or the
+/// hard deadline passed, or (QoS 0, `idle` set) once publishing ended and nothing came for
+/// `idle`; otherwise the instant to wake up by.
+fn stop_waiting_at(
+    expected: u64,
+    delivered: u64,
+    last_at: Option<Instant>,
+    idle: Option<Duration>,
+    hard_deadline: Instant,
+    ended_at: &mut Option<Instant>,
+) -> Option<Instant> {
+    if delivered >= expected {
+        return None;
+    }
+    let now = Instant::now();
+    if now >= hard_deadline {
+        return None;
+    }
+    let mut wait_until = hard_deadline;
+    if expected != u64::MAX
+        && let Some(idle) = idle
+    {
+        let since = *ended_at.get_or_insert(now);
+        let quiet_from = last_at.map_or(since, |t| t.max(since));
+        if now >= quiet_from + idle {
+            return None;
+        }
+        wait_until = wait_until.min(quiet_from + idle);
+    }
+    Some(wait_until)
 }
 
 /// The end-to-end window per flow (see [`Opts::window`]) for messages to topics of about
@@ -1279,24 +1303,16 @@ async fn run_alias_subscriber(
         tokio::pin!(ended);
         ended.as_mut().enable();
         let expected = flow.expected.load(Ordering::Relaxed);
-        if r.delivered >= expected {
+        let Some(wait_until) = stop_waiting_at(
+            expected,
+            r.delivered,
+            r.last_at,
+            plan.idle,
+            plan.hard_deadline,
+            &mut ended_at,
+        ) else {
             break;
-        }
-        let now = Instant::now();
-        if now >= plan.hard_deadline {
-            break;
-        }
-        let mut wait_until = plan.hard_deadline;
-        if expected != u64::MAX
-            && let Some(idle) = plan.idle
-        {
-            let since = *ended_at.get_or_insert(now);
-            let quiet_from = r.last_at.map_or(since, |t| t.max(since));
-            if now >= quiet_from + idle {
-                break;
-            }
-            wait_until = wait_until.min(quiet_from + idle);
-        }
+        };
         tokio::select! {
             n = client.read_more() => r.wire_bytes += n? as u64,
             () = &mut ended => {}
