@@ -324,6 +324,8 @@ pub struct LogConfig {
     pub to: Vec<String>,
     /// trace, debug, info, warn, error.
     pub level: String,
+    /// `text`, or `json`: one object per line, for log collectors.
+    pub format: String,
     pub dir: String,
     pub file: String,
     /// Bytes per file before rotating.
@@ -336,6 +338,7 @@ impl Default for LogConfig {
         LogConfig {
             to: vec!["console".to_owned()],
             level: "info".to_owned(),
+            format: "text".to_owned(),
             dir: "/tmp".to_owned(),
             file: "tidemq.log".to_owned(),
             rotation_size: 10 * 1024 * 1024,
@@ -434,6 +437,7 @@ impl Config {
         );
         check(
             self.log.to != new.log.to
+                || self.log.format != new.log.format
                 || self.log.dir != new.log.dir
                 || self.log.file != new.log.file
                 || self.log.rotation_size != new.log.rotation_size
@@ -562,6 +566,9 @@ impl Config {
                 "log.level",
                 "must be one of trace, debug, info, warn, error, fatal",
             );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return err("log.format", "must be text or json");
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The environment variable that chooses the format until `log.format` exists.
+/// The environment variable that chooses the format over `log.format`.
 pub const FORMAT_ENV: &str = "TIDEMQ_LOG_FORMAT";
 
 impl std::str::FromStr for LogFormat {
@@ -56,11 +56,15 @@ impl std::str::FromStr for LogFormat {
 }
 
 impl LogFormat {
-    /// The format `TIDEMQ_LOG_FORMAT` asks for (text when unset); an unknown value is an error.
-    pub fn from_env(env: &std::collections::BTreeMap<String, String>) -> Result<LogFormat, String> {
+    /// The format `TIDEMQ_LOG_FORMAT` asks for, else `configured` (`log.format`); an unknown
+    /// value is an error naming where it came from.
+    pub fn from_env(
+        env: &std::collections::BTreeMap<String, String>,
+        configured: &str,
+    ) -> Result<LogFormat, String> {
         match env.get(FORMAT_ENV) {
             Some(v) if !v.trim().is_empty() => v.parse().map_err(|e| format!("{FORMAT_ENV}: {e}")),
-            _ => Ok(LogFormat::Text),
+            _ => configured.parse().map_err(|e| format!("log.format: {e}")),
         }
     }
 }
@@ -241,24 +245,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn format_from_the_environment() {
+    fn format_from_the_environment_over_the_configuration() {
         let env = |v: &str| {
             [(FORMAT_ENV.to_owned(), v.to_owned())]
                 .into_iter()
                 .collect()
         };
+        let none = Default::default();
+        assert_eq!(LogFormat::from_env(&none, "text"), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::from_env(&none, "json"), Ok(LogFormat::Json));
         assert_eq!(
-            LogFormat::from_env(&Default::default()),
+            LogFormat::from_env(&env("json"), "text"),
+            Ok(LogFormat::Json)
+        );
+        assert_eq!(
+            LogFormat::from_env(&env(" JSON "), "text"),
+            Ok(LogFormat::Json)
+        );
+        assert_eq!(
+            LogFormat::from_env(&env("text"), "json"),
             Ok(LogFormat::Text)
         );
-        assert_eq!(LogFormat::from_env(&env("json")), Ok(LogFormat::Json));
-        assert_eq!(LogFormat::from_env(&env(" JSON ")), Ok(LogFormat::Json));
-        assert_eq!(LogFormat::from_env(&env("text")), Ok(LogFormat::Text));
-        assert_eq!(LogFormat::from_env(&env("")), Ok(LogFormat::Text));
-        let err = LogFormat::from_env(&env("xml")).unwrap_err();
+        assert_eq!(LogFormat::from_env(&env(""), "json"), Ok(LogFormat::Json));
+        let err = LogFormat::from_env(&env("xml"), "text").unwrap_err();
         assert!(
             err.contains("TIDEMQ_LOG_FORMAT") && err.contains("xml"),
             "{err}"
         );
+        let err = LogFormat::from_env(&none, "xml").unwrap_err();
+        assert!(err.contains("log.format"), "{err}");
     }
 }

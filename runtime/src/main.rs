@@ -359,8 +359,8 @@ fn start(args: &StartArgs, env: &BTreeMap<String, String>) -> ExitCode {
             }
         };
     }
-    // Until the configuration has `log.format`, the environment chooses.
-    let format = match logging::LogFormat::from_env(env) {
+    // `TIDEMQ_LOG_FORMAT` wins over `log.format` (the core has checked the latter).
+    let format = match logging::LogFormat::from_env(env, &config.log.format) {
         Ok(format) => format,
         Err(e) => {
             eprintln!("tidemq: {e}");

@@ -546,11 +546,44 @@ fn health_endpoints_need_no_credentials_and_healthcheck_exit_codes() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let dir = Dir::new("ops-json");
+    // Chosen by the environment over the configuration's `text`.
+    json_logs("ops-json", "text", &[("TIDEMQ_LOG_FORMAT", "json")]);
+}
+
+#[test]
+fn log_format_json_in_the_configuration() {
+    json_logs("ops-json-conf", "json", &[]);
+    // An unknown format in the file is refused at start, naming the key.
+    let dir = Dir::new("ops-json-bad");
+    let conf = dir.file("nanomq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{}log.format = xml\n",
+            config(free_port(), free_port(), None)
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new(TIDEMQ)
+        .args(["start", "--conf"])
+        .arg(&conf)
+        .arg("--pid_file")
+        .arg(dir.file("pid")));
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("log.format"), "{stderr}");
+}
+
+fn json_logs(name: &str, configured: &str, env: &[(&str, &str)]) {
+    let dir = Dir::new(name);
     let (mqtt, admin) = (free_port(), free_port());
     let conf = dir.file("nanomq.conf");
-    std::fs::write(&conf, config(mqtt, admin, None)).unwrap();
-    let mut broker = spawn(&dir, &conf, &[("TIDEMQ_LOG_FORMAT", "json")]);
+    std::fs::write(
+        &conf,
+        format!("{}log.format = {configured}\n", config(mqtt, admin, None)),
+    )
+    .unwrap();
+    let mut broker = spawn(&dir, &conf, env);
     wait_for("the listeners", Duration::from_secs(10), || {
         broker.log().contains("admin API listening")
     });

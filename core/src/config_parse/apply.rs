@@ -186,6 +186,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "log" | "log.rotation" => return Ok(Applied::Section),
         "log.to" => c.log.to = string_list(v)?,
         "log.level" => c.log.level = string(v)?.to_ascii_lowercase(),
+        "log.format" => c.log.format = string(v)?.trim().to_ascii_lowercase(),
         "log.dir" => c.log.dir = string(v)?,
         "log.file" => c.log.file = string(v)?,
         "log.rotation.size" => c.log.rotation_size = size(v)?,
