@@ -208,7 +208,7 @@ impl HttpServerConfig {
     pub fn exposes_default_credentials(&self) -> bool {
         let loopback = self
             .ip_addr
-            .parse::<std::net::IpAddr>()
+            .parse::<crate::ip::IpAddress>()
             .is_ok_and(|ip| ip.is_loopback())
             || self.ip_addr.eq_ignore_ascii_case("localhost");
         self.enable

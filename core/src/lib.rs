@@ -18,6 +18,7 @@ pub mod config_parse;
 mod conn;
 mod durable;
 mod ids;
+pub mod ip;
 mod message;
 mod metrics;
 pub mod persist;

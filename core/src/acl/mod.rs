@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config_parse::{self, ConfigIssue, Entry, Raw};
+use crate::ip::IpAddress;
 use crate::topic;
 
 mod parse;
@@ -128,7 +129,7 @@ impl AclRules {
                 Err(_) => return (Decision::Deny, Reason::Invalid),
             },
         };
-        let ip = who.ip.map(|ip| ip.to_canonical());
+        let ip = who.ip.map(IpAddress::canonical);
         for (i, rule) in self.rules.iter().enumerate() {
             let fits = match rule.action {
                 RuleAction::PubSub => true,

@@ -1,12 +1,11 @@
 //! Reading ACL rules: from JSON (HOCON as parsed), from `acl.conf` text and from NanoMQ's
 //! old-format keys; every error names the rule and key.
 
-use std::net::IpAddr;
-
 use serde_json::Value;
 
 use super::rules::*;
 use crate::config_parse::{ConfigIssue, Entry, Raw};
+use crate::ip::IpAddress;
 use crate::topic;
 
 pub(super) fn issue(line: Option<usize>, key: &str, message: &str) -> ConfigIssue {
@@ -320,10 +319,8 @@ pub(super) fn ip_net(s: &str) -> Result<IpNet, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+    let addr = IpAddress::parse(addr.trim())
+        .ok_or_else(|| format!("{s:?} is not an IP address or CIDR block"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
@@ -332,18 +329,15 @@ pub(super) fn ip_net(s: &str) -> Result<IpNet, String> {
             _ => return Err(format!("{s:?}: prefix length must be 0 to {max}")),
         },
     };
-    let (addr, prefix) = match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
-            _ => (addr, prefix),
-        },
-        v4 => (v4, prefix),
+    let (addr, prefix) = match addr.canonical() {
+        v4 if !addr.is_ipv4() && v4.is_ipv4() && prefix >= 96 => (v4, prefix - 96),
+        _ => (addr, prefix),
     };
     let net = IpNet { addr, prefix };
-    if masked(addr, prefix) != addr {
+    if addr.masked(prefix) != addr {
         return Err(format!(
             "{s:?} has bits set past the prefix (the block starts at {}/{})",
-            masked(addr, prefix),
+            addr.masked(prefix),
             net.prefix
         ));
     }

@@ -1,6 +1,6 @@
 //! The compiled rule model and how a rule is matched against a client and a topic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use crate::ip::IpAddress;
 
 /// Allowed or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,7 +44,7 @@ pub struct Who<'a> {
     pub client_id: &'a str,
     pub username: Option<&'a str>,
     /// The peer's address, when it has one.
-    pub ip: Option<IpAddr>,
+    pub ip: Option<IpAddress>,
 }
 
 /// An ordered list of rules and the `no_match` decision.
@@ -101,7 +101,7 @@ pub(super) enum Cond {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct IpNet {
-    pub(super) addr: IpAddr,
+    pub(super) addr: IpAddress,
     pub(super) prefix: u8,
 }
 
@@ -134,7 +134,7 @@ pub(super) enum Piece {
 }
 
 impl Selector {
-    pub(super) fn matches(&self, who: &Who<'_>, ip: Option<IpAddr>) -> bool {
+    pub(super) fn matches(&self, who: &Who<'_>, ip: Option<IpAddress>) -> bool {
         match self {
             Selector::Everyone => true,
             Selector::One(c) => c.matches(who, ip),
@@ -145,7 +145,7 @@ impl Selector {
 }
 
 impl Cond {
-    pub(super) fn matches(&self, who: &Who<'_>, ip: Option<IpAddr>) -> bool {
+    pub(super) fn matches(&self, who: &Who<'_>, ip: Option<IpAddress>) -> bool {
         match self {
             Cond::Username(None) | Cond::ClientId(None) => true,
             Cond::Username(Some(u)) => who.username == Some(u.as_str()),
@@ -272,23 +272,10 @@ pub(super) fn intersects(filter: &str, rule: &[Level], who: &Who<'_>) -> bool {
     matches!(f.next(), None | Some("#"))
 }
 
-pub(super) fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-        }
-    }
-}
-
 impl IpNet {
     /// `ip` is canonical (mapped IPv6 already IPv4).
-    pub(super) fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
+    pub(super) fn contains(&self, ip: IpAddress) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && ip.masked(self.prefix) == self.addr
     }
 }
 

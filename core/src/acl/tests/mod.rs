@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -39,20 +39,16 @@ fn oracle(rules: &[Value], no_match: Decision, w: &Who<'_>, action: Action, raw:
             Err(_) => return Deny,
         },
     };
-    let ip = w.ip.map(|ip| ip.to_canonical());
+    let ip = w.ip.map(IpAddress::canonical);
     let in_net = |net: &str| -> bool {
         if net == "#" {
             return true;
         }
         let Some(ip) = ip else { return false };
         let (a, p) = net.split_once('/').unwrap_or((net, ""));
-        let a: IpAddr = a.parse().unwrap();
-        let bits = |x: IpAddr| -> Vec<bool> {
-            let bytes = match x {
-                IpAddr::V4(v) => v.octets().to_vec(),
-                IpAddr::V6(v) => v.octets().to_vec(),
-            };
-            bytes
+        let a: IpAddress = a.parse().unwrap();
+        let bits = |x: IpAddress| -> Vec<bool> {
+            x.octets()
                 .iter()
                 .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1 == 1))
                 .collect()
