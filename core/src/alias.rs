@@ -5,19 +5,22 @@
 //! room, its alias number mapped to the new topic.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Topic bytes one connection's table may hold.
 pub const TABLE_BYTES: usize = 16 * 1024;
-/// What an entry costs beyond its topic (two map entries), for accounting.
-const ENTRY_OVERHEAD: usize = 64;
+/// What an entry costs beyond its topic (three map entries), for accounting.
+const ENTRY_OVERHEAD: usize = 96;
 
 #[derive(Debug)]
 pub struct OutAliases {
     capacity: u16,
     /// Topic -> (alias, last use).
-    by_topic: BTreeMap<String, (u16, u64)>,
-    /// Last use -> topic: the replacement order.
-    by_use: BTreeMap<u64, String>,
+    by_topic: BTreeMap<Arc<str>, (u16, u64)>,
+    /// Alias -> topic (the same allocation as the key above).
+    by_alias: BTreeMap<u16, Arc<str>>,
+    /// Last use -> alias: the replacement order. A hit moves an entry without allocating.
+    by_use: BTreeMap<u64, u16>,
     bytes: usize,
     tick: u64,
     next: u16,
@@ -30,6 +33,7 @@ impl OutAliases {
             Box::new(OutAliases {
                 capacity,
                 by_topic: BTreeMap::new(),
+                by_alias: BTreeMap::new(),
                 by_use: BTreeMap::new(),
                 bytes: 0,
                 tick: 0,
@@ -51,7 +55,7 @@ impl OutAliases {
             let alias = *alias;
             self.by_use.remove(used);
             *used = tick;
-            self.by_use.insert(tick, topic.to_owned());
+            self.by_use.insert(tick, alias);
             return Some((alias, false));
         }
         let cost = topic.len() + ENTRY_OVERHEAD;
@@ -68,15 +72,18 @@ impl OutAliases {
             alias = alias.or(Some(freed));
         }
         let alias = alias?;
-        self.by_topic.insert(topic.to_owned(), (alias, tick));
-        self.by_use.insert(tick, topic.to_owned());
+        let topic: Arc<str> = Arc::from(topic);
+        self.by_topic.insert(topic.clone(), (alias, tick));
+        self.by_alias.insert(alias, topic);
+        self.by_use.insert(tick, alias);
         self.bytes += cost;
         Some((alias, true))
     }
 
     fn evict_oldest(&mut self) -> Option<u16> {
-        let (_, topic) = self.by_use.pop_first()?;
-        let (alias, _) = self.by_topic.remove(&topic)?;
+        let (_, alias) = self.by_use.pop_first()?;
+        let topic = self.by_alias.remove(&alias)?;
+        self.by_topic.remove(&topic);
         self.bytes = self.bytes.saturating_sub(topic.len() + ENTRY_OVERHEAD);
         Some(alias)
     }
