@@ -1,10 +1,10 @@
 //! Trace hashes of a range of seeds, written to a file so that two commits can be compared.
 //!
 //! A pure refactoring must leave every trace hash unchanged; a behaviour change shows as the
-//! seeds whose hashes differ. Does nothing unless `TRACE_HASHES_OUT` names the output file:
+//! seeds whose hashes differ. `TRACE_HASHES_OUT` names the output file:
 //!
 //! ```sh
-//! TRACE_HASHES_OUT=/tmp/hashes.txt cargo test --release -p tidemq-sim --test trace_hashes -- --nocapture
+//! TRACE_HASHES_OUT=/tmp/hashes.txt cargo run --release -p tidemq-sim --example trace_hashes
 //! ```
 //!
 //! `SIM_BASE` (default 0) and `SIM_SEEDS` (default 44000: 2,000 seeds of each of the 22
@@ -25,10 +25,10 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-#[test]
-fn trace_hashes() {
+fn main() {
     let Ok(path) = std::env::var("TRACE_HASHES_OUT") else {
-        return;
+        eprintln!("trace_hashes: set TRACE_HASHES_OUT to the file to write");
+        std::process::exit(2);
     };
     let base = env_u64("SIM_BASE").unwrap_or(0);
     let count = env_u64("SIM_SEEDS").unwrap_or(44_000);
