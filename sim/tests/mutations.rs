@@ -507,6 +507,23 @@ fn i13_catches_a_malformed_reply() {
     }
 }
 
+/// Rewrites the reply to admin request `req_id` as a 200 with `body`.
+fn answer_ok(out: &mut Outcome, req_id: u64, body: &str) {
+    for e in &mut out.trace.entries {
+        if let Ev::AdminReply {
+            req_id: r,
+            status,
+            body: b,
+            ..
+        } = &mut e.ev
+            && *r == req_id
+        {
+            *status = 200;
+            *b = body.to_owned();
+        }
+    }
+}
+
 #[test]
 fn i13_catches_fail_open_and_invalid_config_taking_effect() {
     // A wrong password answered 200.
@@ -517,19 +534,7 @@ fn i13_catches_fail_open_and_invalid_config_taking_effect() {
     let Ev::AdminReq { req_id, .. } = out.trace.entries[i].ev else {
         unreachable!()
     };
-    for e in &mut out.trace.entries {
-        if let Ev::AdminReply {
-            req_id: r,
-            status,
-            body,
-            ..
-        } = &mut e.ev
-            && *r == req_id
-        {
-            *status = 200;
-            *body = "{\"code\":0,\"seq\":0}".to_owned();
-        }
-    }
+    answer_ok(&mut out, req_id, "{\"code\":0,\"seq\":0}");
     out.recheck();
     assert!(flagged(&out, "I13"), "{:?}", out.violations);
 
@@ -573,19 +578,7 @@ fn i13_catches_a_restart_reply_that_hides_what_did_not_apply() {
     let Ev::AdminRestarted { req_id, .. } = out.trace.entries[i].ev else {
         unreachable!()
     };
-    for e in &mut out.trace.entries {
-        if let Ev::AdminReply {
-            req_id: r,
-            status,
-            body,
-            ..
-        } = &mut e.ev
-            && *r == req_id
-        {
-            *status = 200;
-            *body = "{\"code\":0,\"seq\":1,\"rep\":10}".to_owned();
-        }
-    }
+    answer_ok(&mut out, req_id, "{\"code\":0,\"seq\":1,\"rep\":10}");
     out.recheck();
     assert!(flagged(&out, "I13"), "{:?}", out.violations);
 }
