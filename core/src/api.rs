@@ -198,6 +198,10 @@ pub enum BrokerEvent {
     SessionExpired {
         client_id: String,
     },
+    /// An offline session ended early to bring memory back under `max_memory`.
+    SessionShed {
+        client_id: String,
+    },
     MessagesDropped {
         client_id: String,
         count: u64,

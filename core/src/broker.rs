@@ -114,6 +114,8 @@ pub struct Broker {
     /// The HTTP API v4's requests between inputs, and the metrics it shows.
     v4: crate::admin::v4::V4Pending,
     metrics: crate::metrics::Metrics,
+    /// What the broker holds for peers, against `max_memory`.
+    memory: crate::memory::Memory,
 }
 
 impl Broker {
@@ -150,7 +152,9 @@ impl Broker {
             started: now,
             v4: Default::default(),
             metrics: Default::default(),
+            memory: Default::default(),
         };
+        broker.memory.budget = broker.config.max_memory as usize;
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
         broker
@@ -168,6 +172,11 @@ impl Broker {
             retained: self.retained.len() as u64,
             ..self.stats
         }
+    }
+
+    /// Bytes held for peers now, as counted against `max_memory`.
+    pub fn memory_used(&self) -> usize {
+        self.memory.used()
     }
 
     /// Applies one input at `now`. `now` never goes backwards; an earlier value is treated
@@ -209,6 +218,7 @@ impl Broker {
             Input::ConfigChange(config) => match config.validate() {
                 Ok(()) => {
                     self.config = *config;
+                    self.memory.budget = self.config.max_memory as usize;
                     self.configure_bridges();
                     self.event(BrokerEvent::ConfigApplied);
                 }

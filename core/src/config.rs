@@ -49,6 +49,14 @@ pub struct Config {
     pub max_write_buffer: u32,
     /// Largest session expiry a v5 client may ask for, in seconds.
     pub max_session_expiry: u32,
+    /// Largest session expiry granted to a client without a user name, in seconds (a 3.1.1
+    /// persistent session's "never" included).
+    pub anonymous_session_expiry: u32,
+    /// Bytes the broker may hold for peers (sessions, queues, messages, retained messages,
+    /// connection buffers): past three quarters of it queues and the retained store stop
+    /// growing; past all of it new sessions and subscriptions are refused, offline sessions
+    /// nearest their end are ended, and connections that do not keep up get no more output.
+    pub max_memory: u64,
     /// Publish `$SYS/brokers/connected` and `$SYS/brokers/disconnected` events.
     pub sys_events: bool,
     /// The MQTT-over-TCP listener, NanoMQ URL form (`nmq-tcp://0.0.0.0:1883`).
@@ -368,6 +376,8 @@ impl Default for Config {
             max_topic_levels: 128,
             max_write_buffer: 4 * 1024 * 1024,
             max_session_expiry: u32::MAX,
+            anonymous_session_expiry: 24 * 3600,
+            max_memory: 128 * 1024 * 1024,
             sys_events: true,
             url: "nmq-tcp://0.0.0.0:1883".to_owned(),
             tcp_enable: true,
@@ -481,6 +491,9 @@ impl Config {
         }
         if self.max_topic_levels == 0 {
             return err("max_topic_levels", "must be at least 1");
+        }
+        if self.max_memory < 1024 * 1024 {
+            return err("max_memory", "must be at least 1MB");
         }
         if self.max_write_buffer < 1024 {
             return err("max_write_buffer", "must be at least 1024 bytes");

@@ -9,6 +9,7 @@ use crate::api::Instant;
 use crate::codec::{self, DecodeLimits, ProtocolVersion, ReasonCode};
 use crate::config::Config;
 use crate::ids::SessionId;
+use crate::memory::{CONN_BYTES, Charge, Ledger};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnState {
@@ -47,12 +48,18 @@ pub(crate) struct Conn {
     pub clean_start: bool,
     /// The verified client certificate's common name (TLS), if any.
     pub cert_identity: Option<String>,
+    /// Its buffers, output not yet written and aliases in the memory count.
+    pub charge: Charge,
+    /// Bytes of the topics behind `topic_aliases`.
+    pub alias_bytes: usize,
 }
 
 impl Conn {
     /// A connection just accepted: it has `connect_timeout_ms` to send CONNECT.
-    pub fn new(peer: String, now: Instant, config: &Config) -> Conn {
+    pub fn new(peer: String, now: Instant, config: &Config, ledger: &Ledger) -> Conn {
         Conn {
+            charge: ledger.charge(CONN_BYTES + peer.len()),
+            alias_bytes: 0,
             peer,
             state: ConnState::AwaitingConnect,
             version: None,
@@ -103,6 +110,20 @@ impl Conn {
             *rx = grown;
         }
         rx.extend_from_slice(bytes);
+        self.recount();
+    }
+
+    /// Brings the memory count up to what the connection holds now.
+    pub fn recount(&mut self) {
+        let bytes = CONN_BYTES
+            + self.peer.len()
+            + self.rx.capacity()
+            + self.tx.len()
+            + self.unwritten
+            + self.alias_bytes;
+        if bytes != self.charge.bytes() {
+            self.charge.set(bytes);
+        }
     }
 
     /// Bytes this connection's writer has or will have: handed out, being built, and held

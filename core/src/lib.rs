@@ -19,6 +19,7 @@ mod conn;
 mod durable;
 mod ids;
 pub mod ip;
+mod memory;
 mod message;
 mod metrics;
 pub mod persist;

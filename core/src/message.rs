@@ -6,6 +6,7 @@ use bytes::Bytes;
 use crate::api::{ConnId, Instant};
 use crate::codec::{Properties, ProtocolVersion, Publish, QoS, Will};
 use crate::ids::{BridgeId, SessionId};
+use crate::memory::{Charge, Ledger, MESSAGE_BYTES};
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +87,24 @@ pub(crate) struct Message {
     /// When the message stops being deliverable (v5 message expiry).
     pub expires_at: Option<Instant>,
     pub origin: Origin,
+    /// Its bytes in the broker's memory count, for as long as anyone holds it.
+    pub charge: Charge,
 }
 
 impl Message {
-    pub fn new(id: u64, content: Content, origin: Origin, expires_at: Option<Instant>) -> Message {
+    pub fn new(
+        id: u64,
+        content: Content,
+        origin: Origin,
+        expires_at: Option<Instant>,
+        ledger: &Ledger,
+    ) -> Message {
+        let bytes = MESSAGE_BYTES
+            + content.topic.len()
+            + content.payload.len()
+            + content.properties.body_len();
         Message {
+            charge: ledger.charge(bytes),
             id,
             topic: content.topic,
             payload: content.payload,

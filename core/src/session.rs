@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::api::{ConnId, Instant};
 
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
+use crate::memory::{Charge, DELIVERY_BYTES, Ledger, SESSION_BYTES, SUBSCRIPTION_BYTES};
 use crate::message::Message;
 use crate::window::{InboundQos2, OutWindow};
 
@@ -22,6 +23,31 @@ pub(crate) struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Its number among the session's durable deliveries; 0 when not stored.
     pub entry: u64,
+    /// Its bytes in the memory count, for as long as it waits or is in flight.
+    _charge: Charge,
+}
+
+impl Delivery {
+    pub fn new(
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        entry: u64,
+    ) -> Delivery {
+        let charge = msg
+            .charge
+            .ledger()
+            .charge(DELIVERY_BYTES + 4 * subscription_ids.len());
+        Delivery {
+            msg,
+            qos,
+            retain,
+            subscription_ids,
+            entry,
+            _charge: charge,
+        }
+    }
 }
 
 /// What a subscription asked for.
@@ -68,11 +94,14 @@ pub(crate) struct Session {
     pub next_entry: u64,
     /// Wall clock when the last connection ended, for expiry across a restart.
     pub disconnected_at_unix_ms: Option<u64>,
+    /// The session and its subscriptions in the memory count (its deliveries carry their own).
+    pub charge: Charge,
 }
 
 impl Session {
-    pub fn new(client_id: String, version: ProtocolVersion) -> Session {
+    pub fn new(client_id: String, version: ProtocolVersion, ledger: &Ledger) -> Session {
         Session {
+            charge: ledger.charge(SESSION_BYTES + client_id.len()),
             client_id,
             conn: None,
             version,
@@ -95,6 +124,24 @@ impl Session {
             next_entry: 1,
             disconnected_at_unix_ms: None,
         }
+    }
+
+    /// Adds a subscription (or replaces one with the same filter), counting its bytes.
+    pub fn subscribe(&mut self, raw: String, sub: Subscription) {
+        let bytes = SUBSCRIPTION_BYTES + 2 * raw.len();
+        if self.subscriptions.insert(raw, sub).is_none() {
+            self.charge.set(self.charge.bytes() + bytes);
+        }
+    }
+
+    /// Removes a subscription; whether it was there.
+    pub fn unsubscribe(&mut self, raw: &str) -> bool {
+        let removed = self.subscriptions.remove(raw).is_some();
+        if removed {
+            let bytes = SUBSCRIPTION_BYTES + 2 * raw.len();
+            self.charge.set(self.charge.bytes().saturating_sub(bytes));
+        }
+        removed
     }
 
     /// The session's next deadline: will delay or expiry, whichever is first.

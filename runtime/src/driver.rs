@@ -1451,6 +1451,12 @@ fn log_event(event: BrokerEvent) {
             info!(%conn, client_id = client_id.as_deref().unwrap_or("-"), reason_code = format_args!("{reason_code:#04x}"), detail, "client disconnected")
         }
         BrokerEvent::SessionExpired { client_id } => info!(client_id, "session expired"),
+        BrokerEvent::SessionShed { client_id } => {
+            info!(
+                client_id,
+                "offline session ended early: memory over max_memory"
+            )
+        }
         BrokerEvent::MessagesDropped {
             client_id,
             count,

@@ -51,7 +51,7 @@ impl Broker {
         } else {
             NEVER_EXPIRES
         };
-        let expiry_secs = requested_expiry.min(self.config.max_session_expiry);
+        let expiry_secs = self.expiry_cap(requested_expiry, connect.username.is_some());
         // After a store failure nothing that creates, changes or ends a stored session can
         // be promised: refuse it (a CONNACK all the same, never silence).
         let stored = self
@@ -65,6 +65,17 @@ impl Broker {
                 &connect,
                 reason::QUOTA_EXCEEDED,
                 "the store failed: persistent sessions are refused",
+            );
+        }
+
+        // A new session past the memory budget: offline sessions make room, or it is refused.
+        let resumes = !connect.clean_start && self.by_client_id.contains_key(&client_id);
+        if !resumes && !self.shed_offline_sessions() {
+            return self.refuse_connect(
+                id,
+                &connect,
+                reason::QUOTA_EXCEEDED,
+                "memory budget: no room for a new session",
             );
         }
 
@@ -248,6 +259,19 @@ impl Broker {
         }
     }
 
+    /// The session expiry granted: within `max_session_expiry`, and for a client without a
+    /// user name within `anonymous_session_expiry` (strangers cannot park sessions forever).
+    fn expiry_cap(&self, requested: u32, named: bool) -> u32 {
+        let cap = if named {
+            self.config.max_session_expiry
+        } else {
+            self.config
+                .max_session_expiry
+                .min(self.config.anonymous_session_expiry)
+        };
+        requested.min(cap)
+    }
+
     fn assign_client_id(&mut self) -> String {
         loop {
             let id = format!("tidemq-{:016x}", self.rng.next_u64());
@@ -292,8 +316,14 @@ impl Broker {
                 }
                 let sid = self.next_session_id;
                 self.next_session_id += 1;
-                self.sessions
-                    .insert(sid, Box::new(Session::new(client_id.to_owned(), version)));
+                self.sessions.insert(
+                    sid,
+                    Box::new(Session::new(
+                        client_id.to_owned(),
+                        version,
+                        &self.memory.ledger,
+                    )),
+                );
                 self.by_client_id.insert(client_id.to_owned(), sid);
                 (sid, false)
             }
@@ -324,7 +354,7 @@ impl Broker {
                     ),
                 );
             }
-            let capped = expiry.min(self.config.max_session_expiry);
+            let capped = self.expiry_cap(expiry, conn.username.is_some());
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.expiry_secs = capped;
             }

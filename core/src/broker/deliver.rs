@@ -10,6 +10,7 @@ use crate::api::ConnId;
 use crate::codec::{Ack, Packet, ProtocolVersion, PublishRef, QoS, reason};
 use crate::conn::ConnState;
 use crate::ids::SessionId;
+use crate::memory::FAIR_QUEUE;
 use crate::message::EncodedQos0;
 use crate::session::Delivery;
 use crate::window::OutStage;
@@ -44,6 +45,11 @@ impl Broker {
             _ => {
                 if session.queue.len() >= self.config.msq_len as usize {
                     return self.drop_message(sid, "queue full");
+                }
+                // Past the memory budget's high mark queues stop growing; a short one (a
+                // client that keeps up, between two acknowledgements) still takes a message.
+                if session.queue.len() >= FAIR_QUEUE && self.memory.under_pressure() {
+                    return self.drop_message(sid, "memory budget");
                 }
                 if !self.keep_delivery(sid, &mut d) {
                     return self.drop_message(sid, "the store failed");

@@ -86,6 +86,33 @@ impl Broker {
         }
     }
 
+    /// Past the memory budget, offline sessions are ended, those nearest their end first,
+    /// until the count is back under it. Whether it is.
+    pub(super) fn shed_offline_sessions(&mut self) -> bool {
+        if !self.memory.over_budget() {
+            return true;
+        }
+        let mut offline: Vec<(Option<Instant>, SessionId)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.conn.is_none())
+            .map(|(sid, s)| (s.expires_at, *sid))
+            .collect();
+        // Never-expiring sessions (no deadline) go last.
+        offline.sort_by_key(|&(at, sid)| (at.is_none(), at, sid));
+        for (_, sid) in offline {
+            let Some(client_id) = self.sessions.get(&sid).map(|s| s.client_id.clone()) else {
+                continue;
+            };
+            self.end_session(sid);
+            self.event(BrokerEvent::SessionShed { client_id });
+            if !self.memory.over_budget() {
+                return true;
+            }
+        }
+        false
+    }
+
     pub(super) fn session_timer(&mut self, sid: SessionId, at: Instant) {
         let now = self.now;
         let Some(session) = self.sessions.get_mut(&sid) else {

@@ -12,6 +12,16 @@ use crate::sys;
 use crate::topic::{self, TopicError};
 
 impl Broker {
+    /// A client's message not taken: counted as dropped, reported once per input.
+    fn drop_incoming(&mut self, sid: SessionId, why: &'static str) {
+        self.stats.messages_dropped += 1;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.messages_dropped += 1;
+            let client_id = s.client_id.clone();
+            self.count_drops(&client_id, why, 1);
+        }
+    }
+
     pub(super) fn handle_publish(
         &mut self,
         id: ConnId,
@@ -63,7 +73,10 @@ impl Broker {
                     }
                 }
             } else {
-                conn.topic_aliases.insert(alias, p.topic.clone());
+                let old = conn.topic_aliases.insert(alias, p.topic.clone());
+                conn.alias_bytes =
+                    (conn.alias_bytes + p.topic.len()).saturating_sub(old.map_or(0, |t| t.len()));
+                conn.recount();
             }
         }
         match topic::validate_topic_name(&p.topic, self.config.max_topic_levels as usize) {
@@ -104,6 +117,31 @@ impl Broker {
         }
         let denied = sys::is_reserved(&p.topic);
         let qos = p.qos;
+        // A retained message is kept for good: past the memory budget's high mark none is
+        // taken (routing alone holds nothing: its deliveries are dropped one by one).
+        if !denied && p.retain && !p.payload.is_empty() && self.memory.under_pressure() {
+            if qos == QoS::AtMostOnce {
+                return self.drop_incoming(sid, "memory budget");
+            }
+            if !v5 {
+                return self.drop_conn(
+                    id,
+                    CloseReason::error(reason::QUOTA_EXCEEDED, "memory budget: retained message"),
+                );
+            }
+            if qos == QoS::AtLeastOnce {
+                return self.send(
+                    id,
+                    version,
+                    &Packet::PubAck(Ack::new(pid, reason::QUOTA_EXCEEDED)),
+                );
+            }
+            return self.send(
+                id,
+                version,
+                &Packet::PubRec(Ack::new(pid, reason::QUOTA_EXCEEDED)),
+            );
+        }
         // With the store gone, a message that would need it is not accepted at all.
         let refused = !denied && self.store.refuses() && self.needs_store(sid, &p);
         if refused && (!v5 || qos == QoS::AtMostOnce) {

@@ -11,6 +11,7 @@ use crate::codec::{
 };
 use crate::conn::{CloseReason, Conn, ConnState};
 use crate::ids::SessionId;
+use crate::memory::FAIR_BACKLOG;
 use crate::timer::Timer;
 
 impl Broker {
@@ -18,7 +19,7 @@ impl Broker {
         if self.conns.contains_key(&id) {
             return;
         }
-        let conn = Conn::new(peer, self.now, &self.config);
+        let conn = Conn::new(peer, self.now, &self.config, &self.memory.ledger);
         self.conns.insert(id, Box::new(conn));
         self.arm_conn_timer(id);
     }
@@ -155,6 +156,7 @@ impl Broker {
             return;
         };
         conn.unwritten = conn.unwritten.saturating_sub(bytes);
+        conn.recount();
         if let ConnState::Active(sid) = conn.state {
             self.pump(sid);
         }
@@ -176,9 +178,15 @@ impl Broker {
     /// what waits for the store stay under `max_write_buffer`.
     pub(super) fn can_write(&self, conn: ConnId) -> bool {
         let held = self.store.held_bytes(conn);
+        // Past the memory budget a connection that is not keeping up takes no more.
+        let limit = if self.memory.over_budget() {
+            FAIR_BACKLOG.min(self.config.max_write_buffer as usize)
+        } else {
+            self.config.max_write_buffer as usize
+        };
         self.conns
             .get(&conn)
-            .is_some_and(|c| c.backlog(held) < self.config.max_write_buffer as usize)
+            .is_some_and(|c| c.backlog(held) < limit)
     }
 
     fn flush_conn(&mut self, id: ConnId) {
@@ -200,6 +208,7 @@ impl Broker {
     fn emit(&mut self, conn: ConnId, bytes: Bytes) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.unwritten += bytes.len();
+            c.recount();
         }
         self.outputs.push_back(Output::Transmit { conn, bytes });
     }

@@ -56,7 +56,14 @@ impl Broker {
                 properties: m.properties,
             };
             let expires_at = m.expires_at_unix_ms.map(instant_of);
-            let msg = Arc::new(Message::new(id, content, Origin::Broker, expires_at));
+            let ledger = &self.memory.ledger;
+            let msg = Arc::new(Message::new(
+                id,
+                content,
+                Origin::Broker,
+                expires_at,
+                ledger,
+            ));
             // Its body is in the store already.
             self.store.recovered_message(&msg);
             messages.insert(id, msg);
@@ -86,7 +93,8 @@ impl Broker {
             }
             let sid = self.next_session_id;
             self.next_session_id += 1;
-            let mut s = Session::new(client_id.clone(), version_from_level(rs.version));
+            let version = version_from_level(rs.version);
+            let mut s = Session::new(client_id.clone(), version, &self.memory.ledger);
             s.durable = true;
             s.expiry_secs = rs.expiry_secs;
             s.disconnected_at_unix_ms = Some(rs.disconnected_at_unix_ms.unwrap_or(unix_ms));
@@ -115,20 +123,15 @@ impl Broker {
                 let sub = Subscription { options, id };
                 self.subscriptions
                     .insert(parsed.filter, parsed.share_group, sid, sub);
-                s.subscriptions.insert(raw, sub);
+                s.subscribe(raw, sub);
             }
             for (entry, q) in rs.queue {
                 let Some(msg) = messages.get(&q.msg_id) else {
                     continue;
                 };
                 s.next_entry = s.next_entry.max(entry + 1);
-                let delivery = Delivery {
-                    msg: msg.clone(),
-                    qos: q.qos,
-                    retain: q.retain,
-                    subscription_ids: q.subscription_ids,
-                    entry,
-                };
+                let delivery =
+                    Delivery::new(msg.clone(), q.qos, q.retain, q.subscription_ids, entry);
                 match q.out_state {
                     Some((pid, released))
                         if pid != 0 && q.qos != QoS::AtMostOnce && !s.inflight.contains(pid) =>

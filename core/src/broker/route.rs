@@ -26,7 +26,8 @@ impl Broker {
             self.stats.messages_received += 1;
         }
         let id = self.store.next_message_id();
-        let msg = Arc::new(Message::new(id, content, origin, expires_at));
+        let ledger = &self.memory.ledger;
+        let msg = Arc::new(Message::new(id, content, origin, expires_at, ledger));
         if msg.retain {
             self.retain(&msg);
         }
@@ -116,13 +117,7 @@ impl Broker {
                 }
                 i += 1;
             }
-            let delivery = Delivery {
-                msg: msg.clone(),
-                qos: qos.min(msg.qos),
-                retain: rap && msg.retain,
-                subscription_ids: ids,
-                entry: 0,
-            };
+            let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, ids, 0);
             self.deliver(key.0, delivery);
         }
     }

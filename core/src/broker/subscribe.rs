@@ -128,14 +128,17 @@ impl Broker {
         if session.durable && self.store.failed() {
             return Added::Refused(refused);
         }
-        if !existed && session.subscriptions.len() >= self.config.max_subscriptions as usize {
+        if !existed
+            && (session.subscriptions.len() >= self.config.max_subscriptions as usize
+                || self.memory.over_budget())
+        {
             return Added::Refused(refused);
         }
         let sub = Subscription {
             options,
             id: sub_id,
         };
-        session.subscriptions.insert(raw.to_owned(), sub);
+        session.subscribe(raw.to_owned(), sub);
         let durable = session.durable.then(|| session.client_id.clone());
         self.subscriptions
             .insert(parsed.filter, parsed.share_group, sid, sub);
@@ -172,13 +175,8 @@ impl Broker {
             self.store.persist(Record::RetainDel { topic }, false);
         }
         for (_, msg) in msgs {
-            let delivery = Delivery {
-                qos: sub.options.qos.min(msg.qos),
-                retain: true,
-                subscription_ids: sub.id.into_iter().collect(),
-                msg,
-                entry: 0,
-            };
+            let qos = sub.options.qos.min(msg.qos);
+            let delivery = Delivery::new(msg, qos, true, sub.id.into_iter().collect(), 0);
             self.deliver(sid, delivery);
         }
     }
@@ -235,7 +233,7 @@ impl Broker {
         let removed = self
             .sessions
             .get_mut(&sid)
-            .is_some_and(|s| s.subscriptions.remove(raw).is_some());
+            .is_some_and(|s| s.unsubscribe(raw));
         match topic::parse_subscription(raw, usize::MAX) {
             Ok(parsed) => {
                 if removed {

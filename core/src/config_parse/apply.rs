@@ -124,6 +124,10 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "max_topic_levels" | "mqtt.max_topic_levels" => c.max_topic_levels = int(v)?,
         "max_write_buffer" | "mqtt.max_write_buffer" => c.max_write_buffer = size(v)?,
         "max_session_expiry" | "mqtt.max_session_expiry" => c.max_session_expiry = seconds(v)?,
+        "anonymous_session_expiry" | "mqtt.anonymous_session_expiry" => {
+            c.anonymous_session_expiry = seconds(v)?
+        }
+        "max_memory" | "mqtt.max_memory" => c.max_memory = size(v)?,
         "sys_events" | "mqtt.sys_events" => c.sys_events = boolean(v)?,
 
         "tls.enable" | "listeners.ssl.enable" => c.tls.enable = boolean(v)?,

@@ -1,0 +1,113 @@
+//! The memory the core holds on behalf of peers, counted against one budget (`max_memory`).
+//!
+//! Whatever holds bytes for a peer — a message body, a delivery waiting in a queue or in flight,
+//! a session with its subscriptions, a connection with its buffers and aliases — carries a
+//! [`Charge`]. A charge is taken when the thing is made and given back when it is dropped, so no
+//! path that forgets an item (expiry, takeover, a closed connection, a dropped output) can leave
+//! the count wrong. The broker asks [`Memory`] before it keeps anything more: past the budget it
+//! refuses (v5 0x97, 3.1.1 close or return code 3), drops and counts (QoS 0, queues), or sheds
+//! what is least worth keeping (offline sessions nearest their end), and never grows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What one queued or in-flight delivery costs beside its message.
+pub(crate) const DELIVERY_BYTES: usize = 96;
+/// What a message costs beside its topic, payload and properties.
+pub(crate) const MESSAGE_BYTES: usize = 160;
+/// What a session costs beside its client id and subscriptions.
+pub(crate) const SESSION_BYTES: usize = 640;
+/// What one subscription costs beside its filter (held twice: session and index).
+pub(crate) const SUBSCRIPTION_BYTES: usize = 128;
+/// What a connection costs beside its buffers.
+pub(crate) const CONN_BYTES: usize = 512;
+/// Past the budget, a connection may still hold this much unwritten output, so a client that
+/// reads keeps getting its messages while the ones that do not read are held back.
+pub(crate) const FAIR_BACKLOG: usize = 64 * 1024;
+
+/// Past the budget's high mark, a session's queue may still hold this many messages.
+pub(crate) const FAIR_QUEUE: usize = 16;
+
+/// The count itself, shared by every charge of one broker.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ledger(Arc<AtomicUsize>);
+
+impl Ledger {
+    pub fn charge(&self, bytes: usize) -> Charge {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            ledger: self.clone(),
+            bytes,
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes counted while this lives; given back when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    ledger: Ledger,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Counts `bytes` instead of what was counted before.
+    pub fn set(&mut self, bytes: usize) {
+        let counter = &self.ledger.0;
+        if bytes > self.bytes {
+            counter.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+}
+
+impl Clone for Charge {
+    fn clone(&self) -> Charge {
+        self.ledger.charge(self.bytes)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.ledger.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// The budget and where the count stands.
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    pub ledger: Ledger,
+    /// `max_memory`, in bytes.
+    pub budget: usize,
+}
+
+impl Memory {
+    pub fn used(&self) -> usize {
+        self.ledger.used()
+    }
+
+    /// Past the whole budget: nothing new is admitted (sessions, subscriptions, output to a
+    /// connection that is not keeping up).
+    pub fn over_budget(&self) -> bool {
+        self.used() >= self.budget
+    }
+
+    /// Past three quarters of it: what piles up (queues, retained messages) stops growing, so
+    /// the last quarter stays for connections, sessions and subscriptions.
+    pub fn under_pressure(&self) -> bool {
+        self.used() >= self.budget / 4 * 3
+    }
+}
