@@ -483,7 +483,10 @@ impl<'a> Replay<'a> {
                 s.active = Some(conn);
                 s.ended_at = None;
                 s.restored_idle = false;
-                s.expiry = (*expiry).min(self.config.max_session_expiry);
+                // Simulated clients send no user name: the anonymous cap applies.
+                s.expiry = (*expiry)
+                    .min(self.config.max_session_expiry)
+                    .min(self.config.anonymous_session_expiry);
                 self.conn_gen.insert(conn, s.generation);
                 if let Some((delay, tag)) = will {
                     let eff = if s.expiry == 0 {
