@@ -26,6 +26,26 @@ pub enum Role {
     Fuzzer,
     /// Reads the retained store at the end.
     Auditor,
+    /// Publishes QoS 1 to its own topic and subscribes to it, never faulted: its messages
+    /// must keep arriving within a bound while adversaries attack (S25).
+    Prober,
+    /// An adversary (S25): tries to make the broker hold more than its memory budget.
+    Flood(Attack),
+}
+
+/// What an adversary does (S25).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attack {
+    /// Retained messages of the largest size, each on a topic of its own.
+    Retained,
+    /// SUBSCRIBEs full of copies of `#` and of distinct filters.
+    Filters,
+    /// A new persistent session under a new client id, again and again.
+    Sessions,
+    /// PINGREQs, while never reading the answers.
+    Pings,
+    /// Subscribes to `#`, then never reads.
+    NonReader,
 }
 
 /// Commands a client gives the network.
@@ -36,6 +56,8 @@ pub enum Cmd {
     Close(u64),
     /// Abrupt close (RST).
     Rst(u64),
+    /// Stop reading: what the broker sends waits in the network from now on.
+    StopReading(u64),
 }
 
 pub struct Ctx<'a> {
@@ -112,6 +134,8 @@ pub struct Profile {
     pub server_receive_max: u16,
     /// The broker's keepalive cap (3.1.1 clients are held to it without being told).
     pub server_max_keepalive: u16,
+    /// The broker's maximum packet size (adversaries send the largest they may).
+    pub server_max_packet: u32,
     pub faultable: bool,
 }
 
@@ -437,6 +461,12 @@ impl Client {
                 if self.p.role == Role::Fuzzer {
                     self.garbage(ctx);
                 }
+                if self.p.role == Role::Flood(Attack::Pings) {
+                    ctx.cmds.push(Cmd::StopReading(conn));
+                }
+            }
+            Packet::SubAck(_) if self.p.role == Role::Flood(Attack::NonReader) => {
+                ctx.cmds.push(Cmd::StopReading(conn));
             }
             Packet::Publish(p) => self.on_publish(ctx, conn, p),
             Packet::PubAck(a)
@@ -512,6 +542,9 @@ impl Client {
                 if p.qos == QoS::AtLeastOnce
                     && matches!(tag, Tag::Msg { seq, .. } if seq % 3 == 0) => {}
             Some(crate::mutation::Mutation::SwallowWill) if matches!(tag, Tag::Will { .. }) => {}
+            Some(crate::mutation::Mutation::StarveProber)
+                if self.p.role == Role::Prober
+                    && matches!(tag, Tag::Msg { seq, .. } if seq % 3 == 0) => {}
             Some(crate::mutation::Mutation::DuplicateQos2)
                 if p.qos == QoS::ExactlyOnce && first =>
             {
@@ -538,6 +571,34 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// A QoS 1 message to the prober's own topic (S25's liveness).
+    fn probe(&mut self, ctx: &mut Ctx) {
+        if self.out.len() >= self.window() {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let pid = self.alloc_pid();
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: format!("h/{}", self.idx),
+            packet_id: Some(pid),
+            properties: Properties::default(),
+            payload: Bytes::from(format!("M:{}:{}:", self.idx, seq)),
+        };
+        self.out.insert(
+            pid,
+            OutMsg {
+                publish: publish.clone(),
+                stage: OutStage::Published,
+            },
+        );
+        self.out_order.push_back(pid);
+        self.send(ctx, &Packet::Publish(publish));
     }
 
     fn flush_acks(&mut self, ctx: &mut Ctx) {
@@ -590,7 +651,58 @@ impl Client {
         }
     }
 
+    /// One round of an adversary's attack.
+    fn flood(&mut self, ctx: &mut Ctx, attack: Attack) {
+        let big = self.p.server_max_packet.saturating_sub(64).max(1) as usize;
+        match attack {
+            Attack::Retained => {
+                for _ in 0..4 {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let pid = self.alloc_pid();
+                    let publish = Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: true,
+                        topic: format!("x/r/{}/{seq}", self.idx),
+                        packet_id: Some(pid),
+                        properties: Properties::default(),
+                        payload: Bytes::from(vec![b'X'; big]),
+                    };
+                    self.send(ctx, &Packet::Publish(publish));
+                }
+            }
+            Attack::Filters => {
+                let mut filters = vec![("#".to_owned(), 1u8); 100];
+                for _ in 0..40 {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    filters.push((format!("x/f/{seq}"), 1));
+                }
+                self.subscribe(ctx, &filters, 0);
+            }
+            Attack::Sessions => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.send(ctx, &Packet::Disconnect(ReasonOnly::default()));
+                self.abandon(ctx, false);
+                self.p.client_id = format!("flood{}-{seq}", self.idx);
+                self.offline_until = ctx.now + 1;
+                self.next_wake = self.offline_until;
+            }
+            Attack::Pings => {
+                for _ in 0..50 {
+                    self.send(ctx, &Packet::PingReq);
+                }
+            }
+            Attack::NonReader => {}
+        }
+    }
+
     fn publish(&mut self, ctx: &mut Ctx) {
+        if self.p.role == Role::Prober {
+            return self.probe(ctx);
+        }
         let rng = &mut *ctx.rng;
         let retained = rng.chance(self.p.retain_rate);
         let shared = self.p.role == Role::Worker && rng.chance(150);
@@ -734,6 +846,14 @@ impl Client {
     }
 
     fn act(&mut self, ctx: &mut Ctx) {
+        if let Role::Flood(attack) = self.p.role {
+            if ctx.heal {
+                // The attack ends with the chaos: gone for good, abruptly.
+                self.done = true;
+                return self.abandon(ctx, true);
+            }
+            return self.flood(ctx, attack);
+        }
         if ctx.heal {
             self.withhold = false;
             self.flush_acks(ctx);

@@ -74,11 +74,16 @@ impl Outcome {
 
 /// Runs one seed, chaos then heal, and checks it. A panic in the core is a violation.
 pub fn run_seed(seed: u64, mutation: Option<Mutation>) -> Outcome {
-    let family = Family::of_seed(seed);
+    run_seed_in(seed, Family::of_seed(seed), mutation)
+}
+
+/// Runs `seed` as `family`: a regression seed filed under a family stays that run when
+/// families are added (which changes the family a seed picks).
+pub fn run_seed_in(seed: u64, family: Family, mutation: Option<Mutation>) -> Outcome {
     if family.is_bridge() {
         return run_bridge_seed(seed, family, mutation);
     }
-    let mut world = World::new(seed, mutation);
+    let mut world = World::in_family(seed, family, mutation);
     let family = world.knobs.family;
     let config = world.knobs.config.clone();
     let result = catch_unwind(AssertUnwindSafe(|| world.run()));

@@ -16,4 +16,9 @@ pub enum Mutation {
     /// The subscriber's library ignores the topic aliases the broker sets (it never learns
     /// an alias's topic), so an alias-only PUBLISH reaches the application without a topic.
     ForgetServerAliases,
+    /// The broker runs without its memory budget (`max_memory` set out of reach) while the
+    /// checks hold it to the one the scenario chose.
+    NoMemoryBudget,
+    /// A prober's application misses some of its own QoS 1 messages.
+    StarveProber,
 }

@@ -4,7 +4,7 @@ use tidemq_core::Config;
 use tidemq_core::codec::ProtocolVersion;
 use tidemq_core::config::SyncMode;
 
-use crate::client::{Profile, Role};
+use crate::client::{Attack, Profile, Role};
 use crate::net::LinkShape;
 use crate::rng::Rng;
 
@@ -57,6 +57,10 @@ pub enum Family {
     S23,
     /// Swizzle-clog.
     S24,
+    /// Adversaries against a small memory budget: retained floods, SUBSCRIBEs of copies of
+    /// `#`, session floods, ping floods and subscribers that never read, beside honest
+    /// workers and probers whose QoS 1 messages must keep arriving.
+    S25,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -82,6 +86,7 @@ pub const FAMILIES: &[Family] = &[
     Family::S22,
     Family::S23,
     Family::S24,
+    Family::S25,
 ];
 
 impl Family {
@@ -138,7 +143,12 @@ fn version(rng: &mut Rng) -> ProtocolVersion {
 
 impl Knobs {
     pub fn from_seed(seed: u64) -> Knobs {
-        let family = Family::of_seed(seed);
+        Knobs::in_family(seed, Family::of_seed(seed))
+    }
+
+    /// The knobs of `seed` run as `family` (what the seed chose when the family list was
+    /// shorter: regression seeds stay the runs they were filed as).
+    pub fn in_family(seed: u64, family: Family) -> Knobs {
         let mut rng = Rng::new(seed);
         let mut config = Config {
             sys_events: rng.chance(300),
@@ -203,6 +213,8 @@ impl Knobs {
         let mut fuzzers = 0;
         let mut max_q: u8 = 2;
         let mut persist_fail = None;
+        let mut attacks: Vec<Attack> = Vec::new();
+        let mut probers = 0;
         match family {
             Family::S1 => {
                 max_q = 1;
@@ -307,6 +319,37 @@ impl Knobs {
             Family::S24 => {
                 faults.swizzle = 500;
             }
+            Family::S25 => {
+                config.max_memory = 1024 * 1024;
+                config.max_packet_size = rng.range(1024, 4096) as u32;
+                config.max_write_buffer = rng.range(4096, 16_384) as u32;
+                config.max_inflight = rng.range(2, 8) as u16;
+                config.receive_maximum = rng.range(4, 16) as u16;
+                config.max_topic_alias = rng.range(0, 3) as u16;
+                config.msq_len = rng.range(32, 512) as u32;
+                faults.partition = 100;
+                faults.rst = 100;
+                attacks = vec![
+                    Attack::Retained,
+                    Attack::Filters,
+                    Attack::Sessions,
+                    Attack::Pings,
+                    Attack::NonReader,
+                    Attack::NonReader,
+                ];
+                // Some seeds run one attack alone, so each is seen against the budget by itself.
+                if rng.chance(400)
+                    && let Some(one) = rng.pick(&attacks).copied()
+                {
+                    attacks = vec![one, one];
+                }
+                probers = rng.range(1, 3) as usize;
+                // Honest workers keep to what the model can follow under pressure: a QoS 0
+                // retained message dropped at the high mark has no answer to show it, and a
+                // shed session's will goes out early (at the session's end, as it should).
+                retain_rate = 0;
+                will_rate = 0;
+            }
             // Run by `bridge::BridgeWorld`; these knobs are not used.
             Family::S13 | Family::S14 | Family::S15 => {}
             Family::S20 => {
@@ -383,6 +426,7 @@ impl Knobs {
                 think_ms: (20, 400),
                 server_receive_max,
                 server_max_keepalive: config.max_keepalive,
+                server_max_packet: config.max_packet_size,
                 faultable: true,
             });
         }
@@ -412,6 +456,7 @@ impl Knobs {
                 think_ms: (20, 300),
                 server_receive_max,
                 server_max_keepalive: config.max_keepalive,
+                server_max_packet: config.max_packet_size,
                 faultable: true,
             });
         }
@@ -441,6 +486,7 @@ impl Knobs {
                 think_ms: (5, 100),
                 server_receive_max,
                 server_max_keepalive: config.max_keepalive,
+                server_max_packet: config.max_packet_size,
                 faultable: true,
             });
         }
@@ -469,6 +515,75 @@ impl Knobs {
                 think_ms: (50, 500),
                 server_receive_max,
                 server_max_keepalive: config.max_keepalive,
+                server_max_packet: config.max_packet_size,
+                faultable: false,
+            });
+        }
+        for (i, attack) in attacks.into_iter().enumerate() {
+            profiles.push(Profile {
+                client_id: format!("x{i}"),
+                role: Role::Flood(attack),
+                // A v5 retained flood is told 0x97; 3.1.1 would be cut (scenario tests).
+                version: if attack == Attack::Retained {
+                    ProtocolVersion::V5
+                } else {
+                    version(&mut rng)
+                },
+                persistent: attack == Attack::Sessions,
+                expiry: u32::MAX,
+                keep_alive: 0,
+                receive_max: None,
+                will: None,
+                filters: match attack {
+                    Attack::NonReader => vec![("#".to_owned(), 1)],
+                    _ => Vec::new(),
+                },
+                window: 1,
+                publish_rate: 0,
+                retain_rate: 0,
+                expiry_rate: 0,
+                topic_alias: false,
+                accept_aliases: None,
+                alias_abuse: false,
+                churn_subs: false,
+                withhold_rate: 0,
+                leave_rate: 0,
+                fuzz_rate: 0,
+                think_ms: (5, 40),
+                server_receive_max,
+                server_max_keepalive: config.max_keepalive,
+                server_max_packet: config.max_packet_size,
+                faultable: false,
+            });
+        }
+        for i in 0..probers {
+            let v = version(&mut rng);
+            profiles.push(Profile {
+                client_id: format!("p{i}"),
+                role: Role::Prober,
+                version: v,
+                persistent: false,
+                expiry: 0,
+                keep_alive: 5,
+                receive_max: None,
+                will: None,
+                // Its own topic: the index it will have among the actors.
+                filters: vec![(format!("h/{}", profiles.len()), 1)],
+                window: 2,
+                publish_rate: 1000,
+                retain_rate: 0,
+                expiry_rate: 0,
+                topic_alias: false,
+                accept_aliases: None,
+                alias_abuse: false,
+                churn_subs: false,
+                withhold_rate: 0,
+                leave_rate: 0,
+                fuzz_rate: 0,
+                think_ms: (200, 400),
+                server_receive_max,
+                server_max_keepalive: config.max_keepalive,
+                server_max_packet: config.max_packet_size,
                 faultable: false,
             });
         }
@@ -497,6 +612,7 @@ impl Knobs {
             think_ms: (500, 1_000),
             server_receive_max,
             server_max_keepalive: config.max_keepalive,
+            server_max_packet: config.max_packet_size,
             faultable: false,
         });
         Knobs {
@@ -538,6 +654,7 @@ impl Knobs {
             think_ms: (100, 200),
             server_receive_max: self.config.receive_maximum,
             server_max_keepalive: self.config.max_keepalive,
+            server_max_packet: self.config.max_packet_size,
             faultable: false,
         }
     }

@@ -198,6 +198,15 @@ pub enum Ev {
         sessions: u64,
         retained: u64,
     },
+    /// An offline session ended early to bring memory back under the budget.
+    SessionShed {
+        client_id: String,
+    },
+    /// What the broker holds for peers, past its bound.
+    MemoryOver {
+        used: u64,
+        bound: u64,
+    },
     /// A write backlog the simulator holds for a connection, against its bound.
     Backlog {
         conn: u64,

@@ -52,6 +52,8 @@ struct SimConn {
     last_rx: u64,
     idle_limit: u64,
     keepalive_close: bool,
+    /// The client stopped reading (an adversary): held until the broker closes.
+    stopped_reading: bool,
 }
 
 /// Where a broker crash waits to happen (S6/S7 with a store).
@@ -97,6 +99,8 @@ pub struct World {
     iterations: u64,
     rotate: usize,
     pub mutation: Option<Mutation>,
+    /// The memory budget I2 holds the broker to when the broker was given another.
+    budget_under_test: Option<u64>,
     // Admin plane (S20/S21).
     admin_rng: Rng,
     admin_on: bool,
@@ -133,7 +137,17 @@ pub struct World {
 
 impl World {
     pub fn new(seed: u64, mutation: Option<Mutation>) -> World {
-        let knobs = Knobs::from_seed(seed);
+        World::in_family(seed, Family::of_seed(seed), mutation)
+    }
+
+    pub fn in_family(seed: u64, family: Family, mutation: Option<Mutation>) -> World {
+        let mut knobs = Knobs::in_family(seed, family);
+        // The planted limit removal: the broker runs without the budget the checks hold it to.
+        let budget_under_test = (mutation == Some(Mutation::NoMemoryBudget)).then(|| {
+            let budget = knobs.config.max_memory;
+            knobs.config.max_memory = 1 << 50;
+            budget
+        });
         let mut master = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
         let clients = knobs
             .profiles
@@ -203,6 +217,7 @@ impl World {
             iterations: 0,
             rotate: 0,
             mutation,
+            budget_under_test,
             knobs,
         }
     }
@@ -246,6 +261,7 @@ impl World {
             while let Some(out) = self.broker.poll_output() {
                 self.output(out);
             }
+            self.check_memory();
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for id in ids {
                 if let Some(written) = self.pump_sendq(id)
@@ -257,6 +273,27 @@ impl World {
                     });
                 }
             }
+        }
+    }
+
+    /// I2: what the broker holds for peers stays within `max_memory` plus what each live
+    /// connection and session may still take once past it: a connection its write backlog
+    /// (acknowledgements go out past the budget, up to twice `max_write_buffer`), a packet
+    /// being read, its aliases; a session a short queue and its windows, each entry a
+    /// message of the largest size.
+    fn check_memory(&mut self) {
+        let c = &self.knobs.config;
+        let budget = self.budget_under_test.unwrap_or(c.max_memory);
+        let packet = u64::from(c.max_packet_size) + 512;
+        let per_conn =
+            2 * u64::from(c.max_write_buffer) + (3 + u64::from(c.max_topic_alias)) * packet + 4096;
+        let entries = 16 + u64::from(c.max_inflight) + u64::from(c.receive_maximum) + 1;
+        let per_session = entries * packet + 1024;
+        let stats = self.broker.stats();
+        let bound = budget + stats.connections * per_conn + stats.sessions * per_session;
+        let used = self.broker.memory_used() as u64;
+        if used > bound {
+            self.trace.push(Ev::MemoryOver { used, bound });
         }
     }
 
@@ -480,6 +517,10 @@ impl World {
                 {
                     c.broker_open = false;
                     c.sendq.push_back(Seg::Fin);
+                    if c.stopped_reading {
+                        // The reader that never read learns of the close at last.
+                        c.s2c.release(self.now);
+                    }
                     if c.keepalive_close {
                         let silent = self.now.saturating_sub(c.last_rx);
                         if silent < c.idle_limit {
@@ -509,6 +550,9 @@ impl World {
                 }),
                 BrokerEvent::SessionExpired { client_id } => {
                     self.trace.push(Ev::SessionExpired { client_id })
+                }
+                BrokerEvent::SessionShed { client_id } => {
+                    self.trace.push(Ev::SessionShed { client_id })
                 }
                 BrokerEvent::ClientDisconnected {
                     conn,
@@ -1026,6 +1070,12 @@ impl World {
                         c.c2s.push(self.now, &shape, &mut self.net_rng, Seg::Fin);
                     }
                 }
+                Cmd::StopReading(id) => {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.stopped_reading = true;
+                        c.s2c.hold();
+                    }
+                }
                 Cmd::Rst(id) => {
                     if let Some(c) = self.conns.get_mut(&id)
                         && c.client_open
@@ -1070,6 +1120,7 @@ impl World {
                 last_rx: self.now,
                 idle_limit: self.knobs.config.connect_timeout_ms,
                 keepalive_close: false,
+                stopped_reading: false,
             },
         );
         self.trace.now = self.now;

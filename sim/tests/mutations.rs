@@ -78,6 +78,18 @@ fn i6_catches_a_client_that_forgets_the_brokers_topic_aliases() {
     caught_at_runtime(Family::S12, Mutation::ForgetServerAliases, "I6");
 }
 
+/// Adversaries (S25) against a broker whose memory budget was taken away: what it holds
+/// passes the bound the checks keep to the scenario's budget.
+#[test]
+fn i2_catches_a_broker_without_its_memory_budget() {
+    caught_at_runtime(Family::S25, Mutation::NoMemoryBudget, "I2");
+}
+
+#[test]
+fn i16_catches_a_prober_starved_of_its_messages() {
+    caught_at_runtime(Family::S25, Mutation::StarveProber, "I16");
+}
+
 #[test]
 fn i9_catches_a_swallowed_will() {
     caught_at_runtime(Family::S4, Mutation::SwallowWill, "I9");

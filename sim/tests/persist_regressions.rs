@@ -7,7 +7,8 @@
     clippy::indexing_slicing
 )]
 
-use tidemq_sim::run_seed;
+use tidemq_sim::run_seed_in;
+use tidemq_sim::scenario::Family;
 use tidemq_sim::trace::{AckKind, Ev, Got, Sent};
 
 /// After a store failure a durable session's SUBSCRIBE is refused (SUBACK 0x97): it adds no
@@ -16,7 +17,7 @@ use tidemq_sim::trace::{AckKind, Ev, Got, Sent};
 #[test]
 fn a_subscription_refused_after_a_store_failure_makes_no_durable_subscriber() {
     let seed = 1_005_383;
-    let out = run_seed(seed, None);
+    let out = run_seed_in(seed, Family::S6, None);
     for v in &out.violations {
         println!(
             "SIM_SEED={seed}: {} at {} ms: {}",
@@ -75,7 +76,7 @@ fn a_subscription_refused_after_a_store_failure_makes_no_durable_subscriber() {
 /// its later QoS 1 message was routed while its PUBACK queued behind them forever).
 #[test]
 fn connections_waiting_for_a_failed_store_are_cut_with_quota_exceeded() {
-    let out = run_seed(1_145_831, None);
+    let out = run_seed_in(1_145_831, Family::S6, None);
     assert!(out.violations.is_empty(), "{:?}", out.violations);
     let failed_step = out
         .trace

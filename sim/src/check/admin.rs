@@ -246,7 +246,8 @@ pub fn check_admin(entries: &[Entry]) -> Vec<Violation> {
                         }
                         | Ev::ConfigEvent { .. }
                         | Ev::Dropped { .. }
-                        | Ev::SessionExpired { .. } => true,
+                        | Ev::SessionExpired { .. }
+                        | Ev::SessionShed { .. } => true,
                         _ => false,
                     })
                     .map(|ev| format!("{ev:?}"))

@@ -36,6 +36,11 @@ pub fn observe(e: &Entry, replay: &Replay, out: &mut Vec<Violation>) {
                 ));
             }
         }
+        Ev::MemoryOver { used, bound } => out.push(Violation::new(
+            "I2",
+            at,
+            format!("the broker holds {used} bytes for peers, bound {bound}"),
+        )),
         Ev::Backlog { conn, bytes, bound } => out.push(Violation::new(
             "I2",
             at,

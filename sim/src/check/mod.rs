@@ -14,6 +14,7 @@
 //! | `persist.rs` | P1–P4: acknowledgements wait for the store; snapshots, failures, crashes |
 //! | `admin.rs` | I13: the admin plane |
 //! | `bridge.rs` | I11, I12 and the loop guard, in the bridge worlds |
+//! | `liveness.rs` | I16: an honest client's QoS 1 messages keep arriving under attack (S25) |
 //!
 //! I14 (the same seed gives the same trace) is `tests/determinism.rs`. The helpers the
 //! checkers share are in [`crate::oracle`].
@@ -24,6 +25,7 @@ mod connections;
 mod counters;
 mod delivery;
 mod inflight;
+mod liveness;
 mod order;
 pub mod persist;
 mod replay;
@@ -84,6 +86,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
         replay.apply(e);
     }
     out.extend(persist::check(entries, &durable));
+    out.extend(liveness::check(entries, actors));
     if !replay.facts.quiesced {
         return out;
     }

@@ -557,7 +557,7 @@ pub fn check(entries: &[Entry], d: &Durable) -> Vec<Violation> {
             Ev::PersistFailed => {
                 failed.get_or_insert(e.step);
             }
-            Ev::SessionExpired { client_id } => {
+            Ev::SessionExpired { client_id } | Ev::SessionShed { client_id } => {
                 dsubs.remove(client_id);
                 awaiting.remove(client_id);
             }

@@ -119,6 +119,8 @@ pub struct ConnFacts {
     pub connack: BTreeMap<u64, (bool, u8)>,
     /// Publishes answered with an error (after a store failure: refused, not accepted).
     pub refused_acks: BTreeSet<(u64, u16)>,
+    /// The same, with the step they were sent at (the step the PUBLISH was read).
+    pub refused_at: BTreeSet<(u64, u16, u64)>,
     /// The step in which the broker closed the connection.
     pub closed_step: BTreeMap<u64, u64>,
     /// DISCONNECTs the broker sent: (step, reason).
@@ -154,6 +156,7 @@ impl ConnFacts {
                         if *reason >= 0x80 =>
                     {
                         f.refused_acks.insert((*conn, *pid));
+                        f.refused_at.insert((*conn, *pid, e.step));
                     }
                     _ => {}
                 },
@@ -388,7 +391,7 @@ impl<'a> Replay<'a> {
                 }
             }
             Ev::BrokerGot { conn, actor, pkt } => self.got(e, *conn, *actor, pkt),
-            Ev::SessionExpired { client_id } => {
+            Ev::SessionExpired { client_id } | Ev::SessionShed { client_id } => {
                 // Gone from the broker: nothing routes to it any more.
                 if let Some(s) = self.sessions.get_mut(client_id) {
                     s.alive = false;
@@ -603,6 +606,14 @@ impl<'a> Replay<'a> {
             if needs || refused {
                 return;
             }
+        }
+        // Past the memory budget's high mark a retained message is refused (v5: 0x97 at
+        // once, in the input that read it).
+        if p.retain
+            && p.pid
+                .is_some_and(|pid| self.facts.refused_at.contains(&(conn, pid, e.step)))
+        {
+            return;
         }
         if p.qos == 2 {
             let Some(s) = self.sessions.get_mut(&cid) else {
