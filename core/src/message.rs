@@ -86,10 +86,19 @@ pub(crate) struct Message {
     /// When the message stops being deliverable (v5 message expiry).
     pub expires_at: Option<Instant>,
     pub origin: Origin,
+    /// When the broker took it in (restored messages: when restored), for the
+    /// publish-to-deliver latency.
+    pub received_at: Instant,
 }
 
 impl Message {
-    pub fn new(id: u64, content: Content, origin: Origin, expires_at: Option<Instant>) -> Message {
+    pub fn new(
+        id: u64,
+        content: Content,
+        origin: Origin,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Message {
         Message {
             id,
             topic: content.topic,
@@ -99,6 +108,7 @@ impl Message {
             properties: content.properties,
             expires_at,
             origin,
+            received_at: now,
         }
     }
 

@@ -56,7 +56,13 @@ impl Broker {
                 properties: m.properties,
             };
             let expires_at = m.expires_at_unix_ms.map(instant_of);
-            let msg = Arc::new(Message::new(id, content, Origin::Broker, expires_at));
+            let msg = Arc::new(Message::new(
+                id,
+                content,
+                Origin::Broker,
+                expires_at,
+                self.now,
+            ));
             // Its body is in the store already.
             self.store.recovered_message(&msg);
             messages.insert(id, msg);

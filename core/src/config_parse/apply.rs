@@ -125,6 +125,8 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "max_write_buffer" | "mqtt.max_write_buffer" => c.max_write_buffer = size(v)?,
         "max_session_expiry" | "mqtt.max_session_expiry" => c.max_session_expiry = seconds(v)?,
         "sys_events" | "mqtt.sys_events" => c.sys_events = boolean(v)?,
+        "sys_interval" | "mqtt.sys_interval" => c.sys_interval = seconds(v)?,
+        "metrics.listen" => c.metrics_listen = opt_string(v)?,
 
         "tls.enable" | "listeners.ssl.enable" => c.tls.enable = boolean(v)?,
         "tls.url" => c.tls.url = string(v)?,
@@ -155,6 +157,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
             return Ok(Applied::Section);
         }
         "listeners.wss" => return Ok(Applied::Section),
+        "metrics" => return Ok(Applied::Section),
 
         "http_server" => {
             c.http_server.enable = true;

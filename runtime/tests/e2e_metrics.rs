@@ -1,0 +1,441 @@
+//! Metrics against the real binary: `/metrics` and `/api/v4/prometheus` read by a real
+//! Prometheus text parser (PyPI `prometheus-client`), counters that move under a scripted
+//! workload (each QoS, a drop by queue limit, a bridge outage against a real mosquitto) and
+//! agree with admin API V1 req 2 and req 5 and the `$SYS/broker` tree at rest, the scrape
+//! listener without credentials, and the tree arriving every `sys_interval`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::api::Api;
+use support::{Dir, Running, free_port, mosquitto_pub, run, start, tool, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// NanoMQ's names, as `/api/v4/prometheus` has them.
+const NANOMQ: [&str; 15] = [
+    "nanomq_connections_count",
+    "nanomq_connections_max",
+    "nanomq_sessions_count",
+    "nanomq_sessions_max",
+    "nanomq_topics_count",
+    "nanomq_topics_max",
+    "nanomq_subscribers_count",
+    "nanomq_subscribers_max",
+    "nanomq_messages_received",
+    "nanomq_messages_sent",
+    "nanomq_messages_dropped",
+    "nanomq_memory_usage",
+    "nanomq_memory_usage_max",
+    "nanomq_cpu_usage",
+    "nanomq_cpu_usage_max",
+];
+
+/// Samples by `name{label="v",...}` (labels sorted), as the Python parser read them.
+type Samples = BTreeMap<String, f64>;
+
+/// Parses exposition text with `prometheus_client.parser.text_string_to_metric_families`;
+/// any parse error fails the test. Also returns the family names with their types.
+fn parse(text: &str) -> (Samples, BTreeMap<String, String>) {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples, families = {}, {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    families[f.name] = f.type
+    for s in f.samples:
+        labels = ",".join('%s="%s"' % (k, v) for k, v in sorted(s.labels.items()))
+        samples[s.name + ("{" + labels + "}" if labels else "")] = s.value
+print(json.dumps({"samples": samples, "families": families}))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the text (is prometheus-client installed? scripts/test \
+         installs it): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = v["samples"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+        .collect();
+    let families = v["families"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    (samples, families)
+}
+
+fn get(s: &Samples, key: &str) -> f64 {
+    *s.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} among {:?}", s.keys()))
+}
+
+fn metrics(api: &Api) -> Samples {
+    let a = api.call("GET", "/metrics", None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(
+        a.headers
+            .contains("content-type: text/plain; version=0.0.4")
+    );
+    parse(&a.text).0
+}
+
+fn v1(api: &Api, req: u64) -> Value {
+    let body = json!({"req": req, "seq": 1}).to_string();
+    let a = api.request("POST", "/api/v1", Some(&body), &["-u", "admin:public"]);
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json()["data"].clone()
+}
+
+/// A mosquitto on `port` as the bridge's remote; killed on drop.
+struct Remote(Child);
+
+impl Remote {
+    fn start(dir: &Dir, port: u16) -> Remote {
+        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let conf = dir.file("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "mosquitto is missing: install the Debian package mosquitto (scripts/test does)",
+            );
+        wait_for("mosquitto", WAIT, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Remote(child)
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Broker {
+    _running: Running,
+    mqtt: u16,
+    api: Api,
+    scrape: u16,
+}
+
+fn broker(dir: &Dir, extra: &str) -> Broker {
+    let (mqtt, http, scrape) = (free_port(), free_port(), free_port());
+    let conf = dir.file("nanomq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners.tcp.bind = \"127.0.0.1:{mqtt}\"\nhttp_server {{\n  port = {http}\n}}\n\
+             metrics.listen = \"127.0.0.1:{scrape}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    let running = start(&conf, &dir.file("pid"), &dir.file("log"), mqtt);
+    wait_for("the admin API", WAIT, || {
+        TcpStream::connect(("127.0.0.1", http)).is_ok()
+    });
+    Broker {
+        _running: running,
+        mqtt,
+        api: Api { port: http },
+        scrape,
+    }
+}
+
+/// The retained `$SYS/broker/...` tree as a new subscriber receives it.
+fn sys_tree(mqtt: u16) -> BTreeMap<String, String> {
+    let out = run(tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt.to_string()])
+        .args([
+            "-t",
+            "$SYS/broker/#",
+            "-F",
+            "%t|%p",
+            "--retained-only",
+            "-W",
+            "2",
+        ]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            // Topics hold spaces (`retained messages/count`), and so do payloads.
+            let (topic, payload) = l.strip_prefix("$SYS/broker/")?.split_once('|')?;
+            Some((topic.to_owned(), payload.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn counters_move_with_the_workload_and_agree_everywhere() {
+    let dir = Dir::new("e2e-metrics");
+    let remote_port = free_port();
+    let remote_dir = Dir::new("e2e-metrics-remote");
+    let remote = Remote::start(&remote_dir, remote_port);
+    let b = broker(
+        &dir,
+        &format!(
+            "sys_interval = 1s\nmqtt.max_mqueue_len = 2\n\
+             bridges.mqtt.cloud {{\n  server = \"mqtt-tcp://127.0.0.1:{remote_port}\"\n  \
+             clientid = \"metrics-bridge\"\n  keepalive = 10s\n  backoff_max = 1s\n  \
+             forwards = [{{ local_topic = \"up/#\", qos = 1 }}]\n}}\n"
+        ),
+    );
+    let api = &b.api;
+    wait_for("the bridge to connect", WAIT, || {
+        api.bridge_metrics("cloud")["state"] == "connected"
+    });
+
+    // Both texts parse; NanoMQ's 15 come first, in NanoMQ's order, in both.
+    for path in ["/metrics", "/api/v4/prometheus"] {
+        let a = api.call("GET", path, None);
+        assert_eq!(a.status, 200, "{path}");
+        let (_, families) = parse(&a.text);
+        for name in NANOMQ {
+            assert!(families.contains_key(name), "{path}: no {name}");
+        }
+        let order: Vec<&str> = a
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .take(15)
+            .collect();
+        assert_eq!(order, NANOMQ, "{path}");
+        assert_eq!(families["tidemq_messages_dropped"], "counter");
+        assert_eq!(
+            families["tidemq_publish_deliver_latency_seconds"],
+            "histogram"
+        );
+    }
+    // Auth follows the admin API's; the scrape listener asks for none and serves only /metrics.
+    assert_eq!(api.request("GET", "/metrics", None, &[]).status, 401);
+    let scrape = Api { port: b.scrape };
+    let open = scrape.request("GET", "/metrics", None, &[]);
+    assert_eq!(open.status, 200);
+    parse(&open.text);
+    assert_eq!(
+        scrape.request("GET", "/api/v4/clients", None, &[]).status,
+        404
+    );
+
+    let before = metrics(api);
+    // A persistent session goes offline with a subscription: its queue holds two.
+    let out = run(tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &b.mqtt.to_string()])
+        .args(["-i", "offline", "-c", "-q", "1", "-t", "q/x", "-E"]));
+    assert!(out.status.success(), "{out:?}");
+    // A live subscriber for one message at each QoS.
+    let live = tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &b.mqtt.to_string()])
+        .args(["-i", "live", "-q", "2", "-t", "t/#", "-C", "3", "-W", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the live subscription", WAIT, || {
+        v1(api, 4)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_id"] == "live")
+    });
+    for qos in ["0", "1", "2"] {
+        mosquitto_pub(
+            b.mqtt,
+            &["-t", &format!("t/{qos}"), "-m", "hello", "-q", qos],
+        );
+    }
+    assert!(live.wait_with_output().unwrap().status.success());
+    for _ in 0..3 {
+        mosquitto_pub(b.mqtt, &["-t", "q/x", "-m", "queued", "-q", "1"]);
+    }
+    let m = metrics(api);
+    let delta = |k: &str| get(&m, k) - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(delta("tidemq_messages_received_total{qos=\"0\"}"), 1.0);
+    assert_eq!(delta("tidemq_messages_received_total{qos=\"1\"}"), 4.0);
+    assert_eq!(delta("tidemq_messages_received_total{qos=\"2\"}"), 1.0);
+    assert_eq!(delta("tidemq_messages_sent_total{qos=\"0\"}"), 1.0);
+    assert_eq!(delta("tidemq_messages_sent_total{qos=\"1\"}"), 1.0);
+    assert_eq!(delta("tidemq_messages_sent_total{qos=\"2\"}"), 1.0);
+    assert_eq!(
+        delta("tidemq_messages_dropped_total{reason=\"queue_full\"}"),
+        1.0
+    );
+    assert_eq!(get(&m, "tidemq_queued_messages"), 2.0);
+    assert_eq!(get(&m, "tidemq_sessions{state=\"offline\"}"), 1.0);
+    assert!(delta("tidemq_packets_received_total{type=\"publish\"}") >= 6.0);
+    assert!(delta("tidemq_publish_deliver_latency_seconds_count") >= 3.0);
+    assert_eq!(get(&m, "tidemq_bridge_up{bridge=\"cloud\"}"), 1.0);
+
+    // The remote goes away: the bridge is down and its outbox holds what was forwarded.
+    drop(remote);
+    wait_for("the bridge to notice", WAIT, || {
+        get(&metrics(api), "tidemq_bridge_up{bridge=\"cloud\"}") == 0.0
+    });
+    mosquitto_pub(b.mqtt, &["-t", "up/1", "-m", "to the cloud", "-q", "1"]);
+    let down = metrics(api);
+    assert_eq!(
+        get(&down, "tidemq_bridge_outbox_messages{bridge=\"cloud\"}"),
+        1.0
+    );
+    // It comes back on the same port: the outbox drains and a reconnect is counted.
+    let _remote = Remote::start(&remote_dir, remote_port);
+    wait_for("the bridge to reconnect and drain", WAIT, || {
+        let m = metrics(api);
+        get(&m, "tidemq_bridge_up{bridge=\"cloud\"}") == 1.0
+            && get(&m, "tidemq_bridge_outbox_messages{bridge=\"cloud\"}") == 0.0
+    });
+    let m = metrics(api);
+    assert!(get(&m, "tidemq_bridge_reconnects_total{bridge=\"cloud\"}") >= 1.0);
+    assert!(
+        get(
+            &m,
+            "tidemq_bridge_messages_total{bridge=\"cloud\",direction=\"forward\"}"
+        ) >= 1.0
+    );
+
+    // At rest: /metrics, req 2, req 5 and the $SYS tree (refreshed every second) agree.
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = metrics(api);
+    let info = v1(api, 2);
+    let clients = v1(api, 5);
+    let tree = sys_tree(b.mqtt);
+    // The parser gives counters their `_total` sample name, NanoMQ's too.
+    let received = get(&m, "nanomq_messages_received_total");
+    let sent = get(&m, "nanomq_messages_sent_total");
+    let dropped = get(&m, "nanomq_messages_dropped_total");
+    assert_eq!(info["message_in"].as_f64(), Some(received));
+    assert_eq!(info["message_out"].as_f64(), Some(sent));
+    assert_eq!(info["message_drop"].as_f64(), Some(dropped));
+    let by_qos = |name: &str| -> f64 {
+        (0..3)
+            .map(|q| get(&m, &format!("{name}{{qos=\"{q}\"}}")))
+            .sum()
+    };
+    assert_eq!(by_qos("tidemq_messages_received_total"), received);
+    assert_eq!(by_qos("tidemq_messages_sent_total"), sent);
+    let drops: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("tidemq_messages_dropped_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(drops, dropped);
+    let connected = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["connect_status"] == 1)
+        .count() as f64;
+    assert_eq!(connected, get(&m, "tidemq_connections"));
+    assert_eq!(
+        clients.as_array().unwrap().len() as f64,
+        get(&m, "nanomq_sessions_count")
+    );
+    let tree_num = |t: &str| -> f64 {
+        tree.get(t)
+            .unwrap_or_else(|| panic!("no $SYS/broker/{t} in {tree:?}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(tree_num("publish/messages/received"), received);
+    assert_eq!(tree_num("publish/messages/sent"), sent);
+    assert_eq!(tree_num("publish/messages/dropped"), dropped);
+    assert_eq!(
+        tree_num("clients/disconnected"),
+        get(&m, "tidemq_sessions{state=\"offline\"}")
+    );
+    assert_eq!(
+        tree_num("retained messages/count"),
+        get(&m, "tidemq_retained_messages")
+    );
+    assert_eq!(tree_num("connection/cloud/state"), 1.0);
+    for t in [
+        "version",
+        "uptime",
+        "load/publish/received/1min",
+        "load/connections/5min",
+        "load/bytes/sent/15min",
+    ] {
+        assert!(tree.contains_key(t), "no $SYS/broker/{t} in {tree:?}");
+    }
+}
+
+#[test]
+fn the_sys_tree_arrives_every_interval_and_clients_cannot_write_it() {
+    let dir = Dir::new("e2e-metrics-sys");
+    let b = broker(&dir, "sys_interval = 1s\n");
+    // Four uptimes: the retained one, then one each second.
+    let started = Instant::now();
+    let out = run(tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &b.mqtt.to_string()])
+        .args(["-t", "$SYS/broker/uptime", "-C", "4", "-W", "15"]));
+    let elapsed = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    let uptimes: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.strip_suffix(" seconds").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(uptimes.len(), 4);
+    assert!(uptimes.windows(2).all(|w| w[1] > w[0]), "{uptimes:?}");
+    assert!(
+        elapsed >= Duration::from_millis(2000) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+    // A client's publish into $SYS is not taken.
+    mosquitto_pub(b.mqtt, &["-t", "$SYS/broker/version", "-m", "forged", "-r"]);
+    let tree = sys_tree(b.mqtt);
+    assert!(
+        tree["version"].starts_with("tidemq version"),
+        "{:?}",
+        tree.get("version")
+    );
+}
+
