@@ -439,3 +439,91 @@ fn the_sys_tree_arrives_every_interval_and_clients_cannot_write_it() {
     );
 }
 
+/// A 3.1.1 client that connects (keep alive 60) and subscribes at QoS 1, by hand: unlike
+/// mosquitto_sub it never reconnects after a kick.
+fn raw_client(port: u16, id: &str, filters: &[&str]) -> TcpStream {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut p = vec![kind, body.len() as u8];
+        p.extend_from_slice(body);
+        p
+    }
+    let mut connect = Vec::new();
+    string(&mut connect, "MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60]);
+    string(&mut connect, id);
+    let mut subscribe = vec![0, 1];
+    for f in filters {
+        string(&mut subscribe, f);
+        subscribe.push(1);
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&packet(0x10, &connect)).unwrap();
+    s.write_all(&packet(0x82, &subscribe)).unwrap();
+    s
+}
+
+/// `tidemq ctl` with the broker's own configuration file (address and credentials).
+fn ctl(dir: &Dir, args: &[&str]) -> (bool, String, String) {
+    let out = run(Command::new(support::TIDEMQ)
+        .args(["ctl", "--conf"])
+        .arg(dir.file("nanomq.conf"))
+        .args(args));
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn ctl_lists_clients_and_subscriptions_and_kicks() {
+    let dir = Dir::new("e2e-metrics-ctl");
+    let b = broker(&dir, "");
+    let mut held = raw_client(b.mqtt, "dev/1 x", &["a/#", "b"]);
+    wait_for("the subscriptions", WAIT, || {
+        ctl(&dir, &["subscriptions"]).1.lines().count() == 3
+    });
+    let (ok, clients, err) = ctl(&dir, &["clients"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        clients.trim_end(),
+        "CLIENT ID\tUSERNAME\tSTATE\tPROTOCOL\tKEEPALIVE\ndev/1 x\t\tconnected\t4\t60"
+    );
+    let (ok, subs, _) = ctl(&dir, &["subscriptions", "dev/1 x"]);
+    assert!(ok);
+    assert_eq!(
+        subs.trim_end(),
+        "CLIENT ID\tTOPIC\tQOS\ndev/1 x\ta/#\t1\ndev/1 x\tb\t1"
+    );
+    let (ok, json, _) = ctl(&dir, &["clients", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["data"][0]["client_id"], "dev/1 x");
+    let (ok, text, _) = ctl(&dir, &["metrics"]);
+    assert!(ok);
+    assert!(text.starts_with("# TYPE nanomq_connections_count gauge"));
+    parse(&text);
+
+    let (ok, out, err) = ctl(&dir, &["kick", "dev/1 x"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim_end(), "kicked dev/1 x");
+    // The broker closed the connection (3.1.1 has no DISCONNECT from the server).
+    held.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut held, &mut rest);
+    wait_for("the session to go", WAIT, || {
+        ctl(&dir, &["clients"]).1.lines().count() == 1
+    });
+    // Errors say why and exit 1.
+    let (ok, _, err) = ctl(&dir, &["kick", "nobody"]);
+    assert!(!ok);
+    assert!(err.contains("no such client"), "{err}");
+    let (ok, _, err) = ctl(&dir, &["--password", "wrong", "clients"]);
+    assert!(!ok);
+    assert!(err.contains("not authorized"), "{err}");
+}
