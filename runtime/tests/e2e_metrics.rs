@@ -527,3 +527,83 @@ fn ctl_lists_clients_and_subscriptions_and_kicks() {
     assert!(!ok);
     assert!(err.contains("not authorized"), "{err}");
 }
+
+/// The metric names a PromQL expression reads: identifiers of ours, with a histogram's
+/// `_bucket`, `_sum` and `_count` samples named as written.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            if word.starts_with("tidemq_") || word.starts_with("nanomq_") {
+                names.push(std::mem::take(&mut word));
+            }
+            word.clear();
+        }
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/grafana/tidemq.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 10);
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for topic in [
+        "Connections",
+        "Messages",
+        "Drops",
+        "latency",
+        "Store",
+        "Bridges",
+    ] {
+        assert!(titles.iter().any(|t| t.contains(topic)), "no {topic} panel");
+    }
+    // Every name it reads is a sample the broker exposes (with a bridge, so those exist too).
+    let dir = Dir::new("e2e-metrics-grafana");
+    let b = broker(
+        &dir,
+        "bridges.mqtt.b {\n  server = \"mqtt-tcp://127.0.0.1:1\"\n  forwards = [{ local_topic = \"x/#\", qos = 1 }]\n}\n",
+    );
+    let text = b.api.call("GET", "/metrics", None).text;
+    // Samples, and families declared by TYPE (a labelled family may have no sample yet,
+    // as `tidemq_admin_requests_total` before the first answered request).
+    let exposed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(family) => family.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .collect();
+    let mut read = 0;
+    for expr in exprs {
+        for name in metric_names(expr) {
+            assert!(
+                exposed.contains(name.as_str()),
+                "{name} in `{expr}` is not in /metrics"
+            );
+            read += 1;
+        }
+    }
+    assert!(read >= 20);
+    assert_eq!(
+        metric_names("rate(tidemq_a_bucket[5m]) / nanomq_b + up"),
+        ["tidemq_a_bucket", "nanomq_b"]
+    );
+}
