@@ -368,7 +368,7 @@ impl Broker {
             (
                 "tidemq_bridge_bytes_total",
                 "counter",
-                "Payload bytes forwarded to the remote or received from it.",
+                "Bytes of the packets forwarded to the remote or received from it.",
             ),
             (
                 "tidemq_bridge_dropped_total",
