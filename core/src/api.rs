@@ -100,6 +100,9 @@ pub enum Input {
     /// The runtime's own connection counters (refusals by its limits), cumulative; sent
     /// with the process figures and before each metrics request.
     RuntimeCounters(crate::metrics::RuntimeConnCounters),
+    /// The store thread's figures (commit durations, bytes, snapshots), cumulative; sent
+    /// like [`Input::RuntimeCounters`].
+    StoreFigures(crate::metrics::StoreFigures),
     /// The socket an [`Output::BridgeConnect`] asked for is open.
     BridgeConnected { conn: ConnId },
     /// The socket an [`Output::BridgeConnect`] asked for could not be opened.

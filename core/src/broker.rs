@@ -248,6 +248,7 @@ impl Broker {
             Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
             Input::ControlDone { req_id, result } => self.control_done(req_id, result),
             Input::RuntimeCounters(c) => self.counters.runtime = c,
+            Input::StoreFigures(f) => self.counters.store = f,
             Input::MetricsScrape { req_id } => {
                 let text = self.prometheus_text();
                 self.v4_reply(req_id, crate::admin::v4::V4Reply::text(text));

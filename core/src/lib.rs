@@ -34,4 +34,4 @@ pub mod ws;
 pub use api::{BrokerEvent, ConnId, Input, Instant, Output};
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};
-pub use metrics::RuntimeConnCounters;
+pub use metrics::{COMMIT_BOUNDS_US, RuntimeConnCounters, StoreFigures};

@@ -132,6 +132,37 @@ pub struct RuntimeConnCounters {
     pub queue_overflows: u64,
 }
 
+/// Upper bounds (microseconds) of the store's commit-duration buckets: 50 µs to 1 s.
+pub const COMMIT_BOUNDS_US: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// The store thread's figures as the runtime last reported them (cumulative since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreFigures {
+    /// Group commits by duration (append through fsync): bucket `i` counts those up to
+    /// `COMMIT_BOUNDS_US[i]`, the last one everything above.
+    pub commit_buckets: [u64; COMMIT_BOUNDS_US.len() + 1],
+    pub commit_sum_us: u64,
+    /// Records per group commit, summed (with the bucket counts: the mean group size).
+    pub group_records: u64,
+    /// Bytes written to journal segments.
+    pub journal_bytes: u64,
+    pub snapshots_written: u64,
+    /// How long the last snapshot took to write.
+    pub last_snapshot_us: u64,
+}
+
+impl StoreFigures {
+    /// The bucket a commit of `us` microseconds falls in.
+    pub fn bucket_of(us: u64) -> usize {
+        COMMIT_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(COMMIT_BOUNDS_US.len())
+    }
+}
+
 /// Packet type numbers run from 1 (CONNECT) to 15 (AUTH).
 pub(crate) const PACKET_KINDS: usize = 16;
 
@@ -169,6 +200,7 @@ pub(crate) struct Counters {
     /// Admin API replies by HTTP status.
     pub admin_replies: BTreeMap<u16, u64>,
     pub runtime: RuntimeConnCounters,
+    pub store: StoreFigures,
 }
 
 /// `QoS` as an index into the per-QoS counters.

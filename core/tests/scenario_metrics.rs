@@ -11,7 +11,7 @@
 mod harness;
 
 use harness::*;
-use tidemq_core::{Config, Input, Output, RuntimeConnCounters};
+use tidemq_core::{COMMIT_BOUNDS_US, Config, Input, Output, RuntimeConnCounters, StoreFigures};
 
 /// The scrape's text, as the scrape listener gets it.
 fn scrape(h: &mut Harness) -> String {
@@ -150,5 +150,52 @@ fn delivery_latency_is_measured_on_the_broker_clock() {
     assert_eq!(
         value(&text, "tidemq_publish_deliver_latency_seconds_sum"),
         0.04
+    );
+}
+
+#[test]
+fn store_figures_are_shown_as_a_histogram_in_seconds() {
+    let mut h = Harness::new();
+    let mut f = StoreFigures {
+        commit_sum_us: 1_500_000,
+        journal_bytes: 4096,
+        snapshots_written: 2,
+        last_snapshot_us: 250_000,
+        group_records: 9,
+        ..StoreFigures::default()
+    };
+    // 40 µs and 2 ms commits, and one of 1.5 s above the last bound.
+    f.commit_buckets[StoreFigures::bucket_of(40)] += 1;
+    f.commit_buckets[StoreFigures::bucket_of(2_000)] += 1;
+    f.commit_buckets[StoreFigures::bucket_of(1_500_000)] += 1;
+    assert_eq!(StoreFigures::bucket_of(1_500_000), COMMIT_BOUNDS_US.len());
+    h.input(Input::StoreFigures(f));
+    let text = scrape(&mut h);
+    let b = |le: &str| {
+        value(
+            &text,
+            &format!("tidemq_store_commit_duration_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    assert_eq!(b("0.00005"), 1.0);
+    assert_eq!(b("0.001"), 1.0);
+    assert_eq!(b("0.0025"), 2.0);
+    assert_eq!(b("1"), 2.0);
+    assert_eq!(b("+Inf"), 3.0);
+    assert_eq!(
+        value(&text, "tidemq_store_commit_duration_seconds_count"),
+        3.0
+    );
+    assert_eq!(
+        value(&text, "tidemq_store_commit_duration_seconds_sum"),
+        1.5
+    );
+    assert_eq!(
+        value(&text, "tidemq_store_journal_written_bytes_total"),
+        4096.0
+    );
+    assert_eq!(
+        value(&text, "tidemq_store_last_snapshot_duration_seconds"),
+        0.25
     );
 }

@@ -456,6 +456,7 @@ impl Server {
             reload_requested: false,
             store: None,
             store_failed: None,
+            store_stats: Arc::default(),
             readiness: self.readiness,
             notifier: self.notifier,
         };
@@ -693,6 +694,8 @@ struct Driver {
     store: Option<std::sync::mpsc::Sender<store::StoreCmd>>,
     /// Why the store stopped, if it did: the process then exits with this error.
     store_failed: Option<String>,
+    /// The store thread's figures, for the metrics.
+    store_stats: Arc<store::StoreStats>,
     /// For the health endpoints.
     readiness: Arc<Readiness>,
     notifier: Notifier,
@@ -822,6 +825,10 @@ impl Driver {
             queue_overflows: s.queue_overflows,
         };
         self.input(now, Input::RuntimeCounters(counters));
+        if self.store.is_some() {
+            let figures = self.store_stats.figures();
+            self.input(now, Input::StoreFigures(figures));
+        }
     }
 
     fn admin(&mut self, now: Instant, call: AdminCall) {
@@ -909,9 +916,10 @@ impl Driver {
             recovered.summary()
         );
         let events = self.events_tx.clone();
-        let (tx, thread) = store::spawn(journal, &config, move |e| {
-            let _ = events.blocking_send(Event::Store(e));
-        })?;
+        let (tx, thread) =
+            store::spawn_with_stats(journal, &config, self.store_stats.clone(), move |e| {
+                let _ = events.blocking_send(Event::Store(e));
+            })?;
         self.store = Some(tx);
         // Nothing reached the broker built at start-up: it is replaced by the recovered one.
         self.broker = Broker::from_recovered(

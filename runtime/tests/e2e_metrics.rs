@@ -607,3 +607,52 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
         ["tidemq_a_bucket", "nanomq_b"]
     );
 }
+
+#[test]
+fn store_figures_move_with_durable_work() {
+    let dir = Dir::new("e2e-metrics-store");
+    let data = dir.file("data");
+    let b = broker(
+        &dir,
+        &format!(
+            "persistence {{\n  data_dir = \"{}\"\n  sync = fsync\n  flush_interval = 2ms\n  \
+             segment_size = 64KB\n  snapshot_threshold = 64KB\n}}\n",
+            data.display()
+        ),
+    );
+    let before = metrics(&b.api);
+    assert_eq!(get(&before, "tidemq_store_snapshots_written_total"), 0.0);
+    // Retained messages are journaled; enough of them cross the snapshot threshold.
+    for i in 0..40 {
+        mosquitto_pub(
+            b.mqtt,
+            &[
+                "-t",
+                &format!("keep/{i}"),
+                "-m",
+                &"x".repeat(2000),
+                "-q",
+                "1",
+                "-r",
+            ],
+        );
+    }
+    wait_for("a snapshot", WAIT, || {
+        get(&metrics(&b.api), "tidemq_store_snapshots_written_total") >= 1.0
+    });
+    let m = metrics(&b.api);
+    let commits = get(&m, "tidemq_store_commit_duration_seconds_count");
+    assert!(commits >= 1.0, "{commits}");
+    assert_eq!(
+        get(
+            &m,
+            "tidemq_store_commit_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        commits
+    );
+    assert!(get(&m, "tidemq_store_commit_duration_seconds_sum") > 0.0);
+    assert!(get(&m, "tidemq_store_group_records_total") >= 40.0);
+    assert!(get(&m, "tidemq_store_journal_written_bytes_total") >= 40.0 * 2000.0);
+    assert!(get(&m, "tidemq_store_last_snapshot_duration_seconds") > 0.0);
+    assert!(get(&m, "tidemq_store_commits_total") >= 1.0);
+}

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::Broker;
 use super::metrics::label;
 use crate::bridge::Link;
-use crate::metrics::{DropReason, LATENCY_BOUNDS_MS};
+use crate::metrics::{COMMIT_BOUNDS_US, DropReason, LATENCY_BOUNDS_MS};
 
 /// Packet type names by number, for the `type` label.
 const PACKET_NAMES: [&str; 16] = [
@@ -234,6 +234,7 @@ impl Broker {
             "Snapshots of the live state taken for the store.",
             c.store_snapshots,
         );
+        self.store_text(&mut o);
         o.family(
             "tidemq_admin_requests_total",
             "counter",
@@ -272,6 +273,52 @@ impl Broker {
         o.sample(&format!("{name}_sum"), &[], h.sum_ms as f64 / 1000.0);
         o.sample(&format!("{name}_count"), &[], h.count);
         debug_assert_eq!(h.buckets.len(), LATENCY_BOUNDS_MS.len() + 1);
+    }
+
+    /// The store thread's figures (all zero with persistence off).
+    fn store_text(&self, o: &mut Out) {
+        let s = &self.counters.store;
+        let name = "tidemq_store_commit_duration_seconds";
+        o.family(
+            name,
+            "histogram",
+            "Group commits (append through fsync) by how long they took.",
+        );
+        let bucket = format!("{name}_bucket");
+        let mut total = 0;
+        for (i, n) in s.commit_buckets.iter().enumerate() {
+            total += n;
+            let le = COMMIT_BOUNDS_US
+                .get(i)
+                .map_or("+Inf".to_owned(), |us| (*us as f64 / 1e6).to_string());
+            o.sample(&bucket, &[("le", &le)], total);
+        }
+        o.sample(&format!("{name}_sum"), &[], s.commit_sum_us as f64 / 1e6);
+        o.sample(&format!("{name}_count"), &[], total);
+        o.one(
+            "tidemq_store_group_records_total",
+            "counter",
+            "Records written by the group commits (over their count: the mean group size).",
+            s.group_records,
+        );
+        o.one(
+            "tidemq_store_journal_written_bytes_total",
+            "counter",
+            "Bytes written to journal segments.",
+            s.journal_bytes,
+        );
+        o.one(
+            "tidemq_store_snapshots_written_total",
+            "counter",
+            "Snapshots the store wrote.",
+            s.snapshots_written,
+        );
+        o.one(
+            "tidemq_store_last_snapshot_duration_seconds",
+            "gauge",
+            "How long the last snapshot took to write.",
+            s.last_snapshot_us as f64 / 1e6,
+        );
     }
 
     fn connection_text(&self, o: &mut Out) {
