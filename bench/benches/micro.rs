@@ -2,7 +2,8 @@
 //! PUBLISH encode and decode, subscription-trie matching with many filters, and the broker
 //! routing one PUBLISH to 100 subscribers through `Broker::handle_input`.
 //!
-//! `cargo bench -p tidemq-bench [-- FILTER]`
+//! `cargo bench -p tidemq-bench [-- FILTER]`; with `MICRO_OPS=N`, N operations each, untimed
+//! (for instruction counts under callgrind).
 
 #![allow(
     clippy::unwrap_used,
@@ -29,6 +30,19 @@ const MEASURE: Duration = Duration::from_secs(1);
 /// after a warm-up, and prints the time per operation.
 fn bench(filter: &Option<String>, name: &str, unit: &str, mut f: impl FnMut() -> u64) {
     if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+        return;
+    }
+    // MICRO_OPS=N: exactly N operations, untimed, for counting instructions under callgrind
+    // (two counts' difference over their operations gives instructions per operation).
+    if let Some(n) = std::env::var("MICRO_OPS")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let mut ops = 0;
+        while ops < n {
+            ops += black_box(f());
+        }
+        println!("{name:<48} {ops:>10} {unit} (untimed)");
         return;
     }
     let warm = Instant::now();

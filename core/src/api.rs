@@ -94,6 +94,15 @@ pub enum Input {
     /// for the v4 API's metrics. `cpu_percent` is the share of the machine's CPU time since
     /// the previous sample.
     ProcessStats { rss_bytes: u64, cpu_percent: f64 },
+    /// `GET /metrics` on the scrape listener (`metrics.listen`), which asks for no
+    /// credentials: answered by [`Output::AdminReply`] with the Prometheus text.
+    MetricsScrape { req_id: u64 },
+    /// The runtime's own connection counters (refusals by its limits), cumulative; sent
+    /// with the process figures and before each metrics request.
+    RuntimeCounters(crate::metrics::RuntimeConnCounters),
+    /// The store thread's figures (commit durations, bytes, snapshots), cumulative; sent
+    /// like [`Input::RuntimeCounters`].
+    StoreFigures(crate::metrics::StoreFigures),
     /// The socket an [`Output::BridgeConnect`] asked for is open.
     BridgeConnected { conn: ConnId },
     /// The socket an [`Output::BridgeConnect`] asked for could not be opened.

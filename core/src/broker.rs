@@ -16,7 +16,8 @@
 //! | `bridging.rs` | driving the bridges: links, forwarding, their messages coming in |
 //! | `admin_api.rs` | the HTTP API V1 requests |
 //! | `admin_v4.rs` | the HTTP API v4 requests (`admin_v4_mqtt.rs`: publish and subscribe on a client's behalf; `admin_v4_bridge.rs`: bridges) |
-//! | `metrics.rs` | the v4 API's metrics and Prometheus text |
+//! | `metrics.rs` | the v4 API's metrics and NanoMQ's Prometheus text (`exposition.rs`: the `tidemq_*` set) |
+//! | `sys_stats.rs` | the broker's figures at one moment, and the `$SYS/broker` tree timer |
 //! | `restore.rs` | rebuilding the broker from what the store recovered |
 
 use std::collections::{BTreeMap, VecDeque};
@@ -45,6 +46,7 @@ mod bridging;
 mod connect;
 mod deliver;
 mod expiry;
+mod exposition;
 mod inbound;
 mod io;
 mod keepalive;
@@ -52,6 +54,7 @@ mod metrics;
 mod restore;
 mod route;
 mod subscribe;
+mod sys_stats;
 mod will;
 
 /// Broker-wide counters.
@@ -116,6 +119,9 @@ pub struct Broker {
     metrics: crate::metrics::Metrics,
     /// What the broker holds for peers, against `max_memory`.
     memory: crate::memory::Memory,
+    counters: crate::metrics::Counters,
+    /// The `$SYS/broker` tree: what was last published, the load averages, its timer.
+    sys_tree: crate::sys_tree::SysTree,
 }
 
 impl Broker {
@@ -153,10 +159,13 @@ impl Broker {
             v4: Default::default(),
             metrics: Default::default(),
             memory: Default::default(),
+            counters: Default::default(),
+            sys_tree: Default::default(),
         };
         broker.memory.budget = broker.config.max_memory as usize;
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
+        broker.arm_sys_timer();
         broker
     }
 
@@ -220,6 +229,7 @@ impl Broker {
                     self.config = *config;
                     self.memory.budget = self.config.max_memory as usize;
                     self.configure_bridges();
+                    self.arm_sys_timer();
                     self.event(BrokerEvent::ConfigApplied);
                 }
                 Err(error) => self.event(BrokerEvent::ConfigRejected { error }),
@@ -247,7 +257,14 @@ impl Broker {
             } => self.process_stats(rss_bytes, cpu_percent),
             Input::AdminConfigWritten { req_id, result } => self.config_written(req_id, result),
             Input::ControlDone { req_id, result } => self.control_done(req_id, result),
+            Input::RuntimeCounters(c) => self.counters.runtime = c,
+            Input::StoreFigures(f) => self.counters.store = f,
+            Input::MetricsScrape { req_id } => {
+                let text = self.prometheus_text();
+                self.v4_reply(req_id, crate::admin::v4::V4Reply::text(text));
+            }
             Input::PersistDone { upto } => {
+                self.counters.store_commits += 1;
                 self.store.done(upto);
                 self.release_held();
                 self.release_v4_replies();
@@ -270,6 +287,7 @@ impl Broker {
                     bridges,
                     wall,
                 ) {
+                    self.counters.store_snapshots += 1;
                     self.outputs.push_back(out);
                 }
             }
@@ -292,6 +310,12 @@ impl Broker {
         }
         self.report_drops();
         self.flush_all();
+    }
+
+    /// Counts undelivered messages, in the total and by reason.
+    fn count_dropped(&mut self, why: crate::metrics::DropReason, n: u64) {
+        self.stats.messages_dropped += n;
+        self.counters.dropped(why, n);
     }
 
     /// Counts messages dropped for `client_id`; reported once per input by [`Self::report_drops`].
@@ -328,6 +352,14 @@ impl Broker {
     }
 
     fn event(&mut self, e: BrokerEvent) {
+        match &e {
+            BrokerEvent::ClientConnected { .. } => self.counters.connects_ok += 1,
+            BrokerEvent::ConnectRefused { reason_code, .. } => {
+                self.counters.connect_refused(reason_code.0)
+            }
+            BrokerEvent::SessionExpired { .. } => self.counters.sessions_expired += 1,
+            _ => {}
+        }
         self.outputs.push_back(Output::Event(e));
     }
 
@@ -349,6 +381,7 @@ impl Broker {
                 Timer::Conn(id) => self.conn_timer(id, at),
                 Timer::Session(sid) => self.session_timer(sid, at),
                 Timer::Bridge(key) => self.bridge_timer(key, at),
+                Timer::Sys => self.sys_tick(at),
             }
         }
     }

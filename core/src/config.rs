@@ -59,6 +59,12 @@ pub struct Config {
     pub max_memory: u64,
     /// Publish `$SYS/brokers/connected` and `$SYS/brokers/disconnected` events.
     pub sys_events: bool,
+    /// Seconds between publications of the `$SYS/broker/...` statistics tree; 0 = off (the
+    /// default, as NanoMQ publishes no such tree).
+    pub sys_interval: u32,
+    /// Address (`ip:port`) of a listener serving only `GET /metrics` without credentials,
+    /// for scrapers; `None` (the default) = none.
+    pub metrics_listen: Option<String>,
     /// The MQTT-over-TCP listener, NanoMQ URL form (`nmq-tcp://0.0.0.0:1883`).
     pub url: String,
     /// Serve the TCP listener at all (HOCON `listeners.tcp.enable`).
@@ -379,6 +385,8 @@ impl Default for Config {
             anonymous_session_expiry: 24 * 3600,
             max_memory: 128 * 1024 * 1024,
             sys_events: true,
+            sys_interval: 0,
+            metrics_listen: None,
             url: "nmq-tcp://0.0.0.0:1883".to_owned(),
             tcp_enable: true,
             daemon: false,
@@ -437,6 +445,7 @@ impl Config {
         );
         // Bridges restart with new settings on reload or req 10, not on req 12 alone.
         check(self.bridges != new.bridges, "bridges");
+        check(self.metrics_listen != new.metrics_listen, "metrics.listen");
         check(self.persistence != new.persistence, "persistence");
         check(
             self.num_taskq_thread != new.num_taskq_thread

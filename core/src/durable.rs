@@ -333,6 +333,10 @@ impl Durability {
         let mut bodies = BTreeSet::new();
         let mut records = Vec::new();
         for (topic, msg) in retained.all() {
+            // The broker's own `$SYS` tree is never kept: it is published afresh after a start.
+            if crate::sys::is_reserved(&topic) {
+                continue;
+            }
             let msg = msg.clone();
             if bodies.insert(msg.id) {
                 self.first_store(&msg);

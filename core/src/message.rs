@@ -87,6 +87,9 @@ pub(crate) struct Message {
     /// When the message stops being deliverable (v5 message expiry).
     pub expires_at: Option<Instant>,
     pub origin: Origin,
+    /// When the broker took it in (restored messages: when restored), for the
+    /// publish-to-deliver latency.
+    pub received_at: Instant,
     /// Its bytes in the broker's memory count, for as long as anyone holds it.
     pub charge: Charge,
 }
@@ -97,6 +100,7 @@ impl Message {
         content: Content,
         origin: Origin,
         expires_at: Option<Instant>,
+        now: Instant,
         ledger: &Ledger,
     ) -> Message {
         let bytes = MESSAGE_BYTES
@@ -113,6 +117,7 @@ impl Message {
             properties: content.properties,
             expires_at,
             origin,
+            received_at: now,
         }
     }
 

@@ -1,13 +1,19 @@
-//! `$SYS/brokers/connected` and `$SYS/brokers/disconnected` payloads, with NanoMQ's keys in
-//! NanoMQ's order, but real JSON escaping and no truncation.
+//! Client lifecycle events: `$SYS/brokers/client_status` (NanoMQ 0.24.1 on, with `status`
+//! first) and the older `$SYS/brokers/connected` and `$SYS/brokers/disconnected` (the same
+//! payloads without `status`), with NanoMQ's keys in NanoMQ's order, but real JSON escaping
+//! and no truncation.
 
 use serde::Serialize;
 
 pub(crate) const CONNECTED_TOPIC: &str = "$SYS/brokers/connected";
 pub(crate) const DISCONNECTED_TOPIC: &str = "$SYS/brokers/disconnected";
+pub(crate) const CLIENT_STATUS_TOPIC: &str = "$SYS/brokers/client_status";
 
 #[derive(Serialize)]
 pub(crate) struct Connected<'a> {
+    /// `online` on `client_status`; absent on the older topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
     pub username: &'a str,
     pub ts: u64,
     pub proto_name: &'a str,
@@ -22,6 +28,9 @@ pub(crate) struct Connected<'a> {
 
 #[derive(Serialize)]
 pub(crate) struct Disconnected<'a> {
+    /// `offline` on `client_status`; absent on the older topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
     pub username: &'a str,
     pub ts: u64,
     pub reason_code: String,

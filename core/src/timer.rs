@@ -15,6 +15,8 @@ pub(crate) enum Timer {
     Session(SessionId),
     /// A bridge's reconnect, connect timeout or keep alive.
     Bridge(BridgeId),
+    /// The next `$SYS/broker` tree publication.
+    Sys,
 }
 
 #[derive(Debug, Default)]

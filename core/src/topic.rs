@@ -455,6 +455,17 @@ impl<V> RetainTrie<V> {
         old
     }
 
+    /// Calls `f` on every value, without building topic names.
+    pub fn for_each_value(&self, mut f: impl FnMut(&V)) {
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(v) = &node.value {
+                f(v);
+            }
+            stack.extend(node.children.values());
+        }
+    }
+
     /// Every (topic, value), `$` topics included, in topic order.
     pub fn all(&self) -> Vec<(String, &V)> {
         let mut out = Vec::new();

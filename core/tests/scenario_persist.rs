@@ -1507,6 +1507,38 @@ fn resume_script(config: &Config, state: Recovered, at: u64) -> Vec<(String, Vec
 }
 
 #[test]
+fn the_sys_tree_is_retained_but_neither_journaled_nor_snapshotted() {
+    let mut config = durable_config(SyncMode::Fsync);
+    config.sys_interval = 1;
+    let mut h = harness_with(config);
+    h.auto_persist = true;
+    let p = h.client("p", V311);
+    h.publish(p, "kept", "m", Q0, true);
+    h.advance_secs(3);
+    let late = h.client("late", V311);
+    h.subscribe(late, "$SYS/broker/uptime", Q0);
+    assert!(!h.recv(late).is_empty(), "the tree is retained");
+    h.input(Input::SnapshotRequest);
+    let retained_topics = |records: &[Record]| -> Vec<String> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::RetainPut { topic, .. } => Some(topic.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (_, snap) = h.snapshots.last().unwrap().clone();
+    assert_eq!(retained_topics(&snap), ["kept"]);
+    let journaled: Vec<String> = h
+        .persisted
+        .iter()
+        .flat_map(|(_, records)| retained_topics(records))
+        .collect();
+    assert_eq!(journaled, ["kept"]);
+}
+
+#[test]
 fn snapshot_replayed_alone_restores_what_the_whole_journal_restores() {
     let config = durable_config(SyncMode::Fsync);
     let mut h = busy_broker(&config);

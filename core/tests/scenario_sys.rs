@@ -1,4 +1,5 @@
-//! `$SYS/brokers/connected` and `$SYS/brokers/disconnected` events.
+//! `$SYS/brokers/connected`, `$SYS/brokers/disconnected` and `$SYS/brokers/client_status`
+//! events, and the `$SYS/broker/...` statistics tree.
 
 #![allow(
     clippy::unwrap_used,
@@ -38,15 +39,20 @@ fn connected_event_has_nanomq_keys_in_order() {
     let opts = ConnectOpts::default().keep_alive(30).user("alice", "pw");
     h.connect_on(conn, "dev-1", V5, true, opts).unwrap();
     let got = events(&mut h, s);
+    let body = format!(
+        r#""username":"alice","ts":{},"proto_name":"MQTT","keepalive":30,"return_code":"0","proto_ver":5,"client_id":"dev-1","clean_start":1,"IPv4":"10.1.2.3"}}"#,
+        WALL + 123
+    );
+    // The older topic without `status`, then NanoMQ 0.24's with `status` first.
     assert_eq!(
         got,
-        [(
-            "$SYS/brokers/connected".to_owned(),
-            format!(
-                r#"{{"username":"alice","ts":{},"proto_name":"MQTT","keepalive":30,"return_code":"0","proto_ver":5,"client_id":"dev-1","clean_start":1,"IPv4":"10.1.2.3"}}"#,
-                WALL + 123
-            )
-        )]
+        [
+            ("$SYS/brokers/connected".to_owned(), format!("{{{body}")),
+            (
+                "$SYS/brokers/client_status".to_owned(),
+                format!(r#"{{"status":"online",{body}"#)
+            ),
+        ]
     );
 }
 
@@ -82,15 +88,19 @@ fn disconnected_event_has_nanomq_keys_in_order() {
     h.advance(5);
     h.disconnect(conn, 0);
     let got = events(&mut h, s);
+    let body = format!(
+        r#""username":"bob","ts":{},"reason_code":"0","client_id":"dev-2","IPv4":"::1"}}"#,
+        WALL + 5
+    );
     assert_eq!(
         got,
-        [(
-            "$SYS/brokers/disconnected".to_owned(),
-            format!(
-                r#"{{"username":"bob","ts":{},"reason_code":"0","client_id":"dev-2","IPv4":"::1"}}"#,
-                WALL + 5
-            )
-        )]
+        [
+            ("$SYS/brokers/disconnected".to_owned(), format!("{{{body}")),
+            (
+                "$SYS/brokers/client_status".to_owned(),
+                format!(r#"{{"status":"offline",{body}"#)
+            ),
+        ]
     );
 }
 
@@ -103,8 +113,10 @@ fn disconnected_event_reports_the_reason_code() {
     h.advance(1_500);
     assert!(h.is_closed(c));
     let got = events(&mut h, s);
-    assert_eq!(got.len(), 1);
-    assert!(got[0].1.contains(r#""reason_code":"8d""#), "{}", got[0].1);
+    assert_eq!(got.len(), 2);
+    for (_, payload) in &got {
+        assert!(payload.contains(r#""reason_code":"8d""#), "{payload}");
+    }
 }
 
 #[test]
@@ -158,6 +170,75 @@ fn takeover_reports_disconnect_then_connect() {
     let topics: Vec<String> = events(&mut h, s).into_iter().map(|e| e.0).collect();
     assert_eq!(
         topics,
-        ["$SYS/brokers/disconnected", "$SYS/brokers/connected"]
+        [
+            "$SYS/brokers/disconnected",
+            "$SYS/brokers/client_status",
+            "$SYS/brokers/connected",
+            "$SYS/brokers/client_status"
+        ]
     );
+}
+
+fn tree_spy(h: &mut Harness) -> ConnId {
+    let s = h.client("tree", V311);
+    h.subscribe(s, "$SYS/broker/#", Q0);
+    h.recv(s);
+    s
+}
+
+#[test]
+fn the_tree_is_published_every_interval_with_mosquittos_names() {
+    let mut h = Harness::with_config(Config {
+        sys_interval: 10,
+        ..Config::default()
+    });
+    let s = tree_spy(&mut h);
+    h.client("other", V5);
+    h.recv(s);
+    h.advance_secs(10);
+    let first = events(&mut h, s);
+    let get = |got: &[(String, String)], t: &str| {
+        got.iter()
+            .find(|(topic, _)| topic == t)
+            .map(|(_, p)| p.clone())
+    };
+    assert_eq!(
+        get(&first, "$SYS/broker/uptime").as_deref(),
+        Some("10 seconds")
+    );
+    assert_eq!(
+        get(&first, "$SYS/broker/clients/connected").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        get(&first, "$SYS/broker/subscriptions/count").as_deref(),
+        Some("1")
+    );
+    assert!(get(&first, "$SYS/broker/retained messages/count").is_some());
+    assert!(get(&first, "$SYS/broker/load/publish/received/5min").is_some());
+    assert!(get(&first, "$SYS/broker/version").is_some());
+    // Ten seconds on, only what changed: the uptime at least; never the version again.
+    h.advance_secs(10);
+    let second = events(&mut h, s);
+    assert_eq!(
+        get(&second, "$SYS/broker/uptime").as_deref(),
+        Some("20 seconds")
+    );
+    assert!(get(&second, "$SYS/broker/version").is_none());
+    assert!(second.len() < first.len());
+    // Retained: a late subscriber gets the tree at once.
+    let late = h.client("late", V5);
+    h.subscribe(late, "$SYS/broker/clients/#", Q0);
+    assert!(!h.recv(late).is_empty());
+}
+
+#[test]
+fn the_tree_is_off_at_interval_zero_and_clients_cannot_write_it() {
+    let mut h = Harness::new();
+    assert_eq!(h.broker.poll_timeout(), None);
+    let s = tree_spy(&mut h);
+    let c = h.client("c", V5);
+    h.publish(c, "$SYS/broker/uptime", "0 seconds", Q0, true);
+    h.advance_secs(60);
+    assert!(events(&mut h, s).is_empty());
 }

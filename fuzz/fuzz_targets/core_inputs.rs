@@ -1,6 +1,6 @@
 //! The whole broker, with persistence on: arbitrary bytes on several connections, closes,
-//! time steps, writer acknowledgements, admin API requests, store commits, snapshots and a
-//! store failure. It must never panic, and:
+//! time steps, writer acknowledgements, admin API requests, metrics scrapes, store commits,
+//! snapshots, the `$SYS` tree and a store failure. It must never panic, and:
 //! - every output names a live connection;
 //! - every admin request gets exactly one reply;
 //! - store records are numbered without gaps, and a snapshot holds exactly the state the
@@ -35,6 +35,8 @@ fuzz_target!(|data: &[u8]| {
         msq_len: 8,
         max_inflight: 4,
         receive_maximum: 4,
+        // The $SYS tree runs too: retained, yet never in a record or a snapshot.
+        sys_interval: 1,
         ..Config::default()
     };
     config.persistence.enable = true;
@@ -71,6 +73,11 @@ fuzz_target!(|data: &[u8]| {
             4 => Input::PersistDone {
                 upto: model.persisted_upto,
             },
+            5 if conn == 1 => {
+                next_req += 1;
+                model.admin_pending.insert(next_req);
+                Input::MetricsScrape { req_id: next_req }
+            }
             5 => Input::SnapshotRequest,
             6 => {
                 // The next 1..=64 bytes are a request body.

@@ -86,6 +86,8 @@ pub struct Server {
     net: Arc<dyn Network>,
     listeners: Vec<(ListenerUrl, Box<dyn Listener>)>,
     http: Option<Box<dyn Listener>>,
+    /// The scrape listener (`metrics.listen`).
+    metrics: Option<Box<dyn Listener>>,
     tls: Option<SharedTls>,
     config: Config,
     seed: u64,
@@ -176,6 +178,25 @@ async fn bind_listener(
         )
     })?;
     Ok((parsed, listener))
+}
+
+/// The scrape listener: `GET /metrics` without credentials, when `metrics.listen` is set.
+async fn bind_metrics(net: &dyn Network, config: &Config) -> io::Result<Option<Box<dyn Listener>>> {
+    let Some(addr) = &config.metrics_listen else {
+        return Ok(None);
+    };
+    let parsed: SocketAddr = addr.parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("metrics.listen {addr}: {e}"),
+        )
+    })?;
+    net.bind(parsed).await.map(Some).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (metrics.listen): {e}"),
+        )
+    })
 }
 
 async fn bind_http(net: &dyn Network, config: &Config) -> io::Result<Option<Box<dyn Listener>>> {
@@ -296,12 +317,14 @@ impl Server {
             listeners.push(bind_listener(net.as_ref(), *transport, url).await?);
         }
         let http = bind_http(net.as_ref(), &config).await?;
+        let metrics = bind_metrics(net.as_ref(), &config).await?;
         // Fail at start, not at the first request, on an unreadable JWT key.
         http_settings(&config)?;
         Ok(Server {
             net,
             listeners,
             http,
+            metrics,
             tls,
             readiness: Arc::new(Readiness::new(config.persistence.enable)),
             config,
@@ -354,6 +377,11 @@ impl Server {
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The scrape listener's address, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A channel for [`Control`] requests to the running broker.
@@ -420,6 +448,7 @@ impl Server {
             listeners: BTreeMap::new(),
             tls: self.tls,
             http: None,
+            metrics_http: None,
             stop_requested: false,
             http_settings: None,
             restart_replies: Vec::new(),
@@ -427,6 +456,7 @@ impl Server {
             reload_requested: false,
             store: None,
             store_failed: None,
+            store_stats: Arc::default(),
             readiness: self.readiness,
             notifier: self.notifier,
         };
@@ -434,6 +464,16 @@ impl Server {
         // waits for the restore.
         if let Some(listener) = self.http {
             driver.start_http(listener)?;
+        }
+        if let Some(listener) = self.metrics {
+            if let Ok(addr) = listener.local_addr() {
+                info!(listener = "metrics", %addr, "metrics without credentials on /metrics");
+            }
+            driver.metrics_http = Some(tokio::spawn(http::serve_metrics(
+                listener,
+                driver.admin_tx.clone(),
+                driver.readiness.clone(),
+            )));
         }
         let mut store_thread = None;
         if driver.broker.config().persistence.enable {
@@ -516,6 +556,7 @@ impl Server {
                     if let Some((rss_bytes, cpu_percent)) = process.sample() {
                         driver.input(now(), Input::ProcessStats { rss_bytes, cpu_percent });
                     }
+                    driver.report_conn_counters(now());
                 }
                 // Only wakes the loop: the ping below is sent by a loop that still turns.
                 () = watchdog.wait() => {}
@@ -640,6 +681,7 @@ struct Driver {
     listeners: BTreeMap<Transport, (String, JoinHandle<()>)>,
     tls: Option<SharedTls>,
     http: Option<JoinHandle<()>>,
+    metrics_http: Option<JoinHandle<()>>,
     /// The admin server's settings, changed in place when its address stays.
     http_settings: Option<tokio::sync::watch::Sender<Arc<HttpSettings>>>,
     stop_requested: bool,
@@ -652,6 +694,8 @@ struct Driver {
     store: Option<std::sync::mpsc::Sender<store::StoreCmd>>,
     /// Why the store stopped, if it did: the process then exits with this error.
     store_failed: Option<String>,
+    /// The store thread's figures, for the metrics.
+    store_stats: Arc<store::StoreStats>,
     /// For the health endpoints.
     readiness: Arc<Readiness>,
     notifier: Notifier,
@@ -768,6 +812,25 @@ impl Driver {
         }
     }
 
+    /// The runtime's connection counters, to the core for its metrics.
+    fn report_conn_counters(&mut self, now: Instant) {
+        let s = self.gate.stats();
+        let counters = tidemq_core::RuntimeConnCounters {
+            accepted: s.accepted,
+            refused_max_connections: s.refused_max_connections,
+            refused_per_ip: s.refused_per_ip,
+            refused_rate: s.refused_rate,
+            accept_errors: s.accept_errors,
+            write_stalls: s.write_stalls,
+            queue_overflows: s.queue_overflows,
+        };
+        self.input(now, Input::RuntimeCounters(counters));
+        if self.store.is_some() {
+            let figures = self.store_stats.figures();
+            self.input(now, Input::StoreFigures(figures));
+        }
+    }
+
     fn admin(&mut self, now: Instant, call: AdminCall) {
         let req_id = self.next_req;
         self.next_req += 1;
@@ -791,6 +854,11 @@ impl Driver {
                     body,
                 }
             }
+            AdminCall::Scrape { reply } => {
+                self.pending_admin.insert(req_id, reply);
+                self.report_conn_counters(now);
+                Input::MetricsScrape { req_id }
+            }
             AdminCall::RequestV4 {
                 credentials,
                 method,
@@ -800,6 +868,8 @@ impl Driver {
                 reply,
             } => {
                 self.pending_admin.insert(req_id, reply);
+                // Metrics read now agree with the runtime's counters now.
+                self.report_conn_counters(now);
                 Input::AdminV4 {
                     req_id,
                     credentials,
@@ -846,9 +916,10 @@ impl Driver {
             recovered.summary()
         );
         let events = self.events_tx.clone();
-        let (tx, thread) = store::spawn(journal, &config, move |e| {
-            let _ = events.blocking_send(Event::Store(e));
-        })?;
+        let (tx, thread) =
+            store::spawn_with_stats(journal, &config, self.store_stats.clone(), move |e| {
+                let _ = events.blocking_send(Event::Store(e));
+            })?;
         self.store = Some(tx);
         // Nothing reached the broker built at start-up: it is replaced by the recovered one.
         self.broker = Broker::from_recovered(
@@ -1423,6 +1494,9 @@ impl Driver {
         }
         if let Some(http) = self.http.take() {
             http.abort();
+        }
+        if let Some(metrics) = self.metrics_http.take() {
+            metrics.abort();
         }
     }
 }

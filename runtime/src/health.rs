@@ -275,7 +275,7 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(u16, String), String> {
 /// The most of an answer a probe reads.
 const PROBE_MAX_RESPONSE: u64 = 64 * 1024;
 
-fn parse_response(bytes: &[u8]) -> Option<(u16, String)> {
+pub(crate) fn parse_response(bytes: &[u8]) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(bytes);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status_line = head.lines().next()?;

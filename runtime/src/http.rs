@@ -38,6 +38,8 @@ pub(crate) enum AdminCall {
         body: Bytes,
         reply: oneshot::Sender<AdminAnswer>,
     },
+    /// `GET /metrics` on the scrape listener: no credentials asked.
+    Scrape { reply: oneshot::Sender<AdminAnswer> },
     /// An `/api/v4` request, authorized from its head like V1's.
     RequestV4 {
         credentials: Credentials,
@@ -258,6 +260,70 @@ pub(crate) async fn serve(
     }
 }
 
+/// Scrape connections open at once on the metrics listener.
+const MAX_SCRAPERS: usize = 16;
+
+/// The scrape listener (`metrics.listen`): `GET /metrics` and nothing else, without
+/// credentials, so it belongs on an address only the monitoring system reaches.
+pub(crate) async fn serve_metrics(
+    listener: Box<dyn crate::net::Listener>,
+    calls: mpsc::Sender<AdminCall>,
+    readiness: Arc<Readiness>,
+) {
+    let open = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    let mut refused = RefusalLog::default();
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            refused.note(peer, "too many metrics connections open");
+            continue;
+        };
+        let calls = calls.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let calls = calls.clone();
+                let readiness = readiness.clone();
+                async move { Ok::<_, Infallible>(scrape(&req, &calls, &readiness).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+        });
+    }
+}
+
+async fn scrape(
+    req: &Request<Incoming>,
+    calls: &mpsc::Sender<AdminCall>,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        return plain_error(404, 102, "not found: this listener serves /metrics only");
+    }
+    if req.method() != hyper::Method::GET {
+        return plain_error(405, 102, "method not allowed: GET /metrics");
+    }
+    if !readiness.core_restored() {
+        return plain_error(
+            503,
+            102,
+            "the broker is starting: its store is being recovered",
+        );
+    }
+    let (reply, answer) = oneshot::channel();
+    match ask(Api::V4, calls, AdminCall::Scrape { reply }, answer).await {
+        Ok(answer) => reply_response(answer, Api::V4, false),
+        Err(response) => response,
+    }
+}
+
 /// Refused connections are counted and logged at most once a minute.
 #[derive(Default)]
 struct RefusalLog {
@@ -423,7 +489,11 @@ async fn handle(
     state: &ConnState,
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+    // `/metrics` is `/api/v4/prometheus` under the name scrapers expect, with the same auth.
+    let path = match req.uri().path() {
+        "/metrics" => "/api/v4/prometheus",
+        path => path,
+    };
     let api = if path == "/api/v1" || path == "/api/v1/" {
         Api::V1
     } else if path == "/api/v4" || path.starts_with("/api/v4/") {

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config_file;
 mod conn;
+pub mod ctl;
 mod dashboard;
 mod driver;
 pub mod files;

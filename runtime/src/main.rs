@@ -42,6 +42,49 @@ enum Command {
     /// Ask the running broker whether it is ready (GET /readyz on the admin API); exit 0 if
     /// it is, 1 otherwise. For container health checks: needs no curl.
     Healthcheck(HealthcheckArgs),
+    /// The common admin queries on the running broker, over its local admin API (v4).
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Clone)]
+struct CtlArgs {
+    #[command(subcommand)]
+    query: CtlQuery,
+    /// The admin API, e.g. http://127.0.0.1:8081 [default: the configured http_server
+    /// address, loopback for a wildcard address].
+    #[arg(long, value_name = "URL", global = true)]
+    url: Option<String>,
+    /// Admin user [default: http_server.username from the configuration].
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Admin password [default: http_server.password from the configuration; also
+    /// TIDEMQ_CTL_PASSWORD].
+    #[arg(long, global = true)]
+    password: Option<String>,
+    /// Print the API's JSON reply instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds each step (connect, send, read) may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, global = true)]
+    timeout: u64,
+    #[command(flatten)]
+    file: FileArgs,
+}
+
+#[derive(Subcommand, Clone)]
+enum CtlQuery {
+    /// Every session: client id, user name, state, protocol, keep alive.
+    Clients,
+    /// Every subscription, or one client's.
+    Subscriptions { client_id: Option<String> },
+    /// Disconnect a client (its session ends unless --keep-session).
+    Kick {
+        client_id: String,
+        #[arg(long)]
+        keep_session: bool,
+    },
+    /// The Prometheus text of /metrics.
+    Metrics,
 }
 
 #[derive(Args, Clone)]
@@ -319,6 +362,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Healthcheck(args) => healthcheck(&args, &env),
+        Command::Ctl(args) => ctl(&args, &env),
         Command::Passwd(args) => {
             let action = if args.delete {
                 auth::PasswdAction::Delete
@@ -485,6 +529,75 @@ fn healthcheck(args: &HealthcheckArgs, env: &BTreeMap<String, String>) -> ExitCo
         }
         Err(e) => {
             println!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tidemq ctl`: one admin query; the answer on stdout, exit 1 with the reason otherwise.
+fn ctl(args: &CtlArgs, env: &BTreeMap<String, String>) -> ExitCode {
+    let inputs = ConfigInputs {
+        source: config_file::find_source(
+            args.file.conf.as_deref(),
+            args.file.old_conf.as_deref(),
+            env,
+        ),
+        flags: Vec::new(),
+    };
+    let config = match config_file::load(&inputs, env) {
+        Ok(Loaded { config, .. }) => config,
+        Err(e) => {
+            eprintln!("tidemq ctl: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http = &config.http_server;
+    let authority = match &args.url {
+        Some(url) => url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .trim_end_matches('/')
+            .to_owned(),
+        None if http.enable => health::readyz_url(&http.ip_addr, http.port)
+            .trim_start_matches("http://")
+            .trim_end_matches("/readyz")
+            .to_owned(),
+        None => {
+            eprintln!("tidemq ctl: the admin API is off (http_server.enable = false); give --url");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = tidemq_runtime::ctl::Target {
+        authority,
+        username: args.user.clone().unwrap_or_else(|| http.username.clone()),
+        password: args
+            .password
+            .clone()
+            .or_else(|| env.get("TIDEMQ_CTL_PASSWORD").cloned())
+            .unwrap_or_else(|| http.password.clone()),
+        timeout: Duration::from_secs(args.timeout.max(1)),
+    };
+    let query = match &args.query {
+        CtlQuery::Clients => tidemq_runtime::ctl::Query::Clients,
+        CtlQuery::Subscriptions { client_id } => {
+            tidemq_runtime::ctl::Query::Subscriptions(client_id.clone())
+        }
+        CtlQuery::Kick {
+            client_id,
+            keep_session,
+        } => tidemq_runtime::ctl::Query::Kick {
+            client_id: client_id.clone(),
+            keep_session: *keep_session,
+        },
+        CtlQuery::Metrics => tidemq_runtime::ctl::Query::Metrics,
+    };
+    match tidemq_runtime::ctl::run(&target, &query, args.json) {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidemq ctl: {e}");
             ExitCode::FAILURE
         }
     }

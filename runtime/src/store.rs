@@ -15,12 +15,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::mpsc as std_mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::BytesMut;
 use tidemq_core::config::{PersistenceConfig, SyncMode};
 use tidemq_core::persist::{self, FileKind, Record, Recovered};
+use tidemq_core::{COMMIT_BOUNDS_US, StoreFigures};
 use tracing::{info, warn};
 
 /// A directory of store files.
@@ -157,6 +159,8 @@ pub struct Journal {
     /// An operation failed: nothing more is written (a failed fsync is never retried, and
     /// an append after a short write would follow garbage).
     failed: bool,
+    /// Bytes written to segments since the journal was opened.
+    written: u64,
 }
 
 impl Journal {
@@ -329,6 +333,7 @@ impl Journal {
             snapshot_asked: false,
             unsynced: false,
             failed: false,
+            written: 0,
         };
         Ok((journal, state, report))
     }
@@ -383,6 +388,7 @@ impl Journal {
         self.active.append(bytes)?;
         self.active_len += bytes.len() as u64;
         self.since_snapshot += bytes.len() as u64;
+        self.written += bytes.len() as u64;
         self.unsynced = true;
         Ok(())
     }
@@ -502,8 +508,57 @@ pub enum StoreEvent {
 /// (`flush_interval` after the first pending record, or `max_batch` records), reports each
 /// commit. After a failure it reports once and stops: a failed fsync is never retried.
 pub fn spawn(
+    journal: Journal,
+    config: &PersistenceConfig,
+    report: impl Fn(StoreEvent) + Send + 'static,
+) -> io::Result<(std_mpsc::Sender<StoreCmd>, std::thread::JoinHandle<()>)> {
+    spawn_with_stats(journal, config, Arc::default(), report)
+}
+
+/// The store thread's figures for the metrics, updated as it works, read by the driver.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    commit_buckets: [AtomicU64; COMMIT_BOUNDS_US.len() + 1],
+    commit_sum_us: AtomicU64,
+    group_records: AtomicU64,
+    journal_bytes: AtomicU64,
+    snapshots_written: AtomicU64,
+    last_snapshot_us: AtomicU64,
+}
+
+impl StoreStats {
+    fn commit(&self, took: Duration, records: usize) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        if let Some(b) = self.commit_buckets.get(StoreFigures::bucket_of(us)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commit_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.group_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    pub fn figures(&self) -> StoreFigures {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut f = StoreFigures {
+            commit_sum_us: get(&self.commit_sum_us),
+            group_records: get(&self.group_records),
+            journal_bytes: get(&self.journal_bytes),
+            snapshots_written: get(&self.snapshots_written),
+            last_snapshot_us: get(&self.last_snapshot_us),
+            ..StoreFigures::default()
+        };
+        for (to, from) in f.commit_buckets.iter_mut().zip(&self.commit_buckets) {
+            *to = get(from);
+        }
+        f
+    }
+}
+
+/// [`spawn`], keeping `stats` up to date.
+pub fn spawn_with_stats(
     mut journal: Journal,
     config: &PersistenceConfig,
+    stats: Arc<StoreStats>,
     report: impl Fn(StoreEvent) + Send + 'static,
 ) -> io::Result<(std_mpsc::Sender<StoreCmd>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std_mpsc::channel::<StoreCmd>();
@@ -530,8 +585,12 @@ pub fn spawn(
                             journal.append(u, &records)
                         }
                         StoreCmd::Snapshot { upto: u, records } => {
+                            let began = StdInstant::now();
                             let r = journal.snapshot(u, &records);
                             if r.is_ok() {
+                                let us = began.elapsed().as_micros().min(u128::from(u64::MAX));
+                                stats.last_snapshot_us.store(us as u64, Ordering::Relaxed);
+                                stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
                                 info!(records = records.len(), upto = u, "store: snapshot written");
                             }
                             upto = Some(u);
@@ -562,6 +621,10 @@ pub fn spawn(
                     return;
                 }
                 commits += 1;
+                stats.commit(started.elapsed(), pending);
+                stats
+                    .journal_bytes
+                    .store(journal.written, Ordering::Relaxed);
                 if let Some(upto) = upto {
                     report(StoreEvent::Done { upto });
                 }

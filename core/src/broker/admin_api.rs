@@ -90,6 +90,7 @@ impl Broker {
 
     fn admin_reply(&mut self, req_id: u64, reply: Reply) {
         let body = serde_json::to_vec(&reply.body).unwrap_or_default();
+        self.counters.admin_reply(reply.status);
         self.outputs.push_back(Output::AdminReply {
             req_id,
             status: reply.status,

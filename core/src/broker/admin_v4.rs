@@ -47,6 +47,7 @@ impl Broker {
     }
 
     pub(super) fn v4_reply(&mut self, req_id: u64, reply: V4Reply) {
+        self.counters.admin_reply(reply.status);
         self.outputs.push_back(Output::AdminReply {
             req_id,
             status: reply.status,

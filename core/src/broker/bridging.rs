@@ -18,6 +18,7 @@ use crate::codec::{
 use crate::config::{BridgeConfig, BridgeForward};
 use crate::ids::BridgeId;
 use crate::message::{Content, Message, Origin};
+use crate::metrics::DropReason;
 use crate::persist::{self, Record};
 use crate::timer::Timer;
 use crate::topic;
@@ -53,7 +54,7 @@ impl Broker {
                 self.bridge_ids.remove(&name);
                 self.timers.arm(Timer::Bridge(id), &mut b.timer_armed, None);
                 let lost = b.into_backlog();
-                self.stats.messages_dropped += lost.len() as u64;
+                self.count_dropped(DropReason::OverLimit, lost.len() as u64);
                 for m in lost {
                     self.bridge_forget(&name, m.entry);
                 }
@@ -290,7 +291,7 @@ impl Broker {
             (Link::Up, Packet::PubRec(a)) => match b.inflight.get(a.packet_id) {
                 Some(f) if f.item.qos == QoS::ExactlyOnce => {
                     if a.reason.is_error() {
-                        self.stats.messages_dropped += 1;
+                        self.count_dropped(DropReason::OverLimit, 1);
                         self.bridge_acked(id, a.packet_id);
                     } else {
                         b.inflight.release(a.packet_id);
@@ -381,7 +382,7 @@ impl Broker {
             if let Some(b) = self.bridges.get_mut(&id) {
                 b.counters.recv_drop += 1;
             }
-            self.stats.messages_dropped += 1;
+            self.count_dropped(DropReason::OverLimit, 1);
         }
         match p.qos {
             QoS::AtMostOnce => {}
@@ -466,7 +467,7 @@ impl Broker {
         {
             let client_id = format!("bridge:{}", b.name);
             b.counters.send_drop += 1;
-            self.stats.messages_dropped += 1;
+            self.count_dropped(DropReason::OverLimit, 1);
             let why = if up {
                 "bridge queue full"
             } else {
@@ -537,7 +538,7 @@ impl Broker {
                 .get(&name)
                 .and_then(|id| self.bridges.get_mut(id))
             else {
-                self.stats.messages_dropped += list.len() as u64;
+                self.count_dropped(DropReason::OverLimit, list.len() as u64);
                 for entry in list.keys() {
                     self.bridge_forget(&name, *entry);
                 }
@@ -564,7 +565,8 @@ impl Broker {
     /// Sends what the bridge has for the remote while its window allows.
     pub(super) fn bridge_pump(&mut self, id: BridgeId) {
         while let Some(packet) = self.bridges.get_mut(&id).and_then(Bridge::next_to_send) {
-            if matches!(packet, Packet::Publish(_)) {
+            if let Packet::Publish(p) = &packet {
+                self.counters.publish_out(p.qos, p.payload.len(), None);
                 self.stats.messages_sent += 1;
                 if let Some(b) = self.bridges.get_mut(&id) {
                     b.counters.tx_msgs += 1;

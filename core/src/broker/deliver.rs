@@ -12,7 +12,9 @@ use crate::conn::ConnState;
 use crate::ids::SessionId;
 use crate::memory::FAIR_QUEUE;
 use crate::message::EncodedQos0;
+use crate::metrics::DropReason;
 use crate::session::Delivery;
+use crate::sys;
 use crate::window::OutStage;
 
 impl Broker {
@@ -24,12 +26,12 @@ impl Broker {
             return;
         };
         if d.msg.expired(self.now) {
-            return self.drop_message(sid, "message expired");
+            return self.drop_message(sid, DropReason::Expired);
         }
         match session.conn {
             None if d.qos == QoS::AtMostOnce => {}
             Some(conn) if d.qos == QoS::AtMostOnce && !self.can_write(conn) => {
-                self.drop_message(sid, "slow reader");
+                self.drop_message(sid, DropReason::SlowReader);
             }
             Some(conn)
                 if session.queue.is_empty()
@@ -38,21 +40,21 @@ impl Broker {
                         || session.inflight.len() < self.inflight_limit(conn)) =>
             {
                 if !self.keep_delivery(sid, &mut d) {
-                    return self.drop_message(sid, "the store failed");
+                    return self.drop_message(sid, DropReason::StoreFailed);
                 }
                 self.send_now(sid, conn, d);
             }
             _ => {
                 if session.queue.len() >= self.config.msq_len as usize {
-                    return self.drop_message(sid, "queue full");
+                    return self.drop_message(sid, DropReason::QueueFull);
                 }
                 // Past the memory budget's high mark queues stop growing; a short one (a
                 // client that keeps up, between two acknowledgements) still takes a message.
                 if session.queue.len() >= FAIR_QUEUE && self.memory.under_pressure() {
-                    return self.drop_message(sid, "memory budget");
+                    return self.drop_message(sid, DropReason::MemoryBudget);
                 }
                 if !self.keep_delivery(sid, &mut d) {
-                    return self.drop_message(sid, "the store failed");
+                    return self.drop_message(sid, DropReason::StoreFailed);
                 }
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     session.queue.push_back(d);
@@ -92,8 +94,9 @@ impl Broker {
         usize::from(client.min(self.config.max_inflight))
     }
 
-    fn drop_message(&mut self, sid: SessionId, why: &'static str) {
-        self.stats.messages_dropped += 1;
+    fn drop_message(&mut self, sid: SessionId, reason: DropReason) {
+        let why = drop_text(reason);
+        self.count_dropped(reason, 1);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.messages_dropped += 1;
             match self.drops.get_mut(s.client_id.as_str()) {
@@ -118,7 +121,7 @@ impl Broker {
         }
         let Some(pid) = session.inflight.allocate_packet_id(None) else {
             self.forget_delivery(sid, d.entry);
-            return self.drop_message(sid, "no packet identifier free");
+            return self.drop_message(sid, DropReason::OverLimit);
         };
         // After a restart the same packet id carries on [MQTT-4.4.0-1]. For QoS 2 the record
         // must be durable before the PUBLISH leaves (else a new id could mean a second
@@ -151,7 +154,7 @@ impl Broker {
         // Expiry stops a delivery that has not started; a resend finishes what was started
         // (v5 §3.3.2.3.3), so its packet id is never freed while the client may hold it.
         if msg.expired(now) && !dup {
-            self.stats.messages_dropped += 1;
+            self.count_dropped(DropReason::Expired, 1);
             return false;
         }
         let alias_table = version.is_v5()
@@ -163,7 +166,7 @@ impl Broker {
             && (!d.subscription_ids.is_empty() || msg.expires_at.is_some() || alias_table);
         let cacheable = pid.is_none() && !extra && !dup;
         if cacheable && let Some(bytes) = self.cached_qos0(msg.id, version, d.retain) {
-            return self.write_encoded(conn, &bytes);
+            return self.write_encoded(conn, &bytes, d);
         }
         let mut properties = std::borrow::Cow::Borrowed(&msg.properties);
         if extra {
@@ -190,7 +193,7 @@ impl Broker {
         // is touched: a client never learns of an alias the broker did not send.
         let alias_property = if alias_table { 3 } else { 0 };
         if longest + alias_property > c.client_max_packet_size as usize {
-            self.stats.messages_dropped += 1;
+            self.count_dropped(DropReason::OverLimit, 1);
             return false;
         }
         let mut topic: &str = &msg.topic;
@@ -219,7 +222,7 @@ impl Broker {
         if publish.encode(version, &mut c.tx).is_err() {
             // The client may not have learnt an alias the table now holds: stop using them.
             c.out_aliases = None;
-            self.stats.messages_dropped += 1;
+            self.count_dropped(DropReason::OverLimit, 1);
             return false;
         }
         if cacheable {
@@ -232,11 +235,19 @@ impl Broker {
                 bytes: None,
             });
         }
-        self.count_sent(conn);
+        self.count_sent(conn, d, dup);
         true
     }
 
-    fn count_sent(&mut self, conn: ConnId) {
+    /// A PUBLISH written: `$SYS` deliveries are counted apart from the messages.
+    fn count_sent(&mut self, conn: ConnId, d: &Delivery, dup: bool) {
+        if sys::is_reserved(&d.msg.topic) {
+            self.counters.sys_out();
+            return;
+        }
+        let latency = (!dup).then(|| self.now.since(d.msg.received_at));
+        self.counters
+            .publish_out(d.qos, d.msg.payload.len(), latency);
         self.stats.messages_sent += 1;
         if let Some(c) = self.conns.get(&conn)
             && let ConnState::Active(sid) = c.state
@@ -266,19 +277,19 @@ impl Broker {
     }
 
     /// Appends an already encoded PUBLISH.
-    fn write_encoded(&mut self, conn: ConnId, bytes: &[u8]) -> bool {
+    fn write_encoded(&mut self, conn: ConnId, bytes: &[u8], d: &Delivery) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
         if bytes.len() > c.client_max_packet_size as usize {
-            self.stats.messages_dropped += 1;
+            self.count_dropped(DropReason::OverLimit, 1);
             return false;
         }
         if c.tx.is_empty() {
             self.dirty.push(conn);
         }
         c.tx.extend_from_slice(bytes);
-        self.count_sent(conn);
+        self.count_sent(conn, d, false);
         true
     }
 
@@ -318,7 +329,7 @@ impl Broker {
             };
             if d.msg.expired(self.now) {
                 self.forget_delivery(sid, d.entry);
-                self.drop_message(sid, "message expired");
+                self.drop_message(sid, DropReason::Expired);
                 continue;
             }
             self.send_now(sid, conn, d);
@@ -428,5 +439,20 @@ impl Broker {
             self.forget_delivery(sid, entry);
             self.pump(sid);
         }
+    }
+}
+
+/// The words the `MessagesDropped` event (and the log) uses for a reason.
+pub(super) fn drop_text(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::QueueFull => "queue full",
+        DropReason::SlowReader => "slow reader",
+        DropReason::Expired => "message expired",
+        DropReason::NoSubscriber => "no subscriber",
+        // The one over-limit drop that is reported per client.
+        DropReason::OverLimit => "no packet identifier free",
+        DropReason::StoreFailed => "the store failed",
+        DropReason::SessionEnded => "session ended",
+        DropReason::MemoryBudget => "memory budget",
     }
 }

@@ -81,7 +81,7 @@ impl Broker {
         }
         let lost = session.queue.len() + session.inflight.len();
         if lost > 0 {
-            self.stats.messages_dropped += lost as u64;
+            self.count_dropped(crate::metrics::DropReason::SessionEnded, lost as u64);
             self.count_drops(&session.client_id, "session ended", lost as u64);
         }
     }

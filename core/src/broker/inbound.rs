@@ -8,17 +8,18 @@ use crate::codec::{Ack, Packet, ProtocolVersion, Publish, QoS, reason};
 use crate::conn::CloseReason;
 use crate::ids::SessionId;
 use crate::message::{Content, Origin};
+use crate::metrics::DropReason;
 use crate::sys;
 use crate::topic::{self, TopicError};
 
 impl Broker {
     /// A client's message not taken: counted as dropped, reported once per input.
-    fn drop_incoming(&mut self, sid: SessionId, why: &'static str) {
-        self.stats.messages_dropped += 1;
+    fn drop_incoming(&mut self, sid: SessionId, reason: DropReason) {
+        self.count_dropped(reason, 1);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.messages_dropped += 1;
             let client_id = s.client_id.clone();
-            self.count_drops(&client_id, why, 1);
+            self.count_drops(&client_id, super::deliver::drop_text(reason), 1);
         }
     }
 
@@ -121,7 +122,7 @@ impl Broker {
         // taken (routing alone holds nothing: its deliveries are dropped one by one).
         if !denied && p.retain && !p.payload.is_empty() && self.memory.under_pressure() {
             if qos == QoS::AtMostOnce {
-                return self.drop_incoming(sid, "memory budget");
+                return self.drop_incoming(sid, DropReason::MemoryBudget);
             }
             if !v5 {
                 return self.drop_conn(

@@ -19,6 +19,7 @@ impl Broker {
         if self.conns.contains_key(&id) {
             return;
         }
+        self.counters.sockets += 1;
         let conn = Conn::new(peer, self.now, &self.config, &self.memory.ledger);
         self.conns.insert(id, Box::new(conn));
         self.arm_conn_timer(id);
@@ -37,6 +38,7 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        self.counters.bytes_in(bytes.len());
         conn.buffer_input(bytes);
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
@@ -107,6 +109,7 @@ impl Broker {
 
     /// One whole packet from a client, to the flow it belongs to.
     fn handle_packet(&mut self, id: ConnId, packet: Packet) {
+        self.counters.packet_in(packet.type_number());
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -170,6 +173,7 @@ impl Broker {
         if conn.tx.is_empty() {
             self.dirty.push(id);
         }
+        self.counters.packet_out(packet.type_number());
         // Packets the broker builds itself always fit the MQTT limits.
         let _ = codec::encode_packet(packet, version, &mut conn.tx);
     }
@@ -206,9 +210,11 @@ impl Broker {
     }
 
     fn emit(&mut self, conn: ConnId, bytes: Bytes) {
+        // A bridge's bytes are its own counters' (tx_bytes), as they are coming in.
         if let Some(c) = self.conns.get_mut(&conn) {
             c.unwritten += bytes.len();
             c.recount();
+            self.counters.bytes_out(bytes.len());
         }
         self.outputs.push_back(Output::Transmit { conn, bytes });
     }
@@ -273,6 +279,9 @@ impl Broker {
 
     pub(super) fn flush_records(&mut self) {
         if let Some(out) = self.store.flush() {
+            if let Output::Persist { records, .. } = &out {
+                self.counters.store_records += records.len() as u64;
+            }
             self.outputs.push_back(out);
         }
     }

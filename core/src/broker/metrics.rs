@@ -1,5 +1,6 @@
 //! Metrics for the v4 API from what the broker already counts: `GET /api/v4/prometheus`
-//! (NanoMQ's 15 metrics, byte-compatible, then a few `tidemq_*` gauges) and
+//! and `GET /metrics` (NanoMQ's 15 metrics, byte-compatible, then the `tidemq_*` set of
+//! `exposition.rs`) and
 //! `GET /api/v4/metrics` (process and per-bridge figures, NanoMQ's shape without `code`).
 //! The process figures come from the runtime ([`Input::ProcessStats`]); the `_max` values are
 //! kept here. The observability work extends this file.
@@ -163,43 +164,12 @@ impl Broker {
             "(%)",
             format!("{:.2}", m.cpu_max),
         );
-        // TideMQ's own, in the text format's conventions (HELP text, labels).
-        let _ = write!(
-            out,
-            "# HELP tidemq_retained_messages Retained messages held.\n\
-             # TYPE tidemq_retained_messages gauge\n\
-             tidemq_retained_messages {}\n",
-            self.retained.len()
-        );
-        if !self.bridges.is_empty() {
-            out.push_str("# HELP tidemq_bridge_up 1 while the bridge's link is up.\n");
-            out.push_str("# TYPE tidemq_bridge_up gauge\n");
-            for b in self.bridges_in_order() {
-                let up = u8::from(b.link == Link::Up);
-                let _ = writeln!(
-                    out,
-                    "tidemq_bridge_up{{bridge=\"{}\"}} {up}",
-                    label(&b.name)
-                );
-            }
-            out.push_str(
-                "# HELP tidemq_bridge_outbox_messages Messages waiting for the remote or in flight there.\n",
-            );
-            out.push_str("# TYPE tidemq_bridge_outbox_messages gauge\n");
-            for b in self.bridges_in_order() {
-                let (queued, inflight) = b.backlog();
-                let _ = writeln!(
-                    out,
-                    "tidemq_bridge_outbox_messages{{bridge=\"{}\"}} {}",
-                    label(&b.name),
-                    queued + inflight
-                );
-            }
-        }
+        // TideMQ's own, in Prometheus' naming conventions.
+        self.tidemq_text(&mut out);
         out
     }
 
-    fn bridges_in_order(&self) -> impl Iterator<Item = &Bridge> {
+    pub(super) fn bridges_in_order(&self) -> impl Iterator<Item = &Bridge> {
         self.bridge_ids
             .values()
             .filter_map(|id| self.bridges.get(id))
@@ -248,7 +218,7 @@ impl Broker {
 }
 
 /// A label value escaped as the text format asks (backslash, quote, newline).
-fn label(v: &str) -> String {
+pub(super) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

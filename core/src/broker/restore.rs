@@ -62,6 +62,7 @@ impl Broker {
                 content,
                 Origin::Broker,
                 expires_at,
+                self.now,
                 ledger,
             ));
             // Its body is in the store already.

@@ -24,10 +24,13 @@ impl Broker {
     ) {
         if origin != Origin::Broker {
             self.stats.messages_received += 1;
+            self.counters.publish_in(content.qos, content.payload.len());
         }
         let id = self.store.next_message_id();
         let ledger = &self.memory.ledger;
-        let msg = Arc::new(Message::new(id, content, origin, expires_at, ledger));
+        let msg = Arc::new(Message::new(
+            id, content, origin, expires_at, self.now, ledger,
+        ));
         if msg.retain {
             self.retain(&msg);
         }
@@ -97,6 +100,8 @@ impl Broker {
         }
         if targets.is_empty() && msg.origin != Origin::Broker {
             self.stats.messages_unrouted += 1;
+            self.counters
+                .dropped(crate::metrics::DropReason::NoSubscriber, 1);
         }
         targets.sort_by_key(|t| t.0);
         let mut i = 0;

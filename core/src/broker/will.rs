@@ -34,7 +34,8 @@ impl Broker {
         if !self.config.sys_events {
             return;
         }
-        let body = sys::Connected {
+        let mut body = sys::Connected {
+            status: None,
             username: connect.username.as_deref().unwrap_or(""),
             ts: self.wall_now(),
             proto_name: connect.version.name(),
@@ -46,6 +47,8 @@ impl Broker {
             ip: sys::ip_of(peer),
         };
         self.publish_sys(sys::CONNECTED_TOPIC, serde_json::to_vec(&body));
+        body.status = Some("online");
+        self.publish_sys(sys::CLIENT_STATUS_TOPIC, serde_json::to_vec(&body));
     }
 
     pub(super) fn publish_sys_disconnected(
@@ -58,7 +61,8 @@ impl Broker {
         if !self.config.sys_events {
             return;
         }
-        let body = sys::Disconnected {
+        let mut body = sys::Disconnected {
+            status: None,
             username: username.unwrap_or(""),
             ts: self.wall_now(),
             reason_code: format!("{code:x}"),
@@ -66,6 +70,8 @@ impl Broker {
             ip: sys::ip_of(peer),
         };
         self.publish_sys(sys::DISCONNECTED_TOPIC, serde_json::to_vec(&body));
+        body.status = Some("offline");
+        self.publish_sys(sys::CLIENT_STATUS_TOPIC, serde_json::to_vec(&body));
     }
 
     fn publish_sys(&mut self, topic: &str, payload: Result<Vec<u8>, serde_json::Error>) {

@@ -129,6 +129,8 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         }
         "max_memory" | "mqtt.max_memory" => c.max_memory = size(v)?,
         "sys_events" | "mqtt.sys_events" => c.sys_events = boolean(v)?,
+        "sys_interval" | "mqtt.sys_interval" => c.sys_interval = seconds(v)?,
+        "metrics.listen" => c.metrics_listen = opt_string(v)?,
 
         "tls.enable" | "listeners.ssl.enable" => c.tls.enable = boolean(v)?,
         "tls.url" => c.tls.url = string(v)?,
@@ -159,6 +161,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
             return Ok(Applied::Section);
         }
         "listeners.wss" => return Ok(Applied::Section),
+        "metrics" => return Ok(Applied::Section),
 
         "http_server" => {
             c.http_server.enable = true;
