@@ -6,7 +6,9 @@
 //! |---|---|
 //! | `io.rs` | bytes in and out: accept, decode, the packet dispatch, send, flush, back-pressure, close |
 //! | `keepalive.rs` | the connect timeout and keep alive |
-//! | `connect.rs` | CONNECT, authentication, takeover, CONNACK, DISCONNECT |
+//! | `connect.rs` | CONNECT, takeover, CONNACK, DISCONNECT |
+//! | `auth.rs` | credentials: decided here, or checked outside and waited for |
+//! | `acl.rs` | the ACL on PUBLISH and SUBSCRIBE, and stored subscriptions after an ACL change |
 //! | `expiry.rs` | a session without its connection: will delay, expiry, its end |
 //! | `inbound.rs` | client PUBLISH, inbound QoS 2 (PUBREC, PUBREL, PUBCOMP) |
 //! | `route.rs` | retained messages and routing to subscriptions and bridges |
@@ -19,7 +21,7 @@
 //! | `metrics.rs` | the v4 API's metrics and Prometheus text |
 //! | `restore.rs` | rebuilding the broker from what the store recovered |
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::admin::PendingConfig;
@@ -37,10 +39,12 @@ use crate::session::{Session, Subscription};
 use crate::timer::{Timer, Timers};
 use crate::topic::{RetainTrie, SubscriptionTrie};
 
+mod acl;
 mod admin_api;
 mod admin_v4;
 mod admin_v4_bridge;
 mod admin_v4_mqtt;
+mod auth;
 mod bridging;
 mod connect;
 mod deliver;
@@ -69,6 +73,15 @@ pub struct Stats {
     pub messages_dropped: u64,
     /// Client messages (and wills) that matched no subscription.
     pub messages_unrouted: u64,
+    /// Credential checks answered: good, bad, and refused as busy (here or by the checker).
+    pub auth_succeeded: u64,
+    pub auth_failed: u64,
+    pub auth_busy: u64,
+    /// ACL decisions on client PUBLISH and SUBSCRIBE.
+    pub acl_allowed: u64,
+    pub acl_denied: u64,
+    /// Stored subscriptions an ACL change removed.
+    pub acl_revoked: u64,
 }
 
 /// The broker core. See the crate documentation for the calling discipline.
@@ -114,6 +127,8 @@ pub struct Broker {
     /// The HTTP API v4's requests between inputs, and the metrics it shows.
     v4: crate::admin::v4::V4Pending,
     metrics: crate::metrics::Metrics,
+    /// Connections waiting for an [`Input::AuthResult`] (bounded by `auth.max_pending`).
+    authenticating: BTreeSet<ConnId>,
 }
 
 impl Broker {
@@ -150,6 +165,7 @@ impl Broker {
             started: now,
             v4: Default::default(),
             metrics: Default::default(),
+            authenticating: BTreeSet::new(),
         };
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
@@ -202,14 +218,19 @@ impl Broker {
                 }
             }
             Input::Timeout => self.fire_timers(),
+            Input::AuthResult { conn, outcome } => self.auth_result(conn, outcome),
             Input::WallClock { unix_ms } => {
                 self.wall_ms = unix_ms;
                 self.wall_at = self.now;
             }
             Input::ConfigChange(config) => match config.validate() {
                 Ok(()) => {
+                    let acl_changed = self.config.acl != config.acl;
                     self.config = *config;
                     self.configure_bridges();
+                    if acl_changed {
+                        self.revoke_denied_subscriptions();
+                    }
                     self.event(BrokerEvent::ConfigApplied);
                 }
                 Err(error) => self.event(BrokerEvent::ConfigRejected { error }),

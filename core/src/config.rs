@@ -69,6 +69,59 @@ pub struct Config {
     pub bridges: BTreeMap<String, BridgeConfig>,
     pub log: LogConfig,
     pub persistence: PersistenceConfig,
+    pub auth: AuthConfig,
+    /// The ACL (`auth.acl`, `auth.no_match`, `auth.deny_action`; old format `acl_enable`,
+    /// `acl_nomatch`, `acl.rule.N`). Read from the configuration files only.
+    #[serde(skip)]
+    pub acl: crate::acl::AclSettings,
+}
+
+/// What `allow_anonymous` means (`auth.anonymous_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymousMode {
+    /// NanoMQ's: `allow_anonymous = true` accepts every client without looking at its
+    /// credentials; `false` refuses an empty user name or password.
+    Nanomq,
+    /// Credentials a client gives are always checked; `allow_anonymous` only admits
+    /// clients that give no user name.
+    Strict,
+}
+
+/// Password checks (`auth.*` beyond the ACL). The checks run outside the core; these are
+/// its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub anonymous_mode: AnonymousMode,
+    /// A Mosquitto-format password file (`user:hash` lines), read by the runtime.
+    pub password_file: Option<String>,
+    /// Connections waiting for their credentials to be checked; beyond, CONNECT is
+    /// refused as busy (v5 0x89, 3.1.1 return code 3).
+    pub max_pending: u32,
+    /// Bytes a connection may send after its CONNECT while it waits; beyond, it is
+    /// refused with 0x97 (3.1.1: return code 3).
+    pub max_held_bytes: u32,
+    /// Password checks run at once (threads); 0 = one per core.
+    pub workers: u32,
+    /// How long a successful check is remembered, in milliseconds; 0 = not at all.
+    pub cache_ttl_ms: u64,
+    /// Successful checks remembered at most.
+    pub cache_max: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous_mode: AnonymousMode::Strict,
+            password_file: None,
+            max_pending: 1024,
+            max_held_bytes: 64 * 1024,
+            workers: 0,
+            cache_ttl_ms: 300_000,
+            cache_max: 10_000,
+        }
+    }
 }
 
 /// When the store's writes count as done (`persistence.sync`).
@@ -381,6 +434,8 @@ impl Default for Config {
             bridges: BTreeMap::new(),
             log: LogConfig::default(),
             persistence: PersistenceConfig::default(),
+            auth: AuthConfig::default(),
+            acl: crate::acl::AclSettings::default(),
         }
     }
 }
@@ -566,6 +621,12 @@ impl Config {
                 "log.level",
                 "must be one of trace, debug, info, warn, error, fatal",
             );
+        }
+        if self.auth.max_pending == 0 {
+            return err("auth.max_pending", "must be at least 1");
+        }
+        if self.auth.max_held_bytes < 1024 {
+            return err("auth.max_held_bytes", "must be at least 1024 bytes");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return err("log.format", "must be text or json");

@@ -13,6 +13,9 @@ use crate::ids::SessionId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnState {
     AwaitingConnect,
+    /// CONNECT received, its credentials being checked outside the core: nothing further
+    /// from this connection is decoded until the answer.
+    Authenticating,
     Active(SessionId),
 }
 
@@ -47,6 +50,10 @@ pub(crate) struct Conn {
     pub clean_start: bool,
     /// The verified client certificate's common name (TLS), if any.
     pub cert_identity: Option<String>,
+    /// The CONNECT waiting for its credentials' check (password removed).
+    pub pending_connect: Option<Box<codec::Connect>>,
+    /// Not subject to the ACL (an authentication backend said so).
+    pub superuser: bool,
 }
 
 impl Conn {
@@ -74,6 +81,8 @@ impl Conn {
             keep_alive: 0,
             clean_start: true,
             cert_identity: None,
+            pending_connect: None,
+            superuser: false,
         }
     }
 

@@ -235,7 +235,8 @@ impl Driver {
                 | Output::Control { .. }
                 | Output::BridgeConnect { .. }
                 | Output::Persist { .. }
-                | Output::Snapshot { .. } => {}
+                | Output::Snapshot { .. }
+                | Output::Authenticate { .. } => {}
             }
         }
     }

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use tidemq_core::admin::Credentials;
 use tidemq_core::config::SyncMode;
 use tidemq_core::persist::{Record, Recovered};
-use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
+use tidemq_core::{AuthOutcome, Broker, Config, ConnId, Input, Instant, Output};
 
 /// `admin:public`, the default admin credentials.
 const BASIC: &str = "Basic YWRtaW46cHVibGlj";
@@ -142,6 +142,7 @@ fuzz_target!(|data: &[u8]| {
 fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
     let mut written = Vec::new();
     let mut restarted = Vec::new();
+    let mut asked = Vec::new();
     while let Some(output) = broker.poll_output() {
         match output {
             Output::Transmit { conn, bytes } => {
@@ -192,8 +193,19 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
                     restarted.push(req_id);
                 }
             }
+            Output::Authenticate { conn, .. } => asked.push(conn),
             Output::Event(_) | Output::BridgeConnect { .. } => {}
         }
+    }
+    // Credential checks answered in turn: allowed, refused, busy.
+    for (i, conn) in asked.into_iter().enumerate() {
+        let outcome = match i % 3 {
+            0 => AuthOutcome::Allow { superuser: false },
+            1 => AuthOutcome::Deny,
+            _ => AuthOutcome::Busy,
+        };
+        broker.handle_input(Instant(now), Input::AuthResult { conn, outcome });
+        drain(broker, model, now);
     }
     // The restart "was done", every other one in part.
     for (i, req_id) in restarted.into_iter().enumerate() {

@@ -16,4 +16,7 @@ pub enum Mutation {
     /// The subscriber's library ignores the topic aliases the broker sets (it never learns
     /// an alias's topic), so an alias-only PUBLISH reaches the application without a topic.
     ForgetServerAliases,
+    /// The simulated credential checker answers every check as a superuser's: the ACL is
+    /// bypassed and denied publishes reach subscribers.
+    AuthGrantsSuperuser,
 }

@@ -1,6 +1,7 @@
 //! Scenario families (robustness.md §3.5) as seed families, and BUGGIFY-style knobs.
 
 use tidemq_core::Config;
+use tidemq_core::acl::{AclRules, AclSettings, Decision, DenyAction};
 use tidemq_core::codec::ProtocolVersion;
 use tidemq_core::config::SyncMode;
 
@@ -57,6 +58,9 @@ pub enum Family {
     S23,
     /// Swizzle-clog.
     S24,
+    /// Every CONNECT's credentials checked outside the core, answered late, out of order,
+    /// refused, busy or never; an ACL denies publishing to `t/c/#`.
+    Auth,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -82,6 +86,7 @@ pub const FAMILIES: &[Family] = &[
     Family::S22,
     Family::S23,
     Family::S24,
+    Family::Auth,
 ];
 
 impl Family {
@@ -307,6 +312,7 @@ impl Knobs {
             Family::S24 => {
                 faults.swizzle = 500;
             }
+            Family::Auth => auth_knobs(&mut config, &mut rng),
             // Run by `bridge::BridgeWorld`; these knobs are not used.
             Family::S13 | Family::S14 | Family::S15 => {}
             Family::S20 => {
@@ -540,5 +546,24 @@ impl Knobs {
             server_max_keepalive: self.config.max_keepalive,
             faultable: false,
         }
+    }
+}
+
+/// The `Auth` family's broker: a password table to ask about (the sim answers), few places
+/// to wait in, and an ACL.
+fn auth_knobs(config: &mut Config, rng: &mut Rng) {
+    config.allow_anonymous = false;
+    config.auth.password_file = Some("sim-passwd".to_owned());
+    config.auth.max_pending = rng.range(1, 6) as u32;
+    let rules = r#"rules = [
+        { permit = deny, action = publish, topics = ["t/c/#"] }
+        { permit = allow }
+    ]"#;
+    if let Ok(rules) = AclRules::from_acl_conf(rules, &Default::default(), Decision::Allow) {
+        config.acl = AclSettings {
+            enable: true,
+            deny_action: DenyAction::Ignore,
+            rules,
+        };
     }
 }

@@ -41,6 +41,17 @@ impl Broker {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
+            if conn.state == ConnState::Authenticating {
+                // Held, not decoded, until the credentials are answered.
+                if self.holds_too_much(id) {
+                    self.abandon_auth(
+                        id,
+                        reason::QUOTA_EXCEEDED,
+                        "sent too much while its credentials were checked",
+                    );
+                }
+                return;
+            }
             if conn.rx.is_empty() {
                 return;
             }
@@ -319,6 +330,7 @@ impl Broker {
                 self.emit(id, bytes.freeze());
             }
         }
+        self.authenticating.remove(&id);
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::acl::AclSettings;
 use crate::config::{
-    BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType, SyncMode,
+    AnonymousMode, BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType, SyncMode,
 };
 
 use super::entry::{ConfigIssue, Entry, Format, Raw};
@@ -58,6 +59,9 @@ pub fn apply(
             Err(message) => return Err(ConfigIssue::at(entry, message)),
         }
     }
+    if entries.iter().any(|e| is_acl_key(&e.key)) {
+        config.acl = AclSettings::from_entries(entries)?;
+    }
     for (n, (login, password, entry)) in kv_users {
         match (login, password) {
             (Some(login), Some(password)) => {
@@ -72,6 +76,16 @@ pub fn apply(
         }
     }
     Ok(warnings)
+}
+
+/// Keys [`AclSettings::from_entries`] reads: with any of them in a source, it sets the ACL.
+fn is_acl_key(key: &str) -> bool {
+    matches!(
+        key,
+        "acl_enable" | "acl_nomatch" | "acl_deny_action" | "auth.no_match" | "auth.deny_action"
+    ) || key == "auth.acl"
+        || key.starts_with("auth.acl.")
+        || key.starts_with("acl.rule.")
 }
 
 enum Applied {
@@ -224,12 +238,23 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         | "system.enable_ipc_internal"
         | "system.hook_ipc_url"
         | "system.cmd_ipc_url"
-        | "auth_enable"
-        | "acl_enable"
-        | "acl_nomatch"
-        | "acl_deny_action"
-        | "auth.no_match"
-        | "auth.deny_action" => return Ok(Applied::NoEffect),
+        | "auth_enable" => return Ok(Applied::NoEffect),
+        // Read together by `AclSettings::from_entries` once every entry is applied.
+        "acl_enable" | "acl_nomatch" | "acl_deny_action" | "auth.no_match" | "auth.deny_action" => {
+        }
+        "auth.anonymous_mode" => {
+            c.auth.anonymous_mode = match string(v)?.as_str() {
+                "nanomq" => AnonymousMode::Nanomq,
+                "strict" => AnonymousMode::Strict,
+                other => return Err(format!("{other:?}: expected nanomq or strict")),
+            }
+        }
+        "auth.password_file" => c.auth.password_file = opt_string(v)?,
+        "auth.max_pending" => c.auth.max_pending = int(v)?,
+        "auth.max_held_bytes" => c.auth.max_held_bytes = size(v)?,
+        "auth.workers" => c.auth.workers = int(v)?,
+        "auth.cache_ttl" => c.auth.cache_ttl_ms = millis(v)?,
+        "auth.cache_max" => c.auth.cache_max = int(v)?,
         _ => return apply_prefixed(c, e, format),
     }
     Ok(Applied::Set)
@@ -257,12 +282,13 @@ fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, 
         let (name, field) = rest.split_once('.').unwrap_or((rest, ""));
         return apply_bridge(c, name, field, &e.value, format);
     }
+    if key == "auth.acl" || key.starts_with("auth.acl.") || key.starts_with("acl.rule.") {
+        return Ok(Applied::Set);
+    }
     let no_effect_sections = [
-        "auth.acl",
         "auth.cache",
         "auth.http_auth",
         "auth.http",
-        "acl.rule",
         "sqlite",
         "webhook",
         "web.hook",

@@ -7,6 +7,7 @@
 mod file;
 mod hash;
 mod passwd;
+mod service;
 
 pub use file::{FileProblem, PasswordEntry, PasswordFile};
 pub use hash::{
@@ -14,3 +15,4 @@ pub use hash::{
     MAX_PBKDF2_ITERATIONS, PasswordHash, Scheme, dummy_verify, hash_argon2id,
 };
 pub use passwd::{PasswdAction, PasswdError, edit_lines, passwd, write_atomic};
+pub use service::{Check, Checker, PasswordTable, TableReport, Ticket};
