@@ -137,6 +137,8 @@ impl std::fmt::Debug for Secret {
 pub enum AuthMethod {
     /// Against the password table (`auth.password`, `auth.password_file`).
     Password,
+    /// The password table for the users it holds, `auth.http_auth` for the others.
+    PasswordThenHttp,
 }
 
 /// The verdict on an [`Output::Authenticate`].

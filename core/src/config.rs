@@ -108,6 +108,64 @@ pub struct AuthConfig {
     pub cache_ttl_ms: u64,
     /// Successful checks remembered at most.
     pub cache_max: u32,
+    /// NanoMQ's `auth.http_auth`: users not in the password table are asked of a web service.
+    pub http_auth: HttpAuthConfig,
+}
+
+/// One request of `auth.http_auth` (`auth_req`, `super_req`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpAuthRequest {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// `POST` (default) or `GET`.
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `k=v&...` (the query for GET, the body for POST); values may hold the
+    /// placeholders `%u %c %a %P %p %r`.
+    pub params: Vec<(String, String)>,
+}
+
+/// NanoMQ's `auth.http_auth`: HTTP 200 allows, any other status denies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    /// On when the section is present, unless `enable = false`.
+    pub enable: bool,
+    pub auth_req: Option<HttpAuthRequest>,
+    /// 200 makes the client a superuser, not subject to the ACL.
+    pub super_req: Option<HttpAuthRequest>,
+    /// Whole request, in milliseconds.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Requests at once.
+    pub pool_size: u32,
+    /// How long an allowing answer is remembered, in milliseconds; 0 = not at all.
+    pub cache_ttl_ms: u64,
+    /// When the server cannot be reached or does not answer in time: deny (default) or allow.
+    pub allow_on_error: bool,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        HttpAuthConfig {
+            enable: false,
+            auth_req: None,
+            super_req: None,
+            timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            pool_size: 32,
+            cache_ttl_ms: 30_000,
+            allow_on_error: false,
+        }
+    }
+}
+
+impl HttpAuthConfig {
+    /// Whether clients are asked about at all.
+    pub fn asks(&self) -> bool {
+        self.enable && self.auth_req.is_some()
+    }
 }
 
 impl Default for AuthConfig {
@@ -120,6 +178,7 @@ impl Default for AuthConfig {
             workers: 0,
             cache_ttl_ms: 300_000,
             cache_max: 10_000,
+            http_auth: HttpAuthConfig::default(),
         }
     }
 }
@@ -627,6 +686,26 @@ impl Config {
         }
         if self.auth.max_held_bytes < 1024 {
             return err("auth.max_held_bytes", "must be at least 1024 bytes");
+        }
+        let h = &self.auth.http_auth;
+        for (key, req) in [
+            ("auth.http_auth.auth_req.url", &h.auth_req),
+            ("auth.http_auth.super_req.url", &h.super_req),
+        ] {
+            if let Some(req) = req.as_ref().filter(|_| h.enable) {
+                if !req.url.starts_with("http://") {
+                    return err(key, "must be an http:// URL (https is not supported)");
+                }
+                if !matches!(req.method.as_str(), "" | "POST" | "GET" | "post" | "get") {
+                    return err(key, "method must be POST or GET");
+                }
+            }
+        }
+        if h.enable && (h.timeout_ms == 0 || h.connect_timeout_ms == 0 || h.pool_size == 0) {
+            return err(
+                "auth.http_auth",
+                "timeout, connect_timeout and pool_size must be at least 1",
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return err("log.format", "must be text or json");

@@ -288,3 +288,69 @@ fn a_password_file_alone_makes_the_core_ask() {
     );
     assert_eq!(h.auth_asked.len(), 1);
 }
+
+#[test]
+fn http_auth_settings_are_read_and_make_the_core_ask() {
+    use tidemq_core::config_parse::{Format, load};
+    let text = r#"auth {
+  allow_anonymous = false
+  http_auth {
+    timeout = 2s
+    on_error = allow
+    auth_req {
+      url = "http://127.0.0.1:8991/auth"
+      method = get
+      headers.x-api = "k"
+      params = { clientid = "%c", username = "%u" }
+    }
+    acl_req { url = "http://127.0.0.1:8991/acl" }
+  }
+}"#;
+    let (config, warnings) =
+        load(&Config::default(), text, Format::Hocon, &BTreeMap::new()).unwrap();
+    let h = &config.auth.http_auth;
+    assert!(h.enable && h.asks() && h.allow_on_error);
+    assert_eq!(h.timeout_ms, 2000);
+    let req = h.auth_req.as_ref().unwrap();
+    assert_eq!(req.method, "GET");
+    assert_eq!(req.headers.get("x-api").map(String::as_str), Some("k"));
+    assert_eq!(
+        req.params,
+        [
+            ("clientid".to_owned(), "%c".to_owned()),
+            ("username".to_owned(), "%u".to_owned())
+        ]
+    );
+    // acl_req is accepted without effect, and said so.
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.key.as_deref().is_some_and(|k| k.contains("acl_req"))),
+        "{warnings:?}"
+    );
+    assert!(config.validate().is_ok());
+
+    let mut h = Harness::with_config(config);
+    h.auto_auth = false;
+    let conn = h.accept();
+    assert!(
+        h.connect_on(conn, "c", V5, true, ConnectOpts::default().user("u", "p"))
+            .is_none()
+    );
+    assert_eq!(h.auth_asked.len(), 1);
+    assert!(h.log.iter().any(|o| matches!(
+        o,
+        tidemq_core::Output::Authenticate {
+            method: tidemq_core::AuthMethod::PasswordThenHttp,
+            ..
+        }
+    )));
+
+    let mut bad = Config::default();
+    bad.auth.http_auth.enable = true;
+    bad.auth.http_auth.auth_req = Some(tidemq_core::config::HttpAuthRequest {
+        url: "https://x/".to_owned(),
+        ..Default::default()
+    });
+    assert!(bad.validate().is_err());
+}

@@ -1265,11 +1265,16 @@ impl Driver {
                     conn,
                     username,
                     password,
+                    client_id,
+                    peer,
                     ..
-                } => match self
-                    .auth
-                    .check(tokio::time::Instant::now(), &username, &password.0)
-                {
+                } => match self.auth.check(
+                    tokio::time::Instant::now(),
+                    &username,
+                    &password.0,
+                    &client_id,
+                    &peer,
+                ) {
                     Check::Ready(outcome) => {
                         self.feedback.push_back(Input::AuthResult { conn, outcome });
                     }

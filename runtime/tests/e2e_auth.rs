@@ -466,3 +466,162 @@ fn an_argon2id_connect_flood_does_not_stall_other_clients() {
         "{accepted} of the flood accepted"
     );
 }
+
+/// The test's HTTP authentication service (`tests/clients/http_auth_server.py`).
+struct AuthServer {
+    child: Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl AuthServer {
+    fn start() -> AuthServer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/http_auth_server.py"
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        let port = first.strip_prefix("port ").unwrap().parse().unwrap();
+        AuthServer { child, port, lines }
+    }
+
+    /// Requests seen so far.
+    fn requests(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_auth(port: u16, path: &str, extra: &str) -> String {
+    format!(
+        r#"allow_anonymous = false
+password {{ local = "local-pw" }}
+acl = {{ rules = [ {{ permit = deny, action = publish, topics = ["secret/#"] }}, {{ permit = allow }} ] }}
+http_auth {{
+  timeout = 1s
+  connect_timeout = 1s
+  {extra}
+  auth_req {{
+    url = "http://127.0.0.1:{port}{path}"
+    method = post
+    headers.content-type = "application/x-www-form-urlencoded"
+    params = {{ clientid = "%c", username = "%u", password = "%P", ip = "%a", proto = "%r" }}
+  }}
+  super_req {{
+    url = "http://127.0.0.1:{port}/super"
+    method = get
+    params = {{ username = "%u" }}
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn http_auth_allows_denies_and_names_superusers() {
+    let server = AuthServer::start();
+    let dir = Dir::new("auth-http");
+    let port = free_port();
+    let conf = dir.file("nanomq.conf");
+    std::fs::write(&conf, config(port, &http_auth(server.port, "/auth", ""))).unwrap();
+    let _broker = start(
+        &conf,
+        &dir.file("tidemq.pid"),
+        &dir.file("broker.log"),
+        port,
+    );
+
+    assert!(pub_ok(port, Some(("web", "web-pw"))));
+    assert!(!pub_ok(port, Some(("web", "wrong"))));
+    assert!(!pub_ok(port, Some(("stranger", "x"))));
+    // The password table first: its users never reach the service.
+    assert!(pub_ok(port, Some(("local", "local-pw"))));
+    let seen = server.requests();
+    assert!(
+        seen.iter().any(|r| r.starts_with("req POST /auth ")
+            && r.contains("clientid=")
+            && r.contains("username=web")
+            && r.contains("password=web-pw")
+            && r.contains("ip=127.0.0.1")
+            && r.contains("proto=mqtt")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|r| r == "req GET /super username=web"),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|r| r.contains("username=local")),
+        "{seen:?}"
+    );
+
+    // A superuser is not subject to the ACL; others are.
+    let boss = paho(
+        port,
+        "5",
+        "b",
+        &["--user", "boss", "--pw", "boss-pw", "--pub", "secret/x=1"],
+    );
+    assert!(has(&boss, "puback secret/x 0"), "{boss:?}");
+    let web = paho(
+        port,
+        "5",
+        "w",
+        &["--user", "web", "--pw", "web-pw", "--pub", "secret/x=1"],
+    );
+    assert!(has(&web, "puback secret/x 135"), "{web:?}");
+}
+
+#[test]
+fn http_auth_denies_when_the_service_is_slow_or_down_unless_told_otherwise() {
+    let server = AuthServer::start();
+    let dir = Dir::new("auth-http-down");
+    let port = free_port();
+    let conf = dir.file("nanomq.conf");
+    let pid = dir.file("tidemq.pid");
+    std::fs::write(&conf, config(port, &http_auth(server.port, "/slow", ""))).unwrap();
+    let broker = start(&conf, &pid, &dir.file("broker.log"), port);
+
+    // Past the 1 s timeout: denied, and answered within the connect timeout.
+    let t = Instant::now();
+    let v5 = paho(port, "5", "s", &["--user", "web", "--pw", "web-pw"]);
+    assert!(has(&v5, "connack 134"), "{v5:?}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+
+    // Down (nothing listens there): denied.
+    let down = free_port();
+    std::fs::write(&conf, config(port, &http_auth(down, "/auth", ""))).unwrap();
+    reload(&pid, &broker, 1);
+    assert!(!pub_ok(port, Some(("web", "web-pw"))));
+    // on_error = allow lets clients in while the service is down.
+    std::fs::write(
+        &conf,
+        config(port, &http_auth(down, "/auth", "on_error = allow")),
+    )
+    .unwrap();
+    reload(&pid, &broker, 2);
+    assert!(pub_ok(port, Some(("web", "anything"))));
+}

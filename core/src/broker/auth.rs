@@ -26,7 +26,9 @@ impl Broker {
         if by_certificate {
             return Verdict::Accept;
         }
-        let has_table = !self.config.users.is_empty() || self.config.auth.password_file.is_some();
+        let has_table = !self.config.users.is_empty()
+            || self.config.auth.password_file.is_some()
+            || self.config.auth.http_auth.asks();
         let anonymous = self.config.allow_anonymous;
         match self.config.auth.anonymous_mode {
             AnonymousMode::Nanomq => {
@@ -79,7 +81,11 @@ impl Broker {
             password,
             client_id,
             peer,
-            method: AuthMethod::Password,
+            method: if self.config.auth.http_auth.asks() {
+                AuthMethod::PasswordThenHttp
+            } else {
+                AuthMethod::Password
+            },
         });
     }
 

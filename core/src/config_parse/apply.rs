@@ -285,9 +285,11 @@ fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, 
     if key == "auth.acl" || key.starts_with("auth.acl.") || key.starts_with("acl.rule.") {
         return Ok(Applied::Set);
     }
+    if let Some(rest) = key.strip_prefix("auth.http_auth") {
+        return apply_http_auth(c, rest.strip_prefix('.').unwrap_or(rest), &e.value);
+    }
     let no_effect_sections = [
         "auth.cache",
-        "auth.http_auth",
         "auth.http",
         "sqlite",
         "webhook",
@@ -311,6 +313,70 @@ fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, 
         return Ok(Applied::NoEffect);
     }
     Ok(Applied::Unknown)
+}
+
+/// `auth.http_auth.<field>`; `field` is empty for the section itself, which turns it on.
+fn apply_http_auth(c: &mut Config, field: &str, v: &Raw) -> Result<Applied, String> {
+    let h = &mut c.auth.http_auth;
+    match field {
+        "" => {
+            h.enable = true;
+            return Ok(Applied::Section);
+        }
+        "enable" => h.enable = boolean(v)?,
+        "timeout" => h.timeout_ms = millis(v)?,
+        "connect_timeout" => h.connect_timeout_ms = millis(v)?,
+        "pool_size" => h.pool_size = int(v)?,
+        "cache_ttl" => h.cache_ttl_ms = millis(v)?,
+        "on_error" => {
+            h.allow_on_error = match string(v)?.as_str() {
+                "deny" => false,
+                "allow" => true,
+                other => return Err(format!("{other:?}: expected deny or allow")),
+            }
+        }
+        _ => {
+            let (name, sub) = field.split_once('.').unwrap_or((field, ""));
+            let req = match name {
+                "auth_req" => &mut h.auth_req,
+                "super_req" => &mut h.super_req,
+                "acl_req" => return Ok(Applied::NoEffect),
+                _ => return Ok(Applied::Unknown),
+            };
+            let req = req.get_or_insert_with(Default::default);
+            let (sub, item) = sub.split_once('.').unwrap_or((sub, ""));
+            match (sub, item) {
+                ("", _) | ("headers" | "params", "") if !matches!(v, Raw::Object(_)) => {
+                    return Ok(Applied::Section);
+                }
+                ("url", _) => req.url = string(v)?,
+                ("method", _) => req.method = string(v)?.to_ascii_uppercase(),
+                ("headers", "") => {
+                    for (k, v) in object(v)? {
+                        req.headers.insert(k.clone(), string(v)?);
+                    }
+                }
+                ("headers", name) => {
+                    req.headers.insert(name.to_owned(), string(v)?);
+                }
+                ("params", "") => {
+                    for (k, v) in object(v)? {
+                        req.params.push((k.clone(), string(v)?));
+                    }
+                }
+                ("params", name) => req.params.push((name.to_owned(), string(v)?)),
+                _ => return Ok(Applied::Unknown),
+            }
+        }
+    }
+    Ok(Applied::Set)
+}
+
+fn object(v: &Raw) -> Result<&[(String, Raw)], String> {
+    match v {
+        Raw::Object(fields) => Ok(fields),
+        _ => Err("expected an object".to_owned()),
+    }
 }
 
 fn is_bridge_field(s: &str) -> bool {

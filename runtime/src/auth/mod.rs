@@ -6,6 +6,7 @@
 
 mod file;
 mod hash;
+mod http;
 mod passwd;
 mod service;
 

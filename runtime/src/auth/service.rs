@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::file::PasswordFile;
 use super::hash::{PasswordHash, dummy_verify};
+use super::http::{HttpAuth, Subject};
 
 /// The users a password may be checked against.
 #[derive(Debug, Default)]
@@ -77,6 +78,10 @@ impl PasswordTable {
         self.users.is_empty()
     }
 
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Blocking. An unknown user costs a dummy verification, so timing does not tell which
     /// users exist.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
@@ -119,6 +124,8 @@ pub enum Check {
 pub struct Ticket {
     key: CacheKey,
     generation: u64,
+    /// How long a success is remembered.
+    ttl: Duration,
 }
 
 /// Answers credential checks. Owned by the driver.
@@ -126,7 +133,9 @@ pub struct Checker {
     table: Arc<PasswordTable>,
     /// Bumped on every rebuild: answers made against an older table are not cached.
     generation: u64,
-    cache: BTreeMap<CacheKey, Instant>,
+    /// Until when, and whether as a superuser.
+    cache: BTreeMap<CacheKey, (Instant, bool)>,
+    http: Option<Arc<HttpAuth>>,
     ttl: Duration,
     cache_max: usize,
     permits: Arc<Semaphore>,
@@ -147,6 +156,7 @@ impl Checker {
             table: Arc::new(table),
             generation: 0,
             cache: BTreeMap::new(),
+            http: HttpAuth::new(config),
             ttl: Duration::from_millis(config.auth.cache_ttl_ms),
             cache_max: config.auth.cache_max as usize,
             permits: Arc::new(Semaphore::new(workers)),
@@ -160,6 +170,7 @@ impl Checker {
     /// A new table and settings (a reload): the cache is emptied.
     pub fn replace(&mut self, config: &Config, table: PasswordTable) {
         self.table = Arc::new(table);
+        self.http = HttpAuth::new(config);
         self.generation += 1;
         self.cache.clear();
         self.ttl = Duration::from_millis(config.auth.cache_ttl_ms);
@@ -183,10 +194,16 @@ impl Checker {
         self.cache.len()
     }
 
-    fn key(&self, username: &str, password: &[u8]) -> CacheKey {
+    /// `context` is what else the answer depends on (for HTTP: client id and address).
+    fn key(&self, username: &str, password: &[u8], context: &[&str]) -> CacheKey {
         let mut d = Sha256::new();
         d.update(self.salt);
+        d.update((password.len() as u64).to_be_bytes());
         d.update(password);
+        for c in context {
+            d.update((c.len() as u64).to_be_bytes());
+            d.update(c.as_bytes());
+        }
         let mut digest = [0u8; 32];
         for (out, b) in digest.iter_mut().zip(d.finalize().iter()) {
             *out = *b;
@@ -194,13 +211,26 @@ impl Checker {
         (username.to_owned(), digest)
     }
 
-    /// Starts a check: a cached success, a busy refusal when too many are under way, or a
-    /// verification on the blocking pool (at most `workers` at once).
-    pub fn check(&mut self, now: Instant, username: &str, password: &[u8]) -> Check {
-        let key = self.key(username, password);
+    /// Starts a check: a cached success, a busy refusal when too many are under way, a
+    /// verification on the blocking pool (at most `workers` at once) for a user in the table,
+    /// or, for the others, the HTTP service when one is configured.
+    pub fn check(
+        &mut self,
+        now: Instant,
+        username: &str,
+        password: &[u8],
+        client_id: &str,
+        peer: &str,
+    ) -> Check {
+        let http = self.http.clone().filter(|_| !self.table.contains(username));
+        let ip = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+        let key = match &http {
+            Some(_) => self.key(username, password, &[client_id, ip]),
+            None => self.key(username, password, &[]),
+        };
         match self.cache.get(&key) {
-            Some(&until) if until > now => {
-                return Check::Ready(AuthOutcome::Allow { superuser: false });
+            Some(&(until, superuser)) if until > now => {
+                return Check::Ready(AuthOutcome::Allow { superuser });
             }
             Some(_) => {
                 self.cache.remove(&key);
@@ -212,6 +242,29 @@ impl Checker {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight(self.in_flight.clone());
+        if let Some(http) = http {
+            let ticket = Ticket {
+                key,
+                generation: self.generation,
+                ttl: http.cache_ttl(),
+            };
+            let (user, password) = (username.to_owned(), password.to_vec());
+            let (client_id, peer) = (client_id.to_owned(), peer.to_owned());
+            let work = async move {
+                let _in_flight = in_flight;
+                let subject = Subject {
+                    username: &user,
+                    password: &password,
+                    client_id: &client_id,
+                    peer: &peer,
+                };
+                http.decide(&subject).await
+            };
+            return Check::Later {
+                ticket,
+                work: Box::pin(work),
+            };
+        }
         let permits = self.permits.clone();
         let table = self.table.clone();
         let user = username.to_owned();
@@ -231,6 +284,7 @@ impl Checker {
             ticket: Ticket {
                 key,
                 generation: self.generation,
+                ttl: self.ttl,
             },
             work: Box::pin(work),
         }
@@ -238,19 +292,19 @@ impl Checker {
 
     /// A verification finished: a success against the current table is remembered.
     pub fn finished(&mut self, now: Instant, ticket: Ticket, outcome: AuthOutcome) {
-        if ticket.generation != self.generation
-            || self.ttl.is_zero()
-            || !matches!(outcome, AuthOutcome::Allow { .. })
-        {
+        let AuthOutcome::Allow { superuser } = outcome else {
+            return;
+        };
+        if ticket.generation != self.generation || ticket.ttl.is_zero() {
             return;
         }
         if self.cache.len() >= self.cache_max {
-            self.cache.retain(|_, until| *until > now);
+            self.cache.retain(|_, (until, _)| *until > now);
             if self.cache.len() >= self.cache_max {
                 return;
             }
         }
-        self.cache.insert(ticket.key, now + self.ttl);
+        self.cache.insert(ticket.key, (now + ticket.ttl, superuser));
     }
 }
 
@@ -283,7 +337,13 @@ mod tests {
     }
 
     async fn run(checker: &mut Checker, user: &str, password: &str) -> AuthOutcome {
-        match checker.check(Instant::now(), user, password.as_bytes()) {
+        match checker.check(
+            Instant::now(),
+            user,
+            password.as_bytes(),
+            "c",
+            "127.0.0.1:1",
+        ) {
             Check::Ready(o) => o,
             Check::Later { ticket, work } => {
                 let o = work.await;
@@ -321,7 +381,7 @@ mod tests {
         assert_eq!(run(&mut checker, "alice", "secret").await, allow);
         assert_eq!(checker.cache_len(), 1);
         assert!(matches!(
-            checker.check(Instant::now(), "alice", b"secret"),
+            checker.check(Instant::now(), "alice", b"secret", "c", "127.0.0.1:1"),
             Check::Ready(AuthOutcome::Allow { .. })
         ));
         let c2 = config(&[("alice", "changed")]);
@@ -340,15 +400,15 @@ mod tests {
         c.auth.max_pending = 1;
         let (table, _) = PasswordTable::load(&c).unwrap();
         let mut checker = Checker::new(&c, table);
-        let first = checker.check(Instant::now(), "alice", b"secret");
+        let first = checker.check(Instant::now(), "alice", b"secret", "c", "p");
         assert!(matches!(first, Check::Later { .. }));
         assert!(matches!(
-            checker.check(Instant::now(), "alice", b"other"),
+            checker.check(Instant::now(), "alice", b"other", "c", "p"),
             Check::Ready(AuthOutcome::Busy)
         ));
         drop(first);
         assert!(matches!(
-            checker.check(Instant::now(), "alice", b"other"),
+            checker.check(Instant::now(), "alice", b"other", "c", "p"),
             Check::Later { .. }
         ));
     }
