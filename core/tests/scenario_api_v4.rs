@@ -985,6 +985,12 @@ fn prometheus_text_has_nanomq_metrics_in_order() {
     );
     assert!(r.text.contains("nanomq_cpu_usage_max 1.50\n"));
     assert!(r.text.contains("# TYPE nanomq_messages_received counter\n"));
+    assert!(
+        r.text
+            .contains("tidemq_acl_decisions{decision=\"deny\"} 0\n")
+    );
+    assert!(r.text.contains("tidemq_acl_revoked_subscriptions 0\n"));
+    assert!(r.text.contains("tidemq_auth_checks{outcome=\"busy\"} 0\n"));
     let names: Vec<&str> = r
         .text
         .lines()

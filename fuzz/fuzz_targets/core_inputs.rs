@@ -27,6 +27,9 @@ struct Model {
     journal: Vec<Record>,
     persisted_upto: u64,
     store_failed: bool,
+    /// Credential checks asked and not yet answered, oldest first; how many were answered.
+    auth_waiting: std::collections::VecDeque<ConnId>,
+    auth_answered: u64,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -40,6 +43,10 @@ fuzz_target!(|data: &[u8]| {
     config.persistence.enable = true;
     config.persistence.sync = SyncMode::Fsync;
     config.http_server.enable = true;
+    // A CONNECT with a user name waits for its credentials' answer (given below, in turn).
+    config.users.insert("u".to_owned(), "p".to_owned());
+    config.auth.max_pending = 2;
+    config.auth.max_held_bytes = 1024;
     let mut broker = Broker::new(config, 7, Instant(0));
     let mut now = 0u64;
     let mut next_req = 0u64;
@@ -49,6 +56,8 @@ fuzz_target!(|data: &[u8]| {
         journal: Vec::new(),
         persisted_upto: 0,
         store_failed: false,
+        auth_waiting: Default::default(),
+        auth_answered: 0,
     };
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
@@ -98,6 +107,21 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
+            // The oldest credential check answered: allowed, refused, busy in turn.
+            7 if conn == 2 => {
+                let Some(waiting) = model.auth_waiting.pop_front() else {
+                    continue;
+                };
+                model.auth_answered += 1;
+                Input::AuthResult {
+                    conn: waiting,
+                    outcome: match model.auth_answered % 3 {
+                        1 => AuthOutcome::Allow { superuser: false },
+                        2 => AuthOutcome::Deny,
+                        _ => AuthOutcome::Busy,
+                    },
+                }
+            }
             7 if conn == 3 => {
                 model.store_failed = true;
                 Input::PersistFailed {
@@ -142,7 +166,6 @@ fuzz_target!(|data: &[u8]| {
 fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
     let mut written = Vec::new();
     let mut restarted = Vec::new();
-    let mut asked = Vec::new();
     while let Some(output) = broker.poll_output() {
         match output {
             Output::Transmit { conn, bytes } => {
@@ -193,19 +216,9 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
                     restarted.push(req_id);
                 }
             }
-            Output::Authenticate { conn, .. } => asked.push(conn),
+            Output::Authenticate { conn, .. } => model.auth_waiting.push_back(conn),
             Output::Event(_) | Output::BridgeConnect { .. } => {}
         }
-    }
-    // Credential checks answered in turn: allowed, refused, busy.
-    for (i, conn) in asked.into_iter().enumerate() {
-        let outcome = match i % 3 {
-            0 => AuthOutcome::Allow { superuser: false },
-            1 => AuthOutcome::Deny,
-            _ => AuthOutcome::Busy,
-        };
-        broker.handle_input(Instant(now), Input::AuthResult { conn, outcome });
-        drain(broker, model, now);
     }
     // The restart "was done", every other one in part.
     for (i, req_id) in restarted.into_iter().enumerate() {

@@ -171,6 +171,27 @@ impl Broker {
              tidemq_retained_messages {}\n",
             self.retained.len()
         );
+        let _ = write!(
+            out,
+            "# HELP tidemq_acl_decisions ACL decisions on client PUBLISH and SUBSCRIBE.\n\
+             # TYPE tidemq_acl_decisions counter\n\
+             tidemq_acl_decisions{{decision=\"allow\"}} {}\n\
+             tidemq_acl_decisions{{decision=\"deny\"}} {}\n\
+             # HELP tidemq_acl_revoked_subscriptions Stored subscriptions an ACL change removed.\n\
+             # TYPE tidemq_acl_revoked_subscriptions counter\n\
+             tidemq_acl_revoked_subscriptions {}\n\
+             # HELP tidemq_auth_checks Credential checks answered, by outcome.\n\
+             # TYPE tidemq_auth_checks counter\n\
+             tidemq_auth_checks{{outcome=\"allow\"}} {}\n\
+             tidemq_auth_checks{{outcome=\"deny\"}} {}\n\
+             tidemq_auth_checks{{outcome=\"busy\"}} {}\n",
+            s.acl_allowed,
+            s.acl_denied,
+            s.acl_revoked,
+            s.auth_succeeded,
+            s.auth_failed,
+            s.auth_busy
+        );
         if !self.bridges.is_empty() {
             out.push_str("# HELP tidemq_bridge_up 1 while the bridge's link is up.\n");
             out.push_str("# TYPE tidemq_bridge_up gauge\n");
