@@ -120,6 +120,13 @@ pub enum Input {
     /// The answer to [`Output::Authenticate`] for this connection. One per request; an
     /// answer for a connection no longer waiting is ignored.
     AuthResult { conn: ConnId, outcome: AuthOutcome },
+    /// The answer to an [`Output::Authorize`].
+    AuthorizeResult {
+        conn: ConnId,
+        action: crate::acl::Action,
+        topic: String,
+        allow: bool,
+    },
 }
 
 /// A password on its way to be checked: never shown by `Debug`.
@@ -216,6 +223,18 @@ pub enum Output {
         /// The peer's address as `ip:port`.
         peer: String,
         method: AuthMethod,
+    },
+    /// May this client do `action` on `topic` (a topic name, or a filter as subscribed)? No
+    /// ACL rule decided it and `auth.http_auth.acl_req` is set. Answer with
+    /// [`Input::AuthorizeResult`]; the connection's packets wait until every question of the
+    /// packet is answered.
+    Authorize {
+        conn: ConnId,
+        client_id: String,
+        username: Option<String>,
+        peer: String,
+        action: crate::acl::Action,
+        topic: String,
     },
 }
 

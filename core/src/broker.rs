@@ -129,6 +129,8 @@ pub struct Broker {
     metrics: crate::metrics::Metrics,
     /// Connections waiting for an [`Input::AuthResult`] (bounded by `auth.max_pending`).
     authenticating: BTreeSet<ConnId>,
+    /// The ACL service's answers for the packet being processed after them.
+    acl_answers: BTreeMap<(crate::acl::Action, String), crate::acl::Decision>,
 }
 
 impl Broker {
@@ -166,6 +168,7 @@ impl Broker {
             v4: Default::default(),
             metrics: Default::default(),
             authenticating: BTreeSet::new(),
+            acl_answers: BTreeMap::new(),
         };
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
@@ -219,6 +222,12 @@ impl Broker {
             }
             Input::Timeout => self.fire_timers(),
             Input::AuthResult { conn, outcome } => self.auth_result(conn, outcome),
+            Input::AuthorizeResult {
+                conn,
+                action,
+                topic,
+                allow,
+            } => self.acl_result(conn, action, topic, allow),
             Input::WallClock { unix_ms } => {
                 self.wall_ms = unix_ms;
                 self.wall_at = self.now;

@@ -135,6 +135,9 @@ pub struct HttpAuthConfig {
     pub auth_req: Option<HttpAuthRequest>,
     /// 200 makes the client a superuser, not subject to the ACL.
     pub super_req: Option<HttpAuthRequest>,
+    /// Asked about a PUBLISH or SUBSCRIBE that no rule of `auth.acl` decides (`%A`: 1
+    /// subscribe, 2 publish; `%t`: the topic or filter); 200 allows.
+    pub acl_req: Option<HttpAuthRequest>,
     /// Whole request, in milliseconds.
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -152,6 +155,7 @@ impl Default for HttpAuthConfig {
             enable: false,
             auth_req: None,
             super_req: None,
+            acl_req: None,
             timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
             pool_size: 32,
@@ -165,6 +169,11 @@ impl HttpAuthConfig {
     /// Whether clients are asked about at all.
     pub fn asks(&self) -> bool {
         self.enable && self.auth_req.is_some()
+    }
+
+    /// Whether PUBLISH and SUBSCRIBE the ACL file does not decide are asked about.
+    pub fn asks_acl(&self) -> bool {
+        self.enable && self.acl_req.is_some()
     }
 }
 
@@ -691,6 +700,7 @@ impl Config {
         for (key, req) in [
             ("auth.http_auth.auth_req.url", &h.auth_req),
             ("auth.http_auth.super_req.url", &h.super_req),
+            ("auth.http_auth.acl_req.url", &h.acl_req),
         ] {
             if let Some(req) = req.as_ref().filter(|_| h.enable) {
                 if !req.url.starts_with("http://") {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::BytesMut;
 
+use crate::acl::{Action, Decision};
 use crate::api::Instant;
 use crate::codec::{self, DecodeLimits, ProtocolVersion, ReasonCode};
 use crate::config::Config;
@@ -54,6 +55,17 @@ pub(crate) struct Conn {
     pub pending_connect: Option<Box<codec::Connect>>,
     /// Not subject to the ACL (an authentication backend said so).
     pub superuser: bool,
+    /// A PUBLISH or SUBSCRIBE waiting for the ACL service's answers; nothing after it is
+    /// decoded meanwhile.
+    pub acl_wait: Option<Box<AclWait>>,
+}
+
+/// A packet held for the ACL service, and its questions.
+#[derive(Debug)]
+pub(crate) struct AclWait {
+    pub packet: codec::Packet,
+    pub pending: std::collections::BTreeSet<(Action, String)>,
+    pub decided: BTreeMap<(Action, String), Decision>,
 }
 
 impl Conn {
@@ -83,6 +95,7 @@ impl Conn {
             cert_identity: None,
             pending_connect: None,
             superuser: false,
+            acl_wait: None,
         }
     }
 

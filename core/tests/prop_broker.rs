@@ -236,7 +236,8 @@ impl Driver {
                 | Output::BridgeConnect { .. }
                 | Output::Persist { .. }
                 | Output::Snapshot { .. }
-                | Output::Authenticate { .. } => {}
+                | Output::Authenticate { .. }
+                | Output::Authorize { .. } => {}
             }
         }
     }

@@ -198,3 +198,87 @@ fn old_format_acl_keys_apply_in_rule_order() {
     let c = client(&mut h, "c", V5, None);
     assert_eq!(h.subscribe(c, "x", Q0).reasons[0].0, 0x87);
 }
+
+fn service_config() -> Config {
+    let text = r#"auth {
+  acl = { rules = [ { permit = deny, action = publish, topics = ["secret/#"] }, { permit = allow, action = subscribe, topics = ["open/#"] } ] }
+  http_auth { acl_req { url = "http://127.0.0.1:9/acl", params = { topic = "%t" } } }
+}"#;
+    let (config, _) = load(&Config::default(), text, Format::Hocon, &BTreeMap::new()).unwrap();
+    assert!(config.auth.http_auth.asks_acl());
+    config
+}
+
+#[test]
+fn the_acl_service_is_asked_only_what_no_rule_decides_and_the_packet_waits() {
+    use tidemq_core::acl::Action;
+    let mut h = Harness::with_config(service_config());
+    h.fragment = Fragment::Whole;
+    let watcher = client(&mut h, "w", V5, None);
+    // `open/#` is decided by the file; `ask/#` is asked.
+    let packet_id = 5;
+    h.send(
+        watcher,
+        &Packet::Subscribe(tidemq_core::codec::Subscribe {
+            packet_id,
+            properties: Default::default(),
+            filters: vec![
+                ("open/#".to_owned(), Default::default()),
+                ("ask/#".to_owned(), Default::default()),
+            ],
+        }),
+    );
+    assert_eq!(
+        h.acl_asked,
+        [(watcher, Action::Subscribe, "ask/#".to_owned())]
+    );
+    // Held: nothing answered, and a PINGREQ behind it waits too.
+    h.send(watcher, &Packet::PingReq);
+    assert!(h.recv(watcher).is_empty());
+    h.input(Input::AuthorizeResult {
+        conn: watcher,
+        action: Action::Subscribe,
+        topic: "ask/#".to_owned(),
+        allow: true,
+    });
+    let got = h.recv(watcher);
+    assert!(
+        matches!(&got[0], Packet::SubAck(s) if s.reasons.iter().map(|r| r.0).collect::<Vec<_>>() == [0, 0]),
+        "{got:?}"
+    );
+    assert!(matches!(got[1], Packet::PingResp), "{got:?}");
+
+    let p = client(&mut h, "p", V5, None);
+    h.acl_asked.clear();
+    // Denied by the file: not asked.
+    let pid = h.publish(p, "secret/x", "no", Q1, false).unwrap();
+    assert!(h.acl_asked.is_empty());
+    assert!(matches!(&h.recv(p)[0], Packet::PubAck(a) if a.packet_id == pid && a.reason.0 == 0x87));
+    // No rule: asked; the answer decides.
+    let pid = h.publish(p, "ask/1", "no", Q1, false).unwrap();
+    assert_eq!(h.acl_asked, [(p, Action::Publish, "ask/1".to_owned())]);
+    assert!(h.recv(p).is_empty());
+    h.input(Input::AuthorizeResult {
+        conn: p,
+        action: Action::Publish,
+        topic: "ask/1".to_owned(),
+        allow: false,
+    });
+    assert!(matches!(&h.recv(p)[0], Packet::PubAck(a) if a.packet_id == pid && a.reason.0 == 0x87));
+    h.publish(p, "ask/2", "yes", Q0, false);
+    h.input(Input::AuthorizeResult {
+        conn: p,
+        action: Action::Publish,
+        topic: "ask/2".to_owned(),
+        allow: true,
+    });
+    assert_eq!(h.payloads(watcher), ["yes"]);
+    // An answer nobody waits for changes nothing.
+    h.input(Input::AuthorizeResult {
+        conn: p,
+        action: Action::Publish,
+        topic: "ask/3".to_owned(),
+        allow: true,
+    });
+    assert!(h.recv(p).is_empty());
+}

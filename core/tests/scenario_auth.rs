@@ -321,12 +321,11 @@ fn http_auth_settings_are_read_and_make_the_core_ask() {
             ("username".to_owned(), "%u".to_owned())
         ]
     );
-    // acl_req is accepted without effect, and said so.
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.key.as_deref().is_some_and(|k| k.contains("acl_req"))),
-        "{warnings:?}"
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(h.asks_acl());
+    assert_eq!(
+        h.acl_req.as_ref().map(|r| r.url.as_str()),
+        Some("http://127.0.0.1:8991/acl")
     );
     assert!(config.validate().is_ok());
 

@@ -217,6 +217,8 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
                 }
             }
             Output::Authenticate { conn, .. } => model.auth_waiting.push_back(conn),
+            // No ACL service is configured here.
+            Output::Authorize { .. } => panic!("asked the ACL service, which is not configured"),
             Output::Event(_) | Output::BridgeConnect { .. } => {}
         }
     }

@@ -57,6 +57,14 @@ enum Event {
         req_id: u64,
         result: Result<PathBuf, String>,
     },
+    /// The ACL service answered.
+    Authorized {
+        conn: ConnId,
+        ticket: auth::AclTicket,
+        action: tidemq_core::acl::Action,
+        topic: String,
+        allow: bool,
+    },
     /// A password verification finished on the blocking pool.
     Auth {
         conn: ConnId,
@@ -786,6 +794,25 @@ impl Driver {
                     error!("{error}; running on, refusing what needs the store (0x97)");
                 }
             }
+            Event::Authorized {
+                conn,
+                ticket,
+                action,
+                topic,
+                allow,
+            } => {
+                self.auth
+                    .acl_finished(tokio::time::Instant::now(), ticket, allow);
+                self.input(
+                    now,
+                    Input::AuthorizeResult {
+                        conn,
+                        action,
+                        topic,
+                        allow,
+                    },
+                );
+            }
             Event::Auth {
                 conn,
                 ticket,
@@ -1261,6 +1288,43 @@ impl Driver {
                         let _ = store.send(store::StoreCmd::Snapshot { upto, records });
                     }
                 }
+                Output::Authorize {
+                    conn,
+                    client_id,
+                    username,
+                    peer,
+                    action,
+                    topic,
+                } => match self.auth.authorize(
+                    tokio::time::Instant::now(),
+                    (&client_id, username.as_deref(), &peer),
+                    action,
+                    &topic,
+                ) {
+                    auth::AclCheck::Ready(allow) => {
+                        self.feedback.push_back(Input::AuthorizeResult {
+                            conn,
+                            action,
+                            topic,
+                            allow,
+                        });
+                    }
+                    auth::AclCheck::Later { ticket, work } => {
+                        let events = self.events_tx.clone();
+                        tokio::spawn(async move {
+                            let allow = work.await;
+                            let _ = events
+                                .send(Event::Authorized {
+                                    conn,
+                                    ticket,
+                                    action,
+                                    topic,
+                                    allow,
+                                })
+                                .await;
+                        });
+                    }
+                },
                 Output::Authenticate {
                     conn,
                     username,

@@ -625,3 +625,73 @@ fn http_auth_denies_when_the_service_is_slow_or_down_unless_told_otherwise() {
     reload(&pid, &broker, 2);
     assert!(pub_ok(port, Some(("web", "anything"))));
 }
+
+#[test]
+fn http_acl_is_asked_after_the_acl_file_and_decides_what_it_left_open() {
+    let server = AuthServer::start();
+    let dir = Dir::new("auth-http-acl");
+    let port = free_port();
+    let conf = dir.file("nanomq.conf");
+    let auth = format!(
+        r#"allow_anonymous = true
+acl = {{ rules = [ {{ permit = deny, action = publish, topics = ["secret/#"] }} ] }}
+http_auth {{
+  acl_req {{
+    url = "http://127.0.0.1:{}/acl"
+    params = {{ access = "%A", topic = "%t", clientid = "%c" }}
+  }}
+}}"#,
+        server.port
+    );
+    std::fs::write(&conf, config(port, &auth)).unwrap();
+    let _broker = start(
+        &conf,
+        &dir.file("tidemq.pid"),
+        &dir.file("broker.log"),
+        port,
+    );
+
+    let out = paho(
+        port,
+        "5",
+        "c1",
+        &[
+            "--sub",
+            "ok/#",
+            "--sub",
+            "no/#",
+            "--pub",
+            "ok/1=a",
+            "--pub",
+            "no/1=b",
+            "--pub",
+            "secret/1=c",
+            "--listen",
+            "1",
+        ],
+    );
+    for line in [
+        "suback ok/# 1",
+        "suback no/# 135",
+        "puback ok/1 0",
+        "puback no/1 135",
+        "puback secret/1 135",
+        "msg ok/1 a",
+    ] {
+        assert!(has(&out, line), "{line}: {out:?}");
+    }
+    assert!(!out.iter().any(|l| l.starts_with("msg no/")), "{out:?}");
+    let seen = server.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r == "req POST /acl access=1&topic=ok%2F%23&clientid=c1"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r == "req POST /acl access=2&topic=ok%2F1&clientid=c1"),
+        "{seen:?}"
+    );
+    // The file decided `secret/1`: the service never heard of it.
+    assert!(!seen.iter().any(|r| r.contains("secret")), "{seen:?}");
+}

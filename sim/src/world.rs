@@ -607,6 +607,11 @@ impl World {
             }
             // Bridges are simulated in their own world (`bridge`).
             Output::BridgeConnect { .. } => {}
+            // No family configures an ACL service: being asked is a fault of the broker.
+            Output::Authorize { conn, .. } => self.trace.push(Ev::Stuck(format!(
+                "conn {}: the ACL service was asked, none is configured",
+                conn.0
+            ))),
             Output::Authenticate { conn, .. } => {
                 let connect = self.trace.entries.iter().rposition(|e| {
                     matches!(&e.ev, Ev::BrokerGot { conn: c, pkt: Got::Connect { .. }, .. } if *c == conn.0)

@@ -52,6 +52,19 @@ impl Broker {
                 }
                 return;
             }
+            if conn.acl_wait.is_some() {
+                // Likewise until the ACL service answers about the packet before.
+                if self.holds_too_much(id) {
+                    self.drop_conn(
+                        id,
+                        CloseReason::error(
+                            reason::QUOTA_EXCEEDED,
+                            "sent too much while the ACL service was asked",
+                        ),
+                    );
+                }
+                return;
+            }
             if conn.rx.is_empty() {
                 return;
             }
@@ -116,7 +129,7 @@ impl Broker {
     }
 
     /// One whole packet from a client, to the flow it belongs to.
-    fn handle_packet(&mut self, id: ConnId, packet: Packet) {
+    pub(super) fn handle_packet(&mut self, id: ConnId, packet: Packet) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -127,6 +140,9 @@ impl Broker {
             return;
         };
         let version = conn.version.unwrap_or(ProtocolVersion::V311);
+        let Some(packet) = self.acl_hold(id, sid, packet) else {
+            return;
+        };
         match packet {
             Packet::Publish(p) => self.handle_publish(id, sid, version, p),
             Packet::PubAck(a) => self.handle_puback(sid, a.packet_id),

@@ -340,13 +340,14 @@ fn apply_http_auth(c: &mut Config, field: &str, v: &Raw) -> Result<Applied, Stri
             let req = match name {
                 "auth_req" => &mut h.auth_req,
                 "super_req" => &mut h.super_req,
-                "acl_req" => return Ok(Applied::NoEffect),
+                "acl_req" => &mut h.acl_req,
                 _ => return Ok(Applied::Unknown),
             };
             let req = req.get_or_insert_with(Default::default);
             let (sub, item) = sub.split_once('.').unwrap_or((sub, ""));
             match (sub, item) {
-                ("", _) | ("headers" | "params", "") if !matches!(v, Raw::Object(_)) => {
+                ("", _) => return Ok(Applied::Section),
+                ("headers" | "params", "") if !matches!(v, Raw::Object(_)) => {
                     return Ok(Applied::Section);
                 }
                 ("url", _) => req.url = string(v)?,

@@ -138,6 +138,8 @@ pub struct Harness {
     pub auto_auth: bool,
     /// Every `Output::Authenticate` not answered automatically: connection, user, password.
     pub auth_asked: Vec<(ConnId, String, Vec<u8>)>,
+    /// Every `Output::Authorize`: connection, action, topic (answered by the test).
+    pub acl_asked: Vec<(ConnId, tidemq_core::acl::Action, String)>,
     rng: u64,
     /// The broker's seed, kept for a broker restored from the store.
     seed: u64,
@@ -180,6 +182,7 @@ impl Harness {
             auto_persist: false,
             auto_auth: true,
             auth_asked: Vec::new(),
+            acl_asked: Vec::new(),
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             seed,
             next_conn: 1,
@@ -287,6 +290,12 @@ impl Harness {
                             self.auth_asked.push((conn, username, password.0.to_vec()));
                         }
                     }
+                    Output::Authorize {
+                        conn,
+                        action,
+                        topic,
+                        ..
+                    } => self.acl_asked.push((conn, action, topic)),
                     Output::AdminReply { .. }
                     | Output::AdminAuthorized { .. }
                     | Output::WriteConfig { .. }

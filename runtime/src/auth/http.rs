@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tidemq_core::AuthOutcome;
+use tidemq_core::acl::Action;
 use tidemq_core::config::{Config, HttpAuthConfig, HttpAuthRequest};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -33,10 +34,10 @@ pub struct HttpAuth {
 }
 
 impl HttpAuth {
-    /// The client for `config`, if it asks about clients at all.
+    /// The client for `config`, if it asks about clients or their packets at all.
     pub fn new(config: &Config) -> Option<Arc<HttpAuth>> {
         let h = &config.auth.http_auth;
-        h.asks().then(|| {
+        (h.asks() || h.asks_acl()).then(|| {
             Arc::new(HttpAuth {
                 config: h.clone(),
                 permits: Arc::new(Semaphore::new(h.pool_size as usize)),
@@ -49,6 +50,11 @@ impl HttpAuth {
         })
     }
 
+    /// Whether users are asked about (`auth_req`), not only their packets.
+    pub fn authenticates(&self) -> bool {
+        self.config.auth_req.is_some()
+    }
+
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_millis(self.config.cache_ttl_ms)
     }
@@ -58,7 +64,7 @@ impl HttpAuth {
         let Some(req) = &self.config.auth_req else {
             return AuthOutcome::Deny;
         };
-        match self.call(req, s).await {
+        match self.call(req, s, None).await {
             Ok(200) => {}
             Ok(status) => {
                 tracing::debug!(status, user = s.username, "http auth: denied");
@@ -74,17 +80,36 @@ impl HttpAuth {
             }
         }
         let superuser = match &self.config.super_req {
-            Some(req) => matches!(self.call(req, s).await, Ok(200)),
+            Some(req) => matches!(self.call(req, s, None).await, Ok(200)),
             None => false,
         };
         AuthOutcome::Allow { superuser }
     }
 
+    /// `acl_req` about `action` on `topic`: allowed?
+    pub async fn authorize(&self, s: &Subject<'_>, action: Action, topic: &str) -> bool {
+        let Some(req) = &self.config.acl_req else {
+            return false;
+        };
+        match self.call(req, s, Some((action, topic))).await {
+            Ok(status) => status == 200,
+            Err(e) => {
+                tracing::warn!(error = e, url = req.url, "http acl: no answer");
+                self.config.allow_on_error
+            }
+        }
+    }
+
     /// One request; its HTTP status.
-    async fn call(&self, req: &HttpAuthRequest, s: &Subject<'_>) -> Result<u16, String> {
+    async fn call(
+        &self,
+        req: &HttpAuthRequest,
+        s: &Subject<'_>,
+        acl: Option<(Action, &str)>,
+    ) -> Result<u16, String> {
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let (authority, path) = split_url(&req.url)?;
-        let form = encode_params(&req.params, s, &self.server_port);
+        let form = encode_params(&req.params, s, &self.server_port, acl);
         let get = req.method.eq_ignore_ascii_case("GET");
         let uri = match (get, form.is_empty()) {
             (true, false) if path.contains('?') => format!("{path}&{form}"),
@@ -159,7 +184,12 @@ fn split_url(url: &str) -> Result<(&str, &str), String> {
 }
 
 /// `k=v&...`, form-encoded, with the placeholders of `v` replaced.
-fn encode_params(params: &[(String, String)], s: &Subject<'_>, server_port: &str) -> String {
+fn encode_params(
+    params: &[(String, String)],
+    s: &Subject<'_>,
+    server_port: &str,
+    acl: Option<(Action, &str)>,
+) -> String {
     let ip = match s.peer.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
         None => s.peer.rsplit_once(':').map_or(s.peer, |(h, _)| h),
@@ -181,6 +211,12 @@ fn encode_params(params: &[(String, String)], s: &Subject<'_>, server_port: &str
                 Some('P') => value.push_str(&password),
                 Some('p') => value.push_str(server_port),
                 Some('r') => value.push_str("mqtt"),
+                // ACL requests only: the access (1 subscribe, 2 publish) and the topic.
+                Some('A') if acl.is_some() => value.push_str(match acl {
+                    Some((Action::Subscribe, _)) => "1",
+                    _ => "2",
+                }),
+                Some('t') if acl.is_some() => value.push_str(acl.map_or("", |(_, t)| t)),
                 Some(other) => {
                     value.push('%');
                     value.push(other);
@@ -226,8 +262,20 @@ mod tests {
             ("x".to_owned(), "%c-%a-%P-%p-%r-%z".to_owned()),
         ];
         assert_eq!(
-            encode_params(&params, &s, "1883"),
+            encode_params(&params, &s, "1883", None),
             "u=al%20ice&x=c%2F1-%3A%3A1-p%26w-1883-mqtt-%25z"
+        );
+        let acl = vec![
+            ("a".to_owned(), "%A".to_owned()),
+            ("t".to_owned(), "%t".to_owned()),
+        ];
+        assert_eq!(
+            encode_params(&acl, &s, "1883", Some((Action::Subscribe, "a/#"))),
+            "a=1&t=a%2F%23"
+        );
+        assert_eq!(
+            encode_params(&acl, &s, "1883", Some((Action::Publish, "x"))),
+            "a=2&t=x"
         );
     }
 

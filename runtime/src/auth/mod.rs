@@ -16,4 +16,4 @@ pub use hash::{
     MAX_PBKDF2_ITERATIONS, PasswordHash, Scheme, dummy_verify, hash_argon2id,
 };
 pub use passwd::{PasswdAction, PasswdError, edit_lines, passwd, write_atomic};
-pub use service::{Check, Checker, PasswordTable, TableReport, Ticket};
+pub use service::{AclCheck, AclTicket, Check, Checker, PasswordTable, TableReport, Ticket};

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tidemq_core::acl::Action;
 use tidemq_core::{AuthOutcome, Config};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -119,6 +120,25 @@ pub enum Check {
     },
 }
 
+/// An ACL question: answered now (remembered) or asked of the service.
+pub enum AclCheck {
+    Ready(bool),
+    Later {
+        ticket: AclTicket,
+        work: Pin<Box<dyn Future<Output = bool> + Send>>,
+    },
+}
+
+/// Ties a finished ACL question to the settings it was asked under.
+#[derive(Debug)]
+pub struct AclTicket {
+    key: AclKey,
+    generation: u64,
+}
+
+/// User, client id, address, access (1 subscribe, 2 publish), topic.
+type AclKey = (Option<String>, String, String, u8, String);
+
 /// Ties a finished verification to the table it was made against.
 #[derive(Debug)]
 pub struct Ticket {
@@ -135,6 +155,8 @@ pub struct Checker {
     generation: u64,
     /// Until when, and whether as a superuser.
     cache: BTreeMap<CacheKey, (Instant, bool)>,
+    /// The ACL service's answers: until when, allowed.
+    acl_cache: BTreeMap<AclKey, (Instant, bool)>,
     http: Option<Arc<HttpAuth>>,
     ttl: Duration,
     cache_max: usize,
@@ -156,6 +178,7 @@ impl Checker {
             table: Arc::new(table),
             generation: 0,
             cache: BTreeMap::new(),
+            acl_cache: BTreeMap::new(),
             http: HttpAuth::new(config),
             ttl: Duration::from_millis(config.auth.cache_ttl_ms),
             cache_max: config.auth.cache_max as usize,
@@ -173,6 +196,7 @@ impl Checker {
         self.http = HttpAuth::new(config);
         self.generation += 1;
         self.cache.clear();
+        self.acl_cache.clear();
         self.ttl = Duration::from_millis(config.auth.cache_ttl_ms);
         self.cache_max = config.auth.cache_max as usize;
         self.max_in_flight = config.auth.max_pending as usize;
@@ -188,6 +212,86 @@ impl Checker {
     pub fn flush(&mut self) {
         self.generation += 1;
         self.cache.clear();
+        self.acl_cache.clear();
+    }
+
+    /// Asks the ACL service (`auth.http_auth.acl_req`), unless its answer is remembered.
+    /// Denied when no service is configured any more or too many questions are under way.
+    pub fn authorize(
+        &mut self,
+        now: Instant,
+        who: (&str, Option<&str>, &str),
+        action: Action,
+        topic: &str,
+    ) -> AclCheck {
+        let (client_id, username, peer) = who;
+        let Some(http) = self.http.clone() else {
+            return AclCheck::Ready(false);
+        };
+        let ip = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+        let access = match action {
+            Action::Subscribe => 1,
+            Action::Publish => 2,
+        };
+        let key: AclKey = (
+            username.map(str::to_owned),
+            client_id.to_owned(),
+            ip.to_owned(),
+            access,
+            topic.to_owned(),
+        );
+        match self.acl_cache.get(&key) {
+            Some(&(until, allow)) if until > now => return AclCheck::Ready(allow),
+            Some(_) => {
+                self.acl_cache.remove(&key);
+            }
+            None => {}
+        }
+        if self.in_flight.load(Ordering::Relaxed) >= self.max_in_flight {
+            return AclCheck::Ready(false);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(self.in_flight.clone());
+        let (user, client_id, peer, topic) = (
+            username.unwrap_or_default().to_owned(),
+            client_id.to_owned(),
+            peer.to_owned(),
+            topic.to_owned(),
+        );
+        let work = async move {
+            let _in_flight = in_flight;
+            let subject = Subject {
+                username: &user,
+                password: b"",
+                client_id: &client_id,
+                peer: &peer,
+            };
+            http.authorize(&subject, action, &topic).await
+        };
+        AclCheck::Later {
+            ticket: AclTicket {
+                key,
+                generation: self.generation,
+            },
+            work: Box::pin(work),
+        }
+    }
+
+    /// An ACL answer came back: remembered for `auth.http_auth.cache_ttl`.
+    pub fn acl_finished(&mut self, now: Instant, ticket: AclTicket, allow: bool) {
+        let Some(ttl) = self.http.as_ref().map(|h| h.cache_ttl()) else {
+            return;
+        };
+        if ticket.generation != self.generation || ttl.is_zero() {
+            return;
+        }
+        if self.acl_cache.len() >= self.cache_max {
+            self.acl_cache.retain(|_, (until, _)| *until > now);
+            if self.acl_cache.len() >= self.cache_max {
+                return;
+            }
+        }
+        self.acl_cache.insert(ticket.key, (now + ttl, allow));
     }
 
     pub fn cache_len(&self) -> usize {
@@ -222,7 +326,10 @@ impl Checker {
         client_id: &str,
         peer: &str,
     ) -> Check {
-        let http = self.http.clone().filter(|_| !self.table.contains(username));
+        let http = self
+            .http
+            .clone()
+            .filter(|h| h.authenticates() && !self.table.contains(username));
         let ip = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
         let key = match &http {
             Some(_) => self.key(username, password, &[client_id, ip]),

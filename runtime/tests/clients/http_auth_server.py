@@ -3,6 +3,7 @@ request (`req <method> <path> <form>`).
 
     POST|GET /auth   200 for web/web-pw and boss/boss-pw, else 403
     POST|GET /super  200 for boss, else 403
+    POST|GET /acl    200 when the topic starts with ok/, else 403
     any      /slow   answers 200 after 3 s
 """
 
@@ -25,6 +26,8 @@ class Handler(BaseHTTPRequestHandler):
             ok = True
         elif path == "/auth":
             ok = user in USERS and USERS[user] == form.get("password")
+        elif path == "/acl":
+            ok = form.get("topic", "").startswith("ok/")
         elif path == "/super":
             ok = user == "boss"
         else:
