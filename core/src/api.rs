@@ -126,6 +126,46 @@ pub enum Input {
     PersistFailed { error: String },
     /// The store's journal has grown: answer with [`Output::Snapshot`] of everything live.
     SnapshotRequest,
+    /// The answer to [`Output::Authenticate`] for this connection. One per request; an
+    /// answer for a connection no longer waiting is ignored.
+    AuthResult { conn: ConnId, outcome: AuthOutcome },
+    /// The answer to an [`Output::Authorize`].
+    AuthorizeResult {
+        conn: ConnId,
+        action: crate::acl::Action,
+        topic: String,
+        allow: bool,
+    },
+}
+
+/// A password on its way to be checked: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub Bytes);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// How a connection's credentials are to be checked ([`Output::Authenticate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Against the password table (`auth.password`, `auth.password_file`).
+    Password,
+    /// The password table for the users it holds, `auth.http_auth` for the others.
+    PasswordThenHttp,
+}
+
+/// The verdict on an [`Output::Authenticate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Good credentials. A superuser is not subject to the ACL.
+    Allow { superuser: bool },
+    /// Wrong user name or password (v5 CONNACK 0x86, 3.1.1 return code 4).
+    Deny,
+    /// The checker could not take the request (v5 CONNACK 0x89, 3.1.1 return code 3).
+    Busy,
 }
 
 /// What the broker asks its driver to do, or tells it.
@@ -181,6 +221,29 @@ pub enum Output {
     Snapshot {
         upto: u64,
         records: Vec<persist::Record>,
+    },
+    /// Check these credentials and answer with [`Input::AuthResult`]. The connection sends
+    /// nothing further through the core until then; its connect timeout keeps running.
+    Authenticate {
+        conn: ConnId,
+        username: String,
+        password: Secret,
+        client_id: String,
+        /// The peer's address as `ip:port`.
+        peer: String,
+        method: AuthMethod,
+    },
+    /// May this client do `action` on `topic` (a topic name, or a filter as subscribed)? No
+    /// ACL rule decided it and `auth.http_auth.acl_req` is set. Answer with
+    /// [`Input::AuthorizeResult`]; the connection's packets wait until every question of the
+    /// packet is answered.
+    Authorize {
+        conn: ConnId,
+        client_id: String,
+        username: Option<String>,
+        peer: String,
+        action: crate::acl::Action,
+        topic: String,
     },
 }
 

@@ -6,7 +6,9 @@
 //! |---|---|
 //! | `io.rs` | bytes in and out: accept, decode, the packet dispatch, send, flush, back-pressure, close |
 //! | `keepalive.rs` | the connect timeout and keep alive |
-//! | `connect.rs` | CONNECT, authentication, takeover, CONNACK, DISCONNECT |
+//! | `connect.rs` | CONNECT, takeover, CONNACK, DISCONNECT |
+//! | `auth.rs` | credentials: decided here, or checked outside and waited for |
+//! | `acl.rs` | the ACL on PUBLISH and SUBSCRIBE, and stored subscriptions after an ACL change |
 //! | `expiry.rs` | a session without its connection: will delay, expiry, its end |
 //! | `inbound.rs` | client PUBLISH, inbound QoS 2 (PUBREC, PUBREL, PUBCOMP) |
 //! | `route.rs` | retained messages and routing to subscriptions and bridges |
@@ -20,7 +22,7 @@
 //! | `sys_stats.rs` | the broker's figures at one moment, and the `$SYS/broker` tree timer |
 //! | `restore.rs` | rebuilding the broker from what the store recovered |
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::admin::PendingConfig;
@@ -38,10 +40,12 @@ use crate::session::{Session, Subscription};
 use crate::timer::{Timer, Timers};
 use crate::topic::{RetainTrie, SubscriptionTrie};
 
+mod acl;
 mod admin_api;
 mod admin_v4;
 mod admin_v4_bridge;
 mod admin_v4_mqtt;
+mod auth;
 mod bridging;
 mod connect;
 mod deliver;
@@ -72,6 +76,15 @@ pub struct Stats {
     pub messages_dropped: u64,
     /// Client messages (and wills) that matched no subscription.
     pub messages_unrouted: u64,
+    /// Credential checks answered: good, bad, and refused as busy (here or by the checker).
+    pub auth_succeeded: u64,
+    pub auth_failed: u64,
+    pub auth_busy: u64,
+    /// ACL decisions on client PUBLISH and SUBSCRIBE.
+    pub acl_allowed: u64,
+    pub acl_denied: u64,
+    /// Stored subscriptions an ACL change removed.
+    pub acl_revoked: u64,
 }
 
 /// The broker core. See the crate documentation for the calling discipline.
@@ -122,6 +135,10 @@ pub struct Broker {
     counters: crate::metrics::Counters,
     /// The `$SYS/broker` tree: what was last published, the load averages, its timer.
     sys_tree: crate::sys_tree::SysTree,
+    /// Connections waiting for an [`Input::AuthResult`] (bounded by `auth.max_pending`).
+    authenticating: BTreeSet<ConnId>,
+    /// The ACL service's answers for the packet being processed after them.
+    acl_answers: BTreeMap<(crate::acl::Action, String), crate::acl::Decision>,
 }
 
 impl Broker {
@@ -161,6 +178,8 @@ impl Broker {
             memory: Default::default(),
             counters: Default::default(),
             sys_tree: Default::default(),
+            authenticating: BTreeSet::new(),
+            acl_answers: BTreeMap::new(),
         };
         broker.memory.budget = broker.config.max_memory as usize;
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
@@ -220,16 +239,27 @@ impl Broker {
                 }
             }
             Input::Timeout => self.fire_timers(),
+            Input::AuthResult { conn, outcome } => self.auth_result(conn, outcome),
+            Input::AuthorizeResult {
+                conn,
+                action,
+                topic,
+                allow,
+            } => self.acl_result(conn, action, topic, allow),
             Input::WallClock { unix_ms } => {
                 self.wall_ms = unix_ms;
                 self.wall_at = self.now;
             }
             Input::ConfigChange(config) => match config.validate() {
                 Ok(()) => {
+                    let acl_changed = self.config.acl != config.acl;
                     self.config = *config;
                     self.memory.budget = self.config.max_memory as usize;
                     self.configure_bridges();
                     self.arm_sys_timer();
+                    if acl_changed {
+                        self.revoke_denied_subscriptions();
+                    }
                     self.event(BrokerEvent::ConfigApplied);
                 }
                 Err(error) => self.event(BrokerEvent::ConfigRejected { error }),

@@ -83,6 +83,127 @@ pub struct Config {
     pub bridges: BTreeMap<String, BridgeConfig>,
     pub log: LogConfig,
     pub persistence: PersistenceConfig,
+    pub auth: AuthConfig,
+    /// The ACL (`auth.acl`, `auth.no_match`, `auth.deny_action`; old format `acl_enable`,
+    /// `acl_nomatch`, `acl.rule.N`). Read from the configuration files only.
+    #[serde(skip)]
+    pub acl: crate::acl::AclSettings,
+}
+
+/// What `allow_anonymous` means (`auth.anonymous_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymousMode {
+    /// NanoMQ's: `allow_anonymous = true` accepts every client without looking at its
+    /// credentials; `false` refuses an empty user name or password.
+    Nanomq,
+    /// Credentials a client gives are always checked; `allow_anonymous` only admits
+    /// clients that give no user name.
+    Strict,
+}
+
+/// Password checks (`auth.*` beyond the ACL). The checks run outside the core; these are
+/// its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub anonymous_mode: AnonymousMode,
+    /// A Mosquitto-format password file (`user:hash` lines), read by the runtime.
+    pub password_file: Option<String>,
+    /// Connections waiting for their credentials to be checked; beyond, CONNECT is
+    /// refused as busy (v5 0x89, 3.1.1 return code 3).
+    pub max_pending: u32,
+    /// Bytes a connection may send after its CONNECT while it waits; beyond, it is
+    /// refused with 0x97 (3.1.1: return code 3).
+    pub max_held_bytes: u32,
+    /// Password checks run at once (threads); 0 = one per core.
+    pub workers: u32,
+    /// How long a successful check is remembered, in milliseconds; 0 = not at all.
+    pub cache_ttl_ms: u64,
+    /// Successful checks remembered at most.
+    pub cache_max: u32,
+    /// NanoMQ's `auth.http_auth`: users not in the password table are asked of a web service.
+    pub http_auth: HttpAuthConfig,
+}
+
+/// One request of `auth.http_auth` (`auth_req`, `super_req`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpAuthRequest {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// `POST` (default) or `GET`.
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `k=v&...` (the query for GET, the body for POST); values may hold the
+    /// placeholders `%u %c %a %P %p %r`.
+    pub params: Vec<(String, String)>,
+}
+
+/// NanoMQ's `auth.http_auth`: HTTP 200 allows, any other status denies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    /// On when the section is present, unless `enable = false`.
+    pub enable: bool,
+    pub auth_req: Option<HttpAuthRequest>,
+    /// 200 makes the client a superuser, not subject to the ACL.
+    pub super_req: Option<HttpAuthRequest>,
+    /// Asked about a PUBLISH or SUBSCRIBE that no rule of `auth.acl` decides (`%A`: 1
+    /// subscribe, 2 publish; `%t`: the topic or filter); 200 allows.
+    pub acl_req: Option<HttpAuthRequest>,
+    /// Whole request, in milliseconds.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Requests at once.
+    pub pool_size: u32,
+    /// How long an allowing answer is remembered, in milliseconds; 0 = not at all.
+    pub cache_ttl_ms: u64,
+    /// When the server cannot be reached or does not answer in time: deny (default) or allow.
+    pub allow_on_error: bool,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        HttpAuthConfig {
+            enable: false,
+            auth_req: None,
+            super_req: None,
+            acl_req: None,
+            timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            pool_size: 32,
+            cache_ttl_ms: 30_000,
+            allow_on_error: false,
+        }
+    }
+}
+
+impl HttpAuthConfig {
+    /// Whether clients are asked about at all.
+    pub fn asks(&self) -> bool {
+        self.enable && self.auth_req.is_some()
+    }
+
+    /// Whether PUBLISH and SUBSCRIBE the ACL file does not decide are asked about.
+    pub fn asks_acl(&self) -> bool {
+        self.enable && self.acl_req.is_some()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous_mode: AnonymousMode::Strict,
+            password_file: None,
+            max_pending: 1024,
+            max_held_bytes: 64 * 1024,
+            workers: 0,
+            cache_ttl_ms: 300_000,
+            cache_max: 10_000,
+            http_auth: HttpAuthConfig::default(),
+        }
+    }
 }
 
 /// When the store's writes count as done (`persistence.sync`).
@@ -399,6 +520,8 @@ impl Default for Config {
             bridges: BTreeMap::new(),
             log: LogConfig::default(),
             persistence: PersistenceConfig::default(),
+            auth: AuthConfig::default(),
+            acl: crate::acl::AclSettings::default(),
         }
     }
 }
@@ -587,6 +710,33 @@ impl Config {
             return err(
                 "log.level",
                 "must be one of trace, debug, info, warn, error, fatal",
+            );
+        }
+        if self.auth.max_pending == 0 {
+            return err("auth.max_pending", "must be at least 1");
+        }
+        if self.auth.max_held_bytes < 1024 {
+            return err("auth.max_held_bytes", "must be at least 1024 bytes");
+        }
+        let h = &self.auth.http_auth;
+        for (key, req) in [
+            ("auth.http_auth.auth_req.url", &h.auth_req),
+            ("auth.http_auth.super_req.url", &h.super_req),
+            ("auth.http_auth.acl_req.url", &h.acl_req),
+        ] {
+            if let Some(req) = req.as_ref().filter(|_| h.enable) {
+                if !req.url.starts_with("http://") {
+                    return err(key, "must be an http:// URL (https is not supported)");
+                }
+                if !matches!(req.method.as_str(), "" | "POST" | "GET" | "post" | "get") {
+                    return err(key, "method must be POST or GET");
+                }
+            }
+        }
+        if h.enable && (h.timeout_ms == 0 || h.connect_timeout_ms == 0 || h.pool_size == 0) {
+            return err(
+                "auth.http_auth",
+                "timeout, connect_timeout and pool_size must be at least 1",
             );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

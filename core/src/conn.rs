@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::BytesMut;
 
+use crate::acl::{Action, Decision};
 use crate::api::Instant;
 use crate::codec::{self, DecodeLimits, ProtocolVersion, ReasonCode};
 use crate::config::Config;
@@ -14,6 +15,9 @@ use crate::memory::{CONN_BYTES, Charge, Ledger};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnState {
     AwaitingConnect,
+    /// CONNECT received, its credentials being checked outside the core: nothing further
+    /// from this connection is decoded until the answer.
+    Authenticating,
     Active(SessionId),
 }
 
@@ -52,6 +56,21 @@ pub(crate) struct Conn {
     pub charge: Charge,
     /// Bytes of the topics behind `topic_aliases`.
     pub alias_bytes: usize,
+    /// The CONNECT waiting for its credentials' check (password removed).
+    pub pending_connect: Option<Box<codec::Connect>>,
+    /// Not subject to the ACL (an authentication backend said so).
+    pub superuser: bool,
+    /// A PUBLISH or SUBSCRIBE waiting for the ACL service's answers; nothing after it is
+    /// decoded meanwhile.
+    pub acl_wait: Option<Box<AclWait>>,
+}
+
+/// A packet held for the ACL service, and its questions.
+#[derive(Debug)]
+pub(crate) struct AclWait {
+    pub packet: codec::Packet,
+    pub pending: std::collections::BTreeSet<(Action, String)>,
+    pub decided: BTreeMap<(Action, String), Decision>,
 }
 
 impl Conn {
@@ -81,6 +100,9 @@ impl Conn {
             keep_alive: 0,
             clean_start: true,
             cert_identity: None,
+            pending_connect: None,
+            superuser: false,
+            acl_wait: None,
         }
     }
 

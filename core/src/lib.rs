@@ -32,7 +32,7 @@ pub mod topic;
 mod window;
 pub mod ws;
 
-pub use api::{BrokerEvent, ConnId, Input, Instant, Output};
+pub use api::{AuthMethod, AuthOutcome, BrokerEvent, ConnId, Input, Instant, Output, Secret};
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};
 pub use metrics::{COMMIT_BOUNDS_US, RuntimeConnCounters, StoreFigures};

@@ -235,7 +235,9 @@ impl Driver {
                 | Output::Control { .. }
                 | Output::BridgeConnect { .. }
                 | Output::Persist { .. }
-                | Output::Snapshot { .. } => {}
+                | Output::Snapshot { .. }
+                | Output::Authenticate { .. }
+                | Output::Authorize { .. } => {}
             }
         }
     }

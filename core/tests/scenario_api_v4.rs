@@ -985,6 +985,18 @@ fn prometheus_text_has_nanomq_metrics_in_order() {
     );
     assert!(r.text.contains("nanomq_cpu_usage_max 1.50\n"));
     assert!(r.text.contains("# TYPE nanomq_messages_received counter\n"));
+    assert!(
+        r.text
+            .contains("tidemq_acl_decisions_total{decision=\"deny\"} 0\n")
+    );
+    assert!(
+        r.text
+            .contains("tidemq_acl_revoked_subscriptions_total 0\n")
+    );
+    assert!(
+        r.text
+            .contains("tidemq_auth_checks_total{outcome=\"busy\"} 0\n")
+    );
     let names: Vec<&str> = r
         .text
         .lines()
@@ -997,4 +1009,27 @@ fn prometheus_text_has_nanomq_metrics_in_order() {
         (m["cpuinfo"].clone(), m["memory"].clone()),
         (json!("0.25%"), json!("2048"))
     );
+}
+
+#[test]
+fn auth_http_configuration_is_shown_with_header_values_masked() {
+    let mut config = Config::default();
+    let h = &mut config.auth.http_auth;
+    h.enable = true;
+    h.auth_req = Some(tidemq_core::config::HttpAuthRequest {
+        url: "http://127.0.0.1:1/auth".to_owned(),
+        method: "GET".to_owned(),
+        headers: [("x-key".to_owned(), "hunter2".to_owned())].into(),
+        params: vec![("u".to_owned(), "%u".to_owned())],
+    });
+    let mut h = Harness::with_config(config);
+    let mut api = Api::new();
+    let v = api.get(&mut h, "/api/v4/configuration/auth_http").json();
+    let a = &v["data"]["auth_http"];
+    assert_eq!(a["enable"], json!(true));
+    assert_eq!(a["auth_req"]["url"], json!("http://127.0.0.1:1/auth"));
+    assert_eq!(a["auth_req"]["params"], json!([{ "u": "%u" }]));
+    assert_eq!(a["auth_req"]["headers"], json!([{ "x-key": "******" }]));
+    assert_eq!(a["acl_req"], Value::Null);
+    assert!(!v.to_string().contains("hunter2"));
 }

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use tidemq_core::admin::Credentials;
 use tidemq_core::config::SyncMode;
 use tidemq_core::persist::{Record, Recovered};
-use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
+use tidemq_core::{AuthOutcome, Broker, Config, ConnId, Input, Instant, Output};
 
 /// `admin:public`, the default admin credentials.
 const BASIC: &str = "Basic YWRtaW46cHVibGlj";
@@ -27,6 +27,9 @@ struct Model {
     journal: Vec<Record>,
     persisted_upto: u64,
     store_failed: bool,
+    /// Credential checks asked and not yet answered, oldest first; how many were answered.
+    auth_waiting: std::collections::VecDeque<ConnId>,
+    auth_answered: u64,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -42,6 +45,10 @@ fuzz_target!(|data: &[u8]| {
     config.persistence.enable = true;
     config.persistence.sync = SyncMode::Fsync;
     config.http_server.enable = true;
+    // A CONNECT with a user name waits for its credentials' answer (given below, in turn).
+    config.users.insert("u".to_owned(), "p".to_owned());
+    config.auth.max_pending = 2;
+    config.auth.max_held_bytes = 1024;
     let mut broker = Broker::new(config, 7, Instant(0));
     let mut now = 0u64;
     let mut next_req = 0u64;
@@ -51,6 +58,8 @@ fuzz_target!(|data: &[u8]| {
         journal: Vec::new(),
         persisted_upto: 0,
         store_failed: false,
+        auth_waiting: Default::default(),
+        auth_answered: 0,
     };
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
@@ -103,6 +112,21 @@ fuzz_target!(|data: &[u8]| {
                         credentials,
                         body: Bytes::copy_from_slice(body),
                     }
+                }
+            }
+            // The oldest credential check answered: allowed, refused, busy in turn.
+            7 if conn == 2 => {
+                let Some(waiting) = model.auth_waiting.pop_front() else {
+                    continue;
+                };
+                model.auth_answered += 1;
+                Input::AuthResult {
+                    conn: waiting,
+                    outcome: match model.auth_answered % 3 {
+                        1 => AuthOutcome::Allow { superuser: false },
+                        2 => AuthOutcome::Deny,
+                        _ => AuthOutcome::Busy,
+                    },
                 }
             }
             7 if conn == 3 => {
@@ -199,6 +223,9 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
                     restarted.push(req_id);
                 }
             }
+            Output::Authenticate { conn, .. } => model.auth_waiting.push_back(conn),
+            // No ACL service is configured here.
+            Output::Authorize { .. } => panic!("asked the ACL service, which is not configured"),
             Output::Event(_) | Output::BridgeConnect { .. } => {}
         }
     }

@@ -218,6 +218,16 @@ pub fn masked_json(config: &Config) -> String {
             bridge.password = Some(MASK.to_owned());
         }
     }
+    // Header values of the HTTP authentication service often carry its API key.
+    let http = &mut shown.auth.http_auth;
+    for req in [&mut http.auth_req, &mut http.super_req]
+        .into_iter()
+        .flatten()
+    {
+        for value in req.headers.values_mut() {
+            *value = MASK.to_owned();
+        }
+    }
     serde_json::to_string_pretty(&shown).unwrap_or_default()
 }
 
@@ -539,11 +549,16 @@ mod tests {
         let mut config = Config::default();
         config.users.insert("alice".to_owned(), "s3cret".to_owned());
         config.http_server.password = "adminpw".to_owned();
+        let mut req = tidemq_core::config::HttpAuthRequest::default();
+        req.headers
+            .insert("authorization".to_owned(), "Bearer apikey".to_owned());
+        config.auth.http_auth.super_req = Some(req);
         let shown = masked_json(&config);
         assert!(
-            !shown.contains("s3cret") && !shown.contains("adminpw"),
+            !shown.contains("s3cret") && !shown.contains("adminpw") && !shown.contains("apikey"),
             "{shown}"
         );
+        assert!(shown.contains("authorization"));
         assert!(shown.contains("alice"));
     }
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use tidemq_core::admin::ControlAction;
-use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
+use tidemq_core::{AuthOutcome, Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
+
+use crate::auth::{self, Check, Checker, PasswordTable};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -54,6 +56,20 @@ enum Event {
     ConfigWritten {
         req_id: u64,
         result: Result<PathBuf, String>,
+    },
+    /// The ACL service answered.
+    Authorized {
+        conn: ConnId,
+        ticket: auth::AclTicket,
+        action: tidemq_core::acl::Action,
+        topic: String,
+        allow: bool,
+    },
+    /// A password verification finished on the blocking pool.
+    Auth {
+        conn: ConnId,
+        ticket: auth::Ticket,
+        outcome: AuthOutcome,
     },
 }
 
@@ -422,6 +438,10 @@ impl Server {
         let mut control = self.control.take();
         info!(seed = self.seed, "starting");
         let ready = Arc::new(ReadyQueue::default());
+        let table = load_password_table(&self.config)
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let auth = Checker::new(&self.config, table);
         let mut driver = Driver {
             net: self.net,
             broker: Broker::new(self.config.clone(), self.seed, now()),
@@ -459,6 +479,7 @@ impl Server {
             store_stats: Arc::default(),
             readiness: self.readiness,
             notifier: self.notifier,
+            auth,
         };
         // Served from the start, so /readyz answers (503) during a long recovery; /api/v1
         // waits for the restore.
@@ -699,6 +720,27 @@ struct Driver {
     /// For the health endpoints.
     readiness: Arc<Readiness>,
     notifier: Notifier,
+    /// Answers the core's credential checks.
+    auth: Checker,
+}
+
+/// The password table for `config`, its problems logged; an unreadable password file is an
+/// error.
+async fn load_password_table(config: &Config) -> Result<PasswordTable, String> {
+    let config = config.clone();
+    let (table, report) = tokio::task::spawn_blocking(move || PasswordTable::load(&config))
+        .await
+        .map_err(|e| format!("password table: {e}"))??;
+    for problem in &report.problems {
+        error!("{problem}");
+    }
+    if !report.plaintext_users.is_empty() {
+        warn!(
+            users = report.plaintext_users.join(","),
+            "plaintext passwords in the configuration: store hashes (tidemq passwd)"
+        );
+    }
+    Ok(table)
 }
 
 impl Driver {
@@ -795,6 +837,34 @@ impl Driver {
                 } else {
                     error!("{error}; running on, refusing what needs the store (0x97)");
                 }
+            }
+            Event::Authorized {
+                conn,
+                ticket,
+                action,
+                topic,
+                allow,
+            } => {
+                self.auth
+                    .acl_finished(tokio::time::Instant::now(), ticket, allow);
+                self.input(
+                    now,
+                    Input::AuthorizeResult {
+                        conn,
+                        action,
+                        topic,
+                        allow,
+                    },
+                );
+            }
+            Event::Auth {
+                conn,
+                ticket,
+                outcome,
+            } => {
+                self.auth
+                    .finished(tokio::time::Instant::now(), ticket, outcome);
+                self.input(now, Input::AuthResult { conn, outcome });
             }
             Event::ConfigWritten { req_id, result } => {
                 match &result {
@@ -1289,6 +1359,74 @@ impl Driver {
                         let _ = store.send(store::StoreCmd::Snapshot { upto, records });
                     }
                 }
+                Output::Authorize {
+                    conn,
+                    client_id,
+                    username,
+                    peer,
+                    action,
+                    topic,
+                } => match self.auth.authorize(
+                    tokio::time::Instant::now(),
+                    (&client_id, username.as_deref(), &peer),
+                    action,
+                    &topic,
+                ) {
+                    auth::AclCheck::Ready(allow) => {
+                        self.feedback.push_back(Input::AuthorizeResult {
+                            conn,
+                            action,
+                            topic,
+                            allow,
+                        });
+                    }
+                    auth::AclCheck::Later { ticket, work } => {
+                        let events = self.events_tx.clone();
+                        tokio::spawn(async move {
+                            let allow = work.await;
+                            let _ = events
+                                .send(Event::Authorized {
+                                    conn,
+                                    ticket,
+                                    action,
+                                    topic,
+                                    allow,
+                                })
+                                .await;
+                        });
+                    }
+                },
+                Output::Authenticate {
+                    conn,
+                    username,
+                    password,
+                    client_id,
+                    peer,
+                    ..
+                } => match self.auth.check(
+                    tokio::time::Instant::now(),
+                    &username,
+                    &password.0,
+                    &client_id,
+                    &peer,
+                ) {
+                    Check::Ready(outcome) => {
+                        self.feedback.push_back(Input::AuthResult { conn, outcome });
+                    }
+                    Check::Later { ticket, work } => {
+                        let events = self.events_tx.clone();
+                        tokio::spawn(async move {
+                            let outcome = work.await;
+                            let _ = events
+                                .send(Event::Auth {
+                                    conn,
+                                    ticket,
+                                    outcome,
+                                })
+                                .await;
+                        });
+                    }
+                },
             }
         }
     }
@@ -1351,6 +1489,15 @@ impl Driver {
             return Err(format!("nothing applied: {why}"));
         }
         let mut problems: Vec<String> = Vec::new();
+        // Passwords are re-read on every reload; remembered successes are forgotten.
+        match load_password_table(&config).await {
+            Ok(table) => self.auth.replace(&config, table),
+            Err(e) => {
+                error!("passwords not reloaded, keeping the previous ones: {e}");
+                problems.push(e);
+                self.auth.flush();
+            }
+        }
         let mut in_force = config;
         let wanted = wanted_listeners(&in_force);
         if wanted.keys().any(|t| t.uses_tls()) {

@@ -68,6 +68,8 @@ pub struct Ctx<'a> {
     pub heal: bool,
     /// A planted client-side fault (mutation checks only).
     pub mutation: Option<crate::mutation::Mutation>,
+    /// CONNECT carries a user name (the client id) and a password.
+    pub credentials: bool,
 }
 
 /// Client-side decoding accepts anything MQTT allows.
@@ -315,8 +317,8 @@ impl Client {
             properties,
             client_id: self.p.client_id.clone(),
             will,
-            username: None,
-            password: None,
+            username: ctx.credentials.then(|| self.p.client_id.clone()),
+            password: ctx.credentials.then(|| Bytes::from_static(b"pw")),
         };
         if self.p.role == Role::Fuzzer {
             match ctx.rng.below(4) {

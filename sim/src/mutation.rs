@@ -21,4 +21,7 @@ pub enum Mutation {
     NoMemoryBudget,
     /// A prober's application misses some of its own QoS 1 messages.
     StarveProber,
+    /// The simulated credential checker answers every check as a superuser's: the ACL is
+    /// bypassed and denied publishes reach subscribers.
+    AuthGrantsSuperuser,
 }

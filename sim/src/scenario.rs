@@ -1,6 +1,7 @@
 //! Scenario families (robustness.md §3.5) as seed families, and BUGGIFY-style knobs.
 
 use tidemq_core::Config;
+use tidemq_core::acl::{AclRules, AclSettings, Decision, DenyAction};
 use tidemq_core::codec::ProtocolVersion;
 use tidemq_core::config::SyncMode;
 
@@ -61,6 +62,9 @@ pub enum Family {
     /// `#`, session floods, ping floods and subscribers that never read, beside honest
     /// workers and probers whose QoS 1 messages must keep arriving.
     S25,
+    /// Every CONNECT's credentials checked outside the core, answered late, out of order,
+    /// refused, busy or never; an ACL denies publishing to `t/c/#`.
+    Auth,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -87,6 +91,7 @@ pub const FAMILIES: &[Family] = &[
     Family::S23,
     Family::S24,
     Family::S25,
+    Family::Auth,
 ];
 
 impl Family {
@@ -350,6 +355,7 @@ impl Knobs {
                 retain_rate = 0;
                 will_rate = 0;
             }
+            Family::Auth => auth_knobs(&mut config, &mut rng),
             // Run by `bridge::BridgeWorld`; these knobs are not used.
             Family::S13 | Family::S14 | Family::S15 => {}
             Family::S20 => {
@@ -657,5 +663,24 @@ impl Knobs {
             server_max_packet: self.config.max_packet_size,
             faultable: false,
         }
+    }
+}
+
+/// The `Auth` family's broker: a password table to ask about (the sim answers), few places
+/// to wait in, and an ACL.
+fn auth_knobs(config: &mut Config, rng: &mut Rng) {
+    config.allow_anonymous = false;
+    config.auth.password_file = Some("sim-passwd".to_owned());
+    config.auth.max_pending = rng.range(1, 6) as u32;
+    let rules = r#"rules = [
+        { permit = deny, action = publish, topics = ["t/c/#"] }
+        { permit = allow }
+    ]"#;
+    if let Ok(rules) = AclRules::from_acl_conf(rules, &Default::default(), Decision::Allow) {
+        config.acl = AclSettings {
+            enable: true,
+            deny_action: DenyAction::Ignore,
+            rules,
+        };
     }
 }

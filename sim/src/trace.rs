@@ -159,6 +159,15 @@ pub enum Ev {
         actor: usize,
         pkt: Sent,
     },
+    /// The broker asked for this connection's credentials to be checked.
+    AuthAsked {
+        conn: u64,
+    },
+    /// The sim answered that check: 0 allow, 1 deny, 2 busy, 3 allow as superuser.
+    AuthAnswered {
+        conn: u64,
+        outcome: u8,
+    },
     /// The broker's side of a connection ended (its Close, or our Closed input).
     BrokerClosed {
         conn: u64,

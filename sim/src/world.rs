@@ -7,7 +7,7 @@ use tidemq_core::admin::{Credentials, JwtVerdict};
 use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, ReasonCode, decode_packet};
 use tidemq_core::config::HttpAuthType;
 use tidemq_core::persist::{Record, Recovered};
-use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
+use tidemq_core::{AuthOutcome, Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
 
 use crate::client::{Client, Cmd, Ctx, Role, pub_of};
 use crate::mutation::Mutation;
@@ -110,6 +110,15 @@ pub struct World {
     writes: Vec<(u64, u64, bool)>,
     /// Req 10 restarts to answer: (when, req id, applied wholly).
     restarts: Vec<(u64, u64, bool)>,
+    /// Credential checks to answer: (when, conn, outcome as in `Ev::AuthAnswered`); the
+    /// delays are drawn per request, so answers come back out of order.
+    auth_answers: Vec<(u64, u64, u8)>,
+    auth_rng: Rng,
+    /// What a connection waiting for its check sent, from its CONNECT on: the broker reads
+    /// it only after the answer, and the trace shows it then.
+    auth_stash: BTreeMap<u64, Vec<Ev>>,
+    /// Recorded after `pre_event`, in the same step.
+    pre_extra: Vec<Ev>,
     /// Request heads the broker authorized (their bodies may be sent).
     authorized: std::collections::BTreeSet<u64>,
     /// The admin password in force, as far as the sim knows.
@@ -201,6 +210,11 @@ impl World {
             next_req: 1,
             writes: Vec::new(),
             restarts: Vec::new(),
+            auth_answers: Vec::new(),
+            auth_stash: BTreeMap::new(),
+            pre_extra: Vec::new(),
+            // Its own stream: other families draw exactly what they drew before.
+            auth_rng: Rng::new(seed ^ 0xA17E_5EED_0000_0001),
             authorized: std::collections::BTreeSet::new(),
             password: knobs.config.http_server.password.clone(),
             sent_password: None,
@@ -252,6 +266,9 @@ impl World {
             self.trace.step += 1;
             self.trace.now = self.now;
             if let Some(ev) = self.pre_event.take() {
+                self.trace.push(ev);
+            }
+            for ev in std::mem::take(&mut self.pre_extra) {
                 self.trace.push(ev);
             }
             if let Input::Received { conn, bytes } = &input {
@@ -427,7 +444,10 @@ impl World {
             }
         }
         for e in events {
-            self.trace.push(e);
+            match self.auth_stash.get_mut(&id) {
+                Some(stash) => stash.push(e),
+                None => self.trace.push(e),
+            }
         }
     }
 
@@ -532,6 +552,7 @@ impl World {
                             });
                         }
                     }
+                    self.auth_stash.remove(&conn.0);
                     self.trace.push(Ev::BrokerClosed {
                         conn: conn.0,
                         by_broker: true,
@@ -630,6 +651,43 @@ impl World {
             }
             // Bridges are simulated in their own world (`bridge`).
             Output::BridgeConnect { .. } => {}
+            // No family configures an ACL service: being asked is a fault of the broker.
+            Output::Authorize { conn, .. } => self.trace.push(Ev::Stuck(format!(
+                "conn {}: the ACL service was asked, none is configured",
+                conn.0
+            ))),
+            Output::Authenticate { conn, .. } => {
+                let connect = self.trace.entries.iter().rposition(|e| {
+                    matches!(&e.ev, Ev::BrokerGot { conn: c, pkt: Got::Connect { .. }, .. } if *c == conn.0)
+                });
+                let stash = connect
+                    .map(|i| self.trace.entries.remove(i).ev)
+                    .into_iter()
+                    .collect();
+                self.auth_stash.insert(conn.0, stash);
+                self.trace.push(Ev::AuthAsked { conn: conn.0 });
+                let rng = &mut self.auth_rng;
+                // Most answers within a second; some late (past the connect timeout), some
+                // never (the connect timeout ends the wait).
+                if rng.chance(30) {
+                    return;
+                }
+                let delay = if rng.chance(100) {
+                    rng.range(1_000, 8_000)
+                } else {
+                    rng.range(0, 1_000)
+                };
+                let outcome = if self.mutation == Some(Mutation::AuthGrantsSuperuser) {
+                    3
+                } else if rng.chance(60) {
+                    1
+                } else if rng.chance(60) {
+                    2
+                } else {
+                    0
+                };
+                self.auth_answers.push((self.now + delay, conn.0, outcome));
+            }
         }
     }
 
@@ -950,6 +1008,38 @@ impl World {
         self.sent_password = None;
     }
 
+    /// Credential checks whose answer is due, in the order they fall due.
+    fn run_auth(&mut self) {
+        let now = self.now;
+        let (mut due, later): (Vec<_>, Vec<_>) =
+            self.auth_answers.drain(..).partition(|a| a.0 <= now);
+        self.auth_answers = later;
+        due.sort();
+        for (_, conn, outcome) in due {
+            let mut held = self.auth_stash.remove(&conn).unwrap_or_default();
+            if !matches!(outcome, 0 | 3) {
+                // Refused: nothing after the CONNECT is ever read.
+                held.truncate(1);
+            }
+            self.pre_extra = held;
+            self.pre_event = Some(Ev::AuthAnswered { conn, outcome });
+            // Keep alive counts from the CONNACK.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.last_rx = now;
+            }
+            let outcome = match outcome {
+                0 => AuthOutcome::Allow { superuser: false },
+                1 => AuthOutcome::Deny,
+                2 => AuthOutcome::Busy,
+                _ => AuthOutcome::Allow { superuser: true },
+            };
+            self.feed(Input::AuthResult {
+                conn: ConnId(conn),
+                outcome,
+            });
+        }
+    }
+
     fn run_admin(&mut self) {
         let now = self.now;
         let (due, later): (Vec<_>, Vec<_>) = self.writes.drain(..).partition(|w| w.0 <= now);
@@ -1043,6 +1133,7 @@ impl World {
             cmds: Vec::new(),
             heal: self.heal,
             mutation: self.mutation,
+            credentials: self.knobs.family == Family::Auth,
         };
         f(client, &mut ctx);
         let cmds = ctx.cmds;
@@ -1167,6 +1258,7 @@ impl World {
                     && c.broker_open
                 {
                     c.broker_open = false;
+                    self.auth_stash.remove(&id);
                     // Recorded in the step of the `Closed` input it causes.
                     self.pre_event = Some(Ev::BrokerClosed {
                         conn: id,
@@ -1272,6 +1364,9 @@ impl World {
     /// The broker process dies: its connections drop, the store keeps what its disk holds,
     /// and a new broker starts after a downtime.
     fn crash(&mut self, why: &str) {
+        // Checks asked of the old broker die with it.
+        self.auth_answers.clear();
+        self.auth_stash.clear();
         self.crash_point = None;
         self.crash_now = false;
         self.fail_exit_at = None;
@@ -1608,6 +1703,10 @@ impl World {
                 continue;
             }
             open += 1;
+            // Waiting for its check: the connect timeout applies, not keep alive.
+            if self.auth_stash.contains_key(id) {
+                continue;
+            }
             if c.idle_limit > 0 && now > c.last_rx + c.idle_limit {
                 events.push(Ev::KeepAliveMissed {
                     conn: *id,
@@ -1681,6 +1780,9 @@ impl World {
         for w in self.writes.iter().chain(&self.restarts) {
             t = t.min(w.0);
         }
+        for a in &self.auth_answers {
+            t = t.min(a.0);
+        }
         t.max(self.now)
     }
 
@@ -1713,6 +1815,7 @@ impl World {
             self.wake_clients();
             self.run_faults();
             self.run_admin();
+            self.run_auth();
             self.observe();
             if self.now >= until {
                 return true;

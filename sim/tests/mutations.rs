@@ -948,3 +948,32 @@ fn p2_catches_a_restore_that_drops_state() {
 fn i4_catches_a_duplicated_qos2_delivery_across_restarts() {
     caught_at_runtime(Family::S6, Mutation::DuplicateQos2, "I4");
 }
+
+#[test]
+fn a2_catches_a_credential_checker_that_makes_everyone_a_superuser() {
+    caught_at_runtime(Family::Auth, Mutation::AuthGrantsSuperuser, "A2");
+}
+
+#[test]
+fn a1_catches_a_reply_sent_before_the_credentials_were_answered() {
+    // An allowing answer and the CONNACK that followed it: (answer, CONNACK) positions.
+    fn answered_connack(out: &Outcome) -> Option<(usize, usize)> {
+        let entries = &out.trace.entries;
+        entries.iter().enumerate().find_map(|(i, e)| {
+            let Ev::AuthAnswered { conn, outcome: 0 } = e.ev else {
+                return None;
+            };
+            let j = entries[i..].iter().position(|e| {
+                matches!(&e.ev, Ev::BrokerSent { conn: c, pkt: Sent::ConnAck { .. }, .. } if *c == conn)
+            })?;
+            Some((i, i + j))
+        })
+    }
+    let mut out = passing_run(Family::Auth, |o| answered_connack(o).is_some());
+    let (i, j) = answered_connack(&out).unwrap();
+    // The answer recorded after the CONNACK it allowed: the CONNACK then came first.
+    let answer = out.trace.entries.remove(i);
+    out.trace.entries.insert(j, answer);
+    out.recheck();
+    assert!(flagged(&out, "A1"), "{:?}", out.violations);
+}

@@ -39,7 +39,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::config_parse::{self, ConfigIssue, Entry, Raw};
+// The parsers' own files, not `config_parse`: its `apply` reads these settings.
+use crate::config_parse::entry::{ConfigIssue, Entry, Raw};
+use crate::config_parse::syntax::{parse_hocon, parse_key_value};
 use crate::ip::IpAddress;
 use crate::topic;
 
@@ -68,7 +70,7 @@ impl AclRules {
         env: &BTreeMap<String, String>,
         no_match: Decision,
     ) -> Result<AclRules, ConfigIssue> {
-        let entries = config_parse::parse_hocon(text, env)?;
+        let entries = parse_hocon(text, env)?;
         let mut found = None;
         for e in &entries {
             match e.key.as_str() {
@@ -158,7 +160,7 @@ impl AclRules {
 }
 
 /// Everything the ACL settings say, from either configuration format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AclSettings {
     /// Old format: `acl_enable = true`. HOCON: an `auth.acl` section, unless its
     /// `enable = false`.
@@ -251,7 +253,7 @@ impl AclSettings {
     /// A file in NanoMQ's old `key=value` format (a whole `nanomq_old.conf` or just its ACL
     /// lines).
     pub fn from_old_conf(text: &str) -> Result<AclSettings, ConfigIssue> {
-        AclSettings::from_entries(&config_parse::parse_key_value(text)?)
+        AclSettings::from_entries(&parse_key_value(text)?)
     }
 }
 

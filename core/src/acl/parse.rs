@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::rules::*;
-use crate::config_parse::{ConfigIssue, Entry, Raw};
+use crate::config_parse::entry::{ConfigIssue, Entry, Raw};
 use crate::ip::IpAddress;
 use crate::topic;
 

@@ -86,8 +86,29 @@ pub fn section(c: &Config, name: &str, bridges: &[Value]) -> Option<Value> {
                 .map(|u| json!({ "login": u, "password": MASK }))
                 .collect(),
         ),
-        // Not supported by TideMQ: shown as off.
-        "auth_http" => json!({ "enable": false }),
+        "auth_http" => {
+            let h = &c.auth.http_auth;
+            // Header values are masked: they often carry the service's key.
+            let req = |r: &Option<crate::config::HttpAuthRequest>| {
+                r.as_ref().map_or(Value::Null, |r| {
+                    json!({
+                        "url": r.url,
+                        "method": if r.method.is_empty() { "POST" } else { r.method.as_str() },
+                        "headers": r.headers.keys().map(|k| json!({ k.as_str(): MASK })).collect::<Vec<_>>(),
+                        "params": r.params.iter().map(|(k, v)| json!({ k.as_str(): v })).collect::<Vec<_>>(),
+                    })
+                })
+            };
+            json!({
+                "enable": h.enable,
+                "timeout": h.timeout_ms / 1000,
+                "connect_timeout": h.connect_timeout_ms / 1000,
+                "pool_size": h.pool_size,
+                "auth_req": req(&h.auth_req),
+                "super_req": req(&h.super_req),
+                "acl_req": req(&h.acl_req),
+            })
+        }
         "websocket" => json!({
             "enable": c.websocket.enable,
             "tls_enable": c.websocket.enable && c.tls.enable,

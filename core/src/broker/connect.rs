@@ -2,6 +2,8 @@
 //! takeover of a connection holding the same client id, opening or resuming the session.
 
 use super::Broker;
+use super::auth::Verdict;
+use crate::acl::{Action, Decision};
 use crate::api::{BrokerEvent, ConnId};
 use crate::codec::{
     ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode, ReasonOnly, reason,
@@ -16,7 +18,6 @@ use crate::topic;
 impl Broker {
     pub(super) fn handle_connect(&mut self, id: ConnId, mut connect: Connect) {
         let version = connect.version;
-        let v5 = version.is_v5();
         let mut identity = None;
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.version = Some(version);
@@ -31,13 +32,19 @@ impl Broker {
         if let Err((code, detail)) = self.check_connect(&connect) {
             return self.refuse_connect(id, &connect, code, detail);
         }
-        if let Err(code) = self
-            .authenticate(&connect)
-            .or_else(|e| by_certificate.then_some(()).ok_or(e))
-        {
-            return self.refuse_connect(id, &connect, code, "authentication failed");
+        match self.credentials_verdict(&connect, by_certificate) {
+            Verdict::Accept => self.complete_connect(id, connect),
+            Verdict::Refuse(code) => {
+                self.refuse_connect(id, &connect, code, "authentication failed")
+            }
+            Verdict::Ask => self.ask_credentials(id, connect),
         }
+    }
 
+    /// The CONNECT accepted: session, takeover, CONNACK.
+    pub(super) fn complete_connect(&mut self, id: ConnId, connect: Connect) {
+        let version = connect.version;
+        let v5 = version.is_v5();
         let assigned = connect.client_id.is_empty();
         let client_id = if assigned {
             self.assign_client_id()
@@ -65,6 +72,23 @@ impl Broker {
                 &connect,
                 reason::QUOTA_EXCEEDED,
                 "the store failed: persistent sessions are refused",
+            );
+        }
+
+        if let Some(will) = &connect.will
+            && self.acl_decide(
+                id,
+                &client_id,
+                connect.username.as_deref(),
+                Action::Publish,
+                &will.topic,
+            ) == Decision::Deny
+        {
+            return self.refuse_connect(
+                id,
+                &connect,
+                reason::NOT_AUTHORIZED,
+                "will topic denied by the ACL",
             );
         }
 
@@ -162,6 +186,10 @@ impl Broker {
             session_present,
         });
         self.publish_sys_connected(&client_id, &connect, keep_alive.secs, &peer);
+        if session_present {
+            // Now that the client is known again (user name, address).
+            self.revoke_for(sid);
+        }
         self.resume(sid);
     }
 
@@ -214,7 +242,13 @@ impl Broker {
         Ok(())
     }
 
-    fn refuse_connect(&mut self, id: ConnId, connect: &Connect, code: ReasonCode, detail: &str) {
+    pub(super) fn refuse_connect(
+        &mut self,
+        id: ConnId,
+        connect: &Connect,
+        code: ReasonCode,
+        detail: &str,
+    ) {
         let version = connect.version;
         let code_on_wire = if version.is_v5() {
             code
@@ -236,27 +270,6 @@ impl Broker {
             reason_code: code,
         });
         self.drop_conn(id, CloseReason::silent(code, detail));
-    }
-
-    /// Checks the credentials against the configured users and `allow_anonymous`.
-    fn authenticate(&self, connect: &Connect) -> Result<(), ReasonCode> {
-        match &connect.username {
-            Some(user) => match self.config.users.get(user) {
-                Some(expected) => {
-                    let given = connect.password.as_deref().unwrap_or_default();
-                    if crate::admin::constant_time_eq(expected.as_bytes(), given) {
-                        Ok(())
-                    } else {
-                        Err(reason::BAD_USERNAME_OR_PASSWORD)
-                    }
-                }
-                None if self.config.users.is_empty() && self.config.allow_anonymous => Ok(()),
-                None if self.config.users.is_empty() => Err(reason::NOT_AUTHORIZED),
-                None => Err(reason::BAD_USERNAME_OR_PASSWORD),
-            },
-            None if self.config.allow_anonymous => Ok(()),
-            None => Err(reason::NOT_AUTHORIZED),
-        }
     }
 
     /// The session expiry granted: within `max_session_expiry`, and for a client without a

@@ -3,6 +3,7 @@
 //! handing the message to routing.
 
 use super::Broker;
+use crate::acl::{Action, Decision};
 use crate::api::ConnId;
 use crate::codec::{Ack, Packet, ProtocolVersion, Publish, QoS, reason};
 use crate::conn::CloseReason;
@@ -116,7 +117,15 @@ impl Broker {
                 );
             }
         }
-        let denied = sys::is_reserved(&p.topic);
+        let acl_denied = self.acl_check(id, sid, Action::Publish, &p.topic) == Decision::Deny;
+        if acl_denied && self.acl_disconnects() {
+            return self.drop_conn(
+                id,
+                CloseReason::error(reason::NOT_AUTHORIZED, "publish denied by the ACL"),
+            );
+        }
+        // Denied: v5 is told (0x87), 3.1.1 has no way to be told and is acknowledged.
+        let denied = acl_denied || sys::is_reserved(&p.topic);
         let qos = p.qos;
         // A retained message is kept for good: past the memory budget's high mark none is
         // taken (routing alone holds nothing: its deliveries are dropped one by one).

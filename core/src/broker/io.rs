@@ -44,6 +44,30 @@ impl Broker {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
+            if conn.state == ConnState::Authenticating {
+                // Held, not decoded, until the credentials are answered.
+                if self.holds_too_much(id) {
+                    self.abandon_auth(
+                        id,
+                        reason::QUOTA_EXCEEDED,
+                        "sent too much while its credentials were checked",
+                    );
+                }
+                return;
+            }
+            if conn.acl_wait.is_some() {
+                // Likewise until the ACL service answers about the packet before.
+                if self.holds_too_much(id) {
+                    self.drop_conn(
+                        id,
+                        CloseReason::error(
+                            reason::QUOTA_EXCEEDED,
+                            "sent too much while the ACL service was asked",
+                        ),
+                    );
+                }
+                return;
+            }
             if conn.rx.is_empty() {
                 return;
             }
@@ -108,7 +132,7 @@ impl Broker {
     }
 
     /// One whole packet from a client, to the flow it belongs to.
-    fn handle_packet(&mut self, id: ConnId, packet: Packet) {
+    pub(super) fn handle_packet(&mut self, id: ConnId, packet: Packet) {
         self.counters.packet_in(packet.type_number());
         let Some(conn) = self.conns.get(&id) else {
             return;
@@ -120,6 +144,9 @@ impl Broker {
             return;
         };
         let version = conn.version.unwrap_or(ProtocolVersion::V311);
+        let Some(packet) = self.acl_hold(id, sid, packet) else {
+            return;
+        };
         match packet {
             Packet::Publish(p) => self.handle_publish(id, sid, version, p),
             Packet::PubAck(a) => self.handle_puback(sid, a.packet_id),
@@ -337,6 +364,7 @@ impl Broker {
                 self.emit(id, bytes.freeze());
             }
         }
+        self.authenticating.remove(&id);
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };

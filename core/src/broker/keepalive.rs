@@ -56,6 +56,13 @@ impl Broker {
             return;
         }
         let (code, detail) = match conn.state {
+            ConnState::Authenticating => {
+                return self.abandon_auth(
+                    id,
+                    reason::SERVER_UNAVAILABLE,
+                    "credentials not checked within the connect timeout",
+                );
+            }
             ConnState::AwaitingConnect => (reason::MALFORMED_PACKET, "no CONNECT in time"),
             ConnState::Active(_) => (reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"),
         };

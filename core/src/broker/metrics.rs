@@ -166,6 +166,27 @@ impl Broker {
         );
         // TideMQ's own, in Prometheus' naming conventions.
         self.tidemq_text(&mut out);
+        let _ = write!(
+            out,
+            "# HELP tidemq_acl_decisions_total ACL decisions on client PUBLISH and SUBSCRIBE.\n\
+             # TYPE tidemq_acl_decisions_total counter\n\
+             tidemq_acl_decisions_total{{decision=\"allow\"}} {}\n\
+             tidemq_acl_decisions_total{{decision=\"deny\"}} {}\n\
+             # HELP tidemq_acl_revoked_subscriptions_total Stored subscriptions an ACL change removed.\n\
+             # TYPE tidemq_acl_revoked_subscriptions_total counter\n\
+             tidemq_acl_revoked_subscriptions_total {}\n\
+             # HELP tidemq_auth_checks_total Credential checks answered, by outcome.\n\
+             # TYPE tidemq_auth_checks_total counter\n\
+             tidemq_auth_checks_total{{outcome=\"allow\"}} {}\n\
+             tidemq_auth_checks_total{{outcome=\"deny\"}} {}\n\
+             tidemq_auth_checks_total{{outcome=\"busy\"}} {}\n",
+            s.acl_allowed,
+            s.acl_denied,
+            s.acl_revoked,
+            s.auth_succeeded,
+            s.auth_failed,
+            s.auth_busy
+        );
         out
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::Broker;
+use crate::acl::{Action, Decision};
 use crate::api::ConnId;
 use crate::codec::{
     Packet, Properties, ProtocolVersion, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
@@ -39,7 +40,24 @@ impl Broker {
         let max_levels = self.config.max_topic_levels as usize;
         for (i, (raw, options)) in s.filters.iter().enumerate() {
             let outcome = if last.get(raw.as_str()) == Some(&i) {
-                self.add_subscription(sid, raw, *options, sub_id, v5)
+                if self.acl_check(id, sid, Action::Subscribe, raw) == Decision::Deny {
+                    if self.acl_disconnects() {
+                        return self.drop_conn(
+                            id,
+                            CloseReason::error(
+                                reason::NOT_AUTHORIZED,
+                                "subscription denied by the ACL",
+                            ),
+                        );
+                    }
+                    Added::Refused(if v5 {
+                        reason::NOT_AUTHORIZED
+                    } else {
+                        reason::UNSPECIFIED_ERROR
+                    })
+                } else {
+                    self.add_subscription(sid, raw, *options, sub_id, v5)
+                }
             } else if options.no_local
                 && topic::parse_subscription(raw, max_levels).is_ok_and(|p| p.share_group.is_some())
             {

@@ -61,6 +61,7 @@ pub const CLIENT_ID_NOT_VALID: ReasonCode = ReasonCode(0x85);
 pub const BAD_USERNAME_OR_PASSWORD: ReasonCode = ReasonCode(0x86);
 pub const NOT_AUTHORIZED: ReasonCode = ReasonCode(0x87);
 pub const SERVER_UNAVAILABLE: ReasonCode = ReasonCode(0x88);
+pub const SERVER_BUSY: ReasonCode = ReasonCode(0x89);
 pub const SERVER_SHUTTING_DOWN: ReasonCode = ReasonCode(0x8B);
 pub const BAD_AUTH_METHOD: ReasonCode = ReasonCode(0x8C);
 pub const KEEP_ALIVE_TIMEOUT: ReasonCode = ReasonCode(0x8D);

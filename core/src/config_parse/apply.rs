@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::acl::AclSettings;
 use crate::config::{
-    BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType, SyncMode,
+    AnonymousMode, BridgeConfig, BridgeForward, BridgeSubscription, Config, HttpAuthType, SyncMode,
 };
 
 use super::entry::{ConfigIssue, Entry, Format, Raw};
@@ -58,6 +59,9 @@ pub fn apply(
             Err(message) => return Err(ConfigIssue::at(entry, message)),
         }
     }
+    if entries.iter().any(|e| is_acl_key(&e.key)) {
+        config.acl = AclSettings::from_entries(entries)?;
+    }
     for (n, (login, password, entry)) in kv_users {
         match (login, password) {
             (Some(login), Some(password)) => {
@@ -72,6 +76,16 @@ pub fn apply(
         }
     }
     Ok(warnings)
+}
+
+/// Keys [`AclSettings::from_entries`] reads: with any of them in a source, it sets the ACL.
+fn is_acl_key(key: &str) -> bool {
+    matches!(
+        key,
+        "acl_enable" | "acl_nomatch" | "acl_deny_action" | "auth.no_match" | "auth.deny_action"
+    ) || key == "auth.acl"
+        || key.starts_with("auth.acl.")
+        || key.starts_with("acl.rule.")
 }
 
 enum Applied {
@@ -231,12 +245,23 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         | "system.enable_ipc_internal"
         | "system.hook_ipc_url"
         | "system.cmd_ipc_url"
-        | "auth_enable"
-        | "acl_enable"
-        | "acl_nomatch"
-        | "acl_deny_action"
-        | "auth.no_match"
-        | "auth.deny_action" => return Ok(Applied::NoEffect),
+        | "auth_enable" => return Ok(Applied::NoEffect),
+        // Read together by `AclSettings::from_entries` once every entry is applied.
+        "acl_enable" | "acl_nomatch" | "acl_deny_action" | "auth.no_match" | "auth.deny_action" => {
+        }
+        "auth.anonymous_mode" => {
+            c.auth.anonymous_mode = match string(v)?.as_str() {
+                "nanomq" => AnonymousMode::Nanomq,
+                "strict" => AnonymousMode::Strict,
+                other => return Err(format!("{other:?}: expected nanomq or strict")),
+            }
+        }
+        "auth.password_file" => c.auth.password_file = opt_string(v)?,
+        "auth.max_pending" => c.auth.max_pending = int(v)?,
+        "auth.max_held_bytes" => c.auth.max_held_bytes = size(v)?,
+        "auth.workers" => c.auth.workers = int(v)?,
+        "auth.cache_ttl" => c.auth.cache_ttl_ms = millis(v)?,
+        "auth.cache_max" => c.auth.cache_max = int(v)?,
         _ => return apply_prefixed(c, e, format),
     }
     Ok(Applied::Set)
@@ -264,12 +289,15 @@ fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, 
         let (name, field) = rest.split_once('.').unwrap_or((rest, ""));
         return apply_bridge(c, name, field, &e.value, format);
     }
+    if key == "auth.acl" || key.starts_with("auth.acl.") || key.starts_with("acl.rule.") {
+        return Ok(Applied::Set);
+    }
+    if let Some(rest) = key.strip_prefix("auth.http_auth") {
+        return apply_http_auth(c, rest.strip_prefix('.').unwrap_or(rest), &e.value);
+    }
     let no_effect_sections = [
-        "auth.acl",
         "auth.cache",
-        "auth.http_auth",
         "auth.http",
-        "acl.rule",
         "sqlite",
         "webhook",
         "web.hook",
@@ -292,6 +320,71 @@ fn apply_prefixed(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, 
         return Ok(Applied::NoEffect);
     }
     Ok(Applied::Unknown)
+}
+
+/// `auth.http_auth.<field>`; `field` is empty for the section itself, which turns it on.
+fn apply_http_auth(c: &mut Config, field: &str, v: &Raw) -> Result<Applied, String> {
+    let h = &mut c.auth.http_auth;
+    match field {
+        "" => {
+            h.enable = true;
+            return Ok(Applied::Section);
+        }
+        "enable" => h.enable = boolean(v)?,
+        "timeout" => h.timeout_ms = millis(v)?,
+        "connect_timeout" => h.connect_timeout_ms = millis(v)?,
+        "pool_size" => h.pool_size = int(v)?,
+        "cache_ttl" => h.cache_ttl_ms = millis(v)?,
+        "on_error" => {
+            h.allow_on_error = match string(v)?.as_str() {
+                "deny" => false,
+                "allow" => true,
+                other => return Err(format!("{other:?}: expected deny or allow")),
+            }
+        }
+        _ => {
+            let (name, sub) = field.split_once('.').unwrap_or((field, ""));
+            let req = match name {
+                "auth_req" => &mut h.auth_req,
+                "super_req" => &mut h.super_req,
+                "acl_req" => &mut h.acl_req,
+                _ => return Ok(Applied::Unknown),
+            };
+            let req = req.get_or_insert_with(Default::default);
+            let (sub, item) = sub.split_once('.').unwrap_or((sub, ""));
+            match (sub, item) {
+                ("", _) => return Ok(Applied::Section),
+                ("headers" | "params", "") if !matches!(v, Raw::Object(_)) => {
+                    return Ok(Applied::Section);
+                }
+                ("url", _) => req.url = string(v)?,
+                ("method", _) => req.method = string(v)?.to_ascii_uppercase(),
+                ("headers", "") => {
+                    for (k, v) in object(v)? {
+                        req.headers.insert(k.clone(), string(v)?);
+                    }
+                }
+                ("headers", name) => {
+                    req.headers.insert(name.to_owned(), string(v)?);
+                }
+                ("params", "") => {
+                    for (k, v) in object(v)? {
+                        req.params.push((k.clone(), string(v)?));
+                    }
+                }
+                ("params", name) => req.params.push((name.to_owned(), string(v)?)),
+                _ => return Ok(Applied::Unknown),
+            }
+        }
+    }
+    Ok(Applied::Set)
+}
+
+fn object(v: &Raw) -> Result<&[(String, Raw)], String> {
+    match v {
+        Raw::Object(fields) => Ok(fields),
+        _ => Err("expected an object".to_owned()),
+    }
 }
 
 fn is_bridge_field(s: &str) -> bool {

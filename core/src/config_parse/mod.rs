@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 
 mod apply;
-mod entry;
-mod syntax;
+pub(crate) mod entry;
+pub(crate) mod syntax;
 
 pub use apply::{apply, parse_duration_ms, parse_size};
 pub use entry::{ConfigIssue, Entry, Format, Raw};

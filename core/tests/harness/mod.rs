@@ -17,7 +17,9 @@ use tidemq_core::codec::{
     decode_packet, encode_packet,
 };
 use tidemq_core::persist::{Record, Recovered};
-use tidemq_core::{Broker, BrokerEvent, Config, ConnId, Input, Instant, Output, Stats};
+use tidemq_core::{
+    AuthOutcome, Broker, BrokerEvent, Config, ConnId, Input, Instant, Output, Stats,
+};
 
 #[allow(unused_imports)]
 pub use tidemq_core::codec::ProtocolVersion::{V5, V31, V311};
@@ -131,6 +133,13 @@ pub struct Harness {
     /// A store that never lags: each `Output::Persist` is answered at once with
     /// `Input::PersistDone` (off by default, so tests can hold the store back).
     pub auto_persist: bool,
+    /// Credential checks answered at once against the configured users, compared as
+    /// plaintext (what the runtime does with plaintext values); off: kept in `auth_asked`.
+    pub auto_auth: bool,
+    /// Every `Output::Authenticate` not answered automatically: connection, user, password.
+    pub auth_asked: Vec<(ConnId, String, Vec<u8>)>,
+    /// Every `Output::Authorize`: connection, action, topic (answered by the test).
+    pub acl_asked: Vec<(ConnId, tidemq_core::acl::Action, String)>,
     rng: u64,
     /// The broker's seed, kept for a broker restored from the store.
     seed: u64,
@@ -171,6 +180,9 @@ impl Harness {
             persisted: Vec::new(),
             snapshots: Vec::new(),
             auto_persist: false,
+            auto_auth: true,
+            auth_asked: Vec::new(),
+            acl_asked: Vec::new(),
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             seed,
             next_conn: 1,
@@ -255,6 +267,35 @@ impl Harness {
                         }
                     }
                     Output::Snapshot { upto, records } => self.snapshots.push((upto, records)),
+                    Output::Authenticate {
+                        conn,
+                        username,
+                        password,
+                        ..
+                    } => {
+                        if self.auto_auth {
+                            let good = self
+                                .broker
+                                .config()
+                                .users
+                                .get(&username)
+                                .is_some_and(|p| p.as_bytes() == password.0.as_ref());
+                            let outcome = if good {
+                                AuthOutcome::Allow { superuser: false }
+                            } else {
+                                AuthOutcome::Deny
+                            };
+                            pending.push_back(Input::AuthResult { conn, outcome });
+                        } else {
+                            self.auth_asked.push((conn, username, password.0.to_vec()));
+                        }
+                    }
+                    Output::Authorize {
+                        conn,
+                        action,
+                        topic,
+                        ..
+                    } => self.acl_asked.push((conn, action, topic)),
                     Output::AdminReply { .. }
                     | Output::AdminAuthorized { .. }
                     | Output::WriteConfig { .. }

@@ -6,7 +6,9 @@
 
 mod file;
 mod hash;
+mod http;
 mod passwd;
+mod service;
 
 pub use file::{FileProblem, PasswordEntry, PasswordFile};
 pub use hash::{
@@ -14,3 +16,4 @@ pub use hash::{
     MAX_PBKDF2_ITERATIONS, PasswordHash, Scheme, dummy_verify, hash_argon2id,
 };
 pub use passwd::{PasswdAction, PasswdError, edit_lines, passwd, write_atomic};
+pub use service::{AclCheck, AclTicket, Check, Checker, PasswordTable, TableReport, Ticket};

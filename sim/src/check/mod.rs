@@ -13,6 +13,7 @@
 //! | `counters.rs` | I15: the admin API's message counters |
 //! | `persist.rs` | P1–P4: acknowledgements wait for the store; snapshots, failures, crashes |
 //! | `admin.rs` | I13: the admin plane |
+//! | `auth.rs` | A1, A2: nothing processed before the credentials' answer; denied publishes go nowhere |
 //! | `bridge.rs` | I11, I12 and the loop guard, in the bridge worlds |
 //! | `liveness.rs` | I16: an honest client's QoS 1 messages keep arriving under attack (S25) |
 //!
@@ -20,6 +21,7 @@
 //! checkers share are in [`crate::oracle`].
 
 pub mod admin;
+pub(crate) mod auth;
 pub mod bridge;
 mod connections;
 mod counters;
@@ -51,6 +53,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
     let mut wills = wills::WillCheck::default();
     let mut inflight = inflight::InflightCheck::default();
     let mut retained = retained::RetainedCheck::default();
+    let mut auth = auth::AuthCheck::default();
     let mut out = Vec::new();
     // Each checker sees the model as the broker stood when the entry happened, then the
     // entry updates it. The order of the checkers is the order of their reports.
@@ -77,6 +80,7 @@ pub fn check(entries: &[Entry], actors: &[ActorInfo], config: &Config) -> Vec<Vi
             ));
         }
         connections::observe(e, &replay, &mut out);
+        auth.observe(e, actors, config, &mut out);
         sessions::observe(e, &replay, &mut out);
         delivery.observe(e, &replay, &mut out);
         order.observe(e, &replay, &mut out);

@@ -584,7 +584,7 @@ impl<'a> Replay<'a> {
         let Some(cid) = self.conn_client.get(&conn).cloned() else {
             return;
         };
-        if p.topic.starts_with("$SYS") {
+        if p.topic.starts_with("$SYS") || super::auth::publish_denied(self.config, &cid, &p.topic) {
             return;
         }
         // After a store failure a message that needs the store (retained, or taken at QoS

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::config_parse;
 
 fn rules(v: Value) -> AclRules {
     AclRules::from_json(&v, Decision::Allow).unwrap()
