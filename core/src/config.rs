@@ -53,9 +53,9 @@ pub struct Config {
     /// persistent session's "never" included).
     pub anonymous_session_expiry: u32,
     /// Bytes the broker may hold for peers (sessions, queues, messages, retained messages,
-    /// connection buffers): past three quarters of it queues and the retained store stop
-    /// growing; past all of it new sessions and subscriptions are refused, offline sessions
-    /// nearest their end are ended, and connections that do not keep up get no more output.
+    /// connection buffers): past three quarters of it queues, the retained store and output to
+    /// connections that do not keep up stop growing; past all of it new sessions and
+    /// subscriptions are refused and offline sessions nearest their end are ended.
     pub max_memory: u64,
     /// Publish `$SYS/brokers/connected` and `$SYS/brokers/disconnected` events.
     pub sys_events: bool,

@@ -21,8 +21,8 @@ pub(crate) const SESSION_BYTES: usize = 640;
 pub(crate) const SUBSCRIPTION_BYTES: usize = 128;
 /// What a connection costs beside its buffers.
 pub(crate) const CONN_BYTES: usize = 512;
-/// Past the budget, a connection may still hold this much unwritten output, so a client that
-/// reads keeps getting its messages while the ones that do not read are held back.
+/// Past the budget's high mark, a connection may still hold this much unwritten output, so a
+/// client that reads keeps getting its messages while the ones that do not read are held back.
 pub(crate) const FAIR_BACKLOG: usize = 64 * 1024;
 
 /// Past the budget's high mark, a session's queue may still hold this many messages.
@@ -99,14 +99,14 @@ impl Memory {
         self.ledger.used()
     }
 
-    /// Past the whole budget: nothing new is admitted (sessions, subscriptions, output to a
-    /// connection that is not keeping up).
+    /// Past the whole budget: no new session or subscription is admitted.
     pub fn over_budget(&self) -> bool {
         self.used() >= self.budget
     }
 
-    /// Past three quarters of it: what piles up (queues, retained messages) stops growing, so
-    /// the last quarter stays for connections, sessions and subscriptions.
+    /// Past three quarters of it: what piles up (queues, retained messages, output to a
+    /// connection that is not keeping up) stops growing, so the last quarter stays for
+    /// connections, sessions and subscriptions.
     pub fn under_pressure(&self) -> bool {
         self.used() >= self.budget / 4 * 3
     }

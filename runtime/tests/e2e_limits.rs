@@ -748,3 +748,137 @@ fn a_subscribe_of_many_identical_filters_stays_bounded_and_the_journal_restarts(
     );
     drop(restarted);
 }
+
+/// A retained flood past `max_memory`'s high mark (defaults: 128MB), then 100 subscribers of
+/// those retained messages that never read: the flood is told 0x97 once the retained store
+/// reaches three quarters of the budget, the non-readers hold at most 64 KiB and a packet each,
+/// and an honest client still connects, subscribes and gets a QoS 1 message within 2 s.
+#[test]
+fn a_retained_flood_and_non_reading_subscribers_stay_within_the_memory_budget() {
+    let dir = Dir::new("limits-memory");
+    let port = free_port();
+    let conf = format!("listeners.tcp.bind = \"127.0.0.1:{port}\"\n");
+    let broker = start_with(&dir, &conf, &[], None);
+    let pid = pid(&broker);
+    let before = rss_kib(pid);
+    let v5 = ProtocolVersion::V5;
+    let mut flooder = Client::connect(port, "memory-flooder", v5);
+    let payload = Bytes::from(vec![b'X'; 64 * 1024]);
+    let (mut kept, mut refused) = (0u32, 0u32);
+    // 2,400 messages of 64 KiB: 150 MiB offered.
+    for i in 0..2_400u32 {
+        let id = (i % 60_000 + 1) as u16;
+        let mut p = publish(&format!("flood/{i}"), QoS::AtLeastOnce, id, payload.clone());
+        if let Packet::Publish(p) = &mut p {
+            p.retain = true;
+        }
+        flooder.send(&p);
+        match flooder.recv() {
+            Some(Packet::PubAck(a)) if a.reason == ReasonCode(0) => kept += 1,
+            Some(Packet::PubAck(a)) if a.reason == ReasonCode(0x97) => refused += 1,
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    assert!(refused > 0, "nothing refused after {kept} kept");
+    assert!(
+        u64::from(kept) * 64 < 100 * 1024,
+        "{kept} retained messages of 64 KiB kept: more than the budget's high mark"
+    );
+    // 100 subscribers of all of them that never read.
+    let mut silent = Vec::new();
+    for n in 0..100 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut out = BytesMut::new();
+        encode_packet(&connect_packet(&format!("silent-{n}"), v5), v5, &mut out).unwrap();
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![("flood/#".to_owned(), SubscriptionOptions::default())],
+        });
+        encode_packet(&subscribe, v5, &mut out).unwrap();
+        s.write_all(&out).unwrap();
+        silent.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let mut honest = Client::connect(port, "memory-honest", v5);
+    honest.subscribe("honest/t", QoS::AtLeastOnce);
+    flooder.send(&publish(
+        "honest/t",
+        QoS::AtLeastOnce,
+        60_001,
+        Bytes::from_static(b"hi"),
+    ));
+    let mut delivered = false;
+    while !delivered {
+        match honest.recv() {
+            Some(Packet::Publish(p)) if p.topic == "honest/t" => delivered = true,
+            Some(_) => {}
+            None => panic!("the honest client got nothing"),
+        }
+    }
+    let round_trip = started.elapsed();
+    let grown = rss_kib(pid).saturating_sub(before);
+    println!(
+        "retained flood: {kept} kept, {refused} refused; 100 non-readers; honest round trip \
+         {round_trip:?}; RSS grew {grown} KiB"
+    );
+    assert!(round_trip < Duration::from_secs(2), "{round_trip:?}");
+    assert!(grown < 256 * 1024, "RSS grew {grown} KiB");
+    drop(silent);
+    drop(broker);
+}
+
+/// A session flood: 10,000 anonymous clients each leave a persistent session behind. Each is
+/// counted against `max_memory` (at the budget, offline sessions nearest their end make room),
+/// so the broker stays small and an honest client's round trip stays short.
+#[test]
+fn a_session_flood_stays_within_the_memory_budget() {
+    let dir = Dir::new("limits-sessions");
+    let port = free_port();
+    let conf = format!("listeners.tcp.bind = \"127.0.0.1:{port}\"\n");
+    let broker = start_with(&dir, &conf, &[], None);
+    let pid = pid(&broker);
+    let before = rss_kib(pid);
+    let v = ProtocolVersion::V311;
+    let mut out = BytesMut::new();
+    let mut sent = 0;
+    for n in 0..10_000 {
+        // One connection per session, CONNECT (clean session 0) then DISCONNECT, unread.
+        out.clear();
+        encode_packet(
+            &connect_session(&format!("flood-{n}"), v, false),
+            v,
+            &mut out,
+        )
+        .unwrap();
+        encode_packet(&Packet::Disconnect(Default::default()), v, &mut out).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&out).unwrap();
+        sent += 1;
+        drop(s);
+    }
+    let started = Instant::now();
+    let mut honest = Client::connect(port, "sessions-honest", v);
+    honest.subscribe("honest/t", QoS::AtLeastOnce);
+    honest.send(&publish(
+        "honest/t",
+        QoS::AtLeastOnce,
+        1,
+        Bytes::from_static(b"hi"),
+    ));
+    let mut delivered = false;
+    while !delivered {
+        match honest.recv() {
+            Some(Packet::Publish(p)) if p.topic == "honest/t" => delivered = true,
+            Some(_) => {}
+            None => panic!("the honest client got nothing"),
+        }
+    }
+    let round_trip = started.elapsed();
+    let grown = rss_kib(pid).saturating_sub(before);
+    println!("{sent} sessions left behind; honest round trip {round_trip:?}; RSS grew {grown} KiB");
+    assert!(round_trip < Duration::from_secs(2), "{round_trip:?}");
+    assert!(grown < 256 * 1024, "RSS grew {grown} KiB");
+    drop(broker);
+}

@@ -209,8 +209,9 @@ impl Broker {
     /// what waits for the store stay under `max_write_buffer`.
     pub(super) fn can_write(&self, conn: ConnId) -> bool {
         let held = self.store.held_bytes(conn);
-        // Past the memory budget a connection that is not keeping up takes no more.
-        let limit = if self.memory.over_budget() {
+        // Past the memory budget's high mark a connection that is not keeping up takes no
+        // more: output piles up no more than queues or retained messages do.
+        let limit = if self.memory.under_pressure() {
             FAIR_BACKLOG.min(self.config.max_write_buffer as usize)
         } else {
             self.config.max_write_buffer as usize
