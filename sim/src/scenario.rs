@@ -555,7 +555,9 @@ impl Knobs {
                 withhold_rate: 0,
                 leave_rate: 0,
                 fuzz_rate: 0,
-                think_ms: (5, 40),
+                // Often enough to pass the budget within the chaos, rarely enough to keep a
+                // seed under a second.
+                think_ms: (15, 60),
                 server_receive_max,
                 server_max_keepalive: config.max_keepalive,
                 server_max_packet: config.max_packet_size,
