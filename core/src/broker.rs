@@ -181,7 +181,6 @@ impl Broker {
             authenticating: BTreeSet::new(),
             acl_answers: BTreeMap::new(),
         };
-        broker.memory.budget = broker.config.max_memory as usize;
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
         broker.configure_bridges();
         broker.arm_sys_timer();
@@ -254,7 +253,6 @@ impl Broker {
                 Ok(()) => {
                     let acl_changed = self.config.acl != config.acl;
                     self.config = *config;
-                    self.memory.budget = self.config.max_memory as usize;
                     self.configure_bridges();
                     self.arm_sys_timer();
                     if acl_changed {

@@ -34,11 +34,21 @@ pub(crate) struct Ledger(Arc<AtomicUsize>);
 
 impl Ledger {
     pub fn charge(&self, bytes: usize) -> Charge {
-        self.0.fetch_add(bytes, Ordering::Relaxed);
+        self.take(bytes);
         Charge {
             ledger: self.clone(),
             bytes,
         }
+    }
+
+    /// Counts bytes whose holder gives them back itself (a delivery, through its message's
+    /// ledger: no second handle to carry per delivery).
+    pub fn take(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn give_back(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     pub fn used(&self) -> usize {
@@ -56,11 +66,10 @@ pub(crate) struct Charge {
 impl Charge {
     /// Counts `bytes` instead of what was counted before.
     pub fn set(&mut self, bytes: usize) {
-        let counter = &self.ledger.0;
         if bytes > self.bytes {
-            counter.fetch_add(bytes - self.bytes, Ordering::Relaxed);
+            self.ledger.take(bytes - self.bytes);
         } else {
-            counter.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+            self.ledger.give_back(self.bytes - bytes);
         }
         self.bytes = bytes;
     }
@@ -82,16 +91,15 @@ impl Clone for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.ledger.0.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.ledger.give_back(self.bytes);
     }
 }
 
-/// The budget and where the count stands.
+/// Where the count stands against a budget (`max_memory`, read from the configuration at
+/// each question, so a reload applies at once).
 #[derive(Debug, Default)]
 pub(crate) struct Memory {
     pub ledger: Ledger,
-    /// `max_memory`, in bytes.
-    pub budget: usize,
 }
 
 impl Memory {
@@ -100,14 +108,14 @@ impl Memory {
     }
 
     /// Past the whole budget: no new session or subscription is admitted.
-    pub fn over_budget(&self) -> bool {
-        self.used() >= self.budget
+    pub fn over_budget(&self, budget: u64) -> bool {
+        self.used() as u64 >= budget
     }
 
     /// Past three quarters of it: what piles up (queues, retained messages, output to a
     /// connection that is not keeping up) stops growing, so the last quarter stays for
     /// connections, sessions and subscriptions.
-    pub fn under_pressure(&self) -> bool {
-        self.used() >= self.budget / 4 * 3
+    pub fn under_pressure(&self, budget: u64) -> bool {
+        self.used() as u64 >= budget / 4 * 3
     }
 }

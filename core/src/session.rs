@@ -14,8 +14,9 @@ use crate::window::{InboundQos2, OutWindow};
 /// Session expiry meaning "never" (v5 0xFFFFFFFF; also 3.1.1 clean session 0).
 pub(crate) const NEVER_EXPIRES: u32 = u32::MAX;
 
-/// One message on its way to one subscriber.
-#[derive(Debug, Clone)]
+/// One message on its way to one subscriber. Its bytes are in the memory count, on its
+/// message's ledger, for as long as it waits or is in flight (its ids never change once made).
+#[derive(Debug)]
 pub(crate) struct Delivery {
     pub msg: Arc<Message>,
     pub qos: QoS,
@@ -23,8 +24,6 @@ pub(crate) struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Its number among the session's durable deliveries; 0 when not stored.
     pub entry: u64,
-    /// Its bytes in the memory count, for as long as it waits or is in flight.
-    _charge: Charge,
 }
 
 impl Delivery {
@@ -35,18 +34,37 @@ impl Delivery {
         subscription_ids: Vec<u32>,
         entry: u64,
     ) -> Delivery {
-        let charge = msg
-            .charge
-            .ledger()
-            .charge(DELIVERY_BYTES + 4 * subscription_ids.len());
-        Delivery {
+        let d = Delivery {
             msg,
             qos,
             retain,
             subscription_ids,
             entry,
-            _charge: charge,
-        }
+        };
+        d.msg.charge.ledger().take(d.bytes());
+        d
+    }
+
+    fn bytes(&self) -> usize {
+        DELIVERY_BYTES + 4 * self.subscription_ids.len()
+    }
+}
+
+impl Clone for Delivery {
+    fn clone(&self) -> Delivery {
+        Delivery::new(
+            self.msg.clone(),
+            self.qos,
+            self.retain,
+            self.subscription_ids.clone(),
+            self.entry,
+        )
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.msg.charge.ledger().give_back(self.bytes());
     }
 }
 

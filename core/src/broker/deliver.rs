@@ -50,7 +50,9 @@ impl Broker {
                 }
                 // Past the memory budget's high mark queues stop growing; a short one (a
                 // client that keeps up, between two acknowledgements) still takes a message.
-                if session.queue.len() >= FAIR_QUEUE && self.memory.under_pressure() {
+                if session.queue.len() >= FAIR_QUEUE
+                    && self.memory.under_pressure(self.config.max_memory)
+                {
                     return self.drop_message(sid, DropReason::MemoryBudget);
                 }
                 if !self.keep_delivery(sid, &mut d) {

@@ -89,7 +89,7 @@ impl Broker {
     /// Past the memory budget, offline sessions are ended, those nearest their end first,
     /// until the count is back under it. Whether it is.
     pub(super) fn shed_offline_sessions(&mut self) -> bool {
-        if !self.memory.over_budget() {
+        if !self.memory.over_budget(self.config.max_memory) {
             return true;
         }
         let mut offline: Vec<(Option<Instant>, SessionId)> = self
@@ -106,7 +106,7 @@ impl Broker {
             };
             self.end_session(sid);
             self.event(BrokerEvent::SessionShed { client_id });
-            if !self.memory.over_budget() {
+            if !self.memory.over_budget(self.config.max_memory) {
                 return true;
             }
         }

@@ -129,7 +129,11 @@ impl Broker {
         let qos = p.qos;
         // A retained message is kept for good: past the memory budget's high mark none is
         // taken (routing alone holds nothing: its deliveries are dropped one by one).
-        if !denied && p.retain && !p.payload.is_empty() && self.memory.under_pressure() {
+        if !denied
+            && p.retain
+            && !p.payload.is_empty()
+            && self.memory.under_pressure(self.config.max_memory)
+        {
             if qos == QoS::AtMostOnce {
                 return self.drop_incoming(sid, DropReason::MemoryBudget);
             }

@@ -211,7 +211,7 @@ impl Broker {
         let held = self.store.held_bytes(conn);
         // Past the memory budget's high mark a connection that is not keeping up takes no
         // more: output piles up no more than queues or retained messages do.
-        let limit = if self.memory.under_pressure() {
+        let limit = if self.memory.under_pressure(self.config.max_memory) {
             FAIR_BACKLOG.min(self.config.max_write_buffer as usize)
         } else {
             self.config.max_write_buffer as usize

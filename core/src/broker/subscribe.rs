@@ -148,7 +148,7 @@ impl Broker {
         }
         if !existed
             && (session.subscriptions.len() >= self.config.max_subscriptions as usize
-                || self.memory.over_budget())
+                || self.memory.over_budget(self.config.max_memory))
         {
             return Added::Refused(refused);
         }
