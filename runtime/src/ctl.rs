@@ -3,7 +3,6 @@
 //! subscriptions, kick, and the metrics text.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use base64::Engine;
@@ -140,26 +139,8 @@ fn encode(segment: &str) -> String {
 /// One HTTP/1.0 request with Basic credentials: status and body.
 fn request(target: &Target, method: &str, path: &str) -> Result<(u16, String), String> {
     let authority = &target.authority;
-    let addrs: Vec<SocketAddr> = authority
-        .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
-        .collect();
-    let mut last = format!("{authority}: no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, target.timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = format!("{addr}: {e} (is the broker running with http_server on?)"),
-        }
-    }
-    let mut stream = stream.ok_or(last)?;
-    stream
-        .set_read_timeout(Some(target.timeout))
-        .and_then(|()| stream.set_write_timeout(Some(target.timeout)))
-        .map_err(|e| e.to_string())?;
+    let mut stream = crate::health::connect_within(authority, target.timeout)
+        .map_err(|e| format!("{e} (is the broker running with http_server on?)"))?;
     let credentials = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", target.username, target.password));
     let request = format!(

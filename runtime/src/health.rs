@@ -237,26 +237,7 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     if authority.is_empty() || authority.contains('@') {
         return Err(format!("{url}: expected http://host:port/path"));
     }
-    let addrs: Vec<SocketAddr> = authority
-        .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
-        .collect();
-    let mut last = format!("{authority}: no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = format!("{addr}: {e}"),
-        }
-    }
-    let mut stream = stream.ok_or(last)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
+    let mut stream = connect_within(authority, timeout)?;
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: tidemq-healthcheck\r\n\
          Connection: close\r\n\r\n"
@@ -285,6 +266,32 @@ pub(crate) fn parse_response(bytes: &[u8]) -> Option<(u16, String)> {
     }
     let code = parts.next()?.parse().ok()?;
     Some((code, body.to_owned()))
+}
+
+/// A connection to `host:port` (each address tried in turn), with `timeout` on connecting,
+/// reading and writing; the error names the address.
+pub(crate) fn connect_within(authority: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority}: {e}"))?
+        .collect();
+    let mut last = format!("{authority}: no address");
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
 }
 
 #[cfg(test)]

@@ -201,6 +201,27 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: Bytes) -> Packet {
     })
 }
 
+/// An honest client's CONNECT, SUBSCRIBE and QoS 1 PUBLISH to itself, until the message is
+/// back: how long it took (bounded by the client's read timeout).
+fn honest_round_trip(port: u16, id: &str, version: ProtocolVersion) -> Duration {
+    let started = Instant::now();
+    let mut honest = Client::connect(port, id, version);
+    honest.subscribe("honest/t", QoS::AtLeastOnce);
+    honest.send(&publish(
+        "honest/t",
+        QoS::AtLeastOnce,
+        900,
+        Bytes::from_static(b"hi"),
+    ));
+    loop {
+        match honest.recv() {
+            Some(Packet::Publish(p)) if p.topic == "honest/t" => return started.elapsed(),
+            Some(_) => {}
+            None => panic!("{id}: the message never came back"),
+        }
+    }
+}
+
 /// True if the broker closes `s` without answering (bounded: 5 s).
 fn refused(mut s: TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -713,24 +734,7 @@ fn a_subscribe_of_many_identical_filters_stays_bounded_and_the_journal_restarts(
         filters: vec![("#".to_owned(), options); copies],
     }));
     // The attacker never reads again. An honest client's round trip:
-    let started = Instant::now();
-    let mut honest = Client::connect(port, "filters-honest", v);
-    honest.subscribe("honest/t", QoS::AtLeastOnce);
-    publisher.send(&publish(
-        "honest/t",
-        QoS::AtLeastOnce,
-        900,
-        Bytes::from_static(b"hi"),
-    ));
-    let mut delivered = false;
-    while !delivered {
-        match honest.recv() {
-            Some(Packet::Publish(p)) if p.topic == "honest/t" => delivered = true,
-            Some(_) => {}
-            None => panic!("the honest client got nothing"),
-        }
-    }
-    let round_trip = started.elapsed();
+    let round_trip = honest_round_trip(port, "filters-honest", v);
     let grown = rss_kib(pid).saturating_sub(before);
     println!("{copies} copies of #: honest round trip {round_trip:?}, RSS grew {grown} KiB");
     assert!(round_trip < Duration::from_secs(2), "{round_trip:?}");
@@ -800,24 +804,7 @@ fn a_retained_flood_and_non_reading_subscribers_stay_within_the_memory_budget() 
         silent.push(s);
     }
     std::thread::sleep(Duration::from_secs(2));
-    let started = Instant::now();
-    let mut honest = Client::connect(port, "memory-honest", v5);
-    honest.subscribe("honest/t", QoS::AtLeastOnce);
-    flooder.send(&publish(
-        "honest/t",
-        QoS::AtLeastOnce,
-        60_001,
-        Bytes::from_static(b"hi"),
-    ));
-    let mut delivered = false;
-    while !delivered {
-        match honest.recv() {
-            Some(Packet::Publish(p)) if p.topic == "honest/t" => delivered = true,
-            Some(_) => {}
-            None => panic!("the honest client got nothing"),
-        }
-    }
-    let round_trip = started.elapsed();
+    let round_trip = honest_round_trip(port, "memory-honest", v5);
     let grown = rss_kib(pid).saturating_sub(before);
     println!(
         "retained flood: {kept} kept, {refused} refused; 100 non-readers; honest round trip \
@@ -858,24 +845,7 @@ fn a_session_flood_stays_within_the_memory_budget() {
         sent += 1;
         drop(s);
     }
-    let started = Instant::now();
-    let mut honest = Client::connect(port, "sessions-honest", v);
-    honest.subscribe("honest/t", QoS::AtLeastOnce);
-    honest.send(&publish(
-        "honest/t",
-        QoS::AtLeastOnce,
-        1,
-        Bytes::from_static(b"hi"),
-    ));
-    let mut delivered = false;
-    while !delivered {
-        match honest.recv() {
-            Some(Packet::Publish(p)) if p.topic == "honest/t" => delivered = true,
-            Some(_) => {}
-            None => panic!("the honest client got nothing"),
-        }
-    }
-    let round_trip = started.elapsed();
+    let round_trip = honest_round_trip(port, "sessions-honest", v);
     let grown = rss_kib(pid).saturating_sub(before);
     println!("{sent} sessions left behind; honest round trip {round_trip:?}; RSS grew {grown} KiB");
     assert!(round_trip < Duration::from_secs(2), "{round_trip:?}");

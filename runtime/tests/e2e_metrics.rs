@@ -16,11 +16,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::api::Api;
+use support::api::{Api, Remote};
 use support::{Dir, Running, free_port, mosquitto_pub, run, start, tool, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -119,46 +119,6 @@ fn v1(api: &Api, req: u64) -> Value {
     a.json()["data"].clone()
 }
 
-/// A mosquitto on `port` as the bridge's remote; killed on drop.
-struct Remote(Child);
-
-impl Remote {
-    fn start(dir: &Dir, port: u16) -> Remote {
-        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        let conf = dir.file("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "mosquitto is missing: install the Debian package mosquitto (scripts/test does)",
-            );
-        wait_for("mosquitto", WAIT, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Remote(child)
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Broker {
     _running: Running,
     mqtt: u16,
@@ -218,7 +178,7 @@ fn counters_move_with_the_workload_and_agree_everywhere() {
     let dir = Dir::new("e2e-metrics");
     let remote_port = free_port();
     let remote_dir = Dir::new("e2e-metrics-remote");
-    let remote = Remote::start(&remote_dir, remote_port);
+    let remote = Remote::start_on(&remote_dir, remote_port);
     let b = broker(
         &dir,
         &format!(
@@ -326,7 +286,7 @@ fn counters_move_with_the_workload_and_agree_everywhere() {
         1.0
     );
     // It comes back on the same port: the outbox drains and a reconnect is counted.
-    let _remote = Remote::start(&remote_dir, remote_port);
+    let _remote = Remote::start_on(&remote_dir, remote_port);
     wait_for("the bridge to reconnect and drain", WAIT, || {
         let m = metrics(api);
         get(&m, "tidemq_bridge_up{bridge=\"cloud\"}") == 1.0

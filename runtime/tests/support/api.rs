@@ -106,12 +106,16 @@ pub struct Remote {
 
 impl Remote {
     pub fn start(dir: &Dir) -> Remote {
+        Remote::start_on(dir, free_port())
+    }
+
+    /// On `port`: a remote stopped and started again comes back where the bridge looks.
+    pub fn start_on(dir: &Dir, port: u16) -> Remote {
         let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
             "/usr/sbin/mosquitto"
         } else {
             "mosquitto"
         };
-        let port = free_port();
         let conf = dir.file("mosquitto.conf");
         std::fs::write(
             &conf,
