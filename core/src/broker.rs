@@ -56,6 +56,7 @@ mod io;
 mod keepalive;
 mod metrics;
 mod restore;
+mod retained_replay;
 mod route;
 mod subscribe;
 mod sys_stats;
@@ -102,6 +103,7 @@ pub struct Broker {
     next_session_id: SessionId,
     subscriptions: SubscriptionTrie<SessionId, Subscription>,
     retained: RetainTrie<Arc<Message>>,
+    replay_due: retained_replay::ReplayDue,
     timers: Timers,
     outputs: VecDeque<Output>,
     /// Messages dropped during the current input, by client and reason: one
@@ -157,6 +159,7 @@ impl Broker {
             next_session_id: 1,
             subscriptions: SubscriptionTrie::default(),
             retained: RetainTrie::default(),
+            replay_due: Default::default(),
             timers: Timers::default(),
             outputs: VecDeque::new(),
             drops: BTreeMap::new(),
@@ -410,6 +413,7 @@ impl Broker {
                 Timer::Session(sid) => self.session_timer(sid, at),
                 Timer::Bridge(key) => self.bridge_timer(key, at),
                 Timer::Sys => self.sys_tick(at),
+                Timer::Replay => self.replay_timer(),
             }
         }
     }

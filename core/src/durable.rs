@@ -178,6 +178,11 @@ impl Durability {
         (self.barrier > self.durable).then_some(self.barrier)
     }
 
+    /// The number of the newest message so far.
+    pub fn last_message_id(&self) -> u64 {
+        self.next_msg_id
+    }
+
     pub fn next_message_id(&mut self) -> u64 {
         self.next_msg_id += 1;
         self.next_msg_id

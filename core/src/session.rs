@@ -75,6 +75,95 @@ pub(crate) struct Subscription {
     pub id: Option<u32>,
 }
 
+/// One subscription's retained messages still to send: where the walk of the retained
+/// store goes on from, in topic order.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    pub filter: String,
+    pub sub: Subscription,
+    /// Topic levels to go on from (inclusive); empty: from the start.
+    pub from: Vec<String>,
+    /// Retained messages numbered above this came after the subscription: they were routed
+    /// to it as they came and are not sent again.
+    pub last_msg_id: u64,
+}
+
+/// The retained replays a session still owes, oldest first; at most one per filter (a new
+/// SUBSCRIBE to a filter still being replayed starts its walk over), so there are never
+/// more than the session has subscriptions.
+#[derive(Debug)]
+pub(crate) struct Replays {
+    order: BTreeMap<u64, Replay>,
+    by_filter: BTreeMap<String, u64>,
+    next: u64,
+    charge: Charge,
+}
+
+impl Replays {
+    fn new(ledger: &Ledger) -> Replays {
+        Replays {
+            order: BTreeMap::new(),
+            by_filter: BTreeMap::new(),
+            next: 0,
+            charge: ledger.charge(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Queues a replay last, replacing one of the same filter.
+    pub fn push(&mut self, replay: Replay) {
+        if let Some(old) = self.by_filter.remove(&replay.filter)
+            && let Some(old) = self.order.remove(&old)
+        {
+            self.uncount(&old);
+        }
+        self.next += 1;
+        self.count(&replay);
+        self.by_filter.insert(replay.filter.clone(), self.next);
+        self.order.insert(self.next, replay);
+    }
+
+    pub fn front(&self) -> Option<&Replay> {
+        self.order.first_key_value().map(|(_, r)| r)
+    }
+
+    /// The oldest replay goes on from `from` next time.
+    pub fn advance_front(&mut self, from: Vec<String>) {
+        let Some(mut entry) = self.order.first_entry() else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.get_mut().from, from);
+        let new: usize = entry.get().from.iter().map(String::len).sum();
+        let old: usize = old.iter().map(String::len).sum();
+        self.charge
+            .set(self.charge.bytes().saturating_sub(old) + new);
+    }
+
+    /// The oldest replay is done.
+    pub fn pop_front(&mut self) {
+        if let Some((_, r)) = self.order.pop_first() {
+            self.by_filter.remove(&r.filter);
+            self.uncount(&r);
+        }
+    }
+
+    fn bytes(r: &Replay) -> usize {
+        SUBSCRIPTION_BYTES + 2 * r.filter.len() + r.from.iter().map(String::len).sum::<usize>()
+    }
+
+    fn count(&mut self, r: &Replay) {
+        self.charge.set(self.charge.bytes() + Self::bytes(r));
+    }
+
+    fn uncount(&mut self, r: &Replay) {
+        self.charge
+            .set(self.charge.bytes().saturating_sub(Self::bytes(r)));
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Session {
     pub client_id: String,
@@ -93,6 +182,8 @@ pub(crate) struct Session {
     pub inflight: OutWindow<Delivery>,
     /// Messages waiting for the connection, the inflight window or the writer.
     pub queue: VecDeque<Delivery>,
+    /// Retained messages still owed to new subscriptions; sent before anything queued.
+    pub replays: Replays,
     /// Inbound QoS 2 packet ids received and not yet released.
     pub qos2_in: InboundQos2,
     /// The will of the current connection, or of the last one while its delay runs.
@@ -130,6 +221,7 @@ impl Session {
             subscriptions: BTreeMap::new(),
             inflight: OutWindow::default(),
             queue: VecDeque::new(),
+            replays: Replays::new(ledger),
             qos2_in: InboundQos2::default(),
             will: None,
             will_at: None,

@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     Bridge(BridgeId),
     /// The next `$SYS/broker` tree publication.
     Sys,
+    /// Retained replays that used up one step's work go on.
+    Replay,
 }
 
 #[derive(Debug, Default)]

@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// Why a topic name or filter was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,65 +486,124 @@ impl<V> RetainTrie<V> {
         out
     }
 
-    /// Every (topic, value) matched by `filter`, in topic order per level.
+    /// Every (topic, value) matched by `filter`, in topic order.
     pub fn matching(&self, filter: &str) -> Vec<(String, &V)> {
-        let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
-        let mut stack: Vec<(&RetainNode<V>, usize, String)> = vec![(&self.root, 0, String::new())];
-        while let Some((node, depth, path)) = stack.pop() {
-            match levels.get(depth) {
-                None => {
-                    if let Some(v) = &node.value {
-                        out.push((path, v));
-                    }
-                }
-                Some(&"#") => {
-                    // "a/#" also matches "a" itself.
-                    if depth > 0
-                        && let Some(v) = &node.value
-                    {
-                        out.push((path.clone(), v));
-                    }
-                    let mut all: Vec<(&RetainNode<V>, String)> = Vec::new();
-                    for (name, child) in node.children.iter().rev() {
-                        if depth == 0 && name.starts_with('$') {
-                            continue;
-                        }
-                        all.push((child, join_retained(&path, depth, name)));
-                    }
-                    while let Some((n, p)) = all.pop() {
-                        if let Some(v) = &n.value {
-                            out.push((p.clone(), v));
-                        }
-                        for (name, child) in n.children.iter().rev() {
-                            all.push((child, join(&p, name)));
-                        }
-                    }
-                }
-                Some(&"+") => {
-                    for (name, child) in node.children.iter().rev() {
-                        if depth == 0 && name.starts_with('$') {
-                            continue;
-                        }
-                        stack.push((child, depth + 1, join_retained(&path, depth, name)));
-                    }
-                }
-                Some(level) => {
-                    if let Some(child) = node.children.get(*level) {
-                        stack.push((child, depth + 1, join_retained(&path, depth, level)));
-                    }
-                }
-            }
-        }
+        self.walk_matching(filter, &[], &mut { usize::MAX }, |topic, v| {
+            out.push((topic.to_owned(), v));
+            true
+        });
         out
+    }
+
+    /// Calls `f` on the values `filter` matches, in topic order (level by level), from the
+    /// topic whose levels are `from` (inclusive; empty: from the start), visiting at most
+    /// `visits` nodes (what is left of it stays there). `f` returns false to stop before
+    /// taking the value it was shown.
+    /// Returns where to go on from (`None`: finished), so a long walk can be done in steps
+    /// of bounded work with the trie changing between them.
+    pub fn walk_matching<'t>(
+        &'t self,
+        filter: &str,
+        from: &[String],
+        visits: &mut usize,
+        mut f: impl FnMut(&str, &'t V) -> bool,
+    ) -> Option<Vec<String>> {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut walk = RetainWalk {
+            filter: &levels,
+            path: Vec::new(),
+            visits: *visits,
+            stopped_at: None,
+            f: &mut f,
+        };
+        walk.node(&self.root, Mode::Filter(0), Some(from));
+        *visits = walk.visits;
+        walk.stopped_at
     }
 }
 
-fn join_retained(path: &str, depth: usize, level: &str) -> String {
-    if depth == 0 {
-        level.to_owned()
-    } else {
-        join(path, level)
+/// What a node on a retained walk is matched against: the filter from a level on, or
+/// everything (below a `#`).
+#[derive(Clone, Copy)]
+enum Mode {
+    Filter(usize),
+    All,
+}
+
+struct RetainWalk<'a, 'f, V> {
+    filter: &'f [&'f str],
+    path: Vec<&'a str>,
+    visits: usize,
+    stopped_at: Option<Vec<String>>,
+    f: &'f mut dyn FnMut(&str, &'a V) -> bool,
+}
+
+impl<'a, V> RetainWalk<'a, '_, V> {
+    /// Walks `node` (at `self.path`); `from` is what is left of the starting point below it
+    /// (`None`: the whole subtree is after it). False once stopped.
+    fn node(&mut self, node: &'a RetainNode<V>, mode: Mode, from: Option<&[String]>) -> bool {
+        let depth = self.path.len();
+        let own_pending = from.is_none_or(|f| f.is_empty());
+        // Going back down to the starting point is not counted: stopping there would lose it.
+        if depth > 0 && own_pending {
+            if self.visits == 0 {
+                return self.stop();
+            }
+            self.visits -= 1;
+        }
+        let matched = match mode {
+            Mode::All => true,
+            Mode::Filter(d) => {
+                d == self.filter.len() || (d > 0 && self.filter.get(d) == Some(&"#"))
+            }
+        };
+        if own_pending
+            && matched
+            && let Some(v) = &node.value
+            && !(self.f)(&self.path.join("/"), v)
+        {
+            return self.stop();
+        }
+        let (child_mode, only) = match mode {
+            Mode::All => (Mode::All, None),
+            Mode::Filter(d) => match self.filter.get(d) {
+                None => return true,
+                Some(&"#") => (Mode::All, None),
+                Some(&"+") => (Mode::Filter(d + 1), None),
+                Some(level) => (Mode::Filter(d + 1), Some(*level)),
+            },
+        };
+        let below = from.and_then(|f| f.split_first());
+        let start = match (only, below) {
+            (Some(level), Some((first, _))) if level < first.as_str() => return true,
+            (Some(level), _) => Bound::Included(level),
+            (None, Some((first, _))) => Bound::Included(first.as_str()),
+            (None, None) => Bound::Unbounded,
+        };
+        let end = only.map_or(Bound::Unbounded, Bound::Included);
+        for (name, child) in node.children.range::<str, _>((start, end)) {
+            // `#` and `+` at the first level do not match `$` topics.
+            if depth == 0 && only.is_none() && name.starts_with('$') {
+                continue;
+            }
+            let from_child = match below {
+                Some((first, rest)) if first == name => Some(rest),
+                _ => None,
+            };
+            self.path.push(name);
+            let go_on = self.node(child, child_mode, from_child);
+            self.path.pop();
+            if !go_on {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn stop(&mut self) -> bool {
+        self.stopped_at = Some(self.path.iter().map(|l| (*l).to_owned()).collect());
+        false
     }
 }
 
@@ -689,5 +749,73 @@ mod tests {
         assert_eq!(trie.remove("a/b").as_deref(), Some("a/b"));
         assert_eq!(trie.get("a/b/c").map(String::as_str), Some("a/b/c"));
         assert_eq!(trie.len(), topics.len() - 1);
+    }
+
+    /// A walk in steps of any size, with the trie changing between steps, sees every value
+    /// that was there throughout exactly once, in topic order, and nothing twice.
+    #[test]
+    fn retain_walk_in_steps_sees_what_a_whole_walk_sees() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["a", "b", "", "$x", "c"];
+        let filters = [
+            "#", "+", "a/#", "+/+", "+/#", "a/+/c", "$x/#", "b", "+/b/#", "/+",
+        ];
+        for round in 0..300 {
+            let mut trie = RetainTrie::default();
+            let mut topics = Vec::new();
+            for _ in 0..next(40) {
+                let depth = 1 + next(4);
+                let t: Vec<&str> = (0..depth).map(|_| names[next(5) as usize]).collect();
+                let t = t.join("/");
+                trie.insert(&t, t.clone());
+                topics.push(t);
+            }
+            let filter = filters[round % filters.len()];
+            let whole: Vec<String> = trie.matching(filter).into_iter().map(|(t, _)| t).collect();
+            let mut sorted = whole.clone();
+            sorted.sort_by(|a, b| a.split('/').cmp(b.split('/')));
+            assert_eq!(whole, sorted, "topic order for {filter}");
+            let mut stepped = Vec::new();
+            let mut from: Vec<String> = Vec::new();
+            let mut added = Vec::new();
+            loop {
+                let step = 1 + next(6) as usize;
+                let mut took = 0;
+                let take_max = next(4);
+                let stopped = trie.walk_matching(filter, &from, &mut { step }, |t, _| {
+                    if took >= take_max {
+                        return false;
+                    }
+                    took += 1;
+                    stepped.push(t.to_owned());
+                    true
+                });
+                match stopped {
+                    None => break,
+                    Some(at) => from = at,
+                }
+                // Topics added between steps may or may not be seen; none is seen twice.
+                let t = format!("{}/new{}", names[next(5) as usize], next(1000));
+                trie.insert(&t, t.clone());
+                added.push(t);
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for t in &stepped {
+                assert!(seen.insert(t.clone()), "{t} seen twice for {filter}");
+            }
+            let mut old: Vec<&String> = stepped.iter().filter(|t| !added.contains(t)).collect();
+            old.dedup();
+            assert_eq!(
+                old.into_iter().cloned().collect::<Vec<_>>(),
+                whole,
+                "stepped walk of {filter}"
+            );
+        }
     }
 }

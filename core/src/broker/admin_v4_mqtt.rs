@@ -102,7 +102,8 @@ impl Broker {
                 match self.add_subscription(sid, filter, options, None, v5) {
                     Added::Granted(_, retained) => {
                         if let Some((filter, sub)) = retained {
-                            self.send_retained(sid, &filter, sub);
+                            self.start_replay(sid, filter, sub);
+                            self.pump(sid);
                         }
                     }
                     Added::Refused(_) | Added::SharedNoLocal => result = code::BAD_PARAMETER,

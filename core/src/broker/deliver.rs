@@ -35,6 +35,7 @@ impl Broker {
             }
             Some(conn)
                 if session.queue.is_empty()
+                    && session.replays.is_empty()
                     && self.can_write(conn)
                     && (d.qos == QoS::AtMostOnce
                         || session.inflight.len() < self.inflight_limit(conn)) =>
@@ -66,7 +67,7 @@ impl Broker {
     }
 
     /// A durable session's QoS 1/2 delivery is numbered and stored; false if it cannot be.
-    fn keep_delivery(&mut self, sid: SessionId, d: &mut Delivery) -> bool {
+    pub(super) fn keep_delivery(&mut self, sid: SessionId, d: &mut Delivery) -> bool {
         // Only a QoS 1/2 delivery not yet numbered is the store's business.
         if d.qos == QoS::AtMostOnce || d.entry != 0 {
             return true;
@@ -88,7 +89,7 @@ impl Broker {
         }
     }
 
-    fn inflight_limit(&self, conn: ConnId) -> usize {
+    pub(super) fn inflight_limit(&self, conn: ConnId) -> usize {
         let client = self
             .conns
             .get(&conn)
@@ -96,7 +97,7 @@ impl Broker {
         usize::from(client.min(self.config.max_inflight))
     }
 
-    fn drop_message(&mut self, sid: SessionId, reason: DropReason) {
+    pub(super) fn drop_message(&mut self, sid: SessionId, reason: DropReason) {
         let why = drop_text(reason);
         self.count_dropped(reason, 1);
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -112,7 +113,7 @@ impl Broker {
     }
 
     /// Writes a delivery, taking a packet id and an inflight slot for QoS 1/2.
-    fn send_now(&mut self, sid: SessionId, conn: ConnId, d: Delivery) {
+    pub(super) fn send_now(&mut self, sid: SessionId, conn: ConnId, d: Delivery) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -315,6 +316,13 @@ impl Broker {
                 }
                 self.resend(sid, conn, pid);
                 continue;
+            }
+            // Retained messages owed to a new subscription go before what came after it.
+            if !session.replays.is_empty() {
+                if self.replay_step(sid) {
+                    continue;
+                }
+                return;
             }
             let Some(front) = session.queue.front() else {
                 return;

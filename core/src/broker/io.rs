@@ -208,6 +208,11 @@ impl Broker {
     /// Whether a connection's writer can take more: what it holds, what this input built and
     /// what waits for the store stay under `max_write_buffer`.
     pub(super) fn can_write(&self, conn: ConnId) -> bool {
+        self.write_room(conn) > 0
+    }
+
+    /// How many more bytes a connection's writer takes before [`Broker::can_write`] says no.
+    pub(super) fn write_room(&self, conn: ConnId) -> usize {
         let held = self.store.held_bytes(conn);
         // Past the memory budget's high mark a connection that is not keeping up takes no
         // more: output piles up no more than queues or retained messages do.
@@ -218,7 +223,7 @@ impl Broker {
         };
         self.conns
             .get(&conn)
-            .is_some_and(|c| c.backlog(held) < limit)
+            .map_or(0, |c| limit.saturating_sub(c.backlog(held)))
     }
 
     fn flush_conn(&mut self, id: ConnId) {

@@ -14,7 +14,7 @@ use crate::conn::CloseReason;
 use crate::durable::options_byte;
 use crate::ids::SessionId;
 use crate::persist::Record;
-use crate::session::{Delivery, Subscription};
+use crate::session::Subscription;
 use crate::topic;
 
 impl Broker {
@@ -104,8 +104,11 @@ impl Broker {
                 reasons,
             }),
         );
-        for (filter, sub) in retained_for {
-            self.send_retained(sid, &filter, sub);
+        if !retained_for.is_empty() {
+            for (filter, sub) in retained_for {
+                self.start_replay(sid, filter, sub);
+            }
+            self.pump(sid);
         }
     }
 
@@ -177,26 +180,6 @@ impl Broker {
         let retained = (parsed.share_group.is_none() && wants_retained)
             .then(|| (parsed.filter.to_owned(), sub));
         Added::Granted(ReasonCode(options.qos as u8), retained)
-    }
-
-    /// The retained messages under `filter`, to a subscription just made.
-    pub(super) fn send_retained(&mut self, sid: SessionId, filter: &str, sub: Subscription) {
-        let (expired, msgs): (Vec<_>, Vec<_>) = self
-            .retained
-            .matching(filter)
-            .into_iter()
-            .map(|(t, m)| (t, m.clone()))
-            .partition(|(_, m)| m.expired(self.now));
-        // Expired retained messages are never delivered again: forget them.
-        for (topic, _) in expired {
-            self.retained.remove(&topic);
-            self.store.persist(Record::RetainDel { topic }, false);
-        }
-        for (_, msg) in msgs {
-            let qos = sub.options.qos.min(msg.qos);
-            let delivery = Delivery::new(msg, qos, true, sub.id.into_iter().collect(), 0);
-            self.deliver(sid, delivery);
-        }
     }
 
     pub(super) fn handle_unsubscribe(
