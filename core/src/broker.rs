@@ -35,10 +35,11 @@ use crate::durable::{Durability, Wall};
 use crate::ids::BridgeId;
 use crate::ids::SessionId;
 use crate::message::{EncodedQos0, Message};
+use crate::retain_trie::RetainTrie;
 use crate::rng::Rng;
 use crate::session::{Session, Subscription};
 use crate::timer::{Timer, Timers};
-use crate::topic::{RetainTrie, SubscriptionTrie};
+use crate::topic::SubscriptionTrie;
 
 mod acl;
 mod admin_api;

@@ -17,8 +17,8 @@ use crate::config::SyncMode;
 use crate::ids::SessionId;
 use crate::message::Message;
 use crate::persist::{Record, StoredMessage};
+use crate::retain_trie::RetainTrie;
 use crate::session::{Delivery, Session};
-use crate::topic::RetainTrie;
 use crate::window::OutStage;
 
 /// Output for one connection waiting for the store, oldest first.

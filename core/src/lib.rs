@@ -23,6 +23,7 @@ mod memory;
 mod message;
 mod metrics;
 pub mod persist;
+pub mod retain_trie;
 mod rng;
 mod session;
 mod sys;
