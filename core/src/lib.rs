@@ -36,4 +36,5 @@ pub mod ws;
 pub use api::{AuthMethod, AuthOutcome, BrokerEvent, ConnId, Input, Instant, Output, Secret};
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};
+pub use memory::accounting_bound;
 pub use metrics::{COMMIT_BOUNDS_US, RuntimeConnCounters, StoreFigures};

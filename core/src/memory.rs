@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::Config;
+
 /// What one queued or in-flight delivery costs beside its message.
 pub(crate) const DELIVERY_BYTES: usize = 96;
 /// What a message costs beside its topic, payload and properties.
@@ -27,6 +29,24 @@ pub(crate) const FAIR_BACKLOG: usize = 64 * 1024;
 
 /// Past the budget's high mark, a session's queue may still hold this many messages.
 pub(crate) const FAIR_QUEUE: usize = 16;
+
+/// The most the count may read against `budget` with this many live connections and
+/// sessions. The budget is asked before anything more is kept; what may still come on top is
+/// stated per live connection (twice `max_write_buffer` of output, a few packets of the
+/// largest size in its buffers, one per topic alias) and per session (a short queue and its
+/// windows of largest packets). The simulation and the stateful fuzz target hold the broker
+/// to it after every input.
+pub fn accounting_bound(config: &Config, budget: u64, connections: u64, sessions: u64) -> u64 {
+    let packet = u64::from(config.max_packet_size) + 512;
+    let per_conn = 2 * u64::from(config.max_write_buffer)
+        + (3 + u64::from(config.max_topic_alias)) * packet
+        + 4096;
+    let entries = 16 + u64::from(config.max_inflight) + u64::from(config.receive_maximum) + 1;
+    let per_session = entries * packet + 1024;
+    budget
+        .saturating_add(connections.saturating_mul(per_conn))
+        .saturating_add(sessions.saturating_mul(per_session))
+}
 
 /// The count itself, shared by every charge of one broker.
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,10 @@
 //! - every output names a live connection;
 //! - every admin request gets exactly one reply;
 //! - store records are numbered without gaps, and a snapshot holds exactly the state the
-//!   records handed out so far rebuild (what a restart from either would restore).
+//!   records handed out so far rebuild (what a restart from either would restore);
+//! - after every input the memory count stays within the budget (a small one here, so the
+//!   refusals run) plus what live connections and sessions may still add
+//!   (`tidemq_core::accounting_bound`).
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -14,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use tidemq_core::admin::Credentials;
 use tidemq_core::config::SyncMode;
 use tidemq_core::persist::{Record, Recovered};
-use tidemq_core::{AuthOutcome, Broker, Config, ConnId, Input, Instant, Output};
+use tidemq_core::{AuthOutcome, Broker, Config, ConnId, Input, Instant, Output, accounting_bound};
 
 /// `admin:public`, the default admin credentials.
 const BASIC: &str = "Basic YWRtaW46cHVibGlj";
@@ -40,6 +43,10 @@ fuzz_target!(|data: &[u8]| {
         receive_maximum: 4,
         // The $SYS tree runs too: retained, yet never in a record or a snapshot.
         sys_interval: 1,
+        // Below the configurable minimum, so that a fuzzed input reaches the budget.
+        max_memory: 16 * 1024,
+        // A small writer cap keeps the per-connection allowance small too.
+        max_write_buffer: 2048,
         ..Config::default()
     };
     config.persistence.enable = true;
@@ -49,6 +56,8 @@ fuzz_target!(|data: &[u8]| {
     config.users.insert("u".to_owned(), "p".to_owned());
     config.auth.max_pending = 2;
     config.auth.max_held_bytes = 1024;
+    let budget = config.max_memory;
+    let bound_config = config.clone();
     let mut broker = Broker::new(config, 7, Instant(0));
     let mut now = 0u64;
     let mut next_req = 0u64;
@@ -162,6 +171,10 @@ fuzz_target!(|data: &[u8]| {
         }
         broker.handle_input(Instant(now), input);
         drain(&mut broker, &mut model, now);
+        let stats = broker.stats();
+        let bound = accounting_bound(&bound_config, budget, stats.connections, stats.sessions);
+        let used = broker.memory_used() as u64;
+        assert!(used <= bound, "{used} bytes counted, {bound} allowed");
     }
     assert!(
         model.admin_pending.is_empty(),

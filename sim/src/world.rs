@@ -301,13 +301,8 @@ impl World {
     fn check_memory(&mut self) {
         let c = &self.knobs.config;
         let budget = self.budget_under_test.unwrap_or(c.max_memory);
-        let packet = u64::from(c.max_packet_size) + 512;
-        let per_conn =
-            2 * u64::from(c.max_write_buffer) + (3 + u64::from(c.max_topic_alias)) * packet + 4096;
-        let entries = 16 + u64::from(c.max_inflight) + u64::from(c.receive_maximum) + 1;
-        let per_session = entries * packet + 1024;
         let stats = self.broker.stats();
-        let bound = budget + stats.connections * per_conn + stats.sessions * per_session;
+        let bound = tidemq_core::accounting_bound(c, budget, stats.connections, stats.sessions);
         let used = self.broker.memory_used() as u64;
         if used > bound {
             self.trace.push(Ev::MemoryOver { used, bound });
