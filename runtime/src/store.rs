@@ -338,9 +338,9 @@ impl Journal {
         Ok((journal, state, report))
     }
 
-    /// Appends the records of one input, numbered `upto - len + 1 ..= upto`, as one frame
-    /// (the write, not the commit). A segment is only ever left between inputs, so an input
-    /// is never split across files either.
+    /// Appends the records of one input, numbered `upto - len + 1 ..= upto`, as one batch
+    /// (one frame, or a chain of parts read back only whole; the write, not the commit). A
+    /// segment is only ever left between inputs, so an input is never split across files.
     pub fn append(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
         self.check_usable()?;
         let result = self.append_inner(upto, records);
@@ -375,7 +375,8 @@ impl Journal {
             self.rotate(first)?;
         }
         let mut buf = BytesMut::new();
-        persist::encode_batch(first, records, &mut buf);
+        // Checked before anything is written: a batch the reader would refuse is an error.
+        persist::encode_batch(first, records, &mut buf).map_err(io::Error::other)?;
         self.write_active(&buf)?;
         self.next_seq = upto + 1;
         Ok(())
@@ -453,7 +454,7 @@ impl Journal {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&persist::encode_header(FileKind::Snapshot, upto));
         for r in records {
-            persist::encode_frame(upto, r, &mut buf);
+            persist::encode_frame(upto, r, &mut buf).map_err(io::Error::other)?;
             if buf.len() >= 1 << 20 {
                 file.append(&buf)?;
                 buf.clear();

@@ -1029,7 +1029,7 @@ fn frame_ends(history: &[Record], inputs: &[usize], first: u64) -> Vec<(u64, usi
     let skip = start;
     for end in inputs.iter().copied().filter(|end| *end > skip) {
         let mut buf = BytesMut::new();
-        persist::encode_batch(start as u64 + 1, &history[start..end], &mut buf);
+        persist::encode_batch(start as u64 + 1, &history[start..end], &mut buf).unwrap();
         at += buf.len();
         out.push((end as u64, at));
         start = end;
@@ -1046,7 +1046,7 @@ fn record_samples_survive_the_journal_byte_for_byte() {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&persist::encode_header(FileKind::Segment, 1));
     for (i, r) in records.iter().enumerate() {
-        persist::encode_frame(i as u64 + 1, r, &mut buf);
+        persist::encode_frame(i as u64 + 1, r, &mut buf).unwrap();
     }
     let (first, scan) = persist::scan_segment(&buf).expect("a valid segment");
     assert_eq!(first, 1);
@@ -1662,7 +1662,7 @@ fn misdirected_segment_is_rejected() {
     let mut bytes = persist::encode_header(FileKind::Segment, 30).to_vec();
     let mut buf = BytesMut::new();
     for (i, r) in theirs.source.records(4).iter().enumerate() {
-        persist::encode_frame(30 + i as u64, r, &mut buf);
+        persist::encode_frame(30 + i as u64, r, &mut buf).unwrap();
     }
     bytes.extend_from_slice(&buf);
     let dir = ours.dir.fork();
@@ -1894,4 +1894,41 @@ fn fs_dir_round_trip_in_a_temp_dir() {
     assert_eq!(report.truncated_bytes, 0);
     drop(guard);
     assert!(!path.exists());
+}
+
+/// An input over the frame part size: written as a chain of parts, read back whole, and a
+/// write cut anywhere inside the chain loses the whole input at recovery, never part of it.
+#[test]
+fn an_input_over_the_part_size_survives_whole_or_not_at_all() {
+    let big = |id: u64| {
+        Record::MsgPut(StoredMessage {
+            id,
+            topic: format!("big/{id}"),
+            payload: Bytes::from(vec![id as u8; 6 << 20]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at_unix_ms: None,
+        })
+    };
+    for seed in 0..3u64 {
+        let mut s = Store::new(seed, config(SyncMode::Fsync, 1 << 30));
+        s.append_commit(5);
+        s.append_records((0..4).map(|i| big(100 + i)).collect())
+            .expect("a chained input appends");
+        s.commit().expect("commit");
+        s.crash(Crash::LoseAll);
+        s.reopen(&format!("seed {seed}: a committed chain"));
+        assert_eq!(s.written, 9, "seed {seed}");
+        // A write cut inside the next chain.
+        s.dir.fs().short_write_next = true;
+        let records: Vec<Record> = (0..4).map(|i| big(200 + i)).collect();
+        s.append_records(records).expect_err("short write");
+        s.crash(Crash::Process);
+        s.reopen(&format!("seed {seed}: a chain cut short"));
+        assert_eq!(s.written, 9, "seed {seed}: none of the cut input is read");
+        s.append_commit(2);
+        s.crash(Crash::LoseAll);
+        s.reopen(&format!("seed {seed}: after the cut chain"));
+    }
 }
