@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     Bridge(BridgeId),
     /// The next `$SYS/broker` tree publication.
     Sys,
+    /// The next compaction of a store at its disk cap.
+    Compact,
 }
 
 #[derive(Debug, Default)]
