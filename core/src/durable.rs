@@ -77,8 +77,6 @@ pub(crate) struct Durability {
     tracked: BTreeMap<u64, Tracked>,
     /// Size of `tracked` that triggers the next sweep.
     sweep_at: usize,
-    /// The store's disk use as the runtime last reported it.
-    disk_used: u64,
     /// At `persistence.max_disk`, or the writer refuses records until the next snapshot:
     /// new durable work is refused until a snapshot brings the store under the cap.
     full: bool,
@@ -131,16 +129,11 @@ impl Durability {
         cap: u64,
         low: u64,
     ) -> (Option<bool>, bool) {
-        self.disk_used = used;
         let began =
             writer_refusing && !std::mem::replace(&mut self.writer_refusing, writer_refusing);
         let full = writer_refusing || used >= cap || (self.full && used >= low);
         let changed = (full != std::mem::replace(&mut self.full, full)).then_some(full);
         (changed, began)
-    }
-
-    pub fn disk_used(&self) -> u64 {
-        self.disk_used
     }
 
     /// Whether a snapshot now would shrink the store or heal a writer that refuses: records

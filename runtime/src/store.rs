@@ -643,6 +643,7 @@ pub struct StoreStats {
     commit_sum_us: AtomicU64,
     group_records: AtomicU64,
     journal_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
     snapshots_written: AtomicU64,
     last_snapshot_us: AtomicU64,
 }
@@ -664,6 +665,7 @@ impl StoreStats {
             commit_sum_us: get(&self.commit_sum_us),
             group_records: get(&self.group_records),
             journal_bytes: get(&self.journal_bytes),
+            disk_bytes: get(&self.disk_bytes),
             snapshots_written: get(&self.snapshots_written),
             last_snapshot_us: get(&self.last_snapshot_us),
             ..StoreFigures::default()
@@ -694,6 +696,9 @@ pub fn spawn_with_stats(
         .spawn(move || {
             let mut commits: u64 = 0;
             // A store already near its cap at start (or a cap lowered since) is reported.
+            stats
+                .disk_bytes
+                .store(journal.disk_bytes(), Ordering::Relaxed);
             let mut reported_high = journal.disk_bytes() >= report_from;
             if reported_high {
                 report(StoreEvent::Usage {
@@ -765,6 +770,7 @@ pub fn spawn_with_stats(
                     report(StoreEvent::Done { upto });
                 }
                 let bytes = journal.disk_bytes();
+                stats.disk_bytes.store(bytes, Ordering::Relaxed);
                 let high = bytes >= report_from || journal.refusing();
                 if high || reported_high {
                     report(StoreEvent::Usage {

@@ -310,9 +310,9 @@ impl Broker {
         o.one(
             "tidemq_store_disk_bytes",
             "gauge",
-            "Disk the store uses (journal segments and snapshots), as last reported; \
-             new durable work is refused at persistence.max_disk.",
-            self.store.disk_used(),
+            "Disk the store uses (journal segments and snapshots); new durable work is \
+             refused at persistence.max_disk.",
+            s.disk_bytes,
         );
         o.one(
             "tidemq_store_snapshots_written_total",
