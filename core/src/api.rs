@@ -126,6 +126,11 @@ pub enum Input {
     PersistFailed { error: String },
     /// The store's journal has grown: answer with [`Output::Snapshot`] of everything live.
     SnapshotRequest,
+    /// The store's disk use (journal segments and snapshots), after a commit or snapshot.
+    /// `refusing`: the writer refused records (past `persistence.max_disk` plus its slack,
+    /// or the disk is full) and will keep refusing until an [`Output::Snapshot`] covers them;
+    /// output waiting on them is released by that snapshot's [`Input::PersistDone`].
+    StoreUsage { bytes: u64, refusing: bool },
     /// The answer to [`Output::Authenticate`] for this connection. One per request; an
     /// answer for a connection no longer waiting is ignored.
     AuthResult { conn: ConnId, outcome: AuthOutcome },
@@ -294,5 +299,12 @@ pub enum BrokerEvent {
     /// The store failed; durable work is refused from now on.
     StoreFailed {
         error: String,
+    },
+    /// The store reached `persistence.max_disk` (`full`), or came back under it: new durable
+    /// work is refused with 0x97 while full.
+    StoreFull {
+        full: bool,
+        used: u64,
+        cap: u64,
     },
 }

@@ -50,6 +50,7 @@ mod auth;
 mod bridging;
 mod connect;
 mod deliver;
+mod disk;
 mod expiry;
 mod exposition;
 mod inbound;
@@ -126,6 +127,8 @@ pub struct Broker {
     /// This broker's mark on messages it bridges out (v5), to recognise them coming back.
     node_id: String,
     store: Durability,
+    /// Compaction of a store at its disk cap: the timer, and the wait before the next one.
+    compact: disk::Compaction,
     /// The last QoS 0 PUBLISH encoded, so a fan-out encodes each message once per version.
     last_qos0: Option<EncodedQos0>,
     /// When the broker started (the v4 API's uptime).
@@ -175,6 +178,7 @@ impl Broker {
             next_bridge_conn: 0,
             node_id: String::new(),
             store: Durability::new(mode),
+            compact: Default::default(),
             last_qos0: None,
             started: now,
             v4: Default::default(),
@@ -308,21 +312,8 @@ impl Broker {
                     self.cut_held_connections();
                 }
             }
-            Input::SnapshotRequest => {
-                let in_order: Vec<SessionId> = self.by_client_id.values().copied().collect();
-                let bridges = self.bridge_records();
-                let wall = self.wall();
-                if let Some(out) = self.store.snapshot(
-                    &self.retained,
-                    &mut self.sessions,
-                    &in_order,
-                    bridges,
-                    wall,
-                ) {
-                    self.counters.store_snapshots += 1;
-                    self.outputs.push_back(out);
-                }
-            }
+            Input::SnapshotRequest => self.write_snapshot(),
+            Input::StoreUsage { bytes, refusing } => self.store_usage(bytes, refusing),
             Input::Shutdown => {
                 self.close_bridges();
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -415,6 +406,7 @@ impl Broker {
                 Timer::Bridge(key) => self.bridge_timer(key, at),
                 Timer::Sys => self.sys_tick(at),
                 Timer::Replay => self.replay_timer(),
+                Timer::Compact => self.compact_tick(at),
             }
         }
     }

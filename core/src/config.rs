@@ -242,6 +242,29 @@ pub struct PersistenceConfig {
     /// restarts the broker on a consistent journal (`true`), or keep running and refuse
     /// everything that needs the store with reason code 0x97 (`false`).
     pub fail_fast: bool,
+    /// Disk the store may use (journal segments and snapshots), in bytes. At the cap new
+    /// durable work is refused (0x97) and the journal is compacted; it is accepted again
+    /// once a snapshot brings the store under the cap. The writer itself refuses appends a
+    /// quarter past it (see the runtime's store).
+    pub max_disk: u64,
+}
+
+/// The smallest `persistence.max_disk`: room for a snapshot and some journal.
+pub const MIN_MAX_DISK: u64 = 1024 * 1024;
+
+impl PersistenceConfig {
+    /// Under this a full store takes new durable work again (an eighth under the cap, so a
+    /// store whose live data sits near the cap is not compacted after every message).
+    pub fn disk_low_mark(&self) -> u64 {
+        self.max_disk - self.max_disk / 8
+    }
+
+    /// The writer appends nothing past this (a quarter over the cap: the broker's refusal
+    /// is based on usage reported after each commit, so a little more arrives first).
+    /// Snapshots are not held to it: they replace the segments.
+    pub fn disk_hard_limit(&self) -> u64 {
+        self.max_disk.saturating_add(self.max_disk / 4)
+    }
 }
 
 impl Default for PersistenceConfig {
@@ -256,6 +279,7 @@ impl Default for PersistenceConfig {
             snapshot_threshold: 256 * 1024 * 1024,
             on_corruption: "fail".to_owned(),
             fail_fast: true,
+            max_disk: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -698,6 +722,12 @@ impl Config {
             return err(
                 "persistence.snapshot_threshold",
                 "must be at least persistence.segment_size",
+            );
+        }
+        if p.max_disk < MIN_MAX_DISK {
+            return err(
+                "persistence.max_disk",
+                "must be at least 1 MiB (the store's disk use is always capped)",
             );
         }
         if !matches!(p.on_corruption.as_str(), "fail" | "truncate") {

@@ -77,6 +77,13 @@ pub(crate) struct Durability {
     tracked: BTreeMap<u64, Tracked>,
     /// Size of `tracked` that triggers the next sweep.
     sweep_at: usize,
+    /// At `persistence.max_disk`, or the writer refuses records until the next snapshot:
+    /// new durable work is refused until a snapshot brings the store under the cap.
+    full: bool,
+    /// The writer refused records: they are durable only once a snapshot covers them.
+    writer_refusing: bool,
+    /// Sequence number of the last snapshot handed out.
+    snapshot_upto: u64,
 }
 
 impl Durability {
@@ -99,6 +106,40 @@ impl Durability {
     /// The store failed: work that needs it is refused.
     pub fn refuses(&self) -> bool {
         self.mode.is_some() && self.failed
+    }
+
+    /// The store is at its disk cap (and has not failed): new durable work is refused,
+    /// what frees space (acknowledgements, removals, resumed sessions) goes on.
+    pub fn full(&self) -> bool {
+        self.mode.is_some() && !self.failed && self.full
+    }
+
+    /// New durable work (a new stored session, subscription or message) is refused.
+    pub fn refuses_new(&self) -> bool {
+        self.refuses() || self.full()
+    }
+
+    /// The runtime's report of the store's disk use: full at `cap`, and again under it below
+    /// `low` only. The new `full` state when it changed, and whether the writer has just
+    /// started refusing.
+    pub fn set_usage(
+        &mut self,
+        used: u64,
+        writer_refusing: bool,
+        cap: u64,
+        low: u64,
+    ) -> (Option<bool>, bool) {
+        let began =
+            writer_refusing && !std::mem::replace(&mut self.writer_refusing, writer_refusing);
+        let full = writer_refusing || used >= cap || (self.full && used >= low);
+        let changed = (full != std::mem::replace(&mut self.full, full)).then_some(full);
+        (changed, began)
+    }
+
+    /// Whether a snapshot now would shrink the store or heal a writer that refuses: records
+    /// were handed out since the last one.
+    pub fn snapshot_would_help(&self) -> bool {
+        self.writer_refusing || self.seq > self.snapshot_upto
     }
 
     /// A new input: its output depends on nothing yet.
@@ -359,6 +400,7 @@ impl Durability {
             }
         }
         records.extend(bridges);
+        self.snapshot_upto = self.seq;
         Some(Output::Snapshot {
             upto: self.seq,
             records,

@@ -156,6 +156,8 @@ pub struct StoreFigures {
     pub snapshots_written: u64,
     /// How long the last snapshot took to write.
     pub last_snapshot_us: u64,
+    /// Bytes of the store's files (journal segments and snapshots).
+    pub disk_bytes: u64,
 }
 
 impl StoreFigures {

@@ -19,6 +19,8 @@ pub(crate) enum Timer {
     Sys,
     /// Retained replays that used up one step's work go on.
     Replay,
+    /// The next compaction of a store at its disk cap.
+    Compact,
 }
 
 #[derive(Debug, Default)]

@@ -12,9 +12,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use tidemq_core::codec::{Properties, QoS};
 use tidemq_core::persist::{
-    BridgeEntry, FileKind, HEADER_LEN, JournalError, MAX_RECORD_LEN, QueuedDelivery, Record,
-    Recovered, StoredMessage, crc32c, decode_header, encode_batch, encode_frame, encode_header,
-    encode_snapshot_end, read_snapshot, scan_segment,
+    BATCH_PART_LEN, BridgeEntry, FileKind, HEADER_LEN, JournalError, MAX_RECORD_LEN,
+    QueuedDelivery, Record, Recovered, StoredMessage, crc32c, decode_header, encode_batch,
+    encode_batch_parts, encode_frame, encode_header, encode_snapshot_end, read_snapshot,
+    scan_segment,
 };
 
 fn config(cases: u32) -> ProptestConfig {
@@ -37,7 +38,7 @@ fn segment(first_seq: u64, records: &[Record]) -> (Vec<u8>, Vec<usize>) {
     out.put_slice(&encode_header(FileKind::Segment, first_seq));
     let mut bounds = vec![out.len()];
     for (i, r) in records.iter().enumerate() {
-        encode_frame(first_seq.wrapping_add(i as u64), r, &mut out);
+        encode_frame(first_seq.wrapping_add(i as u64), r, &mut out).unwrap();
         bounds.push(out.len());
     }
     (out.to_vec(), bounds)
@@ -68,11 +69,11 @@ fn unit_segment(first_seq: u64, units: &[Unit]) -> (Vec<u8>, Vec<usize>, Vec<usi
         let seq = first_seq.wrapping_add(all.len() as u64);
         match u {
             Unit::One(r) => {
-                encode_frame(seq, r, &mut out);
+                encode_frame(seq, r, &mut out).unwrap();
                 all.push(r.clone());
             }
             Unit::Batch(rs) => {
-                encode_batch(seq, rs, &mut out);
+                encode_batch(seq, rs, &mut out).unwrap();
                 all.extend(rs.iter().cloned());
             }
         }
@@ -86,7 +87,7 @@ fn snapshot(upto: u64, records: &[Record]) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.put_slice(&encode_header(FileKind::Snapshot, upto));
     for r in records {
-        encode_frame(upto, r, &mut out);
+        encode_frame(upto, r, &mut out).unwrap();
     }
     encode_snapshot_end(upto, records.len() as u64, &mut out);
     out.to_vec()
@@ -94,7 +95,7 @@ fn snapshot(upto: u64, records: &[Record]) -> Vec<u8> {
 
 fn frame(seq: u64, record: &Record) -> Vec<u8> {
     let mut out = BytesMut::new();
-    encode_frame(seq, record, &mut out);
+    encode_frame(seq, record, &mut out).unwrap();
     out.to_vec()
 }
 
@@ -1179,7 +1180,7 @@ fn the_frame_after_a_batch_carries_the_number_after_its_last_record() {
     let r = sample_records();
     let mut bytes = encode_header(FileKind::Segment, 10).to_vec();
     let mut b = BytesMut::new();
-    encode_batch(10, &r[..3], &mut b);
+    encode_batch(10, &r[..3], &mut b).unwrap();
     bytes.extend_from_slice(&b);
     let after = bytes.len();
     // 11 where 13 is due.
@@ -1305,7 +1306,7 @@ fn a_snapshot_whose_closing_mark_has_the_wrong_count_is_refused() {
         let mut bytes = BytesMut::new();
         bytes.put_slice(&encode_header(FileKind::Snapshot, 50));
         for r in &records {
-            encode_frame(50, r, &mut bytes);
+            encode_frame(50, r, &mut bytes).unwrap();
         }
         let at = bytes.len();
         encode_snapshot_end(50, count, &mut bytes);
@@ -1340,9 +1341,9 @@ fn a_snapshot_record_from_another_snapshot_is_refused() {
     let records = sample_records();
     let mut bytes = BytesMut::new();
     bytes.put_slice(&encode_header(FileKind::Snapshot, 50));
-    encode_frame(50, &records[0], &mut bytes);
+    encode_frame(50, &records[0], &mut bytes).unwrap();
     let at = bytes.len();
-    encode_frame(49, &records[1], &mut bytes);
+    encode_frame(49, &records[1], &mut bytes).unwrap();
     encode_snapshot_end(50, 2, &mut bytes);
     assert_eq!(
         read_snapshot(&bytes),
@@ -1859,4 +1860,177 @@ fn state_as_records(r: &Recovered) -> Vec<Record> {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches in parts: whatever the writer emits reads back, and no cut gives part of an input
+// ---------------------------------------------------------------------------------------------
+
+/// Inputs written one batch each, with parts of `part_len` bytes: the bytes and the number
+/// of records before each input.
+fn batched(first: u64, inputs: &[Vec<Record>], part_len: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut out = BytesMut::new();
+    out.put_slice(&encode_header(FileKind::Segment, first));
+    let mut before = vec![0];
+    for rs in inputs {
+        let seq = first.wrapping_add(*before.last().unwrap() as u64);
+        encode_batch_parts(seq, rs, part_len, &mut out).unwrap();
+        before.push(before.last().unwrap() + rs.len());
+    }
+    (out.to_vec(), before)
+}
+
+/// The records a (possibly cut) segment gives back must be a whole number of inputs.
+fn assert_whole_inputs(bytes: &[u8], first: u64, all: &[Record], before: &[usize]) {
+    let (_, scan) = scan_segment(bytes).unwrap();
+    let n = scan.records.len();
+    assert!(
+        before.contains(&n),
+        "{n} records is not a whole number of inputs"
+    );
+    assert_eq!(scan.records, numbered(first, &all[..n]));
+    let (_, again) = scan_segment(&bytes[..scan.valid_len]).unwrap();
+    assert_eq!(again.records.len(), n, "the valid prefix reads differently");
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn every_batch_the_writer_emits_reads_back_and_cuts_keep_whole_inputs(
+        first in first_seq(),
+        inputs in prop::collection::vec(prop::collection::vec(any_record(), 0..6), 1..5),
+        part_len in 1usize..300,
+    ) {
+        let (bytes, before) = batched(first, &inputs, part_len);
+        let all: Vec<Record> = inputs.concat();
+        let (seq, scan) = scan_segment(&bytes).unwrap();
+        prop_assert_eq!(seq, first);
+        prop_assert_eq!(&scan.records, &numbered(first, &all));
+        prop_assert!(scan.stopped.is_none(), "stopped: {:?}", scan.stopped);
+        prop_assert_eq!(scan.valid_len, bytes.len());
+        for cut in HEADER_LEN..=bytes.len() {
+            assert_whole_inputs(&bytes[..cut], first, &all, &before);
+        }
+    }
+}
+
+#[test]
+fn a_batch_over_the_part_size_is_written_in_parts_and_read_back_whole() {
+    // Three 7 MiB bodies: one input over BATCH_PART_LEN, then a small one.
+    let big: Vec<Record> = (0..3u8)
+        .map(|i| Record::MsgPut(message(u64::from(i), "t", &vec![i; 7 << 20])))
+        .collect();
+    let small = sample_records();
+    let inputs = vec![big, small];
+    let (bytes, before) = batched(5, &inputs, BATCH_PART_LEN);
+    let all: Vec<Record> = inputs.concat();
+    let (_, scan) = scan_segment(&bytes).unwrap();
+    assert_eq!(scan.records, numbered(5, &all));
+    assert!(scan.stopped.is_none());
+    // Cuts inside the first part, at the part boundary, and one byte short of the chain's end.
+    let first_frame = HEADER_LEN + 16 + 2 + BATCH_PART_LEN;
+    let chain_end = {
+        let mut one = BytesMut::new();
+        encode_batch_parts(5, &inputs[0], BATCH_PART_LEN, &mut one).unwrap();
+        HEADER_LEN + one.len()
+    };
+    assert!(chain_end > first_frame, "the batch was not split");
+    for cut in [
+        HEADER_LEN + 17,
+        first_frame - 1,
+        first_frame,
+        first_frame + 1,
+        chain_end - 1,
+        chain_end,
+        chain_end + 1,
+        bytes.len() - 1,
+    ] {
+        assert_whole_inputs(&bytes[..cut], 5, &all, &before);
+    }
+    // A bit flipped in the second part loses the whole input, not its first records.
+    let mut damaged = bytes.clone();
+    damaged[first_frame + 40] ^= 1;
+    let (_, scan) = scan_segment(&damaged).unwrap();
+    assert!(scan.records.is_empty());
+    assert_eq!(scan.valid_len, HEADER_LEN);
+}
+
+#[test]
+fn a_single_record_over_the_part_size_is_split_across_parts() {
+    let record = Record::MsgPut(message(9, "big", &vec![7; BATCH_PART_LEN + 1000]));
+    let (bytes, _) = batched(
+        1,
+        std::slice::from_ref(&vec![record.clone()]),
+        BATCH_PART_LEN,
+    );
+    let (_, scan) = scan_segment(&bytes).unwrap();
+    assert_eq!(scan.records, vec![(1, record)]);
+    assert!(scan.stopped.is_none());
+}
+
+#[test]
+fn a_record_over_the_maximum_is_refused_and_nothing_is_written() {
+    // No message is this large (its PUBLISH would not encode); a key this long stands in.
+    let record = Record::RetainDel {
+        topic: "t".repeat(MAX_RECORD_LEN),
+    };
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        encode_batch(1, std::slice::from_ref(&record), &mut out),
+        Err(JournalError::TooLarge(_))
+    ));
+    assert!(matches!(
+        encode_frame(1, &record, &mut out),
+        Err(JournalError::TooLarge(_))
+    ));
+    assert!(out.is_empty());
+    assert!(encode_batch_parts(1, &[], 0, &mut out).is_err());
+    assert!(encode_batch_parts(1, &[], BATCH_PART_LEN + 1, &mut out).is_err());
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_large_batch_frame_of_an_earlier_writer_still_reads() {
+    // Before parts, a batch of any size up to MAX_RECORD_LEN was one frame.
+    let records: Vec<Record> = (0..2u8)
+        .map(|i| Record::MsgPut(message(u64::from(i), "t", &vec![i; 9 << 20])))
+        .collect();
+    let mut body = BytesMut::new();
+    body.put_u8(0xFD);
+    body.put_u32(records.len() as u32);
+    for r in &records {
+        let mut one = BytesMut::new();
+        r.encode(&mut one);
+        body.put_u32(one.len() as u32);
+        body.put_slice(&one);
+    }
+    assert!(body.len() > BATCH_PART_LEN);
+    let mut bytes = BytesMut::new();
+    bytes.put_slice(&encode_header(FileKind::Segment, 3));
+    bytes.put_u32(body.len() as u32);
+    bytes.put_u32(crc32c::crc32c_append(crc32c(&3u64.to_be_bytes()), &body));
+    bytes.put_u64(3);
+    bytes.put_slice(&body);
+    let (_, scan) = scan_segment(&bytes).unwrap();
+    assert_eq!(scan.records, numbered(3, &records));
+    assert!(scan.stopped.is_none());
+}
+
+#[test]
+fn a_chain_broken_by_another_frame_stops_the_scan() {
+    let records = sample_records();
+    let mut out = BytesMut::new();
+    out.put_slice(&encode_header(FileKind::Segment, 1));
+    let mut chain = BytesMut::new();
+    encode_batch_parts(1, &records, 8, &mut chain).unwrap();
+    // The first part, then a whole batch at the same number, then the rest of the chain.
+    let first_part = 16 + u32::from_be_bytes(chain[..4].try_into().unwrap()) as usize;
+    out.put_slice(&chain[..first_part]);
+    encode_batch(1, &records, &mut out).unwrap();
+    out.put_slice(&chain[first_part..]);
+    let (_, scan) = scan_segment(&out).unwrap();
+    assert!(scan.records.is_empty());
+    assert_eq!(scan.valid_len, HEADER_LEN);
+    assert!(scan.stopped.is_some());
 }

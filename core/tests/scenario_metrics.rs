@@ -159,6 +159,7 @@ fn store_figures_are_shown_as_a_histogram_in_seconds() {
     let mut f = StoreFigures {
         commit_sum_us: 1_500_000,
         journal_bytes: 4096,
+        disk_bytes: 8192,
         snapshots_written: 2,
         last_snapshot_us: 250_000,
         group_records: 9,
@@ -194,6 +195,7 @@ fn store_figures_are_shown_as_a_histogram_in_seconds() {
         value(&text, "tidemq_store_journal_written_bytes_total"),
         4096.0
     );
+    assert_eq!(value(&text, "tidemq_store_disk_bytes"), 8192.0);
     assert_eq!(
         value(&text, "tidemq_store_last_snapshot_duration_seconds"),
         0.25

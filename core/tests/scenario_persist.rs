@@ -130,7 +130,7 @@ fn recover(persisted: &[(u64, Vec<Record>)]) -> Recovered {
     let mut seq = first;
     for (upto, records) in persisted {
         assert!(!records.is_empty(), "an empty Output::Persist");
-        encode_batch(seq, records, &mut segment);
+        encode_batch(seq, records, &mut segment).unwrap();
         seq += records.len() as u64;
         assert_eq!(
             *upto,
@@ -153,7 +153,7 @@ fn recover_snapshot(upto: u64, records: &[Record]) -> Recovered {
     let mut file = BytesMut::new();
     file.put_slice(&encode_header(FileKind::Snapshot, upto));
     for r in records {
-        encode_frame(upto, r, &mut file);
+        encode_frame(upto, r, &mut file).unwrap();
     }
     encode_snapshot_end(upto, records.len() as u64, &mut file);
     let (at, back) = read_snapshot(&file).unwrap();

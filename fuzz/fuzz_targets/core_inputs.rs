@@ -1,6 +1,7 @@
 //! The whole broker, with persistence on: arbitrary bytes on several connections, closes,
 //! time steps, writer acknowledgements, admin API requests, metrics scrapes, store commits,
-//! snapshots, the `$SYS` tree and a store failure. It must never panic, and:
+//! snapshots, the store's disk use against a 1 MiB cap, the `$SYS` tree and a store failure.
+//! It must never panic, and:
 //! - every output names a live connection;
 //! - every admin request gets exactly one reply;
 //! - store records are numbered without gaps, and a snapshot holds exactly the state the
@@ -51,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
     };
     config.persistence.enable = true;
     config.persistence.sync = SyncMode::Fsync;
+    config.persistence.max_disk = 1 << 20;
     config.http_server.enable = true;
     // A CONNECT with a user name waits for its credentials' answer (given below, in turn).
     config.users.insert("u".to_owned(), "p".to_owned());
@@ -142,6 +144,14 @@ fuzz_target!(|data: &[u8]| {
                 model.store_failed = true;
                 Input::PersistFailed {
                     error: "fuzzed failure".to_owned(),
+                }
+            }
+            7 if conn == 1 => {
+                // The store's disk use around a 1 MiB cap; odd bytes: the writer refuses.
+                let b = tail.first().copied().unwrap_or(0);
+                Input::StoreUsage {
+                    bytes: u64::from(b) * 8 * 1024,
+                    refusing: b & 1 == 1,
                 }
             }
             7 => Input::WallClock {

@@ -821,6 +821,9 @@ impl Driver {
             }
             Event::Store(StoreEvent::Done { upto }) => self.input(now, Input::PersistDone { upto }),
             Event::Store(StoreEvent::SnapshotWanted) => self.input(now, Input::SnapshotRequest),
+            Event::Store(StoreEvent::Usage { bytes, refusing }) => {
+                self.input(now, Input::StoreUsage { bytes, refusing });
+            }
             Event::Store(StoreEvent::Failed { error }) => {
                 self.readiness.set_store(StoreState::Failed);
                 self.notifier.status(&format!("store failed: {error}"));
@@ -1692,5 +1695,15 @@ fn log_event(event: BrokerEvent) {
         BrokerEvent::ConfigApplied => info!("configuration applied"),
         BrokerEvent::ConfigRejected { error } => error!(%error, "configuration rejected"),
         BrokerEvent::StoreFailed { error } => error!(error, "store failed"),
+        BrokerEvent::StoreFull { full, used, cap } if full => warn!(
+            used,
+            cap, "store at persistence.max_disk: new durable work refused (0x97) until compacted"
+        ),
+        BrokerEvent::StoreFull { used, cap, .. } => {
+            info!(
+                used,
+                cap, "store back under persistence.max_disk: durable work accepted"
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@
 //! bit flips and I/O errors.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
@@ -43,6 +43,8 @@ pub trait StoreDir: Send {
 /// A file open for appending.
 pub trait StoreFile: Send {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Cuts the file back to `len` bytes; the next append goes there.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Makes everything appended so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
 }
@@ -67,6 +69,11 @@ struct FsFile(File);
 impl StoreFile for FsFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.0.write_all(bytes)
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)?;
+        self.0.seek(SeekFrom::Start(len)).map(drop)
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -161,6 +168,26 @@ pub struct Journal {
     failed: bool,
     /// Bytes written to segments since the journal was opened.
     written: u64,
+    /// Bytes of the store's files: the snapshot and the segments since.
+    disk_bytes: u64,
+    /// No append goes past this (`persistence.max_disk` plus slack).
+    hard_limit: u64,
+    /// Records were refused (the hard limit, or a full disk): every append is refused until
+    /// a snapshot covers them, so the journal never has a gap.
+    refusing: bool,
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Written,
+    /// Not written: the store is at its limit or the disk is full. Nothing of it is in the
+    /// journal; a snapshot at or after its records makes them durable.
+    Refused,
+}
+
+fn is_enospc(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 impl Journal {
@@ -184,6 +211,7 @@ impl Journal {
         snapshots.sort();
         let mut base = 0;
         let mut stale = Vec::new();
+        let mut disk_bytes = 0u64;
         while let Some((upto, name)) = snapshots.pop() {
             if report.snapshot.is_some() {
                 stale.push(name);
@@ -192,6 +220,7 @@ impl Journal {
             let bytes = dir.read(&name).map_err(|e| format!("{name}: {e}"))?;
             match persist::read_snapshot(&bytes) {
                 Ok((at, records)) if at == upto => {
+                    disk_bytes += bytes.len() as u64;
                     for r in records {
                         state.apply(r);
                     }
@@ -299,6 +328,9 @@ impl Journal {
                 }
                 dir.truncate(&name, scan.valid_len as u64)
                     .map_err(|e| format!("{name}: cannot cut the damaged tail: {e}"))?;
+                disk_bytes += scan.valid_len as u64;
+            } else {
+                disk_bytes += bytes.len() as u64;
             }
             keep.push(name);
         }
@@ -311,6 +343,10 @@ impl Journal {
         let next_seq = expect;
         // Appends always go to a fresh segment, so a cut tail is never written over.
         let first = segment_name(next_seq);
+        if keep.contains(&first) {
+            // Replaced by the fresh segment below (it holds no record past `expect`).
+            disk_bytes = disk_bytes.saturating_sub(persist::HEADER_LEN as u64);
+        }
         keep.retain(|n| *n != first);
         let mut active = dir.create(&first).map_err(|e| format!("{first}: {e}"))?;
         let header = persist::encode_header(FileKind::Segment, next_seq);
@@ -334,14 +370,20 @@ impl Journal {
             unsynced: false,
             failed: false,
             written: 0,
+            disk_bytes: disk_bytes + header.len() as u64,
+            hard_limit: config.disk_hard_limit(),
+            refusing: false,
         };
         Ok((journal, state, report))
     }
 
-    /// Appends the records of one input, numbered `upto - len + 1 ..= upto`, as one frame
-    /// (the write, not the commit). A segment is only ever left between inputs, so an input
-    /// is never split across files either.
-    pub fn append(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
+    /// Appends the records of one input, numbered `upto - len + 1 ..= upto`, as one batch
+    /// (one frame, or a chain of parts read back only whole; the write, not the commit). A
+    /// segment is only ever left between inputs, so an input is never split across files.
+    ///
+    /// Past the disk limit, or on a full disk, the input is refused (nothing of it is
+    /// written, the store does not fail) and so is every later one until a snapshot.
+    pub fn append(&mut self, upto: u64, records: &[Record]) -> io::Result<Appended> {
         self.check_usable()?;
         let result = self.append_inner(upto, records);
         self.failed |= result.is_err();
@@ -357,7 +399,10 @@ impl Journal {
         Ok(())
     }
 
-    fn append_inner(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
+    fn append_inner(&mut self, upto: u64, records: &[Record]) -> io::Result<Appended> {
+        if self.refusing {
+            return Ok(Appended::Refused);
+        }
         let first = (upto + 1)
             .checked_sub(records.len() as u64)
             .filter(|f| *f == self.next_seq)
@@ -369,16 +414,40 @@ impl Journal {
                 ))
             })?;
         if records.is_empty() {
-            return Ok(());
-        }
-        if self.active_len >= self.segment_size {
-            self.rotate(first)?;
+            return Ok(Appended::Written);
         }
         let mut buf = BytesMut::new();
-        persist::encode_batch(first, records, &mut buf);
-        self.write_active(&buf)?;
-        self.next_seq = upto + 1;
-        Ok(())
+        // Checked before anything is written: a batch the reader would refuse is an error.
+        persist::encode_batch(first, records, &mut buf).map_err(io::Error::other)?;
+        let rotates = self.active_len >= self.segment_size;
+        let header = if rotates { persist::HEADER_LEN } else { 0 };
+        if self.disk_bytes + (header + buf.len()) as u64 > self.hard_limit {
+            warn!(
+                disk_bytes = self.disk_bytes,
+                limit = self.hard_limit,
+                "store: at its disk limit, records refused until the next snapshot"
+            );
+            self.refusing = true;
+            return Ok(Appended::Refused);
+        }
+        if rotates {
+            self.rotate(first)?;
+        }
+        match self.write_active(&buf) {
+            Err(e) if is_enospc(&e) => {
+                // A write(2) that failed leaves its file as before once cut back: the store
+                // carries on after a snapshot, when there is room again.
+                self.active.truncate(self.active_len)?;
+                warn!(error = %e, "store: disk full, records refused until the next snapshot");
+                self.refusing = true;
+                Ok(Appended::Refused)
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.next_seq = upto + 1;
+                Ok(Appended::Written)
+            }
+        }
     }
 
     fn write_active(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -389,8 +458,19 @@ impl Journal {
         self.active_len += bytes.len() as u64;
         self.since_snapshot += bytes.len() as u64;
         self.written += bytes.len() as u64;
+        self.disk_bytes += bytes.len() as u64;
         self.unsynced = true;
         Ok(())
+    }
+
+    /// Bytes of the store's files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
+    /// Whether appends are refused until the next snapshot.
+    pub fn refusing(&self) -> bool {
+        self.refusing
     }
 
     /// Closes the active segment (synced) and starts one at `first_seq`.
@@ -406,6 +486,7 @@ impl Journal {
         }
         self.active = file;
         self.active_len = header.len() as u64;
+        self.disk_bytes += header.len() as u64;
         self.segments.push(name);
         Ok(())
     }
@@ -431,16 +512,24 @@ impl Journal {
         false
     }
 
-    /// Writes a snapshot of everything up to `upto` and drops the segments it replaces.
-    pub fn snapshot(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
+    /// Writes a snapshot of everything up to `upto` and drops the segments it replaces. On a
+    /// full disk it is not written (`Refused`) and the journal stays as it was.
+    pub fn snapshot(&mut self, upto: u64, records: &[Record]) -> io::Result<Appended> {
         self.check_usable()?;
         let result = self.snapshot_inner(upto, records);
         self.failed |= result.is_err();
         result
     }
 
-    fn snapshot_inner(&mut self, upto: u64, records: &[Record]) -> io::Result<()> {
-        if upto + 1 != self.next_seq {
+    fn snapshot_inner(&mut self, upto: u64, records: &[Record]) -> io::Result<Appended> {
+        // While appends are refused the journal stops short of `upto`: the snapshot covers
+        // the records it does not have.
+        let in_place = if self.refusing {
+            upto + 1 >= self.next_seq
+        } else {
+            upto + 1 == self.next_seq
+        };
+        if !in_place {
             return Err(io::Error::other(format!(
                 "snapshot at {upto} while the journal is at {}",
                 self.next_seq - 1
@@ -449,20 +538,17 @@ impl Journal {
         self.commit()?;
         let name = snapshot_name(upto);
         let tmp = format!("{name}.tmp");
-        let mut file = self.dir.create(&tmp)?;
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&persist::encode_header(FileKind::Snapshot, upto));
-        for r in records {
-            persist::encode_frame(upto, r, &mut buf);
-            if buf.len() >= 1 << 20 {
-                file.append(&buf)?;
-                buf.clear();
+        let snap_len = match self.write_snapshot_file(&tmp, upto, records) {
+            Ok(len) => len,
+            Err(e) if is_enospc(&e) => {
+                // Only the tmp file changed: without it the store is as before (a leftover
+                // is removed at the next start).
+                let _ = self.dir.remove(&tmp);
+                warn!(error = %e, "store: disk full, snapshot not written");
+                return Ok(Appended::Refused);
             }
-        }
-        persist::encode_snapshot_end(upto, records.len() as u64, &mut buf);
-        file.append(&buf)?;
-        // A snapshot replaces synced segments, so it is synced whatever the mode.
-        file.sync()?;
+            Err(e) => return Err(e),
+        };
         self.dir.rename(&tmp, &name)?;
         self.dir.sync_dir()?;
         let old = std::mem::take(&mut self.segments);
@@ -474,6 +560,8 @@ impl Journal {
         self.dir.sync_dir()?;
         self.active = active;
         self.active_len = header.len() as u64;
+        self.next_seq = upto + 1;
+        self.refusing = false;
         self.segments.push(next.clone());
         for seg in old.iter().filter(|s| **s != next) {
             self.dir.remove(seg)?;
@@ -484,9 +572,32 @@ impl Journal {
             }
         }
         self.dir.sync_dir()?;
+        self.disk_bytes = snap_len + header.len() as u64;
         self.since_snapshot = 0;
         self.snapshot_asked = false;
-        Ok(())
+        Ok(Appended::Written)
+    }
+
+    /// The snapshot file, synced; its length.
+    fn write_snapshot_file(&mut self, tmp: &str, upto: u64, records: &[Record]) -> io::Result<u64> {
+        let mut file = self.dir.create(tmp)?;
+        let mut len = 0u64;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&persist::encode_header(FileKind::Snapshot, upto));
+        for r in records {
+            persist::encode_frame(upto, r, &mut buf).map_err(io::Error::other)?;
+            if buf.len() >= 1 << 20 {
+                file.append(&buf)?;
+                len += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        persist::encode_snapshot_end(upto, records.len() as u64, &mut buf);
+        file.append(&buf)?;
+        len += buf.len() as u64;
+        // A snapshot replaces synced segments, so it is synced whatever the mode.
+        file.sync()?;
+        Ok(len)
     }
 }
 
@@ -499,9 +610,19 @@ pub enum StoreCmd {
 /// What the store thread reports back.
 #[derive(Debug)]
 pub enum StoreEvent {
-    Done { upto: u64 },
-    Failed { error: String },
+    Done {
+        upto: u64,
+    },
+    Failed {
+        error: String,
+    },
     SnapshotWanted,
+    /// The store's disk use, reported when it matters to the broker: near or over
+    /// `persistence.max_disk`, just back under it, or while appends are refused.
+    Usage {
+        bytes: u64,
+        refusing: bool,
+    },
 }
 
 /// Runs the journal on its own thread: appends what arrives, commits in groups
@@ -522,6 +643,7 @@ pub struct StoreStats {
     commit_sum_us: AtomicU64,
     group_records: AtomicU64,
     journal_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
     snapshots_written: AtomicU64,
     last_snapshot_us: AtomicU64,
 }
@@ -543,6 +665,7 @@ impl StoreStats {
             commit_sum_us: get(&self.commit_sum_us),
             group_records: get(&self.group_records),
             journal_bytes: get(&self.journal_bytes),
+            disk_bytes: get(&self.disk_bytes),
             snapshots_written: get(&self.snapshots_written),
             last_snapshot_us: get(&self.last_snapshot_us),
             ..StoreFigures::default()
@@ -565,10 +688,24 @@ pub fn spawn_with_stats(
     let window = Duration::from_millis(config.flush_interval_ms);
     let wait = config.sync == SyncMode::Fsync;
     let max_batch = config.max_batch as usize;
+    // Usage is reported from a little under the low mark, so the broker sees the store come
+    // back under it; below that it does not matter to the broker.
+    let report_from = config.disk_low_mark() - config.disk_low_mark() / 8;
     let handle = std::thread::Builder::new()
         .name("tidemq-store".to_owned())
         .spawn(move || {
             let mut commits: u64 = 0;
+            // A store already near its cap at start (or a cap lowered since) is reported.
+            stats
+                .disk_bytes
+                .store(journal.disk_bytes(), Ordering::Relaxed);
+            let mut reported_high = journal.disk_bytes() >= report_from;
+            if reported_high {
+                report(StoreEvent::Usage {
+                    bytes: journal.disk_bytes(),
+                    refusing: false,
+                });
+            }
             while let Ok(cmd) = rx.recv() {
                 let started = StdInstant::now();
                 let mut pending = 0usize;
@@ -580,21 +717,25 @@ pub fn spawn_with_stats(
                     };
                     let r = match cmd {
                         StoreCmd::Persist { upto: u, records } => {
-                            pending += records.len();
-                            upto = Some(u);
-                            journal.append(u, &records)
+                            let r = journal.append(u, &records);
+                            // Refused records are never reported done: a snapshot covers them.
+                            if let Ok(Appended::Written) = r {
+                                pending += records.len();
+                                upto = Some(u);
+                            }
+                            r.map(drop)
                         }
                         StoreCmd::Snapshot { upto: u, records } => {
                             let began = StdInstant::now();
                             let r = journal.snapshot(u, &records);
-                            if r.is_ok() {
+                            if let Ok(Appended::Written) = r {
                                 let us = began.elapsed().as_micros().min(u128::from(u64::MAX));
                                 stats.last_snapshot_us.store(us as u64, Ordering::Relaxed);
                                 stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
                                 info!(records = records.len(), upto = u, "store: snapshot written");
+                                upto = Some(u);
                             }
-                            upto = Some(u);
-                            r
+                            r.map(drop)
                         }
                     };
                     if let Err(e) = r {
@@ -628,6 +769,16 @@ pub fn spawn_with_stats(
                 if let Some(upto) = upto {
                     report(StoreEvent::Done { upto });
                 }
+                let bytes = journal.disk_bytes();
+                stats.disk_bytes.store(bytes, Ordering::Relaxed);
+                let high = bytes >= report_from || journal.refusing();
+                if high || reported_high {
+                    report(StoreEvent::Usage {
+                        bytes,
+                        refusing: journal.refusing(),
+                    });
+                }
+                reported_high = high;
                 if journal.wants_snapshot() {
                     report(StoreEvent::SnapshotWanted);
                 }

@@ -1764,3 +1764,182 @@ fn kill9_sync_none_restarts_cleanly() {
         strict: false,
     });
 }
+
+// ----- the disk cap --------------------------------------------------------------------------
+
+/// The next PUBACK/PUBREC on `m` (other packets skipped): its packet id and reason code.
+fn ack_of(m: &mut Mqtt) -> (u16, u8) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(Pkt::PubAck { pid, code } | Pkt::PubRec { pid, code }) = m
+            .recv(Duration::from_millis(200))
+            .expect("the connection stays")
+        {
+            return (pid, code);
+        }
+    }
+    panic!("no acknowledgement within 10 s");
+}
+
+/// A QoS 1 publish and its PUBACK's reason code.
+fn publish_q1(m: &mut Mqtt, pid: u16, topic: &str, payload: &str) -> u8 {
+    m.send(&enc_publish(true, topic, payload, 1, pid, false, false))
+        .unwrap();
+    let (got, code) = ack_of(m);
+    assert_eq!(got, pid);
+    code
+}
+
+/// `persistence.max_disk` against the real binary: QoS 1 messages for an offline persistent
+/// session fill a 1 MB store until the broker answers 0x97 (while a clean subscriber still
+/// gets its QoS 1 messages and new persistent sessions are refused); the session drains, the
+/// broker compacts, and publishes are accepted again; a kill -9 then restarts on the journal.
+#[test]
+fn at_max_disk_durable_work_is_refused_and_accepted_again_after_compaction() {
+    let dir = Dir::new("persist-max-disk");
+    let port = free_port();
+    let conf = dir.file("tidemq.conf");
+    let data = dir.file("data");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners.tcp.bind = \"127.0.0.1:{port}\"\n\
+             log.level = info\n\
+             mqtt.max_mqueue_len = 100000\n\
+             persistence {{\n\
+             \x20 data_dir = \"{}\"\n\
+             \x20 sync = fsync\n\
+             \x20 flush_interval = 2ms\n\
+             \x20 segment_size = 64KB\n\
+             \x20 snapshot_threshold = 64MB\n\
+             \x20 max_disk = 1MB\n\
+             }}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let disk_use = || -> u64 {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let log = dir.file("broker-0.log");
+    let broker = start(&conf, &dir.file("tidemq.pid"), &log, port);
+
+    let (s, _) = Mqtt::connect(port, "keeper", true, false).unwrap();
+    let mut s = s;
+    s.send(&enc_subscribe(true, 1, &[("fill/#".to_owned(), 1)]))
+        .unwrap();
+    assert!(matches!(
+        s.recv(Duration::from_secs(5)).unwrap(),
+        Some(Pkt::SubAck { codes, .. }) if codes == vec![1]
+    ));
+    s.disconnect();
+    let (mut c, _) = Mqtt::connect(port, "clean-reader", true, true).unwrap();
+    c.send(&enc_subscribe(true, 1, &[("clean/t".to_owned(), 1)]))
+        .unwrap();
+    assert!(matches!(
+        c.recv(Duration::from_secs(5)).unwrap(),
+        Some(Pkt::SubAck { codes, .. }) if codes == vec![1]
+    ));
+    let (mut p, _) = Mqtt::connect(port, "filler", true, true).unwrap();
+
+    // Fill: 8 KB messages until the broker says 0x97.
+    let body = "x".repeat(8 * 1024);
+    let mut pid = 0u16;
+    let mut accepted = 0;
+    let refused = loop {
+        pid += 1;
+        assert!(pid < 2000, "no 0x97 after {accepted} messages");
+        match publish_q1(&mut p, pid, &format!("fill/{pid}"), &body) {
+            0 => accepted += 1,
+            code => break code,
+        }
+    };
+    assert_eq!(refused, 0x97);
+    assert!(accepted >= 64, "refused after only {accepted} messages");
+    // The compaction at the cap needs the snapshot's room beside the segments it replaces
+    // for a moment; then the store is the snapshot and a fresh segment.
+    let peak = disk_use();
+    thread::sleep(Duration::from_millis(500));
+    let at_cap = disk_use();
+    eprintln!("refused after {accepted} messages; store {peak} then {at_cap} bytes");
+    assert!(peak <= 2 * ((1 << 20) + (1 << 18)), "{peak} bytes");
+    assert!(at_cap <= (1 << 20) + (1 << 18), "{at_cap} bytes");
+    // Refused again; non-durable work goes on.
+    pid += 1;
+    assert_eq!(publish_q1(&mut p, pid, "fill/again", &body), 0x97);
+    pid += 1;
+    assert_eq!(publish_q1(&mut p, pid, "clean/t", "to a clean session"), 0);
+    assert!(matches!(
+        c.recv(Duration::from_secs(5)).unwrap(),
+        Some(Pkt::Publish { payload, .. }) if payload == "to a clean session"
+    ));
+    let err = Mqtt::connect(port, "newcomer", true, false)
+        .err()
+        .expect("a new persistent session at the cap");
+    assert!(err.to_string().contains("0x97"), "{err}");
+
+    // The session drains; the broker compacts and takes durable work again.
+    let (mut s, present) = Mqtt::connect(port, "keeper", true, false).unwrap();
+    assert!(present);
+    let mut drained = 0;
+    while drained < accepted {
+        match s.recv(Duration::from_secs(5)).unwrap() {
+            Some(Pkt::Publish { pid, qos: 1, .. }) => {
+                s.send(&enc_ack(4, pid)).unwrap();
+                drained += 1;
+            }
+            Some(_) => {}
+            None => panic!("drained {drained} of {accepted}, then nothing"),
+        }
+    }
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "durable work still refused {:?} after the drain (store {} bytes)",
+            started.elapsed(),
+            disk_use()
+        );
+        thread::sleep(Duration::from_millis(250));
+        pid += 1;
+        if publish_q1(&mut p, pid, "fill/after", "accepted again") == 0 {
+            break;
+        }
+    }
+    eprintln!(
+        "accepted again {:?} after the drain; store {} bytes",
+        started.elapsed(),
+        disk_use()
+    );
+    assert!(matches!(
+        s.recv(Duration::from_secs(5)).unwrap(),
+        Some(Pkt::Publish { payload, .. }) if payload == "accepted again"
+    ));
+    let text = broker.log();
+    assert!(text.contains("persistence.max_disk"), "{text}");
+    assert!(!text.contains("store write failed"), "{text}");
+
+    // kill -9, and the journal restarts with the session in it.
+    drop(s);
+    drop(p);
+    drop(c);
+    drop(broker);
+    let log = dir.file("broker-1.log");
+    let broker = start(&conf, &dir.file("tidemq.pid"), &log, port);
+    let (mut s, present) = Mqtt::connect(port, "keeper", true, false).unwrap();
+    assert!(present, "the session came back from the store");
+    let (mut p, _) = Mqtt::connect(port, "filler", true, true).unwrap();
+    assert_eq!(publish_q1(&mut p, 1, "fill/restarted", "after kill -9"), 0);
+    let mut got = Vec::new();
+    while let Some(pkt) = s.recv(Duration::from_secs(2)).unwrap() {
+        if let Pkt::Publish { payload, .. } = pkt {
+            got.push(payload);
+        }
+    }
+    assert!(got.contains(&"after kill -9".to_owned()), "{got:?}");
+    assert!(broker.log().contains("store recovered"), "{}", broker.log());
+}

@@ -350,12 +350,16 @@ impl SimStore {
             self.snap_upto + 1,
         ));
         let mut synced_len = seg.len();
+        let mut damage = Vec::new();
         for (first, rs) in &self.journal {
             let last = first + rs.len() as u64 - 1;
             if last > self.written {
                 break;
             }
-            persist::encode_batch(*first, rs, &mut seg);
+            if let Err(e) = persist::encode_batch(*first, rs, &mut seg) {
+                damage.push(format!("records from {first} refused by the writer: {e}"));
+                break;
+            }
             if last <= self.synced {
                 synced_len = seg.len();
             }
@@ -372,14 +376,15 @@ impl SimStore {
         } else {
             written_len
         };
-        let mut damage = Vec::new();
         let mut recovered = Recovered::default();
         let mut snap_bytes = BytesMut::new();
         if self.snap_upto > 0 {
             snap_bytes
                 .extend_from_slice(&persist::encode_header(FileKind::Snapshot, self.snap_upto));
             for r in &self.snap {
-                persist::encode_frame(self.snap_upto, r, &mut snap_bytes);
+                if let Err(e) = persist::encode_frame(self.snap_upto, r, &mut snap_bytes) {
+                    damage.push(format!("snapshot record refused by the writer: {e}"));
+                }
             }
             persist::encode_snapshot_end(self.snap_upto, self.snap.len() as u64, &mut snap_bytes);
             match persist::read_snapshot(&snap_bytes) {

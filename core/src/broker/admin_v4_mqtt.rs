@@ -28,8 +28,8 @@ impl Broker {
             Ok(req) => req,
             Err(code) => return code,
         };
-        // With the store gone, what would need it is not accepted (as for a client).
-        if self.store.refuses() && (req.retain || req.qos != QoS::AtMostOnce) {
+        // With the store gone or full, what would need it is not accepted (as for a client).
+        if self.store.refuses_new() && (req.retain || req.qos != QoS::AtMostOnce) {
             return code::UNKNOWN;
         }
         // The publisher's session, if it has one, for no-local.

@@ -74,6 +74,16 @@ impl Broker {
                 "the store failed: persistent sessions are refused",
             );
         }
+        // At the disk cap a new stored session is refused; a stored one resumes (its client
+        // drains its queue, which frees space).
+        if expiry_secs > 0 && !stored && self.store.full() {
+            return self.refuse_connect(
+                id,
+                &connect,
+                reason::QUOTA_EXCEEDED,
+                "the store is at persistence.max_disk: new persistent sessions are refused",
+            );
+        }
 
         if let Some(will) = &connect.will
             && self.acl_decide(

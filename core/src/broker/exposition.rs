@@ -308,6 +308,13 @@ impl Broker {
             s.journal_bytes,
         );
         o.one(
+            "tidemq_store_disk_bytes",
+            "gauge",
+            "Disk the store uses (journal segments and snapshots); new durable work is \
+             refused at persistence.max_disk.",
+            s.disk_bytes,
+        );
+        o.one(
             "tidemq_store_snapshots_written_total",
             "counter",
             "Snapshots the store wrote.",

@@ -156,13 +156,16 @@ impl Broker {
                 &Packet::PubRec(Ack::new(pid, reason::QUOTA_EXCEEDED)),
             );
         }
-        // With the store gone, a message that would need it is not accepted at all.
-        let refused = !denied && self.store.refuses() && self.needs_store(sid, &p);
+        // With the store gone or at its disk cap, a message that would need it is not
+        // accepted at all.
+        let refused = !denied && self.store.refuses_new() && self.needs_store(sid, &p);
         if refused && (!v5 || qos == QoS::AtMostOnce) {
-            return self.drop_conn(
-                id,
-                CloseReason::error(reason::QUOTA_EXCEEDED, "the store failed"),
-            );
+            let why = if self.store.full() {
+                "the store is at persistence.max_disk"
+            } else {
+                "the store failed"
+            };
+            return self.drop_conn(id, CloseReason::error(reason::QUOTA_EXCEEDED, why));
         }
         let code = if refused {
             reason::QUOTA_EXCEEDED

@@ -146,7 +146,8 @@ impl Broker {
         } else {
             reason::UNSPECIFIED_ERROR
         };
-        if session.durable && self.store.failed() {
+        // A stored session's subscription needs the store (failed, or at its disk cap).
+        if session.durable && (self.store.failed() || self.store.full()) {
             return Added::Refused(refused);
         }
         if !existed

@@ -233,6 +233,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "persistence.snapshot_threshold" => c.persistence.snapshot_threshold = size(v)?,
         "persistence.on_corruption" => c.persistence.on_corruption = string(v)?,
         "persistence.fail_fast" => c.persistence.fail_fast = boolean(v)?,
+        "persistence.max_disk" => c.persistence.max_disk = size(v)?,
 
         "system" | "mqtt" | "auth" | "auth.password" | "bridges" | "bridges.mqtt" => {
             return Ok(Applied::Section);

@@ -12,6 +12,8 @@ pub enum JournalError {
     BadHeader(&'static str),
     /// A record at `offset` failed its length, checksum, sequence or content check.
     BadRecord { offset: usize, what: &'static str },
+    /// The writer refused data the reader would refuse (it writes nothing then).
+    TooLarge(&'static str),
 }
 
 impl std::fmt::Display for JournalError {
@@ -21,9 +23,12 @@ impl std::fmt::Display for JournalError {
             JournalError::BadRecord { offset, what } => {
                 write!(f, "bad record at byte {offset}: {what}")
             }
+            JournalError::TooLarge(what) => write!(f, "not written: {what}"),
         }
     }
 }
+
+impl std::error::Error for JournalError {}
 
 const MAGIC: &[u8; 4] = b"TMQJ";
 const FORMAT_VERSION: u8 = 1;
@@ -38,6 +43,20 @@ const T_SNAPSHOT_END: u8 = 0xFE;
 /// Frame type of a batch: the records of one broker input, numbered from the frame's
 /// sequence number, under one checksum, so recovery applies all of them or none.
 const T_BATCH: u8 = 0xFD;
+/// Frame type of one part of a batch too large for one frame: `[flags u8][bytes]`, every
+/// part numbered with the batch's first sequence number. The parts' bytes, joined, are a
+/// batch body; recovery applies it only when the final part is there, so a chain cut by a
+/// crash is a torn tail like a cut frame. A chain never spans segment files.
+const T_BATCH_PART: u8 = 0xFC;
+/// Part flag: more parts follow.
+const PART_MORE: u8 = 1;
+/// Bytes of a batch body per frame: a batch larger than this is written in parts. Well
+/// under [`MAX_RECORD_LEN`], so a part frame is always readable; a recovery reads at most
+/// this much before a checksum tells it whether a part is whole.
+pub const BATCH_PART_LEN: usize = 16 << 20;
+/// No batch (the records of one input) is larger than this: the writer refuses more, and
+/// the reader never gathers more parts than this.
+pub const MAX_BATCH_LEN: usize = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -91,25 +110,83 @@ pub fn decode_header(bytes: &[u8]) -> Result<(FileKind, u64), JournalError> {
 }
 
 /// Appends one framed record: `[len u32][crc32c u32 over seq and body][seq u64][body]`.
-pub fn encode_frame(seq: u64, record: &Record, out: &mut BytesMut) {
+/// A record over [`MAX_RECORD_LEN`] is refused (the reader would refuse its frame).
+pub fn encode_frame(seq: u64, record: &Record, out: &mut BytesMut) -> Result<(), JournalError> {
     let mut body = BytesMut::new();
     record.encode(&mut body);
+    if body.len() > MAX_RECORD_LEN {
+        return Err(JournalError::TooLarge(
+            "a record over the maximum record length",
+        ));
+    }
     frame_body(seq, &body, out);
+    Ok(())
 }
 
 /// Appends the records of one input, numbered `first_seq..`, as one frame: a crash that
-/// cuts it leaves none of them, so no input is ever half applied after a restart.
-pub fn encode_batch(first_seq: u64, records: &[Record], out: &mut BytesMut) {
+/// cuts it leaves none of them, so no input is ever half applied after a restart. A batch
+/// over [`BATCH_PART_LEN`] goes in consecutive part frames, applied only together.
+pub fn encode_batch(
+    first_seq: u64,
+    records: &[Record],
+    out: &mut BytesMut,
+) -> Result<(), JournalError> {
+    encode_batch_parts(first_seq, records, BATCH_PART_LEN, out)
+}
+
+/// [`encode_batch`] with parts of at most `part_len` bytes (at least 1, at most
+/// [`BATCH_PART_LEN`]): tests use small parts to exercise chains cheaply. Writes nothing
+/// on error.
+pub fn encode_batch_parts(
+    first_seq: u64,
+    records: &[Record],
+    part_len: usize,
+    out: &mut BytesMut,
+) -> Result<(), JournalError> {
+    if part_len == 0 || part_len > BATCH_PART_LEN {
+        return Err(JournalError::TooLarge("a batch part size out of range"));
+    }
+    let count = u32::try_from(records.len())
+        .map_err(|_| JournalError::TooLarge("more records in one batch than a count holds"))?;
     let mut body = BytesMut::new();
     body.put_u8(T_BATCH);
-    body.put_u32(records.len() as u32);
+    body.put_u32(count);
     let mut one = BytesMut::new();
     for r in records {
         one.clear();
         r.encode(&mut one);
+        if one.len() > MAX_RECORD_LEN {
+            return Err(JournalError::TooLarge(
+                "a record over the maximum record length",
+            ));
+        }
         put_bytes(&mut body, &one);
+        if body.len() > MAX_BATCH_LEN {
+            return Err(JournalError::TooLarge(
+                "a batch over the maximum batch length",
+            ));
+        }
     }
-    frame_body(first_seq, &body, out);
+    if body.len() <= part_len {
+        frame_body(first_seq, &body, out);
+        return Ok(());
+    }
+    // The batch body without its type byte, cut into parts.
+    let payload = body.get(1..).unwrap_or_default();
+    let mut chunks = payload.chunks(part_len).peekable();
+    let mut part = BytesMut::with_capacity(part_len + 2);
+    while let Some(chunk) = chunks.next() {
+        part.clear();
+        part.put_u8(T_BATCH_PART);
+        part.put_u8(if chunks.peek().is_some() {
+            PART_MORE
+        } else {
+            0
+        });
+        part.put_slice(chunk);
+        frame_body(first_seq, &part, out);
+    }
+    Ok(())
 }
 
 /// The records of a batch frame's body (after its type byte).
@@ -173,44 +250,70 @@ pub fn scan_segment(bytes: &[u8]) -> Result<(u64, Scan), JournalError> {
     };
     let mut expect = first_seq;
     let mut offset = HEADER_LEN;
+    // The parts of a batch read so far; nothing of it counts before its final part.
+    let mut chain: Option<BytesMut> = None;
     while let Some(rest) = bytes.get(offset..) {
         if rest.is_empty() {
             break;
         }
-        match read_frame(rest) {
-            Ok((seq, body, used)) => {
-                if seq != expect {
-                    scan.stopped = Some(JournalError::BadRecord {
-                        offset,
-                        what: "sequence number out of order",
-                    });
-                    break;
-                }
-                let decoded = match body.split_first() {
-                    Some((&T_SNAPSHOT_END, _)) | None => Err("snapshot mark inside a segment"),
-                    Some((&T_BATCH, rest)) => decode_batch(rest),
-                    Some(_) => Record::decode(body).map(|r| vec![r]),
-                };
-                match decoded {
-                    Ok(records) => {
-                        for r in records {
-                            scan.records.push((expect, r));
-                            expect = expect.wrapping_add(1);
+        let (seq, body, used) = match read_frame(rest) {
+            Ok(frame) => frame,
+            Err(what) => {
+                scan.stopped = Some(JournalError::BadRecord { offset, what });
+                break;
+            }
+        };
+        if seq != expect {
+            scan.stopped = Some(JournalError::BadRecord {
+                offset,
+                what: "sequence number out of order",
+            });
+            break;
+        }
+        let decoded = match (body.split_first(), chain.as_mut()) {
+            (Some((&T_BATCH_PART, part)), _) => match part.split_first() {
+                Some((&flags, bytes)) if flags & !PART_MORE == 0 => {
+                    let joined = chain.get_or_insert_with(BytesMut::new);
+                    if joined.len() + bytes.len() > MAX_BATCH_LEN {
+                        Err("batch parts over the maximum batch length")
+                    } else {
+                        joined.put_slice(bytes);
+                        if flags & PART_MORE != 0 {
+                            offset += used;
+                            continue;
                         }
-                    }
-                    Err(what) => {
-                        scan.stopped = Some(JournalError::BadRecord { offset, what });
-                        break;
+                        let joined = chain.take().unwrap_or_default();
+                        decode_batch(&joined)
                     }
                 }
-                offset += used;
-                scan.valid_len = offset;
+                _ => Err("bad batch part flags"),
+            },
+            (_, Some(_)) => Err("a batch's parts end without their final part"),
+            (Some((&T_SNAPSHOT_END, _)) | None, None) => Err("snapshot mark inside a segment"),
+            (Some((&T_BATCH, rest)), None) => decode_batch(rest),
+            (Some(_), None) => Record::decode(body).map(|r| vec![r]),
+        };
+        match decoded {
+            Ok(records) => {
+                for r in records {
+                    scan.records.push((expect, r));
+                    expect = expect.wrapping_add(1);
+                }
             }
             Err(what) => {
                 scan.stopped = Some(JournalError::BadRecord { offset, what });
                 break;
             }
         }
+        offset += used;
+        scan.valid_len = offset;
+    }
+    if chain.is_some() && scan.stopped.is_none() {
+        // The bytes end inside a chain: a torn tail, from where the chain starts.
+        scan.stopped = Some(JournalError::BadRecord {
+            offset: scan.valid_len,
+            what: "a batch cut short (its final part is missing)",
+        });
     }
     scan.rest_is_zero = bytes
         .get(scan.valid_len..)

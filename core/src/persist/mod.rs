@@ -9,8 +9,9 @@ mod record;
 mod recovered;
 
 pub use journal::{
-    FileKind, HEADER_LEN, JournalError, MAX_RECORD_LEN, Scan, crc32c, decode_header, encode_batch,
-    encode_frame, encode_header, encode_snapshot_end, read_snapshot, scan_segment,
+    BATCH_PART_LEN, FileKind, HEADER_LEN, JournalError, MAX_BATCH_LEN, MAX_RECORD_LEN, Scan,
+    crc32c, decode_header, encode_batch, encode_batch_parts, encode_frame, encode_header,
+    encode_snapshot_end, read_snapshot, scan_segment,
 };
 pub use record::{Record, StoredMessage};
 pub use recovered::{BridgeEntry, QueuedDelivery, Recovered, RecoveredSession};

@@ -178,6 +178,7 @@ struct Fs {
     strict: bool,
     // Faults, all cleared by a crash (the reboot).
     eio_on_sync: bool,
+    enospc_on_sync: bool,
     /// Total bytes the directory can hold.
     capacity: Option<usize>,
     short_write_next: bool,
@@ -219,6 +220,7 @@ impl Fs {
             rng: Rng::new(seed),
             strict: false,
             eio_on_sync: false,
+            enospc_on_sync: false,
             capacity: None,
             short_write_next: false,
             ops_left: None,
@@ -285,8 +287,12 @@ impl Fs {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
-        self.op(|| format!("truncate {name} {len}"))?;
         let id = *self.current.get(name).ok_or_else(|| not_found(name))?;
+        self.truncate_id(id, len)
+    }
+
+    fn truncate_id(&mut self, id: u64, len: u64) -> io::Result<()> {
+        self.op(|| format!("truncate {id} {len}"))?;
         let len = len as usize;
         let strict = self.strict;
         let inode = self.inode(id);
@@ -342,6 +348,10 @@ impl Fs {
         if self.eio_on_sync {
             return Err(eio());
         }
+        if self.enospc_on_sync {
+            // A file system that allocates at writeback (thin provisioning, NFS).
+            return Err(enospc());
+        }
         let inode = self.inode(id);
         inode.durable = inode.current();
         inode.pending.clear();
@@ -386,6 +396,7 @@ impl Fs {
         let live: BTreeSet<u64> = self.current.values().copied().collect();
         self.inodes.retain(|id, _| live.contains(id));
         self.eio_on_sync = false;
+        self.enospc_on_sync = false;
         self.capacity = None;
         self.short_write_next = false;
         self.ops_left = None;
@@ -604,6 +615,10 @@ impl StoreFile for FaultyFile {
 
     fn sync(&mut self) -> io::Result<()> {
         lock(&self.fs).sync(self.id)
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        lock(&self.fs).truncate_id(self.id, len)
     }
 }
 
@@ -972,7 +987,13 @@ impl Store {
         self.history.extend(records.iter().cloned());
         self.inputs.push(self.history.len());
         let upto = self.history.len() as u64;
-        self.journal().append(upto, &records)?;
+        if self.journal().append(upto, &records)? == Appended::Refused {
+            // Not written, and the journal refuses from here until a snapshot: for these
+            // tests, the error that stops the store.
+            self.history.truncate(self.history.len() - records.len());
+            self.inputs.pop();
+            return Err(enospc());
+        }
         self.written = self.history.len();
         Ok(())
     }
@@ -1029,7 +1050,7 @@ fn frame_ends(history: &[Record], inputs: &[usize], first: u64) -> Vec<(u64, usi
     let skip = start;
     for end in inputs.iter().copied().filter(|end| *end > skip) {
         let mut buf = BytesMut::new();
-        persist::encode_batch(start as u64 + 1, &history[start..end], &mut buf);
+        persist::encode_batch(start as u64 + 1, &history[start..end], &mut buf).unwrap();
         at += buf.len();
         out.push((end as u64, at));
         start = end;
@@ -1046,7 +1067,7 @@ fn record_samples_survive_the_journal_byte_for_byte() {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&persist::encode_header(FileKind::Segment, 1));
     for (i, r) in records.iter().enumerate() {
-        persist::encode_frame(i as u64 + 1, r, &mut buf);
+        persist::encode_frame(i as u64 + 1, r, &mut buf).unwrap();
     }
     let (first, scan) = persist::scan_segment(&buf).expect("a valid segment");
     assert_eq!(first, 1);
@@ -1284,6 +1305,7 @@ fn spawn_reports_done_per_group_and_a_snapshot_wish_once() {
                 StoreEvent::Done { upto: u } => assert!(u < upto),
                 StoreEvent::SnapshotWanted => wished += 1,
                 StoreEvent::Failed { error } => panic!("{error}"),
+                StoreEvent::Usage { .. } => panic!("usage reported far under the cap"),
             }
         }
     }
@@ -1318,7 +1340,7 @@ fn spawn_reports_done_per_group_and_a_snapshot_wish_once() {
 
 #[test]
 fn spawn_reports_failed_once_after_eio_or_enospc_and_nothing_more() {
-    for fault in ["eio", "enospc"] {
+    for fault in ["eio", "enospc on sync"] {
         let mut s = Store::new(11, config(SyncMode::Fsync, 1 << 20));
         let journal = s.journal.take().expect("open");
         let (events_tx, events) = std::sync::mpsc::channel();
@@ -1338,10 +1360,7 @@ fn spawn_reports_failed_once_after_eio_or_enospc_and_nothing_more() {
         }
         match fault {
             "eio" => s.dir.fs().eio_on_sync = true,
-            _ => {
-                let used = s.dir.fs().used();
-                s.dir.fs().capacity = Some(used + 10);
-            }
+            _ => s.dir.fs().enospc_on_sync = true,
         }
         for upto in [6u64, 9, 12] {
             let records = s.source.records(3);
@@ -1662,7 +1681,7 @@ fn misdirected_segment_is_rejected() {
     let mut bytes = persist::encode_header(FileKind::Segment, 30).to_vec();
     let mut buf = BytesMut::new();
     for (i, r) in theirs.source.records(4).iter().enumerate() {
-        persist::encode_frame(30 + i as u64, r, &mut buf);
+        persist::encode_frame(30 + i as u64, r, &mut buf).unwrap();
     }
     bytes.extend_from_slice(&buf);
     let dir = ours.dir.fork();
@@ -1894,4 +1913,201 @@ fn fs_dir_round_trip_in_a_temp_dir() {
     assert_eq!(report.truncated_bytes, 0);
     drop(guard);
     assert!(!path.exists());
+}
+
+/// An input over the frame part size: written as a chain of parts, read back whole, and a
+/// write cut anywhere inside the chain loses the whole input at recovery, never part of it.
+#[test]
+fn an_input_over_the_part_size_survives_whole_or_not_at_all() {
+    let big = |id: u64| {
+        Record::MsgPut(StoredMessage {
+            id,
+            topic: format!("big/{id}"),
+            payload: Bytes::from(vec![id as u8; 6 << 20]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at_unix_ms: None,
+        })
+    };
+    for seed in 0..3u64 {
+        let mut s = Store::new(seed, config(SyncMode::Fsync, 1 << 30));
+        s.append_commit(5);
+        s.append_records((0..4).map(|i| big(100 + i)).collect())
+            .expect("a chained input appends");
+        s.commit().expect("commit");
+        s.crash(Crash::LoseAll);
+        s.reopen(&format!("seed {seed}: a committed chain"));
+        assert_eq!(s.written, 9, "seed {seed}");
+        // A write cut inside the next chain.
+        s.dir.fs().short_write_next = true;
+        let records: Vec<Record> = (0..4).map(|i| big(200 + i)).collect();
+        s.append_records(records).expect_err("short write");
+        s.crash(Crash::Process);
+        s.reopen(&format!("seed {seed}: a chain cut short"));
+        assert_eq!(s.written, 9, "seed {seed}: none of the cut input is read");
+        s.append_commit(2);
+        s.crash(Crash::LoseAll);
+        s.reopen(&format!("seed {seed}: after the cut chain"));
+    }
+}
+
+/// Runs a journal on its thread and collects what it reports.
+fn spawned(s: &mut Store) -> (std_mpsc::Sender<StoreCmd>, std_mpsc::Receiver<StoreEvent>) {
+    let journal = s.journal.take().expect("open");
+    let (events_tx, events) = std_mpsc::channel();
+    let (tx, _thread) = spawn(journal, &s.config, move |e| {
+        let _ = events_tx.send(e);
+    })
+    .expect("spawn");
+    (tx, events)
+}
+
+/// Events until `stop` says so (10 s at most for each).
+fn events_until(
+    events: &std_mpsc::Receiver<StoreEvent>,
+    mut stop: impl FnMut(&StoreEvent) -> bool,
+) -> Vec<StoreEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let e = events
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no more events after {seen:?}"));
+        let done = stop(&e);
+        seen.push(e);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// A full disk (write(2) fails with ENOSPC) does not fail the store: the cut write is taken
+/// back, appends are refused and reported, and the next snapshot, once there is room, covers
+/// the refused records and the store goes on.
+#[test]
+fn a_full_disk_refuses_appends_until_a_snapshot_and_the_store_goes_on() {
+    for seed in 0..5u64 {
+        let mut s = Store::new(seed, config(SyncMode::Fsync, 1 << 20));
+        let (tx, events) = spawned(&mut s);
+        let mut upto = 0u64;
+        let mut all = Vec::new();
+        let send = |s: &mut Store, all: &mut Vec<Record>, upto: &mut u64| {
+            let records = s.source.records(3);
+            all.extend(records.iter().cloned());
+            *upto += 3;
+            tx.send(StoreCmd::Persist {
+                upto: *upto,
+                records,
+            })
+            .expect("the store thread runs");
+        };
+        send(&mut s, &mut all, &mut upto);
+        events_until(&events, |e| matches!(e, StoreEvent::Done { upto: 3 }));
+        let used = s.dir.fs().used();
+        s.dir.fs().capacity = Some(used + 10 + s.source.rng.below(50));
+        for _ in 0..3 {
+            send(&mut s, &mut all, &mut upto);
+        }
+        let seen = events_until(&events, |e| {
+            matches!(e, StoreEvent::Usage { refusing: true, .. })
+        });
+        assert!(
+            !seen.iter().any(|e| matches!(e, StoreEvent::Failed { .. })),
+            "seed {seed}: {seen:?}"
+        );
+        // Still refusing, without failing.
+        send(&mut s, &mut all, &mut upto);
+        events_until(&events, |e| {
+            matches!(e, StoreEvent::Usage { refusing: true, .. })
+        });
+        // No room for the snapshot either: refused, the journal as it was.
+        let snap = live_records(&replay(&all));
+        tx.send(StoreCmd::Snapshot {
+            upto,
+            records: snap.clone(),
+        })
+        .expect("the store thread runs");
+        let seen = events_until(&events, |e| matches!(e, StoreEvent::Usage { .. }));
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e, StoreEvent::Done { .. } | StoreEvent::Failed { .. })),
+            "seed {seed}: {seen:?}"
+        );
+        // Room again: the snapshot covers everything, appends go on.
+        s.dir.fs().capacity = None;
+        tx.send(StoreCmd::Snapshot {
+            upto,
+            records: snap,
+        })
+        .expect("the store thread runs");
+        let at = upto;
+        events_until(
+            &events,
+            |e| matches!(e, StoreEvent::Done { upto } if *upto == at),
+        );
+        send(&mut s, &mut all, &mut upto);
+        let at = upto;
+        events_until(
+            &events,
+            |e| matches!(e, StoreEvent::Done { upto } if *upto == at),
+        );
+        drop(tx);
+        std::thread::sleep(Duration::from_millis(20));
+        s.crash(Crash::LoseAll);
+        let (state, _) = s.open().expect("the store opens");
+        assert_eq!(normalize(state), normalize(replay(&all)), "seed {seed}");
+    }
+}
+
+/// Past `persistence.max_disk` plus its slack the writer refuses appends (reported, not a
+/// failure); a snapshot brings the store back and the refused records with it.
+#[test]
+fn the_writer_refuses_appends_past_the_disk_limit_and_a_snapshot_heals() {
+    let mut c = config(SyncMode::Fsync, 64 * 1024);
+    c.max_disk = 1 << 20;
+    let mut s = Store::new(3, c.clone());
+    let mut refused = None;
+    for _ in 0..10_000 {
+        let records = s.source.records(4);
+        let upto = (s.history.len() + records.len()) as u64;
+        let r = s.journal().append(upto, &records).expect("no failure");
+        s.history.extend(records);
+        s.journal().commit().expect("commit");
+        if r == Appended::Refused {
+            refused = Some(upto);
+            break;
+        }
+    }
+    let upto = refused.expect("the limit is reached");
+    let journal = s.journal();
+    assert!(journal.refusing());
+    assert!(journal.disk_bytes() <= c.disk_hard_limit());
+    assert!(journal.disk_bytes() > c.max_disk);
+    assert!(s.dir.fs().used() as u64 <= c.disk_hard_limit());
+    // Every later append is refused too (no gap in the journal).
+    let more = s.source.records(1);
+    let later = upto + 1;
+    assert_eq!(
+        s.journal().append(later, &more).expect("no failure"),
+        Appended::Refused
+    );
+    s.history.extend(more);
+    let live = live_records(&replay(&s.history));
+    assert_eq!(
+        s.journal().snapshot(later, &live).expect("snapshot"),
+        Appended::Written
+    );
+    assert!(!s.journal().refusing());
+    assert!(s.journal().disk_bytes() < c.max_disk);
+    let records = s.source.records(2);
+    s.history.extend(records.iter().cloned());
+    assert_eq!(
+        s.journal().append(later + 2, &records).expect("append"),
+        Appended::Written
+    );
+    s.journal().commit().expect("commit");
+    s.crash(Crash::LoseAll);
+    let (state, _) = s.open().expect("the store opens");
+    assert_eq!(normalize(state), normalize(replay(&s.history)));
 }
