@@ -21,6 +21,10 @@ pub(crate) const SESSION_BYTES: usize = 640;
 pub(crate) const SUBSCRIPTION_BYTES: usize = 128;
 /// What a connection costs beside its buffers.
 pub(crate) const CONN_BYTES: usize = 512;
+/// What a bridge costs beside its link's buffers and the messages it keeps.
+pub(crate) const BRIDGE_BYTES: usize = 1024;
+/// What one inbound QoS 2 id awaiting its PUBREL costs (a map entry).
+pub(crate) const QOS2_ID_BYTES: usize = 16;
 /// Past the budget's high mark, a connection may still hold this much unwritten output, so a
 /// client that reads keeps getting its messages while the ones that do not read are held back.
 pub(crate) const FAIR_BACKLOG: usize = 64 * 1024;
