@@ -303,8 +303,9 @@ impl Bridge {
     }
 
     /// The next packet to send while the link is up: a resend of what was in flight before
-    /// a reconnect, then the outbox within the remote's window.
-    pub fn next_to_send(&mut self) -> Option<Packet> {
+    /// a reconnect, then the outbox within the remote's window and ours (`max_inflight`, as
+    /// for a session: what is in flight is held until acknowledged).
+    pub fn next_to_send(&mut self, max_inflight: u16) -> Option<Packet> {
         if self.link != Link::Up {
             return None;
         }
@@ -320,7 +321,7 @@ impl Bridge {
         }
         let front = self.outbox.front()?;
         if front.qos != QoS::AtMostOnce
-            && self.inflight.len() >= usize::from(self.remote_receive_maximum)
+            && self.inflight.len() >= usize::from(self.remote_receive_maximum.min(max_inflight))
         {
             return None;
         }

@@ -686,8 +686,12 @@ impl Broker {
 
     /// Sends what the bridge has for the remote while its window allows.
     pub(super) fn bridge_pump(&mut self, id: BridgeId) {
+        let max_inflight = self.config.max_inflight;
         while self.bridge_can_write(id)
-            && let Some(packet) = self.bridges.get_mut(&id).and_then(Bridge::next_to_send)
+            && let Some(packet) = self
+                .bridges
+                .get_mut(&id)
+                .and_then(|b| b.next_to_send(max_inflight))
         {
             if let Packet::Publish(p) = &packet {
                 self.counters.publish_out(p.qos, p.payload.len(), None);
