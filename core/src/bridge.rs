@@ -13,6 +13,7 @@ use crate::codec::{
     SubscriptionOptions,
 };
 use crate::config::{BridgeConfig, BridgeSubscription};
+use crate::memory::{BRIDGE_BYTES, Charge, Ledger, MESSAGE_BYTES, QOS2_ID_BYTES};
 use crate::persist::{self, Record};
 use crate::window::{InboundQos2, OutStage, OutWindow};
 
@@ -46,6 +47,8 @@ pub(crate) struct Outgoing {
     /// Its number in the store's bridge outbox (with its body's id); 0 when not stored.
     pub entry: u64,
     pub msg_id: u64,
+    /// Its bytes in the memory count while it waits or is in flight (given back on drop).
+    _charge: Charge,
 }
 
 /// What a bridge has done, for the admin API's metrics.
@@ -71,6 +74,14 @@ pub(crate) struct Bridge {
     pub link: Link,
     pub conn: Option<ConnId>,
     pub rx: BytesMut,
+    /// Bytes handed out in Transmits on the link and not yet reported written.
+    pub unwritten: usize,
+    /// The receive maximum told the remote on this link: unreleased QoS 2 ids past it close
+    /// the link.
+    pub receive_maximum: u16,
+    /// Its link's buffers, unwritten output and QoS 2 ids in the memory count (its messages
+    /// carry their own).
+    pub charge: Charge,
     /// Waiting for the link or the remote's window, oldest first.
     pub outbox: VecDeque<Outgoing>,
     /// Sent and not yet acknowledged.
@@ -97,19 +108,22 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(name: String, config: BridgeConfig, now: Instant) -> Bridge {
+    pub fn new(name: String, config: BridgeConfig, now: Instant, ledger: &Ledger) -> Bridge {
         let version = if config.proto_ver == 5 {
             ProtocolVersion::V5
         } else {
             ProtocolVersion::V311
         };
         Bridge {
+            charge: ledger.charge(BRIDGE_BYTES + name.len()),
             name,
             config,
             version,
             link: Link::Down,
             conn: None,
             rx: BytesMut::new(),
+            unwritten: 0,
+            receive_maximum: u16::MAX,
             outbox: VecDeque::new(),
             inflight: OutWindow::default(),
             remote_receive_maximum: u16::MAX,
@@ -132,11 +146,31 @@ impl Bridge {
     /// the remote (what was in flight goes back to the front of the outbox).
     pub fn reconfigured(mut self, config: BridgeConfig, now: Instant) -> Bridge {
         self.requeue_inflight();
-        let mut b = Bridge::new(self.name, config, now);
+        let ledger = self.charge.ledger().clone();
+        let mut b = Bridge::new(self.name, config, now, &ledger);
         b.outbox = self.outbox;
         b.next_entry = self.next_entry;
         b.counters = self.counters;
         b
+    }
+
+    /// Brings the memory count up to what the link holds now.
+    pub fn recount(&mut self) {
+        let bytes = BRIDGE_BYTES
+            + self.name.len()
+            + self.rx.capacity()
+            + self.unwritten
+            + self.qos2_in.len() * QOS2_ID_BYTES;
+        if bytes != self.charge.bytes() {
+            self.charge.set(bytes);
+        }
+    }
+
+    /// A new link starts with empty buffers; what the old one held is given back.
+    fn fresh_buffers(&mut self) {
+        self.rx = BytesMut::new();
+        self.unwritten = 0;
+        self.recount();
     }
 
     pub fn keepalive_ms(&self) -> u64 {
@@ -163,17 +197,28 @@ impl Bridge {
         self.conn = Some(conn);
         self.link = Link::Connecting;
         self.deadline = Some(now.plus_ms(CONNECT_TIMEOUT_MS));
-        self.rx.clear();
+        self.fresh_buffers();
     }
 
-    /// The socket is open: the CONNECT to send.
-    pub fn connect_packet(&mut self, now: Instant) -> Packet {
+    /// The socket is open: the CONNECT to send, telling a v5 remote how much it may send
+    /// (`receive_maximum` unreleased QoS 2 messages, packets up to `max_packet_size`).
+    pub fn connect_packet(
+        &mut self,
+        now: Instant,
+        receive_maximum: u16,
+        max_packet_size: u32,
+    ) -> Packet {
         self.link = Link::AwaitingConnAck;
         self.last_rx = now;
+        self.receive_maximum = receive_maximum.max(1);
         let mut properties = Properties::default();
-        if self.version.is_v5() && !self.config.clean_start {
-            // Keep the remote session across reconnects, so nothing in flight is lost.
-            properties.session_expiry_interval = Some(u32::MAX);
+        if self.version.is_v5() {
+            if !self.config.clean_start {
+                // Keep the remote session across reconnects, so nothing in flight is lost.
+                properties.session_expiry_interval = Some(u32::MAX);
+            }
+            properties.receive_maximum = Some(self.receive_maximum);
+            properties.maximum_packet_size = Some(max_packet_size);
         }
         Packet::Connect(Box::new(Connect {
             version: self.version,
@@ -199,7 +244,7 @@ impl Bridge {
         self.link = Link::Down;
         self.deadline = None;
         self.subscribe_id = None;
-        self.rx.clear();
+        self.fresh_buffers();
         // The remote may keep the session: what is in flight is resent, or requeued, once
         // the CONNACK says whether it did.
         self.inflight.mark_all_unsent();
@@ -239,6 +284,7 @@ impl Bridge {
             self.requeue_inflight();
         }
         self.qos2_in.new_connection();
+        self.recount();
         let filters: Vec<(String, SubscriptionOptions)> =
             self.config.subscription.iter().map(remote_filter).collect();
         if filters.is_empty() {
@@ -257,8 +303,9 @@ impl Bridge {
     }
 
     /// The next packet to send while the link is up: a resend of what was in flight before
-    /// a reconnect, then the outbox within the remote's window.
-    pub fn next_to_send(&mut self) -> Option<Packet> {
+    /// a reconnect, then the outbox within the remote's window and ours (`max_inflight`, as
+    /// for a session: what is in flight is held until acknowledged).
+    pub fn next_to_send(&mut self, max_inflight: u16) -> Option<Packet> {
         if self.link != Link::Up {
             return None;
         }
@@ -274,7 +321,7 @@ impl Bridge {
         }
         let front = self.outbox.front()?;
         if front.qos != QoS::AtMostOnce
-            && self.inflight.len() >= usize::from(self.remote_receive_maximum)
+            && self.inflight.len() >= usize::from(self.remote_receive_maximum.min(max_inflight))
         {
             return None;
         }
@@ -320,6 +367,28 @@ impl Bridge {
 }
 
 impl Outgoing {
+    /// A message for the remote, counted against `ledger` until it leaves the broker.
+    pub fn new(
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+        ledger: &Ledger,
+    ) -> Outgoing {
+        let bytes = MESSAGE_BYTES + topic.len() + payload.len() + properties.body_len();
+        Outgoing {
+            _charge: ledger.charge(bytes),
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            entry: 0,
+            msg_id: 0,
+        }
+    }
+
     fn publish(&self, packet_id: Option<u16>, dup: bool) -> Packet {
         Packet::Publish(Publish {
             dup,

@@ -111,27 +111,9 @@ impl Conn {
         (self.idle_limit_ms > 0).then(|| self.last_rx.plus_ms(self.idle_limit_ms))
     }
 
-    /// Appends received bytes to the receive buffer. It grows only to what is needed, or at
-    /// once to the size of the packet being assembled when its header is in and within the
-    /// limit, never by doubling: a connection holds at most one maximum-size packet plus one
-    /// read.
+    /// Appends received bytes to the receive buffer ([`buffer_input`]).
     pub fn buffer_input(&mut self, bytes: &[u8]) {
-        let rx = &mut self.rx;
-        let needed = rx.len() + bytes.len();
-        if needed > rx.capacity() {
-            let packet = match codec::peek_fixed_header(rx) {
-                Ok(Some((_, remaining, header)))
-                    if header + remaining <= self.limits.max_packet_size =>
-                {
-                    header + remaining
-                }
-                _ => 0,
-            };
-            let mut grown = BytesMut::with_capacity(needed.max(packet));
-            grown.extend_from_slice(rx);
-            *rx = grown;
-        }
-        rx.extend_from_slice(bytes);
+        buffer_input(&mut self.rx, bytes, self.limits.max_packet_size);
         self.recount();
     }
 
@@ -153,6 +135,26 @@ impl Conn {
     pub fn backlog(&self, held: usize) -> usize {
         self.unwritten + self.tx.len() + held
     }
+}
+
+/// Appends received bytes to a receive buffer (a client's or a bridge link's). It grows only
+/// to what is needed, or at once to the size of the packet being assembled when its header is
+/// in and within `max_packet_size`, never by doubling: it holds at most one maximum-size
+/// packet plus one read.
+pub(crate) fn buffer_input(rx: &mut BytesMut, bytes: &[u8], max_packet_size: usize) {
+    let needed = rx.len() + bytes.len();
+    if needed > rx.capacity() {
+        let packet = match codec::peek_fixed_header(rx) {
+            Ok(Some((_, remaining, header))) if header + remaining <= max_packet_size => {
+                header + remaining
+            }
+            _ => 0,
+        };
+        let mut grown = BytesMut::with_capacity(needed.max(packet));
+        grown.extend_from_slice(rx);
+        *rx = grown;
+    }
+    rx.extend_from_slice(bytes);
 }
 
 /// The decoder's limits under a configuration.

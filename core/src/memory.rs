@@ -23,6 +23,10 @@ pub(crate) const SESSION_BYTES: usize = 640;
 pub(crate) const SUBSCRIPTION_BYTES: usize = 128;
 /// What a connection costs beside its buffers.
 pub(crate) const CONN_BYTES: usize = 512;
+/// What a bridge costs beside its link's buffers and the messages it keeps.
+pub(crate) const BRIDGE_BYTES: usize = 1024;
+/// What one inbound QoS 2 id awaiting its PUBREL costs (a map entry).
+pub(crate) const QOS2_ID_BYTES: usize = 16;
 /// Past the budget's high mark, a connection may still hold this much unwritten output, so a
 /// client that reads keeps getting its messages while the ones that do not read are held back.
 pub(crate) const FAIR_BACKLOG: usize = 64 * 1024;
@@ -34,9 +38,13 @@ pub(crate) const FAIR_QUEUE: usize = 16;
 /// sessions. The budget is asked before anything more is kept; what may still come on top is
 /// stated per live connection (twice `max_write_buffer` of output, a few packets of the
 /// largest size in its buffers, one per topic alias) and per session (a short queue and its
-/// windows of largest packets). The simulation and the stateful fuzz target hold the broker
-/// to it after every input.
+/// windows of largest packets); a bridge link may take what one connection and one session
+/// may (its unwritten output and a packet being read, its outbox's short queue and its
+/// windows). The simulation and the stateful fuzz target hold the broker to it after every
+/// input.
 pub fn accounting_bound(config: &Config, budget: u64, connections: u64, sessions: u64) -> u64 {
+    let bridges = config.bridges.len() as u64;
+    let (connections, sessions) = (connections + bridges, sessions + bridges);
     let packet = u64::from(config.max_packet_size) + 512;
     let per_conn = 2 * u64::from(config.max_write_buffer)
         + (3 + u64::from(config.max_topic_alias)) * packet

@@ -183,6 +183,11 @@ pub(crate) struct InboundQos2 {
 }
 
 impl InboundQos2 {
+    /// Ids held, from this connection and earlier ones.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
     pub fn contains(&self, id: u16) -> bool {
         self.ids.contains_key(&id)
     }

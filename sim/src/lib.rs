@@ -20,6 +20,7 @@ pub mod json;
 pub mod mutation;
 pub mod net;
 pub mod oracle;
+pub mod remote;
 pub mod rng;
 pub mod scenario;
 pub mod store;

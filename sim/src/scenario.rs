@@ -136,6 +136,8 @@ pub struct Knobs {
     /// S6: the store fails once, at a time in this range (then the broker exits and
     /// restarts from what the store kept).
     pub persist_fail: Option<(u64, u64)>,
+    /// S25: the broker bridges to a hostile remote that floods the link (`remote`).
+    pub bridge_flood: bool,
 }
 
 fn version(rng: &mut Rng) -> ProtocolVersion {
@@ -220,6 +222,7 @@ impl Knobs {
         let mut persist_fail = None;
         let mut attacks: Vec<Attack> = Vec::new();
         let mut probers = 0;
+        let mut bridge_flood = false;
         match family {
             Family::S1 => {
                 max_q = 1;
@@ -349,6 +352,13 @@ impl Knobs {
                     attacks = vec![one, one];
                 }
                 probers = rng.range(1, 3) as usize;
+                // Its own stream: the seeds' other draws stay what they were.
+                let mut brng = Rng::new(seed ^ 0xB21D_6E00_F100_D000);
+                if brng.chance(600) {
+                    let bridge = crate::remote::bridge_config(&mut brng);
+                    config.bridges.insert("hostile".to_owned(), bridge);
+                    bridge_flood = true;
+                }
                 // Honest workers keep to what the model can follow under pressure: a QoS 0
                 // retained message dropped at the high mark has no answer to show it, and a
                 // shed session's will goes out early (at the session's end, as it should).
@@ -633,6 +643,7 @@ impl Knobs {
             profiles,
             random_order: rng.chance(500),
             persist_fail,
+            bridge_flood,
         }
     }
 

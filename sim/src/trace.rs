@@ -216,6 +216,10 @@ pub enum Ev {
         used: u64,
         bound: u64,
     },
+    /// S25's hostile bridge remote sent a message on this topic (the bridge brings it in).
+    RemotePublished {
+        topic: String,
+    },
     /// A write backlog the simulator holds for a connection, against its bound.
     Backlog {
         conn: u64,

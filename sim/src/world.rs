@@ -12,6 +12,7 @@ use tidemq_core::{AuthOutcome, Broker, BrokerEvent, Config, ConnId, Input, Insta
 use crate::client::{Client, Cmd, Ctx, Role, pub_of};
 use crate::mutation::Mutation;
 use crate::net::{Mode, Pipe, Seg};
+use crate::remote::FloodRemote;
 use crate::rng::Rng;
 use crate::scenario::{Family, Knobs};
 use crate::store::{SimStore, StoreAct};
@@ -142,6 +143,11 @@ pub struct World {
     fail_exit_at: Option<u64>,
     /// QoS of each stored delivery (client id, entry), to tell its `OutState` records apart.
     entry_qos: BTreeMap<(String, u64), u8>,
+    /// S25: the hostile bridge remote, its own random stream, and what it sent during the
+    /// current input (fed after it).
+    remote: Option<FloodRemote>,
+    remote_rng: Rng,
+    remote_inputs: Vec<Input>,
 }
 
 impl World {
@@ -232,6 +238,11 @@ impl World {
             rotate: 0,
             mutation,
             budget_under_test,
+            remote: knobs
+                .bridge_flood
+                .then(|| FloodRemote::new(knobs.config.max_packet_size)),
+            remote_rng: Rng::new(seed ^ 0xB21D_6E00_F100_D001),
+            remote_inputs: Vec::new(),
             knobs,
         }
     }
@@ -279,6 +290,7 @@ impl World {
                 self.output(out);
             }
             self.check_memory();
+            pending.extend(self.remote_inputs.drain(..));
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for id in ids {
                 if let Some(written) = self.pump_sendq(id)
@@ -448,6 +460,25 @@ impl World {
 
     fn output(&mut self, out: Output) {
         match out {
+            Output::Transmit { conn, bytes } if self.is_remote_link(conn.0) => {
+                if let Some(r) = &mut self.remote {
+                    let answers = r.on_bytes(&bytes, &mut self.remote_rng);
+                    if r.reading {
+                        self.remote_inputs.push(Input::Written {
+                            conn,
+                            bytes: bytes.len(),
+                        });
+                    }
+                    for bytes in answers {
+                        self.remote_inputs.push(Input::Received { conn, bytes });
+                    }
+                }
+            }
+            Output::Close { conn } if self.is_remote_link(conn.0) => {
+                if let Some(r) = &mut self.remote {
+                    r.closed();
+                }
+            }
             Output::Transmit { conn, bytes } => {
                 let id = conn.0;
                 let mut events = Vec::new();
@@ -644,8 +675,21 @@ impl World {
                     self.crash_now = true;
                 }
             }
-            // Bridges are simulated in their own world (`bridge`).
-            Output::BridgeConnect { .. } => {}
+            // S25's hostile remote takes the link during the chaos; other bridges are
+            // simulated in their own world (`bridge`).
+            Output::BridgeConnect { conn, .. } => {
+                if let Some(r) = &mut self.remote {
+                    if r.retired {
+                        self.remote_inputs.push(Input::BridgeConnectFailed {
+                            conn,
+                            error: "refused".to_owned(),
+                        });
+                    } else {
+                        let at = self.now + 1 + self.remote_rng.below(5);
+                        r.connect(conn.0, at);
+                    }
+                }
+            }
             // No family configures an ACL service: being asked is a fault of the broker.
             Output::Authorize { conn, .. } => self.trace.push(Ev::Stuck(format!(
                 "conn {}: the ACL service was asked, none is configured",
@@ -1295,6 +1339,65 @@ impl World {
         });
     }
 
+    fn is_remote_link(&self, conn: u64) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.link == Some(conn))
+    }
+
+    /// The hostile remote: links it was asked for open, it floods, and with the heal it
+    /// hangs up for good.
+    fn run_remote(&mut self) {
+        if self.down_until.is_some() {
+            return;
+        }
+        let Some(r) = &mut self.remote else {
+            return;
+        };
+        if self.heal && !r.retired {
+            r.retired = true;
+            let dial = r.dial.take();
+            let link = r.link;
+            r.closed();
+            if let Some((conn, _)) = dial {
+                self.feed(Input::BridgeConnectFailed {
+                    conn: ConnId(conn),
+                    error: "refused".to_owned(),
+                });
+            }
+            if let Some(conn) = link {
+                self.feed(Input::Closed { conn: ConnId(conn) });
+            }
+            return;
+        }
+        if let Some((conn, at)) = r.dial
+            && at <= self.now
+        {
+            r.opened(conn, &mut self.remote_rng);
+            self.feed(Input::BridgeConnected { conn: ConnId(conn) });
+        }
+        let Some(r) = &mut self.remote else {
+            return;
+        };
+        if r.next_wake > self.now {
+            return;
+        }
+        r.next_wake = self.now + self.remote_rng.range(15, 60);
+        let out = r.flood(&mut self.remote_rng);
+        self.trace.now = self.now;
+        for topic in std::mem::take(&mut r.topics) {
+            self.trace.push(Ev::RemotePublished { topic });
+        }
+        for bytes in out {
+            // A link cut by what came before takes nothing more.
+            let Some(conn) = self.remote.as_ref().and_then(|r| r.link) else {
+                break;
+            };
+            self.feed(Input::Received {
+                conn: ConnId(conn),
+                bytes,
+            });
+        }
+    }
+
     fn wake_clients(&mut self) {
         for i in 0..self.clients.len() {
             let (due, connect) = match self.clients.get(i) {
@@ -1426,6 +1529,11 @@ impl World {
             incarnation: self.incarnation,
         });
         let broker_seed = self.seed ^ u64::from(self.incarnation);
+        // The old broker's bridge link went with it.
+        if let Some(r) = &mut self.remote {
+            r.closed();
+            r.dial = None;
+        }
         self.broker = Broker::new(self.knobs.config.clone(), broker_seed, Instant(self.now));
         if let Some(rec) = self.recovered.take() {
             let mut view = rec.clone();
@@ -1778,6 +1886,16 @@ impl World {
         for a in &self.auth_answers {
             t = t.min(a.0);
         }
+        if let Some(r) = &self.remote
+            && !r.retired
+        {
+            if let Some((_, at)) = r.dial {
+                t = t.min(at);
+            }
+            if r.link.is_some() {
+                t = t.min(r.next_wake);
+            }
+        }
         t.max(self.now)
     }
 
@@ -1808,6 +1926,7 @@ impl World {
             }
             self.deliver_pipes();
             self.wake_clients();
+            self.run_remote();
             self.run_faults();
             self.run_admin();
             self.run_auth();

@@ -13,10 +13,13 @@ use super::Broker;
 use crate::api::{BrokerEvent, ConnId, Instant, Output};
 use crate::bridge::{BRIDGE_CONN_BASE, Bridge, Link, ORIGIN_PROPERTY, Outgoing, bridge_put, remap};
 use crate::codec::{
-    self, Ack, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonOnly, reason,
+    self, Ack, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, ReasonOnly, reason,
 };
 use crate::config::{BridgeConfig, BridgeForward};
+use crate::conn;
 use crate::ids::BridgeId;
+use crate::memory::{FAIR_BACKLOG, FAIR_QUEUE};
 use crate::message::{Content, Message, Origin};
 use crate::metrics::DropReason;
 use crate::persist::{self, Record};
@@ -65,7 +68,8 @@ impl Broker {
                 let id = BridgeId(self.next_bridge_id);
                 self.next_bridge_id += 1;
                 self.bridge_ids.insert(name.clone(), id);
-                self.bridges.insert(id, Bridge::new(name, config, self.now));
+                let b = Bridge::new(name, config, self.now, &self.memory.ledger);
+                self.bridges.insert(id, b);
                 self.arm_bridge_timer(id);
             }
         }
@@ -136,7 +140,11 @@ impl Broker {
         if b.link != Link::Connecting {
             return;
         }
-        let connect = b.connect_packet(self.now);
+        let connect = b.connect_packet(
+            self.now,
+            self.config.receive_maximum,
+            self.config.max_packet_size,
+        );
         self.bridge_send(id, &connect);
     }
 
@@ -185,6 +193,47 @@ impl Broker {
             b.counters.tx_bytes += bytes.len() as u64;
             self.transmit(conn, bytes.freeze());
         }
+        // Messages wait while the remote is slow, but acknowledgements cannot: a remote that
+        // keeps sending without reading is cut off before our output to it grows without
+        // bound (as a client is, `flush_dirty`).
+        let hard_limit = 2 * self.config.max_write_buffer as usize;
+        if self
+            .bridges
+            .get(&id)
+            .is_some_and(|b| b.unwritten > hard_limit)
+        {
+            self.bridge_link_down(
+                id,
+                "remote not reading: write backlog over twice max_write_buffer",
+                true,
+            );
+        }
+    }
+
+    /// The link's writer put `bytes` on the wire: what waits for the remote moves on.
+    pub(super) fn bridge_written(&mut self, id: BridgeId, bytes: usize) {
+        let Some(b) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        b.unwritten = b.unwritten.saturating_sub(bytes);
+        b.recount();
+        self.bridge_pump(id);
+    }
+
+    /// Whether the link's writer can take another message: what it holds and what waits for
+    /// the store stay under `max_write_buffer` (past the budget's high mark, under
+    /// [`FAIR_BACKLOG`], as for a client).
+    fn bridge_can_write(&self, id: BridgeId) -> bool {
+        let Some(b) = self.bridges.get(&id) else {
+            return false;
+        };
+        let held = b.conn.map_or(0, |c| self.store.held_bytes(c));
+        let limit = if self.memory.under_pressure(self.config.max_memory) {
+            FAIR_BACKLOG.min(self.config.max_write_buffer as usize)
+        } else {
+            self.config.max_write_buffer as usize
+        };
+        b.unwritten + held < limit
     }
 
     /// Bytes from the remote broker.
@@ -196,8 +245,17 @@ impl Broker {
         let Some(b) = self.bridges.get_mut(&id) else {
             return;
         };
-        b.rx.extend_from_slice(bytes);
+        // Bounded as a client's: a packet over the limit is refused at its header.
+        conn::buffer_input(&mut b.rx, bytes, limits.max_packet_size);
         b.counters.rx_bytes += bytes.len() as u64;
+        self.bridge_decode(id, &limits);
+        if let Some(b) = self.bridges.get_mut(&id) {
+            b.recount();
+        }
+    }
+
+    /// Every whole packet in the link's receive buffer, in order.
+    fn bridge_decode(&mut self, id: BridgeId, limits: &DecodeLimits) {
         loop {
             let Some(b) = self.bridges.get_mut(&id) else {
                 return;
@@ -206,7 +264,7 @@ impl Broker {
                 return;
             }
             let version = b.version;
-            match codec::decode_packet(&mut b.rx, Some(version), &limits) {
+            match codec::decode_packet(&mut b.rx, Some(version), limits) {
                 Ok(None) => return,
                 Ok(Some(packet)) => {
                     b.last_rx = self.now;
@@ -214,6 +272,11 @@ impl Broker {
                 }
                 Err(e) => {
                     let detail = format!("remote sent a bad packet: {e}");
+                    if let DecodeError::TooLarge { .. } = e {
+                        // Over the maximum packet size told in CONNECT ([MQTT-3.1.2-24]).
+                        self.count_dropped(DropReason::OverLimit, 1);
+                        return self.bridge_cut(id, e.reason_code(), &detail);
+                    }
                     return self.bridge_link_down(id, &detail, true);
                 }
             }
@@ -338,6 +401,21 @@ impl Broker {
         self.bridge_pump(id);
     }
 
+    /// Closes the link for a limit the remote passed, telling a v5 remote why first.
+    fn bridge_cut(&mut self, id: BridgeId, code: ReasonCode, detail: &str) {
+        if self.bridges.get(&id).is_some_and(|b| b.version.is_v5()) {
+            let packet = Packet::Disconnect(ReasonOnly {
+                reason: code,
+                properties: Properties::default(),
+            });
+            self.bridge_send(id, &packet);
+        }
+        // Sending may itself have cut a remote that does not read.
+        if self.bridges.get(&id).is_some_and(|b| b.conn.is_some()) {
+            self.bridge_link_down(id, detail, true);
+        }
+    }
+
     /// A message from the remote: remapped onto the local topic and published here.
     fn bridge_incoming(&mut self, id: BridgeId, p: Publish) {
         let Some(b) = self.bridges.get_mut(&id) else {
@@ -347,6 +425,41 @@ impl Broker {
         if p.qos == QoS::ExactlyOnce && b.qos2_in.contains(pid) {
             b.qos2_in.seen_again(pid);
             return self.bridge_send(id, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)));
+        }
+        // Ids left unreleased by an earlier link do not count (v5 §4.9), as for a client.
+        if p.qos == QoS::ExactlyOnce
+            && b.qos2_in.this_connection() >= usize::from(b.receive_maximum)
+        {
+            self.count_dropped(DropReason::OverLimit, 1);
+            return self.bridge_cut(
+                id,
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "remote sent more unreleased QoS 2 messages than our receive maximum",
+            );
+        }
+        // Past the memory budget's high mark nothing more is taken from the remote: QoS 0 is
+        // dropped, QoS 1/2 refused (v5 0x97, as a client's would be; 3.1.1 has no refusal, so
+        // the link closes and the remote keeps the message for the next one).
+        if self.memory.under_pressure(self.config.max_memory) {
+            let name = b.name.clone();
+            let v5 = b.version.is_v5();
+            b.counters.recv_drop += 1;
+            self.count_dropped(DropReason::MemoryBudget, 1);
+            self.count_drops(
+                &format!("bridge:{name}"),
+                super::deliver::drop_text(DropReason::MemoryBudget),
+                1,
+            );
+            return match p.qos {
+                QoS::AtMostOnce => {}
+                _ if !v5 => self.bridge_link_down(id, "memory budget: message refused", true),
+                QoS::AtLeastOnce => {
+                    self.bridge_send(id, &Packet::PubAck(Ack::new(pid, reason::QUOTA_EXCEEDED)))
+                }
+                QoS::ExactlyOnce => {
+                    self.bridge_send(id, &Packet::PubRec(Ack::new(pid, reason::QUOTA_EXCEEDED)))
+                }
+            };
         }
         // Only what a subscription rule asked for comes in: a remote that sends anything else
         // must not write into arbitrary local topics.
@@ -446,15 +559,14 @@ impl Broker {
                     .push((ORIGIN_PROPERTY.to_owned(), self.node_id.clone()));
             }
         }
-        Outgoing {
-            topic: remap(&msg.topic, &rule.local_topic, &rule.remote_topic),
-            payload: msg.payload.clone(),
-            qos: rule.qos.and_then(QoS::from_u8).unwrap_or(msg.qos),
-            retain: rule.retain.unwrap_or(msg.retain),
+        Outgoing::new(
+            remap(&msg.topic, &rule.local_topic, &rule.remote_topic),
+            msg.payload.clone(),
+            rule.qos.and_then(QoS::from_u8).unwrap_or(msg.qos),
+            rule.retain.unwrap_or(msg.retain),
             properties,
-            entry: 0,
-            msg_id: 0,
-        }
+            &self.memory.ledger,
+        )
     }
 
     fn bridge_enqueue(&mut self, id: BridgeId, out: Outgoing) {
@@ -462,17 +574,25 @@ impl Broker {
             return;
         };
         let up = b.link == Link::Up;
+        // Past the memory budget's high mark the outbox stops growing, as a session's queue
+        // does: a short one is still kept.
+        let pressed =
+            b.outbox.len() >= FAIR_QUEUE && self.memory.under_pressure(self.config.max_memory);
         if (!up && out.qos == QoS::AtMostOnce)
             || b.outbox.len() >= b.config.max_send_queue_len as usize
+            || pressed
         {
             let client_id = format!("bridge:{}", b.name);
             b.counters.send_drop += 1;
-            self.count_dropped(DropReason::OverLimit, 1);
-            let why = if up {
-                "bridge queue full"
+            let (reason, why) = if pressed {
+                let reason = DropReason::MemoryBudget;
+                (reason, super::deliver::drop_text(reason))
+            } else if up {
+                (DropReason::OverLimit, "bridge queue full")
             } else {
-                "bridge down"
+                (DropReason::OverLimit, "bridge down")
             };
+            self.count_dropped(reason, 1);
             self.count_drops(&client_id, why, 1);
             return;
         }
@@ -549,22 +669,30 @@ impl Broker {
                     continue;
                 };
                 b.next_entry = b.next_entry.max(entry + 1);
-                b.outbox.push_back(Outgoing {
-                    topic: m.topic.clone(),
-                    payload: m.payload.clone(),
-                    qos: e.qos,
-                    retain: e.retain,
-                    properties: m.properties.clone(),
-                    entry,
-                    msg_id: e.msg_id,
-                });
+                let mut out = Outgoing::new(
+                    m.topic.clone(),
+                    m.payload.clone(),
+                    e.qos,
+                    e.retain,
+                    m.properties.clone(),
+                    &self.memory.ledger,
+                );
+                out.entry = entry;
+                out.msg_id = e.msg_id;
+                b.outbox.push_back(out);
             }
         }
     }
 
     /// Sends what the bridge has for the remote while its window allows.
     pub(super) fn bridge_pump(&mut self, id: BridgeId) {
-        while let Some(packet) = self.bridges.get_mut(&id).and_then(Bridge::next_to_send) {
+        let max_inflight = self.config.max_inflight;
+        while self.bridge_can_write(id)
+            && let Some(packet) = self
+                .bridges
+                .get_mut(&id)
+                .and_then(|b| b.next_to_send(max_inflight))
+        {
             if let Packet::Publish(p) = &packet {
                 self.counters.publish_out(p.qos, p.payload.len(), None);
                 self.stats.messages_sent += 1;

@@ -182,6 +182,9 @@ impl Broker {
     }
 
     pub(super) fn written(&mut self, id: ConnId, bytes: usize) {
+        if let Some(bridge) = self.bridge_of(id) {
+            return self.bridge_written(bridge, bytes);
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -248,6 +251,12 @@ impl Broker {
             c.unwritten += bytes.len();
             c.recount();
             self.counters.bytes_out(bytes.len());
+        } else if let Some(b) = self
+            .bridge_of(conn)
+            .and_then(|id| self.bridges.get_mut(&id))
+        {
+            b.unwritten += bytes.len();
+            b.recount();
         }
         self.outputs.push_back(Output::Transmit { conn, bytes });
     }

@@ -391,6 +391,10 @@ impl<'a> Replay<'a> {
                 }
             }
             Ev::BrokerGot { conn, actor, pkt } => self.got(e, *conn, *actor, pkt),
+            // Untagged, like an adversary's: delivered anywhere it matches, promised nowhere.
+            Ev::RemotePublished { topic } => {
+                self.other_topics.insert(topic.clone());
+            }
             Ev::SessionExpired { client_id } | Ev::SessionShed { client_id } => {
                 // Gone from the broker: nothing routes to it any more.
                 if let Some(s) = self.sessions.get_mut(client_id) {
