@@ -121,6 +121,18 @@ impl Broker {
             l.retained_bytes,
         );
         o.one(
+            "tidemq_memory_counted_bytes",
+            "gauge",
+            "Bytes the broker holds for peers, as counted against max_memory.",
+            self.memory_used() as u64,
+        );
+        o.one(
+            "tidemq_memory_budget_bytes",
+            "gauge",
+            "The memory budget (max_memory); past 3/4 of it queues stop growing.",
+            self.config.max_memory,
+        );
+        o.one(
             "tidemq_inflight_messages",
             "gauge",
             "QoS 1/2 deliveries sent and not yet acknowledged, over all sessions.",
