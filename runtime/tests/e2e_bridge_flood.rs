@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use support::{Dir, free_port, start, wait_for};
+use support::{Dir, free_port, rss_kib, start, wait_for};
 use tidemq_core::codec::{
     ConnAck, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     SubAck, Subscribe, SubscriptionOptions, decode_packet, encode_packet,
@@ -31,17 +31,6 @@ use tidemq_core::codec::{
 const V5: ProtocolVersion = ProtocolVersion::V5;
 /// How long the remote floods at most.
 const FLOOD_FOR: Duration = Duration::from_secs(30);
-
-/// The broker's resident memory, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn encode(packet: &Packet) -> BytesMut {
     let mut out = BytesMut::new();

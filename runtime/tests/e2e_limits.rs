@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use support::{Dir, Running, TIDEMQ, free_port, wait_for};
+use support::{Dir, Running, TIDEMQ, free_port, rss_kib, wait_for};
 use tidemq_core::codec::{
     Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     Subscribe, SubscriptionOptions, decode_packet, encode_packet,
@@ -85,17 +85,6 @@ fn broker_running(running: &Running) -> bool {
         && !std::fs::read_to_string(format!("/proc/{}/stat", pid(running)))
             .unwrap_or_default()
             .contains(") Z ")
-}
-
-/// The broker's resident memory, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 /// Descriptors the broker has open.
@@ -458,6 +447,10 @@ fn websocket_ping_flood_from_a_client_that_never_reads_stays_bounded() {
     assert!(
         round_trip < Duration::from_secs(2),
         "honest round trip took {round_trip:?} during the flood"
+    );
+    println!(
+        "websocket ping flood: {} MiB of pings never read; honest round trip {round_trip:?}; RSS grew {growth} KiB",
+        sent >> 20
     );
 }
 

@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 
 pub const TIDEMQ: &str = env!("CARGO_BIN_EXE_tidemq");
 
+/// A process's resident memory in KiB, from `/proc/<pid>/status` (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub struct Dir(pub PathBuf);
 
 impl Dir {
