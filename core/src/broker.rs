@@ -102,10 +102,11 @@ pub struct Broker {
     conns: BTreeMap<ConnId, Box<Conn>>,
     sessions: BTreeMap<SessionId, Box<Session>>,
     by_client_id: BTreeMap<String, SessionId>,
+    offline_by_end: crate::session::OfflineByEnd,
     next_session_id: SessionId,
     subscriptions: SubscriptionTrie<SessionId, Subscription>,
     retained: RetainTrie<Arc<Message>>,
-    replay_due: retained_replay::ReplayDue,
+    replay_due: crate::session::ReplayDue,
     timers: Timers,
     outputs: VecDeque<Output>,
     /// Messages dropped during the current input, by client and reason: one
@@ -128,7 +129,7 @@ pub struct Broker {
     node_id: String,
     store: Durability,
     /// Compaction of a store at its disk cap: the timer, and the wait before the next one.
-    compact: disk::Compaction,
+    compact: crate::durable::Compaction,
     /// The last QoS 0 PUBLISH encoded, so a fan-out encodes each message once per version.
     last_qos0: Option<EncodedQos0>,
     /// When the broker started (the v4 API's uptime).
@@ -160,6 +161,7 @@ impl Broker {
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             by_client_id: BTreeMap::new(),
+            offline_by_end: Default::default(),
             next_session_id: 1,
             subscriptions: SubscriptionTrie::default(),
             retained: RetainTrie::default(),

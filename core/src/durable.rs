@@ -607,3 +607,12 @@ pub(crate) fn version_from_level(level: u8) -> ProtocolVersion {
         _ => ProtocolVersion::V311,
     }
 }
+
+/// Compaction of a store at its disk cap (`broker/disk.rs`): the timer armed for the next
+/// snapshot, and the wait before it, which doubles while snapshots do not bring the store
+/// under the cap.
+#[derive(Debug, Default)]
+pub(crate) struct Compaction {
+    pub armed: Option<Instant>,
+    pub wait_ms: u64,
+}

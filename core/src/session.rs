@@ -1,12 +1,13 @@
 //! Per-client session state: subscriptions, the outbound inflight window and queue, the
 //! inbound QoS 2 ids awaiting PUBREL, the will, and expiry.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::api::{ConnId, Instant};
 
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
+use crate::ids::SessionId;
 use crate::memory::{Charge, DELIVERY_BYTES, Ledger, SESSION_BYTES, SUBSCRIPTION_BYTES};
 use crate::message::Message;
 use crate::window::{InboundQos2, OutWindow};
@@ -261,4 +262,41 @@ impl Session {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// Offline sessions, nearest their end first (never-expiring ones last): what is shed past
+/// the memory budget is found without looking at every session.
+#[derive(Debug, Default)]
+pub(crate) struct OfflineByEnd(BTreeSet<(bool, Option<Instant>, SessionId)>);
+
+impl OfflineByEnd {
+    fn key(sid: SessionId, s: &Session) -> (bool, Option<Instant>, SessionId) {
+        (s.expires_at.is_none(), s.expires_at, sid)
+    }
+
+    /// `s` is offline with its end set.
+    pub fn insert(&mut self, sid: SessionId, s: &Session) {
+        self.0.insert(Self::key(sid, s));
+    }
+
+    /// `s` is online again, or gone; call before its end changes.
+    pub fn remove(&mut self, sid: SessionId, s: &Session) {
+        self.0.remove(&Self::key(sid, s));
+    }
+
+    pub fn first(&self) -> Option<SessionId> {
+        self.0.first().map(|&(_, _, sid)| sid)
+    }
+
+    pub fn pop_first(&mut self) {
+        self.0.pop_first();
+    }
+}
+
+/// Sessions whose replays used up their step's work, and the timer that goes on with them
+/// (`broker/retained_replay.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct ReplayDue {
+    pub sessions: BTreeSet<SessionId>,
+    pub armed: Option<Instant>,
 }

@@ -148,6 +148,7 @@ impl Broker {
         };
         self.timers
             .arm(Timer::Session(sid), &mut session.timer_armed, None);
+        self.offline_by_end.remove(sid, session);
         session.conn = Some(id);
         session.version = version;
         session.username = connect.username.clone();

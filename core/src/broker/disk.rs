@@ -12,12 +12,6 @@ use crate::timer::Timer;
 const COMPACT_FIRST_MS: u64 = 1_000;
 const COMPACT_MAX_MS: u64 = 60_000;
 
-#[derive(Debug, Default)]
-pub(crate) struct Compaction {
-    armed: Option<Instant>,
-    wait_ms: u64,
-}
-
 impl Broker {
     /// The runtime's report of the store's disk use after a commit or snapshot.
     pub(super) fn store_usage(&mut self, bytes: u64, refusing: bool) {

@@ -36,6 +36,7 @@ impl Broker {
         if expiry != NEVER_EXPIRES {
             session.expires_at = Some(now.plus_secs(u64::from(expiry)));
         }
+        self.offline_by_end.insert(sid, session);
         session.disconnected_at_unix_ms = Some(wall);
         self.store.session_put(session, false);
         self.arm_session_timer(sid);
@@ -62,6 +63,7 @@ impl Broker {
         let Some(mut session) = self.sessions.remove(&sid) else {
             return;
         };
+        self.offline_by_end.remove(sid, &session);
         if session.durable {
             self.store.persist(
                 Record::SessionDel {
@@ -92,16 +94,11 @@ impl Broker {
         if !self.memory.over_budget(self.config.max_memory) {
             return true;
         }
-        let mut offline: Vec<(Option<Instant>, SessionId)> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.conn.is_none())
-            .map(|(sid, s)| (s.expires_at, *sid))
-            .collect();
-        // Never-expiring sessions (no deadline) go last.
-        offline.sort_by_key(|&(at, sid)| (at.is_none(), at, sid));
-        for (_, sid) in offline {
-            let Some(client_id) = self.sessions.get(&sid).map(|s| s.client_id.clone()) else {
+        while let Some(sid) = self.offline_by_end.first() {
+            let offline = self.sessions.get(&sid).filter(|s| s.conn.is_none());
+            let Some(client_id) = offline.map(|s| s.client_id.clone()) else {
+                // Not an offline session any more (kept in step elsewhere; never trusted).
+                self.offline_by_end.pop_first();
                 continue;
             };
             self.end_session(sid);

@@ -150,6 +150,7 @@ impl Broker {
             if let Some(record) = restarted_clock {
                 self.store.persist(record, false);
             }
+            self.offline_by_end.insert(sid, &s);
             self.sessions.insert(sid, Box::new(s));
             self.by_client_id.insert(client_id, sid);
             self.arm_session_timer(sid);

@@ -4,10 +4,7 @@
 //! over a large store costs no more per input than any other packet, and a subscriber that
 //! does not read holds a cursor, not copies of the store.
 
-use std::collections::BTreeSet;
-
 use super::Broker;
-use crate::api::Instant;
 use crate::codec::QoS;
 use crate::ids::SessionId;
 use crate::metrics::DropReason;
@@ -22,13 +19,6 @@ const STEP_PAUSE_MS: u64 = 1;
 /// Bytes a delivery adds to a PUBLISH beyond its topic and payload (header, packet id,
 /// properties): what the writer's room is reckoned with.
 const PUBLISH_OVERHEAD: usize = 16;
-
-/// Sessions whose replays used up their step's work, and the timer that goes on with them.
-#[derive(Debug, Default)]
-pub(crate) struct ReplayDue {
-    sessions: BTreeSet<SessionId>,
-    armed: Option<Instant>,
-}
 
 impl Broker {
     /// Owes `sid` the retained messages under `filter` (sent from [`Broker::pump`]).
