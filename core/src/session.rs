@@ -143,6 +143,15 @@ impl Replays {
             .set(self.charge.bytes().saturating_sub(old) + new);
     }
 
+    /// The replay for `filter` is not owed any more (the subscription is gone).
+    pub fn remove(&mut self, filter: &str) {
+        if let Some(seq) = self.by_filter.remove(filter)
+            && let Some(r) = self.order.remove(&seq)
+        {
+            self.uncount(&r);
+        }
+    }
+
     /// The oldest replay is done.
     pub fn pop_front(&mut self) {
         if let Some((_, r)) = self.order.pop_first() {
@@ -248,6 +257,8 @@ impl Session {
     /// Removes a subscription; whether it was there.
     pub fn unsubscribe(&mut self, raw: &str) -> bool {
         let removed = self.subscriptions.remove(raw).is_some();
+        // Nothing more is sent for a subscription once it is gone [MQTT-3.10.4-2].
+        self.replays.remove(raw);
         if removed {
             let bytes = SUBSCRIPTION_BYTES + 2 * raw.len();
             self.charge.set(self.charge.bytes().saturating_sub(bytes));

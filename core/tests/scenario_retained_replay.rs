@@ -150,3 +150,22 @@ fn a_subscriber_that_does_not_read_gets_no_more_than_its_writer_takes() {
     let rest = read_all(&mut h, c).len();
     assert_eq!(sent + rest, 7 * 2000 + 1000);
 }
+
+#[test]
+fn an_unsubscribe_ends_the_retained_messages_still_owed() {
+    let mut h = Harness::with_config(Config {
+        max_inflight: 1,
+        ..config()
+    });
+    let p = h.client("p", V311);
+    for t in ["a", "b", "c"] {
+        h.publish(p, t, "old", QoS::AtLeastOnce, true);
+    }
+    let c = h.client("c", V5);
+    h.subscribe(c, "#", QoS::AtLeastOnce);
+    let first = h.publishes(c);
+    assert_eq!(first.len(), 1, "the window of one");
+    h.unsubscribe(c, &["#"]);
+    h.puback(c, first[0].packet_id.unwrap());
+    assert!(read_all(&mut h, c).is_empty(), "nothing after the UNSUBACK");
+}
