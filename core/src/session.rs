@@ -197,7 +197,8 @@ pub(crate) struct Session {
     /// Inbound QoS 2 packet ids received and not yet released.
     pub qos2_in: InboundQos2,
     /// The will of the current connection, or of the last one while its delay runs.
-    pub will: Option<Will>,
+    /// Boxed: most sessions have none, and an inline one would double an idle session's size.
+    pub will: Option<Box<Will>>,
     /// When a delayed will is due.
     pub will_at: Option<Instant>,
     /// When the session ends, once disconnected.

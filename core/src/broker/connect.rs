@@ -156,7 +156,7 @@ impl Broker {
         session.clean_start = connect.clean_start;
         session.expiry_secs = expiry_secs;
         session.expires_at = None;
-        session.will = connect.will.clone();
+        session.will = connect.will.clone().map(Box::new);
         self.store.connected(session, wall);
 
         let mut properties = Properties::default();

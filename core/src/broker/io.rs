@@ -2,7 +2,7 @@
 //! encoding replies, flushing one Transmit per connection per input, back-pressure towards
 //! slow readers, and closing.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::Broker;
 use crate::api::{BrokerEvent, ConnId, Output};
@@ -69,6 +69,11 @@ impl Broker {
                 return;
             }
             if conn.rx.is_empty() {
+                // An idle connection holds no receive buffer (the next read allocates one).
+                if conn.rx.capacity() > 0 {
+                    conn.rx = BytesMut::new();
+                    conn.recount();
+                }
                 return;
             }
             let version = conn.version;
@@ -233,7 +238,8 @@ impl Broker {
         if let Some(conn) = self.conns.get_mut(&id)
             && !conn.tx.is_empty()
         {
-            let bytes = conn.tx.split().freeze();
+            // The whole buffer goes: nothing of it stays behind with an idle connection.
+            let bytes = std::mem::take(&mut conn.tx).freeze();
             self.transmit(id, bytes);
         }
     }

@@ -19,7 +19,7 @@ impl Broker {
         let Some(will) = session.will.take() else {
             return;
         };
-        let mut content = Content::from_will(will);
+        let mut content = Content::from_will(*will);
         let expires_at = content.take_expiry(self.now);
         self.publish(content, Origin::Session(sid), expires_at);
     }
