@@ -170,6 +170,12 @@ impl NatsServer {
     }
 }
 
+enum Failure {
+    /// A server exited (a port taken, most likely).
+    Exited(String),
+    Timeout(String),
+}
+
 /// Three servers `n0`, `n1`, `n2` routed to each other in cluster `tidemq-test`.
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
@@ -181,10 +187,30 @@ impl NatsCluster {
     /// Starts three servers and waits until every one is healthy and JetStream has a leader.
     pub fn start(name: &str) -> NatsCluster {
         let bin = binary();
-        let dir = Dir::new(&format!("nats-{name}"));
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
+        let mut last = String::new();
+        // A port can be taken between `free_port` and the server's bind: a server that exits
+        // while starting gets the whole cluster retried on new ports.
+        for attempt in 0..3 {
+            let mut cluster =
+                NatsCluster::configure(bin.clone(), &format!("nats-{name}-{attempt}"));
+            match cluster.try_ready() {
+                Ok(()) => return cluster,
+                Err(Failure::Exited(why)) => last = why,
+                Err(Failure::Timeout(why)) => panic!("{why}"),
+            }
+        }
+        panic!("the NATS cluster did not start in three attempts; last:\n{last}");
+    }
+
+    /// Writes the three configurations on nine distinct free ports and starts the servers.
+    fn configure(bin: PathBuf, dir_name: &str) -> NatsCluster {
+        let dir = Dir::new(dir_name);
+        let mut distinct = std::collections::BTreeSet::new();
+        while distinct.len() < 9 {
+            distinct.insert(free_port());
+        }
+        let distinct: Vec<u16> = distinct.into_iter().collect();
+        let ports: Vec<(u16, u16, u16)> = distinct.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, route, _)| format!("\"nats-route://127.0.0.1:{route}\""))
@@ -222,7 +248,6 @@ impl NatsCluster {
         for i in 0..3 {
             cluster.servers[i].spawn(&cluster.bin);
         }
-        cluster.wait_ready();
         cluster
     }
 
@@ -255,21 +280,40 @@ impl NatsCluster {
     }
 
     /// Waits until every running server is healthy and they agree on a JetStream meta leader.
-    pub fn wait_ready(&self) {
+    pub fn wait_ready(&mut self) {
+        match self.try_ready() {
+            Ok(()) => {}
+            Err(Failure::Exited(why) | Failure::Timeout(why)) => panic!("{why}"),
+        }
+    }
+
+    fn try_ready(&mut self) -> Result<(), Failure> {
         let start = Instant::now();
         loop {
+            let mut exited = None;
+            for s in &mut self.servers {
+                if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    s.child = None;
+                    exited = Some(format!("{} exited ({status})", s.name));
+                }
+            }
+            if let Some(why) = exited {
+                return Err(Failure::Exited(format!("{why}\n{}", self.logs())));
+            }
             let running: Vec<&NatsServer> = self.servers.iter().filter(|s| s.running()).collect();
             let leaders: Vec<Option<String>> = running.iter().map(|s| s.meta_leader()).collect();
             let agreed = leaders.first().cloned().flatten().is_some()
                 && leaders.windows(2).all(|w| w[0] == w[1]);
             if agreed && running.iter().all(|s| s.healthy()) {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "the NATS cluster did not become ready (meta leaders seen: {leaders:?})\n{}",
-                self.logs()
-            );
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(Failure::Timeout(format!(
+                    "the NATS cluster did not become ready in {READY_TIMEOUT:?} (meta leaders \
+                     seen: {leaders:?})\n{}",
+                    self.logs()
+                )));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
