@@ -6,10 +6,11 @@
 )]
 //! The engine behaviour the cluster design (docs/cluster.md) relies on, checked against three
 //! real `nats-server -js` processes on loopback: subjects made by the core's mapping route
-//! across servers as MQTT would match them, queue groups named by group and filter deliver each
-//! message once per group, a replicated KV bucket refuses a second create and a stale
-//! compare-and-swap, and a replicated stream acknowledges writes with one server of three
-//! killed but acknowledges nothing without a quorum, and keeps every write it acknowledged.
+//! across servers as MQTT would match them; one connection gets a copy per overlapping
+//! subscription, in publish order, and none of its own with echo off; queue groups named by
+//! group and filter deliver each message once per group; a replicated KV bucket refuses a
+//! second create and a stale compare-and-swap; a replicated stream acknowledges writes with one
+//! server of three killed, acknowledges nothing without a quorum, and keeps what it acknowledged.
 
 mod support;
 
@@ -63,6 +64,21 @@ async fn probe_until_routed(publisher: &Client, probes: &mut [(String, Subscribe
             );
         }
     }
+}
+
+/// NATS subject matching: `*` one token, `>` (last) one or more.
+fn nats_match(pattern: &str, subject: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let s: Vec<&str> = subject.split('.').collect();
+    for (i, tok) in p.iter().enumerate() {
+        match *tok {
+            ">" => return i + 1 == p.len() && s.len() > i,
+            "*" if i < s.len() => {}
+            t if s.get(i) == Some(&t) => {}
+            _ => return false,
+        }
+    }
+    p.len() == s.len()
 }
 
 /// Reads messages from all `subs` until `want` have arrived (or `WAIT` passed), then for a
@@ -148,6 +164,101 @@ async fn mapped_filters_route_across_servers_as_mqtt_matches() {
         got.sort_unstable();
         assert_eq!(got, want, "filter {filter:?}: each matching topic once");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_one_copy_per_matching_subscription_in_publish_order() {
+    let cluster = start("copies");
+    // One node's two connections: it publishes with echo off (and sees none of its own
+    // messages on its plain subscriptions), its shared members sit on the other connection.
+    let node_pub = async_nats::ConnectOptions::new()
+        .no_echo()
+        .connect(cluster.url(0))
+        .await
+        .unwrap();
+    let node_queue = connect(&cluster.url(0)).await;
+    let mut own = Vec::new();
+    for subject in subscription(P, Space::Live, "a/#", MAX).unwrap().subjects {
+        own.push(node_pub.subscribe(subject).await.unwrap());
+    }
+    let shared = subscription(P, Space::Live, "$share/g/a/#", MAX).unwrap();
+    let mut member = Vec::new();
+    for subject in &shared.subjects {
+        member.push(
+            node_queue
+                .queue_subscribe(subject.clone(), shared.queue.clone().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    // Another node: several overlapping subscriptions on one connection.
+    let remote = connect(&cluster.url(1)).await;
+    let mut subs: Vec<(String, Subscriber)> = Vec::new();
+    for filter in ["a/+", "a/#", "+/x"] {
+        for subject in subscription(P, Space::Live, filter, MAX).unwrap().subjects {
+            subs.push((subject.clone(), remote.subscribe(subject).await.unwrap()));
+        }
+    }
+    let mut probes = vec![
+        (
+            "probe.copies.0".to_owned(),
+            node_queue.subscribe("probe.copies.0").await.unwrap(),
+        ),
+        (
+            "probe.copies.1".to_owned(),
+            remote.subscribe("probe.copies.1").await.unwrap(),
+        ),
+    ];
+    node_queue.flush().await.unwrap();
+    remote.flush().await.unwrap();
+    let prober = connect(&cluster.url(2)).await;
+    probe_until_routed(&prober, &mut probes).await;
+
+    let topics = ["a/x", "a/y", "a", "b/x"];
+    let sent: Vec<(&str, u32)> = (0..400).map(|n| (topics[n as usize % 4], n)).collect();
+    for (topic, n) in &sent {
+        let subject = topic_to_subject(P, Space::Live, topic, MAX).unwrap();
+        node_pub
+            .publish(subject, Bytes::from(n.to_string()))
+            .await
+            .unwrap();
+    }
+    node_pub.flush().await.unwrap();
+
+    let seqs = |msgs: Vec<async_nats::Message>| -> Vec<u32> {
+        msgs.iter()
+            .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+            .collect()
+    };
+    // Each subscription: every matching message, once, in publish order. Where filters
+    // overlap, the connection gets one copy per subscription (what the node must dedupe).
+    for (pattern, sub) in &mut subs {
+        let want: Vec<u32> = sent
+            .iter()
+            .filter(|(t, _)| {
+                nats_match(pattern, &topic_to_subject(P, Space::Live, t, MAX).unwrap())
+            })
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(!want.is_empty());
+        let got = seqs(collect(std::slice::from_mut(sub), want.len()).await);
+        assert_eq!(got, want, "{pattern}: in publish order, once");
+    }
+    let want: Vec<u32> = sent
+        .iter()
+        .filter(|(t, _)| matches("a/#", t))
+        .map(|(_, n)| *n)
+        .collect();
+    let mut got = seqs(collect(&mut member, want.len()).await);
+    got.sort_unstable();
+    assert_eq!(
+        got, want,
+        "the publishing node's own shared member gets every message"
+    );
+    assert!(
+        collect(&mut own, 0).await.is_empty(),
+        "with echo off, a node never gets its own messages back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
