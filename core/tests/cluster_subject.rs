@@ -429,6 +429,14 @@ fn bad_input_and_bounds_are_errors() {
         "the `.>` form is the longer one"
     );
     assert_eq!(queue_group("g", "ab", 4), Err(SubjectError::TooLong));
+    // A shared subscription's subject and queue group share one bound: "tmq.m.t.a" (9), a
+    // space, "g__a" (4).
+    assert!(subscription(P, Space::Live, "$share/g/a", 14).is_ok());
+    assert_eq!(
+        subscription(P, Space::Live, "$share/g/a", 13),
+        Err(SubjectError::TooLong)
+    );
+    assert!(subscription(P, Space::Live, "a", 9).is_ok());
     assert_eq!(topic_key("a", 1), Err(SubjectError::TooLong));
     assert_eq!(name_key("a b", 4), Err(SubjectError::TooLong));
 }

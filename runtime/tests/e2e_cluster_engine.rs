@@ -23,7 +23,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use support::nats::NatsCluster;
 use tidemq_core::cluster::subject::{
-    DEFAULT_PREFIX as P, Space, name_key, subject_to_topic, subscription, topic_to_subject,
+    DEFAULT_PREFIX as P, Space, name_key, subject_to_topic, subscription, topic_key,
+    topic_to_subject,
 };
 use tidemq_core::topic::matches;
 
@@ -164,6 +165,38 @@ async fn mapped_filters_route_across_servers_as_mqtt_matches() {
         got.sort_unstable();
         assert_eq!(got, want, "filter {filter:?}: each matching topic once");
     }
+
+    // The longest subscription line and publish subject the mapping allows pass the server.
+    let longest = 3584;
+    let level = "x".repeat(1000);
+    let raw = format!("$share/{}/{level}", "g".repeat(1573));
+    let shared = subscription(P, Space::Live, &raw, longest).unwrap();
+    let queue = shared.queue.clone().unwrap();
+    assert_eq!(shared.subjects[0].len() + 1 + queue.len(), longest);
+    let topic = "y".repeat(longest - "tmq.m.t.".len());
+    let long_subject = topic_to_subject(P, Space::Live, &topic, longest).unwrap();
+    assert_eq!(long_subject.len(), longest);
+    let client = connect(&cluster.url(1)).await;
+    let mut long_subs = vec![
+        client
+            .queue_subscribe(shared.subjects[0].clone(), queue)
+            .await
+            .unwrap(),
+        client.subscribe(long_subject.clone()).await.unwrap(),
+    ];
+    let mut probes = vec![(
+        "probe.routing.long".to_owned(),
+        client.subscribe("probe.routing.long").await.unwrap(),
+    )];
+    client.flush().await.unwrap();
+    probe_until_routed(&publisher, &mut probes).await;
+    for t in [&level, &topic] {
+        let subject = topic_to_subject(P, Space::Live, t, longest).unwrap();
+        publisher.publish(subject, "long".into()).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let got = collect(&mut long_subs, 2).await;
+    assert_eq!(got.len(), 2, "both long subjects delivered once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,6 +393,22 @@ async fn replicated_kv_creates_once_and_compares_revisions() {
     let status = kv0.status().await.unwrap();
     assert_eq!(status.info.config.num_replicas, 3);
     let kv1 = js1.get_key_value("TMQ_SESSIONS_TEST").await.unwrap();
+
+    // Retained keys of awkward topics are valid keys for the client and the server.
+    for topic in ["a.b/ /*", "$SYS/x", "é/>", "/", "a_2E/_"] {
+        let key = topic_key(topic, MAX).unwrap();
+        kv0.put(&key, Bytes::from(topic.to_owned())).await.unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(v) = kv1.get(&key).await.unwrap() {
+                assert_eq!(v, topic.as_bytes());
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{key} never became visible");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     let key = name_key("client/1 é.*", MAX).unwrap();
 
     // Two nodes claim a new session: one create wins, the other is told it exists.

@@ -284,7 +284,8 @@ pub fn queue_group(group: &str, filter: &str, max_len: usize) -> Result<String, 
 }
 
 /// A subscription as the client wrote it (a filter or `$share/{group}/{filter}`), as NATS
-/// subjects and, for a shared one, the queue group.
+/// subjects and, for a shared one, the queue group. `max_len` bounds each subject, or each
+/// subject with its queue group and a separator: both travel in one protocol line.
 pub fn subscription(
     prefix: &str,
     space: Space,
@@ -297,6 +298,13 @@ pub fn subscription(
         Some(group) => Some(queue_group(group, parsed.filter, max_len)?),
         None => None,
     };
+    let queue_len = queue.as_ref().map_or(0, |q| q.len().saturating_add(1));
+    if subjects
+        .iter()
+        .any(|s| s.len().saturating_add(queue_len) > max_len)
+    {
+        return Err(SubjectError::TooLong);
+    }
     Ok(NatsSubscription { subjects, queue })
 }
 
