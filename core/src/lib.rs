@@ -12,6 +12,7 @@ mod alias;
 pub mod api;
 mod bridge;
 mod broker;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod config_parse;

@@ -2,6 +2,7 @@
 //! Helpers for end-to-end tests that start `tidemq` with a configuration file.
 
 pub mod api;
+pub mod nats;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
