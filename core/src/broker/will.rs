@@ -34,6 +34,10 @@ impl Broker {
         if !self.config.sys_events {
             return;
         }
+        let wanted = [sys::CONNECTED_TOPIC, sys::CLIENT_STATUS_TOPIC].map(|t| self.sys_wanted(t));
+        if wanted == [false, false] {
+            return;
+        }
         let mut body = sys::Connected {
             status: None,
             username: connect.username.as_deref().unwrap_or(""),
@@ -46,9 +50,13 @@ impl Broker {
             clean_start: u8::from(connect.clean_start),
             ip: sys::ip_of(peer),
         };
-        self.publish_sys(sys::CONNECTED_TOPIC, serde_json::to_vec(&body));
-        body.status = Some("online");
-        self.publish_sys(sys::CLIENT_STATUS_TOPIC, serde_json::to_vec(&body));
+        if wanted[0] {
+            self.publish_sys(sys::CONNECTED_TOPIC, serde_json::to_vec(&body));
+        }
+        if wanted[1] {
+            body.status = Some("online");
+            self.publish_sys(sys::CLIENT_STATUS_TOPIC, serde_json::to_vec(&body));
+        }
     }
 
     pub(super) fn publish_sys_disconnected(
@@ -61,6 +69,11 @@ impl Broker {
         if !self.config.sys_events {
             return;
         }
+        let wanted =
+            [sys::DISCONNECTED_TOPIC, sys::CLIENT_STATUS_TOPIC].map(|t| self.sys_wanted(t));
+        if wanted == [false, false] {
+            return;
+        }
         let mut body = sys::Disconnected {
             status: None,
             username: username.unwrap_or(""),
@@ -69,9 +82,28 @@ impl Broker {
             client_id,
             ip: sys::ip_of(peer),
         };
-        self.publish_sys(sys::DISCONNECTED_TOPIC, serde_json::to_vec(&body));
-        body.status = Some("offline");
-        self.publish_sys(sys::CLIENT_STATUS_TOPIC, serde_json::to_vec(&body));
+        if wanted[0] {
+            self.publish_sys(sys::DISCONNECTED_TOPIC, serde_json::to_vec(&body));
+        }
+        if wanted[1] {
+            body.status = Some("offline");
+            self.publish_sys(sys::CLIENT_STATUS_TOPIC, serde_json::to_vec(&body));
+        }
+    }
+
+    /// Whether an event on `topic` would reach anyone: a subscription or a bridge's forward
+    /// rule. Events are not retained, so one nobody would get is not built (most connects
+    /// and disconnects have no watcher; the JSON was a fifth of a connection's set-up).
+    fn sys_wanted(&self, topic: &str) -> bool {
+        let mut matched = Vec::new();
+        self.subscriptions.matches(topic, &mut matched);
+        !matched.is_empty()
+            || self.bridges.values().any(|b| {
+                b.config
+                    .forwards
+                    .iter()
+                    .any(|f| crate::topic::matches(&f.local_topic, topic))
+            })
     }
 
     fn publish_sys(&mut self, topic: &str, payload: Result<Vec<u8>, serde_json::Error>) {
