@@ -91,75 +91,20 @@ pub(crate) struct Replay {
 
 /// The retained replays a session still owes, oldest first; at most one per filter (a new
 /// SUBSCRIBE to a filter still being replayed starts its walk over), so there are never
-/// more than the session has subscriptions.
+/// more than the session has subscriptions. Nothing is allocated while none is owed (most
+/// sessions, most of the time).
+#[derive(Debug, Default)]
+pub(crate) struct Replays(Option<Box<Owed>>);
+
 #[derive(Debug)]
-pub(crate) struct Replays {
+struct Owed {
     order: BTreeMap<u64, Replay>,
     by_filter: BTreeMap<String, u64>,
     next: u64,
     charge: Charge,
 }
 
-impl Replays {
-    fn new(ledger: &Ledger) -> Replays {
-        Replays {
-            order: BTreeMap::new(),
-            by_filter: BTreeMap::new(),
-            next: 0,
-            charge: ledger.charge(0),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
-    /// Queues a replay last, replacing one of the same filter.
-    pub fn push(&mut self, replay: Replay) {
-        if let Some(old) = self.by_filter.remove(&replay.filter)
-            && let Some(old) = self.order.remove(&old)
-        {
-            self.uncount(&old);
-        }
-        self.next += 1;
-        self.count(&replay);
-        self.by_filter.insert(replay.filter.clone(), self.next);
-        self.order.insert(self.next, replay);
-    }
-
-    pub fn front(&self) -> Option<&Replay> {
-        self.order.first_key_value().map(|(_, r)| r)
-    }
-
-    /// The oldest replay goes on from `from` next time.
-    pub fn advance_front(&mut self, from: Vec<String>) {
-        let Some(mut entry) = self.order.first_entry() else {
-            return;
-        };
-        let old = std::mem::replace(&mut entry.get_mut().from, from);
-        let new: usize = entry.get().from.iter().map(String::len).sum();
-        let old: usize = old.iter().map(String::len).sum();
-        self.charge
-            .set(self.charge.bytes().saturating_sub(old) + new);
-    }
-
-    /// The replay for `filter` is not owed any more (the subscription is gone).
-    pub fn remove(&mut self, filter: &str) {
-        if let Some(seq) = self.by_filter.remove(filter)
-            && let Some(r) = self.order.remove(&seq)
-        {
-            self.uncount(&r);
-        }
-    }
-
-    /// The oldest replay is done.
-    pub fn pop_front(&mut self) {
-        if let Some((_, r)) = self.order.pop_first() {
-            self.by_filter.remove(&r.filter);
-            self.uncount(&r);
-        }
-    }
-
+impl Owed {
     fn bytes(r: &Replay) -> usize {
         SUBSCRIPTION_BYTES + 2 * r.filter.len() + r.from.iter().map(String::len).sum::<usize>()
     }
@@ -171,6 +116,83 @@ impl Replays {
     fn uncount(&mut self, r: &Replay) {
         self.charge
             .set(self.charge.bytes().saturating_sub(Self::bytes(r)));
+    }
+}
+
+impl Replays {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Queues a replay last, replacing one of the same filter.
+    pub fn push(&mut self, replay: Replay, ledger: &Ledger) {
+        let owed = self.0.get_or_insert_with(|| {
+            Box::new(Owed {
+                order: BTreeMap::new(),
+                by_filter: BTreeMap::new(),
+                next: 0,
+                charge: ledger.charge(0),
+            })
+        });
+        if let Some(old) = owed.by_filter.remove(&replay.filter)
+            && let Some(old) = owed.order.remove(&old)
+        {
+            owed.uncount(&old);
+        }
+        owed.next += 1;
+        owed.count(&replay);
+        owed.by_filter.insert(replay.filter.clone(), owed.next);
+        owed.order.insert(owed.next, replay);
+    }
+
+    pub fn front(&self) -> Option<&Replay> {
+        self.0.as_ref()?.order.first_key_value().map(|(_, r)| r)
+    }
+
+    /// The oldest replay goes on from `from` next time.
+    pub fn advance_front(&mut self, from: Vec<String>) {
+        let Some(owed) = self.0.as_mut() else {
+            return;
+        };
+        let Some(mut entry) = owed.order.first_entry() else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.get_mut().from, from);
+        let new: usize = entry.get().from.iter().map(String::len).sum();
+        let old: usize = old.iter().map(String::len).sum();
+        owed.charge
+            .set(owed.charge.bytes().saturating_sub(old) + new);
+    }
+
+    /// The replay for `filter` is not owed any more (the subscription is gone).
+    pub fn remove(&mut self, filter: &str) {
+        let Some(owed) = self.0.as_mut() else {
+            return;
+        };
+        if let Some(seq) = owed.by_filter.remove(filter)
+            && let Some(r) = owed.order.remove(&seq)
+        {
+            owed.uncount(&r);
+        }
+        self.release_if_done();
+    }
+
+    /// The oldest replay is done.
+    pub fn pop_front(&mut self) {
+        let Some(owed) = self.0.as_mut() else {
+            return;
+        };
+        if let Some((_, r)) = owed.order.pop_first() {
+            owed.by_filter.remove(&r.filter);
+            owed.uncount(&r);
+        }
+        self.release_if_done();
+    }
+
+    fn release_if_done(&mut self) {
+        if self.0.as_ref().is_some_and(|o| o.order.is_empty()) {
+            self.0 = None;
+        }
     }
 }
 
@@ -232,7 +254,7 @@ impl Session {
             subscriptions: BTreeMap::new(),
             inflight: OutWindow::default(),
             queue: VecDeque::new(),
-            replays: Replays::new(ledger),
+            replays: Replays::default(),
             qos2_in: InboundQos2::default(),
             will: None,
             will_at: None,

@@ -25,12 +25,13 @@ impl Broker {
     pub(super) fn start_replay(&mut self, sid: SessionId, filter: String, sub: Subscription) {
         let last_msg_id = self.store.last_message_id();
         if let Some(session) = self.sessions.get_mut(&sid) {
-            session.replays.push(Replay {
+            let replay = Replay {
                 filter,
                 sub,
                 from: Vec::new(),
                 last_msg_id,
-            });
+            };
+            session.replays.push(replay, &self.memory.ledger);
         }
     }
 
