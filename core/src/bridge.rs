@@ -433,7 +433,7 @@ pub(crate) fn remap(topic: &str, from_filter: &str, to: &str) -> String {
 /// The records of one stored outbox entry: its body, then its place.
 pub(crate) fn bridge_put(name: &str, m: &Outgoing) -> [Record; 2] {
     [
-        Record::MsgPut(persist::StoredMessage {
+        Record::MsgPut(Box::new(persist::StoredMessage {
             id: m.msg_id,
             topic: m.topic.clone(),
             payload: m.payload.clone(),
@@ -441,7 +441,7 @@ pub(crate) fn bridge_put(name: &str, m: &Outgoing) -> [Record; 2] {
             retain: m.retain,
             properties: m.properties.clone(),
             expires_at_unix_ms: None,
-        }),
+        })),
         Record::BridgePut {
             bridge: name.to_owned(),
             entry: m.entry,

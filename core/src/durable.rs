@@ -7,7 +7,7 @@
 //! acknowledgement, a delivery or a session that a crash could take back.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -27,17 +27,6 @@ struct Held {
     /// (sequence number that must be durable, bytes); 0 = only behind what is before it.
     parts: VecDeque<(u64, Bytes)>,
     bytes: usize,
-}
-
-/// What the store knows about a message still in memory.
-#[derive(Debug)]
-struct Tracked {
-    msg: Weak<Message>,
-    /// The store has been given its body (once, however many records refer to it).
-    stored: bool,
-    /// The sequence number the input that accepted it depends on: a QoS 2 delivery of it
-    /// waits until that is durable.
-    needs: u64,
 }
 
 /// The wall clock as the broker knows it at `now`, to store deadlines in wall time.
@@ -73,10 +62,6 @@ pub(crate) struct Durability {
     held: BTreeMap<ConnId, Held>,
     failed: bool,
     next_msg_id: u64,
-    /// By message id. An entry goes once its message is gone, or when it says nothing.
-    tracked: BTreeMap<u64, Tracked>,
-    /// Size of `tracked` that triggers the next sweep.
-    sweep_at: usize,
     /// At `persistence.max_disk`, or the writer refuses records until the next snapshot:
     /// new durable work is refused until a snapshot brings the store under the cap.
     full: bool,
@@ -173,40 +158,20 @@ impl Durability {
         }
     }
 
-    fn track(&mut self, msg: &Arc<Message>) -> &mut Tracked {
-        if self.tracked.len() >= self.sweep_at {
-            self.sweep();
-        }
-        self.tracked.entry(msg.id).or_insert_with(|| Tracked {
-            msg: Arc::downgrade(msg),
-            stored: false,
-            needs: 0,
-        })
-    }
-
-    /// Forgets what no longer matters: messages gone, or nothing to remember about them.
-    /// Deterministic: it runs at sizes that depend only on the inputs.
-    fn sweep(&mut self) {
-        let durable = self.durable;
-        self.tracked
-            .retain(|_, t| t.msg.strong_count() > 0 && (t.stored || t.needs > durable));
-        self.sweep_at = (2 * self.tracked.len()).max(1024);
-    }
-
     /// True the first time only: the caller then hands the message's body to the store.
-    fn first_store(&mut self, msg: &Arc<Message>) -> bool {
-        !std::mem::replace(&mut self.track(msg).stored, true)
+    fn first_store(&mut self, msg: &Message) -> bool {
+        msg.durable.first_store()
     }
 
     /// A message published in this input: its QoS 2 deliveries in later inputs wait for
     /// `seq`, what accepted it.
-    pub fn set_needs(&mut self, msg: &Arc<Message>, seq: u64) {
-        self.track(msg).needs = seq;
+    pub fn set_needs(&mut self, msg: &Message, seq: u64) {
+        msg.durable.set_needs(seq);
     }
 
-    /// What a QoS 2 delivery of message `id` waits for (0: nothing).
-    pub fn needs(&self, id: u64) -> u64 {
-        self.tracked.get(&id).map_or(0, |t| t.needs)
+    /// What a QoS 2 delivery of `msg` waits for (0: nothing).
+    pub fn needs(&self, msg: &Message) -> u64 {
+        msg.durable.needs()
     }
 
     /// Whether everything up to `seq` is durable.
@@ -245,7 +210,7 @@ impl Durability {
     pub fn persist_message(&mut self, msg: &Arc<Message>, wall: Wall) {
         if self.on() && self.first_store(msg) {
             let stored = Self::stored_message(msg, wall);
-            self.persist(Record::MsgPut(stored), true);
+            self.persist(Record::MsgPut(Box::new(stored)), true);
         }
     }
 
@@ -386,7 +351,7 @@ impl Durability {
             let msg = msg.clone();
             if bodies.insert(msg.id) {
                 self.first_store(&msg);
-                records.push(Record::MsgPut(Self::stored_message(&msg, wall)));
+                records.push(Record::MsgPut(Box::new(Self::stored_message(&msg, wall))));
             }
             records.push(Record::RetainPut {
                 topic,
@@ -564,7 +529,7 @@ impl Durability {
         }
         let mut bodies: Vec<Record> = messages
             .iter()
-            .map(|m| Record::MsgPut(Durability::stored_message(m, wall)))
+            .map(|m| Record::MsgPut(Box::new(Durability::stored_message(m, wall))))
             .collect();
         bodies.extend(out);
         bodies

@@ -1,6 +1,8 @@
 //! A message as routed, shared by every subscriber it goes to, and the cache that lets a fan-out
 //! encode a QoS 0 message once.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use bytes::Bytes;
 
 use crate::api::{ConnId, Instant};
@@ -92,6 +94,35 @@ pub(crate) struct Message {
     pub received_at: Instant,
     /// Its bytes in the broker's memory count, for as long as anyone holds it.
     pub charge: Charge,
+    /// What the store knows of it ([`crate::durable`]), kept with the message so that it
+    /// lives exactly as long: no side table to look up and sweep per message.
+    pub durable: DurableMark,
+}
+
+/// The store's marks on a message. Atomics only so that a message stays `Sync`; the core
+/// is single-threaded, so `Relaxed` is exact.
+#[derive(Debug, Default)]
+pub(crate) struct DurableMark {
+    /// The store has been given its body (once, however many records refer to it).
+    stored: AtomicBool,
+    /// The sequence number the input that accepted it depends on: a QoS 2 delivery of it
+    /// waits until that is durable (0: nothing).
+    needs: AtomicU64,
+}
+
+impl DurableMark {
+    /// True the first time only.
+    pub fn first_store(&self) -> bool {
+        !self.stored.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn set_needs(&self, seq: u64) {
+        self.needs.store(seq, Ordering::Relaxed);
+    }
+
+    pub fn needs(&self) -> u64 {
+        self.needs.load(Ordering::Relaxed)
+    }
 }
 
 impl Message {
@@ -118,6 +149,7 @@ impl Message {
             expires_at,
             origin,
             received_at: now,
+            durable: DurableMark::default(),
         }
     }
 

@@ -149,7 +149,7 @@ fn sample_records() -> Vec<Record> {
             options: 0x2D,
             subscription_id: Some(268_435_455),
         },
-        Record::MsgPut(StoredMessage {
+        Record::MsgPut(Box::new(StoredMessage {
             id: 42,
             topic: "a/b/c".to_owned(),
             payload: Bytes::from_static(b"hello \x00\xff world"),
@@ -157,7 +157,7 @@ fn sample_records() -> Vec<Record> {
             retain: true,
             properties: v5_properties(),
             expires_at_unix_ms: Some(1_700_000_060_000),
-        }),
+        })),
         Record::QueuePut {
             client_id: "client-1".to_owned(),
             entry: 7,
@@ -215,7 +215,7 @@ fn sample_records() -> Vec<Record> {
             expiry_secs: u32::MAX,
             disconnected_at_unix_ms: None,
         },
-        Record::MsgPut(StoredMessage {
+        Record::MsgPut(Box::new(StoredMessage {
             id: u64::MAX,
             topic: "/".to_owned(),
             payload: Bytes::new(),
@@ -223,7 +223,7 @@ fn sample_records() -> Vec<Record> {
             retain: false,
             properties: Properties::default(),
             expires_at_unix_ms: None,
-        }),
+        })),
     ]
 }
 
@@ -336,7 +336,7 @@ fn any_record() -> impl Strategy<Value = Record> {
             }
         ),
         (key(), key()).prop_map(|(client_id, filter)| Record::SubDel { client_id, filter }),
-        stored_message().prop_map(Record::MsgPut),
+        stored_message().prop_map(|m| Record::MsgPut(Box::new(m))),
         (
             key(),
             any::<u64>(),
@@ -434,7 +434,7 @@ fn small_record() -> impl Strategy<Value = Record> {
         (client.clone(), topic.clone())
             .prop_map(|(client_id, filter)| Record::SubDel { client_id, filter }),
         (id.clone(), topic.clone())
-            .prop_map(|(id, topic)| Record::MsgPut(message(id, &topic, b"p"))),
+            .prop_map(|(id, topic)| Record::MsgPut(Box::new(message(id, &topic, b"p")))),
         (client.clone(), entry.clone(), id.clone(), qos()).prop_map(
             |(client_id, entry, msg_id, qos)| Record::QueuePut {
                 client_id,
@@ -1414,7 +1414,7 @@ fn sub_put(client_id: &str, filter: &str) -> Record {
 #[test]
 fn replay_builds_sessions_with_subscriptions_queues_and_qos2_state() {
     let r = replay(&[
-        Record::MsgPut(message(1, "t", b"one")),
+        Record::MsgPut(Box::new(message(1, "t", b"one"))),
         session_put("c", 60),
         sub_put("c", "t/#"),
         queue_put("c", 1, 1),
@@ -1481,7 +1481,7 @@ fn replay_builds_sessions_with_subscriptions_queues_and_qos2_state() {
 #[test]
 fn session_delete_forgets_its_subscriptions_queue_and_qos2_ids() {
     let mut r = replay(&[
-        Record::MsgPut(message(1, "t", b"one")),
+        Record::MsgPut(Box::new(message(1, "t", b"one"))),
         session_put("c", 60),
         sub_put("c", "t"),
         queue_put("c", 1, 1),
@@ -1547,8 +1547,8 @@ fn records_about_an_absent_session_change_nothing() {
 #[test]
 fn queue_delete_and_out_state_act_on_one_entry() {
     let mut r = replay(&[
-        Record::MsgPut(message(1, "t", b"one")),
-        Record::MsgPut(message(2, "t", b"two")),
+        Record::MsgPut(Box::new(message(1, "t", b"one"))),
+        Record::MsgPut(Box::new(message(2, "t", b"two"))),
         session_put("c", 60),
         queue_put("c", 1, 1),
         queue_put("c", 2, 2),
@@ -1592,8 +1592,8 @@ fn queue_delete_and_out_state_act_on_one_entry() {
 #[test]
 fn retained_and_bridge_records_replay_by_key() {
     let r = replay(&[
-        Record::MsgPut(message(1, "a", b"one")),
-        Record::MsgPut(message(2, "a", b"two")),
+        Record::MsgPut(Box::new(message(1, "a", b"one"))),
+        Record::MsgPut(Box::new(message(2, "a", b"two"))),
         Record::RetainPut {
             topic: "a".to_owned(),
             msg_id: 1,
@@ -1644,10 +1644,10 @@ fn retained_and_bridge_records_replay_by_key() {
 #[test]
 fn prune_drops_unreferenced_messages_and_dangling_references() {
     let mut r = replay(&[
-        Record::MsgPut(message(1, "q", b"queued")),
-        Record::MsgPut(message(2, "r", b"retained")),
-        Record::MsgPut(message(3, "b", b"bridged")),
-        Record::MsgPut(message(4, "x", b"nobody")),
+        Record::MsgPut(Box::new(message(1, "q", b"queued"))),
+        Record::MsgPut(Box::new(message(2, "r", b"retained"))),
+        Record::MsgPut(Box::new(message(3, "b", b"bridged"))),
+        Record::MsgPut(Box::new(message(4, "x", b"nobody"))),
         session_put("c", 60),
         queue_put("c", 1, 1),
         // Entries whose message was never stored (or is gone).
@@ -1704,8 +1704,8 @@ fn prune_drops_unreferenced_messages_and_dangling_references() {
 #[test]
 fn a_message_body_rewritten_later_replaces_the_earlier_one() {
     let r = replay(&[
-        Record::MsgPut(message(1, "t", b"old")),
-        Record::MsgPut(message(1, "t", b"new")),
+        Record::MsgPut(Box::new(message(1, "t", b"old"))),
+        Record::MsgPut(Box::new(message(1, "t", b"new"))),
     ]);
     assert_eq!(r.messages[&1].payload, Bytes::from_static(b"new"));
 }
@@ -1801,7 +1801,12 @@ proptest! {
 
 /// The records that rebuild `r` (what a snapshot holds).
 fn state_as_records(r: &Recovered) -> Vec<Record> {
-    let mut out: Vec<Record> = r.messages.values().cloned().map(Record::MsgPut).collect();
+    let mut out: Vec<Record> = r
+        .messages
+        .values()
+        .cloned()
+        .map(|m| Record::MsgPut(Box::new(m)))
+        .collect();
     for (topic, id) in &r.retained {
         out.push(Record::RetainPut {
             topic: topic.clone(),
@@ -1919,7 +1924,7 @@ proptest! {
 fn a_batch_over_the_part_size_is_written_in_parts_and_read_back_whole() {
     // Three 7 MiB bodies: one input over BATCH_PART_LEN, then a small one.
     let big: Vec<Record> = (0..3u8)
-        .map(|i| Record::MsgPut(message(u64::from(i), "t", &vec![i; 7 << 20])))
+        .map(|i| Record::MsgPut(Box::new(message(u64::from(i), "t", &vec![i; 7 << 20]))))
         .collect();
     let small = sample_records();
     let inputs = vec![big, small];
@@ -1958,7 +1963,7 @@ fn a_batch_over_the_part_size_is_written_in_parts_and_read_back_whole() {
 
 #[test]
 fn a_single_record_over_the_part_size_is_split_across_parts() {
-    let record = Record::MsgPut(message(9, "big", &vec![7; BATCH_PART_LEN + 1000]));
+    let record = Record::MsgPut(Box::new(message(9, "big", &vec![7; BATCH_PART_LEN + 1000])));
     let (bytes, _) = batched(
         1,
         std::slice::from_ref(&vec![record.clone()]),
@@ -1994,7 +1999,7 @@ fn a_record_over_the_maximum_is_refused_and_nothing_is_written() {
 fn a_large_batch_frame_of_an_earlier_writer_still_reads() {
     // Before parts, a batch of any size up to MAX_RECORD_LEN was one frame.
     let records: Vec<Record> = (0..2u8)
-        .map(|i| Record::MsgPut(message(u64::from(i), "t", &vec![i; 9 << 20])))
+        .map(|i| Record::MsgPut(Box::new(message(u64::from(i), "t", &vec![i; 9 << 20]))))
         .collect();
     let mut body = BytesMut::new();
     body.put_u8(0xFD);

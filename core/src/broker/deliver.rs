@@ -152,7 +152,7 @@ impl Broker {
         // A QoS 2 delivery never leaves before the records that accepted the message are
         // durable: after a crash the publisher would resend it, and it would be new again.
         if d.qos == QoS::ExactlyOnce {
-            self.store.wait_for(self.store.needs(msg.id));
+            self.store.wait_for(self.store.needs(msg));
         }
         // Expiry stops a delivery that has not started; a resend finishes what was started
         // (v5 §3.3.2.3.3), so its packet id is never freed while the client may hold it.

@@ -47,7 +47,8 @@ pub enum Record {
         client_id: String,
         filter: String,
     },
-    MsgPut(StoredMessage),
+    /// Boxed: a message is most of a record's size, and records are moved in batches.
+    MsgPut(Box<StoredMessage>),
     /// A message owed to a session, in `entry` order.
     QueuePut {
         client_id: String,
@@ -317,7 +318,7 @@ impl Record {
                         Ok(Some(Packet::Publish(p))) if buf.is_empty() => p,
                         _ => return Err("message is not a well-formed PUBLISH"),
                     };
-                Record::MsgPut(StoredMessage {
+                Record::MsgPut(Box::new(StoredMessage {
                     id,
                     topic: publish.topic,
                     payload: publish.payload,
@@ -325,7 +326,7 @@ impl Record {
                     retain,
                     properties: publish.properties,
                     expires_at_unix_ms,
-                })
+                }))
             }
             T_QUEUE_PUT => {
                 let client_id = r.string()?;

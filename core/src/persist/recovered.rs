@@ -80,7 +80,7 @@ impl Recovered {
                 }
             }
             Record::MsgPut(m) => {
-                self.messages.insert(m.id, m);
+                self.messages.insert(m.id, *m);
             }
             Record::QueuePut {
                 client_id,

@@ -718,7 +718,7 @@ impl Gen {
                 client_id,
                 filter: "alarms/#".to_owned(),
             },
-            7..=9 => Record::MsgPut(self.message()),
+            7..=9 => Record::MsgPut(Box::new(self.message())),
             10..=11 => {
                 self.entries += 1;
                 Record::QueuePut {
@@ -802,7 +802,7 @@ fn live_records(state: &Recovered) -> Vec<Record> {
         .messages
         .values()
         .cloned()
-        .map(Record::MsgPut)
+        .map(|m| Record::MsgPut(Box::new(m)))
         .collect();
     for (client_id, s) in &state.sessions {
         out.push(Record::SessionPut {
@@ -1920,7 +1920,7 @@ fn fs_dir_round_trip_in_a_temp_dir() {
 #[test]
 fn an_input_over_the_part_size_survives_whole_or_not_at_all() {
     let big = |id: u64| {
-        Record::MsgPut(StoredMessage {
+        Record::MsgPut(Box::new(StoredMessage {
             id,
             topic: format!("big/{id}"),
             payload: Bytes::from(vec![id as u8; 6 << 20]),
@@ -1928,7 +1928,7 @@ fn an_input_over_the_part_size_survives_whole_or_not_at_all() {
             retain: false,
             properties: Properties::default(),
             expires_at_unix_ms: None,
-        })
+        }))
     };
     for seed in 0..3u64 {
         let mut s = Store::new(seed, config(SyncMode::Fsync, 1 << 30));
