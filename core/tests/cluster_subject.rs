@@ -11,7 +11,8 @@
 use proptest::prelude::*;
 use tidemq_core::cluster::subject::{
     DEFAULT_PREFIX, NatsSubscription, Space, SubjectError, filter_to_subjects, name_key,
-    queue_group, subject_to_topic, subscription, topic_key, topic_to_subject, validate_prefix,
+    nats_matches, queue_group, subject_to_topic, subscription, topic_key, topic_to_subject,
+    validate_prefix,
 };
 use tidemq_core::topic::matches;
 
@@ -27,31 +28,15 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
-/// NATS subject matching as nats-server does it: tokens split on `.`, `*` matches one token,
-/// `>` (last only) one or more.
-fn nats_match(pattern: &str, subject: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let s: Vec<&str> = subject.split('.').collect();
-    for (i, tok) in p.iter().enumerate() {
-        match *tok {
-            ">" => return i + 1 == p.len() && s.len() > i,
-            "*" if i < s.len() => {}
-            t if s.get(i) == Some(&t) => {}
-            _ => return false,
-        }
-    }
-    p.len() == s.len()
-}
-
 #[test]
-fn the_nats_matcher_in_this_test_is_right() {
-    assert!(nats_match("a.*", "a.b"));
-    assert!(!nats_match("a.*", "a"));
-    assert!(!nats_match("a.*", "a.b.c"));
-    assert!(nats_match("a.>", "a.b.c"));
-    assert!(!nats_match("a.>", "a"));
-    assert!(nats_match("a", "a"));
-    assert!(!nats_match("a.b", "a.c"));
+fn the_nats_matcher_follows_the_engine_rules() {
+    assert!(nats_matches("a.*", "a.b"));
+    assert!(!nats_matches("a.*", "a"));
+    assert!(!nats_matches("a.*", "a.b.c"));
+    assert!(nats_matches("a.>", "a.b.c"));
+    assert!(!nats_matches("a.>", "a"));
+    assert!(nats_matches("a", "a"));
+    assert!(!nats_matches("a.b", "a.c"));
 }
 
 /// A valid NATS token: not empty, no `.`, `*`, `>` or white space.
@@ -188,7 +173,10 @@ fn mqtt_and_nats_agree(filter: &str, topic: &str) {
     let subject = topic_to_subject(P, Space::Live, topic, MAX).unwrap();
     let subjects = filter_to_subjects(P, Space::Live, filter, MAX).unwrap();
     assert!(!subjects.is_empty() && subjects.len() <= 2);
-    let hits = subjects.iter().filter(|s| nats_match(s, &subject)).count();
+    let hits = subjects
+        .iter()
+        .filter(|s| nats_matches(s, &subject))
+        .count();
     // At most one subject of a `#` pair matches a topic: NATS delivers once per filter.
     assert!(
         hits <= 1,

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use support::nats::NatsCluster;
 use tidemq_core::cluster::subject::{
-    DEFAULT_PREFIX as P, Space, name_key, subject_to_topic, subscription, topic_key,
+    DEFAULT_PREFIX as P, Space, name_key, nats_matches, subject_to_topic, subscription, topic_key,
     topic_to_subject,
 };
 use tidemq_core::topic::matches;
@@ -65,21 +65,6 @@ async fn probe_until_routed(publisher: &Client, probes: &mut [(String, Subscribe
             );
         }
     }
-}
-
-/// NATS subject matching: `*` one token, `>` (last) one or more.
-fn nats_match(pattern: &str, subject: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let s: Vec<&str> = subject.split('.').collect();
-    for (i, tok) in p.iter().enumerate() {
-        match *tok {
-            ">" => return i + 1 == p.len() && s.len() > i,
-            "*" if i < s.len() => {}
-            t if s.get(i) == Some(&t) => {}
-            _ => return false,
-        }
-    }
-    p.len() == s.len()
 }
 
 /// Reads messages from all `subs` until `want` have arrived (or `WAIT` passed), then for a
@@ -269,7 +254,7 @@ async fn a_connection_gets_one_copy_per_matching_subscription_in_publish_order()
         let want: Vec<u32> = sent
             .iter()
             .filter(|(t, _)| {
-                nats_match(pattern, &topic_to_subject(P, Space::Live, t, MAX).unwrap())
+                nats_matches(pattern, &topic_to_subject(P, Space::Live, t, MAX).unwrap())
             })
             .map(|(_, n)| *n)
             .collect();

@@ -322,3 +322,20 @@ pub fn name_key(name: &str, max_len: usize) -> Result<String, SubjectError> {
     escape_level(name, &mut k);
     bounded(k, max_len)
 }
+
+/// How NATS matches a subscription `pattern` against a `subject`: tokens split on `.`, `*`
+/// one token, `>` (last only) one or more. The engine's rule, for the simulation's model of
+/// it; `runtime/tests/e2e_cluster_engine.rs` checks it against nats-server.
+pub fn nats_matches(pattern: &str, subject: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let s: Vec<&str> = subject.split('.').collect();
+    for (i, tok) in p.iter().enumerate() {
+        match *tok {
+            ">" => return i + 1 == p.len() && s.len() > i,
+            "*" if i < s.len() => {}
+            t if s.get(i) == Some(&t) => {}
+            _ => return false,
+        }
+    }
+    p.len() == s.len()
+}
