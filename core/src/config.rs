@@ -443,6 +443,15 @@ pub struct BridgeConfig {
     pub ssl: BridgeTls,
 }
 
+impl BridgeConfig {
+    /// The first forward rule whose local filter takes `topic`: the one that forwards it.
+    pub fn forward_rule(&self, topic: &str) -> Option<&BridgeForward> {
+        self.forwards
+            .iter()
+            .find(|f| crate::topic::matches(&f.local_topic, topic))
+    }
+}
+
 /// TLS settings of a bridge (NanoMQ `bridges.mqtt.<name>.ssl`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]

@@ -48,6 +48,22 @@ fn topic_order(topics: &[String]) -> Vec<String> {
     sorted
 }
 
+/// Three retained topics (`a`, `b`, `c`) published by `p`, then `c` subscribed to `#` with a
+/// window of one: only `a` is out.
+fn three_retained_and_a_window_of_one() -> (Harness, ConnId, ConnId) {
+    let mut h = Harness::with_config(Config {
+        max_inflight: 1,
+        ..config()
+    });
+    let p = h.client("p", V311);
+    for t in ["a", "b", "c"] {
+        h.publish(p, t, "old", QoS::AtLeastOnce, true);
+    }
+    let c = h.client("c", V5);
+    h.subscribe(c, "#", QoS::AtLeastOnce);
+    (h, p, c)
+}
+
 #[test]
 fn a_subscriber_that_keeps_up_gets_every_retained_message_of_a_large_store() {
     let mut h = Harness::with_config(config());
@@ -73,16 +89,7 @@ fn a_subscriber_that_keeps_up_gets_every_retained_message_of_a_large_store() {
 
 #[test]
 fn a_message_routed_after_the_subscription_comes_after_the_retained_one_of_its_topic() {
-    let mut h = Harness::with_config(Config {
-        max_inflight: 1,
-        ..config()
-    });
-    let p = h.client("p", V311);
-    for t in ["a", "b", "c"] {
-        h.publish(p, t, "old", QoS::AtLeastOnce, true);
-    }
-    let c = h.client("c", V5);
-    h.subscribe(c, "#", QoS::AtLeastOnce);
+    let (mut h, p, c) = three_retained_and_a_window_of_one();
     // Only "a" is out (window of 1); "c" changes now, and "b" is retained anew.
     h.publish(p, "c", "live", QoS::AtLeastOnce, false);
     h.publish(p, "b", "new", QoS::AtLeastOnce, true);
@@ -153,16 +160,7 @@ fn a_subscriber_that_does_not_read_gets_no_more_than_its_writer_takes() {
 
 #[test]
 fn an_unsubscribe_ends_the_retained_messages_still_owed() {
-    let mut h = Harness::with_config(Config {
-        max_inflight: 1,
-        ..config()
-    });
-    let p = h.client("p", V311);
-    for t in ["a", "b", "c"] {
-        h.publish(p, t, "old", QoS::AtLeastOnce, true);
-    }
-    let c = h.client("c", V5);
-    h.subscribe(c, "#", QoS::AtLeastOnce);
+    let (mut h, _, c) = three_retained_and_a_window_of_one();
     let first = h.publishes(c);
     assert_eq!(first.len(), 1, "the window of one");
     h.unsubscribe(c, &["#"]);

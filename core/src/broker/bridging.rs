@@ -530,12 +530,7 @@ impl Broker {
             let Some(b) = self.bridges.get(&id) else {
                 continue;
             };
-            let Some(rule) = b
-                .config
-                .forwards
-                .iter()
-                .find(|f| topic::matches(&f.local_topic, &msg.topic))
-            else {
+            let Some(rule) = b.config.forward_rule(&msg.topic) else {
                 continue;
             };
             let out = self.outgoing(b.version, rule, msg);
@@ -614,13 +609,9 @@ impl Broker {
     /// Whether some bridge would keep a forward of this topic in its outbox (QoS 1/2).
     pub(super) fn bridge_would_keep(&self, topic: &str, qos: QoS) -> bool {
         self.bridges.values().any(|b| {
-            b.config
-                .forwards
-                .iter()
-                .find(|f| topic::matches(&f.local_topic, topic))
-                .is_some_and(|rule| {
-                    rule.qos.and_then(QoS::from_u8).unwrap_or(qos) != QoS::AtMostOnce
-                })
+            b.config.forward_rule(topic).is_some_and(|rule| {
+                rule.qos.and_then(QoS::from_u8).unwrap_or(qos) != QoS::AtMostOnce
+            })
         })
     }
 

@@ -98,12 +98,10 @@ impl Broker {
         let mut matched = Vec::new();
         self.subscriptions.matches(topic, &mut matched);
         !matched.is_empty()
-            || self.bridges.values().any(|b| {
-                b.config
-                    .forwards
-                    .iter()
-                    .any(|f| crate::topic::matches(&f.local_topic, topic))
-            })
+            || self
+                .bridges
+                .values()
+                .any(|b| b.config.forward_rule(topic).is_some())
     }
 
     fn publish_sys(&mut self, topic: &str, payload: Result<Vec<u8>, serde_json::Error>) {
