@@ -141,6 +141,16 @@ pub enum Input {
         topic: String,
         allow: bool,
     },
+    /// Cluster mode: a message NATS delivered on the subscription [`Output::ClusterSubscribe`]
+    /// made as `sid`, with the subject it was published to.
+    ClusterMessage {
+        sid: u64,
+        subject: String,
+        payload: Bytes,
+    },
+    /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
+    /// it, in the bucket's order): its new value, or `None` once deleted.
+    ClusterRetained { key: String, value: Option<Bytes> },
 }
 
 /// A password on its way to be checked: never shown by `Debug`.
@@ -250,6 +260,20 @@ pub enum Output {
         action: crate::acl::Action,
         topic: String,
     },
+    /// Cluster mode: subscribe to `subject` (in `queue` for a shared subscription) and give
+    /// what arrives as [`Input::ClusterMessage`] with this `sid`. Queue subscriptions must
+    /// see this node's own publishes; the others must not (the node routed them already).
+    ClusterSubscribe {
+        sid: u64,
+        subject: String,
+        queue: Option<String>,
+    },
+    /// Cluster mode: drop the subscription made as `sid`.
+    ClusterUnsubscribe { sid: u64 },
+    /// Cluster mode: publish `payload` (a message envelope) on `subject`, in output order.
+    ClusterPublish { subject: String, payload: Bytes },
+    /// Cluster mode: put `value` at `key` in the retained bucket, or delete `key` (`None`).
+    ClusterRetain { key: String, value: Option<Bytes> },
 }
 
 /// Observable facts, for logs and metrics.

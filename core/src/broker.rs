@@ -16,6 +16,7 @@
 //! | `subscribe.rs` | SUBSCRIBE and UNSUBSCRIBE |
 //! | `will.rs` | wills and `$SYS` events |
 //! | `bridging.rs` | driving the bridges: links, forwarding, their messages coming in |
+//! | `clustering.rs` | cluster mode: NATS interest, messages to and from other nodes, the retained mirror |
 //! | `admin_api.rs` | the HTTP API V1 requests |
 //! | `admin_v4.rs` | the HTTP API v4 requests (`admin_v4_mqtt.rs`: publish and subscribe on a client's behalf; `admin_v4_bridge.rs`: bridges) |
 //! | `metrics.rs` | the v4 API's metrics and NanoMQ's Prometheus text (`exposition.rs`: the `tidemq_*` set) |
@@ -48,6 +49,7 @@ mod admin_v4_bridge;
 mod admin_v4_mqtt;
 mod auth;
 mod bridging;
+mod clustering;
 mod connect;
 mod deliver;
 mod disk;
@@ -146,6 +148,8 @@ pub struct Broker {
     authenticating: BTreeSet<ConnId>,
     /// The ACL service's answers for the packet being processed after them.
     acl_answers: BTreeMap<(crate::acl::Action, String), crate::acl::Decision>,
+    /// Cluster mode's state; `None` on a single node.
+    cluster: Option<Box<crate::cluster::Cluster>>,
 }
 
 impl Broker {
@@ -190,8 +194,10 @@ impl Broker {
             sys_tree: Default::default(),
             authenticating: BTreeSet::new(),
             acl_answers: BTreeMap::new(),
+            cluster: None,
         };
         broker.node_id = format!("{:016x}", broker.rng.next_u64());
+        broker.cluster_start();
         broker.configure_bridges();
         broker.arm_sys_timer();
         broker
@@ -255,6 +261,12 @@ impl Broker {
                 topic,
                 allow,
             } => self.acl_result(conn, action, topic, allow),
+            Input::ClusterMessage {
+                sid,
+                subject,
+                payload,
+            } => self.cluster_message(sid, &subject, payload),
+            Input::ClusterRetained { key, value } => self.cluster_retained(&key, value),
             Input::WallClock { unix_ms } => {
                 self.wall_ms = unix_ms;
                 self.wall_at = self.now;
@@ -262,7 +274,10 @@ impl Broker {
             Input::ConfigChange(config) => match config.validate() {
                 Ok(()) => {
                     let acl_changed = self.config.acl != config.acl;
+                    // Cluster settings are read at start.
+                    let cluster = self.config.cluster.clone();
                     self.config = *config;
+                    self.config.cluster = cluster;
                     self.configure_bridges();
                     self.arm_sys_timer();
                     if acl_changed {

@@ -84,6 +84,8 @@ pub struct Config {
     pub log: LogConfig,
     pub persistence: PersistenceConfig,
     pub auth: AuthConfig,
+    /// Cluster mode (`cluster { }`), off by default; read at start only.
+    pub cluster: crate::cluster::ClusterConfig,
     /// The ACL (`auth.acl`, `auth.no_match`, `auth.deny_action`; old format `acl_enable`,
     /// `acl_nomatch`, `acl.rule.N`). Read from the configuration files only.
     #[serde(skip)]
@@ -553,6 +555,7 @@ impl Default for Config {
             bridges: BTreeMap::new(),
             log: LogConfig::default(),
             persistence: PersistenceConfig::default(),
+            cluster: Default::default(),
             auth: AuthConfig::default(),
             acl: crate::acl::AclSettings::default(),
         }
@@ -781,6 +784,6 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return err("log.format", "must be text or json");
         }
-        Ok(())
+        self.cluster.validate(self.max_memory)
     }
 }

@@ -22,6 +22,8 @@ pub(crate) enum Origin {
     Broker,
     /// The admin API's publish (counted as received, like a client's).
     Admin,
+    /// Another node of the cluster: counted there, not here.
+    Cluster,
 }
 
 /// What a message says, before it is a message: the parts of a PUBLISH or a will that

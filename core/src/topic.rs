@@ -183,6 +183,14 @@ impl<K, V> SubNode<K, V> {
         }
     }
 
+    fn child(&self, level: &str) -> Option<&SubNode<K, V>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            "#" => self.hash.as_deref(),
+            _ => self.children.get(level),
+        }
+    }
+
     fn remove_child(&mut self, level: &str) {
         match level {
             "+" => self.plus = None,
@@ -272,6 +280,15 @@ impl<K: Ord + Clone, V: Clone> SubscriptionTrie<K, V> {
             self.len -= 1;
         }
         removed
+    }
+
+    /// The share group `group` on exactly `filter`, if it has members.
+    pub fn shared_group(&self, filter: &str, group: &str) -> Option<&SharedGroup<K, V>> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.child(level)?;
+        }
+        node.shared.get(group)
     }
 
     /// Every subscription whose filter matches `topic`, appended to `out` in a deterministic

@@ -237,7 +237,11 @@ impl Driver {
                 | Output::Persist { .. }
                 | Output::Snapshot { .. }
                 | Output::Authenticate { .. }
-                | Output::Authorize { .. } => {}
+                | Output::Authorize { .. }
+                | Output::ClusterSubscribe { .. }
+                | Output::ClusterUnsubscribe { .. }
+                | Output::ClusterPublish { .. }
+                | Output::ClusterRetain { .. } => {}
             }
         }
     }

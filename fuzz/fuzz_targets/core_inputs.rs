@@ -250,6 +250,11 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
             // No ACL service is configured here.
             Output::Authorize { .. } => panic!("asked the ACL service, which is not configured"),
             Output::Event(_) | Output::BridgeConnect { .. } => {}
+            // Cluster mode is off here (`cluster_message` drives it).
+            Output::ClusterSubscribe { .. }
+            | Output::ClusterUnsubscribe { .. }
+            | Output::ClusterPublish { .. }
+            | Output::ClusterRetain { .. } => panic!("a cluster output without cluster mode"),
         }
     }
     // The restart "was done", every other one in part.

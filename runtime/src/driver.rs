@@ -480,7 +480,19 @@ impl Server {
             readiness: self.readiness,
             notifier: self.notifier,
             auth,
+            cluster: None,
         };
+        // Before anything is restored: restored subscriptions are the cluster's interest.
+        let (cluster_tx, mut cluster_rx) = mpsc::channel::<Input>(EVENT_QUEUE);
+        if driver.broker.config().cluster.enable {
+            let link =
+                crate::cluster::ClusterLink::start(&driver.broker.config().cluster, cluster_tx)
+                    .await
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
+            driver.cluster = Some(link);
+        } else {
+            drop(cluster_tx);
+        }
         // Served from the start, so /readyz answers (503) during a long recovery; /api/v1
         // waits for the restore.
         if let Some(listener) = self.http {
@@ -555,6 +567,15 @@ impl Server {
                     for _ in 1..EVENT_BATCH {
                         match events.try_recv() {
                             Ok(event) => driver.event(now(), event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(input) = cluster_rx.recv() => {
+                    driver.input(now(), input);
+                    for _ in 1..EVENT_BATCH {
+                        match cluster_rx.try_recv() {
+                            Ok(input) => driver.input(now(), input),
                             Err(_) => break,
                         }
                     }
@@ -722,6 +743,8 @@ struct Driver {
     notifier: Notifier,
     /// Answers the core's credential checks.
     auth: Checker,
+    /// Cluster mode's NATS client.
+    cluster: Option<crate::cluster::ClusterLink>,
 }
 
 /// The password table for `config`, its problems logged; an unreadable password file is an
@@ -1399,6 +1422,30 @@ impl Driver {
                         });
                     }
                 },
+                Output::ClusterSubscribe {
+                    sid,
+                    subject,
+                    queue,
+                } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.subscribe(sid, subject, queue);
+                    }
+                }
+                Output::ClusterUnsubscribe { sid } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.unsubscribe(sid);
+                    }
+                }
+                Output::ClusterPublish { subject, payload } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.publish(subject, payload);
+                    }
+                }
+                Output::ClusterRetain { key, value } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.retain(key, value);
+                    }
+                }
                 Output::Authenticate {
                     conn,
                     username,

@@ -5,6 +5,7 @@
 //! WebSocket handshakes run in tasks of their own. The runtime holds no protocol logic.
 
 pub mod auth;
+pub mod cluster;
 pub mod config_file;
 mod conn;
 pub mod ctl;

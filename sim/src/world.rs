@@ -691,6 +691,13 @@ impl World {
                 }
             }
             // No family configures an ACL service: being asked is a fault of the broker.
+            // This world runs one node without cluster mode; the cluster world drives those.
+            Output::ClusterSubscribe { .. }
+            | Output::ClusterUnsubscribe { .. }
+            | Output::ClusterPublish { .. }
+            | Output::ClusterRetain { .. } => self.trace.push(Ev::Stuck(
+                "a cluster output from a node without cluster mode".to_owned(),
+            )),
             Output::Authorize { conn, .. } => self.trace.push(Ev::Stuck(format!(
                 "conn {}: the ACL service was asked, none is configured",
                 conn.0

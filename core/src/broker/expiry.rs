@@ -77,8 +77,7 @@ impl Broker {
         self.by_client_id.remove(&session.client_id);
         for raw in session.subscriptions.keys() {
             if let Ok(parsed) = topic::parse_subscription(raw, usize::MAX) {
-                self.subscriptions
-                    .remove(parsed.filter, parsed.share_group, &sid);
+                self.unindex_subscription(parsed.filter, parsed.share_group, sid);
             }
         }
         let lost = session.queue.len() + session.inflight.len();

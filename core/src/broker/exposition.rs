@@ -260,6 +260,7 @@ impl Broker {
             );
         }
         self.bridge_text(&mut o);
+        self.cluster_text(&mut o);
         o.one(
             "tidemq_process_resident_memory_bytes",
             "gauge",
@@ -465,6 +466,67 @@ impl Broker {
                     }
                 }
             }
+        }
+    }
+
+    /// Cluster mode's figures (absent on a single node).
+    fn cluster_text(&self, o: &mut Out) {
+        let Some(c) = self.cluster.as_deref() else {
+            return;
+        };
+        let k = &c.counters;
+        let families: [(&str, &str, &str, u64); 8] = [
+            (
+                "tidemq_cluster_nats_subscriptions",
+                "gauge",
+                "NATS subscriptions this node holds for its sessions' distinct filters.",
+                c.interest.subscriptions() as u64,
+            ),
+            (
+                "tidemq_cluster_filters",
+                "gauge",
+                "Distinct filters (and share groups) of this node's sessions.",
+                c.interest.filters() as u64,
+            ),
+            (
+                "tidemq_cluster_origins",
+                "gauge",
+                "Nodes (by start) whose messages this node tells apart.",
+                c.origins() as u64,
+            ),
+            (
+                "tidemq_cluster_published_total",
+                "counter",
+                "Messages this node published to the other nodes.",
+                k.published,
+            ),
+            (
+                "tidemq_cluster_received_total",
+                "counter",
+                "Messages from other nodes routed here.",
+                k.received,
+            ),
+            (
+                "tidemq_cluster_copies_total",
+                "counter",
+                "Further copies of a message already routed (overlapping filters).",
+                k.copies,
+            ),
+            (
+                "tidemq_cluster_late_copies_total",
+                "counter",
+                "Copies too old to tell from a new message, dropped.",
+                k.late,
+            ),
+            (
+                "tidemq_cluster_refused_total",
+                "counter",
+                "Publishes and subscriptions refused for the cluster (subject too long, full), and malformed messages from it.",
+                k.refused + k.malformed,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            o.one(name, kind, help, value);
         }
     }
 }

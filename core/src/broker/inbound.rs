@@ -96,6 +96,15 @@ impl Broker {
                 );
             }
         }
+        if !self.cluster_carries(&p.topic) {
+            return self.drop_conn(
+                id,
+                CloseReason::error(
+                    reason::TOPIC_NAME_INVALID,
+                    "topic too long for the cluster (cluster.max_subject_len)",
+                ),
+            );
+        }
         let pid = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce {
             let Some(session) = self.sessions.get_mut(&sid) else {

@@ -122,8 +122,7 @@ impl Broker {
                     continue;
                 };
                 let sub = Subscription { options, id };
-                self.subscriptions
-                    .insert(parsed.filter, parsed.share_group, sid, sub);
+                self.index_subscription(parsed.filter, parsed.share_group, sid, sub);
                 s.subscribe(raw, sub);
             }
             for (entry, q) in rs.queue {

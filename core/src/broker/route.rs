@@ -22,7 +22,7 @@ impl Broker {
         origin: Origin,
         expires_at: Option<crate::api::Instant>,
     ) {
-        if origin != Origin::Broker {
+        if !matches!(origin, Origin::Broker | Origin::Cluster) {
             self.stats.messages_received += 1;
             self.counters.publish_in(content.qos, content.payload.len());
         }
@@ -34,11 +34,17 @@ impl Broker {
         if msg.retain {
             self.retain(&msg);
         }
-        self.route(&msg);
+        // In a cluster, share groups get messages through NATS only: one member cluster-wide.
+        self.route(&msg, self.cluster.is_none());
         self.bridge_forward(&msg);
-        // Deliveries of it in later inputs (from a queue) wait for what accepted it.
+        self.cluster_publish(&msg);
+        self.settle(&msg);
+    }
+
+    /// Deliveries of a message in later inputs (from a queue) wait for what accepted it.
+    pub(super) fn settle(&mut self, msg: &Arc<Message>) {
         if let Some(barrier) = self.store.pending_barrier() {
-            self.store.set_needs(&msg, barrier);
+            self.store.set_needs(msg, barrier);
         }
     }
 
@@ -66,8 +72,8 @@ impl Broker {
 
     /// Delivers `msg` to every matching subscription: once per session for its non-shared
     /// subscriptions, with the highest QoS and every subscription identifier that matched,
-    /// plus one copy per share group that picked it (v5 §4.8.2).
-    fn route(&mut self, msg: &Arc<Message>) {
+    /// plus one copy per share group that picked it (v5 §4.8.2) unless `shared` is false.
+    pub(super) fn route(&mut self, msg: &Arc<Message>, shared: bool) {
         // Targets with the same key merge: (session, 0) for non-shared, (session, n) for the
         // n-th share group.
         type Key = (SessionId, usize);
@@ -89,6 +95,7 @@ impl Broker {
                             sub.id,
                         ));
                     }
+                    SubMatch::Shared(_) if !shared => {}
                     SubMatch::Shared(group) => {
                         groups += 1;
                         if let Some((sid, sub)) = pick_member(group, &self.sessions) {
@@ -98,7 +105,8 @@ impl Broker {
                 }
             }
         }
-        if targets.is_empty() && msg.origin != Origin::Broker {
+        // In a cluster another node may have subscribers: nothing is known to be unrouted.
+        if targets.is_empty() && msg.origin != Origin::Broker && self.cluster.is_none() {
             self.stats.messages_unrouted += 1;
             self.counters
                 .dropped(crate::metrics::DropReason::NoSubscriber, 1);
@@ -125,6 +133,23 @@ impl Broker {
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, ids, 0);
             self.deliver(key.0, delivery);
         }
+    }
+}
+
+impl Broker {
+    /// A message for the share group `group` on `filter`, which NATS chose this node for: one
+    /// local member gets it.
+    pub(super) fn route_to_group(&mut self, msg: &Arc<Message>, filter: &str, group: &str) {
+        let picked = self
+            .subscriptions
+            .shared_group(filter, group)
+            .and_then(|g| pick_member(g, &self.sessions));
+        let Some((sid, sub)) = picked else {
+            return;
+        };
+        let ids = sub.id.into_iter().collect();
+        let delivery = Delivery::new(msg.clone(), sub.options.qos.min(msg.qos), false, ids, 0);
+        self.deliver(sid, delivery);
     }
 }
 

@@ -156,14 +156,23 @@ impl Broker {
         {
             return Added::Refused(refused);
         }
+        if !existed
+            && self
+                .cluster_admits(parsed.filter, parsed.share_group)
+                .is_err()
+        {
+            return Added::Refused(refused);
+        }
         let sub = Subscription {
             options,
             id: sub_id,
         };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Added::NoSession;
+        };
         session.subscribe(raw.to_owned(), sub);
         let durable = session.durable.then(|| session.client_id.clone());
-        self.subscriptions
-            .insert(parsed.filter, parsed.share_group, sid, sub);
+        self.index_subscription(parsed.filter, parsed.share_group, sid, sub);
         if let Some(client_id) = durable {
             let record = Record::SubPut {
                 client_id,
@@ -239,8 +248,7 @@ impl Broker {
         match topic::parse_subscription(raw, usize::MAX) {
             Ok(parsed) => {
                 if removed {
-                    self.subscriptions
-                        .remove(parsed.filter, parsed.share_group, &sid);
+                    self.unindex_subscription(parsed.filter, parsed.share_group, sid);
                     if let Some(client_id) = self
                         .sessions
                         .get(&sid)

@@ -1,6 +1,93 @@
-//! Cluster mode on NATS JetStream, as pure data (design: `docs/cluster.md`). The runtime will
-//! own the NATS client; what is here only computes names.
+//! Cluster mode on NATS (design: `docs/cluster.md`): what a node knows of the cluster, as pure
+//! data. The runtime owns the NATS client and turns the core's cluster outputs into NATS
+//! operations and what NATS delivers into inputs; the broker's side is `broker/clustering.rs`.
 //!
+//! - `config`: the `cluster { }` settings and their bounds.
 //! - `subject`: MQTT topics and filters as NATS subjects, queue groups and KV keys.
+//! - `envelope`: a message as it travels between nodes.
+//! - `interest`: the NATS subscriptions this node holds for its sessions' filters.
+//! - `copies`: routing each message from another node once, whatever number of copies come.
 
+pub mod config;
+pub(crate) mod copies;
+pub mod envelope;
+pub(crate) mod interest;
 pub mod subject;
+
+pub use config::ClusterConfig;
+
+use crate::memory::Ledger;
+use envelope::Stamp;
+
+/// A node's cluster state. Exists only in cluster mode.
+pub(crate) struct Cluster {
+    /// The settings the node started with (a reload does not change them).
+    pub config: ClusterConfig,
+    /// This start of the node: the sequence of its messages starts again with it.
+    pub epoch: u64,
+    next_seq: u64,
+    pub interest: interest::Interest,
+    copies: copies::CopyWindows,
+    pub counters: Counters,
+}
+
+/// What the cluster path counted, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages this node published to the cluster.
+    pub published: u64,
+    /// Messages from other nodes routed here (first copies).
+    pub received: u64,
+    /// Further copies of a message already routed (overlapping subscriptions).
+    pub copies: u64,
+    /// Copies too old to tell from a new message: dropped.
+    pub late: u64,
+    /// Payloads that were not a message envelope, or came on an unknown subscription.
+    pub malformed: u64,
+    /// Publishes and subscriptions refused for cluster reasons (subject too long, full).
+    pub refused: u64,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, epoch: u64) -> Cluster {
+        Cluster {
+            config,
+            epoch,
+            next_seq: 0,
+            interest: Default::default(),
+            copies: Default::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The stamp of this node's next message.
+    pub fn stamp(&mut self) -> Stamp {
+        self.next_seq += 1;
+        Stamp {
+            node: self.config.node_name.clone(),
+            epoch: self.epoch,
+            seq: self.next_seq,
+        }
+    }
+
+    pub fn max_subject_len(&self) -> usize {
+        self.config.max_subject_len as usize
+    }
+
+    /// Whether this copy of a message from another node is the first seen.
+    pub fn see(&mut self, stamp: &Stamp, ledger: &Ledger) -> copies::Copy {
+        let max = self.config.max_nodes as usize;
+        let copy = self.copies.see(stamp, max, ledger);
+        match copy {
+            copies::Copy::First => self.counters.received += 1,
+            copies::Copy::Again => self.counters.copies += 1,
+            copies::Copy::Late => self.counters.late += 1,
+        }
+        copy
+    }
+
+    /// Origins whose copy windows are held.
+    pub fn origins(&self) -> usize {
+        self.copies.origins()
+    }
+}

@@ -21,7 +21,9 @@ pub use packet::{
     SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 pub use properties::Properties;
+pub(crate) use properties::PropertyContext;
 pub use reason::ReasonCode;
+pub(crate) use wire::{Reader, put_str};
 
 #[cfg(test)]
 mod tests;

@@ -235,7 +235,17 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "persistence.fail_fast" => c.persistence.fail_fast = boolean(v)?,
         "persistence.max_disk" => c.persistence.max_disk = size(v)?,
 
-        "system" | "mqtt" | "auth" | "auth.password" | "bridges" | "bridges.mqtt" => {
+        "cluster.enable" => c.cluster.enable = boolean(v)?,
+        "cluster.nats_urls" => c.cluster.nats_urls = string_list(v)?,
+        "cluster.node_name" => c.cluster.node_name = string(v)?,
+        "cluster.subject_prefix" => c.cluster.subject_prefix = string(v)?,
+        "cluster.replicas" => c.cluster.replicas = int(v)?,
+        "cluster.max_subscriptions" => c.cluster.max_subscriptions = int(v)?,
+        "cluster.max_subject_len" => c.cluster.max_subject_len = size(v)?,
+        "cluster.max_nodes" => c.cluster.max_nodes = int(v)?,
+        "cluster.retained_max_bytes" => c.cluster.retained_max_bytes = size(v)?,
+
+        "system" | "mqtt" | "auth" | "auth.password" | "bridges" | "bridges.mqtt" | "cluster" => {
             return Ok(Applied::Section);
         }
         "client_max_packet_size"

@@ -300,7 +300,12 @@ impl Harness {
                     | Output::AdminAuthorized { .. }
                     | Output::WriteConfig { .. }
                     | Output::Control { .. }
-                    | Output::BridgeConnect { .. } => {}
+                    | Output::BridgeConnect { .. }
+                    // Cluster outputs are read from `log` by the cluster scenarios.
+                    | Output::ClusterSubscribe { .. }
+                    | Output::ClusterUnsubscribe { .. }
+                    | Output::ClusterPublish { .. }
+                    | Output::ClusterRetain { .. } => {}
                 }
             }
             let Some(input) = pending.pop_front() else {

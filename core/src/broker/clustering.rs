@@ -1,0 +1,247 @@
+//! Cluster mode, the broker's side (state in `cluster/`, design in `docs/cluster.md`): NATS
+//! subscriptions for the distinct filters of local sessions, local messages published to the
+//! other nodes, their messages routed here once however many copies NATS brings, shared
+//! subscriptions through NATS queue groups (one member cluster-wide), and the retained bucket
+//! mirrored into the local retained store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Broker;
+use crate::api::Output;
+use crate::cluster::Cluster;
+use crate::cluster::copies::Copy;
+use crate::cluster::envelope::Envelope;
+use crate::cluster::interest::{Key, Refusal};
+use crate::cluster::subject::{self, Space};
+use crate::ids::SessionId;
+use crate::message::{Content, Message, Origin};
+use crate::session::Subscription;
+use crate::sys;
+
+impl Broker {
+    /// Cluster mode starts with the node (a reload does not start or stop it).
+    pub(super) fn cluster_start(&mut self) {
+        if self.config.cluster.enable {
+            let epoch = self.rng.next_u64();
+            self.cluster = Some(Box::new(Cluster::new(self.config.cluster.clone(), epoch)));
+        }
+    }
+
+    /// Adds a subscription to the index; the node's first to its filter subscribes in NATS.
+    pub(super) fn index_subscription(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+        sid: SessionId,
+        sub: Subscription,
+    ) {
+        if !self.subscriptions.insert(filter, group, sid, sub) {
+            return;
+        }
+        if let Some(c) = self.cluster.as_deref_mut() {
+            let key: Key = (filter.to_owned(), group.map(str::to_owned));
+            let mut out = Vec::new();
+            let max_len = c.max_subject_len();
+            c.interest
+                .add(&c.config.subject_prefix, key, max_len, &mut out);
+            self.outputs.extend(out);
+        }
+    }
+
+    /// Removes a subscription from the index; the node's last to its filter unsubscribes.
+    pub(super) fn unindex_subscription(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+        sid: SessionId,
+    ) {
+        if !self.subscriptions.remove(filter, group, &sid) {
+            return;
+        }
+        if let Some(c) = self.cluster.as_deref_mut() {
+            let key: Key = (filter.to_owned(), group.map(str::to_owned));
+            let mut out = Vec::new();
+            c.interest.remove(&key, &mut out);
+            self.outputs.extend(out);
+        }
+    }
+
+    /// Whether the cluster can carry a new subscription to `filter`: its subjects fit
+    /// `max_subject_len` and the node holds fewer than `max_subscriptions`.
+    pub(super) fn cluster_admits(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return Ok(());
+        };
+        let key: Key = (filter.to_owned(), group.map(str::to_owned));
+        let max = c.config.max_subscriptions as usize;
+        let checked = c
+            .interest
+            .check(&c.config.subject_prefix, &key, c.max_subject_len(), max);
+        if checked.is_err() {
+            c.counters.refused += 1;
+        }
+        checked
+    }
+
+    /// Whether a topic can travel in the cluster (its subject fits `max_subject_len`).
+    pub(super) fn cluster_carries(&mut self, topic: &str) -> bool {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return true;
+        };
+        let max_len = c.max_subject_len();
+        let ok = sys::is_reserved(topic)
+            || subject::topic_to_subject(&c.config.subject_prefix, Space::Live, topic, max_len)
+                .is_ok();
+        if !ok {
+            c.counters.refused += 1;
+        }
+        ok
+    }
+
+    /// A message accepted on this node (a client's, a will, the admin API's) goes to the other
+    /// nodes, and a retained one to the retained bucket. The broker's own `$SYS` messages stay
+    /// on their node, and so do messages from a bridge: every node runs its bridges.
+    pub(super) fn cluster_publish(&mut self, msg: &Message) {
+        if !matches!(msg.origin, Origin::Session(_) | Origin::Admin) || sys::is_reserved(&msg.topic)
+        {
+            return;
+        }
+        let now = self.now;
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let max_len = c.max_subject_len();
+        let prefix = &c.config.subject_prefix;
+        let Ok(subject) = subject::topic_to_subject(prefix, Space::Live, &msg.topic, max_len)
+        else {
+            return;
+        };
+        let mut properties = msg.properties.clone();
+        if let Some(at) = msg.expires_at {
+            properties.message_expiry_interval =
+                Some(u32::try_from(at.since(now).div_ceil(1000)).unwrap_or(u32::MAX));
+        }
+        let envelope = Envelope {
+            stamp: c.stamp(),
+            qos: msg.qos,
+            retain: msg.retain,
+            properties,
+            payload: msg.payload.clone(),
+        }
+        .encode();
+        if msg.retain
+            && let Ok(key) = subject::topic_key(&msg.topic, max_len)
+        {
+            let value = (!msg.payload.is_empty()).then(|| envelope.clone());
+            self.outputs.push_back(Output::ClusterRetain { key, value });
+        }
+        c.counters.published += 1;
+        self.outputs.push_back(Output::ClusterPublish {
+            subject,
+            payload: envelope,
+        });
+    }
+
+    /// A message from another node, on one of this node's NATS subscriptions: the first copy
+    /// is routed to the local plain subscriptions; on a queue subscription it goes to one
+    /// local member of that share group.
+    pub(super) fn cluster_message(&mut self, sid: u64, subject: &str, payload: Bytes) {
+        let ledger = self.memory.ledger.clone();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(key) = c.interest.key_of(sid).cloned() else {
+            // A message still in flight for a subscription just dropped.
+            return;
+        };
+        let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Live, subject);
+        let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
+            c.counters.malformed += 1;
+            return;
+        };
+        let from_self =
+            envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch;
+        if key.1.is_none() {
+            // Plain subscriptions never see this node's own messages (no echo), and route each
+            // message once.
+            if from_self || c.see(&envelope.stamp, &ledger) != Copy::First {
+                return;
+            }
+        }
+        let mut content = Content {
+            topic,
+            payload: envelope.payload,
+            qos: envelope.qos,
+            retain: envelope.retain,
+            properties: envelope.properties,
+        };
+        let expires_at = content.take_expiry(self.now);
+        let id = self.store.next_message_id();
+        let msg = Arc::new(Message::new(
+            id,
+            content,
+            Origin::Cluster,
+            expires_at,
+            self.now,
+            &ledger,
+        ));
+        match &key.1 {
+            None => self.route(&msg, false),
+            Some(group) => self.route_to_group(&msg, &key.0, group),
+        }
+        self.settle(&msg);
+    }
+
+    /// An entry of the retained bucket changed: the local retained store follows, in the
+    /// bucket's order, so every node converges to the bucket's last value per topic.
+    pub(super) fn cluster_retained(&mut self, key: &str, value: Option<Bytes>) {
+        let ledger = self.memory.ledger.clone();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let prefix = &c.config.subject_prefix;
+        let Ok(topic) =
+            subject::subject_to_topic(prefix, Space::Live, &format!("{prefix}.m.{key}"))
+        else {
+            c.counters.malformed += 1;
+            return;
+        };
+        let envelope = match value.map(Envelope::decode) {
+            None => None,
+            Some(Ok(e)) if !e.payload.is_empty() => Some(e),
+            Some(Ok(_)) => None,
+            Some(Err(_)) => {
+                c.counters.malformed += 1;
+                return;
+            }
+        };
+        let Some(envelope) = envelope else {
+            self.retained.remove(&topic);
+            return;
+        };
+        let mut content = Content {
+            topic,
+            payload: envelope.payload,
+            qos: envelope.qos,
+            retain: true,
+            properties: envelope.properties,
+        };
+        let expires_at = content.take_expiry(self.now);
+        let id = self.store.next_message_id();
+        let msg = Arc::new(Message::new(
+            id,
+            content,
+            Origin::Cluster,
+            expires_at,
+            self.now,
+            &ledger,
+        ));
+        self.retained.insert(&msg.topic.clone(), msg);
+    }
+}

@@ -1,0 +1,88 @@
+//! A message as it travels between nodes: the NATS payload. The topic is the subject; the
+//! rest is here, with the origin's `(node, epoch, sequence)` that lets a node route each
+//! message once however many of its subscriptions NATS delivered it on.
+//!
+//! Layout: version (1), flags (QoS in bits 0–1, retain in bit 2), origin node (MQTT string),
+//! epoch (u64), sequence (u64), v5 PUBLISH properties (length-prefixed; the message expiry
+//! interval is what is left of it when sent), payload (the rest).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{Properties, PropertyContext, QoS, Reader, put_str};
+
+const VERSION: u8 = 1;
+const RETAIN: u8 = 0b100;
+/// User properties one envelope may carry: the MQTT limit a node accepts from its clients is
+/// lower; this only bounds what a foreign writer could make a node decode.
+const MAX_USER_PROPERTIES: usize = 65_535;
+
+/// Which node sent a message, and its place among that node's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub node: String,
+    /// Changes at every start of the node: its sequence starts again.
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// What a node needs to route a message from another node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub stamp: Stamp,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: Properties,
+    pub payload: Bytes,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeError {
+    Version,
+    Malformed,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(
+            32 + self.stamp.node.len() + self.properties.encoded_len() + self.payload.len(),
+        );
+        out.put_u8(VERSION);
+        out.put_u8(self.qos as u8 | if self.retain { RETAIN } else { 0 });
+        put_str(&mut out, &self.stamp.node);
+        out.put_u64(self.stamp.epoch);
+        out.put_u64(self.stamp.seq);
+        self.properties.encode(&mut out);
+        out.put_slice(&self.payload);
+        out.freeze()
+    }
+
+    /// Reads what [`Envelope::encode`] wrote; anything else is an error, never a panic.
+    pub fn decode(bytes: Bytes) -> Result<Envelope, EnvelopeError> {
+        let mut r = Reader::new(bytes);
+        let bad = |_| EnvelopeError::Malformed;
+        if r.u8().map_err(bad)? != VERSION {
+            return Err(EnvelopeError::Version);
+        }
+        let flags = r.u8().map_err(bad)?;
+        if flags & !(RETAIN | 0b11) != 0 {
+            return Err(EnvelopeError::Malformed);
+        }
+        let qos = QoS::from_u8(flags & 0b11).ok_or(EnvelopeError::Malformed)?;
+        let node = r.string().map_err(bad)?;
+        let epoch = u64::from(r.u32().map_err(bad)?) << 32 | u64::from(r.u32().map_err(bad)?);
+        let seq = u64::from(r.u32().map_err(bad)?) << 32 | u64::from(r.u32().map_err(bad)?);
+        let properties = Properties::decode(&mut r, PropertyContext::Publish, MAX_USER_PROPERTIES)
+            .map_err(bad)?;
+        if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
+            return Err(EnvelopeError::Malformed);
+        }
+        Ok(Envelope {
+            stamp: Stamp { node, epoch, seq },
+            qos,
+            retain: flags & RETAIN != 0,
+            properties,
+            payload: r.rest(),
+        })
+    }
+}
