@@ -1,0 +1,335 @@
+//! Cluster mode in one core: the NATS interest it asks for (one per distinct filter, `$SYS`
+//! kept local, bounded), what it publishes to the other nodes, how it routes what they send
+//! (once per client whatever the number of copies, share groups through queue subscriptions),
+//! the retained mirror, and the bounds of its settings.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod harness;
+
+use bytes::Bytes;
+use harness::*;
+use tidemq_core::cluster::envelope::{Envelope, Stamp};
+use tidemq_core::cluster::{ClusterConfig, subject};
+use tidemq_core::codec::{Properties, QoS, ReasonCode};
+use tidemq_core::{Config, Input, Output};
+
+fn clustered(name: &str) -> Config {
+    Config {
+        cluster: ClusterConfig {
+            enable: true,
+            node_name: name.to_owned(),
+            max_subscriptions: 8,
+            ..ClusterConfig::default()
+        },
+        ..quiet_config()
+    }
+}
+
+/// The cluster outputs logged since `from`.
+fn cluster_outputs(h: &Harness, from: usize) -> Vec<Output> {
+    h.log[from..]
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::ClusterSubscribe { .. }
+                    | Output::ClusterUnsubscribe { .. }
+                    | Output::ClusterPublish { .. }
+                    | Output::ClusterRetain { .. }
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+fn subscribes(h: &Harness, from: usize) -> Vec<(u64, String, Option<String>)> {
+    cluster_outputs(h, from)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ClusterSubscribe {
+                sid,
+                subject,
+                queue,
+            } => Some((sid, subject, queue)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn from_node(node: &str, seq: u64, topic: &str, payload: &str, qos: QoS) -> (String, Bytes) {
+    let subject = subject::topic_to_subject("tmq", subject::Space::Live, topic, 2048).unwrap();
+    let envelope = Envelope {
+        stamp: Stamp {
+            node: node.to_owned(),
+            epoch: 7,
+            seq,
+        },
+        qos,
+        retain: false,
+        properties: Properties::default(),
+        payload: Bytes::from(payload.to_owned()),
+    };
+    (subject, envelope.encode())
+}
+
+#[test]
+fn interest_is_one_nats_subscription_per_distinct_filter_and_sys_stays_local() {
+    let mut h = Harness::with_config(clustered("a"));
+    let c1 = h.client("c1", V5);
+    let c2 = h.client("c2", V311);
+    let mark = h.log.len();
+    h.subscribe(c1, "s/+", QoS::AtMostOnce);
+    h.subscribe(c2, "s/+", QoS::AtMostOnce);
+    h.subscribe(c1, "t/#", QoS::AtMostOnce);
+    h.subscribe(c1, "$SYS/#", QoS::AtMostOnce);
+    let subs = subscribes(&h, mark);
+    let subjects: Vec<&str> = subs.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(subjects, ["tmq.m.t.s.*", "tmq.m.t.t", "tmq.m.t.t.>"]);
+    let mark = h.log.len();
+    h.unsubscribe(c1, &["s/+"]);
+    assert!(cluster_outputs(&h, mark).is_empty(), "c2 still holds s/+");
+    h.unsubscribe(c2, &["s/+"]);
+    assert_eq!(
+        cluster_outputs(&h, mark),
+        [Output::ClusterUnsubscribe { sid: subs[0].0 }]
+    );
+    // A session that ends takes its interest with it.
+    let mark = h.log.len();
+    h.disconnect(c1, 0);
+    let dropped: Vec<Output> = cluster_outputs(&h, mark);
+    assert_eq!(
+        dropped,
+        [
+            Output::ClusterUnsubscribe { sid: subs[1].0 },
+            Output::ClusterUnsubscribe { sid: subs[2].0 }
+        ]
+    );
+}
+
+#[test]
+fn a_local_message_goes_to_the_cluster_once_stamped_and_sys_does_not() {
+    let mut h = Harness::with_config(Config {
+        sys_events: true,
+        ..clustered("a")
+    });
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    h.publish(p, "x/y", "one", QoS::AtLeastOnce, false);
+    h.publish(p, "x/y", "two", QoS::AtMostOnce, true);
+    let out = cluster_outputs(&h, mark);
+    let mut seqs = Vec::new();
+    let mut retained = 0;
+    for o in out {
+        match o {
+            Output::ClusterPublish { subject, payload } => {
+                assert_eq!(subject, "tmq.m.t.x.y");
+                let e = Envelope::decode(payload).unwrap();
+                assert_eq!(e.stamp.node, "a");
+                seqs.push((e.stamp.seq, e.qos, e.retain, e.payload));
+            }
+            Output::ClusterRetain { key, value } => {
+                assert_eq!(key, "t.x.y");
+                assert!(value.is_some());
+                retained += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seqs,
+        [
+            (1, QoS::AtLeastOnce, false, Bytes::from("one")),
+            (2, QoS::AtMostOnce, true, Bytes::from("two"))
+        ]
+    );
+    assert_eq!(retained, 1);
+    // The broker's own `$SYS` events are routed here only.
+    h.recv(p);
+    h.subscribe(p, "$SYS/#", QoS::AtMostOnce);
+    let mark = h.log.len();
+    let _ = h.client("q", V311);
+    assert!(!h.publishes(p).is_empty(), "the connect event, locally");
+    assert!(cluster_outputs(&h, mark).is_empty());
+}
+
+#[test]
+fn a_message_from_another_node_reaches_each_client_once_whatever_the_copies() {
+    let mut h = Harness::with_config(clustered("a"));
+    let c = h.client("c", V5);
+    let d = h.client("d", V311);
+    let mark = h.log.len();
+    h.subscribe(c, "x/+", QoS::AtLeastOnce);
+    h.subscribe(c, "x/#", QoS::AtMostOnce);
+    h.subscribe(d, "x/y", QoS::AtMostOnce);
+    let subs = subscribes(&h, mark);
+    // NATS brings one copy per matching subscription (x.*, x.>, x.y), in any order.
+    let (subject, payload) = from_node("b", 1, "x/y", "hello", QoS::AtLeastOnce);
+    for (sid, _, _) in subs.iter().rev() {
+        h.input(Input::ClusterMessage {
+            sid: *sid,
+            subject: subject.clone(),
+            payload: payload.clone(),
+        });
+    }
+    let got = h.publishes(c);
+    assert_eq!(got.len(), 1, "one delivery to c: {got:?}");
+    assert_eq!(got[0].qos, QoS::AtLeastOnce, "the highest granted QoS");
+    assert_eq!(h.payloads(d), ["hello"]);
+    // Garbage, or a subject that is not one of ours, is counted, not routed.
+    h.input(Input::ClusterMessage {
+        sid: subs[0].0,
+        subject: subject.clone(),
+        payload: Bytes::from_static(b"\x01\x09garbage"),
+    });
+    h.input(Input::ClusterMessage {
+        sid: subs[0].0,
+        subject: "tmq.m.t.x.y_zz".to_owned(),
+        payload,
+    });
+    assert!(h.publishes(c).is_empty());
+    assert!(h.publishes(d).is_empty());
+}
+
+#[test]
+fn a_share_group_takes_messages_from_its_queue_subscription_only() {
+    let mut h = Harness::with_config(clustered("a"));
+    let m1 = h.client("m1", V5);
+    let m2 = h.client("m2", V5);
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    h.subscribe(m1, "$share/g/q/#", QoS::AtMostOnce);
+    h.subscribe(m2, "$share/g/q/#", QoS::AtMostOnce);
+    let subs = subscribes(&h, mark);
+    assert_eq!(subs.len(), 2, "q and q.>: {subs:?}");
+    assert!(subs.iter().all(|s| s.2.as_deref() == Some("g__q_2F_23")));
+    // A local publish is not given to the group here: NATS picks the node.
+    h.publish(p, "q/1", "local", QoS::AtMostOnce, false);
+    assert!(h.publishes(m1).is_empty() && h.publishes(m2).is_empty());
+    // What the queue subscription brings (this node's own messages included) goes to one
+    // member, round robin.
+    for i in 0..4 {
+        let (subject, payload) = from_node("b", 100 + i, "q/1", &format!("m{i}"), QoS::AtMostOnce);
+        h.input(Input::ClusterMessage {
+            sid: subs[1].0,
+            subject,
+            payload,
+        });
+    }
+    let (a, b) = (h.payloads(m1), h.payloads(m2));
+    assert_eq!(a.len() + b.len(), 4, "{a:?} {b:?}");
+    assert_eq!(a.len(), 2, "round robin: {a:?} {b:?}");
+}
+
+#[test]
+fn too_long_a_topic_or_too_many_filters_is_refused() {
+    let mut config = clustered("a");
+    config.cluster.max_subject_len = 64;
+    let mut h = Harness::with_config(config);
+    let c = h.client("c", V5);
+    let long = "l/".repeat(40);
+    let suback = h.subscribe(c, &format!("{long}x"), QoS::AtMostOnce);
+    assert_eq!(suback.reasons, [ReasonCode(0x97)]);
+    for i in 0..8 {
+        let suback = h.subscribe(c, &format!("f/{i}"), QoS::AtMostOnce);
+        assert_eq!(suback.reasons, [ReasonCode(0)], "filter {i}");
+    }
+    let suback = h.subscribe(c, "f/9", QoS::AtMostOnce);
+    assert_eq!(suback.reasons, [ReasonCode(0x97)], "max_subscriptions = 8");
+    // Subscribing again to a filter already held needs nothing more.
+    let suback = h.subscribe(c, "f/1", QoS::AtLeastOnce);
+    assert_eq!(suback.reasons, [ReasonCode(1)]);
+    let p = h.client("p", V5);
+    h.publish(p, &format!("{long}x"), "x", QoS::AtMostOnce, false);
+    assert_eq!(h.disconnect_reason(p), Some(0x90));
+}
+
+#[test]
+fn the_retained_mirror_follows_the_bucket() {
+    let mut h = Harness::with_config(clustered("a"));
+    let (_, payload) = from_node("b", 1, "r/1", "kept", QoS::AtLeastOnce);
+    h.input(Input::ClusterRetained {
+        key: "t.r.1".to_owned(),
+        value: Some(payload),
+    });
+    let c = h.client("c", V5);
+    h.subscribe(c, "r/#", QoS::AtLeastOnce);
+    let got = h.publishes_acked(c);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].retain);
+    assert_eq!(got[0].payload, Bytes::from("kept"));
+    h.input(Input::ClusterRetained {
+        key: "t.r.1".to_owned(),
+        value: None,
+    });
+    let d = h.client("d", V5);
+    h.subscribe(d, "r/#", QoS::AtLeastOnce);
+    assert!(
+        h.publishes(d).is_empty(),
+        "deleted in the bucket, gone here"
+    );
+}
+
+#[test]
+fn cluster_settings_are_bounded_and_read_at_start_only() {
+    let ok = clustered("node-1");
+    assert!(ok.validate().is_ok());
+    for (what, change) in [
+        (
+            "cluster.node_name",
+            Box::new(|c: &mut Config| c.cluster.node_name = "a b".into())
+                as Box<dyn Fn(&mut Config)>,
+        ),
+        (
+            "cluster.node_name",
+            Box::new(|c: &mut Config| c.cluster.node_name.clear()),
+        ),
+        (
+            "cluster.nats_urls",
+            Box::new(|c: &mut Config| c.cluster.nats_urls = vec!["nats://h".into()]),
+        ),
+        (
+            "cluster.nats_urls",
+            Box::new(|c: &mut Config| c.cluster.nats_urls.clear()),
+        ),
+        (
+            "cluster.subject_prefix",
+            Box::new(|c: &mut Config| c.cluster.subject_prefix = "A".into()),
+        ),
+        (
+            "cluster.replicas",
+            Box::new(|c: &mut Config| c.cluster.replicas = 6),
+        ),
+        (
+            "cluster.max_subject_len",
+            Box::new(|c: &mut Config| c.cluster.max_subject_len = 4000),
+        ),
+        (
+            "cluster.max_nodes",
+            Box::new(|c: &mut Config| c.cluster.max_nodes = 1),
+        ),
+        (
+            "cluster.max_subscriptions",
+            Box::new(|c: &mut Config| c.cluster.max_subscriptions = 0),
+        ),
+        (
+            "cluster.retained_max_bytes",
+            Box::new(|c: &mut Config| c.cluster.retained_max_bytes = c.max_memory),
+        ),
+    ] {
+        let mut c = ok.clone();
+        change(&mut c);
+        assert_eq!(c.validate().map_err(|e| e.key), Err(what));
+    }
+    // A reload keeps the cluster settings the node started with.
+    let mut h = Harness::with_config(ok.clone());
+    let mut changed = ok;
+    changed.cluster.node_name = "other".into();
+    h.input(Input::ConfigChange(Box::new(changed)));
+    assert_eq!(h.broker.config().cluster.node_name, "node-1");
+}

@@ -1,0 +1,233 @@
+//! Cluster mode against the real thing: three `nats-server -js` processes (cluster routes,
+//! own ports and stores) and two `tidemq` nodes on loopback, driven by mosquitto's clients.
+//! What is checked: messages cross nodes for plain and wildcard filters, once per client
+//! however many of its filters match; a `$share` group gets each message once across nodes;
+//! retained messages are seen on every node, and their deletion too; `$SYS` stays on its
+//! node; and with one nats-server killed, traffic between the nodes goes on.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use support::nats::NatsCluster;
+use support::{Dir, Running, free_port, mosquitto_pub, mosquitto_sub};
+
+struct Node {
+    port: u16,
+    _running: Running,
+}
+
+fn start_node(dir: &Dir, name: &str, urls: &[String]) -> Node {
+    let port = free_port();
+    let http = free_port();
+    let conf: PathBuf = dir.file(&format!("{name}.conf"));
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners.tcp.bind = \"127.0.0.1:{port}\"\n\
+             http_server.port = {http}\n\
+             log.level = info\n\
+             cluster {{\n\
+             \x20 enable = true\n\
+             \x20 node_name = \"{name}\"\n\
+             \x20 nats_urls = [{}]\n\
+             \x20 replicas = 3\n\
+             }}\n",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    let running = support::start(
+        &conf,
+        &dir.file(&format!("{name}.pid")),
+        &dir.file(&format!("{name}.log")),
+        port,
+    );
+    Node {
+        port,
+        _running: running,
+    }
+}
+
+/// The lines a `mosquitto_sub` printed by the time it exited (it exits after `-C` messages
+/// or its `-W` limit).
+fn lines_of(mut child: Child) -> Vec<String> {
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success() || !out.is_empty() || err.contains("Timed out"),
+        "mosquitto_sub failed: {status} {err}"
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Publishes `topic` from node `from` until a subscriber on another node has it: interest
+/// travels through NATS in a moment, not at once.
+fn until_routed(from: u16, to: u16, topic: &str) {
+    let start = Instant::now();
+    loop {
+        let sub = mosquitto_sub(to, &["-t", topic, "-C", "1", "-W", "2"]);
+        std::thread::sleep(Duration::from_millis(300));
+        mosquitto_pub(from, &["-t", topic, "-m", "probe"]);
+        if lines_of(sub).iter().any(|l| l == "probe") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{topic} from port {from} never reached port {to}"
+        );
+    }
+}
+
+fn cluster(name: &str) -> (NatsCluster, Dir, Node, Node) {
+    let nats = NatsCluster::start(name);
+    let dir = Dir::new(&format!("cluster-{name}"));
+    let urls_a = nats.urls();
+    let mut urls_b = nats.urls();
+    // Each node prefers another server: messages cross a NATS route.
+    urls_b.rotate_left(1);
+    let a = start_node(&dir, "node-a", &urls_a);
+    let b = start_node(&dir, "node-b", &urls_b);
+    (nats, dir, a, b)
+}
+
+#[test]
+fn messages_cross_nodes_once_per_client_and_once_per_share_group() {
+    let (_nats, _dir, a, b) = cluster("routing");
+    until_routed(a.port, b.port, "warm/up");
+    let n = 50;
+    // On node b: one client with three overlapping filters, one with a single wildcard.
+    let overlapping = mosquitto_sub(
+        b.port,
+        &[
+            "-t", "x/+/c", "-t", "x/#", "-t", "x/b/c", "-q", "1", "-C", "100", "-W", "20", "-v",
+        ],
+    );
+    let single = mosquitto_sub(b.port, &["-t", "x/+/c", "-C", "100", "-W", "20", "-v"]);
+    // A share group with a member on each node, and a plain subscriber on a that must not
+    // see b's publishes twice.
+    let member_a = mosquitto_sub(
+        a.port,
+        &["-t", "$share/g/x/#", "-V", "5", "-C", "100", "-W", "20"],
+    );
+    let member_b = mosquitto_sub(
+        b.port,
+        &["-t", "$share/g/x/#", "-V", "5", "-C", "100", "-W", "20"],
+    );
+    until_routed(a.port, b.port, "x/probe/c");
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..n {
+        mosquitto_pub(a.port, &["-t", "x/b/c", "-m", &format!("m{i}"), "-q", "1"]);
+    }
+    let got = lines_of(overlapping);
+    let data: Vec<&String> = got.iter().filter(|l| l.starts_with("x/b/c m")).collect();
+    let want: Vec<String> = (0..n).map(|i| format!("x/b/c m{i}")).collect();
+    assert_eq!(
+        data.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "each message once and in order for a client with three matching filters"
+    );
+    let got = lines_of(single);
+    let data = got.iter().filter(|l| l.starts_with("x/b/c m")).count();
+    assert_eq!(data, n, "every message for the single filter");
+    let shared: Vec<String> = lines_of(member_a)
+        .into_iter()
+        .chain(lines_of(member_b))
+        .filter(|l| l.starts_with('m'))
+        .collect();
+    let mut sorted = shared.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        shared.len(),
+        n,
+        "one delivery per message to the group: {shared:?}"
+    );
+    assert_eq!(sorted.len(), n, "no message twice in the group");
+}
+
+#[test]
+fn retained_messages_are_seen_on_every_node_and_their_deletion_too() {
+    let (_nats, _dir, a, b) = cluster("retained");
+    mosquitto_pub(a.port, &["-t", "r/1", "-m", "kept", "-r", "-q", "1"]);
+    mosquitto_pub(b.port, &["-t", "r/2", "-m", "also", "-r", "-q", "1"]);
+    let both = |port: u16| -> Vec<String> {
+        let mut got = lines_of(mosquitto_sub(port, &["-t", "r/#", "-v", "-W", "1"]));
+        got.sort();
+        got
+    };
+    let want = vec!["r/1 kept".to_owned(), "r/2 also".to_owned()];
+    let start = Instant::now();
+    while both(a.port) != want || both(b.port) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "retained never converged: a {:?}, b {:?}",
+            both(a.port),
+            both(b.port)
+        );
+    }
+    // Deleted on b, gone on a.
+    mosquitto_pub(b.port, &["-t", "r/1", "-n", "-r", "-q", "1"]);
+    let start = Instant::now();
+    while both(a.port) != vec!["r/2 also".to_owned()] {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the deletion never reached node a: {:?}",
+            both(a.port)
+        );
+    }
+    // `$SYS` stays on its node: a's client events never reach b.
+    let sys = mosquitto_sub(b.port, &["-t", "$SYS/brokers/+/connected", "-v", "-W", "3"]);
+    std::thread::sleep(Duration::from_millis(500));
+    mosquitto_pub(a.port, &["-t", "z", "-m", "x", "-i", "sys-probe"]);
+    let got = lines_of(sys);
+    assert!(
+        !got.iter().any(|l| l.contains("sys-probe")),
+        "a's $SYS event reached b: {got:?}"
+    );
+}
+
+#[test]
+fn with_one_nats_server_killed_traffic_between_nodes_goes_on() {
+    let (mut nats, _dir, a, b) = cluster("failover");
+    until_routed(a.port, b.port, "f/probe");
+    // Node a prefers server 0; kill it.
+    nats.kill9(0);
+    let start = Instant::now();
+    until_routed(a.port, b.port, "f/after");
+    eprintln!(
+        "traffic a→b again {} ms after the kill of a's nats-server",
+        start.elapsed().as_millis()
+    );
+    let sub = mosquitto_sub(b.port, &["-t", "f/data", "-q", "1", "-C", "20", "-W", "20"]);
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..20 {
+        mosquitto_pub(a.port, &["-t", "f/data", "-m", &format!("{i}"), "-q", "1"]);
+    }
+    let got = lines_of(sub);
+    assert_eq!(got.len(), 20, "every message after the failover: {got:?}");
+}
