@@ -26,6 +26,8 @@ scenarios:
 options (defaults in brackets):
   --host H            broker address [127.0.0.1]
   --port N            broker port [1883]
+  --sub-port N        fan-in, fan-out, latency: subscribers connect to this port of the
+                      same host instead (another node of a cluster)
   --broker-pid PID    the broker's pid, for its CPU use and memory
   --label NAME        names the broker in the output [broker]
   --seconds S         how long to publish [5]
@@ -107,6 +109,7 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
     let scenario = Scenario::parse(&first).ok_or_else(|| format!("unknown scenario {first:?}"))?;
     let mut opts = Opts::default();
     let (mut host, mut port) = ("127.0.0.1".to_owned(), 1883u16);
+    let mut sub_port = None;
     let mut threads = 1usize;
     let (mut messages_given, mut seconds_given) = (false, false);
     while let Some(flag) = args.next() {
@@ -116,6 +119,7 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
         match flag.as_str() {
             "--host" => host = value(&flag, v)?,
             "--port" => port = value(&flag, v)?,
+            "--sub-port" => sub_port = Some(value(&flag, v)?),
             "--broker-pid" => opts.broker_pid = Some(value(&flag, v)?),
             "--label" => opts.label = value(&flag, v)?,
             "--seconds" => opts.seconds = value(&flag, v)?,
@@ -176,6 +180,7 @@ fn parse(args: Vec<String>) -> Result<Command, String> {
         return Err("--drain and --hold must be between 0 and 600".to_owned());
     }
     opts.addr = resolve(&host, port)?;
+    opts.sub_addr = sub_port.map(|p| resolve(&host, p)).transpose()?;
     Ok(Command::Run {
         scenario,
         opts: Box::new(opts),

@@ -32,6 +32,8 @@ use tidemq_core::codec::Packet;
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub addr: SocketAddr,
+    /// Where the subscribers of fan-in, fan-out and latency connect, if not `addr`.
+    pub sub_addr: Option<SocketAddr>,
     /// The broker's process id, for its CPU use and memory (optional).
     pub broker_pid: Option<u32>,
     /// Names the broker in the output (`tidemq`, `mosquitto`, ...).
@@ -89,6 +91,7 @@ impl Default for Opts {
     fn default() -> Self {
         Opts {
             addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            sub_addr: None,
             broker_pid: None,
             label: "broker".to_owned(),
             seconds: 5.0,
@@ -731,8 +734,9 @@ async fn run_flows(
         let flow = Arc::new(Flow::new(window, spec.subscribers));
         for s in 0..spec.subscribers {
             let id = format!("{tag}-s{f}-{s}");
+            let addr = opts.sub_addr.unwrap_or(opts.addr);
             let mut client =
-                Client::connect_session(opts.addr, &id, opts.keep_alive, !opts.persistent).await?;
+                Client::connect_session(addr, &id, opts.keep_alive, !opts.persistent).await?;
             client.subscribe(&spec.filter, opts.qos).await?;
             subscribers.push((flow.clone(), s, spec.topics.len(), client));
         }
@@ -742,6 +746,11 @@ async fn run_flows(
             publishers.push((flow.clone(), p, topic.clone(), client));
         }
         flows.push(flow);
+    }
+    if opts.sub_addr.is_some() {
+        // The subscribers' interest reaches the publishers' node through the cluster in a
+        // moment; a message sent before it would be lost to a window that waits for it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let origin = std::time::Instant::now();
     let start = Instant::now();

@@ -16,12 +16,20 @@ fuzz_target!(|data: &[u8]| {
     let payload = Bytes::copy_from_slice(rest.get(1..).unwrap_or_default());
     if let Ok(e) = Envelope::decode(payload.clone()) {
         let again = Envelope::decode(e.encode());
-        assert_eq!(again.as_ref(), Ok(&e), "an envelope that does not survive re-encoding");
+        assert_eq!(
+            again.as_ref(),
+            Ok(&e),
+            "an envelope that does not survive re-encoding"
+        );
     }
     let text = String::from_utf8_lossy(head).into_owned();
     if let Ok(topic) = subject::subject_to_topic("tmq", Space::Live, &text) {
         let back = subject::topic_to_subject("tmq", Space::Live, &topic, usize::MAX);
-        assert_eq!(back.as_deref(), Ok(text.as_str()), "a subject that is not canonical");
+        assert_eq!(
+            back.as_deref(),
+            Ok(text.as_str()),
+            "a subject that is not canonical"
+        );
     }
     let mut config = Config::default();
     config.cluster.enable = true;

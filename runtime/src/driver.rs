@@ -572,13 +572,9 @@ impl Server {
                     }
                 }
                 Some(input) = cluster_rx.recv() => {
-                    driver.input(now(), input);
-                    for _ in 1..EVENT_BATCH {
-                        match cluster_rx.try_recv() {
-                            Ok(input) => driver.input(now(), input),
-                            Err(_) => break,
-                        }
-                    }
+                    let more = std::iter::from_fn(|| cluster_rx.try_recv().ok());
+                    let burst = std::iter::once(input).chain(more.take(EVENT_BATCH - 1));
+                    driver.input_burst(now(), burst);
                 }
                 Some(call) = admin.recv() => driver.admin(now(), call),
                 Some(request) = recv_control(&mut control) => match request {
@@ -1042,6 +1038,23 @@ impl Driver {
     fn step(&mut self, now: Instant, input: Input) {
         self.broker.handle_input(now, input);
         self.drain(now);
+        self.flush_dirty();
+    }
+
+    /// Inputs that come in bursts (messages from other nodes): each applied in order, the
+    /// sockets written once for the whole burst.
+    fn input_burst(&mut self, now: Instant, inputs: impl IntoIterator<Item = Input>) {
+        for input in inputs {
+            self.broker.handle_input(now, input);
+            self.drain(now);
+        }
+        self.flush_dirty();
+        while let Some(next) = self.feedback.pop_front() {
+            self.step(now, next);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.dedup();
         for id in dirty.drain(..) {
