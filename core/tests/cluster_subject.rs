@@ -11,8 +11,8 @@
 use proptest::prelude::*;
 use tidemq_core::cluster::subject::{
     DEFAULT_PREFIX, NatsSubscription, Space, SubjectError, filter_to_subjects, name_key,
-    nats_matches, queue_group, subject_to_topic, subscription, topic_key, topic_to_subject,
-    validate_prefix,
+    nats_matches, queue_group, subject_len, subject_to_topic, subscription, topic_key,
+    topic_to_subject, validate_prefix,
 };
 use tidemq_core::topic::matches;
 
@@ -427,4 +427,15 @@ fn bad_input_and_bounds_are_errors() {
     assert!(subscription(P, Space::Live, "a", 9).is_ok());
     assert_eq!(topic_key("a", 1), Err(SubjectError::TooLong));
     assert_eq!(name_key("a b", 4), Err(SubjectError::TooLong));
+}
+
+proptest! {
+    #![proptest_config(config(20_000))]
+
+    /// The length the publish path checks is the length of the subject it sends.
+    #[test]
+    fn subject_len_is_the_written_length(topic in nasty_topic()) {
+        let written = topic_to_subject(P, Space::Live, &topic, MAX).unwrap();
+        prop_assert_eq!(subject_len(P, &topic), written.len());
+    }
 }

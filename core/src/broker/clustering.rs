@@ -12,7 +12,7 @@ use super::Broker;
 use crate::api::Output;
 use crate::cluster::Cluster;
 use crate::cluster::copies::Copy;
-use crate::cluster::envelope::Envelope;
+use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::interest::{Key, Refusal};
 use crate::cluster::subject::{self, Space};
 use crate::ids::SessionId;
@@ -94,10 +94,8 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return true;
         };
-        let max_len = c.max_subject_len();
         let ok = sys::is_reserved(topic)
-            || subject::topic_to_subject(&c.config.subject_prefix, Space::Live, topic, max_len)
-                .is_ok();
+            || subject::subject_len(&c.config.subject_prefix, topic) <= c.max_subject_len();
         if !ok {
             c.counters.refused += 1;
         }
@@ -122,19 +120,16 @@ impl Broker {
         else {
             return;
         };
-        let mut properties = msg.properties.clone();
-        if let Some(at) = msg.expires_at {
-            properties.message_expiry_interval =
+        // What is left of the expiry travels; the properties are copied only then.
+        let with_expiry = msg.expires_at.map(|at| {
+            let mut p = msg.properties.clone();
+            p.message_expiry_interval =
                 Some(u32::try_from(at.since(now).div_ceil(1000)).unwrap_or(u32::MAX));
-        }
-        let envelope = Envelope {
-            stamp: c.stamp(),
-            qos: msg.qos,
-            retain: msg.retain,
-            properties,
-            payload: msg.payload.clone(),
-        }
-        .encode();
+            p
+        });
+        let properties = with_expiry.as_ref().unwrap_or(&msg.properties);
+        let stamp = c.stamp();
+        let envelope = envelope::encode(&stamp, msg.qos, msg.retain, properties, &msg.payload);
         if msg.retain
             && let Ok(key) = subject::topic_key(&msg.topic, max_len)
         {

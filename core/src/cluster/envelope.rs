@@ -42,19 +42,36 @@ pub enum EnvelopeError {
     Malformed,
 }
 
+/// An envelope from borrowed parts: what a node sends, without copying the message's
+/// properties.
+pub fn encode(
+    stamp: &Stamp,
+    qos: QoS,
+    retain: bool,
+    properties: &Properties,
+    payload: &[u8],
+) -> Bytes {
+    let len = 32 + stamp.node.len() + properties.encoded_len() + payload.len();
+    let mut out = BytesMut::with_capacity(len);
+    out.put_u8(VERSION);
+    out.put_u8(qos as u8 | if retain { RETAIN } else { 0 });
+    put_str(&mut out, &stamp.node);
+    out.put_u64(stamp.epoch);
+    out.put_u64(stamp.seq);
+    properties.encode(&mut out);
+    out.put_slice(payload);
+    out.freeze()
+}
+
 impl Envelope {
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(
-            32 + self.stamp.node.len() + self.properties.encoded_len() + self.payload.len(),
-        );
-        out.put_u8(VERSION);
-        out.put_u8(self.qos as u8 | if self.retain { RETAIN } else { 0 });
-        put_str(&mut out, &self.stamp.node);
-        out.put_u64(self.stamp.epoch);
-        out.put_u64(self.stamp.seq);
-        self.properties.encode(&mut out);
-        out.put_slice(&self.payload);
-        out.freeze()
+        encode(
+            &self.stamp,
+            self.qos,
+            self.retain,
+            &self.properties,
+            &self.payload,
+        )
     }
 
     /// Reads what [`Envelope::encode`] wrote; anything else is an error, never a panic.

@@ -100,15 +100,39 @@ pub fn escape_level(level: &str, out: &mut String) {
         out.push(char::from(ESCAPE));
         return;
     }
-    for b in level.bytes() {
+    // Runs of kept bytes are copied whole: they are ASCII, so each run is a `str` of its own.
+    let bytes = level.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if kept(b) {
-            out.push(char::from(b));
-        } else {
-            out.push(char::from(ESCAPE));
-            out.push(hex_digit(b >> 4));
-            out.push(hex_digit(b & 0x0f));
+            continue;
         }
+        push_run(bytes.get(run..i), out);
+        out.push(char::from(ESCAPE));
+        out.push(hex_digit(b >> 4));
+        out.push(hex_digit(b & 0x0f));
+        run = i + 1;
     }
+    push_run(bytes.get(run..), out);
+}
+
+fn push_run(run: Option<&[u8]>, out: &mut String) {
+    if let Some(text) = run.and_then(|r| std::str::from_utf8(r).ok()) {
+        out.push_str(text);
+    }
+}
+
+/// The length of the subject [`topic_to_subject`] writes for `topic`, without writing it.
+pub fn subject_len(prefix: &str, topic: &str) -> usize {
+    let levels: usize = topic
+        .split('/')
+        .map(|level| {
+            let escaped: usize = level.bytes().map(|b| if kept(b) { 1 } else { 3 }).sum();
+            1 + escaped.max(1)
+        })
+        .sum();
+    // `<prefix>.m.t` and a `.` before each level.
+    prefix.len() + 4 + levels
 }
 
 /// Appends the bytes one token stands for, refusing any token the encoder would not write.
