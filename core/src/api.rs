@@ -148,6 +148,9 @@ pub enum Input {
         subject: String,
         payload: Bytes,
     },
+    /// Cluster mode: the answer to [`Output::ClusterDurable`] `token`: JetStream acknowledged
+    /// the write (`ok`), or did not within `cluster.publish_timeout` or refused it.
+    ClusterDurableDone { token: u64, ok: bool },
     /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
     /// it, in the bucket's order): its new value, or `None` once deleted.
     ClusterRetained { key: String, value: Option<Bytes> },
@@ -272,6 +275,15 @@ pub enum Output {
     ClusterUnsubscribe { sid: u64 },
     /// Cluster mode: publish `payload` (a message envelope) on `subject`, in output order.
     ClusterPublish { subject: String, payload: Bytes },
+    /// Cluster mode: write `payload` (a message envelope) to the durable stream on `subject`,
+    /// with `msg_id` as its de-duplication id, and answer with [`Input::ClusterDurableDone`].
+    /// Nothing of the message happens before the answer.
+    ClusterDurable {
+        token: u64,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+    },
     /// Cluster mode: put `value` at `key` in the retained bucket, or delete `key` (`None`).
     ClusterRetain { key: String, value: Option<Bytes> },
 }

@@ -267,6 +267,7 @@ impl Broker {
                 payload,
             } => self.cluster_message(sid, &subject, payload),
             Input::ClusterRetained { key, value } => self.cluster_retained(&key, value),
+            Input::ClusterDurableDone { token, ok } => self.cluster_durable_done(token, ok),
             Input::WallClock { unix_ms } => {
                 self.wall_ms = unix_ms;
                 self.wall_at = self.now;

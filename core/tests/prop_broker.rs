@@ -241,7 +241,8 @@ impl Driver {
                 | Output::ClusterSubscribe { .. }
                 | Output::ClusterUnsubscribe { .. }
                 | Output::ClusterPublish { .. }
-                | Output::ClusterRetain { .. } => {}
+                | Output::ClusterRetain { .. }
+                | Output::ClusterDurable { .. } => {}
             }
         }
     }

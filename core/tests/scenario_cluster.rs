@@ -42,6 +42,7 @@ fn cluster_outputs(h: &Harness, from: usize) -> Vec<Output> {
                     | Output::ClusterUnsubscribe { .. }
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
+                    | Output::ClusterDurable { .. }
             )
         })
         .cloned()
@@ -76,6 +77,90 @@ fn from_node(node: &str, seq: u64, topic: &str, payload: &str, qos: QoS) -> (Str
         payload: Bytes::from(payload.to_owned()),
     };
     (subject, envelope.encode())
+}
+
+/// Answers every durable write asked for since `from`.
+fn answer_durable(h: &mut Harness, from: usize, ok: bool) -> usize {
+    let tokens: Vec<u64> = h.log[from..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterDurable { token, .. } => Some(*token),
+            _ => None,
+        })
+        .collect();
+    for &token in &tokens {
+        h.input(Input::ClusterDurableDone { token, ok });
+    }
+    tokens.len()
+}
+
+#[test]
+fn a_qos1_message_is_in_jetstream_before_it_is_routed_or_acknowledged() {
+    let mut h = Harness::with_config(clustered("a"));
+    let sub = h.client("sub", V5);
+    h.subscribe(sub, "d/#", QoS::AtLeastOnce);
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    let pid = h
+        .publish(p, "d/1", "first", QoS::AtLeastOnce, false)
+        .unwrap();
+    // A QoS 0 message sent right after waits behind it: order is kept.
+    h.publish(p, "d/2", "second", QoS::AtMostOnce, false);
+    let writes: Vec<(String, String)> = h.log[mark..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterDurable {
+                subject, msg_id, ..
+            } => Some((subject.clone(), msg_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].0, "tmq.d.t.d.1");
+    assert!(writes[0].1.starts_with("a."), "{writes:?}");
+    assert!(h.recv(p).is_empty(), "no PUBACK before JetStream has it");
+    assert!(
+        h.publishes(sub).is_empty(),
+        "no delivery before JetStream has it"
+    );
+    assert!(
+        !cluster_outputs(&h, mark)
+            .iter()
+            .any(|o| matches!(o, Output::ClusterPublish { .. })),
+        "nothing to the other nodes before JetStream has it"
+    );
+    answer_durable(&mut h, mark, true);
+    let acks = h.recv(p);
+    assert!(
+        matches!(&acks[..], [tidemq_core::codec::Packet::PubAck(a)] if a.packet_id == pid && a.reason == ReasonCode(0)),
+        "{acks:?}"
+    );
+    assert_eq!(h.payloads(sub), ["first", "second"]);
+}
+
+#[test]
+fn without_jetstream_a_qos1_message_is_refused_not_lost() {
+    let mut h = Harness::with_config(clustered("a"));
+    let sub = h.client("sub", V5);
+    h.subscribe(sub, "d/#", QoS::AtLeastOnce);
+    let v5 = h.client("v5", V5);
+    let mark = h.log.len();
+    h.publish(v5, "d/1", "x", QoS::AtLeastOnce, false);
+    assert_eq!(answer_durable(&mut h, mark, false), 1);
+    let acks = h.recv(v5);
+    assert!(
+        matches!(&acks[..], [tidemq_core::codec::Packet::PubAck(a)] if a.reason == ReasonCode(0x80)),
+        "v5 is told: {acks:?}"
+    );
+    let v3 = h.client("v3", V311);
+    let mark = h.log.len();
+    h.publish(v3, "d/1", "x", QoS::ExactlyOnce, false);
+    answer_durable(&mut h, mark, false);
+    assert!(h.is_closed(v3), "3.1.1 has no refusal: disconnected");
+    assert!(
+        h.publishes(sub).is_empty(),
+        "a refused message is not delivered"
+    );
 }
 
 #[test]
@@ -121,12 +206,15 @@ fn a_local_message_goes_to_the_cluster_once_stamped_and_sys_does_not() {
     let p = h.client("p", V5);
     let mark = h.log.len();
     h.publish(p, "x/y", "one", QoS::AtLeastOnce, false);
+    // QoS 1: JetStream has it first (its write is stamped too).
+    answer_durable(&mut h, mark, true);
     h.publish(p, "x/y", "two", QoS::AtMostOnce, true);
     let out = cluster_outputs(&h, mark);
     let mut seqs = Vec::new();
     let mut retained = 0;
     for o in out {
         match o {
+            Output::ClusterDurable { .. } => {}
             Output::ClusterPublish { subject, payload } => {
                 assert_eq!(subject, "tmq.m.t.x.y");
                 let e = Envelope::decode(payload).unwrap();
@@ -144,8 +232,8 @@ fn a_local_message_goes_to_the_cluster_once_stamped_and_sys_does_not() {
     assert_eq!(
         seqs,
         [
-            (1, QoS::AtLeastOnce, false, Bytes::from("one")),
-            (2, QoS::AtMostOnce, true, Bytes::from("two"))
+            (2, QoS::AtLeastOnce, false, Bytes::from("one")),
+            (3, QoS::AtMostOnce, true, Bytes::from("two"))
         ]
     );
     assert_eq!(retained, 1);

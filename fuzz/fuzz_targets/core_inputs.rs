@@ -254,7 +254,8 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
             Output::ClusterSubscribe { .. }
             | Output::ClusterUnsubscribe { .. }
             | Output::ClusterPublish { .. }
-            | Output::ClusterRetain { .. } => panic!("a cluster output without cluster mode"),
+            | Output::ClusterRetain { .. }
+            | Output::ClusterDurable { .. } => panic!("a cluster output without cluster mode"),
         }
     }
     // The restart "was done", every other one in part.

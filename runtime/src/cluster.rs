@@ -20,6 +20,8 @@ use tracing::{info, warn};
 /// Publishes and retained writes waiting for the NATS client; past it they are dropped and
 /// logged (the client itself buffers a bounded amount behind this).
 const QUEUE: usize = 65_536;
+/// Between two attempts of a durable write.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long the start waits for a NATS server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,6 +42,9 @@ enum Cmd {
 
 /// The running client: the core's cluster outputs go in through it.
 pub struct ClusterLink {
+    js: jetstream::Context,
+    inputs: mpsc::Sender<Input>,
+    publish_timeout: Duration,
     cmds: mpsc::Sender<Cmd>,
     retains: mpsc::Sender<(String, Option<Bytes>)>,
     dropped: u64,
@@ -48,6 +53,11 @@ pub struct ClusterLink {
 /// The retained bucket's name for a subject prefix.
 pub fn retained_bucket(prefix: &str) -> String {
     format!("{}_RETAINED", prefix.to_ascii_uppercase())
+}
+
+/// The durable stream's name for a subject prefix.
+pub fn durable_stream(prefix: &str) -> String {
+    format!("{}_DURABLE", prefix.to_ascii_uppercase())
 }
 
 async fn connect(config: &ClusterConfig, echo: bool) -> Result<Client, String> {
@@ -85,6 +95,20 @@ impl ClusterLink {
             })
             .await
             .map_err(|e| format!("cluster: the retained bucket {bucket}: {e}"))?;
+        let stream = durable_stream(&config.subject_prefix);
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{}.d.>", config.subject_prefix)],
+            num_replicas: usize::from(config.replicas),
+            max_bytes: i64::try_from(config.durable_max_bytes).unwrap_or(i64::MAX),
+            max_age: Duration::from_millis(config.durable_max_age_ms),
+            // Well above the publish timeout: a write retried after a lost acknowledgement is
+            // kept once.
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cluster: the durable stream {stream}: {e}"))?;
         info!(
             node = %config.node_name,
             urls = ?config.nats_urls,
@@ -95,8 +119,11 @@ impl ClusterLink {
         tokio::spawn(run_commands(plain, queued, rx, inputs.clone()));
         let (retains, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run_retains(store.clone(), rx));
-        tokio::spawn(watch_retained(store, inputs));
+        tokio::spawn(watch_retained(store, inputs.clone()));
         Ok(ClusterLink {
+            js,
+            inputs,
+            publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             cmds,
             retains,
             dropped: 0,
@@ -117,6 +144,45 @@ impl ClusterLink {
 
     pub fn publish(&mut self, subject: String, payload: Bytes) {
         self.send(Cmd::Publish { subject, payload });
+    }
+
+    /// Writes a message to the durable stream and reports whether JetStream acknowledged it
+    /// within the publish timeout. One per waiting connection at most (the core's bound).
+    pub fn durable(&mut self, token: u64, subject: String, msg_id: String, payload: Bytes) {
+        let (js, inputs, limit) = (self.js.clone(), self.inputs.clone(), self.publish_timeout);
+        tokio::spawn(async move {
+            // Retried until the timeout: a stream electing its leader answers "no stream" or
+            // nothing for a few seconds; the de-duplication id keeps a retried write once.
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut last = String::new();
+            let ok = loop {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", msg_id.as_str());
+                let write = async {
+                    let ack = js
+                        .publish_with_headers(subject.clone(), headers, payload.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ack.await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout_at(deadline, write).await {
+                    Ok(Ok(_)) => break true,
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = "no acknowledgement".to_owned(),
+                }
+                if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                    break false;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            };
+            if !ok {
+                warn!(
+                    timeout_ms = limit.as_millis() as u64,
+                    "cluster: durable write not acknowledged in time: {last}"
+                );
+            }
+            let _ = inputs.send(Input::ClusterDurableDone { token, ok }).await;
+        });
     }
 
     pub fn retain(&mut self, key: String, value: Option<Bytes>) {

@@ -1454,6 +1454,16 @@ impl Driver {
                         c.publish(subject, payload);
                     }
                 }
+                Output::ClusterDurable {
+                    token,
+                    subject,
+                    msg_id,
+                    payload,
+                } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.durable(token, subject, msg_id, payload);
+                    }
+                }
                 Output::ClusterRetain { key, value } => {
                     if let Some(c) = self.cluster.as_mut() {
                         c.retain(key, value);

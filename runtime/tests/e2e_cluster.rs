@@ -3,7 +3,9 @@
 //! What is checked: messages cross nodes for plain and wildcard filters, once per client
 //! however many of its filters match; a `$share` group gets each message once across nodes;
 //! retained messages are seen on every node, and their deletion too; `$SYS` stays on its
-//! node; and with one nats-server killed, traffic between the nodes goes on.
+//! node; with one nats-server killed, traffic between the nodes goes on; with two killed,
+//! QoS 1 is refused (never acknowledged and lost) while QoS 0 still flows, and after a
+//! restart QoS 1 is taken again.
 
 #![allow(
     clippy::unwrap_used,
@@ -43,6 +45,8 @@ fn start_node(dir: &Dir, name: &str, urls: &[String]) -> Node {
              \x20 node_name = \"{name}\"\n\
              \x20 nats_urls = [{}]\n\
              \x20 replicas = 3\n\
+             \x20 publish_timeout = 3s\n\
+             \x20 durable_max_bytes = 256MB\n\
              }}\n",
             urls.join(", ")
         ),
@@ -230,4 +234,82 @@ fn with_one_nats_server_killed_traffic_between_nodes_goes_on() {
     }
     let got = lines_of(sub);
     assert_eq!(got.len(), 20, "every message after the failover: {got:?}");
+}
+
+/// `mosquitto_pub` that may fail: its exit status and what it printed.
+fn try_pub(port: u16, args: &[&str]) -> (bool, String) {
+    let out = support::run(
+        support::tool("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn without_a_jetstream_quorum_qos1_is_refused_and_qos0_still_flows() {
+    let (mut nats, _dir, a, b) = cluster("quorum");
+    until_routed(a.port, b.port, "q/probe");
+    let sub = mosquitto_sub(b.port, &["-t", "q/#", "-q", "1", "-v", "-W", "40"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, _) = try_pub(a.port, &["-t", "q/before", "-m", "kept", "-q", "1"]);
+    assert!(ok, "QoS 1 with all three servers");
+    // Node a is on server 0; servers 1 and 2 go: no quorum for the stream.
+    nats.kill9(1);
+    nats.kill9(2);
+    let start = Instant::now();
+    let (ok, text) = try_pub(
+        a.port,
+        &["-t", "q/v5", "-m", "refused", "-q", "1", "-V", "5"],
+    );
+    eprintln!(
+        "v5 QoS 1 without a quorum answered in {} ms: {}",
+        start.elapsed().as_millis(),
+        text.trim()
+    );
+    // mosquitto_pub reports a PUBACK with a failure reason as a warning and exits 0.
+    let _ = ok;
+    assert!(
+        text.contains("Unspecified error"),
+        "a v5 QoS 1 publish without a quorum must be refused with 0x80: {text}"
+    );
+    let (ok, text) = try_pub(a.port, &["-t", "q/v3", "-m", "refused", "-q", "1"]);
+    assert!(
+        !ok,
+        "a 3.1.1 QoS 1 publish without a quorum must fail: {text}"
+    );
+    // QoS 0 does not touch JetStream. Node b has failed over to server 0 by now.
+    until_routed(a.port, b.port, "q/zero");
+    // A server back: a quorum again, QoS 1 is taken.
+    nats.restart(1);
+    let start = Instant::now();
+    loop {
+        let (ok, _) = try_pub(a.port, &["-t", "q/after", "-m", "kept", "-q", "1"]);
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "QoS 1 never taken again after a server came back"
+        );
+    }
+    eprintln!(
+        "QoS 1 taken again {} ms after the restart",
+        start.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut sub = sub;
+    let _ = sub.kill();
+    let got = lines_of(sub);
+    assert!(got.contains(&"q/before kept".to_owned()), "{got:?}");
+    assert!(got.contains(&"q/after kept".to_owned()), "{got:?}");
+    assert!(
+        !got.iter().any(|l| l.contains("refused")),
+        "a refused message was delivered: {got:?}"
+    );
 }

@@ -695,7 +695,8 @@ impl World {
             Output::ClusterSubscribe { .. }
             | Output::ClusterUnsubscribe { .. }
             | Output::ClusterPublish { .. }
-            | Output::ClusterRetain { .. } => self.trace.push(Ev::Stuck(
+            | Output::ClusterRetain { .. }
+            | Output::ClusterDurable { .. } => self.trace.push(Ev::Stuck(
                 "a cluster output from a node without cluster mode".to_owned(),
             )),
             Output::Authorize { conn, .. } => self.trace.push(Ev::Stuck(format!(

@@ -9,13 +9,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Broker;
+use crate::api::ConnId;
 use crate::api::Output;
-use crate::cluster::Cluster;
 use crate::cluster::copies::Copy;
 use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::interest::{Key, Refusal};
 use crate::cluster::subject::{self, Space};
+use crate::cluster::{Cluster, Waiting};
+use crate::codec::{ProtocolVersion, reason};
+use crate::conn::CloseReason;
 use crate::ids::SessionId;
+use crate::memory::MESSAGE_BYTES;
 use crate::message::{Content, Message, Origin};
 use crate::session::Subscription;
 use crate::sys;
@@ -238,5 +242,106 @@ impl Broker {
             &ledger,
         ));
         self.retained.insert(&msg.topic.clone(), msg);
+    }
+
+    /// A client's QoS 1/2 message, accepted by every check: written to the durable stream
+    /// first. The connection reads nothing more until JetStream answers; then it is routed
+    /// and acknowledged, or refused.
+    pub(super) fn cluster_write_durable(
+        &mut self,
+        id: ConnId,
+        sid: SessionId,
+        version: ProtocolVersion,
+        pid: u16,
+        content: Content,
+    ) {
+        let ledger = self.memory.ledger.clone();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let max_len = c.max_subject_len();
+        let subject = subject::topic_to_subject(
+            &c.config.subject_prefix,
+            Space::Durable,
+            &content.topic,
+            max_len,
+        );
+        let Ok(subject) = subject else {
+            // `cluster_carries` checked the length of the same subject.
+            return;
+        };
+        let stamp = c.stamp();
+        let payload = envelope::encode(
+            &stamp,
+            content.qos,
+            content.retain,
+            &content.properties,
+            &content.payload,
+        );
+        let msg_id = format!("{}.{}.{}", stamp.node, stamp.epoch, stamp.seq);
+        let charge = ledger.charge(MESSAGE_BYTES + payload.len() + content.topic.len());
+        let token = c.wait(Waiting {
+            conn: id,
+            sid,
+            version,
+            packet_id: pid,
+            content,
+            _charge: charge,
+        });
+        self.outputs.push_back(Output::ClusterDurable {
+            token,
+            subject,
+            msg_id,
+            payload,
+        });
+    }
+
+    /// JetStream answered a durable write: the message goes on as any other (routed, then
+    /// acknowledged), or is refused (v5 0x80; 3.1.1 has no refusal and is disconnected).
+    /// Once durable it is routed even if its connection has gone meanwhile.
+    pub(super) fn cluster_durable_done(&mut self, token: u64, ok: bool) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(w) = c.answered(token) else {
+            return;
+        };
+        let w = *w;
+        let qos = w.content.qos;
+        if ok {
+            c.counters.durable += 1;
+            self.finish_publish(
+                w.conn,
+                w.sid,
+                w.version,
+                w.packet_id,
+                qos,
+                reason::SUCCESS,
+                Some(w.content),
+            );
+        } else {
+            c.counters.durable_failed += 1;
+            if w.version.is_v5() {
+                self.finish_publish(
+                    w.conn,
+                    w.sid,
+                    w.version,
+                    w.packet_id,
+                    qos,
+                    reason::UNSPECIFIED_ERROR,
+                    None,
+                );
+            } else {
+                self.drop_conn(
+                    w.conn,
+                    CloseReason::error(
+                        reason::UNSPECIFIED_ERROR,
+                        "the cluster could not keep the message (no JetStream quorum)",
+                    ),
+                );
+            }
+        }
+        // What the client sent meanwhile.
+        self.receive(w.conn, &[]);
     }
 }

@@ -475,7 +475,7 @@ impl Broker {
             return;
         };
         let k = &c.counters;
-        let families: [(&str, &str, &str, u64); 8] = [
+        let families: [(&str, &str, &str, u64); 10] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -517,6 +517,18 @@ impl Broker {
                 "counter",
                 "Copies too old to tell from a new message, dropped.",
                 k.late,
+            ),
+            (
+                "tidemq_cluster_durable_total",
+                "counter",
+                "QoS 1/2 messages JetStream acknowledged before they were routed.",
+                k.durable,
+            ),
+            (
+                "tidemq_cluster_durable_failed_total",
+                "counter",
+                "QoS 1/2 messages JetStream did not acknowledge: refused to their publisher.",
+                k.durable_failed,
             ),
             (
                 "tidemq_cluster_refused_total",

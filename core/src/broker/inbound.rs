@@ -183,6 +183,28 @@ impl Broker {
         } else {
             reason::SUCCESS
         };
+        let accepted = (!denied && !refused).then(|| Content::from_publish(p));
+        match accepted {
+            // In a cluster a QoS 1/2 message is in JetStream before anything else happens.
+            Some(content) if qos != QoS::AtMostOnce && self.cluster.is_some() => {
+                self.cluster_write_durable(id, sid, version, pid, content);
+            }
+            accepted => self.finish_publish(id, sid, version, pid, qos, code, accepted),
+        }
+    }
+
+    /// The end of a PUBLISH once it is accepted (`content`) or not: its QoS 2 id, routing,
+    /// and the PUBACK or PUBREC with `code`.
+    pub(super) fn finish_publish(
+        &mut self,
+        id: ConnId,
+        sid: SessionId,
+        version: ProtocolVersion,
+        pid: u16,
+        qos: QoS,
+        code: crate::codec::ReasonCode,
+        content: Option<Content>,
+    ) {
         // The QoS 2 id is recorded before the message is routed, so that the message knows
         // every record its acceptance depends on (see `Durability::set_needs`).
         if qos == QoS::ExactlyOnce
@@ -192,8 +214,8 @@ impl Broker {
             session.qos2_in.accept(pid);
             self.store.in_qos2(session, pid, true);
         }
-        if !denied && !refused {
-            self.accept_publish(sid, Content::from_publish(p));
+        if let Some(content) = content {
+            self.accept_publish(sid, content);
         }
         match qos {
             QoS::AtMostOnce => {}

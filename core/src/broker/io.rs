@@ -55,14 +55,15 @@ impl Broker {
                 }
                 return;
             }
-            if conn.acl_wait.is_some() {
-                // Likewise until the ACL service answers about the packet before.
+            if conn.acl_wait.is_some() || self.cluster.as_ref().is_some_and(|c| c.waits(id)) {
+                // Likewise until the ACL service answers about the packet before, or
+                // JetStream has the message before.
                 if self.holds_too_much(id) {
                     self.drop_conn(
                         id,
                         CloseReason::error(
                             reason::QUOTA_EXCEEDED,
-                            "sent too much while the ACL service was asked",
+                            "sent too much while a packet before it waited",
                         ),
                     );
                 }

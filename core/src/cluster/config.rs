@@ -26,6 +26,12 @@ pub struct ClusterConfig {
     pub max_subject_len: u32,
     /// Nodes whose messages this one tells apart (2..=256): one copy window each.
     pub max_nodes: u32,
+    /// How long a QoS 1/2 message may wait for JetStream's acknowledgement before it is
+    /// refused (100..=60000 ms).
+    pub publish_timeout_ms: u64,
+    /// The durable stream's caps: bytes (1MB..) and age (1s..).
+    pub durable_max_bytes: u64,
+    pub durable_max_age_ms: u64,
     /// The retained bucket's cap in bytes (1MB..=half of `max_memory`): every node mirrors
     /// all of it within its memory budget.
     pub retained_max_bytes: u64,
@@ -43,6 +49,9 @@ impl Default for ClusterConfig {
             max_subject_len: 2048,
             max_nodes: 64,
             retained_max_bytes: 32 * 1024 * 1024,
+            publish_timeout_ms: 10_000,
+            durable_max_bytes: 10 * 1024 * 1024 * 1024,
+            durable_max_age_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -77,6 +86,15 @@ impl ClusterConfig {
         }
         if !(2..=256).contains(&self.max_nodes) {
             return err("cluster.max_nodes", "must be between 2 and 256");
+        }
+        if !(100..=60_000).contains(&self.publish_timeout_ms) {
+            return err("cluster.publish_timeout", "must be between 100ms and 60s");
+        }
+        if self.durable_max_bytes < 1024 * 1024 {
+            return err("cluster.durable_max_bytes", "must be at least 1MB");
+        }
+        if self.durable_max_age_ms < 1000 {
+            return err("cluster.durable_max_age", "must be at least 1s");
         }
         if self.retained_max_bytes < 1024 * 1024 {
             return err("cluster.retained_max_bytes", "must be at least 1MB");

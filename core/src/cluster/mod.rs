@@ -16,8 +16,25 @@ pub mod subject;
 
 pub use config::ClusterConfig;
 
-use crate::memory::Ledger;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::ConnId;
+use crate::codec::ProtocolVersion;
+use crate::ids::SessionId;
+use crate::memory::{Charge, Ledger};
+use crate::message::Content;
 use envelope::Stamp;
+
+/// A client's QoS 1/2 PUBLISH waiting for JetStream to have it; the connection reads nothing
+/// more until then.
+pub(crate) struct Waiting {
+    pub conn: ConnId,
+    pub sid: SessionId,
+    pub version: ProtocolVersion,
+    pub packet_id: u16,
+    pub content: Content,
+    pub _charge: Charge,
+}
 
 /// A node's cluster state. Exists only in cluster mode.
 pub(crate) struct Cluster {
@@ -29,6 +46,10 @@ pub(crate) struct Cluster {
     pub interest: interest::Interest,
     copies: copies::CopyWindows,
     pub counters: Counters,
+    /// Durable writes awaited, by token; at most one per connection.
+    pub waiting: BTreeMap<u64, Box<Waiting>>,
+    waiting_conns: BTreeSet<ConnId>,
+    next_token: u64,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -46,6 +67,9 @@ pub struct Counters {
     pub malformed: u64,
     /// Publishes and subscriptions refused for cluster reasons (subject too long, full).
     pub refused: u64,
+    /// QoS 1/2 messages JetStream acknowledged, and those it did not (refused to the client).
+    pub durable: u64,
+    pub durable_failed: u64,
 }
 
 impl Cluster {
@@ -57,7 +81,30 @@ impl Cluster {
             interest: Default::default(),
             copies: Default::default(),
             counters: Counters::default(),
+            waiting: BTreeMap::new(),
+            waiting_conns: BTreeSet::new(),
+            next_token: 0,
         }
+    }
+
+    /// Whether a packet of `conn` waits for JetStream.
+    pub fn waits(&self, conn: ConnId) -> bool {
+        self.waiting_conns.contains(&conn)
+    }
+
+    /// Parks a PUBLISH until its durable write is answered; its token.
+    pub fn wait(&mut self, waiting: Waiting) -> u64 {
+        self.next_token += 1;
+        self.waiting_conns.insert(waiting.conn);
+        self.waiting.insert(self.next_token, Box::new(waiting));
+        self.next_token
+    }
+
+    /// The PUBLISH a durable write was for, no longer waiting.
+    pub fn answered(&mut self, token: u64) -> Option<Box<Waiting>> {
+        let w = self.waiting.remove(&token)?;
+        self.waiting_conns.remove(&w.conn);
+        Some(w)
     }
 
     /// The stamp of this node's next message.

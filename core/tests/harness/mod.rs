@@ -305,7 +305,8 @@ impl Harness {
                     | Output::ClusterSubscribe { .. }
                     | Output::ClusterUnsubscribe { .. }
                     | Output::ClusterPublish { .. }
-                    | Output::ClusterRetain { .. } => {}
+                    | Output::ClusterRetain { .. }
+            | Output::ClusterDurable { .. } => {}
                 }
             }
             let Some(input) = pending.pop_front() else {
