@@ -62,6 +62,8 @@ const WIDE: DecodeLimits = DecodeLimits {
 /// The `max_subject_len` the nodes run with (the default).
 const MAX_SUBJECT: usize = 2048;
 const LEVELS: &[&str] = &["a", "b", "c"];
+/// Levels that need escaping in a subject, or are NATS wildcards, or are empty.
+const AWKWARD: &[&str] = &["", "x.y", "_2E", "\u{e9}", "a b", "*", ">"];
 const GROUPS: &[&str] = &["g", "h"];
 /// Steps of the publishing phase.
 const PUBLISH_STEPS: u64 = 700;
@@ -98,8 +100,8 @@ struct Client {
     v5: bool,
     rx: BytesMut,
     up: bool,
-    /// Plain filters held now.
-    filters: BTreeSet<String>,
+    /// Plain filters held now, with their No Local option.
+    filters: BTreeMap<String, bool>,
     /// Every plain filter ever held.
     ever: BTreeSet<String>,
     next_pid: u16,
@@ -182,6 +184,7 @@ fn ack(packet_id: u16) -> Ack {
 /// A client publish of the publishing phase, in the order the broker took them.
 #[derive(Debug, Clone)]
 struct Sent {
+    publisher: usize,
     topic: String,
     payload: Bytes,
 }
@@ -314,11 +317,28 @@ pub struct ClusterWorld {
     log: Option<Vec<String>>,
 }
 
+fn level(rng: &mut Rng) -> &'static str {
+    let from = if rng.chance(120) { AWKWARD } else { LEVELS };
+    rng.pick(from).copied().unwrap_or("a")
+}
+
+/// A few topics and filters start with `$`: wildcards first must not match those.
+fn dollar(rng: &mut Rng, levels: &mut [&str]) {
+    if rng.chance(40)
+        && let Some(first) = levels.first_mut()
+    {
+        *first = "$s";
+    }
+}
+
 fn random_topic(rng: &mut Rng) -> String {
     let depth = rng.range(1, 3);
-    let levels: Vec<&str> = (0..depth)
-        .map(|_| rng.pick(LEVELS).copied().unwrap_or("a"))
-        .collect();
+    let mut levels: Vec<&str> = (0..depth).map(|_| level(rng)).collect();
+    dollar(rng, &mut levels);
+    // A topic of one empty level is empty, which MQTT forbids.
+    if levels == [""] {
+        return "a".to_owned();
+    }
     levels.join("/")
 }
 
@@ -328,20 +348,18 @@ fn random_filter(rng: &mut Rng) -> String {
     }
     let depth = rng.range(1, 3);
     let mut levels: Vec<&str> = (0..depth)
-        .map(|_| {
-            if rng.chance(350) {
-                "+"
-            } else {
-                rng.pick(LEVELS).copied().unwrap_or("a")
-            }
-        })
+        .map(|_| if rng.chance(350) { "+" } else { level(rng) })
         .collect();
+    dollar(rng, &mut levels);
     if rng.chance(250) {
         if depth < 3 && rng.chance(500) {
             levels.push("#");
         } else if let Some(last) = levels.last_mut() {
             *last = "#";
         }
+    }
+    if levels == [""] {
+        return "+".to_owned();
     }
     levels.join("/")
 }
@@ -576,7 +594,7 @@ impl ClusterWorld {
             v5,
             rx: BytesMut::new(),
             up: false,
-            filters: BTreeSet::new(),
+            filters: BTreeMap::new(),
             ever: BTreeSet::new(),
             next_pid: 0,
             next_seq: 0,
@@ -637,18 +655,22 @@ impl ClusterWorld {
     }
 
     fn subscribe(&mut self, idx: usize, filter: &str, qos: QoS) {
+        let shared = filter.starts_with("$share/");
+        let no_local = !shared && self.rng.chance(200);
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
+        // No Local is a v5 option.
+        let no_local = no_local && c.v5;
         let packet_id = c.pid();
-        if !filter.starts_with("$share/") {
-            c.filters.insert(filter.to_owned());
+        if !shared {
+            c.filters.insert(filter.to_owned(), no_local);
             c.ever.insert(filter.to_owned());
         }
-        self.note(|| format!("client {idx} subscribe {filter} {qos:?}"));
+        self.note(|| format!("client {idx} subscribe {filter} {qos:?} no_local={no_local}"));
         let options = SubscriptionOptions {
             qos,
-            no_local: false,
+            no_local,
             retain_as_published: false,
             retain_handling: 0,
         };
@@ -683,17 +705,24 @@ impl ClusterWorld {
         let topic = random_topic(&mut self.rng);
         let qos = qos_of(self.rng.below(2));
         let retain = self.rng.chance(120);
+        let clear = retain && self.rng.chance(250);
+        self.publish_to(idx, topic, qos, retain, clear);
+    }
+
+    /// A publish of client `idx`; `clear` sends an empty payload.
+    fn publish_to(&mut self, idx: usize, topic: String, qos: QoS, retain: bool, clear: bool) {
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
         c.next_seq += 1;
-        let payload = if retain && self.rng.chance(250) {
+        let payload = if clear {
             Bytes::new()
         } else {
             Bytes::from(format!("P:{idx}:{}", c.next_seq))
         };
         let packet_id = (qos != QoS::AtMostOnce).then(|| c.pid());
         self.sent.push(Sent {
+            publisher: idx,
             topic: topic.clone(),
             payload: payload.clone(),
         });
@@ -968,7 +997,7 @@ impl ClusterWorld {
                     let held: Vec<String> = self
                         .clients
                         .get(idx)
-                        .map(|c| c.filters.iter().cloned().collect())
+                        .map(|c| c.filters.keys().cloned().collect())
                         .unwrap_or_default();
                     for f in held {
                         if self.rng.chance(200) {
@@ -1014,7 +1043,7 @@ impl ClusterWorld {
                     let held = self
                         .clients
                         .get(idx)
-                        .is_some_and(|c| c.filters.contains(&f));
+                        .is_some_and(|c| c.filters.contains_key(&f));
                     if held {
                         self.unsubscribe(idx, &f);
                     } else {
@@ -1042,10 +1071,12 @@ impl ClusterWorld {
             self.drain();
         }
 
-        // A fresh `#` subscriber on every node reads the retained set.
+        // A fresh subscriber to every topic on every node reads the retained set (`#` does
+        // not match topics starting with `$`).
         for node in 0..nodes {
             let idx = self.add_client(Kind::Auditor, node);
             self.subscribe(idx, "#", QoS::AtLeastOnce);
+            self.subscribe(idx, "$s/#", QoS::AtLeastOnce);
         }
         self.drain();
         self.outcome()
@@ -1098,10 +1129,10 @@ impl ClusterWorld {
     }
 
     /// The publishes matching `matches`, as a multiset of (topic, payload).
-    fn expected(&self, matches: impl Fn(&str) -> bool) -> BTreeMap<(String, Bytes), i64> {
+    fn expected(&self, matches: impl Fn(&Sent) -> bool) -> BTreeMap<(String, Bytes), i64> {
         let mut m = BTreeMap::new();
         for s in &self.sent {
-            if matches(&s.topic) {
+            if matches(s) {
                 *m.entry((s.topic.clone(), s.payload.clone())).or_insert(0) += 1;
             }
         }
@@ -1145,8 +1176,12 @@ impl ClusterWorld {
             let live: Vec<&Got> = c.got.iter().filter(|g| !g.retain).collect();
             match c.kind {
                 Kind::Stable => {
-                    let want = self
-                        .expected(|t| c.filters.iter().any(|f| tidemq_core::topic::matches(f, t)));
+                    let want = self.expected(|s| {
+                        c.filters.iter().any(|(f, no_local)| {
+                            tidemq_core::topic::matches(f, &s.topic)
+                                && !(*no_local && s.publisher == idx)
+                        })
+                    });
                     let who = format!("client {idx} on node {} ({:?})", c.node, c.filters);
                     Self::compare("C1", &who, want, &live, out);
                 }
@@ -1180,7 +1215,7 @@ impl ClusterWorld {
                 .filter(|c| c.kind == Kind::Member(g))
                 .flat_map(|c| c.got.iter().filter(|m| !m.retain))
                 .collect();
-            let want = self.expected(|t| tidemq_core::topic::matches(filter, t));
+            let want = self.expected(|s| tidemq_core::topic::matches(filter, &s.topic));
             let who = format!("group {g} $share/{name}/{filter}");
             Self::compare("C2", &who, want, &got, out);
         }
@@ -1262,6 +1297,43 @@ impl ClusterWorld {
             }
         }
     }
+}
+
+/// Known issue K1, scripted on two nodes: client X on node 1 holds `a/+`; client P on node 0
+/// publishes m1 then m2 on `a/b` (QoS 1); between the two the engine makes node 1's second
+/// subscription, for client Y's `a/b`, so m2 is queued on both of node 1's subscriptions and
+/// m1 on the older one only. The engine serves the newer subscription first. Returns the
+/// payloads X got, in order (publish order is `P:0:1`, `P:0:2`).
+pub fn overtaking_subscription() -> Vec<String> {
+    let mut w = ClusterWorld::new(0, None);
+    let p = w.add_client(Kind::Stable, 0);
+    let x = w.add_client(Kind::Stable, 1);
+    let y = w.add_client(Kind::Stable, 1);
+    w.subscribe(x, "a/+", QoS::AtLeastOnce);
+    w.drain();
+    w.publishing = true;
+    w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
+    w.take_op(0, 0);
+    w.subscribe(y, "a/b", QoS::AtLeastOnce);
+    w.take_op(1, 0);
+    w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
+    w.take_op(0, 0);
+    let fifos: Vec<FifoKey> = w.engine.fifos.keys().copied().collect();
+    // Newest subscription first: sids grow.
+    for key in fifos.into_iter().rev() {
+        while w.engine.fifos.get(&key).is_some_and(|f| !f.is_empty()) {
+            w.deliver(key);
+        }
+    }
+    w.clients
+        .get(x)
+        .map(|c| {
+            c.got
+                .iter()
+                .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs one seed and checks it.

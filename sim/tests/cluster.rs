@@ -18,13 +18,13 @@ use tidemq_sim::cluster::{ClusterMutation, ClusterOutcome, ClusterWorld, run_clu
 
 const BASE: u64 = 0xC105_7E40_0000;
 /// Seeds each planted fault gets to show itself.
-const MUTATION_SEEDS: u64 = 16;
+const MUTATION_SEEDS: u64 = 64;
 
 fn seeds() -> u64 {
     std::env::var("SIM_CLUSTER_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(1000)
 }
 
 fn show(o: &ClusterOutcome) -> String {
@@ -162,4 +162,17 @@ fn known_issues() {
             println!("{:#x} {k}", BASE + i);
         }
     }
+}
+
+/// K1 (a known core issue, see `check_c4`): a node's new NATS subscription, made for another
+/// session, carries a newer message ahead of an older one still queued on the subscription
+/// that serves this session, and the node routes whichever copy comes first. MQTT wants
+/// publish order per publisher and topic.
+#[test]
+#[ignore = "K1: known core issue, order across a node's new overlapping subscription"]
+fn k1_a_new_subscription_does_not_reorder_another_session() {
+    assert_eq!(
+        tidemq_sim::cluster::overtaking_subscription(),
+        ["P:0:1", "P:0:2"]
+    );
 }
