@@ -11,13 +11,15 @@
 //!   order, one operation a step;
 //! - the retained bucket applies writes in one global order and every node's watch replays it,
 //!   each at its own pace;
-//! - some seeds cut one node from the engine for a while: its queues are held, not lost.
+//! - some seeds cut one node from the engine for a while: its queues are held, not lost;
+//! - some seeds restart one node halfway, once nothing is in flight: a new core (a new epoch),
+//!   its NATS subscriptions gone, a watch that replays the bucket, its clients back.
 //!
 //! A run: clients connect and subscribe (with some unsubscribes), the engine drains, then a
 //! publishing phase (QoS 0/1, some retained, churning clients), then the partition heals and
-//! everything drains, and a fresh `#` subscriber on every node reads the retained set.
-//! Checkers C1–C4 judge what the clients saw; planted engine faults ([`ClusterMutation`]) show
-//! that they can fail.
+//! everything drains, and a fresh subscriber to every topic on every node reads the retained
+//! set. Checkers C1–C5 judge what the clients saw and what the engine holds; planted engine
+//! faults ([`ClusterMutation`]) show that they can fail.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -25,7 +27,7 @@ use std::hash::{Hash, Hasher};
 use bytes::{Bytes, BytesMut};
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::cluster::envelope::Envelope;
-use tidemq_core::cluster::subject::{nats_matches, topic_key};
+use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
 use tidemq_core::codec::{
     Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
@@ -52,6 +54,11 @@ pub enum ClusterMutation {
     FreshSeq,
     /// One copy on a plain subscription is lost (C1).
     DropCopy,
+    /// The engine keeps a node's subscriptions after it asked to drop them (C5).
+    IgnoreUnsubscribe,
+    /// Messages of a restarted node carry its first epoch, as if the epoch did not change
+    /// with a restart: the other nodes take its new sequence numbers for copies (C1).
+    StaleEpoch,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -89,8 +96,9 @@ struct Got {
     topic: String,
     payload: Bytes,
     retain: bool,
-    /// The NATS subscription (node, sid) whose copy the node routed, if it came from one.
-    via: Option<(usize, u64)>,
+    /// The NATS subscription (node, sid) whose copy the node routed, if it came from one,
+    /// and when the engine made that subscription.
+    via: Option<(usize, u64, u64)>,
 }
 
 struct Client {
@@ -100,8 +108,10 @@ struct Client {
     v5: bool,
     rx: BytesMut,
     up: bool,
-    /// Plain filters held now, with their No Local option.
-    filters: BTreeMap<String, bool>,
+    /// Plain filters held now, with their QoS and No Local option.
+    filters: BTreeMap<String, (QoS, bool)>,
+    /// Shared subscriptions held now (`$share/g/f`), with their QoS.
+    shared: BTreeMap<String, QoS>,
     /// Every plain filter ever held.
     ever: BTreeSet<String>,
     next_pid: u16,
@@ -127,7 +137,7 @@ impl Client {
     fn on_bytes(
         &mut self,
         bytes: &[u8],
-        via: Option<(usize, u64)>,
+        via: Option<(usize, u64, u64)>,
         problems: &mut Vec<String>,
         me: usize,
     ) -> Vec<Packet> {
@@ -231,6 +241,8 @@ struct Engine {
     subs: BTreeMap<(usize, u64), (String, Option<String>)>,
     fifos: BTreeMap<FifoKey, VecDeque<(String, Bytes)>>,
     bucket: Vec<Entry>,
+    /// Each node's first epoch (for `StaleEpoch`).
+    epochs: BTreeMap<usize, u64>,
     copies: u64,
     fresh: u64,
     reordered: bool,
@@ -266,6 +278,8 @@ pub struct ClusterOutcome {
     pub seed: u64,
     pub nodes: usize,
     pub partitioned: bool,
+    /// A node was restarted (a new epoch) between two publishing phases.
+    pub restarted: bool,
     pub hash: u64,
     /// Client publishes in the publishing phase.
     pub messages: u64,
@@ -303,13 +317,14 @@ pub struct ClusterWorld {
     sent: Vec<Sent>,
     publishing: bool,
     partitioned: bool,
+    restarted: bool,
     /// Node 0's watch waits (`WatchSkips`), then skips this bucket entry.
     hold_watch: bool,
     skip: Option<usize>,
     mutation: Option<ClusterMutation>,
     hash: Fnv,
-    /// The subscription whose message is being fed to its node.
-    via: Option<(usize, u64)>,
+    /// The subscription whose message is being fed to its node, and when it was made.
+    via: Option<(usize, u64, u64)>,
     /// When the engine made each subscription, and routed each message (by payload).
     made_at: BTreeMap<(usize, u64), u64>,
     routed_at: BTreeMap<Bytes, u64>,
@@ -421,6 +436,7 @@ impl ClusterWorld {
             sent: Vec::new(),
             publishing: false,
             partitioned: false,
+            restarted: false,
             hold_watch: mutation == Some(ClusterMutation::WatchSkips),
             skip: None,
             mutation,
@@ -584,22 +600,37 @@ impl ClusterWorld {
 
     fn add_client(&mut self, kind: Kind, node: usize) -> usize {
         let idx = self.clients.len();
-        let conn = self.next_conn;
-        self.next_conn += 1;
         let v5 = self.rng.chance(500);
         self.clients.push(Client {
             kind,
             node,
-            conn,
+            conn: 0,
             v5,
             rx: BytesMut::new(),
             up: false,
             filters: BTreeMap::new(),
+            shared: BTreeMap::new(),
             ever: BTreeSet::new(),
             next_pid: 0,
             next_seq: 0,
             got: Vec::new(),
         });
+        self.connect(idx);
+        idx
+    }
+
+    /// A new connection of client `idx` to its node, and a clean-start CONNECT.
+    fn connect(&mut self, idx: usize) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        self.by_conn.remove(&c.conn);
+        c.conn = conn;
+        c.up = false;
+        c.rx.clear();
+        let (node, version) = (c.node, c.version());
         self.by_conn.insert(conn, idx);
         self.feed(
             node,
@@ -608,11 +639,6 @@ impl ClusterWorld {
                 peer: format!("10.0.{node}.{}:1883", idx % 250),
             },
         );
-        let version = if v5 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V311
-        };
         self.send(
             idx,
             &Packet::Connect(Box::new(Connect {
@@ -630,7 +656,6 @@ impl ClusterWorld {
             self.problems
                 .push(format!("C0 client {idx} not connected after CONNECT"));
         }
-        idx
     }
 
     fn send(&mut self, idx: usize, p: &Packet) {
@@ -656,15 +681,22 @@ impl ClusterWorld {
 
     fn subscribe(&mut self, idx: usize, filter: &str, qos: QoS) {
         let shared = filter.starts_with("$share/");
-        let no_local = !shared && self.rng.chance(200);
+        // No Local is a v5 option, and not for shared subscriptions.
+        let v5 = self.clients.get(idx).is_some_and(|c| c.v5);
+        let no_local = !shared && v5 && self.rng.chance(200);
+        self.subscribe_with(idx, filter, qos, no_local);
+    }
+
+    fn subscribe_with(&mut self, idx: usize, filter: &str, qos: QoS, no_local: bool) {
+        let shared = filter.starts_with("$share/");
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
-        // No Local is a v5 option.
-        let no_local = no_local && c.v5;
         let packet_id = c.pid();
-        if !shared {
-            c.filters.insert(filter.to_owned(), no_local);
+        if shared {
+            c.shared.insert(filter.to_owned(), qos);
+        } else {
+            c.filters.insert(filter.to_owned(), (qos, no_local));
             c.ever.insert(filter.to_owned());
         }
         self.note(|| format!("client {idx} subscribe {filter} {qos:?} no_local={no_local}"));
@@ -690,6 +722,7 @@ impl ClusterWorld {
         };
         let packet_id = c.pid();
         c.filters.remove(filter);
+        c.shared.remove(filter);
         self.note(|| format!("client {idx} unsubscribe {filter}"));
         self.send(
             idx,
@@ -811,17 +844,20 @@ impl ClusterWorld {
                 self.engine.subs.insert((n, sid), (subject, queue));
                 self.made_at.insert((n, sid), self.now);
             }
-            Some(Op::Unsub { sid }) => {
+            Some(Op::Unsub { sid })
+                if self.mutation != Some(ClusterMutation::IgnoreUnsubscribe) =>
+            {
                 self.engine.subs.remove(&(n, sid));
             }
-            Some(Op::Pub { subject, payload }) => self.route(n, &subject, &payload),
+            Some(Op::Unsub { .. }) => {}
+            Some(Op::Pub { subject, payload }) => self.route(n, &subject, payload),
             None => {}
         }
     }
 
     /// A message published by node `from`: one copy per matching plain subscription of the
     /// other nodes, one per queue name among the matching queue subscriptions.
-    fn route(&mut self, from: usize, subject: &str, payload: &Bytes) {
+    fn route(&mut self, from: usize, subject: &str, mut payload: Bytes) {
         let echo = self.mutation == Some(ClusterMutation::EchoPlain);
         let all_queues = self.mutation == Some(ClusterMutation::IgnoreQueueGroups);
         let mut targets = Vec::new();
@@ -843,8 +879,13 @@ impl ClusterWorld {
                 targets.push(one);
             }
         }
-        if let Ok(e) = Envelope::decode(payload.clone()) {
-            self.routed_at.insert(e.payload, self.now);
+        if let Ok(mut e) = Envelope::decode(payload.clone()) {
+            self.routed_at.insert(e.payload.clone(), self.now);
+            let first = *self.engine.epochs.entry(from).or_insert(e.stamp.epoch);
+            if self.mutation == Some(ClusterMutation::StaleEpoch) && first != e.stamp.epoch {
+                e.stamp.epoch = first;
+                payload = e.encode();
+            }
         }
         let fresh = self.mutation == Some(ClusterMutation::FreshSeq);
         for (node, sid) in targets {
@@ -901,7 +942,8 @@ impl ClusterWorld {
             )
         });
         (key, &subject, &payload[..]).hash(&mut self.hash);
-        self.via = Some((key.1, key.2));
+        let made = self.made_at.get(&(key.1, key.2)).copied().unwrap_or(0);
+        self.via = Some((key.1, key.2, made));
         self.feed(
             key.1,
             Input::ClusterMessage {
@@ -1013,7 +1055,8 @@ impl ClusterWorld {
         }
         self.drain();
 
-        // Publishing, with churn and perhaps one node cut off for a while.
+        // Publishing, with churn and perhaps one node cut off for a while; perhaps a node
+        // restarts (a new epoch) halfway, once everything is delivered.
         self.publishing = true;
         let cut = self.rng.chance(400).then(|| {
             let node = self.rng.below(nodes64) as usize;
@@ -1022,8 +1065,47 @@ impl ClusterWorld {
             (node, from, until)
         });
         self.partitioned = cut.is_some();
+        let restart = self
+            .rng
+            .chance(350)
+            .then(|| self.rng.below(nodes64) as usize);
+        if let Some(node) = restart {
+            self.restarted = true;
+            self.publish_phase(PUBLISH_STEPS / 2, cut);
+            self.drain();
+            self.restart(node);
+            self.drain();
+            self.publish_phase(PUBLISH_STEPS / 2, None);
+        } else {
+            self.publish_phase(PUBLISH_STEPS, cut);
+        }
+        for nd in &mut self.nodes {
+            nd.cut = false;
+        }
+        self.drain();
+        self.publishing = false;
+
+        // Node 0's lagging watch (`WatchSkips`) catches up, less one change.
+        if self.hold_watch {
+            self.hold_watch = false;
+            self.skip = self.skippable();
+            self.drain();
+        }
+
+        // A fresh subscriber to every topic on every node reads the retained set (`#` does
+        // not match topics starting with `$`).
+        for node in 0..nodes {
+            let idx = self.add_client(Kind::Auditor, node);
+            self.subscribe(idx, "#", QoS::AtLeastOnce);
+            self.subscribe(idx, "$s/#", QoS::AtLeastOnce);
+        }
+        self.drain();
+        self.outcome()
+    }
+
+    fn publish_phase(&mut self, steps: u64, cut: Option<(usize, u64, u64)>) {
         let talkers: Vec<usize> = (0..self.clients.len()).collect();
-        for step in 0..PUBLISH_STEPS {
+        for step in 0..steps {
             if let Some((node, from, until)) = cut {
                 let on = step >= from && step < until;
                 if self.nodes.get(node).is_some_and(|nd| nd.cut != on) {
@@ -1061,25 +1143,47 @@ impl ClusterWorld {
         for nd in &mut self.nodes {
             nd.cut = false;
         }
-        self.drain();
-        self.publishing = false;
+    }
 
-        // Node 0's lagging watch (`WatchSkips`) catches up, less one change.
-        if self.hold_watch {
-            self.hold_watch = false;
-            self.skip = self.skippable();
-            self.drain();
+    /// Node `n` stops and starts again, with nothing in flight: a new core (a new epoch), its
+    /// NATS subscriptions gone with its connections, a new watch that replays the bucket; its
+    /// clients connect again and subscribe to what they held.
+    fn restart(&mut self, n: usize) {
+        self.note(|| format!("node {n} restarts"));
+        self.engine.subs.retain(|(node, _), _| *node != n);
+        self.engine
+            .fifos
+            .retain(|(from, to, _), f| !f.is_empty() || (*from != n && *to != n));
+        let seed = self.rng.next_u64();
+        let Some(nd) = self.nodes.get_mut(n) else {
+            return;
+        };
+        let config = nd.broker.config().clone();
+        nd.broker = Broker::new(config, seed, Instant(self.now));
+        nd.plain.clear();
+        nd.queue.clear();
+        nd.kv.clear();
+        nd.queue_sids.clear();
+        nd.watched = 0;
+        let here: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients.get(i).is_some_and(|c| c.node == n))
+            .collect();
+        for idx in here {
+            self.connect(idx);
+            let Some(c) = self.clients.get(idx) else {
+                continue;
+            };
+            let plain: Vec<(String, (QoS, bool))> =
+                c.filters.iter().map(|(f, o)| (f.clone(), *o)).collect();
+            let shared: Vec<(String, QoS)> =
+                c.shared.iter().map(|(f, q)| (f.clone(), *q)).collect();
+            for (f, (qos, no_local)) in plain {
+                self.subscribe_with(idx, &f, qos, no_local);
+            }
+            for (f, qos) in shared {
+                self.subscribe_with(idx, &f, qos, false);
+            }
         }
-
-        // A fresh subscriber to every topic on every node reads the retained set (`#` does
-        // not match topics starting with `$`).
-        for node in 0..nodes {
-            let idx = self.add_client(Kind::Auditor, node);
-            self.subscribe(idx, "#", QoS::AtLeastOnce);
-            self.subscribe(idx, "$s/#", QoS::AtLeastOnce);
-        }
-        self.drain();
-        self.outcome()
     }
 
     /// The last write to a key by a node other than 0, when that write is a value.
@@ -1108,6 +1212,7 @@ impl ClusterWorld {
         self.check_c3(&mut violations);
         let mut known = Vec::new();
         self.check_c4(&mut violations, &mut known);
+        self.check_c5(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -1117,6 +1222,7 @@ impl ClusterWorld {
             seed: self.seed,
             nodes: self.nodes.len(),
             partitioned: self.partitioned,
+            restarted: self.restarted,
             hash: self.hash.finish(),
             messages: self.sent.len() as u64,
             deliveries,
@@ -1177,7 +1283,7 @@ impl ClusterWorld {
             match c.kind {
                 Kind::Stable => {
                     let want = self.expected(|s| {
-                        c.filters.iter().any(|(f, no_local)| {
+                        c.filters.iter().any(|(f, (_, no_local))| {
                             tidemq_core::topic::matches(f, &s.topic)
                                 && !(*no_local && s.publisher == idx)
                         })
@@ -1288,12 +1394,52 @@ impl ClusterWorld {
                     "C4 client {idx} ({:?}) on node {}: from client {publisher} on {} seq {seq} after {prev} (via {:?}, then {:?})",
                     c.kind, c.node, g.topic, early.via, g.via
                 );
-                let made = early.via.and_then(|v| self.made_at.get(&v));
-                let routed = self.routed_at.get(&g.payload);
+                let made = early.via.map(|v| v.2);
+                let routed = self.routed_at.get(&g.payload).copied();
                 match (made, routed) {
                     (Some(made), Some(routed)) if made > routed => known.push(format!("K1 {line}")),
                     _ => out.push(line),
                 }
+            }
+        }
+    }
+
+    /// C5: once drained, the engine holds for each node exactly the NATS subscriptions its
+    /// sessions' distinct filters need: none left behind by an unsubscribe, none missing.
+    fn check_c5(&self, out: &mut Vec<String>) {
+        for n in 0..self.nodes.len() {
+            let mut raws = BTreeSet::new();
+            for c in self.clients.iter().filter(|c| c.node == n) {
+                raws.extend(c.filters.keys().cloned());
+                raws.extend(c.shared.keys().cloned());
+            }
+            let mut want: BTreeMap<(String, Option<String>), i64> = BTreeMap::new();
+            for raw in &raws {
+                match subscription(DEFAULT_PREFIX, Space::Live, raw, MAX_SUBJECT) {
+                    Ok(sub) => {
+                        for subject in sub.subjects {
+                            *want.entry((subject, sub.queue.clone())).or_insert(0) += 1;
+                        }
+                    }
+                    Err(e) => out.push(format!("C5 node {n}: no subjects for {raw}: {e:?}")),
+                }
+            }
+            for ((node, _), held) in &self.engine.subs {
+                if *node == n {
+                    *want.entry(held.clone()).or_insert(0) -= 1;
+                }
+            }
+            let bad: Vec<String> = want
+                .iter()
+                .filter(|(_, k)| **k != 0)
+                .take(4)
+                .map(|((subject, queue), k)| {
+                    let what = if *k > 0 { "missing" } else { "left behind" };
+                    format!("{what} {}x {subject} {queue:?}", k.abs())
+                })
+                .collect();
+            if !bad.is_empty() {
+                out.push(format!("C5 node {n}: {}", bad.join("; ")));
             }
         }
     }

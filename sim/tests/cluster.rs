@@ -1,5 +1,5 @@
 //! Cluster worlds: two or three cores joined by the engine model of `tidemq_sim::cluster`.
-//! Every seed must pass C1–C4; each planted engine fault must be caught by its checker on
+//! Every seed must pass C1–C5; each planted engine fault must be caught by its checker on
 //! some seed; a seed replays to the same trace.
 //!
 //! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 40); `SIM_CLUSTER_SEED=s` replays one seed
@@ -29,8 +29,15 @@ fn seeds() -> u64 {
 
 fn show(o: &ClusterOutcome) -> String {
     format!(
-        "seed {:#x} ({} nodes, partition {}): {} messages, {} deliveries, {} engine copies, {} retained writes",
-        o.seed, o.nodes, o.partitioned, o.messages, o.deliveries, o.copies, o.retained_writes
+        "seed {:#x} ({} nodes, partition {}, restart {}): {} messages, {} deliveries, {} engine copies, {} retained writes",
+        o.seed,
+        o.nodes,
+        o.partitioned,
+        o.restarted,
+        o.messages,
+        o.deliveries,
+        o.copies,
+        o.retained_writes
     )
 }
 
@@ -38,7 +45,8 @@ fn show(o: &ClusterOutcome) -> String {
 fn every_checker_passes() {
     let started = Instant::now();
     let n = seeds();
-    let (mut messages, mut deliveries, mut copies, mut retained, mut cut) = (0, 0, 0, 0, 0);
+    let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
+    let (mut cut, mut restarts) = (0, 0);
     let mut known = Vec::new();
     let mut failures = Vec::new();
     for i in 0..n {
@@ -48,6 +56,7 @@ fn every_checker_passes() {
         copies += o.copies;
         retained += o.retained_writes;
         cut += u64::from(o.partitioned);
+        restarts += u64::from(o.restarted);
         if !o.known.is_empty() {
             known.push(o.seed);
         }
@@ -56,7 +65,7 @@ fn every_checker_passes() {
         }
     }
     println!(
-        "cluster: {n} seeds ({cut} with a partition), {messages} messages, {deliveries} deliveries, \
+        "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
          {copies} engine copies, {retained} retained writes, {:.1} s",
         started.elapsed().as_secs_f64()
     );
@@ -107,6 +116,16 @@ fn a_fresh_sequence_per_copy_is_caught_by_c1() {
 #[test]
 fn a_lost_copy_is_caught_by_c1() {
     assert!(!caught(ClusterMutation::DropCopy, "C1").is_empty());
+}
+
+#[test]
+fn subscriptions_left_behind_are_caught_by_c5() {
+    assert!(!caught(ClusterMutation::IgnoreUnsubscribe, "C5").is_empty());
+}
+
+#[test]
+fn a_restart_without_a_new_epoch_is_caught_by_c1() {
+    assert!(!caught(ClusterMutation::StaleEpoch, "C1").is_empty());
 }
 
 /// Echo on the plain connection brings a node its own messages back; the core drops them by
