@@ -18,7 +18,7 @@
 //! A run: clients connect and subscribe (with some unsubscribes), the engine drains, then a
 //! publishing phase (QoS 0/1, some retained, churning clients), then the partition heals and
 //! everything drains, and a fresh subscriber to every topic on every node reads the retained
-//! set. Checkers C1–C5 judge what the clients saw and what the engine holds; planted engine
+//! set. Checkers C1–C6 judge what the clients saw and what the engine holds; planted engine
 //! faults ([`ClusterMutation`]) show that they can fail.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -59,6 +59,8 @@ pub enum ClusterMutation {
     /// Messages of a restarted node carry its first epoch, as if the epoch did not change
     /// with a restart: the other nodes take its new sequence numbers for copies (C1).
     StaleEpoch,
+    /// The engine hands over every message at QoS 0 and without its user properties (C6).
+    RewriteEnvelope,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -96,6 +98,8 @@ struct Got {
     topic: String,
     payload: Bytes,
     retain: bool,
+    qos: QoS,
+    properties: Properties,
     /// The NATS subscription (node, sid) whose copy the node routed, if it came from one,
     /// and when the engine made that subscription.
     via: Option<(usize, u64, u64)>,
@@ -167,6 +171,8 @@ impl Client {
                         topic: p.topic,
                         payload: p.payload,
                         retain: p.retain,
+                        qos: p.qos,
+                        properties: p.properties,
                         via,
                     });
                 }
@@ -197,6 +203,8 @@ struct Sent {
     publisher: usize,
     topic: String,
     payload: Bytes,
+    qos: QoS,
+    properties: Properties,
 }
 
 /// An operation a node asked of the engine, waiting in one of its connections.
@@ -754,10 +762,24 @@ impl ClusterWorld {
             Bytes::from(format!("P:{idx}:{}", c.next_seq))
         };
         let packet_id = (qos != QoS::AtMostOnce).then(|| c.pid());
+        let mut properties = Properties::default();
+        if c.v5 && self.rng.chance(400) {
+            // What a v5 message carries to v5 subscribers, across nodes too (C6).
+            properties.user_properties = vec![
+                ("k".to_owned(), format!("v{}", c.next_seq)),
+                ("k".to_owned(), "again".to_owned()),
+            ];
+            properties.content_type = Some("text/plain".to_owned());
+            properties.response_topic = Some(format!("re/{idx}"));
+            properties.correlation_data = Some(Bytes::from(format!("corr{}", c.next_seq)));
+            properties.payload_format_indicator = Some(1);
+        }
         self.sent.push(Sent {
             publisher: idx,
             topic: topic.clone(),
             payload: payload.clone(),
+            qos,
+            properties: properties.clone(),
         });
         self.note(|| format!("client {idx} publish {topic} {payload:?} {qos:?} retain={retain}"));
         self.send(
@@ -768,7 +790,7 @@ impl ClusterWorld {
                 retain,
                 topic,
                 packet_id,
-                properties: Properties::default(),
+                properties,
                 payload,
             }),
         );
@@ -884,6 +906,11 @@ impl ClusterWorld {
             let first = *self.engine.epochs.entry(from).or_insert(e.stamp.epoch);
             if self.mutation == Some(ClusterMutation::StaleEpoch) && first != e.stamp.epoch {
                 e.stamp.epoch = first;
+                payload = e.encode();
+            }
+            if self.mutation == Some(ClusterMutation::RewriteEnvelope) {
+                e.qos = QoS::AtMostOnce;
+                e.properties.user_properties.clear();
                 payload = e.encode();
             }
         }
@@ -1213,6 +1240,7 @@ impl ClusterWorld {
         let mut known = Vec::new();
         self.check_c4(&mut violations, &mut known);
         self.check_c5(&mut violations);
+        self.check_c6(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -1399,6 +1427,58 @@ impl ClusterWorld {
                 match (made, routed) {
                     (Some(made), Some(routed)) if made > routed => known.push(format!("K1 {line}")),
                     _ => out.push(line),
+                }
+            }
+        }
+    }
+
+    /// C6: a delivery is the message as sent: QoS the lower of the published one and the
+    /// highest granted by the matching subscriptions, and to v5 subscribers the v5 properties.
+    fn check_c6(&self, out: &mut Vec<String>) {
+        let sent: BTreeMap<&Bytes, &Sent> = self
+            .sent
+            .iter()
+            .filter(|s| !s.payload.is_empty())
+            .map(|s| (&s.payload, s))
+            .collect();
+        for (idx, c) in self.clients.iter().enumerate() {
+            for g in c.got.iter().filter(|g| !g.retain) {
+                let Some(s) = sent.get(&g.payload) else {
+                    continue;
+                };
+                let granted = match c.kind {
+                    Kind::Stable => c
+                        .filters
+                        .iter()
+                        .filter(|(f, (_, no_local))| {
+                            tidemq_core::topic::matches(f, &s.topic)
+                                && !(*no_local && s.publisher == idx)
+                        })
+                        .map(|(_, (q, _))| *q)
+                        .max(),
+                    Kind::Member(_) => c.shared.values().copied().max(),
+                    // Filters that changed while messages flowed: no one answer.
+                    _ => None,
+                };
+                if let Some(granted) = granted
+                    && g.qos != s.qos.min(granted)
+                {
+                    out.push(format!(
+                        "C6 client {idx}: {:?} at {:?}, published at {:?}, granted {granted:?}",
+                        g.payload, g.qos, s.qos
+                    ));
+                }
+                let (a, b) = (&g.properties, &s.properties);
+                let same = a.user_properties == b.user_properties
+                    && a.content_type == b.content_type
+                    && a.response_topic == b.response_topic
+                    && a.correlation_data == b.correlation_data
+                    && a.payload_format_indicator == b.payload_format_indicator;
+                if c.v5 && !same {
+                    out.push(format!(
+                        "C6 client {idx}: {:?} properties {a:?}, sent {b:?}",
+                        g.payload
+                    ));
                 }
             }
         }

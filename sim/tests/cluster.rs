@@ -1,5 +1,5 @@
 //! Cluster worlds: two or three cores joined by the engine model of `tidemq_sim::cluster`.
-//! Every seed must pass C1–C5; each planted engine fault must be caught by its checker on
+//! Every seed must pass C1–C6; each planted engine fault must be caught by its checker on
 //! some seed; a seed replays to the same trace.
 //!
 //! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 40); `SIM_CLUSTER_SEED=s` replays one seed
@@ -126,6 +126,11 @@ fn subscriptions_left_behind_are_caught_by_c5() {
 #[test]
 fn a_restart_without_a_new_epoch_is_caught_by_c1() {
     assert!(!caught(ClusterMutation::StaleEpoch, "C1").is_empty());
+}
+
+#[test]
+fn a_rewritten_envelope_is_caught_by_c6() {
+    assert!(!caught(ClusterMutation::RewriteEnvelope, "C6").is_empty());
 }
 
 /// Echo on the plain connection brings a node its own messages back; the core drops them by
