@@ -121,6 +121,10 @@ struct Client {
     next_pid: u16,
     next_seq: u64,
     got: Vec<Got>,
+    /// SUBSCRIBEs refused, by packet id.
+    refused: BTreeSet<u16>,
+    /// Unsubscribed from everything at the end (before the retained audit).
+    cleared: bool,
 }
 
 impl Client {
@@ -177,7 +181,8 @@ impl Client {
                     });
                 }
                 Packet::SubAck(a) if a.reasons.iter().any(|r| r.0 >= 0x80) => {
-                    problems.push(format!("C0 client {me} SUBACK refused: {:?}", a.reasons));
+                    // Judged by the subscriber (`subscribe_with`): a node may be full.
+                    self.refused.insert(a.packet_id);
                 }
                 Packet::Disconnect(d) => {
                     problems.push(format!("C0 client {me} disconnected: {:?}", d.reason));
@@ -297,6 +302,8 @@ pub struct ClusterOutcome {
     pub copies: u64,
     /// Retained-bucket writes.
     pub retained_writes: u64,
+    /// Subscriptions refused because a node was full.
+    pub refusals: u64,
     pub violations: Vec<String>,
     /// Manifestations of known core issues (K1, see `check_c4`): reported, not failures.
     pub known: Vec<String>,
@@ -313,6 +320,10 @@ impl ClusterOutcome {
 
 pub struct ClusterWorld {
     seed: u64,
+    /// Each node's `max_subscriptions`.
+    max_subscriptions: usize,
+    /// SUBSCRIBEs refused because a node was full.
+    refusals: u64,
     rng: Rng,
     now: u64,
     nodes: Vec<Node>,
@@ -387,6 +398,11 @@ fn random_filter(rng: &mut Rng) -> String {
     levels.join("/")
 }
 
+/// The NATS subscriptions a filter or `$share/g/f` needs.
+fn subjects(raw: &str) -> usize {
+    subscription(DEFAULT_PREFIX, Space::Live, raw, MAX_SUBJECT).map_or(0, |s| s.subjects.len())
+}
+
 fn qos_of(q: u64) -> QoS {
     if q == 0 {
         QoS::AtMostOnce
@@ -409,6 +425,12 @@ impl ClusterWorld {
     pub fn new(seed: u64, mutation: Option<ClusterMutation>) -> ClusterWorld {
         let mut rng = Rng::new(seed ^ 0xC1A5_7E20);
         let n = rng.range(2, 3) as usize;
+        // Some seeds make nodes that fill up: subscriptions past the limit are refused.
+        let max_subscriptions = if rng.chance(250) {
+            rng.range(4, 14) as u32
+        } else {
+            ClusterConfig::default().max_subscriptions
+        };
         let nodes = (0..n)
             .map(|i| {
                 let config = Config {
@@ -416,6 +438,7 @@ impl ClusterWorld {
                     cluster: ClusterConfig {
                         enable: true,
                         node_name: format!("n{i}"),
+                        max_subscriptions,
                         ..ClusterConfig::default()
                     },
                     ..Config::default()
@@ -433,6 +456,8 @@ impl ClusterWorld {
             .collect();
         ClusterWorld {
             seed,
+            max_subscriptions: max_subscriptions as usize,
+            refusals: 0,
             rng,
             now: 0,
             nodes,
@@ -622,6 +647,8 @@ impl ClusterWorld {
             next_pid: 0,
             next_seq: 0,
             got: Vec::new(),
+            refused: BTreeSet::new(),
+            cleared: false,
         });
         self.connect(idx);
         idx
@@ -695,18 +722,33 @@ impl ClusterWorld {
         self.subscribe_with(idx, filter, qos, no_local);
     }
 
+    /// NATS subscriptions node `n`'s sessions need, and whether one of them holds `raw`.
+    fn interest(&self, n: usize, raw: &str) -> (usize, bool) {
+        let mut raws = BTreeSet::new();
+        for c in self.clients.iter().filter(|c| c.node == n && !c.cleared) {
+            raws.extend(c.filters.keys().map(String::as_str));
+            raws.extend(c.shared.keys().map(String::as_str));
+        }
+        let held = raws.iter().map(|r| subjects(r)).sum();
+        (held, raws.contains(raw))
+    }
+
     fn subscribe_with(&mut self, idx: usize, filter: &str, qos: QoS, no_local: bool) {
         let shared = filter.starts_with("$share/");
+        let Some(node) = self.clients.get(idx).map(|c| c.node) else {
+            return;
+        };
+        let (held, already) = self.interest(node, filter);
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
         let packet_id = c.pid();
-        if shared {
-            c.shared.insert(filter.to_owned(), qos);
+        let before = if shared {
+            c.shared.insert(filter.to_owned(), qos).map(|q| (q, false))
         } else {
-            c.filters.insert(filter.to_owned(), (qos, no_local));
             c.ever.insert(filter.to_owned());
-        }
+            c.filters.insert(filter.to_owned(), (qos, no_local))
+        };
         self.note(|| format!("client {idx} subscribe {filter} {qos:?} no_local={no_local}"));
         let options = SubscriptionOptions {
             qos,
@@ -722,6 +764,32 @@ impl ClusterWorld {
                 filters: vec![(filter.to_owned(), options)],
             }),
         );
+        // A node may refuse a filter only when it is full (`max_subscriptions`).
+        let need = subjects(filter);
+        let room = already || held + need <= self.max_subscriptions;
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        if c.refused.remove(&packet_id) {
+            match (shared, before) {
+                (true, Some((q, _))) => drop(c.shared.insert(filter.to_owned(), q)),
+                (true, None) => drop(c.shared.remove(filter)),
+                (false, Some(o)) => drop(c.filters.insert(filter.to_owned(), o)),
+                (false, None) => drop(c.filters.remove(filter)),
+            }
+            self.refusals += 1;
+            if room {
+                self.problems.push(format!(
+                    "C5 client {idx} on node {node}: {filter} refused with room ({held} held, {need} more, at most {})",
+                    self.max_subscriptions
+                ));
+            }
+        } else if !room {
+            self.problems.push(format!(
+                "C5 client {idx} on node {node}: {filter} taken past the limit ({held} held, {need} more, at most {})",
+                self.max_subscriptions
+            ));
+        }
     }
 
     fn unsubscribe(&mut self, idx: usize, filter: &str) {
@@ -1119,6 +1187,34 @@ impl ClusterWorld {
             self.drain();
         }
 
+        // Every client drops every subscription: each node's last unsubscribe must reach the
+        // engine (C5 before and after), and full nodes get room for the audit.
+        let mut before = Vec::new();
+        self.check_c5(&mut before);
+        self.problems.extend(before);
+        for idx in 0..self.clients.len() {
+            let Some(c) = self.clients.get_mut(idx) else {
+                continue;
+            };
+            let raws: Vec<String> = c.filters.keys().chain(c.shared.keys()).cloned().collect();
+            c.cleared = true;
+            for raw in raws {
+                let Some(c) = self.clients.get_mut(idx) else {
+                    continue;
+                };
+                let packet_id = c.pid();
+                self.send(
+                    idx,
+                    &Packet::Unsubscribe(Unsubscribe {
+                        packet_id,
+                        properties: Properties::default(),
+                        filters: vec![raw],
+                    }),
+                );
+            }
+        }
+        self.drain();
+
         // A fresh subscriber to every topic on every node reads the retained set (`#` does
         // not match topics starting with `$`).
         for node in 0..nodes {
@@ -1256,6 +1352,7 @@ impl ClusterWorld {
             deliveries,
             copies: self.engine.copies,
             retained_writes: self.engine.bucket.len() as u64,
+            refusals: self.refusals,
             violations,
             known,
             log: self.log.unwrap_or_default(),
@@ -1349,7 +1446,12 @@ impl ClusterWorld {
                 .filter(|c| c.kind == Kind::Member(g))
                 .flat_map(|c| c.got.iter().filter(|m| !m.retain))
                 .collect();
-            let want = self.expected(|s| tidemq_core::topic::matches(filter, &s.topic));
+            // Members a full node refused are not in the group; with none left it gets nothing.
+            let held = self
+                .clients
+                .iter()
+                .any(|c| c.kind == Kind::Member(g) && !c.shared.is_empty());
+            let want = self.expected(|s| held && tidemq_core::topic::matches(filter, &s.topic));
             let who = format!("group {g} $share/{name}/{filter}");
             Self::compare("C2", &who, want, &got, out);
         }
@@ -1489,7 +1591,7 @@ impl ClusterWorld {
     fn check_c5(&self, out: &mut Vec<String>) {
         for n in 0..self.nodes.len() {
             let mut raws = BTreeSet::new();
-            for c in self.clients.iter().filter(|c| c.node == n) {
+            for c in self.clients.iter().filter(|c| c.node == n && !c.cleared) {
                 raws.extend(c.filters.keys().cloned());
                 raws.extend(c.shared.keys().cloned());
             }

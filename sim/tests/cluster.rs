@@ -46,7 +46,7 @@ fn every_checker_passes() {
     let started = Instant::now();
     let n = seeds();
     let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
-    let (mut cut, mut restarts) = (0, 0);
+    let (mut cut, mut restarts, mut refusals) = (0, 0, 0);
     let mut known = Vec::new();
     let mut failures = Vec::new();
     for i in 0..n {
@@ -57,6 +57,7 @@ fn every_checker_passes() {
         retained += o.retained_writes;
         cut += u64::from(o.partitioned);
         restarts += u64::from(o.restarted);
+        refusals += o.refusals;
         if !o.known.is_empty() {
             known.push(o.seed);
         }
@@ -66,7 +67,7 @@ fn every_checker_passes() {
     }
     println!(
         "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
-         {copies} engine copies, {retained} retained writes, {:.1} s",
+         {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     println!(
