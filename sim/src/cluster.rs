@@ -30,7 +30,7 @@ use tidemq_core::cluster::envelope::Envelope;
 use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
 use tidemq_core::codec::{
     Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
+    ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
 };
 use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
 
@@ -1243,7 +1243,9 @@ impl ClusterWorld {
                     continue;
                 };
                 let churn = self.clients.get(idx).is_some_and(|c| c.kind == Kind::Churn);
-                if churn && self.rng.chance(300) {
+                if churn && self.rng.chance(40) {
+                    self.leave_and_return(idx);
+                } else if churn && self.rng.chance(300) {
                     let f = random_filter(&mut self.rng);
                     let held = self
                         .clients
@@ -1266,6 +1268,33 @@ impl ClusterWorld {
         for nd in &mut self.nodes {
             nd.cut = false;
         }
+    }
+
+    /// Client `idx` leaves (DISCONNECT, or the connection drops) and comes back at once with
+    /// a clean start: its session and every subscription in it are gone.
+    fn leave_and_return(&mut self, idx: usize) {
+        let abrupt = self.rng.chance(500);
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        c.filters.clear();
+        c.shared.clear();
+        let (node, conn) = (c.node, c.conn);
+        // What the node sends this connection from now on is not the client's concern.
+        self.by_conn.remove(&conn);
+        self.note(|| format!("client {idx} leaves, abrupt={abrupt}"));
+        if abrupt {
+            self.feed(node, Input::Closed { conn: ConnId(conn) });
+        } else {
+            self.send(
+                idx,
+                &Packet::Disconnect(ReasonOnly {
+                    reason: ReasonCode(0),
+                    properties: Properties::default(),
+                }),
+            );
+        }
+        self.connect(idx);
     }
 
     /// Node `n` stops and starts again, with nothing in flight: a new core (a new epoch), its
