@@ -18,7 +18,7 @@
 //! A run: clients connect and subscribe (with some unsubscribes), the engine drains, then a
 //! publishing phase (QoS 0/1, some retained, churning clients), then the partition heals and
 //! everything drains, and a fresh subscriber to every topic on every node reads the retained
-//! set. Checkers C1–C6 judge what the clients saw and what the engine holds; planted engine
+//! set. Checkers C1–C7 judge what the clients saw and what the engine holds; planted engine
 //! faults ([`ClusterMutation`]) show that they can fail.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -100,6 +100,9 @@ struct Got {
     retain: bool,
     qos: QoS,
     properties: Properties,
+    /// When it came, and how many bucket entries its node's watch had handed over then.
+    at: u64,
+    watched: usize,
     /// The NATS subscription (node, sid) whose copy the node routed, if it came from one,
     /// and when the engine made that subscription.
     via: Option<(usize, u64, u64)>,
@@ -146,6 +149,7 @@ impl Client {
         &mut self,
         bytes: &[u8],
         via: Option<(usize, u64, u64)>,
+        now: (u64, usize),
         problems: &mut Vec<String>,
         me: usize,
     ) -> Vec<Packet> {
@@ -177,6 +181,8 @@ impl Client {
                         retain: p.retain,
                         qos: p.qos,
                         properties: p.properties,
+                        at: now.0,
+                        watched: now.1,
                         via,
                     });
                 }
@@ -206,6 +212,9 @@ fn ack(packet_id: u16) -> Ack {
 #[derive(Debug, Clone)]
 struct Sent {
     publisher: usize,
+    node: usize,
+    at: u64,
+    retain: bool,
     topic: String,
     payload: Bytes,
     qos: QoS,
@@ -337,6 +346,8 @@ pub struct ClusterWorld {
     publishing: bool,
     partitioned: bool,
     restarted: bool,
+    /// When each node last started.
+    started_at: Vec<u64>,
     /// Node 0's watch waits (`WatchSkips`), then skips this bucket entry.
     hold_watch: bool,
     skip: Option<usize>,
@@ -470,6 +481,7 @@ impl ClusterWorld {
             publishing: false,
             partitioned: false,
             restarted: false,
+            started_at: vec![0; n],
             hold_watch: mutation == Some(ClusterMutation::WatchSkips),
             skip: None,
             mutation,
@@ -527,12 +539,13 @@ impl ClusterWorld {
                 let Some(&idx) = self.by_conn.get(&conn.0) else {
                     return;
                 };
+                let watched = self.nodes.get(n).map_or(0, |nd| nd.watched);
                 let Some(c) = self.clients.get_mut(idx) else {
                     return;
                 };
                 let before = c.got.len();
                 let via = self.via.filter(|v| v.0 == n);
-                let answers = c.on_bytes(&bytes, via, &mut self.problems, idx);
+                let answers = c.on_bytes(&bytes, via, (self.now, watched), &mut self.problems, idx);
                 let version = c.version();
                 if self.log.is_some() {
                     let got: Vec<String> = c
@@ -842,8 +855,12 @@ impl ClusterWorld {
             properties.correlation_data = Some(Bytes::from(format!("corr{}", c.next_seq)));
             properties.payload_format_indicator = Some(1);
         }
+        let node = c.node;
         self.sent.push(Sent {
             publisher: idx,
+            node,
+            at: self.now,
+            retain,
             topic: topic.clone(),
             payload: payload.clone(),
             qos,
@@ -1312,6 +1329,9 @@ impl ClusterWorld {
         };
         let config = nd.broker.config().clone();
         nd.broker = Broker::new(config, seed, Instant(self.now));
+        if let Some(at) = self.started_at.get_mut(n) {
+            *at = self.now;
+        }
         nd.plain.clear();
         nd.queue.clear();
         nd.kv.clear();
@@ -1366,6 +1386,7 @@ impl ClusterWorld {
         self.check_c4(&mut violations, &mut known);
         self.check_c5(&mut violations);
         self.check_c6(&mut violations);
+        self.check_c7(&mut violations, &mut known);
         let deliveries = self
             .clients
             .iter()
@@ -1615,6 +1636,53 @@ impl ClusterWorld {
         }
     }
 
+    /// C7: read your writes — once a node took a client's retained message, a new
+    /// subscriber on that node gets it or a later write to the bucket, never an older one.
+    ///
+    /// Known core issue K3: a node stores its clients' retained messages at once, and its watch
+    /// then replays the bucket's older entries over them until it reaches the node's own
+    /// write. A violation while the node's watch had not yet handed over that write is K3.
+    fn check_c7(&self, out: &mut Vec<String>, known: &mut Vec<String>) {
+        let pos: BTreeMap<Bytes, usize> = self
+            .engine
+            .bucket
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, v, _))| {
+                let e = Envelope::decode(v.clone()?).ok()?;
+                Some((e.payload, i))
+            })
+            .collect();
+        for (idx, c) in self.clients.iter().enumerate() {
+            let since = self.started_at.get(c.node).copied().unwrap_or(0);
+            for g in c.got.iter().filter(|g| g.retain && !g.payload.is_empty()) {
+                let Some(pw) = pos.get(&g.payload) else {
+                    continue;
+                };
+                let newer = self.sent.iter().find(|s| {
+                    s.retain
+                        && s.node == c.node
+                        && s.at >= since
+                        && s.at < g.at
+                        && s.topic == g.topic
+                        && pos.get(&s.payload).is_some_and(|pv| pv > pw)
+                });
+                if let Some(s) = newer {
+                    let line = format!(
+                        "C7 client {idx} on node {} at {}: retained {} {:?}, older than {:?} taken there at {}",
+                        c.node, g.at, g.topic, g.payload, s.payload, s.at
+                    );
+                    let replaying = pos.get(&s.payload).is_some_and(|pv| g.watched <= *pv);
+                    if replaying {
+                        known.push(format!("K3 {line}"));
+                    } else {
+                        out.push(line);
+                    }
+                }
+            }
+        }
+    }
+
     /// C5: once drained, the engine holds for each node exactly the NATS subscriptions its
     /// sessions' distinct filters need: none left behind by an unsubscribe, none missing.
     fn check_c5(&self, out: &mut Vec<String>) {
@@ -1735,6 +1803,32 @@ pub fn expired_retained_after_restart() -> Vec<Vec<String>> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// Known issue K3, scripted on two nodes: client B on node 1 writes retained `r`, which the
+/// bucket takes first; then client W on node 0 writes `r`, which node 0 stores at once and the
+/// bucket takes second. Node 0's watch then hands over B's older write, and a new subscriber on
+/// node 0 gets it although node 0 took W's later one. Returns what that subscriber got.
+pub fn retained_read_after_own_write() -> Vec<String> {
+    let mut w = ClusterWorld::new(0, None);
+    let writer = w.add_client(Kind::Stable, 0);
+    let other = w.add_client(Kind::Stable, 1);
+    w.publish_to(other, "r".to_owned(), QoS::AtLeastOnce, true, false);
+    w.take_op(1, 2);
+    w.publish_to(writer, "r".to_owned(), QoS::AtLeastOnce, true, false);
+    w.take_op(0, 2);
+    w.watch(0);
+    let reader = w.add_client(Kind::Stable, 0);
+    w.subscribe(reader, "r", QoS::AtLeastOnce);
+    w.clients
+        .get(reader)
+        .map(|c| {
+            c.got
+                .iter()
+                .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs one seed and checks it.

@@ -1,5 +1,5 @@
 //! Cluster worlds: two or three cores joined by the engine model of `tidemq_sim::cluster`.
-//! Every seed must pass C1–C6; each planted engine fault must be caught by its checker on
+//! Every seed must pass C1–C7; each planted engine fault must be caught by its checker on
 //! some seed; a seed replays to the same trace.
 //!
 //! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 40); `SIM_CLUSTER_SEED=s` replays one seed
@@ -59,7 +59,7 @@ fn every_checker_passes() {
         restarts += u64::from(o.restarted);
         refusals += o.refusals;
         if !o.known.is_empty() {
-            known.push(o.seed);
+            known.push((o.seed, o.known.clone()));
         }
         if !o.violations.is_empty() {
             failures.push(format!("{}\n  {}", show(&o), o.violations.join("\n  ")));
@@ -70,10 +70,20 @@ fn every_checker_passes() {
          {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "known core issue K1 (order after a new overlapping subscription) on {} seeds: {known:x?}",
-        known.len()
-    );
+    for (k, what) in [
+        ("K1", "order after a new overlapping subscription"),
+        ("K3", "retained read after the node's own write"),
+    ] {
+        let seeds: Vec<u64> = known
+            .iter()
+            .filter(|(_, ks)| ks.iter().any(|l| l.starts_with(k)))
+            .map(|(seed, _)| *seed)
+            .collect();
+        println!(
+            "known core issue {k} ({what}) on {} seeds: {seeds:x?}",
+            seeds.len()
+        );
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(messages > 0 && deliveries > 0);
 }
@@ -210,4 +220,16 @@ fn k1_a_new_subscription_does_not_reorder_another_session() {
 fn k2_an_expired_retained_message_stays_expired_on_a_restarted_node() {
     let got = tidemq_sim::cluster::expired_retained_after_restart();
     assert_eq!(got, [Vec::<String>::new(), Vec::new()]);
+}
+
+/// K3 (a known core issue, see `check_c7`): a node's watch replays older bucket entries over
+/// a retained message the node took from its own client, so a new subscriber there can get an
+/// older value than the one the node acknowledged.
+#[test]
+#[ignore = "K3: known core issue, a node's watch replays older retained values over its own write"]
+fn k3_a_node_reads_its_own_retained_write() {
+    assert_eq!(
+        tidemq_sim::cluster::retained_read_after_own_write(),
+        ["P:0:1"]
+    );
 }
