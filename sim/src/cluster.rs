@@ -13,13 +13,17 @@
 //!   each at its own pace;
 //! - some seeds cut one node from the engine for a while: its queues are held, not lost;
 //! - some seeds restart one node halfway, once nothing is in flight: a new core (a new epoch),
-//!   its NATS subscriptions gone, a watch that replays the bucket, its clients back.
+//!   its NATS subscriptions gone, a watch that replays the bucket, its clients back;
+//! - some seeds give the nodes a small `max_subscriptions`, so that they fill up.
 //!
 //! A run: clients connect and subscribe (with some unsubscribes), the engine drains, then a
-//! publishing phase (QoS 0/1, some retained, churning clients), then the partition heals and
-//! everything drains, and a fresh subscriber to every topic on every node reads the retained
+//! publishing phase (QoS 0/1, some retained, v5 properties, clients that subscribe,
+//! unsubscribe, leave and come back), then the partition heals and everything drains, every
+//! client unsubscribes, and a fresh subscriber to every topic on every node reads the retained
 //! set. Checkers C1–C7 judge what the clients saw and what the engine holds; planted engine
-//! faults ([`ClusterMutation`]) show that they can fail.
+//! faults ([`ClusterMutation`]) show that they can fail. Known core issues (K1–K3) have
+//! scripted reproductions at the end of this file; K1 and K3 also show in random runs, where
+//! the checkers tell them apart and list them in [`ClusterOutcome::known`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -85,9 +89,9 @@ const FRESH_BASE: u64 = 1 << 40;
 enum Kind {
     /// Plain subscriptions made before the publishing phase and held through it (C1).
     Stable,
-    /// Subscribes and unsubscribes while messages flow.
+    /// Subscribes, unsubscribes, leaves and comes back while messages flow.
     Churn,
-    /// The one member of share group `n` it is.
+    /// A member of share group `n`, its only subscription.
     Member(usize),
     /// Reads the retained set at the end (C3).
     Auditor,
@@ -314,7 +318,8 @@ pub struct ClusterOutcome {
     /// Subscriptions refused because a node was full.
     pub refusals: u64,
     pub violations: Vec<String>,
-    /// Manifestations of known core issues (K1, see `check_c4`): reported, not failures.
+    /// Manifestations of known core issues (K1 in `check_c4`, K3 in `check_c7`): reported,
+    /// not failures.
     pub known: Vec<String>,
     /// The run's events, when asked for.
     pub log: Vec<String>,

@@ -1,9 +1,10 @@
 //! Cluster worlds: two or three cores joined by the engine model of `tidemq_sim::cluster`.
-//! Every seed must pass C1–C7; each planted engine fault must be caught by its checker on
-//! some seed; a seed replays to the same trace.
+//! Every seed must pass C1–C7 (known core issues aside, listed); each planted engine fault
+//! must be caught by its checker on some seed; a seed replays to the same trace. The known
+//! core issues K1–K3 have scripted tests, ignored until the core is fixed.
 //!
-//! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 40); `SIM_CLUSTER_SEED=s` replays one seed
-//! with its event log (`replay`).
+//! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 1000, a few seconds); `SIM_CLUSTER_SEED=s`
+//! replays one seed with its event log (`replay`).
 
 #![allow(
     clippy::unwrap_used,
@@ -183,7 +184,7 @@ fn replay() {
         println!("{line}");
     }
     println!("{}", show(&o));
-    for v in &o.violations {
+    for v in o.violations.iter().chain(&o.known) {
         println!("{v}");
     }
 }
