@@ -16,6 +16,7 @@
 pub mod bridge;
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod json;
 pub mod mutation;
 pub mod net;

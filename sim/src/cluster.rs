@@ -1,0 +1,1842 @@
+//! Cluster worlds: two or three cores in cluster mode, joined by an in-memory model of the NATS
+//! engine the runtime talks to, with MQTT clients (3.1.1 and 5) connected to random nodes.
+//!
+//! The engine model is what `docs/cluster.md` relies on:
+//! - plain subscriptions are on a connection without echo: a node never gets its own messages
+//!   on them; queue subscriptions are on a second connection with echo, and each message goes
+//!   to exactly one subscription per queue name whose subject matches (any node);
+//! - one FIFO per (publishing node, subscription); each step delivers the head of a FIFO drawn
+//!   at random, so a node's subscriptions interleave arbitrarily and replication takes steps;
+//! - each node's two connections and its retained-bucket writes are queues the engine takes in
+//!   order, one operation a step;
+//! - the retained bucket applies writes in one global order and every node's watch replays it,
+//!   each at its own pace;
+//! - some seeds cut one node from the engine for a while: its queues are held, not lost;
+//! - some seeds restart one node halfway, once nothing is in flight: a new core (a new epoch),
+//!   its NATS subscriptions gone, a watch that replays the bucket, its clients back;
+//! - some seeds give the nodes a small `max_subscriptions`, so that they fill up.
+//!
+//! A run: clients connect and subscribe (with some unsubscribes), the engine drains, then a
+//! publishing phase (QoS 0/1, some retained, v5 properties, clients that subscribe,
+//! unsubscribe, leave and come back), then the partition heals and everything drains, every
+//! client unsubscribes, and a fresh subscriber to every topic on every node reads the retained
+//! set. Checkers C1–C7 judge what the clients saw and what the engine holds; planted engine
+//! faults ([`ClusterMutation`]) show that they can fail. Known core issues (K1–K3) have
+//! scripted reproductions at the end of this file; K1 and K3 also show in random runs, where
+//! the checkers tell them apart and list them in [`ClusterOutcome::known`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use bytes::{Bytes, BytesMut};
+use tidemq_core::cluster::ClusterConfig;
+use tidemq_core::cluster::envelope::Envelope;
+use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
+use tidemq_core::codec::{
+    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
+};
+use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
+
+use crate::rng::Rng;
+
+/// A fault planted in the engine model, each for a checker to catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMutation {
+    /// Queue groups are ignored: every queue subscription gets every message (C2).
+    IgnoreQueueGroups,
+    /// Plain subscriptions get the node's own messages too (echo on). The core drops copies
+    /// stamped with its own node and epoch, so no checker is expected to fail.
+    EchoPlain,
+    /// Node 0's watch lags to the end, then skips one change: the last write to a key by
+    /// another node (C3).
+    WatchSkips,
+    /// One FIFO hands over its second message before its first (C4).
+    Reorder,
+    /// Every copy gets a fresh sequence number in its envelope, so the copy window cannot
+    /// tell copies of one message apart (C1).
+    FreshSeq,
+    /// One copy on a plain subscription is lost (C1).
+    DropCopy,
+    /// The engine keeps a node's subscriptions after it asked to drop them (C5).
+    IgnoreUnsubscribe,
+    /// Messages of a restarted node carry its first epoch, as if the epoch did not change
+    /// with a restart: the other nodes take its new sequence numbers for copies (C1).
+    StaleEpoch,
+    /// The engine hands over every message at QoS 0 and without its user properties (C6).
+    RewriteEnvelope,
+}
+
+/// Decoding on the client side accepts anything MQTT allows.
+const WIDE: DecodeLimits = DecodeLimits {
+    max_packet_size: 268_435_460,
+    max_user_properties: usize::MAX,
+};
+/// The `max_subject_len` the nodes run with (the default).
+const MAX_SUBJECT: usize = 2048;
+const LEVELS: &[&str] = &["a", "b", "c"];
+/// Levels that need escaping in a subject, or are NATS wildcards, or are empty.
+const AWKWARD: &[&str] = &["", "x.y", "_2E", "\u{e9}", "a b", "*", ">"];
+const GROUPS: &[&str] = &["g", "h"];
+/// Steps of the publishing phase.
+const PUBLISH_STEPS: u64 = 700;
+/// Steps a drain may take before the run is declared stuck.
+const DRAIN_LIMIT: u64 = 200_000;
+/// Sequence numbers given by [`ClusterMutation::FreshSeq`]: far above any real one.
+const FRESH_BASE: u64 = 1 << 40;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Plain subscriptions made before the publishing phase and held through it (C1).
+    Stable,
+    /// Subscribes, unsubscribes, leaves and comes back while messages flow.
+    Churn,
+    /// A member of share group `n`, its only subscription.
+    Member(usize),
+    /// Reads the retained set at the end (C3).
+    Auditor,
+}
+
+#[derive(Debug, Clone)]
+struct Got {
+    topic: String,
+    payload: Bytes,
+    retain: bool,
+    qos: QoS,
+    properties: Properties,
+    /// When it came, and how many bucket entries its node's watch had handed over then.
+    at: u64,
+    watched: usize,
+    /// The NATS subscription (node, sid) whose copy the node routed, if it came from one,
+    /// and when the engine made that subscription.
+    via: Option<(usize, u64, u64)>,
+}
+
+struct Client {
+    kind: Kind,
+    node: usize,
+    conn: u64,
+    v5: bool,
+    rx: BytesMut,
+    up: bool,
+    /// Plain filters held now, with their QoS and No Local option.
+    filters: BTreeMap<String, (QoS, bool)>,
+    /// Shared subscriptions held now (`$share/g/f`), with their QoS.
+    shared: BTreeMap<String, QoS>,
+    /// Every plain filter ever held.
+    ever: BTreeSet<String>,
+    next_pid: u16,
+    next_seq: u64,
+    got: Vec<Got>,
+    /// SUBSCRIBEs refused, by packet id.
+    refused: BTreeSet<u16>,
+    /// Unsubscribed from everything at the end (before the retained audit).
+    cleared: bool,
+}
+
+impl Client {
+    fn version(&self) -> ProtocolVersion {
+        if self.v5 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        }
+    }
+
+    fn pid(&mut self) -> u16 {
+        self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+        self.next_pid
+    }
+
+    /// Reads what the broker sent: returns the answers to send and anything wrong.
+    fn on_bytes(
+        &mut self,
+        bytes: &[u8],
+        via: Option<(usize, u64, u64)>,
+        now: (u64, usize),
+        problems: &mut Vec<String>,
+        me: usize,
+    ) -> Vec<Packet> {
+        self.rx.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let version = self.version();
+        loop {
+            let p = match decode_packet(&mut self.rx, Some(version), &WIDE) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    problems.push(format!("C0 client {me} cannot decode: {e}"));
+                    self.rx.clear();
+                    break;
+                }
+            };
+            match p {
+                Packet::ConnAck(a) if a.code.0 == 0 => self.up = true,
+                Packet::ConnAck(a) => {
+                    problems.push(format!("C0 client {me} refused: {:?}", a.code))
+                }
+                Packet::Publish(p) => {
+                    if p.qos == QoS::AtLeastOnce {
+                        out.push(Packet::PubAck(ack(p.packet_id.unwrap_or(0))));
+                    }
+                    self.got.push(Got {
+                        topic: p.topic,
+                        payload: p.payload,
+                        retain: p.retain,
+                        qos: p.qos,
+                        properties: p.properties,
+                        at: now.0,
+                        watched: now.1,
+                        via,
+                    });
+                }
+                Packet::SubAck(a) if a.reasons.iter().any(|r| r.0 >= 0x80) => {
+                    // Judged by the subscriber (`subscribe_with`): a node may be full.
+                    self.refused.insert(a.packet_id);
+                }
+                Packet::Disconnect(d) => {
+                    problems.push(format!("C0 client {me} disconnected: {:?}", d.reason));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+fn ack(packet_id: u16) -> Ack {
+    Ack {
+        packet_id,
+        reason: ReasonCode(0),
+        properties: Properties::default(),
+    }
+}
+
+/// A client publish of the publishing phase, in the order the broker took them.
+#[derive(Debug, Clone)]
+struct Sent {
+    publisher: usize,
+    node: usize,
+    at: u64,
+    retain: bool,
+    topic: String,
+    payload: Bytes,
+    qos: QoS,
+    properties: Properties,
+}
+
+/// An operation a node asked of the engine, waiting in one of its connections.
+enum Op {
+    Sub {
+        sid: u64,
+        subject: String,
+        queue: Option<String>,
+    },
+    Unsub {
+        sid: u64,
+    },
+    Pub {
+        subject: String,
+        payload: Bytes,
+    },
+}
+
+struct Node {
+    broker: Broker,
+    /// The connection without echo: plain subscriptions and publishes, in output order.
+    plain: VecDeque<Op>,
+    /// The connection with echo: queue subscriptions.
+    queue: VecDeque<Op>,
+    /// Retained-bucket writes, in output order.
+    kv: VecDeque<(String, Option<Bytes>)>,
+    queue_sids: BTreeSet<u64>,
+    /// Bucket entries the watch has handed over.
+    watched: usize,
+    /// Cut from the engine: nothing goes in or out.
+    cut: bool,
+}
+
+/// A bucket entry: key, value, and the node that wrote it.
+type Entry = (String, Option<Bytes>, usize);
+/// A FIFO: (publishing node, subscribing node, sid).
+type FifoKey = (usize, usize, u64);
+
+#[derive(Default)]
+struct Engine {
+    /// (node, sid) -> (subject pattern, queue).
+    subs: BTreeMap<(usize, u64), (String, Option<String>)>,
+    fifos: BTreeMap<FifoKey, VecDeque<(String, Bytes)>>,
+    bucket: Vec<Entry>,
+    /// Each node's first epoch (for `StaleEpoch`).
+    epochs: BTreeMap<usize, u64>,
+    copies: u64,
+    fresh: u64,
+    reordered: bool,
+    dropped: bool,
+}
+
+/// What one engine step may do.
+#[derive(Clone, Copy)]
+enum Step {
+    Conn(usize, u8),
+    Watch(usize),
+    Deliver(FifoKey),
+}
+
+/// FNV-1a: a stable hash for the trace, the same on every platform and run.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Everything one seed produced.
+pub struct ClusterOutcome {
+    pub seed: u64,
+    pub nodes: usize,
+    pub partitioned: bool,
+    /// A node was restarted (a new epoch) between two publishing phases.
+    pub restarted: bool,
+    pub hash: u64,
+    /// Client publishes in the publishing phase.
+    pub messages: u64,
+    /// Live deliveries to clients.
+    pub deliveries: u64,
+    /// Copies the engine queued.
+    pub copies: u64,
+    /// Retained-bucket writes.
+    pub retained_writes: u64,
+    /// Subscriptions refused because a node was full.
+    pub refusals: u64,
+    pub violations: Vec<String>,
+    /// Manifestations of known core issues (K1 in `check_c4`, K3 in `check_c7`): reported,
+    /// not failures.
+    pub known: Vec<String>,
+    /// The run's events, when asked for.
+    pub log: Vec<String>,
+}
+
+impl ClusterOutcome {
+    /// Whether checker `name` (`"C1"` …) found something.
+    pub fn failed(&self, name: &str) -> bool {
+        self.violations.iter().any(|v| v.starts_with(name))
+    }
+}
+
+pub struct ClusterWorld {
+    seed: u64,
+    /// Each node's `max_subscriptions`.
+    max_subscriptions: usize,
+    /// SUBSCRIBEs refused because a node was full.
+    refusals: u64,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Node>,
+    engine: Engine,
+    clients: Vec<Client>,
+    by_conn: BTreeMap<u64, usize>,
+    next_conn: u64,
+    /// Share groups: (name, filter).
+    groups: Vec<(String, String)>,
+    sent: Vec<Sent>,
+    publishing: bool,
+    partitioned: bool,
+    restarted: bool,
+    /// When each node last started.
+    started_at: Vec<u64>,
+    /// Node 0's watch waits (`WatchSkips`), then skips this bucket entry.
+    hold_watch: bool,
+    skip: Option<usize>,
+    mutation: Option<ClusterMutation>,
+    hash: Fnv,
+    /// The subscription whose message is being fed to its node, and when it was made.
+    via: Option<(usize, u64, u64)>,
+    /// When the engine made each subscription, and routed each message (by payload).
+    made_at: BTreeMap<(usize, u64), u64>,
+    routed_at: BTreeMap<Bytes, u64>,
+    problems: Vec<String>,
+    log: Option<Vec<String>>,
+}
+
+fn level(rng: &mut Rng) -> &'static str {
+    let from = if rng.chance(120) { AWKWARD } else { LEVELS };
+    rng.pick(from).copied().unwrap_or("a")
+}
+
+/// A few topics and filters start with `$`: wildcards first must not match those.
+fn dollar(rng: &mut Rng, levels: &mut [&str]) {
+    if rng.chance(40)
+        && let Some(first) = levels.first_mut()
+    {
+        *first = "$s";
+    }
+}
+
+fn random_topic(rng: &mut Rng) -> String {
+    let depth = rng.range(1, 3);
+    let mut levels: Vec<&str> = (0..depth).map(|_| level(rng)).collect();
+    dollar(rng, &mut levels);
+    // A topic of one empty level is empty, which MQTT forbids.
+    if levels == [""] {
+        return "a".to_owned();
+    }
+    levels.join("/")
+}
+
+fn random_filter(rng: &mut Rng) -> String {
+    if rng.chance(50) {
+        return "#".to_owned();
+    }
+    let depth = rng.range(1, 3);
+    let mut levels: Vec<&str> = (0..depth)
+        .map(|_| if rng.chance(350) { "+" } else { level(rng) })
+        .collect();
+    dollar(rng, &mut levels);
+    if rng.chance(250) {
+        if depth < 3 && rng.chance(500) {
+            levels.push("#");
+        } else if let Some(last) = levels.last_mut() {
+            *last = "#";
+        }
+    }
+    if levels == [""] {
+        return "+".to_owned();
+    }
+    levels.join("/")
+}
+
+/// The NATS subscriptions a filter or `$share/g/f` needs.
+fn subjects(raw: &str) -> usize {
+    subscription(DEFAULT_PREFIX, Space::Live, raw, MAX_SUBJECT).map_or(0, |s| s.subjects.len())
+}
+
+fn qos_of(q: u64) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// The payload of a client publish: `P:<client>:<seq>`.
+fn tag(payload: &[u8]) -> Option<(usize, u64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let mut it = s.split(':');
+    if it.next()? != "P" {
+        return None;
+    }
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+impl ClusterWorld {
+    pub fn new(seed: u64, mutation: Option<ClusterMutation>) -> ClusterWorld {
+        let mut rng = Rng::new(seed ^ 0xC1A5_7E20);
+        let n = rng.range(2, 3) as usize;
+        // Some seeds make nodes that fill up: subscriptions past the limit are refused.
+        let max_subscriptions = if rng.chance(250) {
+            rng.range(4, 14) as u32
+        } else {
+            ClusterConfig::default().max_subscriptions
+        };
+        let nodes = (0..n)
+            .map(|i| {
+                let config = Config {
+                    sys_events: false,
+                    cluster: ClusterConfig {
+                        enable: true,
+                        node_name: format!("n{i}"),
+                        max_subscriptions,
+                        ..ClusterConfig::default()
+                    },
+                    ..Config::default()
+                };
+                Node {
+                    broker: Broker::new(config, rng.next_u64(), Instant(0)),
+                    plain: VecDeque::new(),
+                    queue: VecDeque::new(),
+                    kv: VecDeque::new(),
+                    queue_sids: BTreeSet::new(),
+                    watched: 0,
+                    cut: false,
+                }
+            })
+            .collect();
+        ClusterWorld {
+            seed,
+            max_subscriptions: max_subscriptions as usize,
+            refusals: 0,
+            rng,
+            now: 0,
+            nodes,
+            engine: Engine::default(),
+            clients: Vec::new(),
+            by_conn: BTreeMap::new(),
+            next_conn: 1,
+            groups: Vec::new(),
+            sent: Vec::new(),
+            publishing: false,
+            partitioned: false,
+            restarted: false,
+            started_at: vec![0; n],
+            hold_watch: mutation == Some(ClusterMutation::WatchSkips),
+            skip: None,
+            mutation,
+            hash: Fnv(0xcbf2_9ce4_8422_2325),
+            via: None,
+            made_at: BTreeMap::new(),
+            routed_at: BTreeMap::new(),
+            problems: Vec::new(),
+            log: None,
+        }
+    }
+
+    /// Keeps the run's events in the outcome (for a failing seed's trace).
+    pub fn verbose(mut self) -> ClusterWorld {
+        self.log = Some(Vec::new());
+        self
+    }
+
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if let Some(log) = self.log.as_mut() {
+            log.push(format!("{:>6} {}", self.now, what()));
+        }
+    }
+
+    // ----- nodes --------------------------------------------------------------------------
+
+    fn feed(&mut self, node: usize, input: Input) {
+        let mut pending = VecDeque::from([(node, input)]);
+        while let Some((n, input)) = pending.pop_front() {
+            let Some(nd) = self.nodes.get_mut(n) else {
+                continue;
+            };
+            nd.broker.handle_input(Instant(self.now), input);
+            let mut outs = Vec::new();
+            while let Some(o) = nd.broker.poll_output() {
+                outs.push(o);
+            }
+            for o in outs {
+                self.output(n, o, &mut pending);
+            }
+        }
+    }
+
+    fn output(&mut self, n: usize, o: Output, pending: &mut VecDeque<(usize, Input)>) {
+        match o {
+            Output::Transmit { conn, bytes } => {
+                (n, "tx", conn.0, &bytes[..]).hash(&mut self.hash);
+                pending.push_back((
+                    n,
+                    Input::Written {
+                        conn,
+                        bytes: bytes.len(),
+                    },
+                ));
+                let Some(&idx) = self.by_conn.get(&conn.0) else {
+                    return;
+                };
+                let watched = self.nodes.get(n).map_or(0, |nd| nd.watched);
+                let Some(c) = self.clients.get_mut(idx) else {
+                    return;
+                };
+                let before = c.got.len();
+                let via = self.via.filter(|v| v.0 == n);
+                let answers = c.on_bytes(&bytes, via, (self.now, watched), &mut self.problems, idx);
+                let version = c.version();
+                if self.log.is_some() {
+                    let got: Vec<String> = c
+                        .got
+                        .iter()
+                        .skip(before)
+                        .map(|g| {
+                            format!(
+                                "client {idx} got {} {:?} retain={}",
+                                g.topic, g.payload, g.retain
+                            )
+                        })
+                        .collect();
+                    for g in got {
+                        self.note(|| g);
+                    }
+                }
+                for p in answers {
+                    let mut b = BytesMut::new();
+                    let _ = encode_packet(&p, version, &mut b);
+                    pending.push_back((
+                        n,
+                        Input::Received {
+                            conn,
+                            bytes: b.freeze(),
+                        },
+                    ));
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(idx) = self.by_conn.get(&conn.0) {
+                    self.problems
+                        .push(format!("C0 client {idx} closed by node {n}"));
+                }
+            }
+            Output::ClusterSubscribe {
+                sid,
+                subject,
+                queue,
+            } => {
+                self.note(|| format!("node {n} subscribe sid {sid} {subject} {queue:?}"));
+                let Some(nd) = self.nodes.get_mut(n) else {
+                    return;
+                };
+                let op = Op::Sub {
+                    sid,
+                    subject,
+                    queue: queue.clone(),
+                };
+                if queue.is_some() {
+                    nd.queue_sids.insert(sid);
+                    nd.queue.push_back(op);
+                } else {
+                    nd.plain.push_back(op);
+                }
+            }
+            Output::ClusterUnsubscribe { sid } => {
+                self.note(|| format!("node {n} unsubscribe sid {sid}"));
+                let Some(nd) = self.nodes.get_mut(n) else {
+                    return;
+                };
+                if nd.queue_sids.contains(&sid) {
+                    nd.queue.push_back(Op::Unsub { sid });
+                } else {
+                    nd.plain.push_back(Op::Unsub { sid });
+                }
+            }
+            Output::ClusterPublish { subject, payload } => {
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.plain.push_back(Op::Pub { subject, payload });
+                }
+            }
+            Output::ClusterRetain { key, value } => {
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.kv.push_back((key, value));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One millisecond passes; due timers fire.
+    fn tick(&mut self) {
+        self.now += 1;
+        for n in 0..self.nodes.len() {
+            let due = self
+                .nodes
+                .get(n)
+                .and_then(|nd| nd.broker.poll_timeout())
+                .is_some_and(|at| at.0 <= self.now);
+            if due {
+                self.feed(n, Input::Timeout);
+            }
+        }
+    }
+
+    // ----- clients ------------------------------------------------------------------------
+
+    fn add_client(&mut self, kind: Kind, node: usize) -> usize {
+        let idx = self.clients.len();
+        let v5 = self.rng.chance(500);
+        self.clients.push(Client {
+            kind,
+            node,
+            conn: 0,
+            v5,
+            rx: BytesMut::new(),
+            up: false,
+            filters: BTreeMap::new(),
+            shared: BTreeMap::new(),
+            ever: BTreeSet::new(),
+            next_pid: 0,
+            next_seq: 0,
+            got: Vec::new(),
+            refused: BTreeSet::new(),
+            cleared: false,
+        });
+        self.connect(idx);
+        idx
+    }
+
+    /// A new connection of client `idx` to its node, and a clean-start CONNECT.
+    fn connect(&mut self, idx: usize) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        self.by_conn.remove(&c.conn);
+        c.conn = conn;
+        c.up = false;
+        c.rx.clear();
+        let (node, version) = (c.node, c.version());
+        self.by_conn.insert(conn, idx);
+        self.feed(
+            node,
+            Input::Accepted {
+                conn: ConnId(conn),
+                peer: format!("10.0.{node}.{}:1883", idx % 250),
+            },
+        );
+        self.send(
+            idx,
+            &Packet::Connect(Box::new(Connect {
+                version,
+                clean_start: true,
+                keep_alive: 0,
+                properties: Properties::default(),
+                client_id: format!("c{idx}"),
+                will: None,
+                username: None,
+                password: None,
+            })),
+        );
+        if self.clients.get(idx).is_some_and(|c| !c.up) {
+            self.problems
+                .push(format!("C0 client {idx} not connected after CONNECT"));
+        }
+    }
+
+    fn send(&mut self, idx: usize, p: &Packet) {
+        let Some(c) = self.clients.get(idx) else {
+            return;
+        };
+        let mut b = BytesMut::new();
+        if encode_packet(p, c.version(), &mut b).is_err() {
+            self.problems.push(format!("C0 client {idx} cannot encode"));
+            return;
+        }
+        let (node, conn) = (c.node, c.conn);
+        let bytes = b.freeze();
+        (node, "rx", conn, &bytes[..]).hash(&mut self.hash);
+        self.feed(
+            node,
+            Input::Received {
+                conn: ConnId(conn),
+                bytes,
+            },
+        );
+    }
+
+    fn subscribe(&mut self, idx: usize, filter: &str, qos: QoS) {
+        let shared = filter.starts_with("$share/");
+        // No Local is a v5 option, and not for shared subscriptions.
+        let v5 = self.clients.get(idx).is_some_and(|c| c.v5);
+        let no_local = !shared && v5 && self.rng.chance(200);
+        self.subscribe_with(idx, filter, qos, no_local);
+    }
+
+    /// NATS subscriptions node `n`'s sessions need, and whether one of them holds `raw`.
+    fn interest(&self, n: usize, raw: &str) -> (usize, bool) {
+        let mut raws = BTreeSet::new();
+        for c in self.clients.iter().filter(|c| c.node == n && !c.cleared) {
+            raws.extend(c.filters.keys().map(String::as_str));
+            raws.extend(c.shared.keys().map(String::as_str));
+        }
+        let held = raws.iter().map(|r| subjects(r)).sum();
+        (held, raws.contains(raw))
+    }
+
+    fn subscribe_with(&mut self, idx: usize, filter: &str, qos: QoS, no_local: bool) {
+        let shared = filter.starts_with("$share/");
+        let Some(node) = self.clients.get(idx).map(|c| c.node) else {
+            return;
+        };
+        let (held, already) = self.interest(node, filter);
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let packet_id = c.pid();
+        let before = if shared {
+            c.shared.insert(filter.to_owned(), qos).map(|q| (q, false))
+        } else {
+            c.ever.insert(filter.to_owned());
+            c.filters.insert(filter.to_owned(), (qos, no_local))
+        };
+        self.note(|| format!("client {idx} subscribe {filter} {qos:?} no_local={no_local}"));
+        let options = SubscriptionOptions {
+            qos,
+            no_local,
+            retain_as_published: false,
+            retain_handling: 0,
+        };
+        self.send(
+            idx,
+            &Packet::Subscribe(Subscribe {
+                packet_id,
+                properties: Properties::default(),
+                filters: vec![(filter.to_owned(), options)],
+            }),
+        );
+        // A node may refuse a filter only when it is full (`max_subscriptions`).
+        let need = subjects(filter);
+        let room = already || held + need <= self.max_subscriptions;
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        if c.refused.remove(&packet_id) {
+            match (shared, before) {
+                (true, Some((q, _))) => drop(c.shared.insert(filter.to_owned(), q)),
+                (true, None) => drop(c.shared.remove(filter)),
+                (false, Some(o)) => drop(c.filters.insert(filter.to_owned(), o)),
+                (false, None) => drop(c.filters.remove(filter)),
+            }
+            self.refusals += 1;
+            if room {
+                self.problems.push(format!(
+                    "C5 client {idx} on node {node}: {filter} refused with room ({held} held, {need} more, at most {})",
+                    self.max_subscriptions
+                ));
+            }
+        } else if !room {
+            self.problems.push(format!(
+                "C5 client {idx} on node {node}: {filter} taken past the limit ({held} held, {need} more, at most {})",
+                self.max_subscriptions
+            ));
+        }
+    }
+
+    fn unsubscribe(&mut self, idx: usize, filter: &str) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let packet_id = c.pid();
+        c.filters.remove(filter);
+        c.shared.remove(filter);
+        self.note(|| format!("client {idx} unsubscribe {filter}"));
+        self.send(
+            idx,
+            &Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                properties: Properties::default(),
+                filters: vec![filter.to_owned()],
+            }),
+        );
+    }
+
+    fn publish(&mut self, idx: usize) {
+        let topic = random_topic(&mut self.rng);
+        let qos = qos_of(self.rng.below(2));
+        let retain = self.rng.chance(120);
+        let clear = retain && self.rng.chance(250);
+        self.publish_to(idx, topic, qos, retain, clear);
+    }
+
+    /// A publish of client `idx`; `clear` sends an empty payload.
+    fn publish_to(&mut self, idx: usize, topic: String, qos: QoS, retain: bool, clear: bool) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        c.next_seq += 1;
+        let payload = if clear {
+            Bytes::new()
+        } else {
+            Bytes::from(format!("P:{idx}:{}", c.next_seq))
+        };
+        let packet_id = (qos != QoS::AtMostOnce).then(|| c.pid());
+        let mut properties = Properties::default();
+        if c.v5 && self.rng.chance(400) {
+            // What a v5 message carries to v5 subscribers, across nodes too (C6).
+            properties.user_properties = vec![
+                ("k".to_owned(), format!("v{}", c.next_seq)),
+                ("k".to_owned(), "again".to_owned()),
+            ];
+            properties.content_type = Some("text/plain".to_owned());
+            properties.response_topic = Some(format!("re/{idx}"));
+            properties.correlation_data = Some(Bytes::from(format!("corr{}", c.next_seq)));
+            properties.payload_format_indicator = Some(1);
+        }
+        let node = c.node;
+        self.sent.push(Sent {
+            publisher: idx,
+            node,
+            at: self.now,
+            retain,
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos,
+            properties: properties.clone(),
+        });
+        self.note(|| format!("client {idx} publish {topic} {payload:?} {qos:?} retain={retain}"));
+        self.send(
+            idx,
+            &Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain,
+                topic,
+                packet_id,
+                properties,
+                payload,
+            }),
+        );
+    }
+
+    // ----- the engine ---------------------------------------------------------------------
+
+    fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for (n, nd) in self.nodes.iter().enumerate() {
+            if nd.cut {
+                continue;
+            }
+            if !nd.plain.is_empty() {
+                steps.push(Step::Conn(n, 0));
+            }
+            if !nd.queue.is_empty() {
+                steps.push(Step::Conn(n, 1));
+            }
+            if !nd.kv.is_empty() {
+                steps.push(Step::Conn(n, 2));
+            }
+            let held = n == 0 && self.hold_watch;
+            if !held && nd.watched < self.engine.bucket.len() {
+                steps.push(Step::Watch(n));
+            }
+        }
+        for (key, fifo) in &self.engine.fifos {
+            let open = self.nodes.get(key.1).is_some_and(|nd| !nd.cut);
+            if open && !fifo.is_empty() {
+                steps.push(Step::Deliver(*key));
+            }
+        }
+        steps
+    }
+
+    /// One engine step drawn at random; false when there is nothing to do.
+    fn engine_step(&mut self) -> bool {
+        let steps = self.steps();
+        let Some(&step) = self.rng.pick(&steps) else {
+            return false;
+        };
+        match step {
+            Step::Conn(n, which) => self.take_op(n, which),
+            Step::Watch(n) => self.watch(n),
+            Step::Deliver(key) => self.deliver(key),
+        }
+        true
+    }
+
+    fn take_op(&mut self, n: usize, which: u8) {
+        let Some(nd) = self.nodes.get_mut(n) else {
+            return;
+        };
+        if which == 2 {
+            if let Some((key, value)) = nd.kv.pop_front() {
+                self.note(|| format!("bucket {key} = {value:?} (node {n})"));
+                self.engine.bucket.push((key, value, n));
+            }
+            return;
+        }
+        let op = if which == 0 {
+            nd.plain.pop_front()
+        } else {
+            nd.queue.pop_front()
+        };
+        match op {
+            Some(Op::Sub {
+                sid,
+                subject,
+                queue,
+            }) => {
+                self.engine.subs.insert((n, sid), (subject, queue));
+                self.made_at.insert((n, sid), self.now);
+            }
+            Some(Op::Unsub { sid })
+                if self.mutation != Some(ClusterMutation::IgnoreUnsubscribe) =>
+            {
+                self.engine.subs.remove(&(n, sid));
+            }
+            Some(Op::Unsub { .. }) => {}
+            Some(Op::Pub { subject, payload }) => self.route(n, &subject, payload),
+            None => {}
+        }
+    }
+
+    /// A message published by node `from`: one copy per matching plain subscription of the
+    /// other nodes, one per queue name among the matching queue subscriptions.
+    fn route(&mut self, from: usize, subject: &str, mut payload: Bytes) {
+        let echo = self.mutation == Some(ClusterMutation::EchoPlain);
+        let all_queues = self.mutation == Some(ClusterMutation::IgnoreQueueGroups);
+        let mut targets = Vec::new();
+        let mut groups: BTreeMap<&str, Vec<(usize, u64)>> = BTreeMap::new();
+        for (&(node, sid), (pattern, queue)) in &self.engine.subs {
+            if !nats_matches(pattern, subject) {
+                continue;
+            }
+            match queue {
+                None if node != from || echo => targets.push((node, sid)),
+                None => {}
+                Some(q) => groups.entry(q).or_default().push((node, sid)),
+            }
+        }
+        for members in groups.values() {
+            if all_queues {
+                targets.extend(members.iter().copied());
+            } else if let Some(&one) = self.rng.pick(members) {
+                targets.push(one);
+            }
+        }
+        if let Ok(mut e) = Envelope::decode(payload.clone()) {
+            self.routed_at.insert(e.payload.clone(), self.now);
+            let first = *self.engine.epochs.entry(from).or_insert(e.stamp.epoch);
+            if self.mutation == Some(ClusterMutation::StaleEpoch) && first != e.stamp.epoch {
+                e.stamp.epoch = first;
+                payload = e.encode();
+            }
+            if self.mutation == Some(ClusterMutation::RewriteEnvelope) {
+                e.qos = QoS::AtMostOnce;
+                e.properties.user_properties.clear();
+                payload = e.encode();
+            }
+        }
+        let fresh = self.mutation == Some(ClusterMutation::FreshSeq);
+        for (node, sid) in targets {
+            let mut copy = payload.clone();
+            if fresh && let Ok(mut e) = Envelope::decode(payload.clone()) {
+                self.engine.fresh += 1;
+                e.stamp.seq = FRESH_BASE + self.engine.fresh;
+                copy = e.encode();
+            }
+            self.note(|| format!("engine {subject} from node {from} -> node {node} sid {sid}"));
+            self.engine.copies += 1;
+            self.engine
+                .fifos
+                .entry((from, node, sid))
+                .or_default()
+                .push_back((subject.to_owned(), copy));
+        }
+    }
+
+    fn deliver(&mut self, key: FifoKey) {
+        let plain = self
+            .nodes
+            .get(key.1)
+            .is_some_and(|nd| !nd.queue_sids.contains(&key.2));
+        let Some(fifo) = self.engine.fifos.get_mut(&key) else {
+            return;
+        };
+        let reorder = self.mutation == Some(ClusterMutation::Reorder)
+            && !self.engine.reordered
+            && fifo.len() >= 2
+            && fifo.front().map(|m| &m.0) == fifo.get(1).map(|m| &m.0);
+        let msg = if reorder {
+            self.engine.reordered = true;
+            fifo.remove(1)
+        } else {
+            fifo.pop_front()
+        };
+        let Some((subject, payload)) = msg else {
+            return;
+        };
+        if self.mutation == Some(ClusterMutation::DropCopy)
+            && self.publishing
+            && plain
+            && !self.engine.dropped
+        {
+            self.engine.dropped = true;
+            self.note(|| format!("engine lost {subject} to node {} sid {}", key.1, key.2));
+            return;
+        }
+        self.note(|| {
+            format!(
+                "deliver {subject} from node {} to node {} sid {}",
+                key.0, key.1, key.2
+            )
+        });
+        (key, &subject, &payload[..]).hash(&mut self.hash);
+        let made = self.made_at.get(&(key.1, key.2)).copied().unwrap_or(0);
+        self.via = Some((key.1, key.2, made));
+        self.feed(
+            key.1,
+            Input::ClusterMessage {
+                sid: key.2,
+                subject,
+                payload,
+            },
+        );
+        self.via = None;
+    }
+
+    fn watch(&mut self, n: usize) {
+        let Some(nd) = self.nodes.get_mut(n) else {
+            return;
+        };
+        let at = nd.watched;
+        nd.watched += 1;
+        if n == 0 && self.skip == Some(at) {
+            self.note(|| format!("node 0's watch skips entry {at}"));
+            return;
+        }
+        let Some((key, value, _)) = self.engine.bucket.get(at).cloned() else {
+            return;
+        };
+        (n, "kv", &key, value.as_deref()).hash(&mut self.hash);
+        self.note(|| format!("node {n} watch {key} = {}", value.is_some()));
+        self.feed(n, Input::ClusterRetained { key, value });
+    }
+
+    /// Runs the engine until every queue, FIFO and watch is empty.
+    fn drain(&mut self) {
+        for _ in 0..DRAIN_LIMIT {
+            if !self.engine_step() {
+                return;
+            }
+            self.tick();
+        }
+        self.problems
+            .push(format!("C0 engine not drained after {DRAIN_LIMIT} steps"));
+    }
+
+    // ----- the run ------------------------------------------------------------------------
+
+    pub fn run(mut self) -> ClusterOutcome {
+        let nodes = self.nodes.len();
+        let nodes64 = nodes as u64;
+        // Share groups, members spread over the nodes; two groups may share a name.
+        for _ in 0..self.rng.range(1, 3) {
+            let name = self.rng.pick(GROUPS).copied().unwrap_or("g").to_owned();
+            let filter = random_filter(&mut self.rng);
+            // The same name and filter would be one group in MQTT.
+            if !self.groups.contains(&(name.clone(), filter.clone())) {
+                self.groups.push((name, filter));
+            }
+        }
+        for g in 0..self.groups.len() {
+            let first = self.rng.below(nodes64) as usize;
+            for k in 0..self.rng.range(2, 3) as usize {
+                self.add_client(Kind::Member(g), (first + k) % nodes);
+            }
+        }
+        for _ in 0..self.rng.range(3, 6) {
+            let node = self.rng.below(nodes64) as usize;
+            self.add_client(Kind::Stable, node);
+        }
+        for _ in 0..self.rng.range(1, 2) {
+            let node = self.rng.below(nodes64) as usize;
+            self.add_client(Kind::Churn, node);
+        }
+        // Subscriptions; some are dropped again before any message.
+        for idx in 0..self.clients.len() {
+            let kind = self.clients.get(idx).map(|c| c.kind);
+            match kind {
+                Some(Kind::Member(g)) => {
+                    let Some((name, filter)) = self.groups.get(g).cloned() else {
+                        continue;
+                    };
+                    let qos = qos_of(self.rng.below(2));
+                    self.subscribe(idx, &format!("$share/{name}/{filter}"), qos);
+                }
+                Some(Kind::Stable | Kind::Churn) => {
+                    for _ in 0..self.rng.range(1, 3) {
+                        let f = random_filter(&mut self.rng);
+                        let qos = qos_of(self.rng.below(2));
+                        self.subscribe(idx, &f, qos);
+                    }
+                    if self.rng.chance(300) {
+                        // A share group joined and left: it must get nothing after.
+                        let f = format!("$share/g/{}", random_filter(&mut self.rng));
+                        self.subscribe(idx, &f, QoS::AtMostOnce);
+                        self.unsubscribe(idx, &f);
+                    }
+                    let held: Vec<String> = self
+                        .clients
+                        .get(idx)
+                        .map(|c| c.filters.keys().cloned().collect())
+                        .unwrap_or_default();
+                    for f in held {
+                        if self.rng.chance(200) {
+                            self.unsubscribe(idx, &f);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if self.rng.chance(300) {
+                self.engine_step();
+            }
+        }
+        self.drain();
+
+        // Publishing, with churn and perhaps one node cut off for a while; perhaps a node
+        // restarts (a new epoch) halfway, once everything is delivered.
+        self.publishing = true;
+        let cut = self.rng.chance(400).then(|| {
+            let node = self.rng.below(nodes64) as usize;
+            let from = self.rng.below(PUBLISH_STEPS / 2);
+            let until = from + self.rng.range(50, PUBLISH_STEPS / 2);
+            (node, from, until)
+        });
+        self.partitioned = cut.is_some();
+        let restart = self
+            .rng
+            .chance(350)
+            .then(|| self.rng.below(nodes64) as usize);
+        if let Some(node) = restart {
+            self.restarted = true;
+            self.publish_phase(PUBLISH_STEPS / 2, cut);
+            self.drain();
+            self.restart(node);
+            self.drain();
+            self.publish_phase(PUBLISH_STEPS / 2, None);
+        } else {
+            self.publish_phase(PUBLISH_STEPS, cut);
+        }
+        for nd in &mut self.nodes {
+            nd.cut = false;
+        }
+        self.drain();
+        self.publishing = false;
+
+        // Node 0's lagging watch (`WatchSkips`) catches up, less one change.
+        if self.hold_watch {
+            self.hold_watch = false;
+            self.skip = self.skippable();
+            self.drain();
+        }
+
+        // Every client drops every subscription: each node's last unsubscribe must reach the
+        // engine (C5 before and after), and full nodes get room for the audit.
+        let mut before = Vec::new();
+        self.check_c5(&mut before);
+        self.problems.extend(before);
+        for idx in 0..self.clients.len() {
+            let Some(c) = self.clients.get_mut(idx) else {
+                continue;
+            };
+            let raws: Vec<String> = c.filters.keys().chain(c.shared.keys()).cloned().collect();
+            c.cleared = true;
+            for raw in raws {
+                let Some(c) = self.clients.get_mut(idx) else {
+                    continue;
+                };
+                let packet_id = c.pid();
+                self.send(
+                    idx,
+                    &Packet::Unsubscribe(Unsubscribe {
+                        packet_id,
+                        properties: Properties::default(),
+                        filters: vec![raw],
+                    }),
+                );
+            }
+        }
+        self.drain();
+
+        // A fresh subscriber to every topic on every node reads the retained set (`#` does
+        // not match topics starting with `$`).
+        for node in 0..nodes {
+            let idx = self.add_client(Kind::Auditor, node);
+            self.subscribe(idx, "#", QoS::AtLeastOnce);
+            self.subscribe(idx, "$s/#", QoS::AtLeastOnce);
+        }
+        self.drain();
+        self.outcome()
+    }
+
+    fn publish_phase(&mut self, steps: u64, cut: Option<(usize, u64, u64)>) {
+        let talkers: Vec<usize> = (0..self.clients.len()).collect();
+        for step in 0..steps {
+            if let Some((node, from, until)) = cut {
+                let on = step >= from && step < until;
+                if self.nodes.get(node).is_some_and(|nd| nd.cut != on) {
+                    self.note(|| format!("node {node} cut={on}"));
+                }
+                if let Some(nd) = self.nodes.get_mut(node) {
+                    nd.cut = on;
+                }
+            }
+            if self.rng.chance(300) {
+                let Some(&idx) = self.rng.pick(&talkers) else {
+                    continue;
+                };
+                let churn = self.clients.get(idx).is_some_and(|c| c.kind == Kind::Churn);
+                if churn && self.rng.chance(40) {
+                    self.leave_and_return(idx);
+                } else if churn && self.rng.chance(300) {
+                    let f = random_filter(&mut self.rng);
+                    let held = self
+                        .clients
+                        .get(idx)
+                        .is_some_and(|c| c.filters.contains_key(&f));
+                    if held {
+                        self.unsubscribe(idx, &f);
+                    } else {
+                        let qos = qos_of(self.rng.below(2));
+                        self.subscribe(idx, &f, qos);
+                    }
+                } else {
+                    self.publish(idx);
+                }
+            } else {
+                self.engine_step();
+            }
+            self.tick();
+        }
+        for nd in &mut self.nodes {
+            nd.cut = false;
+        }
+    }
+
+    /// Client `idx` leaves (DISCONNECT, or the connection drops) and comes back at once with
+    /// a clean start: its session and every subscription in it are gone.
+    fn leave_and_return(&mut self, idx: usize) {
+        let abrupt = self.rng.chance(500);
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        c.filters.clear();
+        c.shared.clear();
+        let (node, conn) = (c.node, c.conn);
+        // What the node sends this connection from now on is not the client's concern.
+        self.by_conn.remove(&conn);
+        self.note(|| format!("client {idx} leaves, abrupt={abrupt}"));
+        if abrupt {
+            self.feed(node, Input::Closed { conn: ConnId(conn) });
+        } else {
+            self.send(
+                idx,
+                &Packet::Disconnect(ReasonOnly {
+                    reason: ReasonCode(0),
+                    properties: Properties::default(),
+                }),
+            );
+        }
+        self.connect(idx);
+    }
+
+    /// Node `n` stops and starts again, with nothing in flight: a new core (a new epoch), its
+    /// NATS subscriptions gone with its connections, a new watch that replays the bucket; its
+    /// clients connect again and subscribe to what they held.
+    fn restart(&mut self, n: usize) {
+        self.note(|| format!("node {n} restarts"));
+        self.engine.subs.retain(|(node, _), _| *node != n);
+        self.engine
+            .fifos
+            .retain(|(from, to, _), f| !f.is_empty() || (*from != n && *to != n));
+        let seed = self.rng.next_u64();
+        let Some(nd) = self.nodes.get_mut(n) else {
+            return;
+        };
+        let config = nd.broker.config().clone();
+        nd.broker = Broker::new(config, seed, Instant(self.now));
+        if let Some(at) = self.started_at.get_mut(n) {
+            *at = self.now;
+        }
+        nd.plain.clear();
+        nd.queue.clear();
+        nd.kv.clear();
+        nd.queue_sids.clear();
+        nd.watched = 0;
+        let here: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients.get(i).is_some_and(|c| c.node == n))
+            .collect();
+        for idx in here {
+            self.connect(idx);
+            let Some(c) = self.clients.get(idx) else {
+                continue;
+            };
+            let plain: Vec<(String, (QoS, bool))> =
+                c.filters.iter().map(|(f, o)| (f.clone(), *o)).collect();
+            let shared: Vec<(String, QoS)> =
+                c.shared.iter().map(|(f, q)| (f.clone(), *q)).collect();
+            for (f, (qos, no_local)) in plain {
+                self.subscribe_with(idx, &f, qos, no_local);
+            }
+            for (f, qos) in shared {
+                self.subscribe_with(idx, &f, qos, false);
+            }
+        }
+    }
+
+    /// The last write to a key by a node other than 0, when that write is a value.
+    fn skippable(&self) -> Option<usize> {
+        let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, (key, _, _)) in self.engine.bucket.iter().enumerate() {
+            last.insert(key, i);
+        }
+        last.values()
+            .copied()
+            .filter(|&i| {
+                self.engine
+                    .bucket
+                    .get(i)
+                    .is_some_and(|(_, v, w)| *w != 0 && v.is_some())
+            })
+            .max()
+    }
+
+    // ----- the checkers -------------------------------------------------------------------
+
+    fn outcome(mut self) -> ClusterOutcome {
+        let mut violations = std::mem::take(&mut self.problems);
+        self.check_c1(&mut violations);
+        self.check_c2(&mut violations);
+        self.check_c3(&mut violations);
+        let mut known = Vec::new();
+        self.check_c4(&mut violations, &mut known);
+        self.check_c5(&mut violations);
+        self.check_c6(&mut violations);
+        self.check_c7(&mut violations, &mut known);
+        let deliveries = self
+            .clients
+            .iter()
+            .map(|c| c.got.iter().filter(|g| !g.retain).count() as u64)
+            .sum();
+        ClusterOutcome {
+            seed: self.seed,
+            nodes: self.nodes.len(),
+            partitioned: self.partitioned,
+            restarted: self.restarted,
+            hash: self.hash.finish(),
+            messages: self.sent.len() as u64,
+            deliveries,
+            copies: self.engine.copies,
+            retained_writes: self.engine.bucket.len() as u64,
+            refusals: self.refusals,
+            violations,
+            known,
+            log: self.log.unwrap_or_default(),
+        }
+    }
+
+    /// The publishes matching `matches`, as a multiset of (topic, payload).
+    fn expected(&self, matches: impl Fn(&Sent) -> bool) -> BTreeMap<(String, Bytes), i64> {
+        let mut m = BTreeMap::new();
+        for s in &self.sent {
+            if matches(s) {
+                *m.entry((s.topic.clone(), s.payload.clone())).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// Differences between what was expected and what came, at most a few.
+    fn compare(
+        name: &str,
+        who: &str,
+        mut want: BTreeMap<(String, Bytes), i64>,
+        got: &[&Got],
+        out: &mut Vec<String>,
+    ) {
+        for g in got {
+            *want
+                .entry((g.topic.clone(), g.payload.clone()))
+                .or_insert(0) -= 1;
+        }
+        let bad: Vec<String> = want
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .take(4)
+            .map(|((t, p), n)| {
+                if *n > 0 {
+                    format!("missing {n}x {t} {p:?}")
+                } else {
+                    format!("extra {}x {t} {p:?}", -n)
+                }
+            })
+            .collect();
+        if !bad.is_empty() {
+            out.push(format!("{name} {who}: {}", bad.join("; ")));
+        }
+    }
+
+    /// C1: each stable client gets every message its plain filters match exactly once, and
+    /// nothing else; a churning client gets no message twice and none it never asked for.
+    fn check_c1(&self, out: &mut Vec<String>) {
+        for (idx, c) in self.clients.iter().enumerate() {
+            let live: Vec<&Got> = c.got.iter().filter(|g| !g.retain).collect();
+            match c.kind {
+                Kind::Stable => {
+                    let want = self.expected(|s| {
+                        c.filters.iter().any(|(f, (_, no_local))| {
+                            tidemq_core::topic::matches(f, &s.topic)
+                                && !(*no_local && s.publisher == idx)
+                        })
+                    });
+                    let who = format!("client {idx} on node {} ({:?})", c.node, c.filters);
+                    Self::compare("C1", &who, want, &live, out);
+                }
+                Kind::Churn => {
+                    let mut seen = BTreeSet::new();
+                    for g in &live {
+                        let asked = c
+                            .ever
+                            .iter()
+                            .any(|f| tidemq_core::topic::matches(f, &g.topic));
+                        if !asked {
+                            out.push(format!("C1 client {idx} got {} unasked", g.topic));
+                        }
+                        if !g.payload.is_empty() && !seen.insert(g.payload.clone()) {
+                            out.push(format!("C1 client {idx} got {:?} twice", g.payload));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// C2: each message whose topic a share group's filter matches reaches exactly one of
+    /// its members, cluster-wide.
+    fn check_c2(&self, out: &mut Vec<String>) {
+        for (g, (name, filter)) in self.groups.iter().enumerate() {
+            let got: Vec<&Got> = self
+                .clients
+                .iter()
+                .filter(|c| c.kind == Kind::Member(g))
+                .flat_map(|c| c.got.iter().filter(|m| !m.retain))
+                .collect();
+            // Members a full node refused are not in the group; with none left it gets nothing.
+            let held = self
+                .clients
+                .iter()
+                .any(|c| c.kind == Kind::Member(g) && !c.shared.is_empty());
+            let want = self.expected(|s| held && tidemq_core::topic::matches(filter, &s.topic));
+            let who = format!("group {g} $share/{name}/{filter}");
+            Self::compare("C2", &who, want, &got, out);
+        }
+    }
+
+    /// C3: every node's fresh `#` subscriber gets the bucket's last value per topic.
+    fn check_c3(&self, out: &mut Vec<String>) {
+        let mut want: BTreeMap<&str, Option<Bytes>> = BTreeMap::new();
+        for (key, value, _) in &self.engine.bucket {
+            let payload = value
+                .as_ref()
+                .and_then(|v| Envelope::decode(v.clone()).ok())
+                .map(|e| e.payload)
+                .filter(|p| !p.is_empty());
+            want.insert(key.as_str(), payload);
+        }
+        let want: BTreeMap<String, Bytes> = want
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect();
+        for c in self.clients.iter().filter(|c| c.kind == Kind::Auditor) {
+            let mut got = BTreeMap::new();
+            for g in c.got.iter().filter(|g| g.retain) {
+                let Ok(key) = topic_key(&g.topic, MAX_SUBJECT) else {
+                    out.push(format!("C3 node {}: unmappable topic {}", c.node, g.topic));
+                    continue;
+                };
+                if got.insert(key, g.payload.clone()).is_some() {
+                    out.push(format!("C3 node {}: {} retained twice", c.node, g.topic));
+                }
+            }
+            if got != want {
+                let diff: Vec<String> = want
+                    .iter()
+                    .filter(|(k, v)| got.get(*k) != Some(v))
+                    .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.get(k)))
+                    .chain(
+                        got.iter()
+                            .filter(|(k, _)| !want.contains_key(*k))
+                            .map(|(k, v)| format!("{k}: want none got {v:?}")),
+                    )
+                    .take(4)
+                    .collect();
+                out.push(format!("C3 node {}: {}", c.node, diff.join("; ")));
+            }
+        }
+    }
+
+    /// C4: per (publisher, subscriber, topic), deliveries come in publish order.
+    ///
+    /// Known core issue K1: a node routes the first copy of a message it sees, and a NATS
+    /// subscription the node makes while an older one of its subscriptions still has messages
+    /// queued starts with newer messages, which can overtake the older ones. A violation whose
+    /// overtaking copy came on a subscription the engine made after it routed the overtaken
+    /// message is that issue and goes to `known`.
+    fn check_c4(&self, out: &mut Vec<String>, known: &mut Vec<String>) {
+        for (idx, c) in self.clients.iter().enumerate() {
+            let mut last: BTreeMap<(usize, &str), (u64, &Got)> = BTreeMap::new();
+            for g in c.got.iter().filter(|g| !g.retain) {
+                let Some((publisher, seq)) = tag(&g.payload) else {
+                    continue;
+                };
+                let Some((prev, early)) = last.insert((publisher, &g.topic), (seq, g)) else {
+                    continue;
+                };
+                if prev < seq {
+                    continue;
+                }
+                let line = format!(
+                    "C4 client {idx} ({:?}) on node {}: from client {publisher} on {} seq {seq} after {prev} (via {:?}, then {:?})",
+                    c.kind, c.node, g.topic, early.via, g.via
+                );
+                let made = early.via.map(|v| v.2);
+                let routed = self.routed_at.get(&g.payload).copied();
+                match (made, routed) {
+                    (Some(made), Some(routed)) if made > routed => known.push(format!("K1 {line}")),
+                    _ => out.push(line),
+                }
+            }
+        }
+    }
+
+    /// C6: a delivery is the message as sent: QoS the lower of the published one and the
+    /// highest granted by the matching subscriptions, and to v5 subscribers the v5 properties.
+    fn check_c6(&self, out: &mut Vec<String>) {
+        let sent: BTreeMap<&Bytes, &Sent> = self
+            .sent
+            .iter()
+            .filter(|s| !s.payload.is_empty())
+            .map(|s| (&s.payload, s))
+            .collect();
+        for (idx, c) in self.clients.iter().enumerate() {
+            for g in c.got.iter().filter(|g| !g.retain) {
+                let Some(s) = sent.get(&g.payload) else {
+                    continue;
+                };
+                let granted = match c.kind {
+                    Kind::Stable => c
+                        .filters
+                        .iter()
+                        .filter(|(f, (_, no_local))| {
+                            tidemq_core::topic::matches(f, &s.topic)
+                                && !(*no_local && s.publisher == idx)
+                        })
+                        .map(|(_, (q, _))| *q)
+                        .max(),
+                    Kind::Member(_) => c.shared.values().copied().max(),
+                    // Filters that changed while messages flowed: no one answer.
+                    _ => None,
+                };
+                if let Some(granted) = granted
+                    && g.qos != s.qos.min(granted)
+                {
+                    out.push(format!(
+                        "C6 client {idx}: {:?} at {:?}, published at {:?}, granted {granted:?}",
+                        g.payload, g.qos, s.qos
+                    ));
+                }
+                let (a, b) = (&g.properties, &s.properties);
+                let same = a.user_properties == b.user_properties
+                    && a.content_type == b.content_type
+                    && a.response_topic == b.response_topic
+                    && a.correlation_data == b.correlation_data
+                    && a.payload_format_indicator == b.payload_format_indicator;
+                if c.v5 && !same {
+                    out.push(format!(
+                        "C6 client {idx}: {:?} properties {a:?}, sent {b:?}",
+                        g.payload
+                    ));
+                }
+            }
+        }
+    }
+
+    /// C7: read your writes — once a node took a client's retained message, a new
+    /// subscriber on that node gets it or a later write to the bucket, never an older one.
+    ///
+    /// Known core issue K3: a node stores its clients' retained messages at once, and its watch
+    /// then replays the bucket's older entries over them until it reaches the node's own
+    /// write. A violation while the node's watch had not yet handed over that write is K3.
+    fn check_c7(&self, out: &mut Vec<String>, known: &mut Vec<String>) {
+        let pos: BTreeMap<Bytes, usize> = self
+            .engine
+            .bucket
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, v, _))| {
+                let e = Envelope::decode(v.clone()?).ok()?;
+                Some((e.payload, i))
+            })
+            .collect();
+        for (idx, c) in self.clients.iter().enumerate() {
+            let since = self.started_at.get(c.node).copied().unwrap_or(0);
+            for g in c.got.iter().filter(|g| g.retain && !g.payload.is_empty()) {
+                let Some(pw) = pos.get(&g.payload) else {
+                    continue;
+                };
+                let newer = self.sent.iter().find(|s| {
+                    s.retain
+                        && s.node == c.node
+                        && s.at >= since
+                        && s.at < g.at
+                        && s.topic == g.topic
+                        && pos.get(&s.payload).is_some_and(|pv| pv > pw)
+                });
+                if let Some(s) = newer {
+                    let line = format!(
+                        "C7 client {idx} on node {} at {}: retained {} {:?}, older than {:?} taken there at {}",
+                        c.node, g.at, g.topic, g.payload, s.payload, s.at
+                    );
+                    let replaying = pos.get(&s.payload).is_some_and(|pv| g.watched <= *pv);
+                    if replaying {
+                        known.push(format!("K3 {line}"));
+                    } else {
+                        out.push(line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// C5: once drained, the engine holds for each node exactly the NATS subscriptions its
+    /// sessions' distinct filters need: none left behind by an unsubscribe, none missing.
+    fn check_c5(&self, out: &mut Vec<String>) {
+        for n in 0..self.nodes.len() {
+            let mut raws = BTreeSet::new();
+            for c in self.clients.iter().filter(|c| c.node == n && !c.cleared) {
+                raws.extend(c.filters.keys().cloned());
+                raws.extend(c.shared.keys().cloned());
+            }
+            let mut want: BTreeMap<(String, Option<String>), i64> = BTreeMap::new();
+            for raw in &raws {
+                match subscription(DEFAULT_PREFIX, Space::Live, raw, MAX_SUBJECT) {
+                    Ok(sub) => {
+                        for subject in sub.subjects {
+                            *want.entry((subject, sub.queue.clone())).or_insert(0) += 1;
+                        }
+                    }
+                    Err(e) => out.push(format!("C5 node {n}: no subjects for {raw}: {e:?}")),
+                }
+            }
+            for ((node, _), held) in &self.engine.subs {
+                if *node == n {
+                    *want.entry(held.clone()).or_insert(0) -= 1;
+                }
+            }
+            let bad: Vec<String> = want
+                .iter()
+                .filter(|(_, k)| **k != 0)
+                .take(4)
+                .map(|((subject, queue), k)| {
+                    let what = if *k > 0 { "missing" } else { "left behind" };
+                    format!("{what} {}x {subject} {queue:?}", k.abs())
+                })
+                .collect();
+            if !bad.is_empty() {
+                out.push(format!("C5 node {n}: {}", bad.join("; ")));
+            }
+        }
+    }
+}
+
+/// Known issue K1, scripted on two nodes: client X on node 1 holds `a/+`; client P on node 0
+/// publishes m1 then m2 on `a/b` (QoS 1); between the two the engine makes node 1's second
+/// subscription, for client Y's `a/b`, so m2 is queued on both of node 1's subscriptions and
+/// m1 on the older one only. The engine serves the newer subscription first. Returns the
+/// payloads X got, in order (publish order is `P:0:1`, `P:0:2`).
+pub fn overtaking_subscription() -> Vec<String> {
+    let mut w = ClusterWorld::new(0, None);
+    let p = w.add_client(Kind::Stable, 0);
+    let x = w.add_client(Kind::Stable, 1);
+    let y = w.add_client(Kind::Stable, 1);
+    w.subscribe(x, "a/+", QoS::AtLeastOnce);
+    w.drain();
+    w.publishing = true;
+    w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
+    w.take_op(0, 0);
+    w.subscribe(y, "a/b", QoS::AtLeastOnce);
+    w.take_op(1, 0);
+    w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
+    w.take_op(0, 0);
+    let fifos: Vec<FifoKey> = w.engine.fifos.keys().copied().collect();
+    // Newest subscription first: sids grow.
+    for key in fifos.into_iter().rev() {
+        while w.engine.fifos.get(&key).is_some_and(|f| !f.is_empty()) {
+            w.deliver(key);
+        }
+    }
+    w.clients
+        .get(x)
+        .map(|c| {
+            c.got
+                .iter()
+                .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Known issue K2, scripted on two nodes: a v5 client on node 0 publishes a retained message
+/// with a message expiry interval of 5 s; 10 s later node 1 restarts and its new watch replays
+/// the bucket, whose value still says 5 s, so node 1 holds the message for 5 s more while
+/// node 0 has expired it. Returns the retained topics a fresh subscriber gets on each node.
+pub fn expired_retained_after_restart() -> Vec<Vec<String>> {
+    let mut w = ClusterWorld::new(0, None);
+    let p = w.add_client(Kind::Stable, 0);
+    if let Some(c) = w.clients.get_mut(p) {
+        c.v5 = true;
+    }
+    w.connect(p);
+    let properties = Properties {
+        message_expiry_interval: Some(5),
+        ..Properties::default()
+    };
+    w.send(
+        p,
+        &Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "r".to_owned(),
+            packet_id: Some(1),
+            properties,
+            payload: Bytes::from_static(b"P:0:1"),
+        }),
+    );
+    w.drain();
+    w.now += 10_000;
+    w.tick();
+    w.restart(1);
+    w.drain();
+    (0..2)
+        .map(|node| {
+            let idx = w.add_client(Kind::Auditor, node);
+            w.subscribe(idx, "#", QoS::AtLeastOnce);
+            w.clients
+                .get(idx)
+                .map(|c| c.got.iter().map(|g| g.topic.clone()).collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Known issue K3, scripted on two nodes: client B on node 1 writes retained `r`, which the
+/// bucket takes first; then client W on node 0 writes `r`, which node 0 stores at once and the
+/// bucket takes second. Node 0's watch then hands over B's older write, and a new subscriber on
+/// node 0 gets it although node 0 took W's later one. Returns what that subscriber got.
+pub fn retained_read_after_own_write() -> Vec<String> {
+    let mut w = ClusterWorld::new(0, None);
+    let writer = w.add_client(Kind::Stable, 0);
+    let other = w.add_client(Kind::Stable, 1);
+    w.publish_to(other, "r".to_owned(), QoS::AtLeastOnce, true, false);
+    w.take_op(1, 2);
+    w.publish_to(writer, "r".to_owned(), QoS::AtLeastOnce, true, false);
+    w.take_op(0, 2);
+    w.watch(0);
+    let reader = w.add_client(Kind::Stable, 0);
+    w.subscribe(reader, "r", QoS::AtLeastOnce);
+    w.clients
+        .get(reader)
+        .map(|c| {
+            c.got
+                .iter()
+                .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs one seed and checks it.
+pub fn run_cluster_seed(seed: u64, mutation: Option<ClusterMutation>) -> ClusterOutcome {
+    ClusterWorld::new(seed, mutation).run()
+}

@@ -1,0 +1,236 @@
+//! Cluster worlds: two or three cores joined by the engine model of `tidemq_sim::cluster`.
+//! Every seed must pass C1–C7 (known core issues aside, listed); each planted engine fault
+//! must be caught by its checker on some seed; a seed replays to the same trace. The known
+//! core issues K1–K3 have scripted tests, ignored until the core is fixed.
+//!
+//! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 1000, a few seconds); `SIM_CLUSTER_SEED=s`
+//! replays one seed with its event log (`replay`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::Instant;
+
+use tidemq_sim::cluster::{ClusterMutation, ClusterOutcome, ClusterWorld, run_cluster_seed};
+
+const BASE: u64 = 0xC105_7E40_0000;
+/// Seeds each planted fault gets to show itself.
+const MUTATION_SEEDS: u64 = 64;
+
+fn seeds() -> u64 {
+    std::env::var("SIM_CLUSTER_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+}
+
+fn show(o: &ClusterOutcome) -> String {
+    format!(
+        "seed {:#x} ({} nodes, partition {}, restart {}): {} messages, {} deliveries, {} engine copies, {} retained writes",
+        o.seed,
+        o.nodes,
+        o.partitioned,
+        o.restarted,
+        o.messages,
+        o.deliveries,
+        o.copies,
+        o.retained_writes
+    )
+}
+
+#[test]
+fn every_checker_passes() {
+    let started = Instant::now();
+    let n = seeds();
+    let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
+    let (mut cut, mut restarts, mut refusals) = (0, 0, 0);
+    let mut known = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..n {
+        let o = run_cluster_seed(BASE + i, None);
+        messages += o.messages;
+        deliveries += o.deliveries;
+        copies += o.copies;
+        retained += o.retained_writes;
+        cut += u64::from(o.partitioned);
+        restarts += u64::from(o.restarted);
+        refusals += o.refusals;
+        if !o.known.is_empty() {
+            known.push((o.seed, o.known.clone()));
+        }
+        if !o.violations.is_empty() {
+            failures.push(format!("{}\n  {}", show(&o), o.violations.join("\n  ")));
+        }
+    }
+    println!(
+        "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
+         {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (k, what) in [
+        ("K1", "order after a new overlapping subscription"),
+        ("K3", "retained read after the node's own write"),
+    ] {
+        let seeds: Vec<u64> = known
+            .iter()
+            .filter(|(_, ks)| ks.iter().any(|l| l.starts_with(k)))
+            .map(|(seed, _)| *seed)
+            .collect();
+        println!(
+            "known core issue {k} ({what}) on {} seeds: {seeds:x?}",
+            seeds.len()
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(messages > 0 && deliveries > 0);
+}
+
+/// Runs the seeds under a planted fault; returns those on which `checker` failed.
+fn caught(mutation: ClusterMutation, checker: &str) -> Vec<u64> {
+    let mut hits = Vec::new();
+    for i in 0..MUTATION_SEEDS {
+        let o = run_cluster_seed(BASE + i, Some(mutation));
+        if o.failed(checker) {
+            hits.push(o.seed);
+        }
+    }
+    println!(
+        "{mutation:?}: {checker} failed on {}/{MUTATION_SEEDS} seeds {hits:x?}",
+        hits.len()
+    );
+    hits
+}
+
+#[test]
+fn ignoring_queue_groups_is_caught_by_c2() {
+    assert!(!caught(ClusterMutation::IgnoreQueueGroups, "C2").is_empty());
+}
+
+#[test]
+fn a_watch_that_skips_a_change_is_caught_by_c3() {
+    assert!(!caught(ClusterMutation::WatchSkips, "C3").is_empty());
+}
+
+#[test]
+fn a_fifo_out_of_order_is_caught_by_c4() {
+    assert!(!caught(ClusterMutation::Reorder, "C4").is_empty());
+}
+
+#[test]
+fn a_fresh_sequence_per_copy_is_caught_by_c1() {
+    assert!(!caught(ClusterMutation::FreshSeq, "C1").is_empty());
+}
+
+#[test]
+fn a_lost_copy_is_caught_by_c1() {
+    assert!(!caught(ClusterMutation::DropCopy, "C1").is_empty());
+}
+
+#[test]
+fn subscriptions_left_behind_are_caught_by_c5() {
+    assert!(!caught(ClusterMutation::IgnoreUnsubscribe, "C5").is_empty());
+}
+
+#[test]
+fn a_restart_without_a_new_epoch_is_caught_by_c1() {
+    assert!(!caught(ClusterMutation::StaleEpoch, "C1").is_empty());
+}
+
+#[test]
+fn a_rewritten_envelope_is_caught_by_c6() {
+    assert!(!caught(ClusterMutation::RewriteEnvelope, "C6").is_empty());
+}
+
+/// Echo on the plain connection brings a node its own messages back; the core drops them by
+/// their stamp, so no client sees a second copy.
+#[test]
+fn echo_on_plain_subscriptions_is_absorbed_by_the_core() {
+    for i in 0..MUTATION_SEEDS {
+        let o = run_cluster_seed(BASE + i, Some(ClusterMutation::EchoPlain));
+        assert!(o.violations.is_empty(), "{}: {:?}", show(&o), o.violations);
+    }
+}
+
+#[test]
+fn a_seed_replays_to_the_same_trace() {
+    for i in 0..3 {
+        let a = run_cluster_seed(BASE + i, None);
+        let b = run_cluster_seed(BASE + i, None);
+        assert_eq!(a.hash, b.hash, "seed {:#x}", a.seed);
+        assert_eq!(a.deliveries, b.deliveries);
+    }
+    let a = run_cluster_seed(BASE, None);
+    let b = run_cluster_seed(BASE + 1, None);
+    assert_ne!(a.hash, b.hash);
+}
+
+/// `SIM_CLUSTER_SEED=<seed> cargo test -p tidemq-sim --test cluster -- --nocapture replay`
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("SIM_CLUSTER_SEED").ok() else {
+        return;
+    };
+    let seed = seed
+        .strip_prefix("0x")
+        .map(|h| u64::from_str_radix(h, 16))
+        .unwrap_or_else(|| seed.parse())
+        .expect("a seed");
+    let o = ClusterWorld::new(seed, None).verbose().run();
+    for line in &o.log {
+        println!("{line}");
+    }
+    println!("{}", show(&o));
+    for v in o.violations.iter().chain(&o.known) {
+        println!("{v}");
+    }
+}
+
+/// Prints the known issue's manifestations (`SIM_CLUSTER_SEEDS` seeds).
+#[test]
+#[ignore]
+fn known_issues() {
+    for i in 0..seeds() {
+        for k in run_cluster_seed(BASE + i, None).known {
+            println!("{:#x} {k}", BASE + i);
+        }
+    }
+}
+
+/// K1 (a known core issue, see `check_c4`): a node's new NATS subscription, made for another
+/// session, carries a newer message ahead of an older one still queued on the subscription
+/// that serves this session, and the node routes whichever copy comes first. MQTT wants
+/// publish order per publisher and topic.
+#[test]
+#[ignore = "K1: known core issue, order across a node's new overlapping subscription"]
+fn k1_a_new_subscription_does_not_reorder_another_session() {
+    assert_eq!(
+        tidemq_sim::cluster::overtaking_subscription(),
+        ["P:0:1", "P:0:2"]
+    );
+}
+
+/// K2 (a known core issue): the retained bucket keeps a message's expiry interval as it was
+/// when published, so a node that reads the value later (a restart, a lagging watch) starts
+/// the interval again: an expired retained message comes back on that node alone.
+#[test]
+#[ignore = "K2: known core issue, retained expiry restarts when the bucket is read later"]
+fn k2_an_expired_retained_message_stays_expired_on_a_restarted_node() {
+    let got = tidemq_sim::cluster::expired_retained_after_restart();
+    assert_eq!(got, [Vec::<String>::new(), Vec::new()]);
+}
+
+/// K3 (a known core issue, see `check_c7`): a node's watch replays older bucket entries over
+/// a retained message the node took from its own client, so a new subscriber there can get an
+/// older value than the one the node acknowledged.
+#[test]
+#[ignore = "K3: known core issue, a node's watch replays older retained values over its own write"]
+fn k3_a_node_reads_its_own_retained_write() {
+    assert_eq!(
+        tidemq_sim::cluster::retained_read_after_own_write(),
+        ["P:0:1"]
+    );
+}
