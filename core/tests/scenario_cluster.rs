@@ -421,3 +421,16 @@ fn cluster_settings_are_bounded_and_read_at_start_only() {
     h.input(Input::ConfigChange(Box::new(changed)));
     assert_eq!(h.broker.config().cluster.node_name, "node-1");
 }
+
+#[test]
+fn a_message_jetstream_kept_is_routed_even_if_its_publisher_has_gone() {
+    let mut h = Harness::with_config(clustered("a"));
+    let sub = h.client("sub", V5);
+    h.subscribe(sub, "d/#", QoS::AtLeastOnce);
+    let p = h.client("p", V311);
+    let mark = h.log.len();
+    h.publish(p, "d/1", "kept", QoS::AtLeastOnce, false);
+    h.disconnect(p, 0);
+    assert_eq!(answer_durable(&mut h, mark, true), 1);
+    assert_eq!(h.payloads(sub), ["kept"]);
+}

@@ -249,6 +249,8 @@ struct Node {
     queue: VecDeque<Op>,
     /// Retained-bucket writes, in output order.
     kv: VecDeque<(String, Option<Bytes>)>,
+    /// Durable-stream writes of QoS 1/2 messages waiting for the stream's acknowledgement.
+    durable: VecDeque<u64>,
     queue_sids: BTreeSet<u64>,
     /// Bucket entries the watch has handed over.
     watched: usize,
@@ -464,6 +466,7 @@ impl ClusterWorld {
                     plain: VecDeque::new(),
                     queue: VecDeque::new(),
                     kv: VecDeque::new(),
+                    durable: VecDeque::new(),
                     queue_sids: BTreeSet::new(),
                     watched: 0,
                     cut: false,
@@ -628,6 +631,12 @@ impl ClusterWorld {
                     nd.kv.push_back((key, value));
                 }
             }
+            Output::ClusterDurable { token, subject, .. } => {
+                self.note(|| format!("node {n} durable write {token} {subject}"));
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.durable.push_back(token);
+                }
+            }
             _ => {}
         }
     }
@@ -756,6 +765,10 @@ impl ClusterWorld {
         let Some(node) = self.clients.get(idx).map(|c| c.node) else {
             return;
         };
+        // The SUBACK is judged when the SUBSCRIBE is sent, so nothing may hold the packet:
+        // the node's durable writes (a QoS 1 PUBLISH before it waits for one) are answered
+        // first.
+        self.settle_durable(node);
         let (held, already) = self.interest(node, filter);
         let Some(c) = self.clients.get_mut(idx) else {
             return;
@@ -807,6 +820,20 @@ impl ClusterWorld {
                 "C5 client {idx} on node {node}: {filter} taken past the limit ({held} held, {need} more, at most {})",
                 self.max_subscriptions
             ));
+        }
+    }
+
+    /// The stream acknowledges every durable write node `n` waits for. A cut holds the
+    /// node's routing, not these: refusals for want of the stream are the core scenarios' and
+    /// the end-to-end quorum test's.
+    fn settle_durable(&mut self, n: usize) {
+        loop {
+            let token = self.nodes.get_mut(n).and_then(|nd| nd.durable.pop_front());
+            let Some(token) = token else {
+                return;
+            };
+            self.note(|| format!("stream has node {n}'s write {token}"));
+            self.feed(n, Input::ClusterDurableDone { token, ok: true });
         }
     }
 
@@ -903,6 +930,9 @@ impl ClusterWorld {
             if !nd.kv.is_empty() {
                 steps.push(Step::Conn(n, 2));
             }
+            if !nd.durable.is_empty() {
+                steps.push(Step::Conn(n, 3));
+            }
             let held = n == 0 && self.hold_watch;
             if !held && nd.watched < self.engine.bucket.len() {
                 steps.push(Step::Watch(n));
@@ -935,6 +965,14 @@ impl ClusterWorld {
         let Some(nd) = self.nodes.get_mut(n) else {
             return;
         };
+        if which == 3 {
+            // The stream acknowledges in order; the node then routes and acknowledges.
+            if let Some(token) = nd.durable.pop_front() {
+                self.note(|| format!("stream has node {n}'s write {token}"));
+                self.feed(n, Input::ClusterDurableDone { token, ok: true });
+            }
+            return;
+        }
         if which == 2 {
             if let Some((key, value)) = nd.kv.pop_front() {
                 self.note(|| format!("bucket {key} = {value:?} (node {n})"));
@@ -1296,6 +1334,12 @@ impl ClusterWorld {
     /// a clean start: its session and every subscription in it are gone.
     fn leave_and_return(&mut self, idx: usize) {
         let abrupt = self.rng.chance(500);
+        // Every message the client sent is taken before it goes (a PUBLISH still unread
+        // behind one waiting for the stream would be gone unacknowledged, which the
+        // checkers, counting every publish, do not model).
+        if let Some(node) = self.clients.get(idx).map(|c| c.node) {
+            self.settle_durable(node);
+        }
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
@@ -1323,6 +1367,8 @@ impl ClusterWorld {
     /// NATS subscriptions gone with its connections, a new watch that replays the bucket; its
     /// clients connect again and subscribe to what they held.
     fn restart(&mut self, n: usize) {
+        // Nothing in flight: what the node's clients sent is taken first.
+        self.settle_durable(n);
         self.note(|| format!("node {n} restarts"));
         self.engine.subs.retain(|(node, _), _| *node != n);
         self.engine
@@ -1340,6 +1386,7 @@ impl ClusterWorld {
         nd.plain.clear();
         nd.queue.clear();
         nd.kv.clear();
+        nd.durable.clear();
         nd.queue_sids.clear();
         nd.watched = 0;
         let here: Vec<usize> = (0..self.clients.len())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Broker;
+use super::inbound::Sender;
 use crate::api::ConnId;
 use crate::api::Output;
 use crate::cluster::copies::Copy;
@@ -308,29 +309,19 @@ impl Broker {
         };
         let w = *w;
         let qos = w.content.qos;
+        let sender = Sender {
+            conn: w.conn,
+            sid: w.sid,
+            version: w.version,
+            packet_id: w.packet_id,
+        };
         if ok {
             c.counters.durable += 1;
-            self.finish_publish(
-                w.conn,
-                w.sid,
-                w.version,
-                w.packet_id,
-                qos,
-                reason::SUCCESS,
-                Some(w.content),
-            );
+            self.finish_publish(sender, qos, reason::SUCCESS, Some(w.content));
         } else {
             c.counters.durable_failed += 1;
             if w.version.is_v5() {
-                self.finish_publish(
-                    w.conn,
-                    w.sid,
-                    w.version,
-                    w.packet_id,
-                    qos,
-                    reason::UNSPECIFIED_ERROR,
-                    None,
-                );
+                self.finish_publish(sender, qos, reason::UNSPECIFIED_ERROR, None);
             } else {
                 self.drop_conn(
                     w.conn,

@@ -13,6 +13,15 @@ use crate::metrics::DropReason;
 use crate::sys;
 use crate::topic::{self, TopicError};
 
+/// Who sent a PUBLISH: where its PUBACK or PUBREC goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sender {
+    pub conn: ConnId,
+    pub sid: SessionId,
+    pub version: ProtocolVersion,
+    pub packet_id: u16,
+}
+
 impl Broker {
     /// A client's message not taken: counted as dropped, reported once per input.
     fn drop_incoming(&mut self, sid: SessionId, reason: DropReason) {
@@ -189,7 +198,15 @@ impl Broker {
             Some(content) if qos != QoS::AtMostOnce && self.cluster.is_some() => {
                 self.cluster_write_durable(id, sid, version, pid, content);
             }
-            accepted => self.finish_publish(id, sid, version, pid, qos, code, accepted),
+            accepted => {
+                let sender = Sender {
+                    conn: id,
+                    sid,
+                    version,
+                    packet_id: pid,
+                };
+                self.finish_publish(sender, qos, code, accepted);
+            }
         }
     }
 
@@ -197,14 +214,17 @@ impl Broker {
     /// and the PUBACK or PUBREC with `code`.
     pub(super) fn finish_publish(
         &mut self,
-        id: ConnId,
-        sid: SessionId,
-        version: ProtocolVersion,
-        pid: u16,
+        sender: Sender,
         qos: QoS,
         code: crate::codec::ReasonCode,
         content: Option<Content>,
     ) {
+        let Sender {
+            conn: id,
+            sid,
+            version,
+            packet_id: pid,
+        } = sender;
         // The QoS 2 id is recorded before the message is routed, so that the message knows
         // every record its acceptance depends on (see `Durability::set_needs`).
         if qos == QoS::ExactlyOnce
