@@ -151,6 +151,8 @@ pub enum Input {
     /// Cluster mode: the answer to [`Output::ClusterDurable`] `token`: JetStream acknowledged
     /// the write (`ok`), or did not within `cluster.publish_timeout` or refused it.
     ClusterDurableDone { token: u64, ok: bool },
+    /// Cluster mode: the [`Output::ClusterRetain`] of `key` could not be written.
+    ClusterRetainFailed { key: String },
     /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
     /// it, in the bucket's order): its new value, or `None` once deleted.
     ClusterRetained { key: String, value: Option<Bytes> },

@@ -268,6 +268,11 @@ impl Broker {
             } => self.cluster_message(sid, &subject, payload),
             Input::ClusterRetained { key, value } => self.cluster_retained(&key, value),
             Input::ClusterDurableDone { token, ok } => self.cluster_durable_done(token, ok),
+            Input::ClusterRetainFailed { key } => {
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    c.own_retained_seen(&key);
+                }
+            }
             Input::WallClock { unix_ms } => {
                 self.wall_ms = unix_ms;
                 self.wall_at = self.now;

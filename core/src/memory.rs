@@ -51,14 +51,7 @@ pub fn accounting_bound(config: &Config, budget: u64, connections: u64, sessions
         + 4096;
     let entries = 16 + u64::from(config.max_inflight) + u64::from(config.receive_maximum) + 1;
     let per_session = entries * packet + 1024;
-    // Cluster mode: one copy window per origin node, taken as messages come.
-    let windows = if config.cluster.enable {
-        u64::from(config.cluster.max_nodes) * crate::cluster::copies::WINDOW_BYTES as u64
-    } else {
-        0
-    };
     budget
-        .saturating_add(windows)
         .saturating_add(connections.saturating_mul(per_conn))
         .saturating_add(sessions.saturating_mul(per_session))
 }

@@ -74,6 +74,10 @@ impl Drop for Delivery {
 pub(crate) struct Subscription {
     pub options: SubscriptionOptions,
     pub id: Option<u32>,
+    /// Cluster mode, in the index only: the number of the node's NATS subscription for this
+    /// filter (0: none). A message from another node reaches a session through the matching
+    /// filter with the lowest number only, so each session gets one copy, in publish order.
+    pub cluster_key: u64,
 }
 
 /// One subscription's retained messages still to send: where the walk of the retained

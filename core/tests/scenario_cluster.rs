@@ -71,6 +71,7 @@ fn from_node(node: &str, seq: u64, topic: &str, payload: &str, qos: QoS) -> (Str
             epoch: 7,
             seq,
         },
+        expires_unix_ms: None,
         qos,
         retain: false,
         properties: Properties::default(),
@@ -398,8 +399,12 @@ fn cluster_settings_are_bounded_and_read_at_start_only() {
             Box::new(|c: &mut Config| c.cluster.max_subject_len = 4000),
         ),
         (
-            "cluster.max_nodes",
-            Box::new(|c: &mut Config| c.cluster.max_nodes = 1),
+            "cluster.publish_timeout",
+            Box::new(|c: &mut Config| c.cluster.publish_timeout_ms = 50),
+        ),
+        (
+            "cluster.durable_max_bytes",
+            Box::new(|c: &mut Config| c.cluster.durable_max_bytes = 1000),
         ),
         (
             "cluster.max_subscriptions",

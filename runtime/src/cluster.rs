@@ -118,7 +118,7 @@ impl ClusterLink {
         let (cmds, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run_commands(plain, queued, rx, inputs.clone()));
         let (retains, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_retains(store.clone(), rx));
+        tokio::spawn(run_retains(store.clone(), rx, inputs.clone()));
         tokio::spawn(watch_retained(store, inputs.clone()));
         Ok(ClusterLink {
             js,
@@ -266,7 +266,11 @@ async fn run_commands(
 }
 
 /// Writes retained messages to the bucket, in order.
-async fn run_retains(store: kv::Store, mut rx: mpsc::Receiver<(String, Option<Bytes>)>) {
+async fn run_retains(
+    store: kv::Store,
+    mut rx: mpsc::Receiver<(String, Option<Bytes>)>,
+    inputs: mpsc::Sender<Input>,
+) {
     while let Some((key, value)) = rx.recv().await {
         let written = match value {
             Some(v) => store
@@ -278,6 +282,13 @@ async fn run_retains(store: kv::Store, mut rx: mpsc::Receiver<(String, Option<By
         };
         if let Err(e) = written {
             warn!(%key, "cluster: retained write failed: {e}");
+            if inputs
+                .send(Input::ClusterRetainFailed { key })
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }

@@ -21,9 +21,8 @@
 //! unsubscribe, leave and come back), then the partition heals and everything drains, every
 //! client unsubscribes, and a fresh subscriber to every topic on every node reads the retained
 //! set. Checkers C1–C7 judge what the clients saw and what the engine holds; planted engine
-//! faults ([`ClusterMutation`]) show that they can fail. Known core issues (K1–K3) have
-//! scripted reproductions at the end of this file; K1 and K3 also show in random runs, where
-//! the checkers tell them apart and list them in [`ClusterOutcome::known`].
+//! faults ([`ClusterMutation`]) show that they can fail. Three core bugs these checkers found
+//! (K1–K3, fixed) keep scripted reproductions at the end of this file.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -82,6 +81,9 @@ const GROUPS: &[&str] = &["g", "h"];
 const PUBLISH_STEPS: u64 = 700;
 /// Steps a drain may take before the run is declared stuck.
 const DRAIN_LIMIT: u64 = 200_000;
+/// The wall clock, in Unix milliseconds, at the world's time 0.
+const WALL_EPOCH_MS: u64 = 1_800_000_000_000;
+
 /// Sequence numbers given by [`ClusterMutation::FreshSeq`]: far above any real one.
 const FRESH_BASE: u64 = 1 << 40;
 
@@ -104,9 +106,8 @@ struct Got {
     retain: bool,
     qos: QoS,
     properties: Properties,
-    /// When it came, and how many bucket entries its node's watch had handed over then.
+    /// When it came.
     at: u64,
-    watched: usize,
     /// The NATS subscription (node, sid) whose copy the node routed, if it came from one,
     /// and when the engine made that subscription.
     via: Option<(usize, u64, u64)>,
@@ -186,7 +187,6 @@ impl Client {
                         qos: p.qos,
                         properties: p.properties,
                         at: now.0,
-                        watched: now.1,
                         via,
                     });
                 }
@@ -320,9 +320,6 @@ pub struct ClusterOutcome {
     /// Subscriptions refused because a node was full.
     pub refusals: u64,
     pub violations: Vec<String>,
-    /// Manifestations of known core issues (K1 in `check_c4`, K3 in `check_c7`): reported,
-    /// not failures.
-    pub known: Vec<String>,
     /// The run's events, when asked for.
     pub log: Vec<String>,
 }
@@ -461,8 +458,16 @@ impl ClusterWorld {
                     },
                     ..Config::default()
                 };
+                let mut broker = Broker::new(config, rng.next_u64(), Instant(0));
+                // One wall clock for every node, as NTP gives them.
+                broker.handle_input(
+                    Instant(0),
+                    Input::WallClock {
+                        unix_ms: WALL_EPOCH_MS,
+                    },
+                );
                 Node {
-                    broker: Broker::new(config, rng.next_u64(), Instant(0)),
+                    broker,
                     plain: VecDeque::new(),
                     queue: VecDeque::new(),
                     kv: VecDeque::new(),
@@ -1380,6 +1385,9 @@ impl ClusterWorld {
         };
         let config = nd.broker.config().clone();
         nd.broker = Broker::new(config, seed, Instant(self.now));
+        let unix_ms = WALL_EPOCH_MS + self.now;
+        nd.broker
+            .handle_input(Instant(self.now), Input::WallClock { unix_ms });
         if let Some(at) = self.started_at.get_mut(n) {
             *at = self.now;
         }
@@ -1434,11 +1442,10 @@ impl ClusterWorld {
         self.check_c1(&mut violations);
         self.check_c2(&mut violations);
         self.check_c3(&mut violations);
-        let mut known = Vec::new();
-        self.check_c4(&mut violations, &mut known);
+        self.check_c4(&mut violations);
         self.check_c5(&mut violations);
         self.check_c6(&mut violations);
-        self.check_c7(&mut violations, &mut known);
+        self.check_c7(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -1456,7 +1463,6 @@ impl ClusterWorld {
             retained_writes: self.engine.bucket.len() as u64,
             refusals: self.refusals,
             violations,
-            known,
             log: self.log.unwrap_or_default(),
         }
     }
@@ -1503,7 +1509,10 @@ impl ClusterWorld {
     }
 
     /// C1: each stable client gets every message its plain filters match exactly once, and
-    /// nothing else; a churning client gets no message twice and none it never asked for.
+    /// nothing else; a churning client gets none it never asked for, and a message at most
+    /// once per filter it ever held that matches it: while a client changes its filters, a
+    /// message on its way may come once through the old way in and once through the new
+    /// (MQTT 5 §3.3.4 allows a copy per matching subscription).
     fn check_c1(&self, out: &mut Vec<String>) {
         for (idx, c) in self.clients.iter().enumerate() {
             let live: Vec<&Got> = c.got.iter().filter(|g| !g.retain).collect();
@@ -1519,17 +1528,26 @@ impl ClusterWorld {
                     Self::compare("C1", &who, want, &live, out);
                 }
                 Kind::Churn => {
-                    let mut seen = BTreeSet::new();
+                    let mut seen: BTreeMap<Bytes, usize> = BTreeMap::new();
                     for g in &live {
-                        let asked = c
+                        let ways = c
                             .ever
                             .iter()
-                            .any(|f| tidemq_core::topic::matches(f, &g.topic));
-                        if !asked {
+                            .filter(|f| tidemq_core::topic::matches(f, &g.topic))
+                            .count();
+                        if ways == 0 {
                             out.push(format!("C1 client {idx} got {} unasked", g.topic));
                         }
-                        if !g.payload.is_empty() && !seen.insert(g.payload.clone()) {
-                            out.push(format!("C1 client {idx} got {:?} twice", g.payload));
+                        if g.payload.is_empty() {
+                            continue;
+                        }
+                        let n = seen.entry(g.payload.clone()).or_default();
+                        *n += 1;
+                        if *n > ways.max(1) {
+                            out.push(format!(
+                                "C1 client {idx} got {:?} {n} times, more than its {ways} matching filters",
+                                g.payload
+                            ));
                         }
                     }
                 }
@@ -1602,15 +1620,18 @@ impl ClusterWorld {
         }
     }
 
-    /// C4: per (publisher, subscriber, topic), deliveries come in publish order.
+    /// C4: per (publisher, subscriber, topic), deliveries come in publish order. (K1: a node
+    /// that routed the first copy it saw let a newer NATS subscription's copy overtake an
+    /// older one's; a session now takes copies through its lowest-numbered filter only.)
     ///
-    /// Known core issue K1: a node routes the first copy of a message it sees, and a NATS
-    /// subscription the node makes while an older one of its subscriptions still has messages
-    /// queued starts with newer messages, which can overtake the older ones. A violation whose
-    /// overtaking copy came on a subscription the engine made after it routed the overtaken
-    /// message is that issue and goes to `known`.
-    fn check_c4(&self, out: &mut Vec<String>, known: &mut Vec<String>) {
+    /// Clients that change their filters are not held to it: a message on its way may reach
+    /// them through a filter they dropped and took again, and MQTT orders what one
+    /// subscription carries.
+    fn check_c4(&self, out: &mut Vec<String>) {
         for (idx, c) in self.clients.iter().enumerate() {
+            if c.kind == Kind::Churn {
+                continue;
+            }
             let mut last: BTreeMap<(usize, &str), (u64, &Got)> = BTreeMap::new();
             for g in c.got.iter().filter(|g| !g.retain) {
                 let Some((publisher, seq)) = tag(&g.payload) else {
@@ -1626,12 +1647,7 @@ impl ClusterWorld {
                     "C4 client {idx} ({:?}) on node {}: from client {publisher} on {} seq {seq} after {prev} (via {:?}, then {:?})",
                     c.kind, c.node, g.topic, early.via, g.via
                 );
-                let made = early.via.map(|v| v.2);
-                let routed = self.routed_at.get(&g.payload).copied();
-                match (made, routed) {
-                    (Some(made), Some(routed)) if made > routed => known.push(format!("K1 {line}")),
-                    _ => out.push(line),
-                }
+                out.push(line);
             }
         }
     }
@@ -1691,10 +1707,10 @@ impl ClusterWorld {
     /// C7: read your writes — once a node took a client's retained message, a new
     /// subscriber on that node gets it or a later write to the bucket, never an older one.
     ///
-    /// Known core issue K3: a node stores its clients' retained messages at once, and its watch
-    /// then replays the bucket's older entries over them until it reaches the node's own
-    /// write. A violation while the node's watch had not yet handed over that write is K3.
-    fn check_c7(&self, out: &mut Vec<String>, known: &mut Vec<String>) {
+    /// (K3: a node stored its clients' retained messages at once, then its watch replayed the
+    /// bucket's older entries over them; a node now passes over other writes of a topic while
+    /// its own are on their way.)
+    fn check_c7(&self, out: &mut Vec<String>) {
         let pos: BTreeMap<Bytes, usize> = self
             .engine
             .bucket
@@ -1702,7 +1718,8 @@ impl ClusterWorld {
             .enumerate()
             .filter_map(|(i, (_, v, _))| {
                 let e = Envelope::decode(v.clone()?).ok()?;
-                Some((e.payload, i))
+                // Deletions (no payload) are alike: C3 judges them.
+                (!e.payload.is_empty()).then_some((e.payload, i))
             })
             .collect();
         for (idx, c) in self.clients.iter().enumerate() {
@@ -1720,16 +1737,10 @@ impl ClusterWorld {
                         && pos.get(&s.payload).is_some_and(|pv| pv > pw)
                 });
                 if let Some(s) = newer {
-                    let line = format!(
+                    out.push(format!(
                         "C7 client {idx} on node {} at {}: retained {} {:?}, older than {:?} taken there at {}",
                         c.node, g.at, g.topic, g.payload, s.payload, s.at
-                    );
-                    let replaying = pos.get(&s.payload).is_some_and(|pv| g.watched <= *pv);
-                    if replaying {
-                        known.push(format!("K3 {line}"));
-                    } else {
-                        out.push(line);
-                    }
+                    ));
                 }
             }
         }
@@ -1776,7 +1787,7 @@ impl ClusterWorld {
     }
 }
 
-/// Known issue K1, scripted on two nodes: client X on node 1 holds `a/+`; client P on node 0
+/// K1 (fixed), scripted on two nodes: client X on node 1 holds `a/+`; client P on node 0
 /// publishes m1 then m2 on `a/b` (QoS 1); between the two the engine makes node 1's second
 /// subscription, for client Y's `a/b`, so m2 is queued on both of node 1's subscriptions and
 /// m1 on the older one only. The engine serves the newer subscription first. Returns the
@@ -1790,10 +1801,12 @@ pub fn overtaking_subscription() -> Vec<String> {
     w.drain();
     w.publishing = true;
     w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
+    w.settle_durable(0);
     w.take_op(0, 0);
     w.subscribe(y, "a/b", QoS::AtLeastOnce);
     w.take_op(1, 0);
     w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
+    w.settle_durable(0);
     w.take_op(0, 0);
     let fifos: Vec<FifoKey> = w.engine.fifos.keys().copied().collect();
     // Newest subscription first: sids grow.
@@ -1813,7 +1826,7 @@ pub fn overtaking_subscription() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Known issue K2, scripted on two nodes: a v5 client on node 0 publishes a retained message
+/// K2 (fixed), scripted on two nodes: a v5 client on node 0 publishes a retained message
 /// with a message expiry interval of 5 s; 10 s later node 1 restarts and its new watch replays
 /// the bucket, whose value still says 5 s, so node 1 holds the message for 5 s more while
 /// node 0 has expired it. Returns the retained topics a fresh subscriber gets on each node.
@@ -1857,7 +1870,7 @@ pub fn expired_retained_after_restart() -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Known issue K3, scripted on two nodes: client B on node 1 writes retained `r`, which the
+/// K3 (fixed), scripted on two nodes: client B on node 1 writes retained `r`, which the
 /// bucket takes first; then client W on node 0 writes `r`, which node 0 stores at once and the
 /// bucket takes second. Node 0's watch then hands over B's older write, and a new subscriber on
 /// node 0 gets it although node 0 took W's later one. Returns what that subscriber got.

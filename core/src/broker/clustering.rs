@@ -12,7 +12,6 @@ use super::Broker;
 use super::inbound::Sender;
 use crate::api::ConnId;
 use crate::api::Output;
-use crate::cluster::copies::Copy;
 use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::interest::{Key, Refusal};
 use crate::cluster::subject::{self, Space};
@@ -40,18 +39,27 @@ impl Broker {
         filter: &str,
         group: Option<&str>,
         sid: SessionId,
-        sub: Subscription,
+        mut sub: Subscription,
     ) {
+        let key: Key = (filter.to_owned(), group.map(str::to_owned));
+        if let Some(c) = self.cluster.as_deref() {
+            sub.cluster_key = c.interest.number(&key).unwrap_or(0);
+        }
         if !self.subscriptions.insert(filter, group, sid, sub) {
             return;
         }
         if let Some(c) = self.cluster.as_deref_mut() {
-            let key: Key = (filter.to_owned(), group.map(str::to_owned));
             let mut out = Vec::new();
             let max_len = c.max_subject_len();
-            c.interest
+            let number = c
+                .interest
                 .add(&c.config.subject_prefix, key, max_len, &mut out);
             self.outputs.extend(out);
+            if number != sub.cluster_key {
+                // The first subscription to the filter made its key: the index learns its number.
+                sub.cluster_key = number;
+                self.subscriptions.insert(filter, group, sid, sub);
+            }
         }
     }
 
@@ -115,7 +123,7 @@ impl Broker {
         {
             return;
         }
-        let now = self.now;
+        let wall = self.wall();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -125,20 +133,23 @@ impl Broker {
         else {
             return;
         };
-        // What is left of the expiry travels; the properties are copied only then.
-        let with_expiry = msg.expires_at.map(|at| {
-            let mut p = msg.properties.clone();
-            p.message_expiry_interval =
-                Some(u32::try_from(at.since(now).div_ceil(1000)).unwrap_or(u32::MAX));
-            p
-        });
-        let properties = with_expiry.as_ref().unwrap_or(&msg.properties);
+        let expires = msg.expires_at.map(|at| wall.of(at));
         let stamp = c.stamp();
-        let envelope = envelope::encode(&stamp, msg.qos, msg.retain, properties, &msg.payload);
+        let envelope = envelope::encode(
+            &stamp,
+            expires,
+            msg.qos,
+            msg.retain,
+            &msg.properties,
+            &msg.payload,
+        );
         if msg.retain
             && let Ok(key) = subject::topic_key(&msg.topic, max_len)
         {
-            let value = (!msg.payload.is_empty()).then(|| envelope.clone());
+            // A deletion is written as a message without payload, so the watch can tell this
+            // node's own writes (see `cluster_retained`).
+            c.own_retained_write(&key);
+            let value = Some(envelope.clone());
             self.outputs.push_back(Output::ClusterRetain { key, value });
         }
         c.counters.published += 1;
@@ -148,15 +159,17 @@ impl Broker {
         });
     }
 
-    /// A message from another node, on one of this node's NATS subscriptions: the first copy
-    /// is routed to the local plain subscriptions; on a queue subscription it goes to one
-    /// local member of that share group.
+    /// A message from another node, on one of this node's NATS subscriptions. NATS brings one
+    /// copy per matching subscription, each subscription in publish order; a session takes the
+    /// copy of its matching filter with the lowest number only, so it gets each message once
+    /// and in order whatever other sessions subscribe meanwhile. On a queue subscription the
+    /// message goes to one local member of that share group.
     pub(super) fn cluster_message(&mut self, sid: u64, subject: &str, payload: Bytes) {
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(key) = c.interest.key_of(sid).cloned() else {
+        let Some((key, number)) = c.interest.key_of(sid).cloned() else {
             // A message still in flight for a subscription just dropped.
             return;
         };
@@ -167,21 +180,22 @@ impl Broker {
         };
         let from_self =
             envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch;
-        if key.1.is_none() {
-            // Plain subscriptions never see this node's own messages (no echo), and route each
-            // message once.
-            if from_self || c.see(&envelope.stamp, &ledger) != Copy::First {
-                return;
-            }
+        // Plain subscriptions never see this node's own messages (no echo); the node routed
+        // them when they came in.
+        if key.1.is_none() && from_self {
+            return;
         }
-        let mut content = Content {
+        c.counters.received += 1;
+        let Some(expires_at) = self.deadline_of(envelope.expires_unix_ms) else {
+            return;
+        };
+        let content = Content {
             topic,
             payload: envelope.payload,
             qos: envelope.qos,
             retain: envelope.retain,
             properties: envelope.properties,
         };
-        let expires_at = content.take_expiry(self.now);
         let id = self.store.next_message_id();
         let msg = Arc::new(Message::new(
             id,
@@ -192,14 +206,26 @@ impl Broker {
             &ledger,
         ));
         match &key.1 {
-            None => self.route(&msg, false),
+            None => self.route(&msg, false, Some(number)),
             Some(group) => self.route_to_group(&msg, &key.0, group),
         }
         self.settle(&msg);
     }
 
+    /// The local deadline of a message that expires at `unix_ms` (wall clock); `None` when
+    /// it has expired already, `Some(None)` when it never does.
+    fn deadline_of(&self, unix_ms: Option<u64>) -> Option<Option<crate::api::Instant>> {
+        let Some(at) = unix_ms else {
+            return Some(None);
+        };
+        let wall_now = self.wall_now();
+        (at > wall_now).then(|| Some(self.now.plus_ms(at - wall_now)))
+    }
+
     /// An entry of the retained bucket changed: the local retained store follows, in the
-    /// bucket's order, so every node converges to the bucket's last value per topic.
+    /// bucket's order, so every node converges to the bucket's last value per topic. While
+    /// this node's own writes to a topic are on their way, older entries of that topic are
+    /// passed over: the node keeps serving what its clients wrote last.
     pub(super) fn cluster_retained(&mut self, key: &str, value: Option<Bytes>) {
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
@@ -214,25 +240,37 @@ impl Broker {
         };
         let envelope = match value.map(Envelope::decode) {
             None => None,
-            Some(Ok(e)) if !e.payload.is_empty() => Some(e),
-            Some(Ok(_)) => None,
+            Some(Ok(e)) => Some(e),
             Some(Err(_)) => {
                 c.counters.malformed += 1;
                 return;
             }
         };
-        let Some(envelope) = envelope else {
+        let own = envelope
+            .as_ref()
+            .is_some_and(|e| e.stamp.node == c.config.node_name && e.stamp.epoch == c.epoch);
+        if own {
+            c.own_retained_seen(key);
+        }
+        // A later write of this node to the topic is still on its way: it decides.
+        if c.own_retained_pending(key) {
+            return;
+        }
+        let Some(envelope) = envelope.filter(|e| !e.payload.is_empty()) else {
             self.retained.remove(&topic);
             return;
         };
-        let mut content = Content {
+        let Some(expires_at) = self.deadline_of(envelope.expires_unix_ms) else {
+            self.retained.remove(&topic);
+            return;
+        };
+        let content = Content {
             topic,
             payload: envelope.payload,
             qos: envelope.qos,
             retain: true,
             properties: envelope.properties,
         };
-        let expires_at = content.take_expiry(self.now);
         let id = self.store.next_message_id();
         let msg = Arc::new(Message::new(
             id,
@@ -256,6 +294,7 @@ impl Broker {
         pid: u16,
         content: Content,
     ) {
+        let wall_now = self.wall_now();
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
@@ -272,11 +311,18 @@ impl Broker {
             return;
         };
         let stamp = c.stamp();
+        let expires = content
+            .properties
+            .message_expiry_interval
+            .map(|secs| wall_now.saturating_add(u64::from(secs) * 1000));
+        let mut properties = content.properties.clone();
+        properties.message_expiry_interval = None;
         let payload = envelope::encode(
             &stamp,
+            expires,
             content.qos,
             content.retain,
-            &content.properties,
+            &properties,
             &content.payload,
         );
         let msg_id = format!("{}.{}.{}", stamp.node, stamp.epoch, stamp.seq);

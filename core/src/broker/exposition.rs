@@ -475,7 +475,7 @@ impl Broker {
             return;
         };
         let k = &c.counters;
-        let families: [(&str, &str, &str, u64); 10] = [
+        let families: [(&str, &str, &str, u64); 7] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -489,12 +489,6 @@ impl Broker {
                 c.interest.filters() as u64,
             ),
             (
-                "tidemq_cluster_origins",
-                "gauge",
-                "Nodes (by start) whose messages this node tells apart.",
-                c.origins() as u64,
-            ),
-            (
                 "tidemq_cluster_published_total",
                 "counter",
                 "Messages this node published to the other nodes.",
@@ -503,20 +497,8 @@ impl Broker {
             (
                 "tidemq_cluster_received_total",
                 "counter",
-                "Messages from other nodes routed here.",
+                "Copies of messages from other nodes taken here (one per matching NATS subscription).",
                 k.received,
-            ),
-            (
-                "tidemq_cluster_copies_total",
-                "counter",
-                "Further copies of a message already routed (overlapping filters).",
-                k.copies,
-            ),
-            (
-                "tidemq_cluster_late_copies_total",
-                "counter",
-                "Copies too old to tell from a new message, dropped.",
-                k.late,
             ),
             (
                 "tidemq_cluster_durable_total",

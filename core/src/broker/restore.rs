@@ -121,7 +121,11 @@ impl Broker {
                 let Ok(parsed) = topic::parse_subscription(&raw, usize::MAX) else {
                     continue;
                 };
-                let sub = Subscription { options, id };
+                let sub = Subscription {
+                    options,
+                    id,
+                    cluster_key: 0,
+                };
                 self.index_subscription(parsed.filter, parsed.share_group, sid, sub);
                 s.subscribe(raw, sub);
             }

@@ -35,7 +35,7 @@ impl Broker {
             self.retain(&msg);
         }
         // In a cluster, share groups get messages through NATS only: one member cluster-wide.
-        self.route(&msg, self.cluster.is_none());
+        self.route(&msg, self.cluster.is_none(), None);
         self.bridge_forward(&msg);
         self.cluster_publish(&msg);
         self.settle(&msg);
@@ -73,11 +73,13 @@ impl Broker {
     /// Delivers `msg` to every matching subscription: once per session for its non-shared
     /// subscriptions, with the highest QoS and every subscription identifier that matched,
     /// plus one copy per share group that picked it (v5 §4.8.2) unless `shared` is false.
-    pub(super) fn route(&mut self, msg: &Arc<Message>, shared: bool) {
+    /// `via`: a copy from another node on the NATS subscription with this number, which only
+    /// the sessions whose lowest-numbered matching filter it is take (`clustering.rs`).
+    pub(super) fn route(&mut self, msg: &Arc<Message>, shared: bool, via: Option<u64>) {
         // Targets with the same key merge: (session, 0) for non-shared, (session, n) for the
         // n-th share group.
         type Key = (SessionId, usize);
-        let mut targets: Vec<(Key, QoS, bool, Option<u32>)> = Vec::new();
+        let mut targets: Vec<(Key, QoS, bool, Option<u32>, u64)> = Vec::new();
         {
             let mut matched = Vec::new();
             self.subscriptions.matches(&msg.topic, &mut matched);
@@ -93,13 +95,19 @@ impl Broker {
                             sub.options.qos,
                             sub.options.retain_as_published,
                             sub.id,
+                            // 0: the filter has no NATS subscription (`$SYS`), never the way in.
+                            if sub.cluster_key == 0 {
+                                u64::MAX
+                            } else {
+                                sub.cluster_key
+                            },
                         ));
                     }
                     SubMatch::Shared(_) if !shared => {}
                     SubMatch::Shared(group) => {
                         groups += 1;
                         if let Some((sid, sub)) = pick_member(group, &self.sessions) {
-                            targets.push(((sid, groups), sub.options.qos, false, sub.id));
+                            targets.push(((sid, groups), sub.options.qos, false, sub.id, 0));
                         }
                     }
                 }
@@ -113,15 +121,16 @@ impl Broker {
         }
         targets.sort_by_key(|t| t.0);
         let mut i = 0;
-        while let Some(&(key, mut qos, mut rap, id)) = targets.get(i) {
+        while let Some(&(key, mut qos, mut rap, id, mut lowest)) = targets.get(i) {
             let mut ids: Vec<u32> = id.into_iter().collect();
             i += 1;
-            while let Some(&(next, q, r, id)) = targets.get(i) {
+            while let Some(&(next, q, r, id, number)) = targets.get(i) {
                 if next != key {
                     break;
                 }
                 qos = qos.max(q);
                 rap |= r;
+                lowest = lowest.min(number);
                 // Several matching subscriptions may share an identifier: it is said once.
                 if let Some(id) = id
                     && !ids.contains(&id)
@@ -129,6 +138,9 @@ impl Broker {
                     ids.push(id);
                 }
                 i += 1;
+            }
+            if via.is_some_and(|via| via != lowest) {
+                continue;
             }
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, ids, 0);
             self.deliver(key.0, delivery);

@@ -166,6 +166,7 @@ impl Broker {
         let sub = Subscription {
             options,
             id: sub_id,
+            cluster_key: 0,
         };
         let Some(session) = self.sessions.get_mut(&sid) else {
             return Added::NoSession;

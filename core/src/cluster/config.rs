@@ -24,8 +24,6 @@ pub struct ClusterConfig {
     /// Longest subject, or subject with its queue group (64..=3584 bytes): longer topics and
     /// filters are refused in cluster mode.
     pub max_subject_len: u32,
-    /// Nodes whose messages this one tells apart (2..=256): one copy window each.
-    pub max_nodes: u32,
     /// How long a QoS 1/2 message may wait for JetStream's acknowledgement before it is
     /// refused (100..=60000 ms).
     pub publish_timeout_ms: u64,
@@ -47,7 +45,6 @@ impl Default for ClusterConfig {
             replicas: 3,
             max_subscriptions: 65_536,
             max_subject_len: 2048,
-            max_nodes: 64,
             retained_max_bytes: 32 * 1024 * 1024,
             publish_timeout_ms: 10_000,
             durable_max_bytes: 10 * 1024 * 1024 * 1024,
@@ -83,9 +80,6 @@ impl ClusterConfig {
         }
         if !(64..=MAX_SUBJECT_LEN).contains(&self.max_subject_len) {
             return err("cluster.max_subject_len", "must be between 64 and 3584");
-        }
-        if !(2..=256).contains(&self.max_nodes) {
-            return err("cluster.max_nodes", "must be between 2 and 256");
         }
         if !(100..=60_000).contains(&self.publish_timeout_ms) {
             return err("cluster.publish_timeout", "must be between 100ms and 60s");

@@ -3,8 +3,10 @@
 //! message once however many of its subscriptions NATS delivered it on.
 //!
 //! Layout: version (1), flags (QoS in bits 0–1, retain in bit 2), origin node (MQTT string),
-//! epoch (u64), sequence (u64), v5 PUBLISH properties (length-prefixed; the message expiry
-//! interval is what is left of it when sent), payload (the rest).
+//! epoch (u64), sequence (u64), expiry (u64, Unix ms; 0 = none), v5 PUBLISH properties
+//! (length-prefixed, without the expiry interval), payload (the rest). The expiry is a wall
+//! time, not an interval, so a message read later (a retained one, from the bucket) keeps its
+//! deadline.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -29,6 +31,8 @@ pub struct Stamp {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub stamp: Stamp,
+    /// When the message expires, in Unix milliseconds.
+    pub expires_unix_ms: Option<u64>,
     pub qos: QoS,
     pub retain: bool,
     pub properties: Properties,
@@ -46,6 +50,7 @@ pub enum EnvelopeError {
 /// properties.
 pub fn encode(
     stamp: &Stamp,
+    expires_unix_ms: Option<u64>,
     qos: QoS,
     retain: bool,
     properties: &Properties,
@@ -58,6 +63,7 @@ pub fn encode(
     put_str(&mut out, &stamp.node);
     out.put_u64(stamp.epoch);
     out.put_u64(stamp.seq);
+    out.put_u64(expires_unix_ms.unwrap_or(0));
     properties.encode(&mut out);
     out.put_slice(payload);
     out.freeze()
@@ -67,6 +73,7 @@ impl Envelope {
     pub fn encode(&self) -> Bytes {
         encode(
             &self.stamp,
+            self.expires_unix_ms,
             self.qos,
             self.retain,
             &self.properties,
@@ -89,13 +96,18 @@ impl Envelope {
         let node = r.string().map_err(bad)?;
         let epoch = u64::from(r.u32().map_err(bad)?) << 32 | u64::from(r.u32().map_err(bad)?);
         let seq = u64::from(r.u32().map_err(bad)?) << 32 | u64::from(r.u32().map_err(bad)?);
+        let expires = u64::from(r.u32().map_err(bad)?) << 32 | u64::from(r.u32().map_err(bad)?);
         let properties = Properties::decode(&mut r, PropertyContext::Publish, MAX_USER_PROPERTIES)
             .map_err(bad)?;
-        if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
+        if properties.topic_alias.is_some()
+            || !properties.subscription_identifiers.is_empty()
+            || properties.message_expiry_interval.is_some()
+        {
             return Err(EnvelopeError::Malformed);
         }
         Ok(Envelope {
             stamp: Stamp { node, epoch, seq },
+            expires_unix_ms: (expires != 0).then_some(expires),
             qos,
             retain: flags & RETAIN != 0,
             properties,

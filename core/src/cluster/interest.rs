@@ -11,6 +11,8 @@ use crate::api::Output;
 pub type Key = (String, Option<String>);
 
 struct Held {
+    /// Its number: later keys have higher ones (see `Subscription::cluster_key`).
+    number: u64,
     /// Local subscriptions (session, filter) behind it.
     sessions: u32,
     /// The NATS subscription ids made for it (two for `f/#`).
@@ -29,10 +31,12 @@ pub enum Refusal {
 #[derive(Default)]
 pub struct Interest {
     held: BTreeMap<Key, Held>,
-    by_sid: BTreeMap<u64, Key>,
+    /// Each NATS subscription's key and that key's number.
+    by_sid: BTreeMap<u64, (Key, u64)>,
     /// NATS subscriptions held, over every key.
     subscriptions: usize,
     next_sid: u64,
+    next_number: u64,
 }
 
 /// Filters of the broker's own `$SYS` topics stay on their node: each node's figures are its
@@ -61,25 +65,33 @@ impl Interest {
         Ok(())
     }
 
-    /// One more local subscription to `key`; the first asks the runtime to subscribe.
-    pub fn add(&mut self, prefix: &str, key: Key, max_len: usize, out: &mut Vec<Output>) {
+    /// The number of `key`, if the node holds it.
+    pub fn number(&self, key: &Key) -> Option<u64> {
+        self.held.get(key).map(|h| h.number)
+    }
+
+    /// One more local subscription to `key`; the first asks the runtime to subscribe. The
+    /// key's number (0: no NATS subscription, e.g. `$SYS`).
+    pub fn add(&mut self, prefix: &str, key: Key, max_len: usize, out: &mut Vec<Output>) -> u64 {
         if node_local(&key.0) {
-            return;
+            return 0;
         }
         if let Some(held) = self.held.get_mut(&key) {
             held.sessions += 1;
-            return;
+            return held.number;
         }
         // `check` passed before; a key that cannot be mapped gets no NATS subscription.
         let Ok(subs) = nats_subscription(prefix, &key, max_len) else {
-            return;
+            return 0;
         };
+        self.next_number += 1;
+        let number = self.next_number;
         let mut sids = Vec::with_capacity(subs.subjects.len());
         for subject in subs.subjects {
             self.next_sid += 1;
             let sid = self.next_sid;
             sids.push(sid);
-            self.by_sid.insert(sid, key.clone());
+            self.by_sid.insert(sid, (key.clone(), number));
             out.push(Output::ClusterSubscribe {
                 sid,
                 subject,
@@ -87,7 +99,15 @@ impl Interest {
             });
         }
         self.subscriptions += sids.len();
-        self.held.insert(key, Held { sessions: 1, sids });
+        self.held.insert(
+            key,
+            Held {
+                number,
+                sessions: 1,
+                sids,
+            },
+        );
+        number
     }
 
     /// One local subscription to `key` fewer; the last asks the runtime to unsubscribe.
@@ -108,8 +128,8 @@ impl Interest {
         }
     }
 
-    /// The subscription a NATS subscription id was made for.
-    pub fn key_of(&self, sid: u64) -> Option<&Key> {
+    /// The subscription a NATS subscription id was made for, and its number.
+    pub fn key_of(&self, sid: u64) -> Option<&(Key, u64)> {
         self.by_sid.get(&sid)
     }
 

@@ -6,10 +6,8 @@
 //! - `subject`: MQTT topics and filters as NATS subjects, queue groups and KV keys.
 //! - `envelope`: a message as it travels between nodes.
 //! - `interest`: the NATS subscriptions this node holds for its sessions' filters.
-//! - `copies`: routing each message from another node once, whatever number of copies come.
 
 pub mod config;
-pub(crate) mod copies;
 pub mod envelope;
 pub(crate) mod interest;
 pub mod subject;
@@ -21,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::api::ConnId;
 use crate::codec::ProtocolVersion;
 use crate::ids::SessionId;
-use crate::memory::{Charge, Ledger};
+use crate::memory::Charge;
 use crate::message::Content;
 use envelope::Stamp;
 
@@ -44,12 +42,14 @@ pub(crate) struct Cluster {
     pub epoch: u64,
     next_seq: u64,
     pub interest: interest::Interest,
-    copies: copies::CopyWindows,
     pub counters: Counters,
     /// Durable writes awaited, by token; at most one per connection.
     pub waiting: BTreeMap<u64, Box<Waiting>>,
     waiting_conns: BTreeSet<ConnId>,
     next_token: u64,
+    /// Retained-bucket keys this node wrote and its watch has not handed back yet, with how
+    /// many such writes (at most one entry per retained topic).
+    retained_pending: BTreeMap<String, u32>,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -57,12 +57,8 @@ pub(crate) struct Cluster {
 pub struct Counters {
     /// Messages this node published to the cluster.
     pub published: u64,
-    /// Messages from other nodes routed here (first copies).
+    /// Copies of messages from other nodes routed here (one per matching NATS subscription).
     pub received: u64,
-    /// Further copies of a message already routed (overlapping subscriptions).
-    pub copies: u64,
-    /// Copies too old to tell from a new message: dropped.
-    pub late: u64,
     /// Payloads that were not a message envelope, or came on an unknown subscription.
     pub malformed: u64,
     /// Publishes and subscriptions refused for cluster reasons (subject too long, full).
@@ -79,12 +75,32 @@ impl Cluster {
             epoch,
             next_seq: 0,
             interest: Default::default(),
-            copies: Default::default(),
             counters: Counters::default(),
             waiting: BTreeMap::new(),
             waiting_conns: BTreeSet::new(),
             next_token: 0,
+            retained_pending: BTreeMap::new(),
         }
+    }
+
+    /// This node wrote `key` in the retained bucket.
+    pub fn own_retained_write(&mut self, key: &str) {
+        *self.retained_pending.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// The watch handed back one of this node's writes of `key`, or the write failed.
+    pub fn own_retained_seen(&mut self, key: &str) {
+        if let Some(n) = self.retained_pending.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.retained_pending.remove(key);
+            }
+        }
+    }
+
+    /// Whether a write of `key` by this node is still on its way to the watch.
+    pub fn own_retained_pending(&self, key: &str) -> bool {
+        self.retained_pending.contains_key(key)
     }
 
     /// Whether a packet of `conn` waits for JetStream.
@@ -119,22 +135,5 @@ impl Cluster {
 
     pub fn max_subject_len(&self) -> usize {
         self.config.max_subject_len as usize
-    }
-
-    /// Whether this copy of a message from another node is the first seen.
-    pub fn see(&mut self, stamp: &Stamp, ledger: &Ledger) -> copies::Copy {
-        let max = self.config.max_nodes as usize;
-        let copy = self.copies.see(stamp, max, ledger);
-        match copy {
-            copies::Copy::First => self.counters.received += 1,
-            copies::Copy::Again => self.counters.copies += 1,
-            copies::Copy::Late => self.counters.late += 1,
-        }
-        copy
-    }
-
-    /// Origins whose copy windows are held.
-    pub fn origins(&self) -> usize {
-        self.copies.origins()
     }
 }
