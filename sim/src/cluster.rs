@@ -27,6 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
+use crate::trace::Fnv;
+
 use bytes::{Bytes, BytesMut};
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::cluster::envelope::Envelope;
@@ -283,22 +285,6 @@ enum Step {
     Conn(usize, u8),
     Watch(usize),
     Deliver(FifoKey),
-}
-
-/// FNV-1a: a stable hash for the trace, the same on every platform and run.
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// Everything one seed produced.
@@ -826,6 +812,19 @@ impl ClusterWorld {
                 self.max_subscriptions
             ));
         }
+    }
+
+    /// What client `idx` got, as text, in order.
+    fn payloads_of(&self, idx: usize) -> Vec<String> {
+        self.clients
+            .get(idx)
+            .map(|c| {
+                c.got
+                    .iter()
+                    .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The stream acknowledges every durable write node `n` waits for. A cut holds the
@@ -1815,15 +1814,7 @@ pub fn overtaking_subscription() -> Vec<String> {
             w.deliver(key);
         }
     }
-    w.clients
-        .get(x)
-        .map(|c| {
-            c.got
-                .iter()
-                .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    w.payloads_of(x)
 }
 
 /// K2 (fixed), scripted on two nodes: a v5 client on node 0 publishes a retained message
@@ -1885,15 +1876,7 @@ pub fn retained_read_after_own_write() -> Vec<String> {
     w.watch(0);
     let reader = w.add_client(Kind::Stable, 0);
     w.subscribe(reader, "r", QoS::AtLeastOnce);
-    w.clients
-        .get(reader)
-        .map(|c| {
-            c.got
-                .iter()
-                .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    w.payloads_of(reader)
 }
 
 /// Runs one seed and checks it.

@@ -616,7 +616,8 @@ impl Trace {
     }
 }
 
-struct Fnv(u64);
+/// FNV-1a: a stable hash for traces, the same on every platform and run.
+pub(crate) struct Fnv(pub u64);
 
 impl Hasher for Fnv {
     fn finish(&self) -> u64 {

@@ -189,22 +189,8 @@ impl Broker {
         let Some(expires_at) = self.deadline_of(envelope.expires_unix_ms) else {
             return;
         };
-        let content = Content {
-            topic,
-            payload: envelope.payload,
-            qos: envelope.qos,
-            retain: envelope.retain,
-            properties: envelope.properties,
-        };
-        let id = self.store.next_message_id();
-        let msg = Arc::new(Message::new(
-            id,
-            content,
-            Origin::Cluster,
-            expires_at,
-            self.now,
-            &ledger,
-        ));
+        let retain = envelope.retain;
+        let msg = self.message_from(topic, envelope, retain, expires_at, &ledger);
         match &key.1 {
             None => self.route(&msg, false, Some(number)),
             Some(group) => self.route_to_group(&msg, &key.0, group),
@@ -264,23 +250,35 @@ impl Broker {
             self.retained.remove(&topic);
             return;
         };
+        let msg = self.message_from(topic, envelope, true, expires_at, &ledger);
+        self.retained.insert(&msg.topic.clone(), msg);
+    }
+
+    /// A message from another node, as this node routes or keeps it.
+    fn message_from(
+        &mut self,
+        topic: String,
+        envelope: Envelope,
+        retain: bool,
+        expires_at: Option<crate::api::Instant>,
+        ledger: &crate::memory::Ledger,
+    ) -> Arc<Message> {
         let content = Content {
             topic,
             payload: envelope.payload,
             qos: envelope.qos,
-            retain: true,
+            retain,
             properties: envelope.properties,
         };
         let id = self.store.next_message_id();
-        let msg = Arc::new(Message::new(
+        Arc::new(Message::new(
             id,
             content,
             Origin::Cluster,
             expires_at,
             self.now,
-            &ledger,
-        ));
-        self.retained.insert(&msg.topic.clone(), msg);
+            ledger,
+        ))
     }
 
     /// A client's QoS 1/2 message, accepted by every check: written to the durable stream
