@@ -85,7 +85,7 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     pub auth: AuthConfig,
     /// Cluster mode (`cluster { }`), off by default; read at start only.
-    pub cluster: crate::cluster::ClusterConfig,
+    pub cluster: crate::cluster::config::ClusterConfig,
     /// The ACL (`auth.acl`, `auth.no_match`, `auth.deny_action`; old format `acl_enable`,
     /// `acl_nomatch`, `acl.rule.N`). Read from the configuration files only.
     #[serde(skip)]
@@ -784,6 +784,8 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return err("log.format", "must be text or json");
         }
-        self.cluster.validate(self.max_memory)
+        self.cluster
+            .validate(self.max_memory)
+            .map_err(|(key, message)| ConfigError { key, message })
     }
 }

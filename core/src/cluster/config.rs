@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::subject;
-use crate::config::ConfigError;
+
+/// A setting out of its bounds: the key, and what it must be.
+pub type Invalid = (&'static str, String);
 
 /// Cluster mode (design: `docs/cluster.md`). Off by default; when off nothing of the cluster
 /// exists at run time.
@@ -59,13 +61,8 @@ pub const MAX_SUBJECT_LEN: u32 = 3584;
 impl ClusterConfig {
     /// Checks every bound; `max_memory` is the node's memory budget, which must hold the
     /// retained bucket's mirror.
-    pub fn validate(&self, max_memory: u64) -> Result<(), ConfigError> {
-        let err = |key, message: &str| {
-            Err(ConfigError {
-                key,
-                message: message.to_owned(),
-            })
-        };
+    pub fn validate(&self, max_memory: u64) -> Result<(), Invalid> {
+        let err = |key, message: &str| Err((key, message.to_owned()));
         if subject::validate_prefix(&self.subject_prefix).is_err() {
             return err(
                 "cluster.subject_prefix",
@@ -117,10 +114,10 @@ impl ClusterConfig {
             return err("cluster.nats_urls", "must list 1 to 16 NATS servers");
         }
         if let Some(bad) = self.nats_urls.iter().find(|u| !nats_url_ok(u)) {
-            return Err(ConfigError {
-                key: "cluster.nats_urls",
-                message: format!("{bad:?} is not a nats://host:port address"),
-            });
+            return Err((
+                "cluster.nats_urls",
+                format!("{bad:?} is not a nats://host:port address"),
+            ));
         }
         Ok(())
     }
