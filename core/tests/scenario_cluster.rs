@@ -439,3 +439,43 @@ fn a_message_jetstream_kept_is_routed_even_if_its_publisher_has_gone() {
     assert_eq!(answer_durable(&mut h, mark, true), 1);
     assert_eq!(h.payloads(sub), ["kept"]);
 }
+
+#[test]
+fn qos1_writes_of_one_connection_overlap_and_are_answered_in_order() {
+    let mut h = Harness::with_config(clustered("a"));
+    let sub = h.client("sub", V5);
+    h.subscribe(sub, "d/#", QoS::AtLeastOnce);
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    let first = h.publish(p, "d/1", "one", QoS::AtLeastOnce, false).unwrap();
+    let second = h.publish(p, "d/2", "two", QoS::AtLeastOnce, false).unwrap();
+    let tokens: Vec<u64> = h.log[mark..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterDurable { token, .. } => Some(*token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens.len(), 2, "both written before either is answered");
+    // The second answer first: nothing goes until the first is answered.
+    h.input(Input::ClusterDurableDone {
+        token: tokens[1],
+        ok: true,
+    });
+    assert!(h.recv(p).is_empty());
+    assert!(h.publishes(sub).is_empty());
+    h.input(Input::ClusterDurableDone {
+        token: tokens[0],
+        ok: true,
+    });
+    let acks: Vec<u16> = h
+        .recv(p)
+        .into_iter()
+        .filter_map(|pkt| match pkt {
+            tidemq_core::codec::Packet::PubAck(a) => Some(a.packet_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [first, second]);
+    assert_eq!(h.payloads(sub), ["one", "two"]);
+}

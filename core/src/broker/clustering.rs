@@ -348,23 +348,29 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(w) = c.answered(token) else {
+        let ready = c.answered(token, ok);
+        let Some(conn) = ready.first().map(|(w, _)| w.conn) else {
             return;
         };
-        let w = *w;
-        let qos = w.content.qos;
-        let sender = Sender {
-            conn: w.conn,
-            sid: w.sid,
-            version: w.version,
-            packet_id: w.packet_id,
-        };
-        if ok {
-            c.counters.durable += 1;
-            self.finish_publish(sender, qos, reason::SUCCESS, Some(w.content));
-        } else {
-            c.counters.durable_failed += 1;
-            if w.version.is_v5() {
+        for (w, ok) in ready {
+            let w = *w;
+            let qos = w.content.qos;
+            let sender = Sender {
+                conn: w.conn,
+                sid: w.sid,
+                version: w.version,
+                packet_id: w.packet_id,
+            };
+            if let Some(c) = self.cluster.as_deref_mut() {
+                if ok {
+                    c.counters.durable += 1;
+                } else {
+                    c.counters.durable_failed += 1;
+                }
+            }
+            if ok {
+                self.finish_publish(sender, qos, reason::SUCCESS, Some(w.content));
+            } else if w.version.is_v5() {
                 self.finish_publish(sender, qos, reason::UNSPECIFIED_ERROR, None);
             } else {
                 self.drop_conn(
@@ -377,6 +383,6 @@ impl Broker {
             }
         }
         // What the client sent meanwhile.
-        self.receive(w.conn, &[]);
+        self.receive(conn, &[]);
     }
 }

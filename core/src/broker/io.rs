@@ -55,7 +55,8 @@ impl Broker {
                 }
                 return;
             }
-            if conn.acl_wait.is_some() || self.cluster.as_ref().is_some_and(|c| c.waits(id)) {
+            let next = conn.rx.first().copied();
+            if conn.acl_wait.is_some() || self.cluster.as_ref().is_some_and(|c| c.holds(id, next)) {
                 // Likewise until the ACL service answers about the packet before, or
                 // JetStream has the message before.
                 if self.holds_too_much(id) {

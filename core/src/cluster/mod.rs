@@ -14,7 +14,7 @@ pub mod subject;
 
 pub use config::ClusterConfig;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::api::ConnId;
 use crate::codec::ProtocolVersion;
@@ -23,8 +23,10 @@ use crate::memory::Charge;
 use crate::message::Content;
 use envelope::Stamp;
 
-/// A client's QoS 1/2 PUBLISH waiting for JetStream to have it; the connection reads nothing
-/// more until then.
+/// Durable writes one connection may have on their way at once.
+pub const PIPELINE: usize = 64;
+
+/// A client's QoS 1/2 PUBLISH waiting for JetStream to have it.
 pub(crate) struct Waiting {
     pub conn: ConnId,
     pub sid: SessionId,
@@ -45,7 +47,10 @@ pub(crate) struct Cluster {
     pub counters: Counters,
     /// Durable writes awaited, by token; at most one per connection.
     pub waiting: BTreeMap<u64, Box<Waiting>>,
-    waiting_conns: BTreeSet<ConnId>,
+    /// Per connection, its durable writes in the order they were asked for, and the answers
+    /// that came before their turn.
+    pipelines: BTreeMap<ConnId, VecDeque<u64>>,
+    answers: BTreeMap<u64, bool>,
     next_token: u64,
     /// Retained-bucket keys this node wrote and its watch has not handed back yet, with how
     /// many such writes (at most one entry per retained topic).
@@ -77,7 +82,8 @@ impl Cluster {
             interest: Default::default(),
             counters: Counters::default(),
             waiting: BTreeMap::new(),
-            waiting_conns: BTreeSet::new(),
+            pipelines: BTreeMap::new(),
+            answers: BTreeMap::new(),
             next_token: 0,
             retained_pending: BTreeMap::new(),
         }
@@ -104,23 +110,54 @@ impl Cluster {
     }
 
     /// Whether a packet of `conn` waits for JetStream.
-    pub fn waits(&self, conn: ConnId) -> bool {
-        self.waiting_conns.contains(&conn)
+    ///
+    /// Consecutive QoS 1 PUBLISHes go on (up to [`PIPELINE`] writes at once): their
+    /// answers are taken in order; any other packet waits until every write is answered.
+    /// `next` is the first byte of what the connection sent next, if any.
+    pub fn holds(&self, conn: ConnId, next: Option<u8>) -> bool {
+        let pending = self.pipelines.get(&conn).map_or(0, VecDeque::len);
+        // QoS 1 only: a QoS 2 id is known as received once its write is answered, so a
+        // second PUBLISH with it must wait to be told apart.
+        let durable_publish = next.is_some_and(|b| b >> 4 == 3 && (b >> 1) & 0b11 == 1);
+        pending > 0 && !(durable_publish && pending < PIPELINE)
     }
 
     /// Parks a PUBLISH until its durable write is answered; its token.
     pub fn wait(&mut self, waiting: Waiting) -> u64 {
         self.next_token += 1;
-        self.waiting_conns.insert(waiting.conn);
+        self.pipelines
+            .entry(waiting.conn)
+            .or_default()
+            .push_back(self.next_token);
         self.waiting.insert(self.next_token, Box::new(waiting));
         self.next_token
     }
 
     /// The PUBLISH a durable write was for, no longer waiting.
-    pub fn answered(&mut self, token: u64) -> Option<Box<Waiting>> {
-        let w = self.waiting.remove(&token)?;
-        self.waiting_conns.remove(&w.conn);
-        Some(w)
+    ///
+    /// The answer to `token`, and with it every PUBLISH of that connection whose turn has
+    /// come: in the order they were sent, each with its answer.
+    pub fn answered(&mut self, token: u64, ok: bool) -> Vec<(Box<Waiting>, bool)> {
+        let Some(conn) = self.waiting.get(&token).map(|w| w.conn) else {
+            return Vec::new();
+        };
+        self.answers.insert(token, ok);
+        let mut ready = Vec::new();
+        if let Some(queue) = self.pipelines.get_mut(&conn) {
+            while let Some(&head) = queue.front() {
+                let Some(ok) = self.answers.remove(&head) else {
+                    break;
+                };
+                queue.pop_front();
+                if let Some(w) = self.waiting.remove(&head) {
+                    ready.push((w, ok));
+                }
+            }
+            if queue.is_empty() {
+                self.pipelines.remove(&conn);
+            }
+        }
+        ready
     }
 
     /// The stamp of this node's next message.
