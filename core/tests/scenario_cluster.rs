@@ -80,15 +80,20 @@ fn from_node(node: &str, seq: u64, topic: &str, payload: &str, qos: QoS) -> (Str
     (subject, envelope.encode())
 }
 
-/// Answers every durable write asked for since `from`.
-fn answer_durable(h: &mut Harness, from: usize, ok: bool) -> usize {
-    let tokens: Vec<u64> = h.log[from..]
+/// The durable writes asked for since `from`, by token.
+fn durable_tokens(h: &Harness, from: usize) -> Vec<u64> {
+    h.log[from..]
         .iter()
         .filter_map(|o| match o {
             Output::ClusterDurable { token, .. } => Some(*token),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Answers every durable write asked for since `from`.
+fn answer_durable(h: &mut Harness, from: usize, ok: bool) -> usize {
+    let tokens = durable_tokens(h, from);
     for &token in &tokens {
         h.input(Input::ClusterDurableDone { token, ok });
     }
@@ -449,13 +454,7 @@ fn qos1_writes_of_one_connection_overlap_and_are_answered_in_order() {
     let mark = h.log.len();
     let first = h.publish(p, "d/1", "one", QoS::AtLeastOnce, false).unwrap();
     let second = h.publish(p, "d/2", "two", QoS::AtLeastOnce, false).unwrap();
-    let tokens: Vec<u64> = h.log[mark..]
-        .iter()
-        .filter_map(|o| match o {
-            Output::ClusterDurable { token, .. } => Some(*token),
-            _ => None,
-        })
-        .collect();
+    let tokens = durable_tokens(&h, mark);
     assert_eq!(tokens.len(), 2, "both written before either is answered");
     // The second answer first: nothing goes until the first is answered.
     h.input(Input::ClusterDurableDone {

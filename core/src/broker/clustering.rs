@@ -41,10 +41,13 @@ impl Broker {
         sid: SessionId,
         mut sub: Subscription,
     ) {
+        let Some(c) = self.cluster.as_deref() else {
+            // A single node: nothing to number or to tell NATS.
+            self.subscriptions.insert(filter, group, sid, sub);
+            return;
+        };
         let key: Key = (filter.to_owned(), group.map(str::to_owned));
-        if let Some(c) = self.cluster.as_deref() {
-            sub.cluster_key = c.interest.number(&key).unwrap_or(0);
-        }
+        sub.cluster_key = c.interest.number(&key).unwrap_or(0);
         if !self.subscriptions.insert(filter, group, sid, sub) {
             return;
         }
