@@ -172,10 +172,12 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some((key, number)) = c.interest.key_of(sid).cloned() else {
+        let Some(((filter, group), number)) = c.interest.key_of(sid) else {
             // A message still in flight for a subscription just dropped.
             return;
         };
+        // Only a share group's copy needs the names (to find the group): no copies per message.
+        let (number, shared) = (*number, group.clone().map(|g| (filter.clone(), g)));
         let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Live, subject);
         let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
             c.counters.malformed += 1;
@@ -185,7 +187,7 @@ impl Broker {
             envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch;
         // Plain subscriptions never see this node's own messages (no echo); the node routed
         // them when they came in.
-        if key.1.is_none() && from_self {
+        if shared.is_none() && from_self {
             return;
         }
         c.counters.received += 1;
@@ -194,9 +196,9 @@ impl Broker {
         };
         let retain = envelope.retain;
         let msg = self.message_from(topic, envelope, retain, expires_at, &ledger);
-        match &key.1 {
+        match &shared {
             None => self.route(&msg, false, Some(number)),
-            Some(group) => self.route_to_group(&msg, &key.0, group),
+            Some((filter, group)) => self.route_to_group(&msg, filter, group),
         }
         self.settle(&msg);
     }
