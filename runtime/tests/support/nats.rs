@@ -268,6 +268,20 @@ impl NatsCluster {
             .unwrap_or_else(|| panic!("no server named {name:?}"))
     }
 
+    /// The running servers holding a connection named `client` (`tidemq-<node_name>`): a
+    /// client library picks its server at random, so a test asks instead of assuming.
+    pub fn serving(&self, client: &str) -> Vec<usize> {
+        let named = format!("\"name\":\"{client}\"");
+        (0..self.servers.len())
+            .filter(|&i| {
+                let s = &self.servers[i];
+                s.running()
+                    && matches!(http_get(s.monitor_port, "/connz?limit=1024"),
+                        Some((200, body)) if body.replace(' ', "").contains(&named))
+            })
+            .collect()
+    }
+
     /// Kills server `i` with SIGKILL.
     pub fn kill9(&mut self, i: usize) {
         self.servers[i].kill9();
