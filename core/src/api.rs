@@ -276,7 +276,13 @@ pub enum Output {
     /// Cluster mode: drop the subscription made as `sid`.
     ClusterUnsubscribe { sid: u64 },
     /// Cluster mode: publish `payload` (a message envelope) on `subject`, in output order.
-    ClusterPublish { subject: String, payload: Bytes },
+    /// A `droppable` one (QoS 0) may be dropped, and counted, when the queue to NATS is full;
+    /// the others were acknowledged by JetStream and are not.
+    ClusterPublish {
+        subject: String,
+        payload: Bytes,
+        droppable: bool,
+    },
     /// Cluster mode: write `payload` (a message envelope) to the durable stream on `subject`,
     /// with `msg_id` as its de-duplication id, and answer with [`Input::ClusterDurableDone`].
     /// Nothing of the message happens before the answer.

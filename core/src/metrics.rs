@@ -135,6 +135,9 @@ pub struct RuntimeConnCounters {
     pub write_stalls: u64,
     /// Cut: more bytes queued than the budget allows.
     pub queue_overflows: u64,
+    /// Cluster mode: QoS 0 messages and retained writes dropped because the queue to NATS
+    /// was full.
+    pub cluster_dropped: u64,
 }
 
 /// Upper bounds (microseconds) of the store's commit-duration buckets: 50 µs to 1 s.

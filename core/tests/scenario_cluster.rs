@@ -221,9 +221,15 @@ fn a_local_message_goes_to_the_cluster_once_stamped_and_sys_does_not() {
     for o in out {
         match o {
             Output::ClusterDurable { .. } => {}
-            Output::ClusterPublish { subject, payload } => {
+            Output::ClusterPublish {
+                subject,
+                payload,
+                droppable,
+            } => {
                 assert_eq!(subject, "tmq.m.t.x.y");
                 let e = Envelope::decode(payload).unwrap();
+                // Only QoS 0 may be dropped on the way to NATS: a QoS 1/2 copy was vouched for.
+                assert_eq!(droppable, e.qos == QoS::AtMostOnce);
                 assert_eq!(e.stamp.node, "a");
                 seqs.push((e.stamp.seq, e.qos, e.retain, e.payload));
             }
@@ -288,6 +294,42 @@ fn a_message_from_another_node_reaches_each_client_once_whatever_the_copies() {
     });
     assert!(h.publishes(c).is_empty());
     assert!(h.publishes(d).is_empty());
+}
+
+#[test]
+fn the_metrics_count_the_cluster_path() {
+    let mut h = Harness::with_config(clustered("a"));
+    let c = h.client("c", V5);
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    h.subscribe(c, "x/#", QoS::AtMostOnce);
+    h.subscribe(c, "y/+", QoS::AtMostOnce);
+    let subs = subscribes(&h, mark);
+    h.publish(p, "x/1", "local", QoS::AtMostOnce, false);
+    let (subject, payload) = from_node("b", 1, "x/y", "remote", QoS::AtMostOnce);
+    h.input(Input::ClusterMessage {
+        sid: subs[0].0,
+        subject,
+        payload,
+    });
+    h.input(Input::ClusterMessage {
+        sid: subs[0].0,
+        subject: "tmq.m.t.x.y".to_owned(),
+        payload: Bytes::from_static(b"not an envelope"),
+    });
+    h.input(Input::RuntimeCounters(tidemq_core::RuntimeConnCounters {
+        cluster_dropped: 5,
+        ..Default::default()
+    }));
+    let text = scrape(&mut h);
+    // `x/#` is two NATS subscriptions, `y/+` one.
+    assert_eq!(value(&text, "tidemq_cluster_nats_subscriptions"), 3.0);
+    assert_eq!(value(&text, "tidemq_cluster_filters"), 2.0);
+    assert_eq!(value(&text, "tidemq_cluster_published_total"), 1.0);
+    assert_eq!(value(&text, "tidemq_cluster_received_total"), 1.0);
+    assert_eq!(value(&text, "tidemq_cluster_refused_total"), 1.0);
+    assert_eq!(value(&text, "tidemq_cluster_dropped_total"), 5.0);
+    assert_eq!(h.payloads(c), ["local", "remote"]);
 }
 
 #[test]

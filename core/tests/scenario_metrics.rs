@@ -11,31 +11,7 @@
 mod harness;
 
 use harness::*;
-use tidemq_core::{COMMIT_BOUNDS_US, Config, Input, Output, RuntimeConnCounters, StoreFigures};
-
-/// The scrape's text, as the scrape listener gets it.
-fn scrape(h: &mut Harness) -> String {
-    let from = h.log.len();
-    h.input(Input::MetricsScrape { req_id: 77 });
-    h.log[from..]
-        .iter()
-        .find_map(|o| match o {
-            Output::AdminReply {
-                req_id: 77, body, ..
-            } => Some(String::from_utf8(body.to_vec()).unwrap()),
-            _ => None,
-        })
-        .expect("a reply")
-}
-
-/// The value of the sample written exactly `sample` (name and labels).
-fn value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
-        .parse()
-        .unwrap()
-}
+use tidemq_core::{COMMIT_BOUNDS_US, Config, Input, RuntimeConnCounters, StoreFigures};
 
 #[test]
 fn counters_follow_the_traffic() {

@@ -5,6 +5,8 @@
 //! subscriptions have their own, with echo, so this node's members are candidates too.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -13,31 +15,75 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tidemq_core::Input;
 use tidemq_core::cluster::ClusterConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// Publishes and retained writes waiting for the NATS client; past it they are dropped and
-/// logged (the client itself buffers a bounded amount behind this).
-const QUEUE: usize = 65_536;
+/// Bytes of publishes and retained writes waiting for the NATS client (which buffers a
+/// bounded amount more behind it). Past it a QoS 0 message or a retained write is dropped and
+/// counted; a QoS 1/2 message's copy is kept, since JetStream acknowledged it (such copies
+/// stop coming when NATS stalls: the durable writes share the connection).
+const QUEUE_BYTES: usize = 64 << 20;
+/// What a queued item costs beyond its payload.
+const ITEM_OVERHEAD: usize = 128;
 /// Between two attempts of a durable write.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long the start waits for a NATS server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-enum Cmd {
-    Subscribe {
-        sid: u64,
-        subject: String,
-        queue: Option<String>,
-    },
-    Unsubscribe {
-        sid: u64,
-    },
-    Publish {
-        subject: String,
-        payload: Bytes,
-    },
+/// A NATS subscription to make (`Some`) or drop (`None`), by the core's subscription id.
+type InterestChange = Option<(String, Option<String>)>;
+
+/// What the core asked for that the command task has not applied yet.
+#[derive(Default)]
+struct Pending {
+    /// Interest changes, coalesced: a subscription dropped before it was made is never made,
+    /// so this holds at most one entry per live subscription id plus one per drop.
+    interest: Mutex<BTreeMap<u64, InterestChange>>,
+    interest_changed: Notify,
+    /// Bytes of publishes and retained writes queued (see [`QUEUE_BYTES`]).
+    queued_bytes: AtomicUsize,
+    /// QoS 0 publishes and retained writes dropped because the queue was full.
+    dropped: AtomicU64,
+}
+
+impl Pending {
+    /// Takes `bytes` of the queue, unless it is full and the item may be dropped.
+    fn admit(&self, bytes: usize, droppable: bool) -> bool {
+        let cost = bytes + ITEM_OVERHEAD;
+        if droppable && self.queued_bytes.load(Ordering::Relaxed) + cost > QUEUE_BYTES {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(
+                    dropped = n,
+                    "cluster: the queue to NATS is full; dropping QoS 0 messages and retained writes"
+                );
+            }
+            return false;
+        }
+        self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        true
+    }
+
+    fn change_interest(&self, sid: u64, change: InterestChange) {
+        if let Ok(mut interest) = self.interest.lock() {
+            match (interest.get(&sid), &change) {
+                // Dropped before it was made: nothing to do for NATS.
+                (Some(Some(_)), None) => {
+                    interest.remove(&sid);
+                }
+                _ => {
+                    interest.insert(sid, change);
+                }
+            }
+        }
+        self.interest_changed.notify_one();
+    }
+
+    fn release(&self, bytes: usize) {
+        self.queued_bytes
+            .fetch_sub(bytes + ITEM_OVERHEAD, Ordering::Relaxed);
+    }
 }
 
 /// The running client: the core's cluster outputs go in through it.
@@ -45,9 +91,9 @@ pub struct ClusterLink {
     js: jetstream::Context,
     inputs: mpsc::Sender<Input>,
     publish_timeout: Duration,
-    cmds: mpsc::Sender<Cmd>,
-    retains: mpsc::Sender<(String, Option<Bytes>)>,
-    dropped: u64,
+    pending: Arc<Pending>,
+    publishes: mpsc::UnboundedSender<(String, Bytes)>,
+    retains: mpsc::UnboundedSender<(String, Option<Bytes>)>,
 }
 
 /// The retained bucket's name for a subject prefix.
@@ -115,35 +161,56 @@ impl ClusterLink {
             bucket = %bucket,
             "cluster: connected to NATS"
         );
-        let (cmds, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_commands(plain, queued, rx, inputs.clone()));
-        let (retains, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_retains(store.clone(), rx, inputs.clone()));
+        let pending = Arc::new(Pending::default());
+        let (publishes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_commands(
+            plain,
+            queued,
+            rx,
+            pending.clone(),
+            inputs.clone(),
+        ));
+        let (retains, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_retains(
+            store.clone(),
+            rx,
+            pending.clone(),
+            inputs.clone(),
+        ));
         tokio::spawn(watch_retained(store, inputs.clone()));
         Ok(ClusterLink {
             js,
             inputs,
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
-            cmds,
+            pending,
+            publishes,
             retains,
-            dropped: 0,
         })
     }
 
     pub fn subscribe(&mut self, sid: u64, subject: String, queue: Option<String>) {
-        self.send(Cmd::Subscribe {
-            sid,
-            subject,
-            queue,
-        });
+        self.change_interest(sid, Some((subject, queue)));
     }
 
     pub fn unsubscribe(&mut self, sid: u64) {
-        self.send(Cmd::Unsubscribe { sid });
+        self.change_interest(sid, None);
     }
 
-    pub fn publish(&mut self, subject: String, payload: Bytes) {
-        self.send(Cmd::Publish { subject, payload });
+    fn change_interest(&mut self, sid: u64, change: InterestChange) {
+        self.pending.change_interest(sid, change);
+    }
+
+    /// Publishes an envelope to the other nodes. A QoS 0 one is dropped (and counted) when
+    /// the queue to NATS is full.
+    pub fn publish(&mut self, subject: String, payload: Bytes, droppable: bool) {
+        if self.pending.admit(payload.len(), droppable) {
+            let _ = self.publishes.send((subject, payload));
+        }
+    }
+
+    /// QoS 0 messages and retained writes dropped because the queue to NATS was full.
+    pub fn dropped(&self) -> u64 {
+        self.pending.dropped.load(Ordering::Relaxed)
     }
 
     /// Writes a message to the durable stream and reports whether JetStream acknowledged it
@@ -185,78 +252,49 @@ impl ClusterLink {
         });
     }
 
-    pub fn retain(&mut self, key: String, value: Option<Bytes>) {
-        if self.retains.try_send((key, value)).is_err() {
-            self.dropped += 1;
-            warn!(
-                dropped = self.dropped,
-                "cluster: retained write dropped, the queue to NATS is full"
-            );
+    /// Writes a retained message (or its deletion) to the bucket. False when the queue to NATS
+    /// is full: the write is dropped, and the core must be told it failed.
+    #[must_use]
+    pub fn retain(&mut self, key: String, value: Option<Bytes>) -> bool {
+        let bytes = key.len() + value.as_ref().map_or(0, Bytes::len);
+        if !self.pending.admit(bytes, true) {
+            return false;
         }
-    }
-
-    fn send(&mut self, cmd: Cmd) {
-        if self.cmds.try_send(cmd).is_err() {
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                warn!(
-                    dropped = self.dropped,
-                    "cluster: the queue to NATS is full; dropping"
-                );
-            }
-        }
+        let _ = self.retains.send((key, value));
+        true
     }
 }
 
-/// Applies the core's cluster outputs in order.
+/// Applies the core's interest changes and publishes, each kind in the order made.
 async fn run_commands(
     plain: Client,
     queued: Client,
-    mut rx: mpsc::Receiver<Cmd>,
+    mut publishes: mpsc::UnboundedReceiver<(String, Bytes)>,
+    pending: Arc<Pending>,
     inputs: mpsc::Sender<Input>,
 ) {
     let mut readers: BTreeMap<u64, JoinHandle<()>> = BTreeMap::new();
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            Cmd::Publish { subject, payload } => {
+    loop {
+        tokio::select! {
+            biased;
+            () = pending.interest_changed.notified() => {
+                let changes = match pending.interest.lock() {
+                    Ok(mut interest) => std::mem::take(&mut *interest),
+                    Err(_) => break,
+                };
+                for (sid, change) in changes {
+                    apply_interest(&plain, &queued, &mut readers, &inputs, sid, change).await;
+                }
+            }
+            next = publishes.recv() => {
+                let Some((subject, payload)) = next else {
+                    break;
+                };
+                let bytes = payload.len();
                 if let Err(e) = plain.publish(subject, payload).await {
                     warn!("cluster: publish failed: {e}");
                 }
-            }
-            Cmd::Subscribe {
-                sid,
-                subject,
-                queue,
-            } => {
-                let made = match queue {
-                    Some(q) => queued.queue_subscribe(subject.clone(), q).await,
-                    None => plain.subscribe(subject.clone()).await,
-                };
-                match made {
-                    Ok(mut sub) => {
-                        let inputs = inputs.clone();
-                        let reader = tokio::spawn(async move {
-                            while let Some(m) = sub.next().await {
-                                let input = Input::ClusterMessage {
-                                    sid,
-                                    subject: m.subject.to_string(),
-                                    payload: m.payload,
-                                };
-                                if inputs.send(input).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                        readers.insert(sid, reader);
-                    }
-                    Err(e) => warn!(%subject, "cluster: subscribe failed: {e}"),
-                }
-            }
-            Cmd::Unsubscribe { sid } => {
-                // Dropping the subscriber unsubscribes it.
-                if let Some(reader) = readers.remove(&sid) {
-                    reader.abort();
-                }
+                pending.release(bytes);
             }
         }
     }
@@ -265,13 +303,56 @@ async fn run_commands(
     }
 }
 
+/// Makes or drops one NATS subscription; what a made one receives goes to the core.
+async fn apply_interest(
+    plain: &Client,
+    queued: &Client,
+    readers: &mut BTreeMap<u64, JoinHandle<()>>,
+    inputs: &mpsc::Sender<Input>,
+    sid: u64,
+    change: InterestChange,
+) {
+    let Some((subject, queue)) = change else {
+        // Dropping the subscriber unsubscribes it.
+        if let Some(reader) = readers.remove(&sid) {
+            reader.abort();
+        }
+        return;
+    };
+    let made = match queue {
+        Some(q) => queued.queue_subscribe(subject.clone(), q).await,
+        None => plain.subscribe(subject.clone()).await,
+    };
+    match made {
+        Ok(mut sub) => {
+            let inputs = inputs.clone();
+            let reader = tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    let input = Input::ClusterMessage {
+                        sid,
+                        subject: m.subject.to_string(),
+                        payload: m.payload,
+                    };
+                    if inputs.send(input).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            readers.insert(sid, reader);
+        }
+        Err(e) => warn!(%subject, "cluster: subscribe failed: {e}"),
+    }
+}
+
 /// Writes retained messages to the bucket, in order.
 async fn run_retains(
     store: kv::Store,
-    mut rx: mpsc::Receiver<(String, Option<Bytes>)>,
+    mut rx: mpsc::UnboundedReceiver<(String, Option<Bytes>)>,
+    pending: Arc<Pending>,
     inputs: mpsc::Sender<Input>,
 ) {
     while let Some((key, value)) = rx.recv().await {
+        pending.release(key.len() + value.as_ref().map_or(0, Bytes::len));
         let written = match value {
             Some(v) => store
                 .put(&key, v)
@@ -320,5 +401,44 @@ async fn watch_retained(store: kv::Store, inputs: mpsc::Sender<Input>) {
             Err(e) => warn!("cluster: watching the retained bucket: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_only_what_may_be_dropped_and_counts_it() {
+        let pending = Pending::default();
+        let big = QUEUE_BYTES / 2;
+        assert!(pending.admit(big, true));
+        assert!(pending.admit(big - 2 * ITEM_OVERHEAD, true));
+        // Full: QoS 0 and retained writes go, a copy JetStream acknowledged does not.
+        assert!(!pending.admit(1, true));
+        assert!(pending.admit(1, false));
+        assert_eq!(pending.dropped.load(Ordering::Relaxed), 1);
+        pending.release(big);
+        assert!(pending.admit(1, true));
+        assert_eq!(pending.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn interest_changes_coalesce_and_keep_the_order_made() {
+        let pending = Pending::default();
+        let sub = |s: &str| Some((s.to_owned(), None));
+        pending.change_interest(1, sub("a"));
+        pending.change_interest(2, sub("b"));
+        pending.change_interest(3, sub("c"));
+        // Made and dropped before the task ran: never made.
+        pending.change_interest(2, None);
+        // Dropped when NATS holds it (made earlier): the drop is kept.
+        pending.change_interest(7, None);
+        let changes: Vec<(u64, InterestChange)> = pending
+            .interest
+            .lock()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default();
+        assert_eq!(changes, vec![(1, sub("a")), (3, sub("c")), (7, None)]);
     }
 }

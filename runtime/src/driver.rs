@@ -915,6 +915,7 @@ impl Driver {
             accept_errors: s.accept_errors,
             write_stalls: s.write_stalls,
             queue_overflows: s.queue_overflows,
+            cluster_dropped: self.cluster.as_ref().map_or(0, |c| c.dropped()),
         };
         self.input(now, Input::RuntimeCounters(counters));
         if self.store.is_some() {
@@ -1449,9 +1450,13 @@ impl Driver {
                         c.unsubscribe(sid);
                     }
                 }
-                Output::ClusterPublish { subject, payload } => {
+                Output::ClusterPublish {
+                    subject,
+                    payload,
+                    droppable,
+                } => {
                     if let Some(c) = self.cluster.as_mut() {
-                        c.publish(subject, payload);
+                        c.publish(subject, payload, droppable);
                     }
                 }
                 Output::ClusterDurable {
@@ -1465,8 +1470,10 @@ impl Driver {
                     }
                 }
                 Output::ClusterRetain { key, value } => {
-                    if let Some(c) = self.cluster.as_mut() {
-                        c.retain(key, value);
+                    if let Some(c) = self.cluster.as_mut()
+                        && !c.retain(key.clone(), value)
+                    {
+                        self.feedback.push_back(Input::ClusterRetainFailed { key });
                     }
                 }
                 Output::Authenticate {

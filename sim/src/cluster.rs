@@ -612,7 +612,9 @@ impl ClusterWorld {
                     nd.plain.push_back(Op::Unsub { sid });
                 }
             }
-            Output::ClusterPublish { subject, payload } => {
+            Output::ClusterPublish {
+                subject, payload, ..
+            } => {
                 if let Some(nd) = self.nodes.get_mut(n) {
                     nd.plain.push_back(Op::Pub { subject, payload });
                 }

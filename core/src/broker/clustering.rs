@@ -16,7 +16,7 @@ use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::interest::{Key, Refusal};
 use crate::cluster::subject::{self, Space};
 use crate::cluster::{Cluster, Waiting};
-use crate::codec::{ProtocolVersion, reason};
+use crate::codec::{ProtocolVersion, QoS, reason};
 use crate::conn::CloseReason;
 use crate::ids::SessionId;
 use crate::memory::MESSAGE_BYTES;
@@ -159,6 +159,7 @@ impl Broker {
         self.outputs.push_back(Output::ClusterPublish {
             subject,
             payload: envelope,
+            droppable: msg.qos == QoS::AtMostOnce,
         });
     }
 

@@ -475,7 +475,7 @@ impl Broker {
             return;
         };
         let k = &c.counters;
-        let families: [(&str, &str, &str, u64); 7] = [
+        let families: [(&str, &str, &str, u64); 8] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -517,6 +517,12 @@ impl Broker {
                 "counter",
                 "Publishes and subscriptions refused for the cluster (subject too long, full), and malformed messages from it.",
                 k.refused + k.malformed,
+            ),
+            (
+                "tidemq_cluster_dropped_total",
+                "counter",
+                "QoS 0 messages and retained writes dropped because the queue to NATS was full.",
+                self.counters.runtime.cluster_dropped,
             ),
         ];
         for (name, kind, help, value) in families {

@@ -735,3 +735,27 @@ pub fn quiet_config() -> Config {
         ..Config::default()
     }
 }
+
+/// The scrape's text, as the scrape listener gets it.
+pub fn scrape(h: &mut Harness) -> String {
+    let from = h.log.len();
+    h.input(Input::MetricsScrape { req_id: 77 });
+    h.log[from..]
+        .iter()
+        .find_map(|o| match o {
+            Output::AdminReply {
+                req_id: 77, body, ..
+            } => Some(String::from_utf8(body.to_vec()).unwrap()),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+/// The value of the sample written exactly `sample` (name and labels).
+pub fn value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+        .parse()
+        .unwrap()
+}
