@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, ConnectOptions};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tidemq_core::Input;
 use tidemq_core::cluster::ClusterConfig;
 use tokio::sync::{Notify, mpsc};
@@ -88,9 +90,8 @@ impl Pending {
 
 /// The running client: the core's cluster outputs go in through it.
 pub struct ClusterLink {
-    js: jetstream::Context,
-    inputs: mpsc::Sender<Input>,
     publish_timeout: Duration,
+    durables: mpsc::UnboundedSender<DurableWrite>,
     pending: Arc<Pending>,
     publishes: mpsc::UnboundedSender<(String, Bytes)>,
     retains: mpsc::UnboundedSender<(String, Option<Bytes>)>,
@@ -178,9 +179,10 @@ impl ClusterLink {
             inputs.clone(),
         ));
         tokio::spawn(watch_retained(store, inputs.clone()));
+        let (durables, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_durables(js, rx, inputs));
         Ok(ClusterLink {
-            js,
-            inputs,
+            durables,
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             pending,
             publishes,
@@ -214,41 +216,16 @@ impl ClusterLink {
     }
 
     /// Writes a message to the durable stream and reports whether JetStream acknowledged it
-    /// within the publish timeout. One per waiting connection at most (the core's bound).
+    /// within the publish timeout. Writes go out in the order asked, so the stream holds a
+    /// node's messages in its publishers' order (a retried write may land later). The core
+    /// bounds how many wait (64 per connection).
     pub fn durable(&mut self, token: u64, subject: String, msg_id: String, payload: Bytes) {
-        let (js, inputs, limit) = (self.js.clone(), self.inputs.clone(), self.publish_timeout);
-        tokio::spawn(async move {
-            // Retried until the timeout: a stream electing its leader answers "no stream" or
-            // nothing for a few seconds; the de-duplication id keeps a retried write once.
-            let deadline = tokio::time::Instant::now() + limit;
-            let mut last = String::new();
-            let ok = loop {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", msg_id.as_str());
-                let write = async {
-                    let ack = js
-                        .publish_with_headers(subject.clone(), headers, payload.clone())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    ack.await.map_err(|e| e.to_string())
-                };
-                match tokio::time::timeout_at(deadline, write).await {
-                    Ok(Ok(_)) => break true,
-                    Ok(Err(e)) => last = e,
-                    Err(_) => last = "no acknowledgement".to_owned(),
-                }
-                if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
-                    break false;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-            };
-            if !ok {
-                warn!(
-                    timeout_ms = limit.as_millis() as u64,
-                    "cluster: durable write not acknowledged in time: {last}"
-                );
-            }
-            let _ = inputs.send(Input::ClusterDurableDone { token, ok }).await;
+        let _ = self.durables.send(DurableWrite {
+            token,
+            subject,
+            msg_id,
+            payload,
+            deadline: tokio::time::Instant::now() + self.publish_timeout,
         });
     }
 
@@ -341,6 +318,80 @@ async fn apply_interest(
             readers.insert(sid, reader);
         }
         Err(e) => warn!(%subject, "cluster: subscribe failed: {e}"),
+    }
+}
+
+struct DurableWrite {
+    token: u64,
+    subject: String,
+    msg_id: String,
+    payload: Bytes,
+    /// The publish timeout, counted from the core's asking.
+    deadline: tokio::time::Instant,
+}
+
+impl DurableWrite {
+    /// Sends the write; the future answers with JetStream's acknowledgement.
+    async fn send(&self, js: &jetstream::Context) -> Result<PublishAckFuture, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", self.msg_id.as_str());
+        let sent = js.publish_with_headers(self.subject.clone(), headers, self.payload.clone());
+        match tokio::time::timeout_at(self.deadline, sent).await {
+            Ok(sent) => sent.map_err(|e| e.to_string()),
+            Err(_) => Err("not sent".to_owned()),
+        }
+    }
+
+    /// Waits for the acknowledgement of the first attempt, retrying until the deadline: a
+    /// stream electing its leader answers "no stream" or nothing for a few seconds, and the
+    /// de-duplication id keeps a retried write once.
+    async fn settle(
+        self,
+        js: jetstream::Context,
+        first: Result<PublishAckFuture, String>,
+    ) -> (u64, bool) {
+        let mut attempt = first;
+        loop {
+            let last = match attempt {
+                Ok(ack) => match tokio::time::timeout_at(self.deadline, ack).await {
+                    Ok(Ok(_)) => return (self.token, true),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no acknowledgement".to_owned(),
+                },
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE >= self.deadline {
+                warn!("cluster: durable write not acknowledged in time: {last}");
+                return (self.token, false);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+            attempt = self.send(&js).await;
+        }
+    }
+}
+
+/// Sends durable writes in the order asked and answers each when JetStream does.
+async fn run_durables(
+    js: jetstream::Context,
+    mut rx: mpsc::UnboundedReceiver<DurableWrite>,
+    inputs: mpsc::Sender<Input>,
+) {
+    let mut waiting = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            next = rx.recv() => {
+                let Some(write) = next else {
+                    break;
+                };
+                let first = write.send(&js).await;
+                waiting.push(write.settle(js.clone(), first));
+            }
+            Some((token, ok)) = waiting.next(), if !waiting.is_empty() => {
+                if inputs.send(Input::ClusterDurableDone { token, ok }).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
