@@ -156,6 +156,14 @@ pub enum Input {
     /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
     /// it, in the bucket's order): its new value, or `None` once deleted.
     ClusterRetained { key: String, value: Option<Bytes> },
+    /// Cluster mode: the answer to [`Output::ClusterClaim`] `token`: the revision the claim
+    /// was written at and the entry it replaced (its value and revision), or `revision: None`
+    /// when it could not be written within `cluster.publish_timeout`.
+    ClusterClaimed {
+        token: u64,
+        revision: Option<u64>,
+        previous: Option<(Bytes, u64)>,
+    },
 }
 
 /// A password on its way to be checked: never shown by `Debug`.
@@ -294,6 +302,16 @@ pub enum Output {
     },
     /// Cluster mode: put `value` at `key` in the retained bucket, or delete `key` (`None`).
     ClusterRetain { key: String, value: Option<Bytes> },
+    /// Cluster mode: write `value` at `key` in the sessions bucket by compare-and-swap on the
+    /// revision read just before (create if absent or deleted), reading again on a conflict,
+    /// and answer with [`Input::ClusterClaimed`].
+    ClusterClaim {
+        token: u64,
+        key: String,
+        value: Bytes,
+    },
+    /// Cluster mode: delete `key` from the sessions bucket if it is still at `revision`.
+    ClusterRelease { key: String, revision: u64 },
 }
 
 /// Observable facts, for logs and metrics.

@@ -49,6 +49,7 @@ mod admin_v4_bridge;
 mod admin_v4_mqtt;
 mod auth;
 mod bridging;
+mod cluster_owner;
 mod clustering;
 mod connect;
 mod deliver;
@@ -268,6 +269,11 @@ impl Broker {
             } => self.cluster_message(sid, &subject, payload),
             Input::ClusterRetained { key, value } => self.cluster_retained(&key, value),
             Input::ClusterDurableDone { token, ok } => self.cluster_durable_done(token, ok),
+            Input::ClusterClaimed {
+                token,
+                revision,
+                previous,
+            } => self.cluster_claimed(token, revision, previous),
             Input::ClusterRetainFailed { key } => {
                 if let Some(c) = self.cluster.as_deref_mut() {
                     c.own_retained_seen(&key);

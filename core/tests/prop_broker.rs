@@ -242,6 +242,8 @@ impl Driver {
                 | Output::ClusterUnsubscribe { .. }
                 | Output::ClusterPublish { .. }
                 | Output::ClusterRetain { .. }
+                | Output::ClusterClaim { .. }
+                | Output::ClusterRelease { .. }
                 | Output::ClusterDurable { .. } => {}
             }
         }

@@ -42,6 +42,8 @@ fn cluster_outputs(h: &Harness, from: usize) -> Vec<Output> {
                     | Output::ClusterUnsubscribe { .. }
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
+                    | Output::ClusterClaim { .. }
+                    | Output::ClusterRelease { .. }
                     | Output::ClusterDurable { .. }
             )
         })
@@ -255,7 +257,11 @@ fn a_local_message_goes_to_the_cluster_once_stamped_and_sys_does_not() {
     let mark = h.log.len();
     let _ = h.client("q", V311);
     assert!(!h.publishes(p).is_empty(), "the connect event, locally");
-    assert!(cluster_outputs(&h, mark).is_empty());
+    assert!(
+        !cluster_outputs(&h, mark)
+            .iter()
+            .any(|o| matches!(o, Output::ClusterPublish { .. }))
+    );
 }
 
 #[test]
@@ -519,4 +525,143 @@ fn qos1_writes_of_one_connection_overlap_and_are_answered_in_order() {
         .collect();
     assert_eq!(acks, [first, second]);
     assert_eq!(h.payloads(sub), ["one", "two"]);
+}
+
+/// The claims logged since `from`: (token, key, value).
+fn claims(h: &Harness, from: usize) -> Vec<(u64, String, String)> {
+    h.log[from..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterClaim { token, key, value } => Some((
+                *token,
+                key.clone(),
+                String::from_utf8_lossy(value).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn releases(h: &Harness, from: usize) -> Vec<(String, u64)> {
+    h.log[from..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterRelease { key, revision } => Some((key.clone(), *revision)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kick(h: &mut Harness, payload: &str) {
+    h.input(Input::ClusterMessage {
+        sid: tidemq_core::cluster::owner::KICK_SID,
+        subject: "tmq.n.a.kick".to_owned(),
+        payload: Bytes::from(payload.to_owned()),
+    });
+}
+
+#[test]
+fn a_client_id_has_one_owner_in_the_cluster() {
+    let mut h = Harness::with_config(clustered("a"));
+    let mark = h.log.len();
+    let (c, _) = h.connect("c/1", V5, false, ConnectOpts::default().session_expiry(300));
+    // The first claim subscribes the node's kick subject; the key escapes the id.
+    let made = claims(&h, mark);
+    assert_eq!(made.len(), 1);
+    let (token, key, claim) = made[0].clone();
+    assert_eq!(key, "c_2F1");
+    assert!(claim.starts_with("a "), "{claim}");
+    assert!(subscribes(&h, mark).contains(&(0, "tmq.n.a.kick".to_owned(), None)));
+    h.input(Input::ClusterClaimed {
+        token,
+        revision: Some(5),
+        previous: None,
+    });
+    // A kick for another revision or another key is not this session's.
+    kick(&mut h, "4 c_2F1");
+    kick(&mut h, "5 d");
+    kick(&mut h, "garbage");
+    assert!(!h.is_closed(c));
+    let mark = h.log.len();
+    kick(&mut h, "5 c_2F1");
+    assert_eq!(h.disconnect_reason(c), Some(0x8E));
+    assert!(h.is_closed(c));
+    // The session went with it (its claim is the other node's now: nothing to release).
+    assert!(releases(&h, mark).is_empty());
+    let (_, ack) = h.connect("c/1", V5, false, ConnectOpts::default().session_expiry(300));
+    assert!(!ack.session_present);
+
+    // A claim that replaced another node's kicks that node, once; one of this node's own
+    // does not.
+    let mark = h.log.len();
+    let d = h.client("d", V311);
+    let e = h.client("e", V5);
+    let made = claims(&h, mark);
+    assert_eq!(made.len(), 2);
+    h.input(Input::ClusterClaimed {
+        token: made[0].0,
+        revision: Some(9),
+        previous: Some((Bytes::from_static(b"b 1f"), 3)),
+    });
+    h.input(Input::ClusterClaimed {
+        token: made[1].0,
+        revision: Some(10),
+        previous: Some((Bytes::from(made[1].2.clone()), 8)),
+    });
+    let kicks: Vec<(String, Bytes, bool)> = cluster_outputs(&h, mark)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ClusterPublish {
+                subject,
+                payload,
+                droppable,
+            } => Some((subject, payload, droppable)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kicks,
+        [("tmq.n.b.kick".to_owned(), Bytes::from_static(b"3 d"), false)]
+    );
+    // A session that ends gives its claim back, at the revision it wrote.
+    let mark = h.log.len();
+    h.disconnect(d, 0);
+    assert_eq!(releases(&h, mark), [("d".to_owned(), 9)]);
+    // A claim answered after its session ended is given back at once.
+    let mark = h.log.len();
+    let f = h.client("f", V5);
+    let token = claims(&h, mark)[0].0;
+    h.disconnect(f, 0);
+    let mark = h.log.len();
+    h.input(Input::ClusterClaimed {
+        token,
+        revision: Some(12),
+        previous: None,
+    });
+    assert_eq!(releases(&h, mark), [("f".to_owned(), 12)]);
+    // A claim that could not be written changes nothing.
+    let mark = h.log.len();
+    let g = h.client("g", V5);
+    let token = claims(&h, mark)[0].0;
+    h.input(Input::ClusterClaimed {
+        token,
+        revision: None,
+        previous: None,
+    });
+    assert!(!h.is_closed(g) && !h.is_closed(e));
+    // An assigned id is the node's own: no claim.
+    let mark = h.log.len();
+    let _ = h.connect("", V5, true, ConnectOpts::default());
+    assert!(claims(&h, mark).is_empty());
+    // A client id too long to name in the cluster is refused (0x85).
+    let long = "x".repeat(3000);
+    let conn = h.accept();
+    let ack = h
+        .connect_on(conn, &long, V5, true, ConnectOpts::default())
+        .unwrap();
+    assert_eq!(ack.code, 0x85);
+    let text = scrape(&mut h);
+    assert_eq!(value(&text, "tidemq_cluster_claims_total"), 4.0);
+    assert_eq!(value(&text, "tidemq_cluster_claims_failed_total"), 1.0);
+    assert_eq!(value(&text, "tidemq_cluster_taken_over_total"), 1.0);
 }

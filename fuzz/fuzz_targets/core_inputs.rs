@@ -255,6 +255,8 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
             | Output::ClusterUnsubscribe { .. }
             | Output::ClusterPublish { .. }
             | Output::ClusterRetain { .. }
+            | Output::ClusterClaim { .. }
+            | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => panic!("a cluster output without cluster mode"),
         }
     }

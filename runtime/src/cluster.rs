@@ -30,6 +30,8 @@ const QUEUE_BYTES: usize = 64 << 20;
 const ITEM_OVERHEAD: usize = 128;
 /// Between two attempts of a durable write.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long the marker of a released claim stays in the sessions bucket.
+const RELEASED_MARKER_TTL: Duration = Duration::from_secs(60);
 /// How long the start waits for a NATS server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,6 +92,8 @@ impl Pending {
 
 /// The running client: the core's cluster outputs go in through it.
 pub struct ClusterLink {
+    sessions: kv::Store,
+    inputs: mpsc::Sender<Input>,
     publish_timeout: Duration,
     durables: mpsc::UnboundedSender<DurableWrite>,
     pending: Arc<Pending>,
@@ -100,6 +104,11 @@ pub struct ClusterLink {
 /// The retained bucket's name for a subject prefix.
 pub fn retained_bucket(prefix: &str) -> String {
     format!("{}_RETAINED", prefix.to_ascii_uppercase())
+}
+
+/// The sessions bucket's name for a subject prefix.
+pub fn sessions_bucket(prefix: &str) -> String {
+    format!("{}_SESSIONS", prefix.to_ascii_uppercase())
 }
 
 /// The durable stream's name for a subject prefix.
@@ -142,6 +151,20 @@ impl ClusterLink {
             })
             .await
             .map_err(|e| format!("cluster: the retained bucket {bucket}: {e}"))?;
+        let name = sessions_bucket(&config.subject_prefix);
+        let sessions = js
+            .create_key_value(kv::Config {
+                bucket: name.clone(),
+                history: 1,
+                num_replicas: usize::from(config.replicas),
+                max_bytes: i64::try_from(config.sessions_max_bytes).unwrap_or(i64::MAX),
+                // The marker a released claim leaves goes after this, so the bucket holds
+                // only the client ids in use.
+                limit_markers: Some(RELEASED_MARKER_TTL),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cluster: the sessions bucket {name}: {e}"))?;
         let stream = durable_stream(&config.subject_prefix);
         js.get_or_create_stream(jetstream::stream::Config {
             name: stream.clone(),
@@ -180,8 +203,10 @@ impl ClusterLink {
         ));
         tokio::spawn(watch_retained(store, inputs.clone()));
         let (durables, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_durables(js, rx, inputs));
+        tokio::spawn(run_durables(js, rx, inputs.clone()));
         Ok(ClusterLink {
+            sessions,
+            inputs,
             durables,
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             pending,
@@ -226,6 +251,40 @@ impl ClusterLink {
             msg_id,
             payload,
             deadline: tokio::time::Instant::now() + self.publish_timeout,
+        });
+    }
+
+    /// Claims a client id for this node in the sessions bucket (compare-and-swap on the
+    /// revision read, again after a conflict, until the publish timeout) and answers with the
+    /// revision written and the entry it replaced. One per session opened, at most.
+    pub fn claim(&mut self, token: u64, key: String, value: Bytes) {
+        let (store, inputs) = (self.sessions.clone(), self.inputs.clone());
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        tokio::spawn(async move {
+            let (revision, previous) = match claim(&store, &key, value, deadline).await {
+                Ok((revision, previous)) => (Some(revision), previous),
+                Err(e) => {
+                    warn!(%key, "cluster: client id not claimed: {e}");
+                    (None, None)
+                }
+            };
+            let answer = Input::ClusterClaimed {
+                token,
+                revision,
+                previous,
+            };
+            let _ = inputs.send(answer).await;
+        });
+    }
+
+    /// Removes a claim unless another node's replaced it (then the revision differs).
+    pub fn release(&mut self, key: String, revision: u64) {
+        let store = self.sessions.clone();
+        tokio::spawn(async move {
+            let purged = store.purge_expect_revision_with_ttl(&key, revision, RELEASED_MARKER_TTL);
+            if let Err(e) = purged.await {
+                tracing::debug!(%key, "cluster: claim not released: {e}");
+            }
         });
     }
 
@@ -318,6 +377,42 @@ async fn apply_interest(
             readers.insert(sid, reader);
         }
         Err(e) => warn!(%subject, "cluster: subscribe failed: {e}"),
+    }
+}
+
+/// One claim: read the entry, write over exactly that revision; again on a conflict.
+async fn claim(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+    deadline: tokio::time::Instant,
+) -> Result<(u64, Option<(Bytes, u64)>), String> {
+    loop {
+        let attempt = async {
+            let entry = store.entry(key).await.map_err(|e| e.to_string())?;
+            match entry {
+                Some(e) => {
+                    let written = store.update(key, value.clone(), e.revision).await;
+                    let written = written.map_err(|e| e.to_string())?;
+                    let replaced =
+                        (e.operation == kv::Operation::Put).then_some((e.value, e.revision));
+                    Ok((written, replaced))
+                }
+                None => {
+                    let written = store.create(key, value.clone()).await;
+                    Ok((written.map_err(|e| e.to_string())?, None))
+                }
+            }
+        };
+        let last = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(e)) => e,
+            Err(_) => return Err("no answer in time".to_owned()),
+        };
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
 

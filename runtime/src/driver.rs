@@ -1469,6 +1469,16 @@ impl Driver {
                         c.durable(token, subject, msg_id, payload);
                     }
                 }
+                Output::ClusterClaim { token, key, value } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.claim(token, key, value);
+                    }
+                }
+                Output::ClusterRelease { key, revision } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.release(key, revision);
+                    }
+                }
                 Output::ClusterRetain { key, value } => {
                     if let Some(c) = self.cluster.as_mut()
                         && !c.retain(key.clone(), value)

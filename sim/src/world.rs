@@ -696,6 +696,8 @@ impl World {
             | Output::ClusterUnsubscribe { .. }
             | Output::ClusterPublish { .. }
             | Output::ClusterRetain { .. }
+            | Output::ClusterClaim { .. }
+            | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => self.trace.push(Ev::Stuck(
                 "a cluster output from a node without cluster mode".to_owned(),
             )),

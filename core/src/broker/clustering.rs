@@ -169,6 +169,9 @@ impl Broker {
     /// and in order whatever other sessions subscribe meanwhile. On a queue subscription the
     /// message goes to one local member of that share group.
     pub(super) fn cluster_message(&mut self, sid: u64, subject: &str, payload: Bytes) {
+        if sid == crate::cluster::owner::KICK_SID {
+            return self.cluster_kick(&payload);
+        }
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;

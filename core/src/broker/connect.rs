@@ -51,6 +51,15 @@ impl Broker {
         } else {
             connect.client_id.clone()
         };
+        // Two nodes must be able to tell each other whose the client id is.
+        if !assigned && !self.cluster_names(&client_id) {
+            return self.refuse_connect(
+                id,
+                &connect,
+                reason::CLIENT_ID_NOT_VALID,
+                "client id too long for cluster.max_subject_len",
+            );
+        }
         let requested_expiry = if v5 {
             connect.properties.session_expiry_interval.unwrap_or(0)
         } else if connect.clean_start {
@@ -202,6 +211,10 @@ impl Broker {
             self.revoke_for(sid);
         }
         self.resume(sid);
+        // An assigned id is this node's own: nobody else can hold it.
+        if !assigned {
+            self.cluster_claim(sid);
+        }
     }
 
     /// What a CONNECT may not ask for, checked in the order the spec lists it.

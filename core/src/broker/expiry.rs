@@ -64,6 +64,7 @@ impl Broker {
             return;
         };
         self.offline_by_end.remove(sid, &session);
+        self.cluster_release(sid, &session.client_id);
         if session.durable {
             self.store.persist(
                 Record::SessionDel {

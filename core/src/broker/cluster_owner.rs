@@ -1,0 +1,141 @@
+//! Cluster mode: one owner per client id (state and wire formats in `cluster/owner.rs`). A
+//! session opened here with a client's own id is claimed in the sessions bucket; a claim that
+//! replaces another node's kicks the session there, and a kick from another node ends the
+//! session here as a takeover does on one node.
+
+use bytes::Bytes;
+
+use super::Broker;
+use crate::api::Output;
+use crate::cluster::owner::{self, KICK_SID};
+use crate::cluster::subject;
+use crate::codec::reason;
+use crate::conn::CloseReason;
+use crate::ids::SessionId;
+
+impl Broker {
+    /// Whether a client id can be claimed in the cluster (its key fits `max_subject_len`).
+    pub(super) fn cluster_names(&self, client_id: &str) -> bool {
+        self.cluster
+            .as_deref()
+            .is_none_or(|c| subject::name_key(client_id, c.max_subject_len()).is_ok())
+    }
+
+    /// Claims the client id of session `sid`, unless it holds or asks for a claim already.
+    pub(super) fn cluster_claim(&mut self, sid: SessionId) {
+        let ledger = self.memory.ledger.clone();
+        let (Some(c), Some(session)) = (self.cluster.as_deref_mut(), self.sessions.get(&sid))
+        else {
+            return;
+        };
+        if c.owner.claimed(sid) {
+            return;
+        }
+        let Ok(key) = subject::name_key(&session.client_id, c.max_subject_len()) else {
+            return;
+        };
+        if !c.owner.kick_subscribed {
+            c.owner.kick_subscribed = true;
+            self.outputs.push_back(Output::ClusterSubscribe {
+                sid: KICK_SID,
+                subject: owner::kick_subject(&c.config.subject_prefix, &c.config.node_name),
+                queue: None,
+            });
+        }
+        let token = c.owner.ask(sid, &key, &ledger);
+        let value = owner::claim_value(&c.config.node_name, c.epoch);
+        self.outputs
+            .push_back(Output::ClusterClaim { token, key, value });
+    }
+
+    /// The bucket's answer to a claim. The claim a session that has gone meanwhile made is
+    /// deleted again; one that replaced another node's claim kicks that node's session.
+    pub(super) fn cluster_claimed(
+        &mut self,
+        token: u64,
+        revision: Option<u64>,
+        previous: Option<(Bytes, u64)>,
+    ) {
+        let ledger = self.memory.ledger.clone();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some((sid, key)) = c.owner.answered(token) else {
+            return;
+        };
+        let Some(revision) = revision else {
+            c.owner.counters.claims_failed += 1;
+            return;
+        };
+        c.owner.counters.claims += 1;
+        if !self.sessions.contains_key(&sid) {
+            self.outputs
+                .push_back(Output::ClusterRelease { key, revision });
+            return;
+        }
+        c.owner.hold(sid, revision, &ledger);
+        let Some((value, replaced)) = previous else {
+            return;
+        };
+        // This node's own earlier claims were settled here when their sessions ended.
+        if let Some((node, _)) = owner::parse_claim(&value)
+            && node != c.config.node_name
+        {
+            self.outputs.push_back(Output::ClusterPublish {
+                subject: owner::kick_subject(&c.config.subject_prefix, node),
+                payload: owner::kick_payload(replaced, &key),
+                droppable: false,
+            });
+        }
+    }
+
+    /// Another node claimed a client id whose claim here was written at the revision named:
+    /// the session ends, its connection told as in a takeover (v5 0x8E).
+    pub(super) fn cluster_kick(&mut self, payload: &[u8]) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some((revision, key)) = owner::parse_kick(payload) else {
+            c.counters.malformed += 1;
+            return;
+        };
+        let Some(sid) = c.owner.session_at(revision) else {
+            return;
+        };
+        let max_len = c.max_subject_len();
+        let same = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| subject::name_key(&s.client_id, max_len).ok())
+            .is_some_and(|k| k == key);
+        if !same {
+            return;
+        }
+        c.owner.let_go(sid);
+        c.owner.counters.taken_over += 1;
+        if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
+            self.drop_conn(
+                conn,
+                CloseReason::error(
+                    reason::SESSION_TAKEN_OVER,
+                    "session taken over on another node",
+                ),
+            );
+        }
+        self.end_session(sid);
+    }
+
+    /// Session `sid` (of `client_id`) ended here: its claim is deleted if still its own.
+    pub(super) fn cluster_release(&mut self, sid: SessionId, client_id: &str) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(revision) = c.owner.let_go(sid) else {
+            return;
+        };
+        if let Ok(key) = subject::name_key(client_id, c.max_subject_len()) {
+            self.outputs
+                .push_back(Output::ClusterRelease { key, revision });
+        }
+    }
+}

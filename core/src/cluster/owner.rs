@@ -1,0 +1,140 @@
+//! One owner per client id across the cluster. A node claims the client id of each session
+//! it opens in the sessions bucket, by compare-and-swap on the revision it read; a claim that
+//! replaces another node's tells that node, on its kick subject, to let its session go (v5
+//! DISCONNECT 0x8E), as a second connection with the same id does on one node. The bucket
+//! orders concurrent claims: the last written wins, and each winner kicks the one it replaced.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::ids::SessionId;
+use crate::memory::{Charge, Ledger};
+
+/// The subscription id of a node's kick subject (interest numbers its subscriptions from 1).
+pub const KICK_SID: u64 = 0;
+
+/// What one claim on its way or held costs beyond its key.
+const CLAIM_BYTES: usize = 96;
+
+/// A claim on its way: the session that asked and its key.
+struct Asking {
+    sid: SessionId,
+    key: String,
+    _charge: Charge,
+}
+
+/// The claims of this node's sessions. At most one entry per session in each map.
+#[derive(Default)]
+pub(crate) struct Owner {
+    next_token: u64,
+    asking: BTreeMap<u64, Asking>,
+    /// Claims written, by session: the revision.
+    held: BTreeMap<SessionId, (u64, Charge)>,
+    /// The same, by revision (a kick names the revision it replaced).
+    by_revision: BTreeMap<u64, SessionId>,
+    /// The kick subject is subscribed (with the first claim: the runtime's link exists then).
+    pub kick_subscribed: bool,
+    pub counters: OwnerCounters,
+}
+
+/// What the claims counted, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerCounters {
+    /// Claims written, and those that could not be.
+    pub claims: u64,
+    pub claims_failed: u64,
+    /// Sessions here let go because another node claimed their client id.
+    pub taken_over: u64,
+}
+
+impl Owner {
+    /// Whether `sid` has a claim held or on its way.
+    pub fn claimed(&self, sid: SessionId) -> bool {
+        self.held.contains_key(&sid) || self.asking.values().any(|a| a.sid == sid)
+    }
+
+    /// A claim for `sid` goes out as `token`.
+    pub fn ask(&mut self, sid: SessionId, key: &str, ledger: &Ledger) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        let asking = Asking {
+            sid,
+            key: key.to_owned(),
+            _charge: ledger.charge(CLAIM_BYTES + key.len()),
+        };
+        self.asking.insert(token, asking);
+        token
+    }
+
+    /// The answer to `token`: the session that asked and its key.
+    pub fn answered(&mut self, token: u64) -> Option<(SessionId, String)> {
+        self.asking.remove(&token).map(|a| (a.sid, a.key))
+    }
+
+    pub fn hold(&mut self, sid: SessionId, revision: u64, ledger: &Ledger) {
+        self.held
+            .insert(sid, (revision, ledger.charge(CLAIM_BYTES)));
+        self.by_revision.insert(revision, sid);
+    }
+
+    /// Forgets the claim of `sid`: its revision, if it held one.
+    pub fn let_go(&mut self, sid: SessionId) -> Option<u64> {
+        let (revision, _) = self.held.remove(&sid)?;
+        self.by_revision.remove(&revision);
+        Some(revision)
+    }
+
+    /// The session whose claim was written at `revision`.
+    pub fn session_at(&self, revision: u64) -> Option<SessionId> {
+        self.by_revision.get(&revision).copied()
+    }
+}
+
+/// A claim's value: the node and its epoch.
+pub fn claim_value(node: &str, epoch: u64) -> Bytes {
+    Bytes::from(format!("{node} {epoch:x}"))
+}
+
+/// The node and epoch of a claim's value.
+pub fn parse_claim(value: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (node, epoch) = text.split_once(' ')?;
+    Some((node, u64::from_str_radix(epoch, 16).ok()?))
+}
+
+/// The subject a node hears kicks on.
+pub fn kick_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.n.{node}.kick")
+}
+
+/// A kick: the revision of the claim replaced, and its key.
+pub fn kick_payload(revision: u64, key: &str) -> Bytes {
+    Bytes::from(format!("{revision} {key}"))
+}
+
+pub fn parse_kick(payload: &[u8]) -> Option<(u64, &str)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (revision, key) = text.split_once(' ')?;
+    Some((revision.parse().ok()?, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_and_kicks_read_back_what_was_written() {
+        assert_eq!(
+            parse_claim(&claim_value("node-a", u64::MAX)),
+            Some(("node-a", u64::MAX))
+        );
+        assert_eq!(parse_kick(&kick_payload(42, "c_2Fx")), Some((42, "c_2Fx")));
+        for bad in [&b""[..], b"node", b"node zz", b"\xff 1"] {
+            assert_eq!(parse_claim(bad), None);
+        }
+        for bad in [&b""[..], b"x key", b"-1 key", b"7"] {
+            assert_eq!(parse_kick(bad), None);
+        }
+    }
+}
