@@ -627,7 +627,8 @@ fn a_client_id_has_one_owner_in_the_cluster() {
     let mark = h.log.len();
     h.disconnect(d, 0);
     assert_eq!(releases(&h, mark), [("d".to_owned(), 9)]);
-    // A claim answered after its session ended is given back at once.
+    // A claim answered after its session ended is given back at once, and the session it
+    // replaced on another node still goes: the client came here after it.
     let mark = h.log.len();
     let f = h.client("f", V5);
     let token = claims(&h, mark)[0].0;
@@ -636,9 +637,14 @@ fn a_client_id_has_one_owner_in_the_cluster() {
     h.input(Input::ClusterClaimed {
         token,
         revision: Some(12),
-        previous: None,
+        previous: Some((Bytes::from_static(b"c 2"), 11)),
     });
     assert_eq!(releases(&h, mark), [("f".to_owned(), 12)]);
+    assert!(cluster_outputs(&h, mark).iter().any(|o| matches!(
+        o,
+        Output::ClusterPublish { subject, payload, .. }
+            if subject == "tmq.n.c.kick" && payload == "11 f"
+    )));
     // A claim that could not be written changes nothing.
     let mark = h.log.len();
     let g = h.client("g", V5);

@@ -32,6 +32,7 @@ use crate::trace::Fnv;
 use bytes::{Bytes, BytesMut};
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::cluster::envelope::Envelope;
+use tidemq_core::cluster::owner::KICK_SID;
 use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
 use tidemq_core::codec::{
     Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
@@ -66,6 +67,9 @@ pub enum ClusterMutation {
     StaleEpoch,
     /// The engine hands over every message at QoS 0 and without its user properties (C6).
     RewriteEnvelope,
+    /// The sessions bucket writes claims without reading: the entry a claim replaced is not
+    /// reported, so its node is never told (C8).
+    BlindClaim,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -108,8 +112,9 @@ struct Got {
     retain: bool,
     qos: QoS,
     properties: Properties,
-    /// When it came.
+    /// When it came, and from which node.
     at: u64,
+    node: usize,
     /// The NATS subscription (node, sid) whose copy the node routed, if it came from one,
     /// and when the engine made that subscription.
     via: Option<(usize, u64, u64)>,
@@ -135,6 +140,8 @@ struct Client {
     refused: BTreeSet<u16>,
     /// Unsubscribed from everything at the end (before the retained audit).
     cleared: bool,
+    /// Connected again on another node, leaving a session behind, this many times.
+    roams: usize,
 }
 
 impl Client {
@@ -189,6 +196,7 @@ impl Client {
                         qos: p.qos,
                         properties: p.properties,
                         at: now.0,
+                        node: self.node,
                         via,
                     });
                 }
@@ -227,6 +235,28 @@ struct Sent {
     properties: Properties,
 }
 
+/// A connection a client left open on `node` when it connected again elsewhere, and the
+/// filters its session there holds until the node ends it.
+struct Roamed {
+    node: usize,
+    conn: u64,
+    client: usize,
+    filters: BTreeSet<String>,
+}
+
+/// A sessions-bucket operation a node asked for.
+enum OwnerOp {
+    Claim {
+        token: u64,
+        key: String,
+        value: Bytes,
+    },
+    Release {
+        key: String,
+        revision: u64,
+    },
+}
+
 /// An operation a node asked of the engine, waiting in one of its connections.
 enum Op {
     Sub {
@@ -253,6 +283,8 @@ struct Node {
     kv: VecDeque<(String, Option<Bytes>)>,
     /// Durable-stream writes of QoS 1/2 messages waiting for the stream's acknowledgement.
     durable: VecDeque<u64>,
+    /// Sessions-bucket claims and releases, in output order.
+    owner: VecDeque<OwnerOp>,
     queue_sids: BTreeSet<u64>,
     /// Bucket entries the watch has handed over.
     watched: usize,
@@ -271,6 +303,9 @@ struct Engine {
     subs: BTreeMap<(usize, u64), (String, Option<String>)>,
     fifos: BTreeMap<FifoKey, VecDeque<(String, Bytes)>>,
     bucket: Vec<Entry>,
+    /// The sessions bucket: key -> (value, revision), and its last revision.
+    sessions: BTreeMap<String, (Bytes, u64)>,
+    revision: u64,
     /// Each node's first epoch (for `StaleEpoch`).
     epochs: BTreeMap<usize, u64>,
     copies: u64,
@@ -348,6 +383,10 @@ pub struct ClusterWorld {
     /// When the engine made each subscription, and routed each message (by payload).
     made_at: BTreeMap<(usize, u64), u64>,
     routed_at: BTreeMap<Bytes, u64>,
+    /// Connections left open by clients that connected again on another node, and those of
+    /// them their node closed.
+    roamed: Vec<Roamed>,
+    closed: BTreeSet<u64>,
     problems: Vec<String>,
     log: Option<Vec<String>>,
 }
@@ -458,6 +497,7 @@ impl ClusterWorld {
                     queue: VecDeque::new(),
                     kv: VecDeque::new(),
                     durable: VecDeque::new(),
+                    owner: VecDeque::new(),
                     queue_sids: BTreeSet::new(),
                     watched: 0,
                     cut: false,
@@ -488,6 +528,8 @@ impl ClusterWorld {
             via: None,
             made_at: BTreeMap::new(),
             routed_at: BTreeMap::new(),
+            roamed: Vec::new(),
+            closed: BTreeSet::new(),
             problems: Vec::new(),
             log: None,
         }
@@ -578,6 +620,20 @@ impl ClusterWorld {
                 if let Some(idx) = self.by_conn.get(&conn.0) {
                     self.problems
                         .push(format!("C0 client {idx} closed by node {n}"));
+                } else {
+                    self.closed.insert(conn.0);
+                }
+            }
+            Output::ClusterClaim { token, key, value } => {
+                self.note(|| format!("node {n} claims {key} ({token})"));
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.owner.push_back(OwnerOp::Claim { token, key, value });
+                }
+            }
+            Output::ClusterRelease { key, revision } => {
+                self.note(|| format!("node {n} releases {key} at {revision}"));
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.owner.push_back(OwnerOp::Release { key, revision });
                 }
             }
             Output::ClusterSubscribe {
@@ -669,6 +725,7 @@ impl ClusterWorld {
             got: Vec::new(),
             refused: BTreeSet::new(),
             cleared: false,
+            roams: 0,
         });
         self.connect(idx);
         idx
@@ -748,6 +805,12 @@ impl ClusterWorld {
         for c in self.clients.iter().filter(|c| c.node == n && !c.cleared) {
             raws.extend(c.filters.keys().map(String::as_str));
             raws.extend(c.shared.keys().map(String::as_str));
+        }
+        // A session left behind holds its filters until its node ends it.
+        for r in &self.roamed {
+            if r.node == n && !self.closed.contains(&r.conn) {
+                raws.extend(r.filters.iter().map(String::as_str));
+            }
         }
         let held = raws.iter().map(|r| subjects(r)).sum();
         (held, raws.contains(raw))
@@ -939,6 +1002,9 @@ impl ClusterWorld {
             if !nd.durable.is_empty() {
                 steps.push(Step::Conn(n, 3));
             }
+            if !nd.owner.is_empty() {
+                steps.push(Step::Conn(n, 4));
+            }
             let held = n == 0 && self.hold_watch;
             if !held && nd.watched < self.engine.bucket.len() {
                 steps.push(Step::Watch(n));
@@ -971,6 +1037,12 @@ impl ClusterWorld {
         let Some(nd) = self.nodes.get_mut(n) else {
             return;
         };
+        if which == 4 {
+            if let Some(op) = nd.owner.pop_front() {
+                self.owner_op(n, op);
+            }
+            return;
+        }
         if which == 3 {
             // The stream acknowledges in order; the node then routes and acknowledges.
             if let Some(token) = nd.durable.pop_front() {
@@ -1008,6 +1080,49 @@ impl ClusterWorld {
             Some(Op::Unsub { .. }) => {}
             Some(Op::Pub { subject, payload }) => self.route(n, &subject, payload),
             None => {}
+        }
+    }
+
+    /// The sessions bucket takes a claim (a compare-and-swap the runtime retries until it
+    /// holds, so atomic here) or a release (a delete at a revision).
+    fn owner_op(&mut self, n: usize, op: OwnerOp) {
+        match op {
+            OwnerOp::Claim { token, key, value } => {
+                self.engine.revision += 1;
+                let revision = self.engine.revision;
+                let mut previous = self.engine.sessions.insert(key.clone(), (value, revision));
+                if self.mutation == Some(ClusterMutation::BlindClaim) {
+                    previous = None;
+                }
+                self.note(|| format!("sessions {key} = node {n} at {revision}"));
+                (n, "claim", &key, revision).hash(&mut self.hash);
+                self.feed(
+                    n,
+                    Input::ClusterClaimed {
+                        token,
+                        revision: Some(revision),
+                        previous,
+                    },
+                );
+            }
+            OwnerOp::Release { key, revision } => {
+                if self
+                    .engine
+                    .sessions
+                    .get(&key)
+                    .is_some_and(|e| e.1 == revision)
+                {
+                    self.note(|| format!("sessions {key} released by node {n}"));
+                    self.engine.sessions.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Every sessions-bucket operation node `n` asked for is done.
+    fn settle_owner(&mut self, n: usize) {
+        while let Some(op) = self.nodes.get_mut(n).and_then(|nd| nd.owner.pop_front()) {
+            self.owner_op(n, op);
         }
     }
 
@@ -1311,6 +1426,8 @@ impl ClusterWorld {
                 let churn = self.clients.get(idx).is_some_and(|c| c.kind == Kind::Churn);
                 if churn && self.rng.chance(40) {
                     self.leave_and_return(idx);
+                } else if churn && self.rng.chance(60) {
+                    self.roam(idx);
                 } else if churn && self.rng.chance(300) {
                     let f = random_filter(&mut self.rng);
                     let held = self
@@ -1369,6 +1486,43 @@ impl ClusterWorld {
         self.connect(idx);
     }
 
+    /// Client `idx` connects again with its client id on another node, leaving its first
+    /// connection open, as a client that lost its route to its node does: the claim of the
+    /// new session must end the old one (C8).
+    fn roam(&mut self, idx: usize) {
+        let nodes = self.nodes.len() as u64;
+        let to = self.rng.range(1, nodes - 1);
+        let Some(from) = self.clients.get(idx).map(|c| c.node) else {
+            return;
+        };
+        // The old session's claim is written before the new one's: otherwise the later of
+        // two concurrent claims wins, whichever connection made it.
+        self.settle_durable(from);
+        self.settle_owner(from);
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let filters = c.filters.keys().chain(c.shared.keys()).cloned().collect();
+        c.filters.clear();
+        c.shared.clear();
+        c.roams += 1;
+        let conn = c.conn;
+        c.node = (from + to as usize) % self.nodes.len();
+        let node = c.node;
+        self.by_conn.remove(&conn);
+        self.roamed.push(Roamed {
+            node: from,
+            conn,
+            client: idx,
+            filters,
+        });
+        self.note(|| format!("client {idx} roams from node {from} to node {node}"));
+        self.connect(idx);
+        let f = random_filter(&mut self.rng);
+        let qos = qos_of(self.rng.below(2));
+        self.subscribe(idx, &f, qos);
+    }
+
     /// Node `n` stops and starts again, with nothing in flight: a new core (a new epoch), its
     /// NATS subscriptions gone with its connections, a new watch that replays the bucket; its
     /// clients connect again and subscribe to what they held.
@@ -1392,10 +1546,13 @@ impl ClusterWorld {
         if let Some(at) = self.started_at.get_mut(n) {
             *at = self.now;
         }
+        // Connections left open there went with the node.
+        self.roamed.retain(|r| r.node != n);
         nd.plain.clear();
         nd.queue.clear();
         nd.kv.clear();
         nd.durable.clear();
+        nd.owner.clear();
         nd.queue_sids.clear();
         nd.watched = 0;
         let here: Vec<usize> = (0..self.clients.len())
@@ -1447,6 +1604,7 @@ impl ClusterWorld {
         self.check_c5(&mut violations);
         self.check_c6(&mut violations);
         self.check_c7(&mut violations);
+        self.check_c8(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -1544,7 +1702,8 @@ impl ClusterWorld {
                         }
                         let n = seen.entry(g.payload.clone()).or_default();
                         *n += 1;
-                        if *n > ways.max(1) {
+                        // A session per node it roamed to may each take a copy.
+                        if *n > ways.max(1) * (1 + c.roams) {
                             out.push(format!(
                                 "C1 client {idx} got {:?} {n} times, more than its {ways} matching filters",
                                 g.payload
@@ -1633,12 +1792,16 @@ impl ClusterWorld {
             if c.kind == Kind::Churn {
                 continue;
             }
-            let mut last: BTreeMap<(usize, &str), (u64, &Got)> = BTreeMap::new();
+            // Order holds per publisher and node: one that roamed has two paths.
+            let from: BTreeMap<&Bytes, usize> =
+                self.sent.iter().map(|s| (&s.payload, s.node)).collect();
+            let mut last: BTreeMap<(usize, usize, &str), (u64, &Got)> = BTreeMap::new();
             for g in c.got.iter().filter(|g| !g.retain) {
                 let Some((publisher, seq)) = tag(&g.payload) else {
                     continue;
                 };
-                let Some((prev, early)) = last.insert((publisher, &g.topic), (seq, g)) else {
+                let node = from.get(&g.payload).copied().unwrap_or(usize::MAX);
+                let Some((prev, early)) = last.insert((publisher, node, &g.topic), (seq, g)) else {
                     continue;
                 };
                 if prev < seq {
@@ -1724,14 +1887,14 @@ impl ClusterWorld {
             })
             .collect();
         for (idx, c) in self.clients.iter().enumerate() {
-            let since = self.started_at.get(c.node).copied().unwrap_or(0);
             for g in c.got.iter().filter(|g| g.retain && !g.payload.is_empty()) {
+                let since = self.started_at.get(g.node).copied().unwrap_or(0);
                 let Some(pw) = pos.get(&g.payload) else {
                     continue;
                 };
                 let newer = self.sent.iter().find(|s| {
                     s.retain
-                        && s.node == c.node
+                        && s.node == g.node
                         && s.at >= since
                         && s.at < g.at
                         && s.topic == g.topic
@@ -1740,9 +1903,23 @@ impl ClusterWorld {
                 if let Some(s) = newer {
                     out.push(format!(
                         "C7 client {idx} on node {} at {}: retained {} {:?}, older than {:?} taken there at {}",
-                        c.node, g.at, g.topic, g.payload, s.payload, s.at
+                        g.node, g.at, g.topic, g.payload, s.payload, s.at
                     ));
                 }
+            }
+        }
+    }
+
+    /// C8: one owner per client id. Once drained, every connection a client left open on
+    /// another node has been closed by that node.
+    fn check_c8(&self, out: &mut Vec<String>) {
+        for r in &self.roamed {
+            if !self.closed.contains(&r.conn) {
+                out.push(format!(
+                    "C8 client {}'s connection {} on node {} still open after it connected \
+                     elsewhere",
+                    r.client, r.conn, r.node
+                ));
             }
         }
     }
@@ -1767,8 +1944,9 @@ impl ClusterWorld {
                     Err(e) => out.push(format!("C5 node {n}: no subjects for {raw}: {e:?}")),
                 }
             }
-            for ((node, _), held) in &self.engine.subs {
-                if *node == n {
+            for ((node, sid), held) in &self.engine.subs {
+                // The node's kick subject is its own, not a session's.
+                if *node == n && *sid != KICK_SID {
                     *want.entry(held.clone()).or_insert(0) -= 1;
                 }
             }

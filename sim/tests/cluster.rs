@@ -1,5 +1,5 @@
 //! Cluster worlds: two or three cores joined by the engine model of `tidemq_sim::cluster`.
-//! Every seed must pass C1–C7 (known core issues aside, listed); each planted engine fault
+//! Every seed must pass C1–C8 (known core issues aside, listed); each planted engine fault
 //! must be caught by its checker on some seed; a seed replays to the same trace. The known
 //! core issues K1–K3 have scripted tests, ignored until the core is fixed.
 //!
@@ -124,6 +124,11 @@ fn subscriptions_left_behind_are_caught_by_c5() {
 #[test]
 fn a_restart_without_a_new_epoch_changes_nothing() {
     assert!(caught(ClusterMutation::StaleEpoch, "C").is_empty());
+}
+
+#[test]
+fn a_claim_that_does_not_read_what_it_replaced_is_caught_by_c8() {
+    assert!(!caught(ClusterMutation::BlindClaim, "C8").is_empty());
 }
 
 #[test]

@@ -68,17 +68,11 @@ impl Broker {
             return;
         };
         c.owner.counters.claims += 1;
-        if !self.sessions.contains_key(&sid) {
-            self.outputs
-                .push_back(Output::ClusterRelease { key, revision });
-            return;
-        }
-        c.owner.hold(sid, revision, &ledger);
-        let Some((value, replaced)) = previous else {
-            return;
-        };
-        // This node's own earlier claims were settled here when their sessions ended.
-        if let Some((node, _)) = owner::parse_claim(&value)
+        // The client connected here after the session there: that one goes, even if this
+        // one has ended meanwhile. This node's own earlier claims were settled here when
+        // their sessions ended.
+        if let Some((value, replaced)) = previous
+            && let Some((node, _)) = owner::parse_claim(&value)
             && node != c.config.node_name
         {
             self.outputs.push_back(Output::ClusterPublish {
@@ -86,6 +80,12 @@ impl Broker {
                 payload: owner::kick_payload(replaced, &key),
                 droppable: false,
             });
+        }
+        if self.sessions.contains_key(&sid) {
+            c.owner.hold(sid, revision, &ledger);
+        } else {
+            self.outputs
+                .push_back(Output::ClusterRelease { key, revision });
         }
     }
 
