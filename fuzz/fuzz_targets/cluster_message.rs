@@ -1,13 +1,16 @@
 //! What another node (or anything on the NATS subjects) can send a node: message envelopes,
-//! subjects and retained-bucket entries. Decoding never panics; what decodes re-encodes to the
-//! same bytes' meaning; a clustered broker takes any of it as a retained-bucket entry.
+//! subjects, retained-bucket entries, kicks and claimed sessions-bucket entries. Decoding never
+//! panics; what decodes re-encodes to the same bytes' meaning; a clustered broker with a
+//! claimed session takes any of it as a bucket entry, a claim's previous value and a kick.
 #![no_main]
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tidemq_core::cluster::envelope::Envelope;
+use tidemq_core::cluster::owner::{self, KICK_SID};
 use tidemq_core::cluster::subject::{self, Space};
-use tidemq_core::{Broker, Config, Input, Instant};
+use tidemq_core::codec::{Connect, Packet, Properties, ProtocolVersion, encode_packet};
+use tidemq_core::{Broker, Config, ConnId, Input, Instant};
 
 fuzz_target!(|data: &[u8]| {
     // The first line is a subject or key; the rest an envelope.
@@ -34,13 +37,50 @@ fuzz_target!(|data: &[u8]| {
     let mut config = Config::default();
     config.cluster.enable = true;
     config.cluster.node_name = "fuzz".to_owned();
+    if let Some((revision, key)) = owner::parse_kick(&payload) {
+        assert_eq!(owner::parse_kick(&owner::kick_payload(revision, key)), Some((revision, key)));
+    }
     let mut broker = Broker::new(config, 1, Instant(0));
-    broker.handle_input(
-        Instant(1),
-        Input::ClusterRetained {
-            key: text,
-            value: Some(payload),
+    // A client with a claimed session (claim 1, written at revision 7).
+    let mut connect = BytesMut::new();
+    let packet = Packet::Connect(Box::new(Connect {
+        version: ProtocolVersion::V5,
+        clean_start: false,
+        keep_alive: 0,
+        properties: Properties::default(),
+        client_id: "c".to_owned(),
+        will: None,
+        username: None,
+        password: None,
+    }));
+    let _ = encode_packet(&packet, ProtocolVersion::V5, &mut connect);
+    let conn = ConnId(1);
+    let inputs = [
+        Input::Accepted {
+            conn,
+            peer: "10.0.0.1:1883".to_owned(),
         },
-    );
-    while broker.poll_output().is_some() {}
+        Input::Received {
+            conn,
+            bytes: connect.freeze(),
+        },
+        Input::ClusterClaimed {
+            token: 1,
+            revision: Some(7),
+            previous: Some((payload.clone(), 3)),
+        },
+        Input::ClusterRetained {
+            key: text.clone(),
+            value: Some(payload.clone()),
+        },
+        Input::ClusterMessage {
+            sid: KICK_SID,
+            subject: text,
+            payload,
+        },
+    ];
+    for input in inputs {
+        broker.handle_input(Instant(1), input);
+        while broker.poll_output().is_some() {}
+    }
 });

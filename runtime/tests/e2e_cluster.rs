@@ -338,3 +338,63 @@ fn without_a_jetstream_quorum_qos1_is_refused_and_qos0_still_flows() {
     // The first message after the refusals is the one taken: nothing refused is delivered.
     assert_eq!(lines_of(sub), ["q/after kept"]);
 }
+
+/// A client id has one owner in the cluster: a client that connects on another node while
+/// its first connection is still open ends that one (v5 DISCONNECT 0x8E), as on one node.
+#[test]
+fn a_client_that_connects_on_another_node_leaves_one_connection() {
+    let (_nats, _dir, a, b) = cluster("owner");
+    until_routed(a.port, b.port, "o/probe");
+    let mut first = mosquitto_sub(
+        a.port,
+        &[
+            "-i", "roamer", "-t", "o/x", "-q", "1", "-V", "5", "-W", "60", "-d",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first connection is up"
+    );
+    let start = Instant::now();
+    let second = mosquitto_sub(
+        b.port,
+        &[
+            "-i", "roamer", "-t", "o/x", "-q", "1", "-V", "5", "-C", "1", "-W", "60",
+        ],
+    );
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node a kept the first connection of the client id node b took"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    first
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    eprintln!(
+        "node a ended the first connection {} ms after the client connected on node b ({status})",
+        start.elapsed().as_millis(),
+    );
+    // mosquitto_sub's debug output names what it received.
+    assert!(
+        out.contains("Received DISCONNECT (142)"),
+        "a DISCONNECT with 0x8E (Session taken over): {out}"
+    );
+    // The newest connection stays and is served.
+    loop {
+        if try_pub(a.port, &["-t", "o/x", "-m", "kept", "-q", "1"]).0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+    assert_eq!(lines_of(second), ["kept"]);
+}
