@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
     config.cluster.enable = true;
     config.cluster.node_name = "fuzz".to_owned();
     if let Some((revision, key)) = owner::parse_kick(&payload) {
-        assert_eq!(owner::parse_kick(&owner::kick_payload(revision, key)), Some((revision, key)));
+        assert_eq!(
+            owner::parse_kick(&owner::kick_payload(revision, key)),
+            Some((revision, key))
+        );
     }
     let mut broker = Broker::new(config, 1, Instant(0));
     // A client with a claimed session (claim 1, written at revision 7).

@@ -14,13 +14,16 @@
 //! - some seeds cut one node from the engine for a while: its queues are held, not lost;
 //! - some seeds restart one node halfway, once nothing is in flight: a new core (a new epoch),
 //!   its NATS subscriptions gone, a watch that replays the bucket, its clients back;
-//! - some seeds give the nodes a small `max_subscriptions`, so that they fill up.
+//! - some seeds give the nodes a small `max_subscriptions`, so that they fill up;
+//! - a sessions bucket takes each node's claims of client ids as one compare-and-swap (the
+//!   runtime retries until one holds) and releases at a revision, in the node's order.
 //!
 //! A run: clients connect and subscribe (with some unsubscribes), the engine drains, then a
 //! publishing phase (QoS 0/1, some retained, v5 properties, clients that subscribe,
-//! unsubscribe, leave and come back), then the partition heals and everything drains, every
+//! unsubscribe, leave and come back, or connect again on another node leaving their first
+//! connection open), then the partition heals and everything drains, every
 //! client unsubscribes, and a fresh subscriber to every topic on every node reads the retained
-//! set. Checkers C1–C7 judge what the clients saw and what the engine holds; planted engine
+//! set. Checkers C1–C8 judge what the clients saw and what the engine holds; planted engine
 //! faults ([`ClusterMutation`]) show that they can fail. Three core bugs these checkers found
 //! (K1–K3, fixed) keep scripted reproductions at the end of this file.
 
