@@ -156,6 +156,9 @@ pub enum Input {
     /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
     /// it, in the bucket's order): its new value, or `None` once deleted.
     ClusterRetained { key: String, value: Option<Bytes> },
+    /// Cluster mode: a message of the durable stream, read by the node's feed (the whole
+    /// stream from the node's start, in stream order, each once), with its subject.
+    ClusterFeedMessage { subject: String, payload: Bytes },
     /// Cluster mode: the answer to [`Output::ClusterClaim`] `token`: the revision the claim
     /// was written at and the entry it replaced (its value and revision), or `revision: None`
     /// when it could not be written within `cluster.publish_timeout`.

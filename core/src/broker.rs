@@ -269,6 +269,9 @@ impl Broker {
             } => self.cluster_message(sid, &subject, payload),
             Input::ClusterRetained { key, value } => self.cluster_retained(&key, value),
             Input::ClusterDurableDone { token, ok } => self.cluster_durable_done(token, ok),
+            Input::ClusterFeedMessage { subject, payload } => {
+                self.cluster_feed_message(&subject, payload)
+            }
             Input::ClusterClaimed {
                 token,
                 revision,

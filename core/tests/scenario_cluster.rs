@@ -275,7 +275,7 @@ fn a_message_from_another_node_reaches_each_client_once_whatever_the_copies() {
     h.subscribe(d, "x/y", QoS::AtMostOnce);
     let subs = subscribes(&h, mark);
     // NATS brings one copy per matching subscription (x.*, x.>, x.y), in any order.
-    let (subject, payload) = from_node("b", 1, "x/y", "hello", QoS::AtLeastOnce);
+    let (subject, payload) = from_node("b", 1, "x/y", "hello", QoS::AtMostOnce);
     for (sid, _, _) in subs.iter().rev() {
         h.input(Input::ClusterMessage {
             sid: *sid,
@@ -285,8 +285,17 @@ fn a_message_from_another_node_reaches_each_client_once_whatever_the_copies() {
     }
     let got = h.publishes(c);
     assert_eq!(got.len(), 1, "one delivery to c: {got:?}");
-    assert_eq!(got[0].qos, QoS::AtLeastOnce, "the highest granted QoS");
     assert_eq!(h.payloads(d), ["hello"]);
+    // A QoS 1 copy on a plain subscription is passed over: the node feed brings it.
+    let (subject1, payload1) = from_node("b", 2, "x/y", "feed", QoS::AtLeastOnce);
+    for (sid, _, _) in &subs {
+        h.input(Input::ClusterMessage {
+            sid: *sid,
+            subject: subject1.clone(),
+            payload: payload1.clone(),
+        });
+    }
+    assert!(h.publishes(c).is_empty() && h.publishes(d).is_empty());
     // Garbage, or a subject that is not one of ours, is counted, not routed.
     h.input(Input::ClusterMessage {
         sid: subs[0].0,
@@ -670,4 +679,81 @@ fn a_client_id_has_one_owner_in_the_cluster() {
     assert_eq!(value(&text, "tidemq_cluster_claims_total"), 4.0);
     assert_eq!(value(&text, "tidemq_cluster_claims_failed_total"), 1.0);
     assert_eq!(value(&text, "tidemq_cluster_taken_over_total"), 1.0);
+}
+
+/// A QoS 1/2 message of another node, as the node feed reads it from the durable stream.
+fn from_stream(node: &str, seq: u64, topic: &str, payload: &str, qos: QoS) -> (String, Bytes) {
+    let (_, envelope) = from_node(node, seq, topic, payload, qos);
+    let subject = subject::topic_to_subject("tmq", subject::Space::Durable, topic, 2048).unwrap();
+    (subject, envelope)
+}
+
+#[test]
+fn the_node_feed_brings_each_durable_message_once_to_every_matching_session() {
+    let mut h = Harness::with_config(clustered("a"));
+    let c = h.client("c", V5);
+    let d = h.client("d", V311);
+    let e = h.client("e", V5);
+    h.subscribe(c, "x/+", QoS::AtLeastOnce);
+    h.subscribe(c, "x/#", QoS::AtMostOnce);
+    h.subscribe(d, "x/y", QoS::AtMostOnce);
+    h.subscribe(e, "$share/g/x/y", QoS::AtLeastOnce);
+    for (seq, text) in [(1, "one"), (2, "two")] {
+        let (subject, payload) = from_stream("b", seq, "x/y", text, QoS::AtLeastOnce);
+        h.input(Input::ClusterFeedMessage { subject, payload });
+    }
+    // One delivery per session, in stream order, at the highest QoS granted.
+    let got = h.publishes_acked(c);
+    assert_eq!(
+        got.iter()
+            .map(|p| (p.payload.clone(), p.qos))
+            .collect::<Vec<_>>(),
+        [
+            (Bytes::from("one"), QoS::AtLeastOnce),
+            (Bytes::from("two"), QoS::AtLeastOnce)
+        ]
+    );
+    assert_eq!(h.payloads(d), ["one", "two"]);
+    // A share group takes its copies through its queue subscription only.
+    assert!(h.publishes(e).is_empty());
+    // The node's own messages (routed when JetStream took them), garbage and live subjects
+    // are not routed again.
+    let mark = h.log.len();
+    let p = h.client("p", V5);
+    h.publish(p, "x/y", "own", QoS::AtLeastOnce, false);
+    let own = h.log[mark..]
+        .iter()
+        .find_map(|o| match o {
+            Output::ClusterDurable {
+                token,
+                subject,
+                payload,
+                ..
+            } => Some((*token, subject.clone(), payload.clone())),
+            _ => None,
+        })
+        .unwrap();
+    h.input(Input::ClusterDurableDone {
+        token: own.0,
+        ok: true,
+    });
+    assert_eq!(h.payloads(d), ["own"]);
+    h.input(Input::ClusterFeedMessage {
+        subject: own.1,
+        payload: own.2,
+    });
+    let (live, payload) = from_node("b", 3, "x/y", "live subject", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        subject: live,
+        payload,
+    });
+    let (subject, _) = from_stream("b", 4, "x/y", "", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        subject,
+        payload: Bytes::from_static(b"garbage"),
+    });
+    assert!(h.publishes(d).is_empty());
+    let text = scrape(&mut h);
+    assert_eq!(value(&text, "tidemq_cluster_received_total"), 2.0);
+    assert_eq!(value(&text, "tidemq_cluster_refused_total"), 2.0);
 }

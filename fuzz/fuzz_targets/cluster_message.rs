@@ -1,5 +1,5 @@
 //! What another node (or anything on the NATS subjects) can send a node: message envelopes,
-//! subjects, retained-bucket entries, kicks and claimed sessions-bucket entries. Decoding never
+//! subjects, retained-bucket entries, durable-stream messages, kicks and claimed sessions-bucket entries. Decoding never
 //! panics; what decodes re-encodes to the same bytes' meaning; a clustered broker with a
 //! claimed session takes any of it as a bucket entry, a claim's previous value and a kick.
 #![no_main]
@@ -75,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
         Input::ClusterRetained {
             key: text.clone(),
             value: Some(payload.clone()),
+        },
+        Input::ClusterFeedMessage {
+            subject: text.clone(),
+            payload: payload.clone(),
         },
         Input::ClusterMessage {
             sid: KICK_SID,

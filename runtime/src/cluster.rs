@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, ConnectOptions};
@@ -30,6 +31,12 @@ const QUEUE_BYTES: usize = 64 << 20;
 const ITEM_OVERHEAD: usize = 128;
 /// Between two attempts of a durable write.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The node feed: messages per pull, how long a pull waits for messages (and then how much
+/// longer for its answer), and how long the server keeps a consumer nobody pulls from.
+const FEED_BATCH: usize = 512;
+const FEED_POLL: Duration = Duration::from_secs(2);
+const FEED_GRACE: Duration = Duration::from_secs(3);
+const FEED_INACTIVE: Duration = Duration::from_secs(30);
 /// How long the marker of a released claim stays in the sessions bucket.
 const RELEASED_MARKER_TTL: Duration = Duration::from_secs(60);
 /// How long the start waits for a NATS server.
@@ -166,19 +173,20 @@ impl ClusterLink {
             .await
             .map_err(|e| format!("cluster: the sessions bucket {name}: {e}"))?;
         let stream = durable_stream(&config.subject_prefix);
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: stream.clone(),
-            subjects: vec![format!("{}.d.>", config.subject_prefix)],
-            num_replicas: usize::from(config.replicas),
-            max_bytes: i64::try_from(config.durable_max_bytes).unwrap_or(i64::MAX),
-            max_age: Duration::from_millis(config.durable_max_age_ms),
-            // Well above the publish timeout: a write retried after a lost acknowledgement is
-            // kept once.
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("cluster: the durable stream {stream}: {e}"))?;
+        let durable = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![format!("{}.d.>", config.subject_prefix)],
+                num_replicas: usize::from(config.replicas),
+                max_bytes: i64::try_from(config.durable_max_bytes).unwrap_or(i64::MAX),
+                max_age: Duration::from_millis(config.durable_max_age_ms),
+                // Well above the publish timeout: a write retried after a lost acknowledgement is
+                // kept once.
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cluster: the durable stream {stream}: {e}"))?;
         info!(
             node = %config.node_name,
             urls = ?config.nats_urls,
@@ -202,6 +210,8 @@ impl ClusterLink {
             inputs.clone(),
         ));
         tokio::spawn(watch_retained(store, inputs.clone()));
+        let everything = format!("{}.d.>", config.subject_prefix);
+        tokio::spawn(run_feed(durable, everything, inputs.clone()));
         let (durables, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_durables(js, rx, inputs.clone()));
         Ok(ClusterLink {
@@ -377,6 +387,92 @@ async fn apply_interest(
             readers.insert(sid, reader);
         }
         Err(e) => warn!(%subject, "cluster: subscribe failed: {e}"),
+    }
+}
+
+/// The node feed: one ephemeral consumer reading the whole durable stream from the node's
+/// start, so a node has every QoS 1/2 message of the others however its sessions subscribe
+/// (it routes by its own filters and drops what none matches). It keeps its own place: a gap
+/// in the consumer's sequence, a pull left unanswered (its server gone) or an error makes a new
+/// consumer from the message after the last one read, so nothing written meanwhile is
+/// skipped and nothing read is read again. (The client library's ordered consumer starts a
+/// recreated one from the stream's beginning when it has read nothing yet.)
+async fn run_feed(stream: jetstream::stream::Stream, subject: String, inputs: mpsc::Sender<Input>) {
+    let mut last: Option<u64> = None;
+    loop {
+        let deliver_policy = match last {
+            Some(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq + 1,
+            },
+            None => DeliverPolicy::New,
+        };
+        let config = pull::Config {
+            filter_subject: subject.clone(),
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            // The server drops it if this node goes without a word.
+            inactive_threshold: FEED_INACTIVE,
+            num_replicas: 1,
+            memory_storage: true,
+            ..Default::default()
+        };
+        let consumer = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                warn!("cluster: the node feed could not open: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // From the end: what was there when it was made counts as read.
+        if last.is_none() {
+            last = Some(consumer.cached_info().delivered.stream_sequence);
+        }
+        let mut delivered = 0;
+        // One pull at a time, each answered within its expiry by the consumer's server; no
+        // answer means that server is gone, and a new consumer is made on another.
+        let why = loop {
+            let pulled = tokio::time::timeout(FEED_POLL + FEED_GRACE, async {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(FEED_BATCH)
+                    .expires(FEED_POLL)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                while let Some(next) = batch.next().await {
+                    let m = next.map_err(|e| e.to_string())?;
+                    let info = m.info().map_err(|e| e.to_string())?;
+                    if info.consumer_sequence != delivered + 1 {
+                        return Err(format!(
+                            "skipped from {delivered} to {}",
+                            info.consumer_sequence
+                        ));
+                    }
+                    delivered = info.consumer_sequence;
+                    last = Some(info.stream_sequence);
+                    let input = Input::ClusterFeedMessage {
+                        subject: m.subject.to_string(),
+                        payload: m.payload.clone(),
+                    };
+                    if inputs.send(input).await.is_err() {
+                        return Err(String::new());
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            match pulled {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => break why,
+                Err(_) => break "no answer to a pull".to_owned(),
+            }
+        };
+        if inputs.is_closed() {
+            return;
+        }
+        warn!("cluster: the node feed: {why}; opening it again");
+        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
     }
 }
 

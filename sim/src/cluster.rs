@@ -70,6 +70,8 @@ pub enum ClusterMutation {
     StaleEpoch,
     /// The engine hands over every message at QoS 0 and without its user properties (C6).
     RewriteEnvelope,
+    /// One node's feed skips a message of another node (C1).
+    FeedSkips,
     /// The sessions bucket writes claims without reading: the entry a claim replaced is not
     /// reported, so its node is never told (C8).
     BlindClaim,
@@ -284,8 +286,11 @@ struct Node {
     queue: VecDeque<Op>,
     /// Retained-bucket writes, in output order.
     kv: VecDeque<(String, Option<Bytes>)>,
-    /// Durable-stream writes of QoS 1/2 messages waiting for the stream's acknowledgement.
-    durable: VecDeque<u64>,
+    /// Durable-stream writes of QoS 1/2 messages waiting for the stream's acknowledgement:
+    /// token, subject, envelope.
+    durable: VecDeque<(u64, String, Bytes)>,
+    /// The node feed's place in the stream: the next entry it reads.
+    feed_at: usize,
     /// Sessions-bucket claims and releases, in output order.
     owner: VecDeque<OwnerOp>,
     queue_sids: BTreeSet<u64>,
@@ -297,6 +302,8 @@ struct Node {
 
 /// A bucket entry: key, value, and the node that wrote it.
 type Entry = (String, Option<Bytes>, usize);
+/// The way a message went: the node it was published on, and whether live (QoS 0).
+type Path = (usize, bool);
 /// A FIFO: (publishing node, subscribing node, sid).
 type FifoKey = (usize, usize, u64);
 
@@ -306,6 +313,10 @@ struct Engine {
     subs: BTreeMap<(usize, u64), (String, Option<String>)>,
     fifos: BTreeMap<FifoKey, VecDeque<(String, Bytes)>>,
     bucket: Vec<Entry>,
+    /// The durable stream: subject and envelope, in the order it took them.
+    stream: Vec<(String, Bytes)>,
+    /// `FeedSkips` has skipped its entry.
+    skipped: bool,
     /// The sessions bucket: key -> (value, revision), and its last revision.
     sessions: BTreeMap<String, (Bytes, u64)>,
     revision: u64,
@@ -500,6 +511,7 @@ impl ClusterWorld {
                     queue: VecDeque::new(),
                     kv: VecDeque::new(),
                     durable: VecDeque::new(),
+                    feed_at: 0,
                     owner: VecDeque::new(),
                     queue_sids: BTreeSet::new(),
                     watched: 0,
@@ -683,10 +695,15 @@ impl ClusterWorld {
                     nd.kv.push_back((key, value));
                 }
             }
-            Output::ClusterDurable { token, subject, .. } => {
+            Output::ClusterDurable {
+                token,
+                subject,
+                payload,
+                ..
+            } => {
                 self.note(|| format!("node {n} durable write {token} {subject}"));
                 if let Some(nd) = self.nodes.get_mut(n) {
-                    nd.durable.push_back(token);
+                    nd.durable.push_back((token, subject, payload));
                 }
             }
             _ => {}
@@ -899,14 +916,48 @@ impl ClusterWorld {
     /// node's routing, not these: refusals for want of the stream are the core scenarios' and
     /// the end-to-end quorum test's.
     fn settle_durable(&mut self, n: usize) {
-        loop {
-            let token = self.nodes.get_mut(n).and_then(|nd| nd.durable.pop_front());
-            let Some(token) = token else {
-                return;
-            };
-            self.note(|| format!("stream has node {n}'s write {token}"));
-            self.feed(n, Input::ClusterDurableDone { token, ok: true });
+        while self.nodes.get(n).is_some_and(|nd| !nd.durable.is_empty()) {
+            self.stream_takes(n);
         }
+    }
+
+    /// The stream takes node `n`'s oldest durable write, in order, and acknowledges it; the
+    /// node then routes it and acknowledges its publisher.
+    fn stream_takes(&mut self, n: usize) {
+        let Some((token, subject, payload)) =
+            self.nodes.get_mut(n).and_then(|nd| nd.durable.pop_front())
+        else {
+            return;
+        };
+        let at = self.engine.stream.len();
+        self.note(|| format!("stream has node {n}'s write {token} at {at}"));
+        self.engine.stream.push((subject, payload));
+        self.feed(n, Input::ClusterDurableDone { token, ok: true });
+    }
+
+    /// Node `n`'s feed reads the next entry of the stream (every entry, in order, once).
+    fn feed_step(&mut self, n: usize) {
+        let Some(at) = self.nodes.get(n).map(|nd| nd.feed_at) else {
+            return;
+        };
+        let Some((subject, payload)) = self.engine.stream.get(at).cloned() else {
+            return;
+        };
+        if let Some(nd) = self.nodes.get_mut(n) {
+            nd.feed_at += 1;
+        }
+        if self.mutation == Some(ClusterMutation::FeedSkips)
+            && self.publishing
+            && !self.engine.skipped
+            && Envelope::decode(payload.clone()).is_ok_and(|e| e.stamp.node != format!("n{n}"))
+        {
+            self.engine.skipped = true;
+            self.note(|| format!("node {n}'s feed skips entry {at}"));
+            return;
+        }
+        (n, "feed", at).hash(&mut self.hash);
+        self.note(|| format!("node {n}'s feed reads entry {at} {subject}"));
+        self.feed(n, Input::ClusterFeedMessage { subject, payload });
     }
 
     fn unsubscribe(&mut self, idx: usize, filter: &str) {
@@ -1008,6 +1059,9 @@ impl ClusterWorld {
             if !nd.owner.is_empty() {
                 steps.push(Step::Conn(n, 4));
             }
+            if nd.feed_at < self.engine.stream.len() {
+                steps.push(Step::Conn(n, 5));
+            }
             let held = n == 0 && self.hold_watch;
             if !held && nd.watched < self.engine.bucket.len() {
                 steps.push(Step::Watch(n));
@@ -1047,11 +1101,11 @@ impl ClusterWorld {
             return;
         }
         if which == 3 {
-            // The stream acknowledges in order; the node then routes and acknowledges.
-            if let Some(token) = nd.durable.pop_front() {
-                self.note(|| format!("stream has node {n}'s write {token}"));
-                self.feed(n, Input::ClusterDurableDone { token, ok: true });
-            }
+            self.stream_takes(n);
+            return;
+        }
+        if which == 5 {
+            self.feed_step(n);
             return;
         }
         if which == 2 {
@@ -1555,6 +1609,8 @@ impl ClusterWorld {
         nd.queue.clear();
         nd.kv.clear();
         nd.durable.clear();
+        // A new feed reads from the stream's end.
+        nd.feed_at = self.engine.stream.len();
         nd.owner.clear();
         nd.queue_sids.clear();
         nd.watched = 0;
@@ -1795,15 +1851,19 @@ impl ClusterWorld {
             if c.kind == Kind::Churn {
                 continue;
             }
-            // Order holds per publisher and node: one that roamed has two paths.
-            let from: BTreeMap<&Bytes, usize> =
-                self.sent.iter().map(|s| (&s.payload, s.node)).collect();
-            let mut last: BTreeMap<(usize, usize, &str), (u64, &Got)> = BTreeMap::new();
+            // Order holds per publisher, node and QoS (QoS 0 goes live, QoS 1/2 through the
+            // stream): one that roamed has two paths.
+            let from: BTreeMap<&Bytes, Path> = self
+                .sent
+                .iter()
+                .map(|s| (&s.payload, (s.node, s.qos == QoS::AtMostOnce)))
+                .collect();
+            let mut last: BTreeMap<(usize, Path, &str), (u64, &Got)> = BTreeMap::new();
             for g in c.got.iter().filter(|g| !g.retain) {
                 let Some((publisher, seq)) = tag(&g.payload) else {
                     continue;
                 };
-                let node = from.get(&g.payload).copied().unwrap_or(usize::MAX);
+                let node = from.get(&g.payload).copied().unwrap_or((usize::MAX, false));
                 let Some((prev, early)) = last.insert((publisher, node, &g.topic), (seq, g)) else {
                     continue;
                 };
@@ -1970,7 +2030,7 @@ impl ClusterWorld {
 }
 
 /// K1 (fixed), scripted on two nodes: client X on node 1 holds `a/+`; client P on node 0
-/// publishes m1 then m2 on `a/b` (QoS 1); between the two the engine makes node 1's second
+/// publishes m1 then m2 on `a/b` (QoS 0, the live path); between the two the engine makes node 1's second
 /// subscription, for client Y's `a/b`, so m2 is queued on both of node 1's subscriptions and
 /// m1 on the older one only. The engine serves the newer subscription first. Returns the
 /// payloads X got, in order (publish order is `P:0:1`, `P:0:2`).
@@ -1979,16 +2039,15 @@ pub fn overtaking_subscription() -> Vec<String> {
     let p = w.add_client(Kind::Stable, 0);
     let x = w.add_client(Kind::Stable, 1);
     let y = w.add_client(Kind::Stable, 1);
-    w.subscribe(x, "a/+", QoS::AtLeastOnce);
+    w.subscribe(x, "a/+", QoS::AtMostOnce);
     w.drain();
     w.publishing = true;
-    w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
-    w.settle_durable(0);
+    // QoS 0: QoS 1/2 go through the node feed now, one ordered read per node.
+    w.publish_to(p, "a/b".to_owned(), QoS::AtMostOnce, false, false);
     w.take_op(0, 0);
-    w.subscribe(y, "a/b", QoS::AtLeastOnce);
+    w.subscribe(y, "a/b", QoS::AtMostOnce);
     w.take_op(1, 0);
-    w.publish_to(p, "a/b".to_owned(), QoS::AtLeastOnce, false, false);
-    w.settle_durable(0);
+    w.publish_to(p, "a/b".to_owned(), QoS::AtMostOnce, false, false);
     w.take_op(0, 0);
     let fifos: Vec<FifoKey> = w.engine.fifos.keys().copied().collect();
     // Newest subscription first: sids grow.

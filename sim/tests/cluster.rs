@@ -127,6 +127,11 @@ fn a_restart_without_a_new_epoch_changes_nothing() {
 }
 
 #[test]
+fn a_feed_that_skips_a_message_is_caught_by_c1() {
+    assert!(!caught(ClusterMutation::FeedSkips, "C1").is_empty());
+}
+
+#[test]
 fn a_claim_that_does_not_read_what_it_replaced_is_caught_by_c8() {
     assert!(!caught(ClusterMutation::BlindClaim, "C8").is_empty());
 }

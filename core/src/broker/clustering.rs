@@ -190,8 +190,9 @@ impl Broker {
         let from_self =
             envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch;
         // Plain subscriptions never see this node's own messages (no echo); the node routed
-        // them when they came in.
-        if shared.is_none() && from_self {
+        // them when they came in. QoS 1/2 ones come through the node feed instead, which
+        // loses none when a NATS server goes.
+        if shared.is_none() && (from_self || envelope.qos != QoS::AtMostOnce) {
             return;
         }
         c.counters.received += 1;
@@ -204,6 +205,33 @@ impl Broker {
             None => self.route(&msg, false, Some(number)),
             Some((filter, group)) => self.route_to_group(&msg, filter, group),
         }
+        self.settle(&msg);
+    }
+
+    /// A QoS 1/2 message of another node from the durable stream: routed to every local
+    /// session with a matching plain subscription (share groups take theirs through NATS
+    /// queue groups). The feed brings each message once, in the stream's order.
+    pub(super) fn cluster_feed_message(&mut self, subject: &str, payload: Bytes) {
+        let ledger = self.memory.ledger.clone();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Durable, subject);
+        let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
+            c.counters.malformed += 1;
+            return;
+        };
+        // This node routed its own when JetStream took them.
+        if envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch {
+            return;
+        }
+        c.counters.received += 1;
+        let Some(expires_at) = self.deadline_of(envelope.expires_unix_ms) else {
+            return;
+        };
+        let retain = envelope.retain;
+        let msg = self.message_from(topic, envelope, retain, expires_at, &ledger);
+        self.route(&msg, false, None);
         self.settle(&msg);
     }
 
