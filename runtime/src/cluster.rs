@@ -137,6 +137,27 @@ async fn connect(config: &ClusterConfig, echo: bool) -> Result<Client, String> {
         .map_err(|e| format!("cluster.nats_urls {:?}: {e}", config.nats_urls))
 }
 
+/// Opens (or creates) a key-value bucket keeping one value per key, replicated as
+/// configured, capped at `max_bytes`.
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    config: &ClusterConfig,
+    max_bytes: u64,
+    limit_markers: Option<Duration>,
+) -> Result<kv::Store, String> {
+    js.create_key_value(kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        num_replicas: usize::from(config.replicas),
+        max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        limit_markers,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cluster: the bucket {name}: {e}"))
+}
+
 impl ClusterLink {
     /// Connects to NATS, opens (or creates) the retained bucket and starts its watch; what
     /// arrives is sent to `inputs`.
@@ -148,30 +169,12 @@ impl ClusterLink {
         let queued = connect(config, true).await?;
         let js = jetstream::new(plain.clone());
         let bucket = retained_bucket(&config.subject_prefix);
-        let store = js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                num_replicas: usize::from(config.replicas),
-                max_bytes: i64::try_from(config.retained_max_bytes).unwrap_or(i64::MAX),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cluster: the retained bucket {bucket}: {e}"))?;
+        let store = open_bucket(&js, &bucket, config, config.retained_max_bytes, None).await?;
+        // The marker a released claim leaves goes after a while, so the bucket holds only the
+        // client ids in use.
         let name = sessions_bucket(&config.subject_prefix);
-        let sessions = js
-            .create_key_value(kv::Config {
-                bucket: name.clone(),
-                history: 1,
-                num_replicas: usize::from(config.replicas),
-                max_bytes: i64::try_from(config.sessions_max_bytes).unwrap_or(i64::MAX),
-                // The marker a released claim leaves goes after this, so the bucket holds
-                // only the client ids in use.
-                limit_markers: Some(RELEASED_MARKER_TTL),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cluster: the sessions bucket {name}: {e}"))?;
+        let markers = Some(RELEASED_MARKER_TTL);
+        let sessions = open_bucket(&js, &name, config, config.sessions_max_bytes, markers).await?;
         let stream = durable_stream(&config.subject_prefix);
         let durable = js
             .get_or_create_stream(jetstream::stream::Config {

@@ -24,6 +24,15 @@ use crate::message::{Content, Message, Origin};
 use crate::session::Subscription;
 use crate::sys;
 
+/// Who takes a message from another node here.
+enum Takers {
+    /// Sessions with a matching plain subscription: through the NATS subscription numbered
+    /// (a live copy, see `Subscription::cluster_key`), or all of them (the node feed).
+    Plain(Option<u64>),
+    /// One member of the share group (filter, group).
+    Group(String, String),
+}
+
 impl Broker {
     /// Cluster mode starts with the node (a reload does not start or stop it).
     pub(super) fn cluster_start(&mut self) {
@@ -172,7 +181,6 @@ impl Broker {
         if sid == crate::cluster::owner::KICK_SID {
             return self.cluster_kick(&payload);
         }
-        let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -195,24 +203,17 @@ impl Broker {
         if shared.is_none() && (from_self || envelope.qos != QoS::AtMostOnce) {
             return;
         }
-        c.counters.received += 1;
-        let Some(expires_at) = self.deadline_of(envelope.expires_unix_ms) else {
-            return;
+        let takers = match shared {
+            None => Takers::Plain(Some(number)),
+            Some((filter, group)) => Takers::Group(filter, group),
         };
-        let retain = envelope.retain;
-        let msg = self.message_from(topic, envelope, retain, expires_at, &ledger);
-        match &shared {
-            None => self.route(&msg, false, Some(number)),
-            Some((filter, group)) => self.route_to_group(&msg, filter, group),
-        }
-        self.settle(&msg);
+        self.take_copy(topic, envelope, takers);
     }
 
     /// A QoS 1/2 message of another node from the durable stream: routed to every local
     /// session with a matching plain subscription (share groups take theirs through NATS
     /// queue groups). The feed brings each message once, in the stream's order.
     pub(super) fn cluster_feed_message(&mut self, subject: &str, payload: Bytes) {
-        let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -225,13 +226,24 @@ impl Broker {
         if envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch {
             return;
         }
-        c.counters.received += 1;
+        self.take_copy(topic, envelope, Takers::Plain(None));
+    }
+
+    /// A message from another node taken here (counted), unless it has expired on its way.
+    fn take_copy(&mut self, topic: String, envelope: Envelope, takers: Takers) {
+        let ledger = self.memory.ledger.clone();
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.counters.received += 1;
+        }
         let Some(expires_at) = self.deadline_of(envelope.expires_unix_ms) else {
             return;
         };
         let retain = envelope.retain;
         let msg = self.message_from(topic, envelope, retain, expires_at, &ledger);
-        self.route(&msg, false, None);
+        match &takers {
+            Takers::Plain(via) => self.route(&msg, false, *via),
+            Takers::Group(filter, group) => self.route_to_group(&msg, filter, group),
+        }
         self.settle(&msg);
     }
 
