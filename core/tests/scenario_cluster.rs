@@ -757,3 +757,50 @@ fn the_node_feed_brings_each_durable_message_once_to_every_matching_session() {
     assert_eq!(value(&text, "tidemq_cluster_received_total"), 2.0);
     assert_eq!(value(&text, "tidemq_cluster_refused_total"), 2.0);
 }
+
+/// Every node of a cluster runs its bridges: each connects to the remote with its own client
+/// id (the configured one and the node's name), or the remote would have each take the
+/// other's session over, again and again.
+#[test]
+fn a_bridge_connects_with_its_nodes_own_client_id() {
+    use tidemq_core::Broker;
+    use tidemq_core::codec::{DecodeLimits, Packet, decode_packet};
+    use tidemq_core::config::BridgeConfig;
+
+    let mut config = clustered("node-a");
+    config.bridges.insert(
+        "up".to_owned(),
+        BridgeConfig {
+            enable: true,
+            address: "mqtt-tcp://remote:1883".to_owned(),
+            ..BridgeConfig::default()
+        },
+    );
+    let mut broker = Broker::new(config, 3, tidemq_core::Instant(0));
+    let mut link = None;
+    let mut sent = bytes::BytesMut::new();
+    for _ in 0..16 {
+        let now = broker.poll_timeout().unwrap_or(tidemq_core::Instant(0));
+        broker.handle_input(now, Input::Timeout);
+        while let Some(out) = broker.poll_output() {
+            match out {
+                Output::BridgeConnect { conn, .. } if link.is_none() => {
+                    link = Some(conn);
+                    broker.handle_input(now, Input::BridgeConnected { conn });
+                }
+                Output::Transmit { conn, bytes } if Some(conn) == link => {
+                    sent.extend_from_slice(&bytes);
+                }
+                _ => {}
+            }
+        }
+        if !sent.is_empty() {
+            break;
+        }
+    }
+    let connect = decode_packet(&mut sent, None, &DecodeLimits::default()).unwrap();
+    let Some(Packet::Connect(c)) = connect else {
+        panic!("no CONNECT to the remote: {connect:?}");
+    };
+    assert_eq!(c.client_id, "bridge_client-node-a");
+}

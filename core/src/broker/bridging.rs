@@ -32,12 +32,22 @@ impl Broker {
     /// did not change keeps its link; a changed one reconnects with the new settings and
     /// keeps its outbox.
     pub(super) fn configure_bridges(&mut self) {
+        // In a cluster every node runs its bridges (each forwards its own clients' messages):
+        // each connects with its own client id, or the remote would take one over with the
+        // other, again and again.
+        let node = self.cluster.as_deref().map(|c| c.config.node_name.clone());
         let wanted: BTreeMap<String, BridgeConfig> = self
             .config
             .bridges
             .iter()
             .filter(|(_, b)| b.enable)
-            .map(|(n, b)| (n.clone(), b.clone()))
+            .map(|(n, b)| {
+                let mut b = b.clone();
+                if let Some(node) = &node {
+                    b.clientid = format!("{}-{node}", b.clientid);
+                }
+                (n.clone(), b)
+            })
             .collect();
         for (name, id) in self.bridge_ids.clone() {
             let keep = wanted.get(&name) == self.bridges.get(&id).map(|b| &b.config);
