@@ -804,3 +804,32 @@ fn a_bridge_connects_with_its_nodes_own_client_id() {
     };
     assert_eq!(c.client_id, "bridge_client-node-a");
 }
+
+/// A retained write on its way to the bucket is counted in memory until the watch hands it
+/// back.
+#[test]
+fn retained_writes_awaited_from_the_watch_are_counted() {
+    let mut h = Harness::with_config(clustered("a"));
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    h.publish(p, "r/1", "x", QoS::AtMostOnce, true);
+    let (key, value) = h.log[mark..]
+        .iter()
+        .find_map(|o| match o {
+            Output::ClusterRetain { key, value } => Some((key.clone(), value.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let waiting = value_of(&mut h, "tidemq_memory_counted_bytes");
+    h.input(Input::ClusterRetained { key, value });
+    let settled = value_of(&mut h, "tidemq_memory_counted_bytes");
+    assert!(
+        waiting - settled >= 64.0 + 5.0,
+        "the pending key was counted: {waiting} then {settled}"
+    );
+}
+
+fn value_of(h: &mut Harness, sample: &str) -> f64 {
+    let text = scrape(h);
+    value(&text, sample)
+}

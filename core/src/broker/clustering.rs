@@ -160,7 +160,7 @@ impl Broker {
         {
             // A deletion is written as a message without payload, so the watch can tell this
             // node's own writes (see `cluster_retained`).
-            c.own_retained_write(&key);
+            c.own_retained_write(&key, &self.memory.ledger);
             let value = Some(envelope.clone());
             self.outputs.push_back(Output::ClusterRetain { key, value });
         }

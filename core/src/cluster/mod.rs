@@ -21,9 +21,12 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::api::ConnId;
 use crate::codec::ProtocolVersion;
 use crate::ids::SessionId;
-use crate::memory::Charge;
+use crate::memory::{Charge, Ledger};
 use crate::message::Content;
 use envelope::Stamp;
+
+/// What a retained key awaited from the watch costs beyond its bytes (map entry, count).
+const PENDING_KEY_BYTES: usize = 64;
 
 /// Durable writes one connection may have on their way at once.
 pub const PIPELINE: usize = 64;
@@ -56,8 +59,8 @@ pub(crate) struct Cluster {
     answers: BTreeMap<u64, bool>,
     next_token: u64,
     /// Retained-bucket keys this node wrote and its watch has not handed back yet, with how
-    /// many such writes (at most one entry per retained topic).
-    retained_pending: BTreeMap<String, u32>,
+    /// many such writes (at most one entry per retained topic), the key counted in memory.
+    retained_pending: BTreeMap<String, (u32, Charge)>,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -94,13 +97,16 @@ impl Cluster {
     }
 
     /// This node wrote `key` in the retained bucket.
-    pub fn own_retained_write(&mut self, key: &str) {
-        *self.retained_pending.entry(key.to_owned()).or_default() += 1;
+    pub fn own_retained_write(&mut self, key: &str, ledger: &Ledger) {
+        self.retained_pending
+            .entry(key.to_owned())
+            .or_insert_with(|| (0, ledger.charge(PENDING_KEY_BYTES + key.len())))
+            .0 += 1;
     }
 
     /// The watch handed back one of this node's writes of `key`, or the write failed.
     pub fn own_retained_seen(&mut self, key: &str) {
-        if let Some(n) = self.retained_pending.get_mut(key) {
+        if let Some((n, _)) = self.retained_pending.get_mut(key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.retained_pending.remove(key);
