@@ -437,10 +437,8 @@ fn readyz_is_503_while_a_large_journal_is_recovered() {
          ({replaying} with the store recovering, {restoring} while the core is restored)"
     );
     assert!(line.contains("records=660000"), "{line}");
-    assert!(
-        recovery_ms >= 500,
-        "the journal recovers in {recovery_ms} ms: too fast to show the 503 window"
-    );
+    // How long the replay takes is the machine's; what is checked is what /readyz said
+    // meanwhile.
     assert!(
         replaying >= 10,
         "only {replaying} 503 answers during {recovery_ms} ms of journal replay"
