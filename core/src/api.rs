@@ -159,6 +159,12 @@ pub enum Input {
     /// Cluster mode: a message of the durable stream, read by the node's feed (the whole
     /// stream from the node's start, in stream order, each once), with its subject.
     ClusterFeedMessage { subject: String, payload: Bytes },
+    /// Cluster mode: the answer to [`Output::ClusterLookup`] `token`: the entry's value and
+    /// revision, or `None` when the key holds none (or no answer came in time).
+    ClusterLookedUp {
+        token: u64,
+        entry: Option<(Bytes, u64)>,
+    },
     /// Cluster mode: the answer to [`Output::ClusterClaim`] `token`: the revision the claim
     /// was written at and the entry it replaced (its value and revision), or `revision: None`
     /// when it could not be written within `cluster.publish_timeout`.
@@ -313,6 +319,9 @@ pub enum Output {
         key: String,
         value: Bytes,
     },
+    /// Cluster mode: read the sessions bucket's entry `key` and answer with
+    /// [`Input::ClusterLookedUp`].
+    ClusterLookup { token: u64, key: String },
     /// Cluster mode: delete `key` from the sessions bucket if it is still at `revision`.
     ClusterRelease { key: String, revision: u64 },
 }

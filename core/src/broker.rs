@@ -272,6 +272,7 @@ impl Broker {
             Input::ClusterFeedMessage { subject, payload } => {
                 self.cluster_feed_message(&subject, payload)
             }
+            Input::ClusterLookedUp { token, entry } => self.cluster_looked_up(token, entry),
             Input::ClusterClaimed {
                 token,
                 revision,

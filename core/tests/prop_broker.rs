@@ -243,6 +243,7 @@ impl Driver {
                 | Output::ClusterPublish { .. }
                 | Output::ClusterRetain { .. }
                 | Output::ClusterClaim { .. }
+                | Output::ClusterLookup { .. }
                 | Output::ClusterRelease { .. }
                 | Output::ClusterDurable { .. } => {}
             }

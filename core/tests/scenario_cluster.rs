@@ -43,6 +43,7 @@ fn cluster_outputs(h: &Harness, from: usize) -> Vec<Output> {
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
                     | Output::ClusterClaim { .. }
+                    | Output::ClusterLookup { .. }
                     | Output::ClusterRelease { .. }
                     | Output::ClusterDurable { .. }
             )
@@ -832,4 +833,103 @@ fn retained_writes_awaited_from_the_watch_are_counted() {
 fn value_of(h: &mut Harness, sample: &str) -> f64 {
     let text = scrape(h);
     value(&text, sample)
+}
+
+/// `DELETE /api/v4/clients/{id}` on this node.
+fn admin_kick(h: &mut Harness, req_id: u64, client_id: &str, query: &str) {
+    h.input(Input::AdminV4 {
+        req_id,
+        credentials: tidemq_core::admin::Credentials {
+            // admin:public
+            authorization: Some("Basic YWRtaW46cHVibGlj".to_owned()),
+            jwt: None,
+        },
+        method: "DELETE".to_owned(),
+        path: format!("/api/v4/clients/{client_id}"),
+        query: query.to_owned(),
+        body: Bytes::new(),
+    });
+}
+
+fn reply_status(h: &Harness, from: usize, req_id: u64) -> Option<u16> {
+    h.log[from..].iter().find_map(|o| match o {
+        Output::AdminReply {
+            req_id: r, status, ..
+        } if *r == req_id => Some(*status),
+        _ => None,
+    })
+}
+
+/// The admin API kicks a client wherever it is connected: a node without the client id asks
+/// the sessions bucket which node holds it and tells that node, which disconnects it (v5
+/// 0x98) and ends the session unless asked to keep it.
+#[test]
+fn the_admin_api_kicks_a_client_connected_on_another_node() {
+    let mut h = Harness::with_config(clustered("a"));
+    // Not here: the bucket is asked; the reply waits for its answer.
+    let mark = h.log.len();
+    admin_kick(&mut h, 1, "far.away", "");
+    assert_eq!(reply_status(&h, mark, 1), None);
+    let token = h.log[mark..]
+        .iter()
+        .find_map(|o| match o {
+            Output::ClusterLookup { token, key } if key == "far_2Eaway" => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    let mark = h.log.len();
+    h.input(Input::ClusterLookedUp {
+        token,
+        entry: Some((Bytes::from_static(b"b 1f"), 41)),
+    });
+    assert_eq!(reply_status(&h, mark, 1), Some(200));
+    assert!(cluster_outputs(&h, mark).iter().any(|o| matches!(
+        o,
+        Output::ClusterPublish { subject, payload, droppable: false }
+            if subject == "tmq.n.b.kick" && payload == "41 far_2Eaway admin"
+    )));
+    // Held by nobody: 404, as on one node.
+    let mark = h.log.len();
+    admin_kick(&mut h, 2, "nobody", "");
+    let token = h.log[mark..]
+        .iter()
+        .find_map(|o| match o {
+            Output::ClusterLookup { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    h.input(Input::ClusterLookedUp { token, entry: None });
+    assert_eq!(reply_status(&h, mark, 2), Some(404));
+
+    // The node holding the client: an admin kick for its claim's revision.
+    let mark = h.log.len();
+    let (c, _) = h.connect(
+        "kept",
+        V5,
+        false,
+        ConnectOpts::default().session_expiry(300),
+    );
+    let d = h.client("gone", V5);
+    let made = claims(&h, mark);
+    for (i, (token, _, _)) in made.iter().enumerate() {
+        h.input(Input::ClusterClaimed {
+            token: *token,
+            revision: Some(50 + i as u64),
+            previous: None,
+        });
+    }
+    kick(&mut h, "50 kept admin keep");
+    assert_eq!(h.disconnect_reason(c), Some(0x98));
+    let mark = h.log.len();
+    kick(&mut h, "51 gone admin");
+    assert_eq!(h.disconnect_reason(d), Some(0x98));
+    // Its session ended here, and its claim with it; the kept one resumes.
+    assert_eq!(releases(&h, mark), [("gone".to_owned(), 51)]);
+    let (_, ack) = h.connect(
+        "kept",
+        V5,
+        false,
+        ConnectOpts::default().session_expiry(300),
+    );
+    assert!(ack.session_present);
 }

@@ -37,11 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let mut config = Config::default();
     config.cluster.enable = true;
     config.cluster.node_name = "fuzz".to_owned();
-    if let Some((revision, key)) = owner::parse_kick(&payload) {
-        assert_eq!(
-            owner::parse_kick(&owner::kick_payload(revision, key)),
-            Some((revision, key))
-        );
+    if let Some((revision, key, by)) = owner::parse_kick(&payload) {
+        let again = owner::kick_payload(revision, key, by);
+        assert_eq!(owner::parse_kick(&again), Some((revision, key, by)));
     }
     let mut broker = Broker::new(config, 1, Instant(0));
     // A client with a claimed session (claim 1, written at revision 7).

@@ -290,6 +290,31 @@ impl ClusterLink {
         });
     }
 
+    /// Reads a sessions-bucket entry (who holds a client id) and answers with its value and
+    /// revision, or none (also when NATS does not answer within the publish timeout).
+    pub fn lookup(&mut self, token: u64, key: String) {
+        let (store, inputs, limit) = (
+            self.sessions.clone(),
+            self.inputs.clone(),
+            self.publish_timeout,
+        );
+        tokio::spawn(async move {
+            let entry = match tokio::time::timeout(limit, store.entry(&key)).await {
+                Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => Some((e.value, e.revision)),
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => {
+                    warn!(%key, "cluster: sessions bucket not read: {e}");
+                    None
+                }
+                Err(_) => {
+                    warn!(%key, "cluster: sessions bucket not read in time");
+                    None
+                }
+            };
+            let _ = inputs.send(Input::ClusterLookedUp { token, entry }).await;
+        });
+    }
+
     /// Removes a claim unless another node's replaced it (then the revision differs).
     pub fn release(&mut self, key: String, revision: u64) {
         let store = self.sessions.clone();

@@ -1469,6 +1469,11 @@ impl Driver {
                         c.durable(token, subject, msg_id, payload);
                     }
                 }
+                Output::ClusterLookup { token, key } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.lookup(token, key);
+                    }
+                }
                 Output::ClusterClaim { token, key, value } => {
                     if let Some(c) = self.cluster.as_mut() {
                         c.claim(token, key, value);

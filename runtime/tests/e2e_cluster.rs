@@ -21,11 +21,14 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use support::api::Api;
 use support::nats::NatsCluster;
 use support::{Dir, Running, free_port, mosquitto_pub, mosquitto_sub};
 
 struct Node {
     port: u16,
+    /// The admin API.
+    api: Api,
     _running: Running,
 }
 
@@ -60,6 +63,7 @@ fn start_node(dir: &Dir, name: &str, urls: &[String]) -> Node {
     );
     Node {
         port,
+        api: Api { port: http },
         _running: running,
     }
 }
@@ -462,4 +466,48 @@ fn a_client_that_connects_on_another_node_leaves_one_connection() {
         assert!(start.elapsed() < Duration::from_secs(30));
     }
     assert_eq!(lines_of(second), ["kept"]);
+}
+
+/// The admin API kicks a client wherever it is: `DELETE /api/v4/clients/{id}` on node a for
+/// a client connected on node b disconnects it there (v5 DISCONNECT 0x98).
+#[test]
+fn the_admin_api_of_one_node_kicks_a_client_on_the_other() {
+    let (_nats, _dir, a, b) = cluster("kick");
+    until_routed(a.port, b.port, "k/probe");
+    let mut client = mosquitto_sub(
+        b.port,
+        &["-i", "far", "-t", "k/x", "-V", "5", "-W", "60", "-d"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let answer = a.api.call("DELETE", "/api/v4/clients/far", None);
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node b kept the client node a's admin API kicked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    eprintln!(
+        "node b disconnected the client {} ms after node a's API was asked ({status})",
+        start.elapsed().as_millis()
+    );
+    assert!(
+        out.contains("Received DISCONNECT (152)"),
+        "a DISCONNECT with 0x98 (Administrative action): {out}"
+    );
+    // A client id nobody holds: 404 from either node.
+    let answer = a.api.call("DELETE", "/api/v4/clients/nobody", None);
+    assert_eq!(answer.status, 404, "{}", answer.text);
 }

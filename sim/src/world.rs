@@ -697,6 +697,7 @@ impl World {
             | Output::ClusterPublish { .. }
             | Output::ClusterRetain { .. }
             | Output::ClusterClaim { .. }
+            | Output::ClusterLookup { .. }
             | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => self.trace.push(Ev::Stuck(
                 "a cluster output from a node without cluster mode".to_owned(),

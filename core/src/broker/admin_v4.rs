@@ -118,7 +118,10 @@ impl Broker {
             }),
             Op::KickClient => {
                 let keep = admin::v4_query::keep_session(query)?;
-                self.v4_kick(param, keep)
+                match self.v4_kick(param, keep) {
+                    Some(reply) => reply,
+                    None => return Ok(self.cluster_kick_elsewhere(req_id, param, keep)),
+                }
             }
             Op::ListSubscriptions => self.v4_subscriptions(&SubscriptionFilter::parse(query)?),
             Op::ListClientSubscriptions => self.v4_subscriptions(&SubscriptionFilter {
@@ -271,11 +274,10 @@ impl Broker {
 
     /// `DELETE /clients/{id}`: the connection is closed as an administrative action (v5:
     /// DISCONNECT 0x98; the will is published, `$SYS` hears of it), and the session is
-    /// discarded unless `keep_session`.
-    fn v4_kick(&mut self, client_id: &str, keep_session: bool) -> V4Reply {
-        let Some(&sid) = self.by_client_id.get(client_id) else {
-            return V4Reply::code(404, code::CLIENT_OFFLINE);
-        };
+    /// discarded unless `keep_session`. `None` when no session here has the id (in a cluster
+    /// another node may hold it).
+    fn v4_kick(&mut self, client_id: &str, keep_session: bool) -> Option<V4Reply> {
+        let &sid = self.by_client_id.get(client_id)?;
         if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
             self.drop_conn(
                 conn,
@@ -288,7 +290,7 @@ impl Broker {
         if !keep_session && self.sessions.contains_key(&sid) {
             self.end_session(sid);
         }
-        V4Reply::ok()
+        Some(V4Reply::ok())
     }
 
     /// A restart (re-read the configuration files and apply them, as SIGHUP does), answered

@@ -6,8 +6,10 @@
 use bytes::Bytes;
 
 use super::Broker;
+use crate::admin::code;
+use crate::admin::v4::V4Reply;
 use crate::api::Output;
-use crate::cluster::owner::{self, KICK_SID};
+use crate::cluster::owner::{self, KICK_SID, KickBy, Lookup};
 use crate::cluster::subject;
 use crate::codec::reason;
 use crate::conn::CloseReason;
@@ -77,7 +79,7 @@ impl Broker {
         {
             self.outputs.push_back(Output::ClusterPublish {
                 subject: owner::kick_subject(&c.config.subject_prefix, node),
-                payload: owner::kick_payload(replaced, &key),
+                payload: owner::kick_payload(replaced, &key, KickBy::Takeover),
                 droppable: false,
             });
         }
@@ -89,13 +91,14 @@ impl Broker {
         }
     }
 
-    /// Another node claimed a client id whose claim here was written at the revision named:
-    /// the session ends, its connection told as in a takeover (v5 0x8E).
+    /// A kick for the session whose claim here was written at the revision named: another
+    /// node claimed its client id (the session ends, its connection told as in a takeover, v5
+    /// 0x8E), or another node's admin API kicked it (v5 0x98, the session kept if asked).
     pub(super) fn cluster_kick(&mut self, payload: &[u8]) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some((revision, key)) = owner::parse_kick(payload) else {
+        let Some((revision, key, by)) = owner::parse_kick(payload) else {
             c.counters.malformed += 1;
             return;
         };
@@ -111,18 +114,80 @@ impl Broker {
         if !same {
             return;
         }
-        c.owner.let_go(sid);
-        c.owner.counters.taken_over += 1;
+        let (why, detail, end) = match by {
+            KickBy::Takeover => {
+                // The claim is the other node's now: nothing of it to give back.
+                c.owner.let_go(sid);
+                c.owner.counters.taken_over += 1;
+                let detail = "session taken over on another node";
+                (reason::SESSION_TAKEN_OVER, detail, true)
+            }
+            KickBy::Admin { keep_session } => {
+                let detail = "kicked through the admin API of another node";
+                (reason::ADMINISTRATIVE_ACTION, detail, !keep_session)
+            }
+        };
         if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
-            self.drop_conn(
-                conn,
-                CloseReason::error(
-                    reason::SESSION_TAKEN_OVER,
-                    "session taken over on another node",
-                ),
-            );
+            self.drop_conn(conn, CloseReason::error(why, detail));
         }
-        self.end_session(sid);
+        if end {
+            self.end_session(sid);
+        }
+    }
+
+    /// An admin kick of a client id with no session here: in a cluster the sessions bucket
+    /// says which node holds it. `None` when the answer comes later (`req_id`).
+    pub(super) fn cluster_kick_elsewhere(
+        &mut self,
+        req_id: u64,
+        client_id: &str,
+        keep_session: bool,
+    ) -> Option<V4Reply> {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return Some(V4Reply::code(404, code::CLIENT_OFFLINE));
+        };
+        let Ok(key) = subject::name_key(client_id, c.max_subject_len()) else {
+            return Some(V4Reply::code(404, code::CLIENT_OFFLINE));
+        };
+        let token = c.owner.token();
+        let lookup = Lookup {
+            req_id,
+            key: key.clone(),
+            keep_session,
+        };
+        c.owner.lookups.insert(token, lookup);
+        self.outputs.push_back(Output::ClusterLookup { token, key });
+        None
+    }
+
+    /// The bucket's answer for an admin kick: the node holding the client id is told (the
+    /// kick names the claim's revision, so a client that moved on meanwhile is left alone).
+    pub(super) fn cluster_looked_up(&mut self, token: u64, entry: Option<(Bytes, u64)>) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(lookup) = c.owner.lookups.remove(&token) else {
+            return;
+        };
+        let holder = entry.as_ref().and_then(|(value, revision)| {
+            let (node, _) = owner::parse_claim(value)?;
+            (node != c.config.node_name).then(|| (node.to_owned(), *revision))
+        });
+        let reply = match holder {
+            Some((node, revision)) => {
+                let by = KickBy::Admin {
+                    keep_session: lookup.keep_session,
+                };
+                self.outputs.push_back(Output::ClusterPublish {
+                    subject: owner::kick_subject(&c.config.subject_prefix, &node),
+                    payload: owner::kick_payload(revision, &lookup.key, by),
+                    droppable: false,
+                });
+                V4Reply::ok()
+            }
+            None => V4Reply::code(404, code::CLIENT_OFFLINE),
+        };
+        self.v4_reply(lookup.req_id, reply);
     }
 
     /// Session `sid` (of `client_id`) ended here: its claim is deleted if still its own.

@@ -24,11 +24,21 @@ struct Asking {
     _charge: Charge,
 }
 
+/// An admin kick of a client id this node does not hold, waiting for the bucket to say
+/// which node does.
+pub(crate) struct Lookup {
+    pub req_id: u64,
+    pub key: String,
+    pub keep_session: bool,
+}
+
 /// The claims of this node's sessions. At most one entry per session in each map.
 #[derive(Default)]
 pub(crate) struct Owner {
     next_token: u64,
     asking: BTreeMap<u64, Asking>,
+    /// Admin kicks waiting for a lookup, by token (bounded by the admin API's requests).
+    pub lookups: BTreeMap<u64, Lookup>,
     /// Claims written, by session: the revision.
     held: BTreeMap<SessionId, (u64, Charge)>,
     /// The same, by revision (a kick names the revision it replaced).
@@ -54,10 +64,15 @@ impl Owner {
         self.held.contains_key(&sid) || self.asking.values().any(|a| a.sid == sid)
     }
 
+    /// A token for a claim or lookup.
+    pub fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
     /// A claim for `sid` goes out as `token`.
     pub fn ask(&mut self, sid: SessionId, key: &str, ledger: &Ledger) -> u64 {
-        self.next_token += 1;
-        let token = self.next_token;
+        let token = self.token();
         let asking = Asking {
             sid,
             key: key.to_owned(),
@@ -108,15 +123,40 @@ pub fn kick_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.n.{node}.kick")
 }
 
-/// A kick: the revision of the claim replaced, and its key.
-pub fn kick_payload(revision: u64, key: &str) -> Bytes {
-    Bytes::from(format!("{revision} {key}"))
+/// Why a node is told to end one of its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickBy {
+    /// Another node claimed the client id (v5 DISCONNECT 0x8E).
+    Takeover,
+    /// The admin API of another node (v5 DISCONNECT 0x98), keeping the session or not.
+    Admin { keep_session: bool },
 }
 
-pub fn parse_kick(payload: &[u8]) -> Option<(u64, &str)> {
+/// A kick: the revision of the claim it is for, its key, and why.
+pub fn kick_payload(revision: u64, key: &str, by: KickBy) -> Bytes {
+    Bytes::from(match by {
+        KickBy::Takeover => format!("{revision} {key}"),
+        KickBy::Admin {
+            keep_session: false,
+        } => format!("{revision} {key} admin"),
+        KickBy::Admin { keep_session: true } => format!("{revision} {key} admin keep"),
+    })
+}
+
+pub fn parse_kick(payload: &[u8]) -> Option<(u64, &str, KickBy)> {
     let text = std::str::from_utf8(payload).ok()?;
-    let (revision, key) = text.split_once(' ')?;
-    Some((revision.parse().ok()?, key))
+    let mut words = text.split(' ');
+    let revision = words.next()?.parse().ok()?;
+    let key = words.next().filter(|k| !k.is_empty())?;
+    let by = match (words.next(), words.next(), words.next()) {
+        (None, _, _) => KickBy::Takeover,
+        (Some("admin"), None, _) => KickBy::Admin {
+            keep_session: false,
+        },
+        (Some("admin"), Some("keep"), None) => KickBy::Admin { keep_session: true },
+        _ => return None,
+    };
+    Some((revision, key, by))
 }
 
 #[cfg(test)]
@@ -129,11 +169,30 @@ mod tests {
             parse_claim(&claim_value("node-a", u64::MAX)),
             Some(("node-a", u64::MAX))
         );
-        assert_eq!(parse_kick(&kick_payload(42, "c_2Fx")), Some((42, "c_2Fx")));
+        for by in [
+            KickBy::Takeover,
+            KickBy::Admin {
+                keep_session: false,
+            },
+            KickBy::Admin { keep_session: true },
+        ] {
+            assert_eq!(
+                parse_kick(&kick_payload(42, "c_2Fx", by)),
+                Some((42, "c_2Fx", by))
+            );
+        }
         for bad in [&b""[..], b"node", b"node zz", b"\xff 1"] {
             assert_eq!(parse_claim(bad), None);
         }
-        for bad in [&b""[..], b"x key", b"-1 key", b"7"] {
+        for bad in [
+            &b""[..],
+            b"x key",
+            b"-1 key",
+            b"7",
+            b"7  c",
+            b"7 c admin x",
+            b"7 c keep",
+        ] {
             assert_eq!(parse_kick(bad), None);
         }
     }

@@ -307,6 +307,7 @@ impl Harness {
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
                     | Output::ClusterClaim { .. }
+                    | Output::ClusterLookup { .. }
                     | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => {}
                 }
