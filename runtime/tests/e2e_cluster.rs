@@ -4,8 +4,9 @@
 //! however many of its filters match; a `$share` group gets each message once across nodes;
 //! retained messages are seen on every node, and their deletion too; `$SYS` stays on its
 //! node; with one nats-server killed, traffic between the nodes goes on; with two killed,
-//! QoS 1 is refused (never acknowledged and lost) while QoS 0 still flows, and after a
-//! restart QoS 1 is taken again.
+//! QoS 1 is refused (never acknowledged and lost) while QoS 0 still flows, after a restart
+//! QoS 1 is taken again, and a message acknowledged just before the kill still arrives; a
+//! client id has one connection in the cluster; the admin API kicks a client on either node.
 
 #![allow(
     clippy::unwrap_used,
