@@ -287,6 +287,23 @@ fn with_one_nats_server_killed_traffic_between_nodes_goes_on() {
     );
 }
 
+/// What a running `mosquitto_sub -d` printed, once the broker cut it, if it did within
+/// `limit` (else it is stopped).
+fn cut_within(mut child: Child, limit: Duration) -> Option<String> {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 /// The lines a running `mosquitto_sub` prints until one equals `last` (then it is stopped),
 /// or until `limit`.
 fn lines_until(mut child: Child, last: &str, limit: Duration) -> Vec<String> {
@@ -433,25 +450,10 @@ fn a_client_that_connects_on_another_node_leaves_one_connection() {
             "-i", "roamer", "-t", "o/x", "-q", "1", "-V", "5", "-C", "1", "-W", "60",
         ],
     );
-    let status = loop {
-        if let Some(status) = first.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "node a kept the first connection of the client id node b took"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    first
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = cut_within(first, Duration::from_secs(20))
+        .expect("node a kept the first connection of the client id node b took");
     eprintln!(
-        "node a ended the first connection {} ms after the client connected on node b ({status})",
+        "node a ended the first connection {} ms after the client connected on node b",
         start.elapsed().as_millis(),
     );
     // mosquitto_sub's debug output names what it received.
@@ -475,7 +477,7 @@ fn a_client_that_connects_on_another_node_leaves_one_connection() {
 fn the_admin_api_of_one_node_kicks_a_client_on_the_other() {
     let (_nats, _dir, a, b) = cluster("kick");
     until_routed(a.port, b.port, "k/probe");
-    let mut client = mosquitto_sub(
+    let client = mosquitto_sub(
         b.port,
         &["-i", "far", "-t", "k/x", "-V", "5", "-W", "60", "-d"],
     );
@@ -483,25 +485,10 @@ fn the_admin_api_of_one_node_kicks_a_client_on_the_other() {
     let start = Instant::now();
     let answer = a.api.call("DELETE", "/api/v4/clients/far", None);
     assert_eq!(answer.status, 200, "{}", answer.text);
-    let status = loop {
-        if let Some(status) = client.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "node b kept the client node a's admin API kicked"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    client
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = cut_within(client, Duration::from_secs(20))
+        .expect("node b kept the client node a's admin API kicked");
     eprintln!(
-        "node b disconnected the client {} ms after node a's API was asked ({status})",
+        "node b disconnected the client {} ms after node a's API was asked",
         start.elapsed().as_millis()
     );
     assert!(
