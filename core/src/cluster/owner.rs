@@ -37,6 +37,8 @@ pub(crate) struct Lookup {
 pub(crate) struct Owner {
     next_token: u64,
     asking: BTreeMap<u64, Asking>,
+    /// The same, by session (so a connect asks in O(log n) whether one is on its way).
+    asking_for: BTreeMap<SessionId, u64>,
     /// Admin kicks waiting for a lookup, by token (bounded by the admin API's requests).
     pub lookups: BTreeMap<u64, Lookup>,
     /// Claims written, by session: the revision.
@@ -61,7 +63,7 @@ pub struct OwnerCounters {
 impl Owner {
     /// Whether `sid` has a claim held or on its way.
     pub fn claimed(&self, sid: SessionId) -> bool {
-        self.held.contains_key(&sid) || self.asking.values().any(|a| a.sid == sid)
+        self.held.contains_key(&sid) || self.asking_for.contains_key(&sid)
     }
 
     /// A token for a claim or lookup.
@@ -79,12 +81,15 @@ impl Owner {
             _charge: ledger.charge(CLAIM_BYTES + key.len()),
         };
         self.asking.insert(token, asking);
+        self.asking_for.insert(sid, token);
         token
     }
 
     /// The answer to `token`: the session that asked and its key.
     pub fn answered(&mut self, token: u64) -> Option<(SessionId, String)> {
-        self.asking.remove(&token).map(|a| (a.sid, a.key))
+        let a = self.asking.remove(&token)?;
+        self.asking_for.remove(&a.sid);
+        Some((a.sid, a.key))
     }
 
     pub fn hold(&mut self, sid: SessionId, revision: u64, ledger: &Ledger) {
