@@ -160,10 +160,11 @@ pub enum Input {
     /// stream from the node's start, in stream order, each once), with its subject.
     ClusterFeedMessage { subject: String, payload: Bytes },
     /// Cluster mode: the answer to [`Output::ClusterLookup`] `token`: the entry's value and
-    /// revision, or `None` when the key holds none (or no answer came in time).
+    /// revision, `None` when the key holds none, or why the bucket could not be read within
+    /// `cluster.publish_timeout`.
     ClusterLookedUp {
         token: u64,
-        entry: Option<(Bytes, u64)>,
+        entry: Result<Option<(Bytes, u64)>, String>,
     },
     /// Cluster mode: the answer to [`Output::ClusterClaim`] `token`: the revision the claim
     /// was written at and the entry it replaced (its value and revision), or `revision: None`

@@ -880,7 +880,7 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
     let mark = h.log.len();
     h.input(Input::ClusterLookedUp {
         token,
-        entry: Some((Bytes::from_static(b"b 1f"), 41)),
+        entry: Ok(Some((Bytes::from_static(b"b 1f"), 41))),
     });
     assert_eq!(reply_status(&h, mark, 1), Some(200));
     assert!(cluster_outputs(&h, mark).iter().any(|o| matches!(
@@ -898,8 +898,26 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
             _ => None,
         })
         .unwrap();
-    h.input(Input::ClusterLookedUp { token, entry: None });
+    h.input(Input::ClusterLookedUp {
+        token,
+        entry: Ok(None),
+    });
     assert_eq!(reply_status(&h, mark, 2), Some(404));
+    // The bucket could not be read: the reply says so.
+    let mark = h.log.len();
+    admin_kick(&mut h, 3, "unknown", "");
+    let token = h.log[mark..]
+        .iter()
+        .find_map(|o| match o {
+            Output::ClusterLookup { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    h.input(Input::ClusterLookedUp {
+        token,
+        entry: Err("no answer".to_owned()),
+    });
+    assert_eq!(reply_status(&h, mark, 3), Some(503));
 
     // The node holding the client: an admin kick for its claim's revision.
     let mark = h.log.len();

@@ -300,17 +300,16 @@ impl ClusterLink {
         );
         tokio::spawn(async move {
             let entry = match tokio::time::timeout(limit, store.entry(&key)).await {
-                Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => Some((e.value, e.revision)),
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => {
-                    warn!(%key, "cluster: sessions bucket not read: {e}");
-                    None
+                Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => {
+                    Ok(Some((e.value, e.revision)))
                 }
-                Err(_) => {
-                    warn!(%key, "cluster: sessions bucket not read in time");
-                    None
-                }
+                Ok(Ok(_)) => Ok(None),
+                Ok(Err(e)) => Err(format!("the sessions bucket: {e}")),
+                Err(_) => Err("the sessions bucket did not answer in time".to_owned()),
             };
+            if let Err(why) = &entry {
+                warn!(%key, "cluster: {why}");
+            }
             let _ = inputs.send(Input::ClusterLookedUp { token, entry }).await;
         });
     }

@@ -162,12 +162,21 @@ impl Broker {
 
     /// The bucket's answer for an admin kick: the node holding the client id is told (the
     /// kick names the claim's revision, so a client that moved on meanwhile is left alone).
-    pub(super) fn cluster_looked_up(&mut self, token: u64, entry: Option<(Bytes, u64)>) {
+    pub(super) fn cluster_looked_up(
+        &mut self,
+        token: u64,
+        entry: Result<Option<(Bytes, u64)>, String>,
+    ) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
         let Some(lookup) = c.owner.lookups.remove(&token) else {
             return;
+        };
+        let entry = match entry {
+            Ok(entry) => entry,
+            // The runtime logged why; v4 errors carry a code only.
+            Err(_) => return self.v4_reply(lookup.req_id, V4Reply::code(503, code::UNKNOWN)),
         };
         let holder = entry.as_ref().and_then(|(value, revision)| {
             let (node, _) = owner::parse_claim(value)?;
