@@ -16,8 +16,8 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tidemq_core::codec::{
-    Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonOnly,
-    Subscribe, SubscriptionOptions, Unsubscribe, Will, decode_packet, encode_packet,
+    Ack, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe, Will, decode_packet, encode_packet,
 };
 use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
 
@@ -189,8 +189,11 @@ impl Shadow {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return,
-                Err(_) => {
-                    if self.version.is_none() && level == Some(5) {
+                Err(e) => {
+                    // As `decode_failed` does: a level it does not speak (`MQIsdp` at 5, say) is
+                    // answered in 3.1.1, anything else wrong with a level-5 CONNECT in v5.
+                    let unsupported = matches!(e, DecodeError::UnsupportedVersion(_));
+                    if self.version.is_none() && level == Some(5) && !unsupported {
                         self.version = Some(ProtocolVersion::V5);
                     }
                     self.failed = true;
@@ -276,6 +279,87 @@ impl Driver {
     }
 }
 
+/// Feeds the connections' streams in the order `ops` says, with time, closes, writes and
+/// configuration changes between; every byte the broker sends must decode, and a shutdown
+/// leaves no connection.
+fn run(streams: &[Vec<u8>], ops: &[(u8, u16)]) -> u64 {
+    let config = Config {
+        max_packet_size: MAX_PACKET,
+        max_write_buffer: 2048,
+        msq_len: 4,
+        connect_timeout_ms: 3_000,
+        ..Config::default()
+    };
+    let limits = DecodeLimits {
+        max_packet_size: config.max_packet_size as usize,
+        max_user_properties: config.property_size as usize,
+    };
+    let mut d = Driver {
+        broker: Broker::new(config.clone(), 1, Instant(0)),
+        now: Instant(0),
+        shadows: (0..streams.len())
+            .map(|_| Shadow {
+                buf: BytesMut::new(),
+                version: None,
+                failed: false,
+                closed: false,
+                rx: BytesMut::new(),
+            })
+            .collect(),
+    };
+    for i in 0..streams.len() {
+        d.input(Input::Accepted {
+            conn: ConnId(i as u64),
+            peer: format!("10.0.0.{i}:1"),
+        });
+    }
+    let mut offsets = vec![0usize; streams.len()];
+    for &(op, n) in ops {
+        let conn = usize::from(n >> 12) % streams.len();
+        match op % 32 {
+            0..=23 => {
+                let at = offsets[conn];
+                let end = (at + 1 + usize::from(n % 64)).min(streams[conn].len());
+                offsets[conn] = end;
+                d.received(conn, &streams[conn][at..end], &limits);
+            }
+            24..=27 => d.advance(u64::from(n % 5_000)),
+            28 => {
+                d.input(Input::Closed {
+                    conn: ConnId(conn as u64),
+                });
+                d.shadows[conn].closed = true;
+            }
+            // Decode limits stay put: the shadow decoders use them.
+            30 => d.input(Input::ConfigChange(Box::new(Config {
+                msq_len: u32::from(n % 3),
+                max_topic_alias: n % 4,
+                receive_maximum: n % 3,
+                max_inflight: n % 4,
+                max_write_buffer: u32::from(n) * 16,
+                max_keepalive: n % 20,
+                ..config.clone()
+            }))),
+            29 => d.input(Input::WallClock {
+                unix_ms: u64::MAX - u64::from(n),
+            }),
+            _ => d.input(Input::Written {
+                conn: ConnId(conn as u64),
+                bytes: usize::from(n),
+            }),
+        }
+    }
+    for (conn, s) in streams.iter().enumerate() {
+        let rest = &s[offsets[conn]..];
+        if !rest.is_empty() {
+            d.received(conn, rest, &limits);
+        }
+    }
+    d.advance(600_000);
+    d.input(Input::Shutdown);
+    d.broker.stats().connections
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -284,72 +368,16 @@ proptest! {
         streams in prop::collection::vec(stream(), 1..5),
         ops in prop::collection::vec((any::<u8>(), any::<u16>()), 0..60),
     ) {
-        let config = Config {
-            max_packet_size: MAX_PACKET,
-            max_write_buffer: 2048,
-            msq_len: 4,
-            connect_timeout_ms: 3_000,
-            ..Config::default()
-        };
-        let limits = DecodeLimits {
-            max_packet_size: config.max_packet_size as usize,
-            max_user_properties: config.property_size as usize,
-        };
-        let mut d = Driver {
-            broker: Broker::new(config.clone(), 1, Instant(0)),
-            now: Instant(0),
-            shadows: (0..streams.len())
-                .map(|_| Shadow {
-                    buf: BytesMut::new(),
-                    version: None,
-                    failed: false,
-                    closed: false,
-                    rx: BytesMut::new(),
-                })
-                .collect(),
-        };
-        for i in 0..streams.len() {
-            d.input(Input::Accepted { conn: ConnId(i as u64), peer: format!("10.0.0.{i}:1") });
-        }
-        let mut offsets = vec![0usize; streams.len()];
-        for (op, n) in ops {
-            let conn = usize::from(n >> 12) % streams.len();
-            match op % 32 {
-                0..=23 => {
-                    let at = offsets[conn];
-                    let end = (at + 1 + usize::from(n % 64)).min(streams[conn].len());
-                    offsets[conn] = end;
-                    d.received(conn, &streams[conn][at..end], &limits);
-                }
-                24..=27 => d.advance(u64::from(n % 5_000)),
-                28 => {
-                    d.input(Input::Closed { conn: ConnId(conn as u64) });
-                    d.shadows[conn].closed = true;
-                }
-                // Decode limits stay put: the shadow decoders use them.
-                30 => d.input(Input::ConfigChange(Box::new(Config {
-                    msq_len: u32::from(n % 3),
-                    max_topic_alias: n % 4,
-                    receive_maximum: n % 3,
-                    max_inflight: n % 4,
-                    max_write_buffer: u32::from(n) * 16,
-                    max_keepalive: n % 20,
-                    ..config.clone()
-                }))),
-                29 => d.input(Input::WallClock {
-                    unix_ms: u64::MAX - u64::from(n),
-                }),
-                _ => d.input(Input::Written { conn: ConnId(conn as u64), bytes: usize::from(n) }),
-            }
-        }
-        for (conn, s) in streams.iter().enumerate() {
-            let rest = &s[offsets[conn]..];
-            if !rest.is_empty() {
-                d.received(conn, rest, &limits);
-            }
-        }
-        d.advance(600_000);
-        d.input(Input::Shutdown);
-        prop_assert_eq!(d.broker.stats().connections, 0);
+        prop_assert_eq!(run(&streams, &ops), 0);
     }
+}
+
+/// Found by the property above: an `MQIsdp` CONNECT at level 5 is answered in 3.1.1
+/// (unacceptable protocol version), as the shadow client now expects.
+#[test]
+fn a_level_5_mqisdp_connect_is_answered_in_3_1_1() {
+    let connect = vec![
+        16, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 5, 0, 0, 0, 0, 0, 192, 0,
+    ];
+    assert_eq!(run(&[connect], &[(0, 0)]), 0);
 }

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use tidemq_core::admin::{Credentials, JwtVerdict};
-use tidemq_core::codec::{DecodeLimits, Packet, ProtocolVersion, ReasonCode, decode_packet};
+use tidemq_core::codec::{
+    DecodeError, DecodeLimits, Packet, ProtocolVersion, ReasonCode, decode_packet,
+};
 use tidemq_core::config::HttpAuthType;
 use tidemq_core::persist::{Record, Recovered};
 use tidemq_core::{AuthOutcome, Broker, BrokerEvent, Config, ConnId, Input, Instant, Output};
@@ -344,8 +346,10 @@ impl World {
                 Ok(None) => break,
                 Err(e) => {
                     c.in_dead = true;
-                    // A bad v5 CONNECT is answered (CONNACK with the reason) in v5.
-                    if version.is_none() && level == Some(5) {
+                    // A bad v5 CONNECT is answered (CONNACK with the reason) in v5; a level
+                    // its protocol name does not speak (`MQIsdp` at 5) in 3.1.1.
+                    let unsupported = matches!(e, DecodeError::UnsupportedVersion(_));
+                    if version.is_none() && level == Some(5) && !unsupported {
                         c.in_version = Some(ProtocolVersion::V5);
                     }
                     events.push(Ev::GarbageFed {
