@@ -835,8 +835,10 @@ fn value_of(h: &mut Harness, sample: &str) -> f64 {
     value(&text, sample)
 }
 
-/// `DELETE /api/v4/clients/{id}` on this node.
-fn admin_kick(h: &mut Harness, req_id: u64, client_id: &str, query: &str) {
+/// `DELETE /api/v4/clients/{id}` on this node; the sessions-bucket lookup it asked for, if
+/// any: (token, key).
+fn admin_kick(h: &mut Harness, req_id: u64, client_id: &str) -> Option<(u64, String)> {
+    let mark = h.log.len();
     h.input(Input::AdminV4 {
         req_id,
         credentials: tidemq_core::admin::Credentials {
@@ -846,9 +848,13 @@ fn admin_kick(h: &mut Harness, req_id: u64, client_id: &str, query: &str) {
         },
         method: "DELETE".to_owned(),
         path: format!("/api/v4/clients/{client_id}"),
-        query: query.to_owned(),
+        query: String::new(),
         body: Bytes::new(),
     });
+    h.log[mark..].iter().find_map(|o| match o {
+        Output::ClusterLookup { token, key } => Some((*token, key.clone())),
+        _ => None,
+    })
 }
 
 fn reply_status(h: &Harness, from: usize, req_id: u64) -> Option<u16> {
@@ -868,15 +874,9 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
     let mut h = Harness::with_config(clustered("a"));
     // Not here: the bucket is asked; the reply waits for its answer.
     let mark = h.log.len();
-    admin_kick(&mut h, 1, "far.away", "");
+    let (token, key) = admin_kick(&mut h, 1, "far.away").unwrap();
+    assert_eq!(key, "far_2Eaway");
     assert_eq!(reply_status(&h, mark, 1), None);
-    let token = h.log[mark..]
-        .iter()
-        .find_map(|o| match o {
-            Output::ClusterLookup { token, key } if key == "far_2Eaway" => Some(*token),
-            _ => None,
-        })
-        .unwrap();
     let mark = h.log.len();
     h.input(Input::ClusterLookedUp {
         token,
@@ -888,37 +888,13 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
         Output::ClusterPublish { subject, payload, droppable: false }
             if subject == "tmq.n.b.kick" && payload == "41 far_2Eaway admin"
     )));
-    // Held by nobody: 404, as on one node.
-    let mark = h.log.len();
-    admin_kick(&mut h, 2, "nobody", "");
-    let token = h.log[mark..]
-        .iter()
-        .find_map(|o| match o {
-            Output::ClusterLookup { token, .. } => Some(*token),
-            _ => None,
-        })
-        .unwrap();
-    h.input(Input::ClusterLookedUp {
-        token,
-        entry: Ok(None),
-    });
-    assert_eq!(reply_status(&h, mark, 2), Some(404));
-    // The bucket could not be read: the reply says so.
-    let mark = h.log.len();
-    admin_kick(&mut h, 3, "unknown", "");
-    let token = h.log[mark..]
-        .iter()
-        .find_map(|o| match o {
-            Output::ClusterLookup { token, .. } => Some(*token),
-            _ => None,
-        })
-        .unwrap();
-    h.input(Input::ClusterLookedUp {
-        token,
-        entry: Err("no answer".to_owned()),
-    });
-    assert_eq!(reply_status(&h, mark, 3), Some(503));
-
+    // Held by nobody: 404, as on one node; the bucket could not be read: 503.
+    for (req_id, entry, status) in [(2, Ok(None), 404), (3, Err("no answer".to_owned()), 503)] {
+        let mark = h.log.len();
+        let (token, _) = admin_kick(&mut h, req_id, "nobody").unwrap();
+        h.input(Input::ClusterLookedUp { token, entry });
+        assert_eq!(reply_status(&h, mark, req_id), Some(status));
+    }
     // The node holding the client: an admin kick for its claim's revision.
     let mark = h.log.len();
     let (c, _) = h.connect(

@@ -149,13 +149,11 @@ impl Broker {
         let Ok(key) = subject::name_key(client_id, c.max_subject_len()) else {
             return Some(V4Reply::code(404, code::CLIENT_OFFLINE));
         };
-        let token = c.owner.token();
-        let lookup = Lookup {
+        let token = c.owner.look_up(Lookup {
             req_id,
             key: key.clone(),
             keep_session,
-        };
-        c.owner.lookups.insert(token, lookup);
+        });
         self.outputs.push_back(Output::ClusterLookup { token, key });
         None
     }
@@ -170,7 +168,7 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(lookup) = c.owner.lookups.remove(&token) else {
+        let Some(lookup) = c.owner.looked_up(token) else {
             return;
         };
         let entry = match entry {

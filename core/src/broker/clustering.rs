@@ -195,8 +195,7 @@ impl Broker {
             c.counters.malformed += 1;
             return;
         };
-        let from_self =
-            envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch;
+        let from_self = c.is_own(&envelope.stamp);
         // Plain subscriptions never see this node's own messages (no echo); the node routed
         // them when they came in. QoS 1/2 ones come through the node feed instead, which
         // loses none when a NATS server goes.
@@ -223,7 +222,7 @@ impl Broker {
             return;
         };
         // This node routed its own when JetStream took them.
-        if envelope.stamp.node == c.config.node_name && envelope.stamp.epoch == c.epoch {
+        if c.is_own(&envelope.stamp) {
             return;
         }
         self.take_copy(topic, envelope, Takers::Plain(None));
@@ -281,9 +280,7 @@ impl Broker {
                 return;
             }
         };
-        let own = envelope
-            .as_ref()
-            .is_some_and(|e| e.stamp.node == c.config.node_name && e.stamp.epoch == c.epoch);
+        let own = envelope.as_ref().is_some_and(|e| c.is_own(&e.stamp));
         if own {
             c.own_retained_seen(key);
         }

@@ -180,6 +180,11 @@ impl Cluster {
         }
     }
 
+    /// Whether a message stamped so is one of this node's, from this start.
+    pub fn is_own(&self, stamp: &Stamp) -> bool {
+        stamp.node == self.config.node_name && stamp.epoch == self.epoch
+    }
+
     pub fn max_subject_len(&self) -> usize {
         self.config.max_subject_len as usize
     }

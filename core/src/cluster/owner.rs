@@ -40,7 +40,7 @@ pub(crate) struct Owner {
     /// The same, by session (so a connect asks in O(log n) whether one is on its way).
     asking_for: BTreeMap<SessionId, u64>,
     /// Admin kicks waiting for a lookup, by token (bounded by the admin API's requests).
-    pub lookups: BTreeMap<u64, Lookup>,
+    lookups: BTreeMap<u64, Lookup>,
     /// Claims written, by session: the revision.
     held: BTreeMap<SessionId, (u64, Charge)>,
     /// The same, by revision (a kick names the revision it replaced).
@@ -66,10 +66,21 @@ impl Owner {
         self.held.contains_key(&sid) || self.asking_for.contains_key(&sid)
     }
 
-    /// A token for a claim or lookup.
-    pub fn token(&mut self) -> u64 {
+    fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
+    }
+
+    /// An admin kick waits for the bucket: the token of its lookup.
+    pub fn look_up(&mut self, lookup: Lookup) -> u64 {
+        let token = self.token();
+        self.lookups.insert(token, lookup);
+        token
+    }
+
+    /// The admin kick the bucket answered for.
+    pub fn looked_up(&mut self, token: u64) -> Option<Lookup> {
+        self.lookups.remove(&token)
     }
 
     /// A claim for `sid` goes out as `token`.
