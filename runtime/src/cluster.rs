@@ -39,6 +39,10 @@ const FEED_GRACE: Duration = Duration::from_secs(3);
 const FEED_INACTIVE: Duration = Duration::from_secs(30);
 /// How long the marker of a released claim stays in the sessions bucket.
 const RELEASED_MARKER_TTL: Duration = Duration::from_secs(60);
+/// How long the start keeps asking JetStream for the buckets and the stream, and between two
+/// attempts.
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+const RETRY_SETUP: Duration = Duration::from_secs(1);
 /// How long the start waits for a NATS server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -137,6 +141,23 @@ async fn connect(config: &ClusterConfig, echo: bool) -> Result<Client, String> {
         .map_err(|e| format!("cluster.nats_urls {:?}: {e}", config.nats_urls))
 }
 
+/// Runs `attempt` until it succeeds or `deadline` passes (its last error then), a second
+/// apart, each failure logged.
+async fn until<T, F, Fut>(deadline: tokio::time::Instant, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(e) if tokio::time::Instant::now() + RETRY_SETUP >= deadline => return Err(e),
+            Err(e) => warn!("{e}; trying again"),
+        }
+        tokio::time::sleep(RETRY_SETUP).await;
+    }
+}
+
 /// Opens (or creates) a key-value bucket keeping one value per key, replicated as
 /// configured, capped at `max_bytes`.
 async fn open_bucket(
@@ -169,27 +190,38 @@ impl ClusterLink {
         let queued = connect(config, true).await?;
         let js = jetstream::new(plain.clone());
         let bucket = retained_bucket(&config.subject_prefix);
-        let store = open_bucket(&js, &bucket, config, config.retained_max_bytes, None).await?;
+        // JetStream may still be electing its leaders when the node starts (servers started
+        // together): each set-up request is tried again until SETUP_DEADLINE.
+        let deadline = tokio::time::Instant::now() + SETUP_DEADLINE;
+        let store = until(deadline, || {
+            open_bucket(&js, &bucket, config, config.retained_max_bytes, None)
+        })
+        .await?;
         // The marker a released claim leaves goes after a while, so the bucket holds only the
         // client ids in use.
         let name = sessions_bucket(&config.subject_prefix);
         let markers = Some(RELEASED_MARKER_TTL);
-        let sessions = open_bucket(&js, &name, config, config.sessions_max_bytes, markers).await?;
+        let sessions = until(deadline, || {
+            open_bucket(&js, &name, config, config.sessions_max_bytes, markers)
+        })
+        .await?;
         let stream = durable_stream(&config.subject_prefix);
-        let durable = js
-            .get_or_create_stream(jetstream::stream::Config {
+        let durable = until(deadline, || async {
+            js.get_or_create_stream(jetstream::stream::Config {
                 name: stream.clone(),
                 subjects: vec![format!("{}.d.>", config.subject_prefix)],
                 num_replicas: usize::from(config.replicas),
                 max_bytes: i64::try_from(config.durable_max_bytes).unwrap_or(i64::MAX),
                 max_age: Duration::from_millis(config.durable_max_age_ms),
-                // Well above the publish timeout: a write retried after a lost acknowledgement is
-                // kept once.
+                // Well above the publish timeout: a write retried after a lost acknowledgement
+                // is kept once.
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("cluster: the durable stream {stream}: {e}"))?;
+            .map_err(|e| format!("cluster: the durable stream {stream}: {e}"))
+        })
+        .await?;
         info!(
             node = %config.node_name,
             urls = ?config.nats_urls,
