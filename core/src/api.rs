@@ -149,16 +149,38 @@ pub enum Input {
         payload: Bytes,
     },
     /// Cluster mode: the answer to [`Output::ClusterDurable`] `token`: JetStream acknowledged
-    /// the write (`ok`), or did not within `cluster.publish_timeout` or refused it.
-    ClusterDurableDone { token: u64, ok: bool },
+    /// the write at this stream sequence, or (`None`) did not within
+    /// `cluster.publish_timeout` or refused it.
+    ClusterDurableDone { token: u64, seq: Option<u64> },
     /// Cluster mode: the [`Output::ClusterRetain`] of `key` could not be written.
     ClusterRetainFailed { key: String },
     /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
     /// it, in the bucket's order): its new value, or `None` once deleted.
     ClusterRetained { key: String, value: Option<Bytes> },
     /// Cluster mode: a message of the durable stream, read by the node's feed (the whole
-    /// stream from the node's start, in stream order, each once), with its subject.
-    ClusterFeedMessage { subject: String, payload: Bytes },
+    /// stream from the node's start, in stream order, each once), with its sequence and
+    /// subject.
+    ClusterFeedMessage {
+        seq: u64,
+        subject: String,
+        payload: Bytes,
+    },
+    /// Cluster mode: the node feed starts after the durable stream's message `seq` (its last
+    /// when the feed opened): what came before counts as read.
+    ClusterFeedStart { seq: u64 },
+    /// Cluster mode: the answer to [`Output::ClusterRecord`] `token`.
+    ClusterRecorded { token: u64, answer: RecordAnswer },
+    /// Cluster mode: a message of the catch-up read [`Output::ClusterCatchUp`] `token`, in
+    /// stream order.
+    ClusterCatchUpMessage {
+        token: u64,
+        seq: u64,
+        subject: String,
+        payload: Bytes,
+    },
+    /// Cluster mode: the catch-up read `token` has read all it was asked for (`ok`), or
+    /// stopped (the stream could not be read within `cluster.publish_timeout`).
+    ClusterCatchUpDone { token: u64, ok: bool },
     /// Cluster mode: the answer to [`Output::ClusterLookup`] `token`: the entry's value and
     /// revision, `None` when the key holds none, or why the bucket could not be read within
     /// `cluster.publish_timeout`.
@@ -174,6 +196,17 @@ pub enum Input {
         revision: Option<u64>,
         previous: Option<(Bytes, u64)>,
     },
+}
+
+/// The sessions bucket's answer to a record write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordAnswer {
+    /// Written at this revision.
+    Written(u64),
+    /// Another node owns the entry now: the session here must end.
+    Fenced,
+    /// Not written (no answer within `cluster.publish_timeout`); tried again later.
+    Failed,
 }
 
 /// A password on its way to be checked: never shown by `Debug`.
@@ -319,7 +352,25 @@ pub enum Output {
         token: u64,
         key: String,
         value: Bytes,
+        /// Keep the session record of the entry replaced (what follows its first line)
+        /// after `value`: a persistent session resuming; otherwise the record goes.
+        keep_record: bool,
     },
+    /// Cluster mode: write `value` at `key` in the sessions bucket over exactly `revision`
+    /// (this node's last write), and answer with [`Input::ClusterRecorded`]: on a conflict
+    /// the entry is read again, and if its first line is still `value`'s the write is made
+    /// over the revision read (an earlier write of this node answered late), otherwise
+    /// another node owns the key now (fenced).
+    ClusterRecord {
+        token: u64,
+        key: String,
+        value: Bytes,
+        revision: u64,
+    },
+    /// Cluster mode: read the durable stream's messages `from..=to` (in order, through a
+    /// reader of its own) and give them as [`Input::ClusterCatchUpMessage`], then
+    /// [`Input::ClusterCatchUpDone`].
+    ClusterCatchUp { token: u64, from: u64, to: u64 },
     /// Cluster mode: read the sessions bucket's entry `key` and answer with
     /// [`Input::ClusterLookedUp`].
     ClusterLookup { token: u64, key: String },

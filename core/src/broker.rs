@@ -50,6 +50,7 @@ mod admin_v4_mqtt;
 mod auth;
 mod bridging;
 mod cluster_owner;
+mod cluster_session;
 mod clustering;
 mod connect;
 mod deliver;
@@ -268,10 +269,25 @@ impl Broker {
                 payload,
             } => self.cluster_message(sid, &subject, payload),
             Input::ClusterRetained { key, value } => self.cluster_retained(&key, value),
-            Input::ClusterDurableDone { token, ok } => self.cluster_durable_done(token, ok),
-            Input::ClusterFeedMessage { subject, payload } => {
-                self.cluster_feed_message(&subject, payload)
+            Input::ClusterDurableDone { token, seq } => self.cluster_durable_done(token, seq),
+            Input::ClusterFeedMessage {
+                seq,
+                subject,
+                payload,
+            } => self.cluster_feed_message(seq, &subject, payload),
+            Input::ClusterFeedStart { seq } => {
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    c.feed_at(seq);
+                }
             }
+            Input::ClusterRecorded { token, answer } => self.cluster_recorded(token, answer),
+            Input::ClusterCatchUpMessage {
+                token,
+                seq,
+                subject,
+                payload,
+            } => self.cluster_catch_up_message(token, seq, &subject, payload),
+            Input::ClusterCatchUpDone { token, ok } => self.cluster_catch_up_done(token, ok),
             Input::ClusterLookedUp { token, entry } => self.cluster_looked_up(token, entry),
             Input::ClusterClaimed {
                 token,
@@ -440,6 +456,7 @@ impl Broker {
                 Timer::Sys => self.sys_tick(at),
                 Timer::Replay => self.replay_timer(),
                 Timer::Compact => self.compact_tick(at),
+                Timer::ClusterRecords => self.record_tick(),
             }
         }
     }

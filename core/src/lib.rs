@@ -34,7 +34,9 @@ pub mod topic;
 mod window;
 pub mod ws;
 
-pub use api::{AuthMethod, AuthOutcome, BrokerEvent, ConnId, Input, Instant, Output, Secret};
+pub use api::{
+    AuthMethod, AuthOutcome, BrokerEvent, ConnId, Input, Instant, Output, RecordAnswer, Secret,
+};
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};
 pub use memory::accounting_bound;

@@ -21,6 +21,8 @@ pub(crate) enum Timer {
     Replay,
     /// The next compaction of a store at its disk cap.
     Compact,
+    /// Cluster mode: session records' cursors move and failed writes are tried again.
+    ClusterRecords,
 }
 
 #[derive(Debug, Default)]

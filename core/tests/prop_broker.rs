@@ -246,6 +246,8 @@ impl Driver {
                 | Output::ClusterPublish { .. }
                 | Output::ClusterRetain { .. }
                 | Output::ClusterClaim { .. }
+                | Output::ClusterRecord { .. }
+                | Output::ClusterCatchUp { .. }
                 | Output::ClusterLookup { .. }
                 | Output::ClusterRelease { .. }
                 | Output::ClusterDurable { .. } => {}

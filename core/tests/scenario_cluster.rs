@@ -15,8 +15,10 @@ mod harness;
 use bytes::Bytes;
 use harness::*;
 use tidemq_core::cluster::envelope::{Envelope, Stamp};
+use tidemq_core::cluster::record::{self, SessionRecord};
 use tidemq_core::cluster::{ClusterConfig, subject};
 use tidemq_core::codec::{Properties, QoS, ReasonCode};
+use tidemq_core::persist::RecoveredSession;
 use tidemq_core::{Config, Input, Output};
 
 fn clustered(name: &str) -> Config {
@@ -43,6 +45,8 @@ fn cluster_outputs(h: &Harness, from: usize) -> Vec<Output> {
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
                     | Output::ClusterClaim { .. }
+                    | Output::ClusterRecord { .. }
+                    | Output::ClusterCatchUp { .. }
                     | Output::ClusterLookup { .. }
                     | Output::ClusterRelease { .. }
                     | Output::ClusterDurable { .. }
@@ -98,7 +102,8 @@ fn durable_tokens(h: &Harness, from: usize) -> Vec<u64> {
 fn answer_durable(h: &mut Harness, from: usize, ok: bool) -> usize {
     let tokens = durable_tokens(h, from);
     for &token in &tokens {
-        h.input(Input::ClusterDurableDone { token, ok });
+        let seq = ok.then_some(token);
+        h.input(Input::ClusterDurableDone { token, seq });
     }
     tokens.len()
 }
@@ -470,6 +475,10 @@ fn cluster_settings_are_bounded_and_read_at_start_only() {
             Box::new(|c: &mut Config| c.cluster.durable_max_bytes = 1000),
         ),
         (
+            "cluster.record_interval",
+            Box::new(|c: &mut Config| c.cluster.record_interval_ms = 5),
+        ),
+        (
             "cluster.max_subscriptions",
             Box::new(|c: &mut Config| c.cluster.max_subscriptions = 0),
         ),
@@ -517,13 +526,13 @@ fn qos1_writes_of_one_connection_overlap_and_are_answered_in_order() {
     // The second answer first: nothing goes until the first is answered.
     h.input(Input::ClusterDurableDone {
         token: tokens[1],
-        ok: true,
+        seq: Some(2),
     });
     assert!(h.recv(p).is_empty());
     assert!(h.publishes(sub).is_empty());
     h.input(Input::ClusterDurableDone {
         token: tokens[0],
-        ok: true,
+        seq: Some(1),
     });
     let acks: Vec<u16> = h
         .recv(p)
@@ -537,12 +546,40 @@ fn qos1_writes_of_one_connection_overlap_and_are_answered_in_order() {
     assert_eq!(h.payloads(sub), ["one", "two"]);
 }
 
+/// A persistent session's CONNECT, which waits for its claim: the claim answered with
+/// `revision` and the entry it replaced; the connection and its CONNACK.
+fn connect_claimed(
+    h: &mut Harness,
+    client_id: &str,
+    opts: ConnectOpts,
+    revision: Option<u64>,
+    previous: Option<(Bytes, u64)>,
+) -> (tidemq_core::ConnId, tidemq_core::codec::ConnAck) {
+    let conn = h.accept();
+    let mark = h.log.len();
+    let early = h.connect_on(conn, client_id, V5, false, opts);
+    assert!(early.is_none(), "a persistent CONNECT waits for its claim");
+    let (token, _, _) = claims(h, mark).pop().expect("a claim");
+    h.input(Input::ClusterClaimed {
+        token,
+        revision,
+        previous,
+    });
+    let ack = h.recv(conn).into_iter().find_map(|p| match p {
+        tidemq_core::codec::Packet::ConnAck(a) => Some(a),
+        _ => None,
+    });
+    (conn, ack.expect("a CONNACK once the claim is answered"))
+}
+
 /// The claims logged since `from`: (token, key, value).
 fn claims(h: &Harness, from: usize) -> Vec<(u64, String, String)> {
     h.log[from..]
         .iter()
         .filter_map(|o| match o {
-            Output::ClusterClaim { token, key, value } => Some((
+            Output::ClusterClaim {
+                token, key, value, ..
+            } => Some((
                 *token,
                 key.clone(),
                 String::from_utf8_lossy(value).into_owned(),
@@ -574,19 +611,15 @@ fn kick(h: &mut Harness, payload: &str) {
 fn a_client_id_has_one_owner_in_the_cluster() {
     let mut h = Harness::with_config(clustered("a"));
     let mark = h.log.len();
-    let (c, _) = h.connect("c/1", V5, false, ConnectOpts::default().session_expiry(300));
+    let opts = || ConnectOpts::default().session_expiry(300);
+    let (c, _) = connect_claimed(&mut h, "c/1", opts(), Some(5), None);
     // The first claim subscribes the node's kick subject; the key escapes the id.
     let made = claims(&h, mark);
     assert_eq!(made.len(), 1);
-    let (token, key, claim) = made[0].clone();
+    let (_, key, claim) = made[0].clone();
     assert_eq!(key, "c_2F1");
     assert!(claim.starts_with("a "), "{claim}");
     assert!(subscribes(&h, mark).contains(&(0, "tmq.n.a.kick".to_owned(), None)));
-    h.input(Input::ClusterClaimed {
-        token,
-        revision: Some(5),
-        previous: None,
-    });
     // A kick for another revision or another key is not this session's.
     kick(&mut h, "4 c_2F1");
     kick(&mut h, "5 d");
@@ -598,7 +631,7 @@ fn a_client_id_has_one_owner_in_the_cluster() {
     assert!(h.is_closed(c));
     // The session went with it (its claim is the other node's now: nothing to release).
     assert!(releases(&h, mark).is_empty());
-    let (_, ack) = h.connect("c/1", V5, false, ConnectOpts::default().session_expiry(300));
+    let (_, ack) = connect_claimed(&mut h, "c/1", opts(), Some(6), None);
     assert!(!ack.session_present);
 
     // A claim that replaced another node's kicks that node, once; one of this node's own
@@ -677,7 +710,7 @@ fn a_client_id_has_one_owner_in_the_cluster() {
         .unwrap();
     assert_eq!(ack.code, 0x85);
     let text = scrape(&mut h);
-    assert_eq!(value(&text, "tidemq_cluster_claims_total"), 4.0);
+    assert_eq!(value(&text, "tidemq_cluster_claims_total"), 5.0);
     assert_eq!(value(&text, "tidemq_cluster_claims_failed_total"), 1.0);
     assert_eq!(value(&text, "tidemq_cluster_taken_over_total"), 1.0);
 }
@@ -701,7 +734,11 @@ fn the_node_feed_brings_each_durable_message_once_to_every_matching_session() {
     h.subscribe(e, "$share/g/x/y", QoS::AtLeastOnce);
     for (seq, text) in [(1, "one"), (2, "two")] {
         let (subject, payload) = from_stream("b", seq, "x/y", text, QoS::AtLeastOnce);
-        h.input(Input::ClusterFeedMessage { subject, payload });
+        h.input(Input::ClusterFeedMessage {
+            seq,
+            subject,
+            payload,
+        });
     }
     // One delivery per session, in stream order, at the highest QoS granted.
     let got = h.publishes_acked(c);
@@ -736,20 +773,23 @@ fn the_node_feed_brings_each_durable_message_once_to_every_matching_session() {
         .unwrap();
     h.input(Input::ClusterDurableDone {
         token: own.0,
-        ok: true,
+        seq: Some(3),
     });
     assert_eq!(h.payloads(d), ["own"]);
     h.input(Input::ClusterFeedMessage {
+        seq: 3,
         subject: own.1,
         payload: own.2,
     });
     let (live, payload) = from_node("b", 3, "x/y", "live subject", QoS::AtLeastOnce);
     h.input(Input::ClusterFeedMessage {
+        seq: 4,
         subject: live,
         payload,
     });
     let (subject, _) = from_stream("b", 4, "x/y", "", QoS::AtLeastOnce);
     h.input(Input::ClusterFeedMessage {
+        seq: 5,
         subject,
         payload: Bytes::from_static(b"garbage"),
     });
@@ -896,22 +936,16 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
         assert_eq!(reply_status(&h, mark, req_id), Some(status));
     }
     // The node holding the client: an admin kick for its claim's revision.
+    let opts = ConnectOpts::default().session_expiry(300);
+    let (c, _) = connect_claimed(&mut h, "kept", opts, Some(50), None);
     let mark = h.log.len();
-    let (c, _) = h.connect(
-        "kept",
-        V5,
-        false,
-        ConnectOpts::default().session_expiry(300),
-    );
     let d = h.client("gone", V5);
     let made = claims(&h, mark);
-    for (i, (token, _, _)) in made.iter().enumerate() {
-        h.input(Input::ClusterClaimed {
-            token: *token,
-            revision: Some(50 + i as u64),
-            previous: None,
-        });
-    }
+    h.input(Input::ClusterClaimed {
+        token: made[0].0,
+        revision: Some(51),
+        previous: None,
+    });
     kick(&mut h, "50 kept admin keep");
     assert_eq!(h.disconnect_reason(c), Some(0x98));
     let mark = h.log.len();
@@ -919,11 +953,153 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
     assert_eq!(h.disconnect_reason(d), Some(0x98));
     // Its session ended here, and its claim with it; the kept one resumes.
     assert_eq!(releases(&h, mark), [("gone".to_owned(), 51)]);
-    let (_, ack) = h.connect(
-        "kept",
-        V5,
-        false,
-        ConnectOpts::default().session_expiry(300),
-    );
+    let opts = ConnectOpts::default().session_expiry(300);
+    let (_, ack) = connect_claimed(&mut h, "kept", opts, Some(52), None);
     assert!(ack.session_present);
+}
+
+/// The session records written since `from`: (token, key, revision, record).
+fn records(h: &Harness, from: usize, client_id: &str) -> Vec<(u64, String, u64, SessionRecord)> {
+    h.log[from..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterRecord {
+                token,
+                key,
+                value,
+                revision,
+            } => {
+                let (line, record) = record::parse_value(value, client_id);
+                assert!(line.starts_with(b"a "), "the owner's line leads");
+                Some((*token, key.clone(), *revision, record?.ok()?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Another node's record of `client_id`: its subscriptions (QoS 1) and cursor.
+fn record_of(node: &str, client_id: &str, filters: &[&str], cursor: u64) -> Bytes {
+    let mut session = RecoveredSession {
+        version: 5,
+        expiry_secs: 300,
+        ..Default::default()
+    };
+    for f in filters {
+        session.subscriptions.insert((*f).to_owned(), (1, None));
+    }
+    let record = SessionRecord {
+        cursor: Some(cursor),
+        session,
+    };
+    record::record_value(format!("{node} 1f").as_bytes(), client_id, &record)
+}
+
+#[test]
+fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
+    let mut h = Harness::with_config(clustered("a"));
+    // This node's feed has read the stream up to 6; the session's record says 3.
+    h.input(Input::ClusterFeedStart { seq: 6 });
+    let previous = record_of("b", "roam", &["x/+"], 3);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, ack) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
+    assert!(ack.session_present, "the session came with its record");
+    // The node that held it is told to let it go; the stream is read from the cursor on.
+    let outs = cluster_outputs(&h, mark);
+    assert!(outs.iter().any(
+        |o| matches!(o, Output::ClusterPublish { subject, payload, .. }
+        if subject == "tmq.n.b.kick" && payload == "19 roam")
+    ));
+    let catch_up = outs.iter().find_map(|o| match o {
+        Output::ClusterCatchUp { token, from, to } => Some((*token, *from, *to)),
+        _ => None,
+    });
+    let (token, from, to) = catch_up.expect("a catch-up read");
+    assert_eq!((from, to), (4, 6));
+    // Written again at once, as this node's, with its subscription and the old cursor.
+    let written = records(&h, mark, "roam");
+    let (_, key, revision, rec) = written.last().cloned().expect("a record write");
+    assert_eq!((key.as_str(), revision, rec.cursor), ("roam", 20, Some(3)));
+    assert!(rec.session.subscriptions.contains_key("x/+"));
+    // What the read brings reaches this session, through its restored subscription.
+    for (seq, topic, text) in [(4, "x/1", "four"), (5, "y/1", "other"), (6, "x/2", "six")] {
+        let (subject, payload) = from_stream("b", seq, topic, text, QoS::AtLeastOnce);
+        h.input(Input::ClusterCatchUpMessage {
+            token,
+            seq,
+            subject,
+            payload,
+        });
+    }
+    h.input(Input::ClusterCatchUpDone { token, ok: true });
+    let texts = |p: Vec<tidemq_core::codec::Publish>| -> Vec<Bytes> {
+        p.into_iter().map(|p| p.payload).collect()
+    };
+    assert_eq!(texts(h.publishes_acked(c)), ["four", "six"]);
+    // The live feed goes on from 7.
+    let (subject, payload) = from_stream("b", 7, "x/3", "seven", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq: 7,
+        subject,
+        payload,
+    });
+    assert_eq!(texts(h.publishes_acked(c)), ["seven"]);
+    // Once acknowledged, the cursor moves to the feed's place at the next tick.
+    let mark = h.log.len();
+    h.input(Input::ClusterRecorded {
+        token: written.last().unwrap().0,
+        answer: tidemq_core::RecordAnswer::Written(21),
+    });
+    h.advance(1000);
+    let moved = records(&h, mark, "roam");
+    let (token, _, revision, rec) = moved.last().cloned().expect("the cursor written");
+    assert_eq!((revision, rec.cursor), (21, Some(7)));
+    // Another node wrote over it: fenced, the session ends here as in a takeover.
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Fenced,
+    });
+    assert_eq!(h.disconnect_reason(c), Some(0x8E));
+    let text = scrape(&mut h);
+    assert_eq!(value(&text, "tidemq_cluster_sessions_resumed_total"), 1.0);
+    assert_eq!(value(&text, "tidemq_cluster_caught_up_total"), 3.0);
+}
+
+#[test]
+fn a_record_that_cannot_resume_is_not_resumed() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::WallClock {
+        unix_ms: 1_700_000_000_000,
+    });
+    h.input(Input::ClusterFeedStart { seq: 2 });
+    let opts = || ConnectOpts::default().session_expiry(300);
+    // An expired record, garbage, another client's record: each a new session.
+    let stale = RecoveredSession {
+        version: 5,
+        expiry_secs: 1,
+        disconnected_at_unix_ms: Some(0),
+        ..Default::default()
+    };
+    let stale = SessionRecord {
+        cursor: Some(1),
+        session: stale,
+    };
+    for (client_id, previous) in [
+        ("c1", record::record_value(b"b 1f", "c1", &stale)),
+        ("c2", Bytes::from_static(b"b 1f\n\x07garbage")),
+        ("c3", record_of("b", "other-client", &["x"], 1)),
+    ] {
+        let (_, ack) = connect_claimed(&mut h, client_id, opts(), Some(5), Some((previous, 4)));
+        assert!(!ack.session_present, "{client_id}");
+    }
+    assert!(
+        !h.log
+            .iter()
+            .any(|o| matches!(o, Output::ClusterCatchUp { .. }))
+    );
+    // Without a claim a persistent session is refused: 0x88 (server unavailable).
+    let (conn, ack) = connect_claimed(&mut h, "d", opts(), None, None);
+    assert_eq!(ack.code, 0x88);
+    assert!(h.is_closed(conn));
 }

@@ -1,16 +1,19 @@
 //! What another node (or anything on the NATS subjects) can send a node: message envelopes,
-//! subjects, retained-bucket entries, durable-stream messages, kicks and claimed sessions-bucket entries. Decoding never
-//! panics; what decodes re-encodes to the same bytes' meaning; a clustered broker with a
-//! claimed session takes any of it as a bucket entry, a claim's previous value and a kick.
+//! subjects, retained-bucket entries, durable-stream messages, kicks, claimed sessions-bucket
+//! entries and session records. Decoding never panics; what decodes re-encodes to the same
+//! bytes' meaning; a clustered broker with a claimed session (persistent or not, by the
+//! first byte) takes any of it as a bucket entry, a claim's previous value (a record to
+//! resume from), a catch-up message and a kick.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tidemq_core::cluster::envelope::Envelope;
 use tidemq_core::cluster::owner::{self, KICK_SID};
+use tidemq_core::cluster::record;
 use tidemq_core::cluster::subject::{self, Space};
 use tidemq_core::codec::{Connect, Packet, Properties, ProtocolVersion, encode_packet};
-use tidemq_core::{Broker, Config, ConnId, Input, Instant};
+use tidemq_core::{Broker, Config, ConnId, Input, Instant, RecordAnswer};
 
 fuzz_target!(|data: &[u8]| {
     // The first line is a subject or key; the rest an envelope.
@@ -44,11 +47,16 @@ fuzz_target!(|data: &[u8]| {
     let mut broker = Broker::new(config, 1, Instant(0));
     // A client with a claimed session (claim 1, written at revision 7).
     let mut connect = BytesMut::new();
+    let persistent = data.first().is_some_and(|b| b & 1 == 1);
+    let properties = Properties {
+        session_expiry_interval: persistent.then_some(3600),
+        ..Properties::default()
+    };
     let packet = Packet::Connect(Box::new(Connect {
         version: ProtocolVersion::V5,
         clean_start: false,
         keep_alive: 0,
-        properties: Properties::default(),
+        properties,
         client_id: "c".to_owned(),
         will: None,
         username: None,
@@ -56,7 +64,17 @@ fuzz_target!(|data: &[u8]| {
     }));
     let _ = encode_packet(&packet, ProtocolVersion::V5, &mut connect);
     let conn = ConnId(1);
+    if let (_, Some(Ok(record))) = record::parse_value(&payload, "c") {
+        let line = record::owner_line(&payload);
+        let again = record::record_value(line, "c", &record);
+        assert_eq!(
+            record::parse_value(&again, "c").1,
+            Some(Ok(record)),
+            "a session record that does not survive re-encoding"
+        );
+    }
     let inputs = [
+        Input::ClusterFeedStart { seq: 10 },
         Input::Accepted {
             conn,
             peer: "10.0.0.1:1883".to_owned(),
@@ -75,8 +93,19 @@ fuzz_target!(|data: &[u8]| {
             value: Some(payload.clone()),
         },
         Input::ClusterFeedMessage {
+            seq: 11,
             subject: text.clone(),
             payload: payload.clone(),
+        },
+        Input::ClusterCatchUpMessage {
+            token: 1,
+            seq: 4,
+            subject: text.clone(),
+            payload: payload.clone(),
+        },
+        Input::ClusterRecorded {
+            token: 2,
+            answer: RecordAnswer::Fenced,
         },
         Input::ClusterMessage {
             sid: KICK_SID,

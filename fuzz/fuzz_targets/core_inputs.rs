@@ -256,6 +256,8 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
             | Output::ClusterPublish { .. }
             | Output::ClusterRetain { .. }
             | Output::ClusterClaim { .. }
+            | Output::ClusterRecord { .. }
+            | Output::ClusterCatchUp { .. }
             | Output::ClusterLookup { .. }
             | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => panic!("a cluster output without cluster mode"),

@@ -16,8 +16,8 @@ use async_nats::{Client, ConnectOptions};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tidemq_core::Input;
 use tidemq_core::cluster::ClusterConfig;
+use tidemq_core::{Input, RecordAnswer};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -104,6 +104,8 @@ impl Pending {
 /// The running client: the core's cluster outputs go in through it.
 pub struct ClusterLink {
     sessions: kv::Store,
+    /// The durable stream, for catch-up reads.
+    durable: jetstream::stream::Stream,
     inputs: mpsc::Sender<Input>,
     publish_timeout: Duration,
     durables: mpsc::UnboundedSender<DurableWrite>,
@@ -246,11 +248,12 @@ impl ClusterLink {
         ));
         tokio::spawn(watch_retained(store, inputs.clone()));
         let everything = format!("{}.d.>", config.subject_prefix);
-        tokio::spawn(run_feed(durable, everything, inputs.clone()));
+        tokio::spawn(run_feed(durable.clone(), everything, inputs.clone()));
         let (durables, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_durables(js, rx, inputs.clone()));
         Ok(ClusterLink {
             sessions,
+            durable,
             inputs,
             durables,
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
@@ -302,11 +305,12 @@ impl ClusterLink {
     /// Claims a client id for this node in the sessions bucket (compare-and-swap on the
     /// revision read, again after a conflict, until the publish timeout) and answers with the
     /// revision written and the entry it replaced. One per session opened, at most.
-    pub fn claim(&mut self, token: u64, key: String, value: Bytes) {
+    pub fn claim(&mut self, token: u64, key: String, value: Bytes, keep_record: bool) {
         let (store, inputs) = (self.sessions.clone(), self.inputs.clone());
         let deadline = tokio::time::Instant::now() + self.publish_timeout;
         tokio::spawn(async move {
-            let (revision, previous) = match claim(&store, &key, value, deadline).await {
+            let claimed = claim(&store, &key, value, keep_record, deadline).await;
+            let (revision, previous) = match claimed {
                 Ok((revision, previous)) => (Some(revision), previous),
                 Err(e) => {
                     warn!(%key, "cluster: client id not claimed: {e}");
@@ -319,6 +323,46 @@ impl ClusterLink {
                 previous,
             };
             let _ = inputs.send(answer).await;
+        });
+    }
+
+    /// Writes a session's record over exactly `revision`. On a conflict the entry is read: if
+    /// its owner's line is still this one's (an earlier write answered late), the write is
+    /// made over the revision read; otherwise another node owns the key (fenced).
+    pub fn record(&mut self, token: u64, key: String, value: Bytes, revision: u64) {
+        let (store, inputs) = (self.sessions.clone(), self.inputs.clone());
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        tokio::spawn(async move {
+            let answer = match tokio::time::timeout_at(
+                deadline,
+                record(&store, &key, value, revision),
+            )
+            .await
+            {
+                Ok(answer) => answer,
+                Err(_) => RecordAnswer::Failed,
+            };
+            if !matches!(answer, RecordAnswer::Written(_)) {
+                tracing::debug!(%key, ?answer, "cluster: session record");
+            }
+            let _ = inputs.send(Input::ClusterRecorded { token, answer }).await;
+        });
+    }
+
+    /// Reads the durable stream's messages `from..=to` for a session resumed here, through
+    /// an ephemeral consumer of its own that goes when the read ends.
+    pub fn catch_up(&mut self, token: u64, from: u64, to: u64) {
+        let (stream, inputs) = (self.durable.clone(), self.inputs.clone());
+        let limit = self.publish_timeout;
+        tokio::spawn(async move {
+            let ok = match catch_up(&stream, token, from, to, limit, &inputs).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(from, to, "cluster: catch-up read stopped: {e}");
+                    false
+                }
+            };
+            let _ = inputs.send(Input::ClusterCatchUpDone { token, ok }).await;
         });
     }
 
@@ -485,7 +529,11 @@ async fn run_feed(stream: jetstream::stream::Stream, subject: String, inputs: mp
         };
         // From the end: what was there when it was made counts as read.
         if last.is_none() {
-            last = Some(consumer.cached_info().delivered.stream_sequence);
+            let seq = consumer.cached_info().delivered.stream_sequence;
+            last = Some(seq);
+            if inputs.send(Input::ClusterFeedStart { seq }).await.is_err() {
+                return;
+            }
         }
         let mut delivered = 0;
         // One pull at a time, each answered within its expiry by the consumer's server; no
@@ -511,6 +559,7 @@ async fn run_feed(stream: jetstream::stream::Stream, subject: String, inputs: mp
                     delivered = info.consumer_sequence;
                     last = Some(info.stream_sequence);
                     let input = Input::ClusterFeedMessage {
+                        seq: info.stream_sequence,
                         subject: m.subject.to_string(),
                         payload: m.payload.clone(),
                     };
@@ -540,6 +589,7 @@ async fn claim(
     store: &kv::Store,
     key: &str,
     value: Bytes,
+    keep_record: bool,
     deadline: tokio::time::Instant,
 ) -> Result<(u64, Option<(Bytes, u64)>), String> {
     loop {
@@ -547,7 +597,11 @@ async fn claim(
             let entry = store.entry(key).await.map_err(|e| e.to_string())?;
             match entry {
                 Some(e) => {
-                    let written = store.update(key, value.clone(), e.revision).await;
+                    let value = match keep_record && e.operation == kv::Operation::Put {
+                        true => with_record_of(&value, &e.value),
+                        false => value.clone(),
+                    };
+                    let written = store.update(key, value, e.revision).await;
                     let written = written.map_err(|e| e.to_string())?;
                     let replaced =
                         (e.operation == kv::Operation::Put).then_some((e.value, e.revision));
@@ -569,6 +623,124 @@ async fn claim(
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
+}
+
+/// A claim's owner line followed by the record of the entry it replaces, if it has one.
+fn with_record_of(line: &Bytes, replaced: &Bytes) -> Bytes {
+    let record = tidemq_core::cluster::record::owner_line(replaced).len();
+    match replaced.get(record..) {
+        Some(rest) if !rest.is_empty() => {
+            let mut value = Vec::with_capacity(line.len() + rest.len());
+            value.extend_from_slice(line);
+            value.extend_from_slice(rest);
+            Bytes::from(value)
+        }
+        _ => line.clone(),
+    }
+}
+
+/// One record write (see [`ClusterLink::record`]).
+async fn record(store: &kv::Store, key: &str, value: Bytes, revision: u64) -> RecordAnswer {
+    let mut revision = revision;
+    // Twice at most: the second write is over the revision just read.
+    for _ in 0..2 {
+        match store.update(key, value.clone(), revision).await {
+            Ok(written) => return RecordAnswer::Written(written),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(_) => return RecordAnswer::Failed,
+        }
+        let ours = tidemq_core::cluster::record::owner_line(&value);
+        match store.entry(key).await {
+            Ok(Some(e))
+                if e.operation == kv::Operation::Put
+                    && tidemq_core::cluster::record::owner_line(&e.value) == ours =>
+            {
+                revision = e.revision;
+            }
+            Ok(_) => return RecordAnswer::Fenced,
+            Err(_) => return RecordAnswer::Failed,
+        }
+    }
+    RecordAnswer::Failed
+}
+
+/// One catch-up read (see [`ClusterLink::catch_up`]): each pull is answered within `limit`.
+async fn catch_up(
+    stream: &jetstream::stream::Stream,
+    token: u64,
+    from: u64,
+    to: u64,
+    limit: Duration,
+    inputs: &mpsc::Sender<Input>,
+) -> Result<(), String> {
+    let config = pull::Config {
+        filter_subject: stream
+            .cached_info()
+            .config
+            .subjects
+            .first()
+            .cloned()
+            .unwrap_or_default(),
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        },
+        ack_policy: AckPolicy::None,
+        inactive_threshold: FEED_INACTIVE,
+        num_replicas: 1,
+        memory_storage: true,
+        ..Default::default()
+    };
+    let consumer = tokio::time::timeout(limit, stream.create_consumer(config))
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let name = consumer.cached_info().name.clone();
+    let read = async {
+        loop {
+            let pulled = tokio::time::timeout(FEED_POLL + FEED_GRACE, async {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(FEED_BATCH)
+                    .expires(FEED_POLL)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut got = 0;
+                while let Some(next) = batch.next().await {
+                    let m = next.map_err(|e| e.to_string())?;
+                    let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+                    got += 1;
+                    if seq > to {
+                        return Ok(None);
+                    }
+                    let input = Input::ClusterCatchUpMessage {
+                        token,
+                        seq,
+                        subject: m.subject.to_string(),
+                        payload: m.payload.clone(),
+                    };
+                    if inputs.send(input).await.is_err() {
+                        return Err("the broker stopped".to_owned());
+                    }
+                    if seq == to {
+                        return Ok(None);
+                    }
+                }
+                Ok::<_, String>(Some(got))
+            })
+            .await
+            .map_err(|_| "no answer to a pull".to_owned())??;
+            match pulled {
+                // Up to `to`, or nothing more: what the range held is read (the stream's
+                // limits may have removed its end).
+                None | Some(0) => return Ok(()),
+                Some(_) => {}
+            }
+        }
+    };
+    let result = read.await;
+    let _ = stream.delete_consumer(&name).await;
+    result
 }
 
 struct DurableWrite {
@@ -599,12 +771,12 @@ impl DurableWrite {
         self,
         js: jetstream::Context,
         first: Result<PublishAckFuture, String>,
-    ) -> (u64, bool) {
+    ) -> (u64, Option<u64>) {
         let mut attempt = first;
         loop {
             let last = match attempt {
                 Ok(ack) => match tokio::time::timeout_at(self.deadline, ack).await {
-                    Ok(Ok(_)) => return (self.token, true),
+                    Ok(Ok(ack)) => return (self.token, Some(ack.sequence)),
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "no acknowledgement".to_owned(),
                 },
@@ -612,7 +784,7 @@ impl DurableWrite {
             };
             if tokio::time::Instant::now() + RETRY_PAUSE >= self.deadline {
                 warn!("cluster: durable write not acknowledged in time: {last}");
-                return (self.token, false);
+                return (self.token, None);
             }
             tokio::time::sleep(RETRY_PAUSE).await;
             attempt = self.send(&js).await;
@@ -636,8 +808,8 @@ async fn run_durables(
                 let first = write.send(&js).await;
                 waiting.push(write.settle(js.clone(), first));
             }
-            Some((token, ok)) = waiting.next(), if !waiting.is_empty() => {
-                if inputs.send(Input::ClusterDurableDone { token, ok }).await.is_err() {
+            Some((token, seq)) = waiting.next(), if !waiting.is_empty() => {
+                if inputs.send(Input::ClusterDurableDone { token, seq }).await.is_err() {
                     return;
                 }
             }

@@ -1474,9 +1474,29 @@ impl Driver {
                         c.lookup(token, key);
                     }
                 }
-                Output::ClusterClaim { token, key, value } => {
+                Output::ClusterClaim {
+                    token,
+                    key,
+                    value,
+                    keep_record,
+                } => {
                     if let Some(c) = self.cluster.as_mut() {
-                        c.claim(token, key, value);
+                        c.claim(token, key, value, keep_record);
+                    }
+                }
+                Output::ClusterRecord {
+                    token,
+                    key,
+                    value,
+                    revision,
+                } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.record(token, key, value, revision);
+                    }
+                }
+                Output::ClusterCatchUp { token, from, to } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.catch_up(token, from, to);
                     }
                 }
                 Output::ClusterRelease { key, revision } => {

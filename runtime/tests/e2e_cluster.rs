@@ -6,7 +6,9 @@
 //! node; with one nats-server killed, traffic between the nodes goes on; with two killed,
 //! QoS 1 is refused (never acknowledged and lost) while QoS 0 still flows, after a restart
 //! QoS 1 is taken again, and a message acknowledged just before the kill still arrives; a
-//! client id has one connection in the cluster; the admin API kicks a client on either node.
+//! client id has one connection in the cluster; the admin API kicks a client on either node;
+//! a persistent session moves between nodes with its client, and one whose node is killed
+//! with SIGKILL resumes on the other with every acknowledged message.
 
 #![allow(
     clippy::unwrap_used,
@@ -498,4 +500,121 @@ fn the_admin_api_of_one_node_kicks_a_client_on_the_other() {
     // A client id nobody holds: 404 from either node.
     let answer = a.api.call("DELETE", "/api/v4/clients/nobody", None);
     assert_eq!(answer.status, 404, "{}", answer.text);
+}
+
+/// A persistent session moves with its client: subscribed on node a, away while QoS 1
+/// messages are published, back on node b without subscribing again, it gets them there
+/// (its record in the sessions bucket, a catch-up read of the durable stream).
+#[test]
+fn a_persistent_session_moves_between_nodes() {
+    let (_nats, _dir, a, b) = cluster("move");
+    until_routed(a.port, b.port, "m/probe");
+    let session = ["-i", "mover", "-c", "-q", "1", "-V", "5", "-x", "3600"];
+    // On node a: subscribed, one message read, then a clean DISCONNECT (session kept).
+    let first = mosquitto_sub(
+        a.port,
+        &[&session[..], &["-t", "m/x", "-C", "1", "-W", "30", "-v"]].concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    mosquitto_pub(b.port, &["-t", "m/x", "-m", "before", "-q", "1"]);
+    assert_eq!(lines_of(first), ["m/x before"]);
+    // Away: published on both nodes, each acknowledged once JetStream has it.
+    let away: Vec<String> = (1..=6).map(|i| format!("away-{i}")).collect();
+    for (i, m) in away.iter().enumerate() {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        mosquitto_pub(port, &["-t", "m/x", "-m", m, "-q", "1"]);
+    }
+    // Back on node b, subscribed to something else only: the session brings its filter.
+    // ("before" may come again: the session's cursor moves at most each record_interval.)
+    let start = Instant::now();
+    let back = mosquitto_sub(
+        b.port,
+        &[&session[..], &["-t", "m/unrelated", "-W", "30", "-v"]].concat(),
+    );
+    let got = lines_until(back, "m/x away-6", Duration::from_secs(30));
+    eprintln!(
+        "the session resumed on node b and got {} messages in {} ms",
+        got.len(),
+        start.elapsed().as_millis()
+    );
+    let got: Vec<&String> = got.iter().filter(|l| *l != "m/x before").collect();
+    let want: Vec<String> = away.iter().map(|m| format!("m/x {m}")).collect();
+    assert_eq!(
+        got,
+        want.iter().collect::<Vec<_>>(),
+        "every message sent while away, in order"
+    );
+    // Node b holds it now: a message published on node a reaches it there.
+    let again = mosquitto_sub(
+        b.port,
+        &[&session[..], &["-t", "m/unrelated", "-W", "30", "-v"]].concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    mosquitto_pub(a.port, &["-t", "m/x", "-m", "after", "-q", "1"]);
+    let got = lines_until(again, "m/x after", Duration::from_secs(30));
+    assert_eq!(got.last().map(String::as_str), Some("m/x after"), "{got:?}");
+    let metrics = b.api.call("GET", "/api/v4/prometheus", None).text;
+    assert!(
+        metrics.contains("tidemq_cluster_sessions_resumed_total 1"),
+        "{metrics}"
+    );
+}
+
+/// `kill -9` of a node while publishers on the other send QoS 1: its persistent
+/// subscriber connects to the other node and gets every message that was acknowledged (some
+/// may come twice: at least once).
+#[test]
+fn a_node_killed_with_9_loses_no_acknowledged_qos1_message() {
+    let (_nats, _dir, a, b) = cluster("kill9");
+    until_routed(a.port, b.port, "s/probe");
+    let session = ["-i", "survivor", "-c", "-q", "1", "-V", "5", "-x", "3600"];
+    let first = mosquitto_sub(
+        a.port,
+        &[&session[..], &["-t", "s/x", "-W", "60", "-v"]].concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // A publisher on node b sends QoS 1 messages; node a is killed halfway.
+    let mut acked = Vec::new();
+    let mut killed = None;
+    let start = Instant::now();
+    let mut a = Some(a);
+    for i in 1..=60 {
+        let m = format!("m-{i}");
+        if try_pub(b.port, &["-t", "s/x", "-m", &m, "-q", "1"]).0 {
+            acked.push(m);
+        }
+        if i == 30 {
+            // SIGKILL: nothing of node a gets to finish.
+            drop(a.take());
+            killed = Some(start.elapsed());
+        }
+    }
+    eprintln!(
+        "node a killed after {:?}; {} of 60 publishes acknowledged",
+        killed,
+        acked.len()
+    );
+    // What the first connection got before its node died.
+    let before = lines_until(first, "", Duration::from_secs(2));
+    // Its client connects to node b, subscribed to nothing new: the session comes along.
+    let back = mosquitto_sub(
+        b.port,
+        &[&session[..], &["-t", "s/unrelated", "-W", "30", "-v"]].concat(),
+    );
+    let last = format!("s/x {}", acked.last().unwrap());
+    let after = lines_until(back, &last, Duration::from_secs(60));
+    let got: std::collections::BTreeSet<&str> = before
+        .iter()
+        .chain(after.iter())
+        .filter_map(|l| l.strip_prefix("s/x "))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|m| !got.contains(m.as_str())).collect();
+    eprintln!(
+        "before the kill: {} messages; on node b: {} ({} again)",
+        before.len(),
+        after.len(),
+        (before.len() + after.len()).saturating_sub(got.len())
+    );
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert_eq!(acked.len(), 60, "node b took every publish");
 }

@@ -36,12 +36,13 @@ use bytes::{Bytes, BytesMut};
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::cluster::envelope::Envelope;
 use tidemq_core::cluster::owner::KICK_SID;
+use tidemq_core::cluster::record;
 use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
 use tidemq_core::codec::{
     Ack, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
     ReasonOnly, Subscribe, SubscriptionOptions, Unsubscribe, decode_packet, encode_packet,
 };
-use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output};
+use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output, RecordAnswer};
 
 use crate::rng::Rng;
 
@@ -75,6 +76,11 @@ pub enum ClusterMutation {
     /// The sessions bucket writes claims without reading: the entry a claim replaced is not
     /// reported, so its node is never told (C8).
     BlindClaim,
+    /// Catch-up reads bring nothing, as if their ranges were empty (C9).
+    CatchUpSkips,
+    /// The sessions bucket answers a claim with the owner's line of the entry it replaced
+    /// but not its record: the session resumes without its subscriptions (C9).
+    LoseRecord,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -108,6 +114,10 @@ enum Kind {
     Member(usize),
     /// Reads the retained set at the end (C3).
     Auditor,
+    /// A persistent session with QoS 1 filters held throughout, that leaves its node while
+    /// messages flow (DISCONNECT, or a dropped connection) and resumes on another without
+    /// subscribing again: its record and a catch-up read of the stream bring it along (C9).
+    Mover,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +157,8 @@ struct Client {
     cleared: bool,
     /// Connected again on another node, leaving a session behind, this many times.
     roams: usize,
+    /// Nodes a mover left whose session there may not have ended yet (its kick on its way).
+    left: BTreeSet<usize>,
 }
 
 impl Client {
@@ -255,6 +267,21 @@ enum OwnerOp {
         token: u64,
         key: String,
         value: Bytes,
+        keep_record: bool,
+    },
+    /// A session record written over the node's last revision (fenced when another node's
+    /// line is there).
+    Record {
+        token: u64,
+        key: String,
+        value: Bytes,
+        revision: u64,
+    },
+    /// A catch-up read of the stream's entries `from..=to` (sequences from 1).
+    CatchUp {
+        token: u64,
+        from: u64,
+        to: u64,
     },
     Release {
         key: String,
@@ -323,6 +350,8 @@ struct Engine {
     /// Each node's first epoch (for `StaleEpoch`).
     epochs: BTreeMap<usize, u64>,
     copies: u64,
+    /// Messages read for catch-ups.
+    caught_up: u64,
     fresh: u64,
     reordered: bool,
     dropped: bool,
@@ -354,6 +383,9 @@ pub struct ClusterOutcome {
     pub retained_writes: u64,
     /// Subscriptions refused because a node was full.
     pub refusals: u64,
+    /// Moves of persistent sessions between nodes, and the messages catch-up reads brought.
+    pub moves: u64,
+    pub caught_up: u64,
     pub violations: Vec<String>,
     /// The run's events, when asked for.
     pub log: Vec<String>,
@@ -485,6 +517,8 @@ impl ClusterWorld {
         } else {
             ClusterConfig::default().max_subscriptions
         };
+        // Cursors move within the run's seconds.
+        let record_interval_ms = rng.range(20, 400);
         let nodes = (0..n)
             .map(|i| {
                 let config = Config {
@@ -493,6 +527,7 @@ impl ClusterWorld {
                         enable: true,
                         node_name: format!("n{i}"),
                         max_subscriptions,
+                        record_interval_ms,
                         ..ClusterConfig::default()
                     },
                     ..Config::default()
@@ -505,6 +540,7 @@ impl ClusterWorld {
                         unix_ms: WALL_EPOCH_MS,
                     },
                 );
+                broker.handle_input(Instant(0), Input::ClusterFeedStart { seq: 0 });
                 Node {
                     broker,
                     plain: VecDeque::new(),
@@ -639,10 +675,42 @@ impl ClusterWorld {
                     self.closed.insert(conn.0);
                 }
             }
-            Output::ClusterClaim { token, key, value } => {
+            Output::ClusterClaim {
+                token,
+                key,
+                value,
+                keep_record,
+            } => {
                 self.note(|| format!("node {n} claims {key} ({token})"));
                 if let Some(nd) = self.nodes.get_mut(n) {
-                    nd.owner.push_back(OwnerOp::Claim { token, key, value });
+                    nd.owner.push_back(OwnerOp::Claim {
+                        token,
+                        key,
+                        value,
+                        keep_record,
+                    });
+                }
+            }
+            Output::ClusterRecord {
+                token,
+                key,
+                value,
+                revision,
+            } => {
+                self.note(|| format!("node {n} writes the record of {key} over {revision}"));
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.owner.push_back(OwnerOp::Record {
+                        token,
+                        key,
+                        value,
+                        revision,
+                    });
+                }
+            }
+            Output::ClusterCatchUp { token, from, to } => {
+                self.note(|| format!("node {n} catches up {from}..={to} ({token})"));
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.owner.push_back(OwnerOp::CatchUp { token, from, to });
                 }
             }
             Output::ClusterRelease { key, revision } => {
@@ -746,6 +814,7 @@ impl ClusterWorld {
             refused: BTreeSet::new(),
             cleared: false,
             roams: 0,
+            left: BTreeSet::new(),
         });
         self.connect(idx);
         idx
@@ -763,6 +832,7 @@ impl ClusterWorld {
         c.up = false;
         c.rx.clear();
         let (node, version) = (c.node, c.version());
+        let persistent = c.kind == Kind::Mover;
         self.by_conn.insert(conn, idx);
         self.feed(
             node,
@@ -775,15 +845,22 @@ impl ClusterWorld {
             idx,
             &Packet::Connect(Box::new(Connect {
                 version,
-                clean_start: true,
+                clean_start: !persistent,
                 keep_alive: 0,
-                properties: Properties::default(),
+                properties: Properties {
+                    session_expiry_interval: persistent.then_some(3600),
+                    ..Properties::default()
+                },
                 client_id: format!("c{idx}"),
                 will: None,
                 username: None,
                 password: None,
             })),
         );
+        // A persistent session's CONNACK waits for its claim.
+        if persistent {
+            self.settle_owner(node);
+        }
         if self.clients.get(idx).is_some_and(|c| !c.up) {
             self.problems
                 .push(format!("C0 client {idx} not connected after CONNECT"));
@@ -820,9 +897,17 @@ impl ClusterWorld {
     }
 
     /// NATS subscriptions node `n`'s sessions need, and whether one of them holds `raw`.
-    fn interest(&self, n: usize, raw: &str) -> (usize, bool) {
+    /// The NATS subscriptions node `n` holds for its sessions (at least, and at most: a
+    /// session a mover left there may or may not have ended yet), and whether `raw` is one
+    /// (surely, or perhaps).
+    fn interest(&self, n: usize, raw: &str) -> (usize, usize, bool, bool) {
         let mut raws = BTreeSet::new();
-        for c in self.clients.iter().filter(|c| c.node == n && !c.cleared) {
+        // Clients of a restarted node that have not connected again hold nothing there yet.
+        for c in self
+            .clients
+            .iter()
+            .filter(|c| c.node == n && !c.cleared && c.up)
+        {
             raws.extend(c.filters.keys().map(String::as_str));
             raws.extend(c.shared.keys().map(String::as_str));
         }
@@ -832,8 +917,13 @@ impl ClusterWorld {
                 raws.extend(r.filters.iter().map(String::as_str));
             }
         }
+        let mut maybe = raws.clone();
+        for c in self.clients.iter().filter(|c| c.left.contains(&n)) {
+            maybe.extend(c.filters.keys().map(String::as_str));
+        }
         let held = raws.iter().map(|r| subjects(r)).sum();
-        (held, raws.contains(raw))
+        let at_most = maybe.iter().map(|r| subjects(r)).sum();
+        (held, at_most, raws.contains(raw), maybe.contains(raw))
     }
 
     fn subscribe_with(&mut self, idx: usize, filter: &str, qos: QoS, no_local: bool) {
@@ -845,7 +935,7 @@ impl ClusterWorld {
         // the node's durable writes (a QoS 1 PUBLISH before it waits for one) are answered
         // first.
         self.settle_durable(node);
-        let (held, already) = self.interest(node, filter);
+        let (held, at_most, already, perhaps) = self.interest(node, filter);
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
@@ -873,7 +963,8 @@ impl ClusterWorld {
         );
         // A node may refuse a filter only when it is full (`max_subscriptions`).
         let need = subjects(filter);
-        let room = already || held + need <= self.max_subscriptions;
+        let room = perhaps || held + need <= self.max_subscriptions;
+        let surely_room = already || at_most + need <= self.max_subscriptions;
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
@@ -885,7 +976,7 @@ impl ClusterWorld {
                 (false, None) => drop(c.filters.remove(filter)),
             }
             self.refusals += 1;
-            if room {
+            if surely_room {
                 self.problems.push(format!(
                     "C5 client {idx} on node {node}: {filter} refused with room ({held} held, {need} more, at most {})",
                     self.max_subscriptions
@@ -932,7 +1023,8 @@ impl ClusterWorld {
         let at = self.engine.stream.len();
         self.note(|| format!("stream has node {n}'s write {token} at {at}"));
         self.engine.stream.push((subject, payload));
-        self.feed(n, Input::ClusterDurableDone { token, ok: true });
+        let seq = Some(at as u64 + 1);
+        self.feed(n, Input::ClusterDurableDone { token, seq });
     }
 
     /// Node `n`'s feed reads the next entry of the stream (every entry, in order, once).
@@ -957,7 +1049,15 @@ impl ClusterWorld {
         }
         (n, "feed", at).hash(&mut self.hash);
         self.note(|| format!("node {n}'s feed reads entry {at} {subject}"));
-        self.feed(n, Input::ClusterFeedMessage { subject, payload });
+        let seq = at as u64 + 1;
+        self.feed(
+            n,
+            Input::ClusterFeedMessage {
+                seq,
+                subject,
+                payload,
+            },
+        );
     }
 
     fn unsubscribe(&mut self, idx: usize, filter: &str) {
@@ -1144,12 +1244,31 @@ impl ClusterWorld {
     /// holds, so atomic here) or a release (a delete at a revision).
     fn owner_op(&mut self, n: usize, op: OwnerOp) {
         match op {
-            OwnerOp::Claim { token, key, value } => {
+            OwnerOp::Claim {
+                token,
+                key,
+                value,
+                keep_record,
+            } => {
                 self.engine.revision += 1;
                 let revision = self.engine.revision;
+                let value = match self.engine.sessions.get(&key) {
+                    Some((old, _)) if keep_record => {
+                        let line = record::owner_line(old).len();
+                        let mut v = value.to_vec();
+                        v.extend_from_slice(old.get(line..).unwrap_or_default());
+                        Bytes::from(v)
+                    }
+                    _ => value,
+                };
                 let mut previous = self.engine.sessions.insert(key.clone(), (value, revision));
                 if self.mutation == Some(ClusterMutation::BlindClaim) {
                     previous = None;
+                }
+                if self.mutation == Some(ClusterMutation::LoseRecord)
+                    && let Some((value, _)) = &mut previous
+                {
+                    *value = Bytes::copy_from_slice(record::owner_line(value));
                 }
                 self.note(|| format!("sessions {key} = node {n} at {revision}"));
                 (n, "claim", &key, revision).hash(&mut self.hash);
@@ -1161,6 +1280,53 @@ impl ClusterWorld {
                         previous,
                     },
                 );
+            }
+            OwnerOp::Record {
+                token,
+                key,
+                value,
+                revision,
+            } => {
+                let ours = record::owner_line(&value);
+                let answer = match self.engine.sessions.get(&key) {
+                    Some((old, at)) if *at == revision || record::owner_line(old) == ours => {
+                        self.engine.revision += 1;
+                        let written = self.engine.revision;
+                        self.engine.sessions.insert(key.clone(), (value, written));
+                        RecordAnswer::Written(written)
+                    }
+                    _ => RecordAnswer::Fenced,
+                };
+                self.note(|| format!("sessions {key}: node {n}'s record {answer:?}"));
+                (n, "record", &key, format!("{answer:?}")).hash(&mut self.hash);
+                self.feed(n, Input::ClusterRecorded { token, answer });
+            }
+            OwnerOp::CatchUp { token, from, to } => {
+                let mut from = from;
+                if self.mutation == Some(ClusterMutation::CatchUpSkips) {
+                    self.note(|| format!("node {n}'s catch-up skips {from}..={to}"));
+                    from = to + 1;
+                }
+                for seq in from.max(1)..=to {
+                    let Some((subject, payload)) = usize::try_from(seq - 1)
+                        .ok()
+                        .and_then(|i| self.engine.stream.get(i).cloned())
+                    else {
+                        break;
+                    };
+                    self.engine.caught_up += 1;
+                    self.feed(
+                        n,
+                        Input::ClusterCatchUpMessage {
+                            token,
+                            seq,
+                            subject,
+                            payload,
+                        },
+                    );
+                }
+                (n, "catch-up", from, to).hash(&mut self.hash);
+                self.feed(n, Input::ClusterCatchUpDone { token, ok: true });
             }
             OwnerOp::Release { key, revision } => {
                 if self
@@ -1346,6 +1512,10 @@ impl ClusterWorld {
             let node = self.rng.below(nodes64) as usize;
             self.add_client(Kind::Churn, node);
         }
+        for _ in 0..self.rng.below(3) {
+            let node = self.rng.below(nodes64) as usize;
+            self.add_client(Kind::Mover, node);
+        }
         // Subscriptions; some are dropped again before any message.
         for idx in 0..self.clients.len() {
             let kind = self.clients.get(idx).map(|c| c.kind);
@@ -1356,6 +1526,12 @@ impl ClusterWorld {
                     };
                     let qos = qos_of(self.rng.below(2));
                     self.subscribe(idx, &format!("$share/{name}/{filter}"), qos);
+                }
+                Some(Kind::Mover) => {
+                    for _ in 0..self.rng.range(1, 2) {
+                        let f = random_filter(&mut self.rng);
+                        self.subscribe_with(idx, &f, QoS::AtLeastOnce, false);
+                    }
                 }
                 Some(Kind::Stable | Kind::Churn) => {
                     for _ in 0..self.rng.range(1, 3) {
@@ -1480,8 +1656,11 @@ impl ClusterWorld {
                 let Some(&idx) = self.rng.pick(&talkers) else {
                     continue;
                 };
-                let churn = self.clients.get(idx).is_some_and(|c| c.kind == Kind::Churn);
-                if churn && self.rng.chance(40) {
+                let kind = self.clients.get(idx).map(|c| c.kind);
+                let churn = kind == Some(Kind::Churn);
+                if kind == Some(Kind::Mover) && self.rng.chance(100) {
+                    self.move_session(idx);
+                } else if churn && self.rng.chance(40) {
                     self.leave_and_return(idx);
                 } else if churn && self.rng.chance(60) {
                     self.roam(idx);
@@ -1508,6 +1687,47 @@ impl ClusterWorld {
         for nd in &mut self.nodes {
             nd.cut = false;
         }
+    }
+
+    /// Mover `idx` leaves its node (DISCONNECT, or the connection drops) and resumes its
+    /// session on another node, subscribing to nothing: what it holds comes with the session.
+    fn move_session(&mut self, idx: usize) {
+        let nodes = self.nodes.len() as u64;
+        let to = self.rng.range(1, nodes - 1) as usize;
+        let abrupt = self.rng.chance(500);
+        let Some(from) = self.clients.get(idx).map(|c| c.node) else {
+            return;
+        };
+        // What it published is taken before it goes (see `leave_and_return`).
+        self.settle_durable(from);
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let conn = c.conn;
+        // What the node sends this connection from now on is not the client's concern.
+        self.by_conn.remove(&conn);
+        if abrupt {
+            self.feed(from, Input::Closed { conn: ConnId(conn) });
+        } else {
+            self.send(
+                idx,
+                &Packet::Disconnect(ReasonOnly {
+                    reason: ReasonCode(0),
+                    properties: Properties::default(),
+                }),
+            );
+        }
+        let node = (from + to) % self.nodes.len();
+        if let Some(c) = self.clients.get_mut(idx) {
+            c.node = node;
+            c.roams += 1;
+            c.left.insert(from);
+            c.left.remove(&node);
+        }
+        self.note(|| {
+            format!("client {idx} moves from node {from} to node {node}, abrupt={abrupt}")
+        });
+        self.connect(idx);
     }
 
     /// Client `idx` leaves (DISCONNECT, or the connection drops) and comes back at once with
@@ -1611,21 +1831,35 @@ impl ClusterWorld {
         nd.durable.clear();
         // A new feed reads from the stream's end.
         nd.feed_at = self.engine.stream.len();
+        let seq = nd.feed_at as u64;
+        nd.broker
+            .handle_input(Instant(self.now), Input::ClusterFeedStart { seq });
         nd.owner.clear();
         nd.queue_sids.clear();
         nd.watched = 0;
         let here: Vec<usize> = (0..self.clients.len())
             .filter(|&i| self.clients.get(i).is_some_and(|c| c.node == n))
             .collect();
+        // Their connections went with the node.
+        for &idx in &here {
+            if let Some(c) = self.clients.get_mut(idx) {
+                c.up = false;
+            }
+        }
         for idx in here {
             self.connect(idx);
-            let Some(c) = self.clients.get(idx) else {
+            let Some(c) = self.clients.get_mut(idx) else {
                 continue;
             };
-            let plain: Vec<(String, (QoS, bool))> =
-                c.filters.iter().map(|(f, o)| (f.clone(), *o)).collect();
-            let shared: Vec<(String, QoS)> =
-                c.shared.iter().map(|(f, q)| (f.clone(), *q)).collect();
+            // Held again as each is subscribed again; a mover's came back with its record.
+            let (plain, shared) = if c.kind == Kind::Mover {
+                (c.filters.clone(), c.shared.clone())
+            } else {
+                (
+                    std::mem::take(&mut c.filters),
+                    std::mem::take(&mut c.shared),
+                )
+            };
             for (f, (qos, no_local)) in plain {
                 self.subscribe_with(idx, &f, qos, no_local);
             }
@@ -1664,6 +1898,7 @@ impl ClusterWorld {
         self.check_c6(&mut violations);
         self.check_c7(&mut violations);
         self.check_c8(&mut violations);
+        self.check_c9(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -1680,6 +1915,13 @@ impl ClusterWorld {
             copies: self.engine.copies,
             retained_writes: self.engine.bucket.len() as u64,
             refusals: self.refusals,
+            moves: self
+                .clients
+                .iter()
+                .filter(|c| c.kind == Kind::Mover)
+                .map(|c| c.roams as u64)
+                .sum(),
+            caught_up: self.engine.caught_up,
             violations,
             log: self.log.unwrap_or_default(),
         }
@@ -1848,7 +2090,9 @@ impl ClusterWorld {
     /// subscription carries.
     fn check_c4(&self, out: &mut Vec<String>) {
         for (idx, c) in self.clients.iter().enumerate() {
-            if c.kind == Kind::Churn {
+            // A session that moved gets what its catch-up read brings after what the new
+            // node's feed brought meanwhile.
+            if matches!(c.kind, Kind::Churn | Kind::Mover) {
                 continue;
             }
             // Order holds per publisher, node and QoS (QoS 0 goes live, QoS 1/2 through the
@@ -1875,6 +2119,41 @@ impl ClusterWorld {
                     c.kind, c.node, g.topic, early.via, g.via
                 );
                 out.push(line);
+            }
+        }
+    }
+
+    /// C9: a persistent session that moves between nodes loses nothing: every QoS 1 message
+    /// its filters (held throughout) match reaches it at least once, wherever it was when
+    /// the message was published (QoS 1 allows a message again after a move).
+    fn check_c9(&self, out: &mut Vec<String>) {
+        for (idx, c) in self.clients.iter().enumerate() {
+            if c.kind != Kind::Mover {
+                continue;
+            }
+            let got: BTreeSet<&Bytes> = c.got.iter().map(|g| &g.payload).collect();
+            let missing: Vec<&Sent> = self
+                .sent
+                .iter()
+                .filter(|s| s.qos != QoS::AtMostOnce && !got.contains(&s.payload))
+                .filter(|s| {
+                    c.filters
+                        .keys()
+                        .any(|f| tidemq_core::topic::matches(f, &s.topic))
+                })
+                .collect();
+            if let Some(s) = missing.first() {
+                out.push(format!(
+                    "C9 client {idx} (moved {} times, now on node {}, filters {:?}) lost {} of its QoS 1 messages, first {:?} on {} from client {} on node {}",
+                    c.roams,
+                    c.node,
+                    c.filters.keys().collect::<Vec<_>>(),
+                    missing.len(),
+                    s.payload,
+                    s.topic,
+                    s.publisher,
+                    s.node
+                ));
             }
         }
     }

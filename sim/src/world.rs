@@ -703,6 +703,8 @@ impl World {
             | Output::ClusterClaim { .. }
             | Output::ClusterLookup { .. }
             | Output::ClusterRelease { .. }
+            | Output::ClusterRecord { .. }
+            | Output::ClusterCatchUp { .. }
             | Output::ClusterDurable { .. } => self.trace.push(Ev::Stuck(
                 "a cluster output from a node without cluster mode".to_owned(),
             )),

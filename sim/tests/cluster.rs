@@ -47,7 +47,7 @@ fn every_checker_passes() {
     let started = Instant::now();
     let n = seeds();
     let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
-    let (mut cut, mut restarts, mut refusals) = (0, 0, 0);
+    let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up) = (0, 0, 0, 0, 0);
     let mut failures = Vec::new();
     for i in 0..n {
         let o = run_cluster_seed(BASE + i, None);
@@ -58,17 +58,20 @@ fn every_checker_passes() {
         cut += u64::from(o.partitioned);
         restarts += u64::from(o.restarted);
         refusals += o.refusals;
+        moves += o.moves;
+        caught_up += o.caught_up;
         if !o.violations.is_empty() {
             failures.push(format!("{}\n  {}", show(&o), o.violations.join("\n  ")));
         }
     }
     println!(
         "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
-         {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, {:.1} s",
+         {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, \
+         {moves} persistent sessions moved ({caught_up} messages caught up), {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(messages > 0 && deliveries > 0);
+    assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0);
 }
 
 /// Runs the seeds under a planted fault; returns those on which `checker` failed.
@@ -129,6 +132,16 @@ fn a_restart_without_a_new_epoch_changes_nothing() {
 #[test]
 fn a_feed_that_skips_a_message_is_caught_by_c1() {
     assert!(!caught(ClusterMutation::FeedSkips, "C1").is_empty());
+}
+
+#[test]
+fn catch_up_reads_that_bring_nothing_are_caught_by_c9() {
+    assert!(!caught(ClusterMutation::CatchUpSkips, "C9").is_empty());
+}
+
+#[test]
+fn a_claim_that_drops_the_session_record_is_caught_by_c9() {
+    assert!(!caught(ClusterMutation::LoseRecord, "C9").is_empty());
 }
 
 #[test]

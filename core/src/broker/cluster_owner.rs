@@ -9,7 +9,7 @@ use super::Broker;
 use crate::admin::code;
 use crate::admin::v4::V4Reply;
 use crate::api::Output;
-use crate::cluster::owner::{self, KICK_SID, KickBy, Lookup};
+use crate::cluster::owner::{self, Asker, KickBy, Lookup};
 use crate::cluster::subject;
 use crate::codec::reason;
 use crate::conn::CloseReason;
@@ -24,30 +24,43 @@ impl Broker {
     }
 
     /// Claims the client id of session `sid`, unless it holds or asks for a claim already.
+    /// A session opened by a CONNECT that waited for its claim takes that one.
     pub(super) fn cluster_claim(&mut self, sid: SessionId) {
         let ledger = self.memory.ledger.clone();
+        let feed = self.cluster.as_deref().and_then(|c| c.feed_seq);
         let (Some(c), Some(session)) = (self.cluster.as_deref_mut(), self.sessions.get(&sid))
         else {
             return;
         };
-        if c.owner.claimed(sid) {
+        let keeps_record = session.expiry_secs > 0;
+        if let Some(grant) = session.conn.and_then(|conn| c.owner.take_grant(conn)) {
+            let held = c
+                .owner
+                .hold(sid, grant.key, grant.revision, keeps_record, &ledger);
+            // A new session was owed nothing before now; one resumed from a record has the
+            // record's cursor, one resumed here keeps its own.
+            held.cursor = match grant.resumed_cursor {
+                Some(cursor) => cursor,
+                None => held.cursor.or(feed),
+            };
+            self.write_record(sid);
+            return;
+        }
+        if c.owner.claimed(Asker::Session(sid)) {
             return;
         }
         let Ok(key) = subject::name_key(&session.client_id, c.max_subject_len()) else {
             return;
         };
-        if !c.owner.kick_subscribed {
-            c.owner.kick_subscribed = true;
-            self.outputs.push_back(Output::ClusterSubscribe {
-                sid: KICK_SID,
-                subject: owner::kick_subject(&c.config.subject_prefix, &c.config.node_name),
-                queue: None,
-            });
-        }
-        let token = c.owner.ask(sid, &key, &ledger);
+        let token = c.owner.ask(Asker::Session(sid), &key, &ledger);
         let value = owner::claim_value(&c.config.node_name, c.epoch);
-        self.outputs
-            .push_back(Output::ClusterClaim { token, key, value });
+        self.outputs.push_back(Output::ClusterClaim {
+            token,
+            key,
+            value,
+            keep_record: false,
+        });
+        self.subscribe_kicks();
     }
 
     /// The bucket's answer to a claim. The claim a session that has gone meanwhile made is
@@ -59,35 +72,53 @@ impl Broker {
         previous: Option<(Bytes, u64)>,
     ) {
         let ledger = self.memory.ledger.clone();
+        let feed = self.cluster.as_deref().and_then(|c| c.feed_seq);
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some((sid, key)) = c.owner.answered(token) else {
+        let Some((asker, key)) = c.owner.answered(token) else {
             return;
         };
-        let Some(revision) = revision else {
+        if revision.is_some() {
+            c.owner.counters.claims += 1;
+        } else {
             c.owner.counters.claims_failed += 1;
-            return;
-        };
-        c.owner.counters.claims += 1;
+        }
         // The client connected here after the session there: that one goes, even if this
         // one has ended meanwhile. This node's own earlier claims were settled here when
         // their sessions ended.
-        if let Some((value, replaced)) = previous
-            && let Some((node, _)) = owner::parse_claim(&value)
+        if revision.is_some()
+            && let Some((value, replaced)) = &previous
+            && let Some((node, _)) = owner::parse_claim(value)
             && node != c.config.node_name
         {
             self.outputs.push_back(Output::ClusterPublish {
                 subject: owner::kick_subject(&c.config.subject_prefix, node),
-                payload: owner::kick_payload(replaced, &key, KickBy::Takeover),
+                payload: owner::kick_payload(*replaced, &key, KickBy::Takeover),
                 droppable: false,
             });
         }
-        if self.sessions.contains_key(&sid) {
-            c.owner.hold(sid, revision, &ledger);
-        } else {
-            self.outputs
-                .push_back(Output::ClusterRelease { key, revision });
+        let sid = match asker {
+            Asker::Connect(conn) => {
+                let previous = previous.as_ref().map(|(value, _)| value);
+                return self.cluster_connect_claimed(conn, key, revision, previous);
+            }
+            Asker::Session(sid) => sid,
+        };
+        let Some(revision) = revision else {
+            return;
+        };
+        match self.sessions.get(&sid) {
+            Some(s) => {
+                let keeps_record = s.expiry_secs > 0;
+                let held = c.owner.hold(sid, key, revision, keeps_record, &ledger);
+                held.cursor = held.cursor.or(feed);
+                self.write_record(sid);
+                self.arm_record_tick();
+            }
+            None => self
+                .outputs
+                .push_back(Output::ClusterRelease { key, revision }),
         }
     }
 
@@ -102,22 +133,13 @@ impl Broker {
             c.counters.malformed += 1;
             return;
         };
-        let Some(sid) = c.owner.session_at(revision) else {
+        let Some(sid) = c.owner.session_at(key, revision) else {
             return;
         };
-        let max_len = c.max_subject_len();
-        let same = self
-            .sessions
-            .get(&sid)
-            .and_then(|s| subject::name_key(&s.client_id, max_len).ok())
-            .is_some_and(|k| k == key);
-        if !same {
-            return;
-        }
         let (why, detail, end) = match by {
             KickBy::Takeover => {
                 // The claim is the other node's now: nothing of it to give back.
-                c.owner.let_go(sid);
+                c.owner.lose(sid);
                 c.owner.counters.taken_over += 1;
                 let detail = "session taken over on another node";
                 (reason::SESSION_TAKEN_OVER, detail, true)
@@ -197,15 +219,12 @@ impl Broker {
         self.v4_reply(lookup.req_id, reply);
     }
 
-    /// Session `sid` (of `client_id`) ended here: its claim is deleted if still its own.
-    pub(super) fn cluster_release(&mut self, sid: SessionId, client_id: &str) {
+    /// Session `sid` ended here: its claim (and record) is deleted if still its own.
+    pub(super) fn cluster_release(&mut self, sid: SessionId) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(revision) = c.owner.let_go(sid) else {
-            return;
-        };
-        if let Ok(key) = subject::name_key(client_id, c.max_subject_len()) {
+        if let Some((key, revision)) = c.owner.let_go(sid) {
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });
         }

@@ -25,12 +25,14 @@ use crate::session::Subscription;
 use crate::sys;
 
 /// Who takes a message from another node here.
-enum Takers {
+pub(super) enum Takers {
     /// Sessions with a matching plain subscription: through the NATS subscription numbered
     /// (a live copy, see `Subscription::cluster_key`), or all of them (the node feed).
     Plain(Option<u64>),
     /// One member of the share group (filter, group).
     Group(String, String),
+    /// One session, through its matching plain subscriptions (a catch-up read).
+    Session(SessionId),
 }
 
 impl Broker {
@@ -212,10 +214,11 @@ impl Broker {
     /// A QoS 1/2 message of another node from the durable stream: routed to every local
     /// session with a matching plain subscription (share groups take theirs through NATS
     /// queue groups). The feed brings each message once, in the stream's order.
-    pub(super) fn cluster_feed_message(&mut self, subject: &str, payload: Bytes) {
+    pub(super) fn cluster_feed_message(&mut self, seq: u64, subject: &str, payload: Bytes) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
+        c.feed_at(seq);
         let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Durable, subject);
         let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
             c.counters.malformed += 1;
@@ -229,7 +232,7 @@ impl Broker {
     }
 
     /// A message from another node taken here (counted), unless it has expired on its way.
-    fn take_copy(&mut self, topic: String, envelope: Envelope, takers: Takers) {
+    pub(super) fn take_copy(&mut self, topic: String, envelope: Envelope, takers: Takers) {
         let ledger = self.memory.ledger.clone();
         if let Some(c) = self.cluster.as_deref_mut() {
             c.counters.received += 1;
@@ -242,6 +245,7 @@ impl Broker {
         match &takers {
             Takers::Plain(via) => self.route(&msg, false, *via),
             Takers::Group(filter, group) => self.route_to_group(&msg, filter, group),
+            Takers::Session(sid) => self.route_to_session(&msg, *sid),
         }
         self.settle(&msg);
     }
@@ -390,10 +394,12 @@ impl Broker {
     /// JetStream answered a durable write: the message goes on as any other (routed, then
     /// acknowledged), or is refused (v5 0x80; 3.1.1 has no refusal and is disconnected).
     /// Once durable it is routed even if its connection has gone meanwhile.
-    pub(super) fn cluster_durable_done(&mut self, token: u64, ok: bool) {
+    pub(super) fn cluster_durable_done(&mut self, token: u64, seq: Option<u64>) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
+        let ok = seq.is_some();
+        c.own_high = c.own_high.max(seq.unwrap_or(0));
         let ready = c.answered(token, ok);
         let Some(conn) = ready.first().map(|(w, _)| w.conn) else {
             return;

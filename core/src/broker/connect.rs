@@ -122,6 +122,11 @@ impl Broker {
             );
         }
 
+        // In a cluster a persistent session waits for its claim, which may bring its record.
+        if !assigned && self.cluster_claims_first(id, expiry_secs) {
+            return self.cluster_claim_first(id, connect);
+        }
+
         self.take_over(&client_id);
         let (sid, session_present) = self.open_session(&client_id, version, connect.clean_start);
 
@@ -213,6 +218,8 @@ impl Broker {
         self.resume(sid);
         // An assigned id is this node's own: nobody else can hold it.
         if !assigned {
+            // A session that holds its claim already writes its record again (connected).
+            self.cluster_session_changed(sid);
             self.cluster_claim(sid);
         }
     }

@@ -40,6 +40,7 @@ impl Broker {
         session.disconnected_at_unix_ms = Some(wall);
         self.store.session_put(session, false);
         self.arm_session_timer(sid);
+        self.cluster_session_changed(sid);
     }
 
     pub(super) fn arm_session_timer(&mut self, sid: SessionId) {
@@ -64,7 +65,7 @@ impl Broker {
             return;
         };
         self.offline_by_end.remove(sid, &session);
-        self.cluster_release(sid, &session.client_id);
+        self.cluster_release(sid);
         if session.durable {
             self.store.persist(
                 Record::SessionDel {

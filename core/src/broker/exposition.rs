@@ -476,7 +476,7 @@ impl Broker {
         };
         let k = &c.counters;
         let claims = c.owner.counters;
-        let families: [(&str, &str, &str, u64); 11] = [
+        let families: [(&str, &str, &str, u64); 15] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -542,6 +542,30 @@ impl Broker {
                 "counter",
                 "Sessions ended here because another node claimed their client id.",
                 claims.taken_over,
+            ),
+            (
+                "tidemq_cluster_session_records_total",
+                "counter",
+                "Persistent sessions' records written to the sessions bucket.",
+                claims.records,
+            ),
+            (
+                "tidemq_cluster_session_records_failed_total",
+                "counter",
+                "Session record writes not made (no answer in time, or fenced by another owner).",
+                claims.records_failed,
+            ),
+            (
+                "tidemq_cluster_sessions_resumed_total",
+                "counter",
+                "Persistent sessions resumed here from another node's record.",
+                claims.resumed,
+            ),
+            (
+                "tidemq_cluster_caught_up_total",
+                "counter",
+                "Messages catch-up reads of the durable stream brought to resumed sessions.",
+                claims.caught_up,
             ),
         ];
         for (name, kind, help, value) in families {

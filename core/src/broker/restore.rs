@@ -8,10 +8,10 @@ use super::Broker;
 use crate::api::{BrokerEvent, Instant};
 use crate::codec::QoS;
 use crate::config::Config;
-use crate::durable::{options_from_byte, version_from_level};
+use crate::durable::version_from_level;
 use crate::message::{Content, Message, Origin};
 use crate::persist::{Record, Recovered};
-use crate::session::{Delivery, NEVER_EXPIRES, Session, Subscription};
+use crate::session::{Delivery, NEVER_EXPIRES, Session};
 use crate::topic;
 use crate::window::InboundQos2;
 
@@ -114,21 +114,7 @@ impl Broker {
                 let left = u64::from(rs.expiry_secs) * 1000 - elapsed_ms;
                 s.expires_at = Some(now.plus_ms(left));
             }
-            for (raw, (options, id)) in rs.subscriptions {
-                let Some(options) = options_from_byte(options) else {
-                    continue;
-                };
-                let Ok(parsed) = topic::parse_subscription(&raw, usize::MAX) else {
-                    continue;
-                };
-                let sub = Subscription {
-                    options,
-                    id,
-                    cluster_key: 0,
-                };
-                self.index_subscription(parsed.filter, parsed.share_group, sid, sub);
-                s.subscribe(raw, sub);
-            }
+            self.restore_subscriptions(sid, &mut s, rs.subscriptions);
             for (entry, q) in rs.queue {
                 let Some(msg) = messages.get(&q.msg_id) else {
                     continue;

@@ -76,6 +76,21 @@ impl Broker {
     /// `via`: a copy from another node on the NATS subscription with this number, which only
     /// the sessions whose lowest-numbered matching filter it is take (`clustering.rs`).
     pub(super) fn route(&mut self, msg: &Arc<Message>, shared: bool, via: Option<u64>) {
+        self.route_for(msg, shared, via, None);
+    }
+
+    /// Delivers `msg` to session `sid` only, as `route` would (a catch-up read).
+    pub(super) fn route_to_session(&mut self, msg: &Arc<Message>, sid: SessionId) {
+        self.route_for(msg, false, None, Some(sid));
+    }
+
+    fn route_for(
+        &mut self,
+        msg: &Arc<Message>,
+        shared: bool,
+        via: Option<u64>,
+        only: Option<SessionId>,
+    ) {
         // Targets with the same key merge: (session, 0) for non-shared, (session, n) for the
         // n-th share group.
         type Key = (SessionId, usize);
@@ -87,6 +102,9 @@ impl Broker {
             for m in matched {
                 match m {
                     SubMatch::Single(sid, sub) => {
+                        if only.is_some_and(|only| only != *sid) {
+                            continue;
+                        }
                         if sub.options.no_local && msg.publisher() == Some(*sid) {
                             continue;
                         }

@@ -174,6 +174,7 @@ impl Broker {
         session.subscribe(raw.to_owned(), sub);
         let durable = session.durable.then(|| session.client_id.clone());
         self.index_subscription(parsed.filter, parsed.share_group, sid, sub);
+        self.cluster_session_changed(sid);
         if let Some(client_id) = durable {
             let record = Record::SubPut {
                 client_id,
@@ -250,6 +251,7 @@ impl Broker {
             Ok(parsed) => {
                 if removed {
                     self.unindex_subscription(parsed.filter, parsed.share_group, sid);
+                    self.cluster_session_changed(sid);
                     if let Some(client_id) = self
                         .sessions
                         .get(&sid)

@@ -35,9 +35,12 @@ pub struct ClusterConfig {
     /// The retained bucket's cap in bytes (1MB..=half of `max_memory`): every node mirrors
     /// all of it within its memory budget.
     pub retained_max_bytes: u64,
-    /// The sessions bucket's cap in bytes (1MB..): one small entry per client id a node
-    /// serves (its owner).
+    /// The sessions bucket's cap in bytes (1MB..): one entry per client id a node serves
+    /// (its owner, and a persistent session's record).
     pub sessions_max_bytes: u64,
+    /// How often a persistent session's cursor may be written to its record (10..=60000 ms):
+    /// shorter means fewer messages delivered again after a move, more bucket writes.
+    pub record_interval_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -52,6 +55,7 @@ impl Default for ClusterConfig {
             max_subject_len: 2048,
             retained_max_bytes: 32 * 1024 * 1024,
             sessions_max_bytes: 64 * 1024 * 1024,
+            record_interval_ms: 1000,
             publish_timeout_ms: 10_000,
             durable_max_bytes: 10 * 1024 * 1024 * 1024,
             durable_max_age_ms: 7 * 24 * 3600 * 1000,
@@ -84,6 +88,9 @@ impl ClusterConfig {
         }
         if !(100..=60_000).contains(&self.publish_timeout_ms) {
             return err("cluster.publish_timeout", "must be between 100ms and 60s");
+        }
+        if !(10..=60_000).contains(&self.record_interval_ms) {
+            return err("cluster.record_interval", "must be between 10ms and 60s");
         }
         if self.durable_max_bytes < 1024 * 1024 {
             return err("cluster.durable_max_bytes", "must be at least 1MB");

@@ -7,11 +7,13 @@
 //! - `envelope`: a message as it travels between nodes.
 //! - `interest`: the NATS subscriptions this node holds for its sessions' filters.
 //! - `owner`: one owner per client id, claimed in the sessions bucket.
+//! - `record`: a persistent session's record in that bucket, so it can resume elsewhere.
 
 pub mod config;
 pub mod envelope;
 pub(crate) mod interest;
 pub mod owner;
+pub mod record;
 pub mod subject;
 
 pub use config::ClusterConfig;
@@ -30,6 +32,23 @@ const PENDING_KEY_BYTES: usize = 64;
 
 /// Durable writes one connection may have on their way at once.
 pub const PIPELINE: usize = 64;
+
+/// Catch-up reads of the durable stream at once; more wait their turn.
+pub const MAX_CATCHUPS: usize = 64;
+
+/// What one catch-up read costs while it runs or waits.
+pub(crate) const CATCHUP_BYTES: usize = 96;
+
+/// A catch-up read for a session resumed here: the stream from `from`, another node's
+/// messages up to `to_all` (the feed's place when asked), this node's up to `to_own`.
+pub(crate) struct CatchUp {
+    pub sid: SessionId,
+    pub from: u64,
+    pub to_all: u64,
+    pub to_own: u64,
+    pub attempts: u8,
+    pub _charge: Charge,
+}
 
 /// A client's QoS 1/2 PUBLISH waiting for JetStream to have it.
 pub(crate) struct Waiting {
@@ -61,6 +80,15 @@ pub(crate) struct Cluster {
     /// Retained-bucket keys this node wrote and its watch has not handed back yet, with how
     /// many such writes (at most one entry per retained topic), the key counted in memory.
     retained_pending: BTreeMap<String, (u32, Charge)>,
+    /// The durable stream's sequence the node feed has read up to (`None` until it starts).
+    pub feed_seq: Option<u64>,
+    /// The highest sequence JetStream gave one of this node's durable writes.
+    pub own_high: u64,
+    /// Catch-up reads running, by token, and waiting for their turn.
+    pub catchups: BTreeMap<u64, CatchUp>,
+    pub catchups_waiting: VecDeque<CatchUp>,
+    /// The records' tick, when armed.
+    pub record_tick: Option<crate::api::Instant>,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -93,6 +121,11 @@ impl Cluster {
             answers: BTreeMap::new(),
             next_token: 0,
             retained_pending: BTreeMap::new(),
+            feed_seq: None,
+            own_high: 0,
+            catchups: BTreeMap::new(),
+            catchups_waiting: VecDeque::new(),
+            record_tick: None,
         }
     }
 
@@ -168,6 +201,18 @@ impl Cluster {
             }
         }
         ready
+    }
+
+    /// A catch-up read starts: its token.
+    pub fn start_catch_up(&mut self, catch_up: CatchUp) -> u64 {
+        self.next_token += 1;
+        self.catchups.insert(self.next_token, catch_up);
+        self.next_token
+    }
+
+    /// The node feed has read up to `seq`.
+    pub fn feed_at(&mut self, seq: u64) {
+        self.feed_seq = Some(self.feed_seq.map_or(seq, |at| at.max(seq)));
     }
 
     /// The stamp of this node's next message.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::api::ConnId;
 use crate::ids::SessionId;
 use crate::memory::{Charge, Ledger};
 
@@ -15,11 +16,19 @@ use crate::memory::{Charge, Ledger};
 pub const KICK_SID: u64 = 0;
 
 /// What one claim on its way or held costs beyond its key.
-const CLAIM_BYTES: usize = 96;
+const CLAIM_BYTES: usize = 160;
 
-/// A claim on its way: the session that asked and its key.
+/// Who asked for a claim: an open session, or a CONNECT of a persistent session that waits
+/// for the claim (and the record it replaces) before its session opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Asker {
+    Session(SessionId),
+    Connect(ConnId),
+}
+
+/// A claim on its way: who asked and the key.
 struct Asking {
-    sid: SessionId,
+    asker: Asker,
     key: String,
     _charge: Charge,
 }
@@ -32,19 +41,55 @@ pub(crate) struct Lookup {
     pub keep_session: bool,
 }
 
+/// A claim held by one of this node's sessions, with its record's writes.
+pub(crate) struct Held {
+    pub key: String,
+    /// The revision the claim was written at: a kick naming this or a later revision is for
+    /// this session (later ones are its record's writes).
+    pub first: u64,
+    /// The revision of the entry as this node last wrote it: the next write's fence.
+    pub revision: u64,
+    /// A record write on its way (its token); one at a time per session.
+    pub writing: Option<u64>,
+    /// The session changed since its record was written last.
+    pub dirty: bool,
+    /// The session is persistent: its record is kept in the bucket.
+    pub keeps_record: bool,
+    /// Its cursor in the durable stream as written, or to be written.
+    pub cursor: Option<u64>,
+    /// A catch-up read refills it: its cursor stays until that is done.
+    pub catching_up: bool,
+    /// The session has ended: the claim goes once the write on its way is answered.
+    pub ending: bool,
+    _charge: Charge,
+}
+
+/// A claim answered for a waiting CONNECT.
+pub(crate) struct Grant {
+    pub key: String,
+    pub revision: u64,
+    /// The cursor of the record the session resumes from (`Some(None)`: a record without
+    /// one), or `None` for a new session.
+    pub resumed_cursor: Option<Option<u64>>,
+}
+
 /// The claims of this node's sessions. At most one entry per session in each map.
 #[derive(Default)]
 pub(crate) struct Owner {
     next_token: u64,
     asking: BTreeMap<u64, Asking>,
-    /// The same, by session (so a connect asks in O(log n) whether one is on its way).
-    asking_for: BTreeMap<SessionId, u64>,
+    /// The same, by asker (so a connect asks in O(log n) whether one is on its way).
+    asking_for: BTreeMap<Asker, u64>,
     /// Admin kicks waiting for a lookup, by token (bounded by the admin API's requests).
     lookups: BTreeMap<u64, Lookup>,
-    /// Claims written, by session: the revision.
-    held: BTreeMap<SessionId, (u64, Charge)>,
-    /// The same, by revision (a kick names the revision it replaced).
-    by_revision: BTreeMap<u64, SessionId>,
+    /// Claims written, by session.
+    held: BTreeMap<SessionId, Held>,
+    /// The same, by key (a kick names the key and a revision).
+    by_key: BTreeMap<String, SessionId>,
+    /// Record writes on their way, by token.
+    writes: BTreeMap<u64, SessionId>,
+    /// Claims answered for a waiting CONNECT, taken by the session it opens.
+    granted: BTreeMap<ConnId, Grant>,
     /// The kick subject is subscribed (with the first claim: the runtime's link exists then).
     pub kick_subscribed: bool,
     pub counters: OwnerCounters,
@@ -58,12 +103,20 @@ pub struct OwnerCounters {
     pub claims_failed: u64,
     /// Sessions here let go because another node claimed their client id.
     pub taken_over: u64,
+    /// Session records written, and those that could not be (fenced ones included).
+    pub records: u64,
+    pub records_failed: u64,
+    /// Sessions resumed here from another node's record, and the messages their
+    /// catch-up reads brought.
+    pub resumed: u64,
+    pub caught_up: u64,
 }
 
 impl Owner {
-    /// Whether `sid` has a claim held or on its way.
-    pub fn claimed(&self, sid: SessionId) -> bool {
-        self.held.contains_key(&sid) || self.asking_for.contains_key(&sid)
+    /// Whether `asker` has a claim on its way, or (a session) holds one.
+    pub fn claimed(&self, asker: Asker) -> bool {
+        self.asking_for.contains_key(&asker)
+            || matches!(asker, Asker::Session(sid) if self.held.contains_key(&sid))
     }
 
     fn token(&mut self) -> u64 {
@@ -83,42 +136,146 @@ impl Owner {
         self.lookups.remove(&token)
     }
 
-    /// A claim for `sid` goes out as `token`.
-    pub fn ask(&mut self, sid: SessionId, key: &str, ledger: &Ledger) -> u64 {
+    /// A claim for `asker` goes out as `token`.
+    pub fn ask(&mut self, asker: Asker, key: &str, ledger: &Ledger) -> u64 {
         let token = self.token();
         let asking = Asking {
-            sid,
+            asker,
             key: key.to_owned(),
             _charge: ledger.charge(CLAIM_BYTES + key.len()),
         };
         self.asking.insert(token, asking);
-        self.asking_for.insert(sid, token);
+        self.asking_for.insert(asker, token);
         token
     }
 
-    /// The answer to `token`: the session that asked and its key.
-    pub fn answered(&mut self, token: u64) -> Option<(SessionId, String)> {
+    /// The answer to `token`: who asked and the key.
+    pub fn answered(&mut self, token: u64) -> Option<(Asker, String)> {
         let a = self.asking.remove(&token)?;
-        self.asking_for.remove(&a.sid);
-        Some((a.sid, a.key))
+        self.asking_for.remove(&a.asker);
+        Some((a.asker, a.key))
     }
 
-    pub fn hold(&mut self, sid: SessionId, revision: u64, ledger: &Ledger) {
-        self.held
-            .insert(sid, (revision, ledger.charge(CLAIM_BYTES)));
-        self.by_revision.insert(revision, sid);
+    /// A waiting CONNECT's claim was written: the session it opens takes it.
+    pub fn grant(&mut self, conn: ConnId, grant: Grant) {
+        self.granted.insert(conn, grant);
     }
 
-    /// Forgets the claim of `sid`: its revision, if it held one.
-    pub fn let_go(&mut self, sid: SessionId) -> Option<u64> {
-        let (revision, _) = self.held.remove(&sid)?;
-        self.by_revision.remove(&revision);
-        Some(revision)
+    /// The claim granted to `conn`'s CONNECT, taken (also when the connection went).
+    pub fn take_grant(&mut self, conn: ConnId) -> Option<Grant> {
+        self.granted.remove(&conn)
     }
 
-    /// The session whose claim was written at `revision`.
-    pub fn session_at(&self, revision: u64) -> Option<SessionId> {
-        self.by_revision.get(&revision).copied()
+    /// Whether `conn`'s CONNECT holds a claim for its session to take.
+    pub fn granted(&self, conn: ConnId) -> bool {
+        self.granted.contains_key(&conn)
+    }
+
+    /// Session `sid` holds the claim written at `revision`. A session that held one already
+    /// (a new connection asked again) takes the newer: kicks for older revisions were for
+    /// claims this one replaced.
+    pub fn hold(
+        &mut self,
+        sid: SessionId,
+        key: String,
+        revision: u64,
+        keeps_record: bool,
+        ledger: &Ledger,
+    ) -> &mut Held {
+        let (charge, cursor, catching_up) = match self.held.remove(&sid) {
+            Some(old) => {
+                self.by_key.remove(&old.key);
+                (old._charge, old.cursor, old.catching_up)
+            }
+            None => (ledger.charge(CLAIM_BYTES + key.len()), None, false),
+        };
+        self.by_key.insert(key.clone(), sid);
+        self.held.entry(sid).or_insert(Held {
+            key,
+            first: revision,
+            revision,
+            writing: None,
+            dirty: keeps_record,
+            keeps_record,
+            cursor,
+            catching_up,
+            ending: false,
+            _charge: charge,
+        })
+    }
+
+    pub fn held(&self, sid: SessionId) -> Option<&Held> {
+        self.held.get(&sid)
+    }
+
+    pub fn held_mut(&mut self, sid: SessionId) -> Option<&mut Held> {
+        self.held.get_mut(&sid)
+    }
+
+    /// The sessions holding claims, in order.
+    pub fn holders(&self) -> impl Iterator<Item = (&SessionId, &Held)> {
+        self.held.iter()
+    }
+
+    /// Forgets the claim of `sid`: its key and revision, to be released, unless a record
+    /// write is on its way (then the claim is released when that is answered).
+    pub fn let_go(&mut self, sid: SessionId) -> Option<(String, u64)> {
+        let h = self.held.get_mut(&sid)?;
+        if h.writing.is_some() {
+            h.ending = true;
+            return None;
+        }
+        let h = self.held.remove(&sid)?;
+        self.by_key.remove(&h.key);
+        Some((h.key, h.revision))
+    }
+
+    /// Forgets the claim of `sid` without releasing it (another node's now).
+    pub fn lose(&mut self, sid: SessionId) {
+        if let Some(h) = self.held.remove(&sid) {
+            self.by_key.remove(&h.key);
+            if let Some(token) = h.writing {
+                self.writes.remove(&token);
+            }
+        }
+    }
+
+    /// The session a kick naming `key` at `revision` is for.
+    pub fn session_at(&self, key: &str, revision: u64) -> Option<SessionId> {
+        let sid = *self.by_key.get(key)?;
+        let h = self.held.get(&sid)?;
+        (h.first <= revision && !h.ending).then_some(sid)
+    }
+
+    /// A record write for `sid` goes out: its token and the revision it writes over.
+    pub fn write(&mut self, sid: SessionId) -> Option<(u64, String, u64)> {
+        let token = self.token();
+        let h = self.held.get_mut(&sid)?;
+        h.writing = Some(token);
+        h.dirty = false;
+        let (key, revision) = (h.key.clone(), h.revision);
+        self.writes.insert(token, sid);
+        Some((token, key, revision))
+    }
+
+    /// The record write `token` was answered: its session.
+    pub fn written(&mut self, token: u64) -> Option<SessionId> {
+        let sid = self.writes.remove(&token)?;
+        let h = self.held.get_mut(&sid)?;
+        (h.writing == Some(token)).then(|| {
+            h.writing = None;
+            sid
+        })
+    }
+
+    /// A claim that ended while its record was written goes now: its key and revision.
+    pub fn finish_ending(&mut self, sid: SessionId) -> Option<(String, u64)> {
+        if self.held.get(&sid).is_some_and(|h| h.ending) {
+            let h = self.held.remove(&sid)?;
+            self.by_key.remove(&h.key);
+            return Some((h.key, h.revision));
+        }
+        None
     }
 }
 
@@ -129,7 +286,7 @@ pub fn claim_value(node: &str, epoch: u64) -> Bytes {
 
 /// The node and epoch of a claim's value.
 pub fn parse_claim(value: &[u8]) -> Option<(&str, u64)> {
-    let text = std::str::from_utf8(value).ok()?;
+    let text = std::str::from_utf8(super::record::owner_line(value)).ok()?;
     let (node, epoch) = text.split_once(' ')?;
     Some((node, u64::from_str_radix(epoch, 16).ok()?))
 }

@@ -307,6 +307,8 @@ impl Harness {
                     | Output::ClusterPublish { .. }
                     | Output::ClusterRetain { .. }
                     | Output::ClusterClaim { .. }
+                    | Output::ClusterRecord { .. }
+                    | Output::ClusterCatchUp { .. }
                     | Output::ClusterLookup { .. }
                     | Output::ClusterRelease { .. }
             | Output::ClusterDurable { .. } => {}

@@ -1,0 +1,526 @@
+//! Cluster mode: persistent sessions that move between nodes. A persistent session's record
+//! (expiry, subscriptions, its cursor in the durable stream; `cluster/record.rs`) lives in
+//! the sessions bucket after its owner's line, written by compare-and-swap on the owner's
+//! last revision. A CONNECT of a persistent session that this node does not hold waits for
+//! its claim, whose answer carries the record it replaced: the session resumes from it, and
+//! a catch-up read of the durable stream brings what it was owed past its cursor.
+//!
+//! The cursor: the node feed reads the whole stream in order, and this node routes its own
+//! messages before the feed reaches them, so a session with nothing pending when the feed is
+//! at sequence `p` has had every message up to `p` it was owed. A stale cursor only delivers
+//! again (QoS 1 allows it); it is written at most once per `cluster.record_interval`.
+
+use bytes::Bytes;
+
+use super::Broker;
+use crate::api::{ConnId, Output, RecordAnswer};
+use crate::cluster::envelope::Envelope;
+use crate::cluster::owner::{self, Asker, Grant};
+use crate::cluster::record::{self, SessionRecord};
+use crate::cluster::subject::{self, Space};
+use crate::cluster::{CATCHUP_BYTES, CatchUp, MAX_CATCHUPS};
+use crate::codec::{Connect, reason};
+use crate::conn::{CloseReason, ConnState};
+use crate::durable::{options_byte, options_from_byte, version_from_level};
+use crate::ids::SessionId;
+use crate::persist::RecoveredSession;
+use crate::session::{NEVER_EXPIRES, Session, Subscription};
+use crate::timer::Timer;
+use crate::topic;
+
+/// Attempts of one catch-up read before the session goes on without the rest.
+const CATCHUP_ATTEMPTS: u8 = 3;
+
+impl Broker {
+    /// Whether this CONNECT must wait for its claim before its session opens: a persistent
+    /// session with the client's own id. Also when this node holds the session: another node
+    /// may have taken it meanwhile (its kick still on its way), and then its record is newer.
+    pub(super) fn cluster_claims_first(&self, id: ConnId, expiry_secs: u32) -> bool {
+        self.cluster
+            .as_deref()
+            .is_some_and(|c| expiry_secs > 0 && !c.owner.granted(id))
+    }
+
+    /// Parks the CONNECT (as while its credentials are checked) and claims its client id.
+    pub(super) fn cluster_claim_first(&mut self, id: ConnId, connect: Connect) {
+        let ledger = self.memory.ledger.clone();
+        let keep_record = !connect.clean_start;
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Ok(key) = subject::name_key(&connect.client_id, c.max_subject_len()) else {
+            return;
+        };
+        if c.owner.claimed(Asker::Connect(id)) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.state = ConnState::Authenticating;
+        conn.pending_connect = Some(Box::new(connect));
+        self.subscribe_kicks();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let token = c.owner.ask(Asker::Connect(id), &key, &ledger);
+        let value = owner::claim_value(&c.config.node_name, c.epoch);
+        self.outputs.push_back(Output::ClusterClaim {
+            token,
+            key,
+            value,
+            keep_record,
+        });
+    }
+
+    /// The claim of a waiting CONNECT was answered: the session resumes from the record the
+    /// claim replaced (another node's, or this node's from an earlier start), or starts anew;
+    /// without a claim a persistent session is refused (v5 0x88, 3.1.1 3).
+    pub(super) fn cluster_connect_claimed(
+        &mut self,
+        id: ConnId,
+        key: String,
+        revision: Option<u64>,
+        previous: Option<&Bytes>,
+    ) {
+        let waiting =
+            self.conns.get(&id).is_some_and(|c| {
+                c.state == ConnState::Authenticating && c.pending_connect.is_some()
+            }) && !self.authenticating.contains(&id);
+        let Some(revision) = revision else {
+            if let Some(connect) = self.take_waiting_connect(id, waiting) {
+                self.refuse_connect(
+                    id,
+                    &connect,
+                    reason::SERVER_UNAVAILABLE,
+                    "the cluster could not claim the client id",
+                );
+            }
+            return;
+        };
+        let Some(connect) = self.take_waiting_connect(id, waiting) else {
+            // The connection went meanwhile: the claim goes too.
+            self.outputs
+                .push_back(Output::ClusterRelease { key, revision });
+            return;
+        };
+        // Another node took the session since this node last held it: what is here is stale.
+        let mine = self
+            .cluster
+            .as_deref()
+            .map(|c| (c.config.node_name.clone(), c.epoch));
+        let taken = previous
+            .and_then(|v| owner::parse_claim(v))
+            .is_some_and(|(node, epoch)| {
+                mine.as_ref()
+                    .is_none_or(|m| (m.0.as_str(), m.1) != (node, epoch))
+            });
+        if taken && let Some(&stale) = self.by_client_id.get(&connect.client_id) {
+            if let Some(c) = self.cluster.as_deref_mut() {
+                c.owner.lose(stale);
+            }
+            self.end_session(stale);
+        }
+        let resumed = (!connect.clean_start && !self.by_client_id.contains_key(&connect.client_id))
+            .then(|| previous.and_then(|v| self.record_to_resume(v, &connect.client_id)))
+            .flatten();
+        let resumed_cursor = resumed.as_ref().map(|rec| rec.cursor);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            let grant = Grant {
+                key,
+                revision,
+                resumed_cursor,
+            };
+            c.owner.grant(id, grant);
+        }
+        let catch_up_from = match resumed {
+            Some(rec) => {
+                if !self.shed_offline_sessions() {
+                    return self.refuse_granted(id, &connect);
+                }
+                let cursor = rec.cursor;
+                self.resume_from_record(&connect.client_id, rec.session);
+                cursor
+            }
+            None => None,
+        };
+        self.complete_connect(id, *connect);
+        // Not taken: the CONNECT was refused after all.
+        self.refuse_granted_leftover(id);
+        let sid = self.conns.get(&id).and_then(|c| match c.state {
+            ConnState::Active(sid) => Some(sid),
+            _ => None,
+        });
+        if let (Some(sid), Some(cursor)) = (sid, catch_up_from) {
+            self.cluster_catch_up(sid, cursor + 1, 0);
+        }
+        // What the client sent meanwhile, in order.
+        self.receive(id, &[]);
+    }
+
+    fn take_waiting_connect(&mut self, id: ConnId, waiting: bool) -> Option<Box<Connect>> {
+        if !waiting {
+            return None;
+        }
+        let conn = self.conns.get_mut(&id)?;
+        conn.state = ConnState::AwaitingConnect;
+        // Keep alive counts from the CONNACK, not from the wait's start.
+        conn.last_rx = self.now;
+        conn.pending_connect.take()
+    }
+
+    fn refuse_granted(&mut self, id: ConnId, connect: &Connect) {
+        self.refuse_granted_leftover(id);
+        self.refuse_connect(
+            id,
+            connect,
+            reason::QUOTA_EXCEEDED,
+            "memory budget: no room for a new session",
+        );
+    }
+
+    /// A claim granted to a CONNECT that opened no session is released.
+    fn refuse_granted_leftover(&mut self, id: ConnId) {
+        if let Some(Grant { key, revision, .. }) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.take_grant(id))
+        {
+            self.outputs
+                .push_back(Output::ClusterRelease { key, revision });
+        }
+    }
+
+    /// The record in a replaced entry, if it is another owner's and its session has not
+    /// expired.
+    fn record_to_resume(&self, value: &Bytes, client_id: &str) -> Option<SessionRecord> {
+        let c = self.cluster.as_deref()?;
+        let (line, rec) = record::parse_value(value, client_id);
+        // This node's own line: a session of this start that ended here.
+        if owner::parse_claim(line) == Some((c.config.node_name.as_str(), c.epoch)) {
+            return None;
+        }
+        let rec = rec?.ok()?;
+        let s = &rec.session;
+        let expired = match s.disconnected_at_unix_ms {
+            Some(at) if s.expiry_secs != NEVER_EXPIRES => {
+                self.wall_now().saturating_sub(at) >= u64::from(s.expiry_secs) * 1000
+            }
+            _ => false,
+        };
+        (!expired && s.expiry_secs > 0).then_some(rec)
+    }
+
+    /// A session of `client_id` as another node's record left it: offline, with its
+    /// subscriptions; the CONNECT then resumes it as any session here.
+    fn resume_from_record(&mut self, client_id: &str, rs: RecoveredSession) {
+        let sid = self.next_session_id;
+        self.next_session_id += 1;
+        let version = version_from_level(rs.version);
+        let mut s = Session::new(client_id.to_owned(), version, &self.memory.ledger);
+        s.expiry_secs = rs.expiry_secs;
+        s.clean_start = false;
+        self.restore_subscriptions(sid, &mut s, rs.subscriptions);
+        self.sessions.insert(sid, Box::new(s));
+        self.by_client_id.insert(client_id.to_owned(), sid);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.owner.counters.resumed += 1;
+        }
+    }
+
+    /// Subscriptions read back (from the store, or a record): indexed, and the session's.
+    pub(super) fn restore_subscriptions(
+        &mut self,
+        sid: SessionId,
+        s: &mut Session,
+        subscriptions: std::collections::BTreeMap<String, (u8, Option<u32>)>,
+    ) {
+        for (raw, (options, id)) in subscriptions {
+            let Some(options) = options_from_byte(options) else {
+                continue;
+            };
+            let Ok(parsed) = topic::parse_subscription(&raw, usize::MAX) else {
+                continue;
+            };
+            let sub = Subscription {
+                options,
+                id,
+                cluster_key: 0,
+            };
+            self.index_subscription(parsed.filter, parsed.share_group, sid, sub);
+            s.subscribe(raw, sub);
+        }
+    }
+
+    /// The kick subject is subscribed with the first claim (the runtime's link exists then).
+    pub(super) fn subscribe_kicks(&mut self) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if !c.owner.kick_subscribed {
+            c.owner.kick_subscribed = true;
+            self.outputs.push_back(Output::ClusterSubscribe {
+                sid: owner::KICK_SID,
+                subject: owner::kick_subject(&c.config.subject_prefix, &c.config.node_name),
+                queue: None,
+            });
+        }
+    }
+
+    /// Session `sid` changed (subscriptions, connected or not, expiry): its record is written
+    /// again, at once unless a write is on its way.
+    pub(super) fn cluster_session_changed(&mut self, sid: SessionId) {
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return;
+        };
+        if h.keeps_record {
+            h.dirty = true;
+            self.write_record(sid);
+        }
+    }
+
+    /// Writes the record of `sid` if it changed and no write is on its way.
+    pub(super) fn write_record(&mut self, sid: SessionId) {
+        let (Some(c), Some(s)) = (self.cluster.as_deref_mut(), self.sessions.get(&sid)) else {
+            return;
+        };
+        let Some(h) = c.owner.held(sid) else {
+            return;
+        };
+        if !h.keeps_record || !h.dirty || h.writing.is_some() || h.ending {
+            return;
+        }
+        let session = RecoveredSession {
+            version: s.version.level(),
+            expiry_secs: s.expiry_secs,
+            disconnected_at_unix_ms: s.disconnected_at_unix_ms,
+            subscriptions: s
+                .subscriptions
+                .iter()
+                .map(|(raw, sub)| (raw.clone(), (options_byte(&sub.options), sub.id)))
+                .collect(),
+            ..Default::default()
+        };
+        let rec = SessionRecord {
+            cursor: h.cursor,
+            session,
+        };
+        let line = owner::claim_value(&c.config.node_name, c.epoch);
+        let value = record::record_value(&line, &s.client_id, &rec);
+        let Some((token, key, revision)) = c.owner.write(sid) else {
+            return;
+        };
+        self.outputs.push_back(Output::ClusterRecord {
+            token,
+            key,
+            value,
+            revision,
+        });
+        self.arm_record_tick();
+    }
+
+    /// The bucket's answer to a record write. Fenced: another node owns the client id now,
+    /// and the session here ends as in a takeover.
+    pub(super) fn cluster_recorded(&mut self, token: u64, answer: RecordAnswer) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(sid) = c.owner.written(token) else {
+            return;
+        };
+        match answer {
+            RecordAnswer::Written(revision) => {
+                c.owner.counters.records += 1;
+                if let Some(h) = c.owner.held_mut(sid) {
+                    h.revision = revision;
+                }
+            }
+            RecordAnswer::Failed => {
+                c.owner.counters.records_failed += 1;
+                // Tried again at the next tick.
+                if let Some(h) = c.owner.held_mut(sid) {
+                    h.dirty = true;
+                }
+            }
+            RecordAnswer::Fenced => {
+                c.owner.counters.records_failed += 1;
+                c.owner.counters.taken_over += 1;
+                c.owner.lose(sid);
+                if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
+                    let detail = "session taken over on another node";
+                    self.drop_conn(conn, CloseReason::error(reason::SESSION_TAKEN_OVER, detail));
+                }
+                return self.end_session(sid);
+            }
+        }
+        if let Some((key, revision)) = c.owner.finish_ending(sid) {
+            self.outputs
+                .push_back(Output::ClusterRelease { key, revision });
+            return;
+        }
+        if answer != RecordAnswer::Failed {
+            self.write_record(sid);
+        }
+    }
+
+    pub(super) fn arm_record_tick(&mut self) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if c.record_tick.is_none() {
+            let at = self.now.plus_ms(c.config.record_interval_ms);
+            self.timers
+                .arm(Timer::ClusterRecords, &mut c.record_tick, Some(at));
+        }
+    }
+
+    /// Each `cluster.record_interval`: a session with nothing pending moves its cursor to the feed's place, and
+    /// the records that changed (or failed) are written.
+    pub(super) fn record_tick(&mut self) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.record_tick = None;
+        let feed = c.feed_seq;
+        let mut any = false;
+        let mut to_write = Vec::new();
+        for (sid, h) in c.owner.holders() {
+            if !h.keeps_record {
+                continue;
+            }
+            any = true;
+            let settled = self
+                .sessions
+                .get(sid)
+                .is_some_and(|s| s.queue.is_empty() && s.inflight.len() == 0);
+            let moves = settled && !h.catching_up && feed.is_some() && h.cursor != feed;
+            if moves || h.dirty {
+                to_write.push((*sid, moves));
+            }
+        }
+        for (sid, moves) in to_write {
+            if let Some(h) = c.owner.held_mut(sid) {
+                if moves {
+                    h.cursor = feed;
+                }
+                h.dirty = true;
+            }
+        }
+        let sids: Vec<SessionId> = c
+            .owner
+            .holders()
+            .filter(|(_, h)| h.dirty && h.writing.is_none())
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in sids {
+            self.write_record(sid);
+        }
+        if any {
+            self.arm_record_tick();
+        }
+    }
+
+    /// Reads the durable stream for session `sid` from `from` up to what the feed has read
+    /// (and this node's own messages JetStream acknowledged since): what the session was owed
+    /// while another node held it, or while it moved. At most [`MAX_CATCHUPS`] at once.
+    pub(super) fn cluster_catch_up(&mut self, sid: SessionId, from: u64, attempts: u8) {
+        let ledger = self.memory.ledger.clone();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(to_all) = c.feed_seq else {
+            return;
+        };
+        let to = to_all.max(c.own_high);
+        if from > to {
+            return;
+        }
+        if let Some(h) = c.owner.held_mut(sid) {
+            h.catching_up = true;
+        }
+        let catch_up = CatchUp {
+            sid,
+            from,
+            to_all,
+            to_own: c.own_high,
+            attempts,
+            _charge: ledger.charge(CATCHUP_BYTES),
+        };
+        if c.catchups.len() >= MAX_CATCHUPS {
+            c.catchups_waiting.push_back(catch_up);
+            return;
+        }
+        let token = c.start_catch_up(catch_up);
+        self.outputs
+            .push_back(Output::ClusterCatchUp { token, from, to });
+    }
+
+    /// A message of a catch-up read: to its session, if it matches a plain subscription and
+    /// is in the range asked (another node's messages up to the feed's place when asked, this
+    /// node's own up to what JetStream had acknowledged: the feed brings later ones).
+    pub(super) fn cluster_catch_up_message(
+        &mut self,
+        token: u64,
+        seq: u64,
+        subject: &str,
+        payload: Bytes,
+    ) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(cu) = c.catchups.get_mut(&token) else {
+            return;
+        };
+        if seq < cu.from {
+            return;
+        }
+        cu.from = seq + 1;
+        let (sid, to_all, to_own) = (cu.sid, cu.to_all, cu.to_own);
+        let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Durable, subject);
+        let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
+            c.counters.malformed += 1;
+            return;
+        };
+        let wanted = seq <= to_all || (seq <= to_own && c.is_own(&envelope.stamp));
+        if !wanted {
+            return;
+        }
+        c.owner.counters.caught_up += 1;
+        self.take_copy(topic, envelope, super::clustering::Takers::Session(sid));
+    }
+
+    /// A catch-up read ended: the next one waiting starts. One that failed is tried again
+    /// from the message after the last one read, up to [`CATCHUP_ATTEMPTS`] times.
+    pub(super) fn cluster_catch_up_done(&mut self, token: u64, ok: bool) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(cu) = c.catchups.remove(&token) else {
+            return;
+        };
+        if !ok && cu.attempts + 1 < CATCHUP_ATTEMPTS {
+            let (from, to) = (cu.from, cu.to_all.max(cu.to_own));
+            let again = CatchUp {
+                attempts: cu.attempts + 1,
+                ..cu
+            };
+            let token = c.start_catch_up(again);
+            self.outputs
+                .push_back(Output::ClusterCatchUp { token, from, to });
+            return;
+        }
+        if let Some(h) = c.owner.held_mut(cu.sid) {
+            h.catching_up = false;
+        }
+        if let Some(next) = c.catchups_waiting.pop_front() {
+            let (from, to) = (next.from, next.to_all.max(next.to_own));
+            let token = c.start_catch_up(next);
+            self.outputs
+                .push_back(Output::ClusterCatchUp { token, from, to });
+        }
+    }
+}

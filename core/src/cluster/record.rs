@@ -1,0 +1,174 @@
+//! A persistent session's record in the sessions bucket, so the session can resume on another
+//! node: after the owner's line (`<node> <epoch>`, see `owner.rs`) comes its cursor in the
+//! durable stream and the session's own records (`SessionPut`, one `SubPut` per
+//! subscription) in the journal's binary form, each behind its length.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::persist::{Record, Recovered, RecoveredSession};
+
+/// The body's format.
+const FORMAT: u8 = 1;
+
+/// What a session's record says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionRecord {
+    /// The durable stream's sequence up to which every message for the session was
+    /// delivered (`None`: not known, nothing to catch up).
+    pub cursor: Option<u64>,
+    pub session: RecoveredSession,
+}
+
+/// The sessions-bucket value: the owner's line, then the record.
+pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) -> Bytes {
+    let mut out = BytesMut::with_capacity(owner_line.len() + 64);
+    out.put_slice(owner_line);
+    out.put_u8(b'\n');
+    out.put_u8(FORMAT);
+    match record.cursor {
+        Some(c) => {
+            out.put_u8(1);
+            out.put_u64(c);
+        }
+        None => out.put_u8(0),
+    }
+    let s = &record.session;
+    let mut put = |r: Record| {
+        let mut body = BytesMut::new();
+        r.encode(&mut body);
+        out.put_u32(body.len() as u32);
+        out.put_slice(&body);
+    };
+    put(Record::SessionPut {
+        client_id: client_id.to_owned(),
+        version: s.version,
+        expiry_secs: s.expiry_secs,
+        disconnected_at_unix_ms: s.disconnected_at_unix_ms,
+    });
+    for (filter, (options, id)) in &s.subscriptions {
+        put(Record::SubPut {
+            client_id: client_id.to_owned(),
+            filter: filter.clone(),
+            options: *options,
+            subscription_id: *id,
+        });
+    }
+    out.freeze()
+}
+
+/// The owner's line of a sessions-bucket value.
+pub fn owner_line(value: &[u8]) -> &[u8] {
+    value.split(|&b| b == b'\n').next().unwrap_or(value)
+}
+
+/// The owner's line of a value, and the record after it if there is one. `None` for a
+/// record that is not one (another version, cut short, another client's).
+pub fn parse_value<'a>(
+    value: &'a [u8],
+    client_id: &str,
+) -> (&'a [u8], Option<Result<SessionRecord, &'static str>>) {
+    let Some(end) = value.iter().position(|&b| b == b'\n') else {
+        return (value, None);
+    };
+    let (line, body) = value.split_at(end);
+    (
+        line,
+        Some(parse_body(body.get(1..).unwrap_or(&[]), client_id)),
+    )
+}
+
+/// Reads a body front to back.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err("record cut short");
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| "record cut short")?;
+        Ok(u32::from_be_bytes(b))
+    }
+}
+
+fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static str> {
+    let mut r = Reader(body);
+    if r.take(1)? != [FORMAT] {
+        return Err("record of another format");
+    }
+    let cursor = match r.take(1)? {
+        [0] => None,
+        [1] => Some((u64::from(r.u32()?) << 32) | u64::from(r.u32()?)),
+        _ => return Err("bad cursor flag"),
+    };
+    let mut recovered = Recovered::default();
+    let mut records = 0;
+    while !r.0.is_empty() {
+        let len = r.u32()? as usize;
+        let record = Record::decode(r.take(len)?)?;
+        let mine = match &record {
+            Record::SessionPut { client_id: c, .. } | Record::SubPut { client_id: c, .. } => {
+                c == client_id
+            }
+            _ => false,
+        };
+        // The first record says the session; subscriptions follow.
+        let in_place = matches!(
+            (&record, records),
+            (Record::SessionPut { .. }, 0) | (Record::SubPut { .. }, 1..)
+        );
+        if !mine || !in_place {
+            return Err("record of something else");
+        }
+        recovered.apply(record);
+        records += 1;
+    }
+    let session = recovered
+        .sessions
+        .remove(client_id)
+        .ok_or("record without its session")?;
+    Ok(SessionRecord { cursor, session })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_what_was_written() {
+        let mut session = RecoveredSession {
+            version: 5,
+            expiry_secs: 3600,
+            disconnected_at_unix_ms: Some(1_700_000_000_000),
+            ..Default::default()
+        };
+        session
+            .subscriptions
+            .insert("a/+/c\n#".to_owned(), (0b10_0001, Some(7)));
+        session
+            .subscriptions
+            .insert("$share/g/x".to_owned(), (2, None));
+        let record = SessionRecord {
+            cursor: Some(u64::MAX - 1),
+            session,
+        };
+        let value = record_value(b"node-a 1f", "c/1", &record);
+        let (line, parsed) = parse_value(&value, "c/1");
+        assert_eq!(line, b"node-a 1f");
+        assert_eq!(parsed, Some(Ok(record.clone())));
+        // Another client id's record is not this one's.
+        assert!(matches!(parse_value(&value, "c/2").1, Some(Err(_))));
+        // A cut never reads as the whole (a cut at a record's end is a shorter record).
+        for cut in 10..value.len() {
+            let (_, parsed) = parse_value(&value[..cut], "c/1");
+            assert_ne!(parsed, Some(Ok(record.clone())), "cut at {cut}");
+        }
+        // An owner's line alone (a claim) has no record.
+        assert_eq!(parse_value(b"node-a 1f", "c/1"), (&b"node-a 1f"[..], None));
+    }
+}
