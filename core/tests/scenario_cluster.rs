@@ -1103,3 +1103,118 @@ fn a_record_that_cannot_resume_is_not_resumed() {
     assert_eq!(ack.code, 0x88);
     assert!(h.is_closed(conn));
 }
+
+#[test]
+fn a_persistent_sessions_record_is_bounded() {
+    let mut config = clustered("a");
+    config.cluster.max_subscriptions = 1000;
+    let mut h = Harness::with_config(config);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let (c, _) = connect_claimed(&mut h, "big", opts, Some(3), None);
+    let long = "l".repeat(1900);
+    let mut granted = 0;
+    let mut refused = None;
+    for i in 0..200 {
+        let ack = h.subscribe(c, &format!("{long}/{i}"), QoS::AtLeastOnce);
+        if ack.reasons[0].0 == 0x97 {
+            refused = Some(i);
+            break;
+        }
+        granted += 1;
+    }
+    // About 256 KiB of filters, then 0x97 (quota exceeded).
+    assert_eq!(refused, Some(granted));
+    assert!((120..140).contains(&granted), "{granted}");
+    // A clean session has no record, and no such bound.
+    let d = h.client("small", V5);
+    for i in 0..150 {
+        let ack = h.subscribe(d, &format!("{long}/{i}"), QoS::AtLeastOnce);
+        assert_eq!(ack.reasons[0].0, 1, "{i}");
+    }
+}
+
+#[test]
+fn a_session_another_node_took_meanwhile_resumes_from_that_nodes_record() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 9 });
+    let opts = || ConnectOpts::default().session_expiry(300);
+    let (c, _) = connect_claimed(&mut h, "s", opts(), Some(5), None);
+    h.subscribe(c, "old/x", QoS::AtLeastOnce);
+    h.disconnect(c, 0);
+    // The client went to node b, subscribed there, and comes back here: the claim replaces
+    // node b's entry, so what this node kept is stale.
+    let mark = h.log.len();
+    let previous = record_of("b", "s", &["new/y"], 9);
+    let (c, ack) = connect_claimed(&mut h, "s", opts(), Some(12), Some((previous, 11)));
+    assert!(ack.session_present);
+    // Nothing of the old claim is released (it is node b's entry now).
+    assert!(releases(&h, mark).is_empty());
+    let (_, _, _, rec) = records(&h, mark, "s").last().cloned().expect("a record");
+    let filters: Vec<&String> = rec.session.subscriptions.keys().collect();
+    assert_eq!(filters, ["new/y"]);
+    // The old filter is gone from this node, the new one taken.
+    for (seq, topic, text) in [(10, "old/x", "stale"), (11, "new/y", "fresh")] {
+        let (subject, payload) = from_stream("b", seq, topic, text, QoS::AtLeastOnce);
+        h.input(Input::ClusterFeedMessage {
+            seq,
+            subject,
+            payload,
+        });
+    }
+    assert_eq!(h.payloads(c), ["fresh"]);
+    // A kick for a revision before this claim (node b's, late) leaves it alone.
+    kick(&mut h, "11 s");
+    assert!(!h.is_closed(c));
+}
+
+#[test]
+fn a_record_write_that_fails_is_tried_again_at_the_next_interval() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 1 });
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(&mut h, "r", opts, Some(4), None);
+    let (token, _, revision, _) = records(&h, mark, "r").pop().expect("a record");
+    assert_eq!(revision, 4);
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Failed,
+    });
+    // Nothing more until the interval; then the same revision again.
+    let mark = h.log.len();
+    h.advance(500);
+    assert!(records(&h, mark, "r").is_empty());
+    h.advance(500);
+    let (token, _, revision, _) = records(&h, mark, "r").pop().expect("written again");
+    assert_eq!(revision, 4);
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(6),
+    });
+    // A change is written at once, over the revision last written.
+    let mark = h.log.len();
+    h.subscribe(c, "q", QoS::AtLeastOnce);
+    let (token, _, revision, rec) = records(&h, mark, "r").pop().expect("the change");
+    assert_eq!(revision, 6);
+    assert!(rec.session.subscriptions.contains_key("q"));
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(7),
+    });
+    // A session that ends releases its claim at the revision last written.
+    let mark = h.log.len();
+    h.disconnect_with(
+        c,
+        0,
+        Properties {
+            session_expiry_interval: Some(0),
+            ..Properties::default()
+        },
+    );
+    assert_eq!(releases(&h, mark), [("r".to_owned(), 7)]);
+    let text = scrape(&mut h);
+    assert_eq!(
+        value(&text, "tidemq_cluster_session_records_failed_total"),
+        1.0
+    );
+}

@@ -267,6 +267,26 @@ impl Broker {
         }
     }
 
+    /// Whether a persistent session's record has room for one more subscription (see
+    /// [`record::MAX_RECORD_BYTES`]).
+    pub(super) fn cluster_record_fits(&self, sid: SessionId, raw: &str) -> bool {
+        let (Some(_), Some(s)) = (self.cluster.as_deref(), self.sessions.get(&sid)) else {
+            return true;
+        };
+        if s.expiry_secs == 0 {
+            return true;
+        }
+        let id = &s.client_id;
+        let held: usize = s
+            .subscriptions
+            .keys()
+            .map(|f| record::subscription_bytes(id, f))
+            .sum();
+        // The owner's line, the cursor and the session's own record.
+        let head = 160 + id.len();
+        head + held + record::subscription_bytes(id, raw) <= record::MAX_RECORD_BYTES
+    }
+
     /// Session `sid` changed (subscriptions, connected or not, expiry): its record is written
     /// again, at once unless a write is on its way.
     pub(super) fn cluster_session_changed(&mut self, sid: SessionId) {

@@ -157,9 +157,10 @@ impl Broker {
             return Added::Refused(refused);
         }
         if !existed
-            && self
+            && (self
                 .cluster_admits(parsed.filter, parsed.share_group)
                 .is_err()
+                || !self.cluster_record_fits(sid, raw))
         {
             return Added::Refused(refused);
         }

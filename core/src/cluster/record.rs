@@ -10,6 +10,16 @@ use crate::persist::{Record, Recovered, RecoveredSession};
 /// The body's format.
 const FORMAT: u8 = 1;
 
+/// The largest record a session may have: well within a NATS message (1 MB by default).
+/// A SUBSCRIBE that would grow a persistent session's record past it is refused.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// What one subscription adds to a record: its bytes, beside the filter's and the client
+/// id's (length, type, two string lengths, options, subscription id).
+pub fn subscription_bytes(client_id: &str, filter: &str) -> usize {
+    4 + 1 + 4 + client_id.len() + 4 + filter.len() + 1 + 9
+}
+
 /// What a session's record says.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SessionRecord {
