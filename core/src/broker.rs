@@ -279,6 +279,7 @@ impl Broker {
                 if let Some(c) = self.cluster.as_deref_mut() {
                     c.feed_at(seq);
                 }
+                self.start_catch_ups();
             }
             Input::ClusterRecorded { token, answer } => self.cluster_recorded(token, answer),
             Input::ClusterCatchUpMessage {

@@ -1218,3 +1218,69 @@ fn a_record_write_that_fails_is_tried_again_at_the_next_interval() {
         1.0
     );
 }
+
+/// The catch-up reads asked since `from`: (token, from, to).
+fn catch_ups(h: &Harness, from: usize) -> Vec<(u64, u64, u64)> {
+    h.log[from..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterCatchUp { token, from, to } => Some((*token, *from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_catch_up_waits_for_the_feed_and_goes_on_after_a_failure() {
+    let mut h = Harness::with_config(clustered("a"));
+    // Resumed before the node feed has started: the read waits for it.
+    let previous = record_of("b", "w", &["w/+"], 2);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, ack) = connect_claimed(&mut h, "w", opts, Some(8), Some((previous, 7)));
+    assert!(ack.session_present);
+    assert!(catch_ups(&h, mark).is_empty());
+    h.input(Input::ClusterFeedStart { seq: 5 });
+    let (token, from, to) = catch_ups(&h, mark)
+        .pop()
+        .expect("a catch-up once the feed starts");
+    assert_eq!((from, to), (3, 5));
+    // One message read, then the read fails: the next starts after it.
+    let (subject, payload) = from_stream("b", 3, "w/1", "three", QoS::AtLeastOnce);
+    h.input(Input::ClusterCatchUpMessage {
+        token,
+        seq: 3,
+        subject,
+        payload,
+    });
+    let mark = h.log.len();
+    h.input(Input::ClusterCatchUpDone { token, ok: false });
+    let (mut token, from, to) = catch_ups(&h, mark).pop().expect("tried again");
+    assert_eq!((from, to), (4, 5));
+    // Failed twice more: tried again at the next records tick, still from 4.
+    for retried in [true, false] {
+        let mark = h.log.len();
+        h.input(Input::ClusterCatchUpDone { token, ok: false });
+        let again = catch_ups(&h, mark).pop();
+        assert_eq!(again.is_some(), retried);
+        token = again.map_or(token, |a| a.0);
+    }
+    let mark = h.log.len();
+    h.advance(1000);
+    let (token, from, to) = catch_ups(&h, mark).pop().expect("tried again at the tick");
+    assert_eq!((from, to), (4, 5));
+    let (subject, payload) = from_stream("b", 5, "w/2", "five", QoS::AtLeastOnce);
+    h.input(Input::ClusterCatchUpMessage {
+        token,
+        seq: 5,
+        subject,
+        payload,
+    });
+    h.input(Input::ClusterCatchUpDone { token, ok: true });
+    let texts: Vec<Bytes> = h
+        .publishes_acked(c)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(texts, ["three", "five"]);
+}

@@ -119,6 +119,10 @@ impl Broker {
             if let Some(c) = self.cluster.as_deref_mut() {
                 c.owner.lose(stale);
             }
+            if let Some(conn) = self.sessions.get(&stale).and_then(|s| s.conn) {
+                let detail = "session taken over on another node";
+                self.drop_conn(conn, CloseReason::error(reason::SESSION_TAKEN_OVER, detail));
+            }
             self.end_session(stale);
         }
         let resumed = (!connect.clean_start && !self.by_client_id.contains_key(&connect.client_id))
@@ -152,7 +156,7 @@ impl Broker {
             _ => None,
         });
         if let (Some(sid), Some(cursor)) = (sid, catch_up_from) {
-            self.cluster_catch_up(sid, cursor + 1, 0);
+            self.cluster_catch_up(sid, cursor + 1);
         }
         // What the client sent meanwhile, in order.
         self.receive(id, &[]);
@@ -405,6 +409,8 @@ impl Broker {
             return;
         };
         c.record_tick = None;
+        let failed = std::mem::take(&mut c.catchups_failed);
+        c.catchups_waiting.extend(failed);
         let feed = c.feed_seq;
         let mut any = false;
         let mut to_write = Vec::new();
@@ -439,6 +445,7 @@ impl Broker {
         for sid in sids {
             self.write_record(sid);
         }
+        self.start_catch_ups();
         if any {
             self.arm_record_tick();
         }
@@ -446,37 +453,54 @@ impl Broker {
 
     /// Reads the durable stream for session `sid` from `from` up to what the feed has read
     /// (and this node's own messages JetStream acknowledged since): what the session was owed
-    /// while another node held it, or while it moved. At most [`MAX_CATCHUPS`] at once.
-    pub(super) fn cluster_catch_up(&mut self, sid: SessionId, from: u64, attempts: u8) {
+    /// while another node held it, or while it moved. At most [`MAX_CATCHUPS`] at once; one
+    /// asked before the feed has started waits for it.
+    pub(super) fn cluster_catch_up(&mut self, sid: SessionId, from: u64) {
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(to_all) = c.feed_seq else {
-            return;
-        };
-        let to = to_all.max(c.own_high);
-        if from > to {
-            return;
-        }
         if let Some(h) = c.owner.held_mut(sid) {
             h.catching_up = true;
         }
-        let catch_up = CatchUp {
+        let range = c.feed_seq.map(|all| (all, c.own_high));
+        c.catchups_waiting.push_back(CatchUp {
             sid,
             from,
-            to_all,
-            to_own: c.own_high,
-            attempts,
+            range,
+            attempts: 0,
             _charge: ledger.charge(CATCHUP_BYTES),
-        };
-        if c.catchups.len() >= MAX_CATCHUPS {
-            c.catchups_waiting.push_back(catch_up);
+        });
+        self.start_catch_ups();
+    }
+
+    /// Starts waiting catch-up reads while there is room and the feed has started.
+    pub(super) fn start_catch_ups(&mut self) {
+        let Some(c) = self.cluster.as_deref_mut() else {
             return;
+        };
+        while c.catchups.len() < MAX_CATCHUPS {
+            let Some(feed) = c.feed_seq else {
+                return;
+            };
+            let Some(mut cu) = c.catchups_waiting.pop_front() else {
+                return;
+            };
+            // Before the feed started: what it had not read is this read's.
+            let own = c.own_high;
+            let range = *cu.range.get_or_insert((feed, own));
+            let (from, to) = (cu.from, range.0.max(range.1));
+            let sid = cu.sid;
+            if from > to || !self.sessions.contains_key(&sid) {
+                if let Some(h) = c.owner.held_mut(sid) {
+                    h.catching_up = false;
+                }
+                continue;
+            }
+            let token = c.start_catch_up(cu);
+            self.outputs
+                .push_back(Output::ClusterCatchUp { token, from, to });
         }
-        let token = c.start_catch_up(catch_up);
-        self.outputs
-            .push_back(Output::ClusterCatchUp { token, from, to });
     }
 
     /// A message of a catch-up read: to its session, if it matches a plain subscription and
@@ -499,7 +523,7 @@ impl Broker {
             return;
         }
         cu.from = seq + 1;
-        let (sid, to_all, to_own) = (cu.sid, cu.to_all, cu.to_own);
+        let (sid, (to_all, to_own)) = (cu.sid, cu.range.unwrap_or_default());
         let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Durable, subject);
         let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
             c.counters.malformed += 1;
@@ -514,33 +538,28 @@ impl Broker {
     }
 
     /// A catch-up read ended: the next one waiting starts. One that failed is tried again
-    /// from the message after the last one read, up to [`CATCHUP_ATTEMPTS`] times.
+    /// from the message after the last one read, [`CATCHUP_ATTEMPTS`] times at once, then at
+    /// each records tick; its session's cursor stays until it is done.
     pub(super) fn cluster_catch_up_done(&mut self, token: u64, ok: bool) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(cu) = c.catchups.remove(&token) else {
+        let Some(mut cu) = c.catchups.remove(&token) else {
             return;
         };
-        if !ok && cu.attempts + 1 < CATCHUP_ATTEMPTS {
-            let (from, to) = (cu.from, cu.to_all.max(cu.to_own));
-            let again = CatchUp {
-                attempts: cu.attempts + 1,
-                ..cu
-            };
-            let token = c.start_catch_up(again);
-            self.outputs
-                .push_back(Output::ClusterCatchUp { token, from, to });
-            return;
+        if ok {
+            if let Some(h) = c.owner.held_mut(cu.sid) {
+                h.catching_up = false;
+            }
+        } else {
+            cu.attempts += 1;
+            if cu.attempts < CATCHUP_ATTEMPTS {
+                c.catchups_waiting.push_front(cu);
+            } else {
+                cu.attempts = 0;
+                c.catchups_failed.push(cu);
+            }
         }
-        if let Some(h) = c.owner.held_mut(cu.sid) {
-            h.catching_up = false;
-        }
-        if let Some(next) = c.catchups_waiting.pop_front() {
-            let (from, to) = (next.from, next.to_all.max(next.to_own));
-            let token = c.start_catch_up(next);
-            self.outputs
-                .push_back(Output::ClusterCatchUp { token, from, to });
-        }
+        self.start_catch_ups();
     }
 }

@@ -40,12 +40,13 @@ pub const MAX_CATCHUPS: usize = 64;
 pub(crate) const CATCHUP_BYTES: usize = 96;
 
 /// A catch-up read for a session resumed here: the stream from `from`, another node's
-/// messages up to `to_all` (the feed's place when asked), this node's up to `to_own`.
+/// messages up to `to_all` (the feed's place when the session resumed), this node's up to
+/// `to_own`; the range is fixed when the read is first asked for, or when the feed starts if
+/// it had not yet.
 pub(crate) struct CatchUp {
     pub sid: SessionId,
     pub from: u64,
-    pub to_all: u64,
-    pub to_own: u64,
+    pub range: Option<(u64, u64)>,
     pub attempts: u8,
     pub _charge: Charge,
 }
@@ -84,9 +85,11 @@ pub(crate) struct Cluster {
     pub feed_seq: Option<u64>,
     /// The highest sequence JetStream gave one of this node's durable writes.
     pub own_high: u64,
-    /// Catch-up reads running, by token, and waiting for their turn.
+    /// Catch-up reads running, by token, waiting for their turn, and failed ones to try
+    /// again at the next records tick.
     pub catchups: BTreeMap<u64, CatchUp>,
     pub catchups_waiting: VecDeque<CatchUp>,
+    pub catchups_failed: Vec<CatchUp>,
     /// The records' tick, when armed.
     pub record_tick: Option<crate::api::Instant>,
 }
@@ -125,6 +128,7 @@ impl Cluster {
             own_high: 0,
             catchups: BTreeMap::new(),
             catchups_waiting: VecDeque::new(),
+            catchups_failed: Vec::new(),
             record_tick: None,
         }
     }
