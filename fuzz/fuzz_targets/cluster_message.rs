@@ -99,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
         },
         Input::ClusterCatchUpMessage {
             token: 1,
-            seq: 4,
+            seq: u64::MAX,
             subject: text.clone(),
             payload: payload.clone(),
         },

@@ -156,7 +156,7 @@ impl Broker {
             _ => None,
         });
         if let (Some(sid), Some(cursor)) = (sid, catch_up_from) {
-            self.cluster_catch_up(sid, cursor + 1);
+            self.cluster_catch_up(sid, cursor.saturating_add(1));
         }
         // What the client sent meanwhile, in order.
         self.receive(id, &[]);
@@ -522,7 +522,7 @@ impl Broker {
         if seq < cu.from {
             return;
         }
-        cu.from = seq + 1;
+        cu.from = seq.saturating_add(1);
         let (sid, (to_all, to_own)) = (cu.sid, cu.range.unwrap_or_default());
         let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Durable, subject);
         let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
