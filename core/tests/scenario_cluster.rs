@@ -560,16 +560,33 @@ fn connect_claimed(
     let early = h.connect_on(conn, client_id, V5, false, opts);
     assert!(early.is_none(), "a persistent CONNECT waits for its claim");
     let (token, _, _) = claims(h, mark).pop().expect("a claim");
+    let (conn, ack, _) = connect_claimed_with(h, conn, token, revision, previous);
+    (conn, ack)
+}
+
+/// The claim `token` of the waiting CONNECT on `conn` answered: the CONNACK and what came
+/// after it.
+fn connect_claimed_with(
+    h: &mut Harness,
+    conn: tidemq_core::ConnId,
+    token: u64,
+    revision: Option<u64>,
+    previous: Option<(Bytes, u64)>,
+) -> (
+    tidemq_core::ConnId,
+    tidemq_core::codec::ConnAck,
+    Vec<tidemq_core::codec::Packet>,
+) {
     h.input(Input::ClusterClaimed {
         token,
         revision,
         previous,
     });
-    let ack = h.recv(conn).into_iter().find_map(|p| match p {
-        tidemq_core::codec::Packet::ConnAck(a) => Some(a),
-        _ => None,
-    });
-    (conn, ack.expect("a CONNACK once the claim is answered"))
+    let mut got = h.recv(conn).into_iter();
+    match got.next() {
+        Some(tidemq_core::codec::Packet::ConnAck(a)) => (conn, a, got.collect()),
+        other => panic!("a CONNACK once the claim is answered, not {other:?}"),
+    }
 }
 
 /// The claims logged since `from`: (token, key, value).
@@ -1283,4 +1300,154 @@ fn a_catch_up_waits_for_the_feed_and_goes_on_after_a_failure() {
         .map(|p| p.payload)
         .collect();
     assert_eq!(texts, ["three", "five"]);
+}
+
+#[test]
+fn a_cursor_does_not_pass_this_nodes_own_messages_not_yet_routed() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 10 });
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(&mut h, "sub", opts, Some(3), None);
+    h.subscribe(c, "own/x", QoS::AtLeastOnce);
+    // Every record write since `from` answered, those its answers cause too.
+    let answer_records = |h: &mut Harness, from: usize| {
+        let mut done = std::collections::BTreeSet::new();
+        loop {
+            let open: Vec<u64> = records(h, from, "sub")
+                .into_iter()
+                .map(|r| r.0)
+                .filter(|t| !done.contains(t))
+                .collect();
+            if open.is_empty() {
+                return;
+            }
+            for token in open {
+                done.insert(token);
+                let answer = tidemq_core::RecordAnswer::Written(100 + token);
+                h.input(Input::ClusterRecorded { token, answer });
+            }
+        }
+    };
+    answer_records(&mut h, mark);
+    // A local QoS 1 publish: JetStream takes it at 11, the answer is late; the feed reads
+    // it (its own, passed over) and 12 meanwhile.
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    h.publish(p, "own/x", "late", QoS::AtLeastOnce, false);
+    let token = durable_tokens(&h, mark)[0];
+    for seq in [11, 12] {
+        let (subject, payload) = from_stream("b", seq, "other/y", "x", QoS::AtLeastOnce);
+        h.input(Input::ClusterFeedMessage {
+            seq,
+            subject,
+            payload,
+        });
+    }
+    let mark = h.log.len();
+    h.advance(1000);
+    let written = records(&h, mark, "sub");
+    let cursors: Vec<Option<u64>> = written.iter().map(|r| r.3.cursor).collect();
+    assert!(
+        cursors.iter().all(|c| *c <= Some(10)),
+        "a cursor passed the unrouted message: {cursors:?}"
+    );
+    // Once answered it is routed; the cursor moves on when the client has it.
+    h.input(Input::ClusterDurableDone {
+        token,
+        seq: Some(11),
+    });
+    let texts: Vec<Bytes> = h
+        .publishes_acked(c)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(texts, ["late"]);
+    answer_records(&mut h, mark);
+    let mark = h.log.len();
+    h.advance(1000);
+    let cursor = records(&h, mark, "sub").last().and_then(|r| r.3.cursor);
+    assert_eq!(cursor, Some(12));
+}
+
+#[test]
+fn a_record_taken_for_a_connect_that_went_stays_here_as_an_offline_session() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 4 });
+    let conn = h.accept();
+    let mark = h.log.len();
+    let opts = ConnectOpts::default().session_expiry(300);
+    assert!(h.connect_on(conn, "gone", V5, false, opts).is_none());
+    let (token, _, _) = claims(&h, mark).pop().expect("a claim");
+    // The connection goes before the claim is answered; the claim took node b's record.
+    h.close(conn);
+    let mark = h.log.len();
+    h.input(Input::ClusterClaimed {
+        token,
+        revision: Some(30),
+        previous: Some((record_of("b", "gone", &["g/+"], 2), 29)),
+    });
+    // Not released: the session is here now, offline, with its subscription, caught up.
+    assert!(releases(&h, mark).is_empty());
+    let (_, _, revision, rec) = records(&h, mark, "gone").pop().expect("its record");
+    assert_eq!(revision, 30);
+    assert!(rec.session.subscriptions.contains_key("g/+"));
+    assert!(rec.session.disconnected_at_unix_ms.is_some());
+    let (token, from, to) = catch_ups(&h, mark).pop().expect("a catch-up");
+    assert_eq!((from, to), (3, 4));
+    let (subject, payload) = from_stream("b", 3, "g/1", "kept", QoS::AtLeastOnce);
+    h.input(Input::ClusterCatchUpMessage {
+        token,
+        seq: 3,
+        subject,
+        payload,
+    });
+    h.input(Input::ClusterCatchUpDone { token, ok: true });
+    // The client comes back: its session, and what it was owed.
+    let opts = ConnectOpts::default().session_expiry(300);
+    let conn = h.accept();
+    let mark = h.log.len();
+    assert!(h.connect_on(conn, "gone", V5, false, opts).is_none());
+    let (token, _, _) = claims(&h, mark).pop().expect("a claim");
+    let (_, ack, rest) = connect_claimed_with(&mut h, conn, token, Some(32), None);
+    assert!(ack.session_present);
+    let texts: Vec<&Bytes> = rest
+        .iter()
+        .filter_map(|p| match p {
+            tidemq_core::codec::Packet::Publish(p) => Some(&p.payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["kept"]);
+}
+
+#[test]
+fn of_two_connects_on_one_node_the_newer_claim_keeps_the_session() {
+    let mut h = Harness::with_config(clustered("a"));
+    let opts = || ConnectOpts::default().session_expiry(300);
+    let (older, newer) = (h.accept(), h.accept());
+    let mark = h.log.len();
+    assert!(h.connect_on(older, "twice", V5, false, opts()).is_none());
+    assert!(h.connect_on(newer, "twice", V5, false, opts()).is_none());
+    let made = claims(&h, mark);
+    assert_eq!(made.len(), 2);
+    // The newer claim (written later, revision 9) is answered first.
+    h.input(Input::ClusterClaimed {
+        token: made[1].0,
+        revision: Some(9),
+        previous: Some((Bytes::from(made[0].2.clone()), 8)),
+    });
+    h.input(Input::ClusterClaimed {
+        token: made[0].0,
+        revision: Some(8),
+        previous: None,
+    });
+    assert!(!h.is_closed(newer), "the newer connection stays");
+    assert!(h.is_closed(older), "the older one is refused");
+    // A clean_start=0 CONNECT without expiry waits for its claim too (it may resume).
+    let conn = h.accept();
+    assert!(
+        h.connect_on(conn, "resumer", V5, false, ConnectOpts::default())
+            .is_none()
+    );
 }

@@ -34,9 +34,8 @@ impl Broker {
         };
         let keeps_record = session.expiry_secs > 0;
         if let Some(grant) = session.conn.and_then(|conn| c.owner.take_grant(conn)) {
-            let held = c
-                .owner
-                .hold(sid, grant.key, grant.revision, keeps_record, &ledger);
+            let claim = (grant.key, grant.line, grant.revision);
+            let held = c.owner.hold(sid, claim, keeps_record, &ledger);
             // A new session was owed nothing before now; one resumed from a record has the
             // record's cursor, one resumed here keeps its own.
             held.cursor = match grant.resumed_cursor {
@@ -52,8 +51,10 @@ impl Broker {
         let Ok(key) = subject::name_key(&session.client_id, c.max_subject_len()) else {
             return;
         };
-        let token = c.owner.ask(Asker::Session(sid), &key, &ledger);
-        let value = owner::claim_value(&c.config.node_name, c.epoch);
+        let token = c
+            .owner
+            .ask(Asker::Session(sid), &key, &session.client_id, &ledger);
+        let value = owner::claim_value(&c.config.node_name, c.epoch, token);
         self.outputs.push_back(Output::ClusterClaim {
             token,
             key,
@@ -76,7 +77,7 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some((asker, key)) = c.owner.answered(token) else {
+        let Some((asker, key, client_id)) = c.owner.answered(token) else {
             return;
         };
         if revision.is_some() {
@@ -98,10 +99,12 @@ impl Broker {
                 droppable: false,
             });
         }
+        let line = owner::claim_value(&c.config.node_name, c.epoch, token);
         let sid = match asker {
             Asker::Connect(conn) => {
                 let previous = previous.as_ref().map(|(value, _)| value);
-                return self.cluster_connect_claimed(conn, key, revision, previous);
+                let claim = revision.map(|r| (key, line, r));
+                return self.cluster_connect_claimed(conn, &client_id, claim, previous);
             }
             Asker::Session(sid) => sid,
         };
@@ -111,7 +114,9 @@ impl Broker {
         match self.sessions.get(&sid) {
             Some(s) => {
                 let keeps_record = s.expiry_secs > 0;
-                let held = c.owner.hold(sid, key, revision, keeps_record, &ledger);
+                let held = c
+                    .owner
+                    .hold(sid, (key, line, revision), keeps_record, &ledger);
                 held.cursor = held.cursor.or(feed);
                 self.write_record(sid);
                 self.arm_record_tick();

@@ -35,10 +35,12 @@ impl Broker {
     /// Whether this CONNECT must wait for its claim before its session opens: a persistent
     /// session with the client's own id. Also when this node holds the session: another node
     /// may have taken it meanwhile (its kick still on its way), and then its record is newer.
-    pub(super) fn cluster_claims_first(&self, id: ConnId, expiry_secs: u32) -> bool {
+    /// A CONNECT without a clean start and without expiry waits too: it resumes a session
+    /// another node may hold.
+    pub(super) fn cluster_claims_first(&self, id: ConnId, connect: &Connect, expiry: u32) -> bool {
         self.cluster
             .as_deref()
-            .is_some_and(|c| expiry_secs > 0 && !c.owner.granted(id))
+            .is_some_and(|c| (expiry > 0 || !connect.clean_start) && !c.owner.granted(id))
     }
 
     /// Parks the CONNECT (as while its credentials are checked) and claims its client id.
@@ -57,14 +59,15 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        let client_id = connect.client_id.clone();
         conn.state = ConnState::Authenticating;
         conn.pending_connect = Some(Box::new(connect));
         self.subscribe_kicks();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let token = c.owner.ask(Asker::Connect(id), &key, &ledger);
-        let value = owner::claim_value(&c.config.node_name, c.epoch);
+        let token = c.owner.ask(Asker::Connect(id), &key, &client_id, &ledger);
+        let value = owner::claim_value(&c.config.node_name, c.epoch, token);
         self.outputs.push_back(Output::ClusterClaim {
             token,
             key,
@@ -75,19 +78,20 @@ impl Broker {
 
     /// The claim of a waiting CONNECT was answered: the session resumes from the record the
     /// claim replaced (another node's, or this node's from an earlier start), or starts anew;
-    /// without a claim a persistent session is refused (v5 0x88, 3.1.1 3).
+    /// without a claim the CONNECT is refused (v5 0x88, 3.1.1 3). `claim`: key, owner's
+    /// line and revision.
     pub(super) fn cluster_connect_claimed(
         &mut self,
         id: ConnId,
-        key: String,
-        revision: Option<u64>,
+        client_id: &str,
+        claim: Option<(String, Bytes, u64)>,
         previous: Option<&Bytes>,
     ) {
         let waiting =
             self.conns.get(&id).is_some_and(|c| {
                 c.state == ConnState::Authenticating && c.pending_connect.is_some()
             }) && !self.authenticating.contains(&id);
-        let Some(revision) = revision else {
+        let Some((key, line, revision)) = claim else {
             if let Some(connect) = self.take_waiting_connect(id, waiting) {
                 self.refuse_connect(
                     id,
@@ -98,12 +102,20 @@ impl Broker {
             }
             return;
         };
-        let Some(connect) = self.take_waiting_connect(id, waiting) else {
-            // The connection went meanwhile: the claim goes too.
-            self.outputs
-                .push_back(Output::ClusterRelease { key, revision });
+        // Another claim of this node for the key was written after this one and answered
+        // first: this CONNECT is the older of two, and the newer keeps the session.
+        let superseded = self
+            .cluster
+            .as_deref()
+            .and_then(|c| c.owner.holder(&key))
+            .is_some_and(|(_, first)| first > revision);
+        if superseded {
+            if let Some(connect) = self.take_waiting_connect(id, waiting) {
+                let detail = "a newer connection with this client id took the session";
+                self.refuse_connect(id, &connect, reason::SESSION_TAKEN_OVER, detail);
+            }
             return;
-        };
+        }
         // Another node took the session since this node last held it: what is here is stale.
         let mine = self
             .cluster
@@ -115,7 +127,7 @@ impl Broker {
                 mine.as_ref()
                     .is_none_or(|m| (m.0.as_str(), m.1) != (node, epoch))
             });
-        if taken && let Some(&stale) = self.by_client_id.get(&connect.client_id) {
+        if taken && let Some(&stale) = self.by_client_id.get(client_id) {
             if let Some(c) = self.cluster.as_deref_mut() {
                 c.owner.lose(stale);
             }
@@ -125,29 +137,37 @@ impl Broker {
             }
             self.end_session(stale);
         }
-        let resumed = (!connect.clean_start && !self.by_client_id.contains_key(&connect.client_id))
-            .then(|| previous.and_then(|v| self.record_to_resume(v, &connect.client_id)))
+        let connect = self.take_waiting_connect(id, waiting);
+        let clean = connect.as_ref().is_some_and(|c| c.clean_start);
+        let resumed = (!clean && !self.by_client_id.contains_key(client_id))
+            .then(|| previous.and_then(|v| self.record_to_resume(v, client_id)))
             .flatten();
+        let Some(connect) = connect else {
+            // The connection went meanwhile. A record the claim took over stays here, as an
+            // offline session (the node that had it was told to let it go); else the claim goes.
+            match resumed {
+                Some(rec) => self.resume_offline(client_id, (key, line, revision), rec),
+                None => self
+                    .outputs
+                    .push_back(Output::ClusterRelease { key, revision }),
+            }
+            return;
+        };
         let resumed_cursor = resumed.as_ref().map(|rec| rec.cursor);
         if let Some(c) = self.cluster.as_deref_mut() {
             let grant = Grant {
                 key,
+                line,
                 revision,
                 resumed_cursor,
             };
             c.owner.grant(id, grant);
         }
-        let catch_up_from = match resumed {
-            Some(rec) => {
-                if !self.shed_offline_sessions() {
-                    return self.refuse_granted(id, &connect);
-                }
-                let cursor = rec.cursor;
-                self.resume_from_record(&connect.client_id, rec.session);
-                cursor
-            }
-            None => None,
-        };
+        // The memory budget was checked when the CONNECT came.
+        let catch_up_from = resumed.and_then(|rec| {
+            self.resume_from_record(client_id, rec.session);
+            rec.cursor
+        });
         self.complete_connect(id, *connect);
         // Not taken: the CONNECT was refused after all.
         self.refuse_granted_leftover(id);
@@ -162,6 +182,31 @@ impl Broker {
         self.receive(id, &[]);
     }
 
+    /// A session resumed from a record for a CONNECT that went before its claim was
+    /// answered: kept here offline (its expiry running), caught up, its claim held.
+    fn resume_offline(&mut self, client_id: &str, claim: (String, Bytes, u64), rec: SessionRecord) {
+        let ledger = self.memory.ledger.clone();
+        let (now, wall) = (self.now, self.wall_now());
+        let cursor = rec.cursor;
+        let sid = self.resume_from_record(client_id, rec.session);
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.disconnected_at_unix_ms = Some(wall);
+        if s.expiry_secs != NEVER_EXPIRES {
+            s.expires_at = Some(now.plus_secs(u64::from(s.expiry_secs)));
+        }
+        self.offline_by_end.insert(sid, s);
+        self.arm_session_timer(sid);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.owner.hold(sid, claim, true, &ledger).cursor = cursor;
+        }
+        self.write_record(sid);
+        if let Some(cursor) = cursor {
+            self.cluster_catch_up(sid, cursor.saturating_add(1));
+        }
+    }
+
     fn take_waiting_connect(&mut self, id: ConnId, waiting: bool) -> Option<Box<Connect>> {
         if !waiting {
             return None;
@@ -171,16 +216,6 @@ impl Broker {
         // Keep alive counts from the CONNACK, not from the wait's start.
         conn.last_rx = self.now;
         conn.pending_connect.take()
-    }
-
-    fn refuse_granted(&mut self, id: ConnId, connect: &Connect) {
-        self.refuse_granted_leftover(id);
-        self.refuse_connect(
-            id,
-            connect,
-            reason::QUOTA_EXCEEDED,
-            "memory budget: no room for a new session",
-        );
     }
 
     /// A claim granted to a CONNECT that opened no session is released.
@@ -217,7 +252,7 @@ impl Broker {
 
     /// A session of `client_id` as another node's record left it: offline, with its
     /// subscriptions; the CONNECT then resumes it as any session here.
-    fn resume_from_record(&mut self, client_id: &str, rs: RecoveredSession) {
+    fn resume_from_record(&mut self, client_id: &str, rs: RecoveredSession) -> SessionId {
         let sid = self.next_session_id;
         self.next_session_id += 1;
         let version = version_from_level(rs.version);
@@ -230,6 +265,7 @@ impl Broker {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.owner.counters.resumed += 1;
         }
+        sid
     }
 
     /// Subscriptions read back (from the store, or a record): indexed, and the session's.
@@ -333,8 +369,7 @@ impl Broker {
             cursor: h.cursor,
             session,
         };
-        let line = owner::claim_value(&c.config.node_name, c.epoch);
-        let value = record::record_value(&line, &s.client_id, &rec);
+        let value = record::record_value(&h.line, &s.client_id, &rec);
         let Some((token, key, revision)) = c.owner.write(sid) else {
             return;
         };
@@ -411,7 +446,13 @@ impl Broker {
         c.record_tick = None;
         let failed = std::mem::take(&mut c.catchups_failed);
         c.catchups_waiting.extend(failed);
-        let feed = c.feed_seq;
+        // Not past this node's own messages JetStream may have taken but not yet answered
+        // for: they are routed when the answer comes, after the feed has passed them.
+        let unrouted = c.waiting.values().map(|w| w.feed_at).min();
+        let feed = match (c.feed_seq, unrouted) {
+            (Some(feed), Some(cap)) => Some(feed.min(cap)),
+            (feed, _) => feed,
+        };
         let mut any = false;
         let mut to_write = Vec::new();
         for (sid, h) in c.owner.holders() {
@@ -423,7 +464,7 @@ impl Broker {
                 .sessions
                 .get(sid)
                 .is_some_and(|s| s.queue.is_empty() && s.inflight.len() == 0);
-            let moves = settled && !h.catching_up && feed.is_some() && h.cursor != feed;
+            let moves = settled && !h.catching_up && feed > h.cursor;
             if moves || h.dirty {
                 to_write.push((*sid, moves));
             }
@@ -558,6 +599,7 @@ impl Broker {
             } else {
                 cu.attempts = 0;
                 c.catchups_failed.push(cu);
+                self.arm_record_tick();
             }
         }
         self.start_catch_ups();

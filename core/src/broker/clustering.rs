@@ -381,6 +381,7 @@ impl Broker {
             version,
             packet_id: pid,
             content,
+            feed_at: c.feed_seq.unwrap_or(0),
             _charge: charge,
         });
         self.outputs.push_back(Output::ClusterDurable {

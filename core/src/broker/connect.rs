@@ -123,7 +123,7 @@ impl Broker {
         }
 
         // In a cluster a persistent session waits for its claim, which may bring its record.
-        if !assigned && self.cluster_claims_first(id, expiry_secs) {
+        if !assigned && self.cluster_claims_first(id, &connect, expiry_secs) {
             return self.cluster_claim_first(id, connect);
         }
 

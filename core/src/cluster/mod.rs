@@ -58,6 +58,9 @@ pub(crate) struct Waiting {
     pub version: ProtocolVersion,
     pub packet_id: u16,
     pub content: Content,
+    /// The node feed's place when the write was asked for: the stream puts the message
+    /// after it, and until it is routed no session's cursor may pass that place.
+    pub feed_at: u64,
     pub _charge: Charge,
 }
 

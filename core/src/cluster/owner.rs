@@ -26,10 +26,11 @@ pub(crate) enum Asker {
     Connect(ConnId),
 }
 
-/// A claim on its way: who asked and the key.
+/// A claim on its way: who asked, the key and the client id it names.
 struct Asking {
     asker: Asker,
     key: String,
+    client_id: String,
     _charge: Charge,
 }
 
@@ -44,6 +45,8 @@ pub(crate) struct Lookup {
 /// A claim held by one of this node's sessions, with its record's writes.
 pub(crate) struct Held {
     pub key: String,
+    /// The owner's line the claim wrote, which its record writes keep.
+    pub line: Bytes,
     /// The revision the claim was written at: a kick naming this or a later revision is for
     /// this session (later ones are its record's writes).
     pub first: u64,
@@ -67,6 +70,7 @@ pub(crate) struct Held {
 /// A claim answered for a waiting CONNECT.
 pub(crate) struct Grant {
     pub key: String,
+    pub line: Bytes,
     pub revision: u64,
     /// The cursor of the record the session resumes from (`Some(None)`: a record without
     /// one), or `None` for a new session.
@@ -136,24 +140,25 @@ impl Owner {
         self.lookups.remove(&token)
     }
 
-    /// A claim for `asker` goes out as `token`.
-    pub fn ask(&mut self, asker: Asker, key: &str, ledger: &Ledger) -> u64 {
+    /// A claim of `client_id` (as `key`) for `asker` goes out as `token`.
+    pub fn ask(&mut self, asker: Asker, key: &str, client_id: &str, ledger: &Ledger) -> u64 {
         let token = self.token();
         let asking = Asking {
             asker,
             key: key.to_owned(),
-            _charge: ledger.charge(CLAIM_BYTES + key.len()),
+            client_id: client_id.to_owned(),
+            _charge: ledger.charge(CLAIM_BYTES + key.len() + client_id.len()),
         };
         self.asking.insert(token, asking);
         self.asking_for.insert(asker, token);
         token
     }
 
-    /// The answer to `token`: who asked and the key.
-    pub fn answered(&mut self, token: u64) -> Option<(Asker, String)> {
+    /// The answer to `token`: who asked, the key and the client id.
+    pub fn answered(&mut self, token: u64) -> Option<(Asker, String, String)> {
         let a = self.asking.remove(&token)?;
         self.asking_for.remove(&a.asker);
-        Some((a.asker, a.key))
+        Some((a.asker, a.key, a.client_id))
     }
 
     /// A waiting CONNECT's claim was written: the session it opens takes it.
@@ -177,14 +182,14 @@ impl Owner {
     pub fn hold(
         &mut self,
         sid: SessionId,
-        key: String,
-        revision: u64,
+        claim: (String, Bytes, u64),
         keeps_record: bool,
         ledger: &Ledger,
     ) -> &mut Held {
+        let (key, line, revision) = claim;
         let (charge, cursor, catching_up) = match self.held.remove(&sid) {
             Some(old) => {
-                self.by_key.remove(&old.key);
+                self.forget_key(&old.key, sid);
                 (old._charge, old.cursor, old.catching_up)
             }
             None => (ledger.charge(CLAIM_BYTES + key.len()), None, false),
@@ -192,6 +197,7 @@ impl Owner {
         self.by_key.insert(key.clone(), sid);
         self.held.entry(sid).or_insert(Held {
             key,
+            line,
             first: revision,
             revision,
             writing: None,
@@ -226,14 +232,27 @@ impl Owner {
             return None;
         }
         let h = self.held.remove(&sid)?;
-        self.by_key.remove(&h.key);
+        self.forget_key(&h.key, sid);
         Some((h.key, h.revision))
+    }
+
+    /// `key` no longer leads to `sid` (another session here may hold it now).
+    fn forget_key(&mut self, key: &str, sid: SessionId) {
+        if self.by_key.get(key) == Some(&sid) {
+            self.by_key.remove(key);
+        }
+    }
+
+    /// The session here holding `key`, and the revision its claim was written at.
+    pub fn holder(&self, key: &str) -> Option<(SessionId, u64)> {
+        let sid = *self.by_key.get(key)?;
+        Some((sid, self.held.get(&sid)?.first))
     }
 
     /// Forgets the claim of `sid` without releasing it (another node's now).
     pub fn lose(&mut self, sid: SessionId) {
         if let Some(h) = self.held.remove(&sid) {
-            self.by_key.remove(&h.key);
+            self.forget_key(&h.key, sid);
             if let Some(token) = h.writing {
                 self.writes.remove(&token);
             }
@@ -272,22 +291,31 @@ impl Owner {
     pub fn finish_ending(&mut self, sid: SessionId) -> Option<(String, u64)> {
         if self.held.get(&sid).is_some_and(|h| h.ending) {
             let h = self.held.remove(&sid)?;
-            self.by_key.remove(&h.key);
+            self.forget_key(&h.key, sid);
             return Some((h.key, h.revision));
         }
         None
     }
 }
 
-/// A claim's value: the node and its epoch.
-pub fn claim_value(node: &str, epoch: u64) -> Bytes {
-    Bytes::from(format!("{node} {epoch:x}"))
+/// A claim's value (the owner's line): the node, its epoch and the claim's number there,
+/// so the line names one claim, and a late write of an earlier claim is told apart.
+pub fn claim_value(node: &str, epoch: u64, claim: u64) -> Bytes {
+    Bytes::from(format!("{node} {epoch:x} {claim:x}"))
 }
 
 /// The node and epoch of a claim's value.
 pub fn parse_claim(value: &[u8]) -> Option<(&str, u64)> {
     let text = std::str::from_utf8(super::record::owner_line(value)).ok()?;
-    let (node, epoch) = text.split_once(' ')?;
+    let mut words = text.split(' ');
+    let (node, epoch) = (words.next()?, words.next()?);
+    // The claim's number (absent in an older line).
+    if let Some(claim) = words.next() {
+        u64::from_str_radix(claim, 16).ok()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
     Some((node, u64::from_str_radix(epoch, 16).ok()?))
 }
 
@@ -339,7 +367,7 @@ mod tests {
     #[test]
     fn claims_and_kicks_read_back_what_was_written() {
         assert_eq!(
-            parse_claim(&claim_value("node-a", u64::MAX)),
+            parse_claim(&claim_value("node-a", u64::MAX, 3)),
             Some(("node-a", u64::MAX))
         );
         for by in [
@@ -354,7 +382,15 @@ mod tests {
                 Some((42, "c_2Fx", by))
             );
         }
-        for bad in [&b""[..], b"node", b"node zz", b"\xff 1"] {
+        assert_eq!(parse_claim(b"node-b 1f"), Some(("node-b", 0x1f)));
+        for bad in [
+            &b""[..],
+            b"node",
+            b"node zz",
+            b"\xff 1",
+            b"node 1 zz",
+            b"node 1 2 3",
+        ] {
             assert_eq!(parse_claim(bad), None);
         }
         for bad in [
