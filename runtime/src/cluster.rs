@@ -493,6 +493,33 @@ async fn apply_interest(
     }
 }
 
+/// An ephemeral reader of the durable stream (the node feed, a catch-up read): no acks, in
+/// memory, one replica, dropped by the server when nobody pulls from it for a while.
+fn reader(subject: &str, deliver_policy: DeliverPolicy) -> pull::Config {
+    pull::Config {
+        filter_subject: subject.to_owned(),
+        deliver_policy,
+        ack_policy: AckPolicy::None,
+        inactive_threshold: FEED_INACTIVE,
+        num_replicas: 1,
+        memory_storage: true,
+        ..Default::default()
+    }
+}
+
+/// One pull of up to [`FEED_BATCH`] messages, answered within [`FEED_POLL`] by the server.
+async fn pull_batch(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+) -> Result<pull::Batch, String> {
+    consumer
+        .batch()
+        .max_messages(FEED_BATCH)
+        .expires(FEED_POLL)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The node feed: one ephemeral consumer reading the whole durable stream from the node's
 /// start, so a node has every QoS 1/2 message of the others however its sessions subscribe
 /// (it routes by its own filters and drops what none matches). It keeps its own place: a gap
@@ -509,17 +536,10 @@ async fn run_feed(stream: jetstream::stream::Stream, subject: String, inputs: mp
             },
             None => DeliverPolicy::New,
         };
-        let config = pull::Config {
-            filter_subject: subject.clone(),
-            deliver_policy,
-            ack_policy: AckPolicy::None,
-            // The server drops it if this node goes without a word.
-            inactive_threshold: FEED_INACTIVE,
-            num_replicas: 1,
-            memory_storage: true,
-            ..Default::default()
-        };
-        let consumer = match stream.create_consumer(config).await {
+        let consumer = match stream
+            .create_consumer(reader(&subject, deliver_policy))
+            .await
+        {
             Ok(consumer) => consumer,
             Err(e) => {
                 warn!("cluster: the node feed could not open: {e}");
@@ -540,13 +560,7 @@ async fn run_feed(stream: jetstream::stream::Stream, subject: String, inputs: mp
         // answer means that server is gone, and a new consumer is made on another.
         let why = loop {
             let pulled = tokio::time::timeout(FEED_POLL + FEED_GRACE, async {
-                let mut batch = consumer
-                    .batch()
-                    .max_messages(FEED_BATCH)
-                    .expires(FEED_POLL)
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut batch = pull_batch(&consumer).await?;
                 while let Some(next) = batch.next().await {
                     let m = next.map_err(|e| e.to_string())?;
                     let info = m.info().map_err(|e| e.to_string())?;
@@ -673,23 +687,11 @@ async fn catch_up(
     limit: Duration,
     inputs: &mpsc::Sender<Input>,
 ) -> Result<(), String> {
-    let config = pull::Config {
-        filter_subject: stream
-            .cached_info()
-            .config
-            .subjects
-            .first()
-            .cloned()
-            .unwrap_or_default(),
-        deliver_policy: DeliverPolicy::ByStartSequence {
-            start_sequence: from,
-        },
-        ack_policy: AckPolicy::None,
-        inactive_threshold: FEED_INACTIVE,
-        num_replicas: 1,
-        memory_storage: true,
-        ..Default::default()
+    let subject = stream.cached_info().config.subjects.first().cloned();
+    let start = DeliverPolicy::ByStartSequence {
+        start_sequence: from,
     };
+    let config = reader(&subject.unwrap_or_default(), start);
     let consumer = tokio::time::timeout(limit, stream.create_consumer(config))
         .await
         .map_err(|_| "no answer in time".to_owned())?
@@ -698,13 +700,7 @@ async fn catch_up(
     let read = async {
         loop {
             let pulled = tokio::time::timeout(FEED_POLL + FEED_GRACE, async {
-                let mut batch = consumer
-                    .batch()
-                    .max_messages(FEED_BATCH)
-                    .expires(FEED_POLL)
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut batch = pull_batch(&consumer).await?;
                 let mut got = 0;
                 while let Some(next) = batch.next().await {
                     let m = next.map_err(|e| e.to_string())?;
