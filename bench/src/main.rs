@@ -45,8 +45,10 @@ options (defaults in brackets):
   --concurrency K     connection attempts at once [64]
   --hold S            seconds to hold idle clients before reading the broker's RSS [1]
   --keep-alive S      keep alive in CONNECT [60]
-  --session K         subscribers' sessions: clean, or persistent (clean session 0, so
-                      QoS 1 messages to them are stored when the broker persists) [clean]
+  --session K         subscribers' (and the connections case's clients') sessions: clean,
+                      or persistent (clean session 0, so QoS 1 messages to them are stored
+                      when the broker persists; in a cluster, claimed before the CONNACK)
+                      [clean]
   --threads T         tokio worker threads; 1 = single-threaded runtime [1]
   --churn C           soak: clients connected and disconnected per cycle [500]
   --churn-every S     soak: seconds between churn cycles [10]

@@ -945,11 +945,11 @@ pub async fn connections(opts: &Opts) -> io::Result<Outcome> {
             .await
             .map_err(io::Error::other)?;
         let id = format!("{tag}-c{i}");
-        let (addr, keep_alive) = (opts.addr, opts.keep_alive);
+        let (addr, keep_alive, clean) = (opts.addr, opts.keep_alive, !opts.persistent);
         tasks.spawn(async move {
             let connected = tokio::time::timeout(
                 wire::HANDSHAKE_TIMEOUT,
-                Client::connect(addr, &id, keep_alive),
+                Client::connect_session(addr, &id, keep_alive, clean),
             )
             .await
             .unwrap_or_else(|_| {
@@ -995,6 +995,7 @@ pub async fn connections(opts: &Opts) -> io::Result<Outcome> {
     outcome.param("connections", wanted);
     outcome.param("concurrency", opts.concurrency);
     outcome.param("hold", opts.hold);
+    outcome.param("persistent", u8::from(opts.persistent));
     outcome.sent = wanted as u64;
     outcome.expected = wanted as u64;
     outcome.delivered = connected;
