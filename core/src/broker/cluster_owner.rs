@@ -118,8 +118,8 @@ impl Broker {
                     .owner
                     .hold(sid, (key, line, revision), keeps_record, &ledger);
                 held.cursor = held.cursor.or(feed);
+                // Writing it arms the records' tick.
                 self.write_record(sid);
-                self.arm_record_tick();
             }
             None => self
                 .outputs

@@ -469,21 +469,19 @@ impl Broker {
                 to_write.push((*sid, moves));
             }
         }
+        let mut writes = Vec::new();
         for (sid, moves) in to_write {
             if let Some(h) = c.owner.held_mut(sid) {
                 if moves {
                     h.cursor = feed;
                 }
                 h.dirty = true;
+                if h.writing.is_none() {
+                    writes.push(sid);
+                }
             }
         }
-        let sids: Vec<SessionId> = c
-            .owner
-            .holders()
-            .filter(|(_, h)| h.dirty && h.writing.is_none())
-            .map(|(sid, _)| *sid)
-            .collect();
-        for sid in sids {
+        for sid in writes {
             self.write_record(sid);
         }
         self.start_catch_ups();
