@@ -229,8 +229,9 @@ async fn a_connection_gets_one_copy_per_matching_subscription_in_publish_order()
     ];
     node_queue.flush().await.unwrap();
     remote.flush().await.unwrap();
-    let prober = connect(&cluster.url(2)).await;
-    probe_until_routed(&prober, &mut probes).await;
+    // Probed from the publisher's own connection: server 1's subscriptions must have reached
+    // server 0 (a probe through server 2 proves only the route from 1 to 2).
+    probe_until_routed(&node_pub, &mut probes).await;
 
     let topics = ["a/x", "a/y", "a", "b/x"];
     let sent: Vec<(&str, u32)> = (0..400).map(|n| (topics[n as usize % 4], n)).collect();
@@ -451,6 +452,24 @@ async fn publish_acked(
     }
 }
 
+/// Writes `id` until JetStream acknowledges it (retried with the same id, stored once), for at
+/// most 30 s.
+async fn publish_until_acked(js: &jetstream::Context, subject: &str, id: &str) -> u64 {
+    let start = Instant::now();
+    loop {
+        match publish_acked(js, subject, id, Duration::from_secs(3)).await {
+            Ok(seq) => return seq,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{id} never acked: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_stream_survives_one_lost_server_and_fails_closed_without_quorum() {
     let mut cluster = start("stream");
@@ -481,12 +500,12 @@ async fn replicated_stream_survives_one_lost_server_and_fails_closed_without_quo
     js.set_timeout(Duration::from_secs(2));
     let subject = topic_to_subject(P, Space::Durable, "a/b", MAX).unwrap();
 
+    // The new stream's interest reaches the publisher's server a moment after its creation
+    // ("no stream found for given subject" until then), so the first writes retry too.
     let mut acked: Vec<(u64, String)> = Vec::new();
     for n in 0..20 {
         let id = format!("before-{n}");
-        let seq = publish_acked(&js, &subject, &id, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let seq = publish_until_acked(&js, &subject, &id).await;
         acked.push((seq, id));
     }
 
@@ -496,19 +515,7 @@ async fn replicated_stream_survives_one_lost_server_and_fails_closed_without_quo
     let killed = Instant::now();
     for n in 0..10 {
         let id = format!("one-down-{n}");
-        let start = Instant::now();
-        let seq = loop {
-            match publish_acked(&js, &subject, &id, Duration::from_secs(3)).await {
-                Ok(seq) => break seq,
-                Err(e) => {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(30),
-                        "never acked: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
+        let seq = publish_until_acked(&js, &subject, &id).await;
         acked.push((seq, id));
     }
     eprintln!(
