@@ -49,6 +49,7 @@ mod admin_v4_bridge;
 mod admin_v4_mqtt;
 mod auth;
 mod bridging;
+mod cluster_nodes;
 mod cluster_owner;
 mod cluster_session;
 mod clustering;
@@ -458,6 +459,8 @@ impl Broker {
                 Timer::Replay => self.replay_timer(),
                 Timer::Compact => self.compact_tick(at),
                 Timer::ClusterRecords => self.record_tick(),
+                Timer::ClusterHeartbeat => self.heartbeat_tick(at),
+                Timer::ClusterGather => self.gather_tick(at),
             }
         }
     }

@@ -23,6 +23,10 @@ pub(crate) enum Timer {
     Compact,
     /// Cluster mode: session records' cursors move and failed writes are tried again.
     ClusterRecords,
+    /// Cluster mode: this node's heartbeat goes out and silent nodes are forgotten.
+    ClusterHeartbeat,
+    /// Cluster mode: admin lists stop waiting for nodes that did not answer.
+    ClusterGather,
 }
 
 #[derive(Debug, Default)]

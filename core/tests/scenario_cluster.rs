@@ -479,6 +479,14 @@ fn cluster_settings_are_bounded_and_read_at_start_only() {
             Box::new(|c: &mut Config| c.cluster.record_interval_ms = 5),
         ),
         (
+            "cluster.node_ttl",
+            Box::new(|c: &mut Config| c.cluster.node_ttl_ms = 1999),
+        ),
+        (
+            "cluster.node_ttl",
+            Box::new(|c: &mut Config| c.cluster.node_ttl_ms = 300_001),
+        ),
+        (
             "cluster.max_subscriptions",
             Box::new(|c: &mut Config| c.cluster.max_subscriptions = 0),
         ),

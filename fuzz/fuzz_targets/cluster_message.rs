@@ -3,12 +3,14 @@
 //! entries and session records. Decoding never panics; what decodes re-encodes to the same
 //! bytes' meaning; a clustered broker with a claimed session (persistent or not, by the
 //! first byte) takes any of it as a bucket entry, a claim's previous value (a record to
-//! resume from), a catch-up message and a kick.
+//! resume from), a catch-up message and a kick, and as another node's heartbeat, question
+//! and answer to a cluster-wide client list.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tidemq_core::cluster::envelope::Envelope;
+use tidemq_core::cluster::nodes::{ANSWER_SID, ASK_SID, Answer, Ask, HEARTBEAT_SID, Heartbeat};
 use tidemq_core::cluster::owner::{self, KICK_SID};
 use tidemq_core::cluster::record;
 use tidemq_core::cluster::subject::{self, Space};
@@ -43,6 +45,12 @@ fuzz_target!(|data: &[u8]| {
     if let Some((revision, key, by)) = owner::parse_kick(&payload) {
         let again = owner::kick_payload(revision, key, by);
         assert_eq!(owner::parse_kick(&again), Some((revision, key, by)));
+    }
+    if let Some(h) = Heartbeat::parse(&payload) {
+        assert_eq!(Heartbeat::parse(&h.encode()), Some(h));
+    }
+    if let Some(a) = Ask::parse(&payload) {
+        assert_eq!(Ask::parse(&a.encode()), Some(a));
     }
     let mut broker = Broker::new(config, 1, Instant(0));
     // A client with a claimed session (claim 1, written at revision 7).
@@ -109,6 +117,45 @@ fuzz_target!(|data: &[u8]| {
         },
         Input::ClusterMessage {
             sid: KICK_SID,
+            subject: text.clone(),
+            payload: payload.clone(),
+        },
+        Input::ClusterMessage {
+            sid: HEARTBEAT_SID,
+            subject: text.clone(),
+            payload: payload.clone(),
+        },
+        // Another node is heard of, so a client list waits for its answer (token 1).
+        Input::ClusterMessage {
+            sid: HEARTBEAT_SID,
+            subject: "tmq.h.b".to_owned(),
+            payload: Heartbeat {
+                node: "b".to_owned(),
+                epoch: "1".to_owned(),
+                connections: 1,
+                started_at: 0,
+                version: "0".to_owned(),
+            }
+            .encode(),
+        },
+        Input::AdminV4 {
+            req_id: 1,
+            credentials: tidemq_core::admin::Credentials {
+                authorization: Some("Basic YWRtaW46cHVibGlj".to_owned()),
+                jwt: None,
+            },
+            method: "GET".to_owned(),
+            path: "/api/v4/clients".to_owned(),
+            query: "_page=1&_limit=2".to_owned(),
+            body: Bytes::new(),
+        },
+        Input::ClusterMessage {
+            sid: ANSWER_SID,
+            subject: text.clone(),
+            payload: payload.clone(),
+        },
+        Input::ClusterMessage {
+            sid: ASK_SID,
             subject: text,
             payload,
         },
@@ -117,4 +164,8 @@ fuzz_target!(|data: &[u8]| {
         broker.handle_input(Instant(1), input);
         while broker.poll_output().is_some() {}
     }
+    // The list's wait ends.
+    broker.handle_input(Instant(60_000), Input::Timeout);
+    while broker.poll_output().is_some() {}
+    let _ = Answer::parse(b"");
 });

@@ -53,6 +53,7 @@ fn start_node(dir: &Dir, name: &str, urls: &[String]) -> Node {
              \x20 replicas = 3\n\
              \x20 publish_timeout = 3s\n\
              \x20 durable_max_bytes = 256MB\n\
+             \x20 node_ttl = 3s\n\
              }}\n",
             urls.join(", ")
         ),
@@ -500,6 +501,99 @@ fn the_admin_api_of_one_node_kicks_a_client_on_the_other() {
     // A client id nobody holds: 404 from either node.
     let answer = a.api.call("DELETE", "/api/v4/clients/nobody", None);
     assert_eq!(answer.status, 404, "{}", answer.text);
+}
+
+/// The nodes' names, as `GET /api/v4/nodes` on `node` lists them.
+fn nodes_listed(node: &Node) -> Vec<String> {
+    let v = node.api.get("/api/v4/nodes");
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// (client id, node) of each connected client `GET /api/v4/clients` on `node` lists.
+fn clients_listed(node: &Node, path: &str) -> (Vec<(String, String)>, serde_json::Value) {
+    let v = node.api.get(path);
+    let items = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["client_id"].as_str().unwrap().to_owned(),
+                c["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (items, v["cluster"].clone())
+}
+
+/// The admin lists describe the cluster: `GET /api/v4/nodes` names every node whose
+/// heartbeat is current, `GET /api/v4/clients` on one node lists the clients of all with the
+/// node each is on; a node killed drops out of both within `node_ttl`.
+#[test]
+fn the_admin_lists_describe_every_node_of_the_cluster() {
+    let (_nats, _dir, a, b) = cluster("lists");
+    let start = Instant::now();
+    while nodes_listed(&a) != ["node-a", "node-b"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node a never heard of node b: {:?}",
+            nodes_listed(&a)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("node a lists both nodes after {:?}", start.elapsed());
+    let left = mosquitto_sub(a.port, &["-i", "left-1", "-t", "l/x", "-W", "60"]);
+    let right = mosquitto_sub(b.port, &["-i", "right-1", "-t", "l/x", "-W", "60"]);
+    let both = vec![
+        ("left-1".to_owned(), "node-a".to_owned()),
+        ("right-1".to_owned(), "node-b".to_owned()),
+    ];
+    let start = Instant::now();
+    loop {
+        let (listed, cluster) = clients_listed(&a, "/api/v4/clients?conn_state=connected");
+        if listed == both {
+            assert_eq!(cluster["missing"], serde_json::json!([]));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "node a lists {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (one, _) = clients_listed(&b, "/api/v4/clients/left-1");
+    assert_eq!(one, vec![("left-1".to_owned(), "node-a".to_owned())]);
+    let paged = a.api.get("/api/v4/clients?_page=2&_limit=1");
+    assert_eq!(paged["data"][0]["client_id"], "right-1", "{paged}");
+    assert_eq!(paged["meta"]["count"], 2, "{paged}");
+
+    // Node b killed: once its heartbeat is older than node_ttl, node a lists itself alone.
+    drop(b);
+    let killed = Instant::now();
+    while nodes_listed(&a) != ["node-a"] {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "node a still lists {:?}",
+            nodes_listed(&a)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "node b dropped out of node a's list {:?} after it was killed",
+        killed.elapsed()
+    );
+    let (listed, cluster) = clients_listed(&a, "/api/v4/clients?conn_state=connected");
+    assert_eq!(listed, vec![("left-1".to_owned(), "node-a".to_owned())]);
+    assert_eq!(cluster["answered"], serde_json::json!(["node-a"]));
+    for mut client in [left, right] {
+        let _ = client.kill();
+        let _ = client.wait();
+    }
 }
 
 /// A persistent session moves with its client: subscribed on node a, away while QoS 1

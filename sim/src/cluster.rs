@@ -35,7 +35,7 @@ use crate::trace::Fnv;
 use bytes::{Bytes, BytesMut};
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::cluster::envelope::Envelope;
-use tidemq_core::cluster::owner::KICK_SID;
+use tidemq_core::cluster::nodes::node_own;
 use tidemq_core::cluster::record;
 use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
 use tidemq_core::codec::{
@@ -44,6 +44,7 @@ use tidemq_core::codec::{
 };
 use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output, RecordAnswer};
 
+use crate::json::Json;
 use crate::rng::Rng;
 
 /// A fault planted in the engine model, each for a checker to catch.
@@ -81,6 +82,8 @@ pub enum ClusterMutation {
     /// The sessions bucket answers a claim with the owner's line of the entry it replaced
     /// but not its record: the session resumes without its subscriptions (C9).
     LoseRecord,
+    /// The last node's answers to other nodes' admin lists are lost (C10).
+    LoseAnswers,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -389,15 +392,20 @@ pub struct ClusterOutcome {
     /// Moves of persistent sessions between nodes, and the messages catch-up reads brought.
     pub moves: u64,
     pub caught_up: u64,
+    /// Connected clients the cluster-wide client list had to name (C10).
+    pub listed: u64,
     pub violations: Vec<String>,
     /// The run's events, when asked for.
     pub log: Vec<String>,
 }
 
 impl ClusterOutcome {
-    /// Whether checker `name` (`"C1"` …) found something.
+    /// Whether checker `name` failed (`"C"`: any checker); `"C1"` is not `"C10"`.
     pub fn failed(&self, name: &str) -> bool {
-        self.violations.iter().any(|v| v.starts_with(name))
+        self.violations.iter().any(|v| {
+            v.strip_prefix(name)
+                .is_some_and(|rest| name == "C" || !rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
     }
 }
 
@@ -438,6 +446,19 @@ pub struct ClusterWorld {
     closed: BTreeSet<u64>,
     problems: Vec<String>,
     log: Option<Vec<String>>,
+    /// The cluster-wide client list asked of one node (C10).
+    audit: Option<ListAudit>,
+    /// Admin replies, by request id.
+    replies: BTreeMap<u64, (u16, Bytes)>,
+}
+
+/// A v4 client list asked of one node once every node's heartbeat is current: who should be
+/// in it, and what came back.
+struct ListAudit {
+    node: usize,
+    req_id: u64,
+    /// (client id, node name) of every connected client.
+    want: BTreeSet<(String, String)>,
 }
 
 fn level(rng: &mut Rng) -> &'static str {
@@ -587,6 +608,8 @@ impl ClusterWorld {
             closed: BTreeSet::new(),
             problems: Vec::new(),
             log: None,
+            audit: None,
+            replies: BTreeMap::new(),
         }
     }
 
@@ -758,9 +781,24 @@ impl ClusterWorld {
             Output::ClusterPublish {
                 subject, payload, ..
             } => {
+                let last = n + 1 == self.nodes.len();
+                if self.mutation == Some(ClusterMutation::LoseAnswers)
+                    && last
+                    && subject.ends_with(".answer")
+                {
+                    return;
+                }
                 if let Some(nd) = self.nodes.get_mut(n) {
                     nd.plain.push_back(Op::Pub { subject, payload });
                 }
+            }
+            Output::AdminReply {
+                req_id,
+                status,
+                body,
+                ..
+            } => {
+                self.replies.insert(req_id, (status, body));
             }
             Output::ClusterRetain { key, value } => {
                 if let Some(nd) = self.nodes.get_mut(n) {
@@ -1631,6 +1669,8 @@ impl ClusterWorld {
             self.drain();
         }
 
+        self.ask_for_clients();
+
         // Every client drops every subscription: each node's last unsubscribe must reach the
         // engine (C5 before and after), and full nodes get room for the audit.
         let mut before = Vec::new();
@@ -1920,6 +1960,60 @@ impl ClusterWorld {
             .max()
     }
 
+    /// Time passes until every node's heartbeat is current, then one node is asked for the
+    /// cluster's connected clients (`GET /api/v4/clients?conn_state=connected`), answered
+    /// once the other nodes' parts came or their wait ended (C10).
+    fn ask_for_clients(&mut self) {
+        let Some(ttl) = self
+            .nodes
+            .first()
+            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
+        else {
+            return;
+        };
+        for _ in 0..ttl / 3 + 50 {
+            self.tick();
+            self.drain();
+        }
+        let node = self.rng.below(self.nodes.len() as u64) as usize;
+        let want = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.up)
+            .map(|(idx, c)| (format!("c{idx}"), format!("n{}", c.node)))
+            .collect();
+        let Some(nd) = self.nodes.get(node) else {
+            return;
+        };
+        let http = &nd.broker.config().http_server;
+        let credentials = tidemq_core::admin::Credentials {
+            authorization: Some(crate::world::basic(&http.username, &http.password)),
+            jwt: None,
+        };
+        let req_id = 1;
+        self.audit = Some(ListAudit { node, req_id, want });
+        self.feed(
+            node,
+            Input::AdminV4 {
+                req_id,
+                credentials,
+                method: "GET".into(),
+                path: "/api/v4/clients".into(),
+                query: "conn_state=connected".into(),
+                body: Bytes::new(),
+            },
+        );
+        self.drain();
+        for _ in 0..tidemq_core::cluster::nodes::GATHER_WAIT_MS + 10 {
+            if self.replies.contains_key(&req_id) {
+                break;
+            }
+            self.tick();
+            self.drain();
+        }
+    }
+
     // ----- the checkers -------------------------------------------------------------------
 
     fn outcome(mut self) -> ClusterOutcome {
@@ -1933,6 +2027,7 @@ impl ClusterWorld {
         self.check_c7(&mut violations);
         self.check_c8(&mut violations);
         self.check_c9(&mut violations);
+        self.check_c10(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -1956,6 +2051,7 @@ impl ClusterWorld {
                 .map(|c| c.roams as u64)
                 .sum(),
             caught_up: self.engine.caught_up,
+            listed: self.audit.as_ref().map_or(0, |a| a.want.len() as u64),
             violations,
             log: self.log.unwrap_or_default(),
         }
@@ -2300,6 +2396,52 @@ impl ClusterWorld {
         }
     }
 
+    /// C10: a node's cluster-wide client list names every connected client of every node
+    /// with the node that holds it, once, and every node answered.
+    fn check_c10(&self, out: &mut Vec<String>) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let n = audit.node;
+        let Some((status, body)) = self.replies.get(&audit.req_id) else {
+            out.push(format!("C10 node {n}: no answer to the client list"));
+            return;
+        };
+        let doc = std::str::from_utf8(body).ok().and_then(crate::json::parse);
+        let Some(doc) = doc.filter(|_| *status == 200) else {
+            out.push(format!("C10 node {n}: client list answered {status}"));
+            return;
+        };
+        let text = |j: Option<&Json>| match j {
+            Some(Json::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let mut got = BTreeSet::new();
+        if let Some(Json::Arr(items)) = doc.get("data") {
+            for item in items {
+                let pair = (text(item.get("client_id")), text(item.get("node")));
+                let (Some(id), Some(node)) = pair else {
+                    out.push(format!("C10 node {n}: item without client_id or node"));
+                    continue;
+                };
+                if !got.insert((id.clone(), node)) {
+                    out.push(format!("C10 node {n}: {id} listed twice"));
+                }
+            }
+        }
+        let missing: Vec<_> = audit.want.difference(&got).take(4).collect();
+        let unasked: Vec<_> = got.difference(&audit.want).take(4).collect();
+        if !missing.is_empty() || !unasked.is_empty() {
+            out.push(format!(
+                "C10 node {n}: missing {missing:?}, not connected {unasked:?}"
+            ));
+        }
+        let silent = doc.get("cluster").and_then(|c| c.get("missing"));
+        if !matches!(silent, Some(Json::Arr(a)) if a.is_empty()) {
+            out.push(format!("C10 node {n}: nodes did not answer: {silent:?}"));
+        }
+    }
+
     /// C5: once drained, the engine holds for each node exactly the NATS subscriptions its
     /// sessions' distinct filters need: none left behind by an unsubscribe, none missing.
     fn check_c5(&self, out: &mut Vec<String>) {
@@ -2321,8 +2463,8 @@ impl ClusterWorld {
                 }
             }
             for ((node, sid), held) in &self.engine.subs {
-                // The node's kick subject is its own, not a session's.
-                if *node == n && *sid != KICK_SID {
+                // The node's kick, heartbeat and admin subjects are its own, not a session's.
+                if *node == n && !node_own(*sid) {
                     *want.entry(held.clone()).or_insert(0) -= 1;
                 }
             }

@@ -2070,7 +2070,7 @@ impl World {
 }
 
 /// A `Basic` authorization header.
-fn basic(user: &str, pass: &str) -> String {
+pub(crate) fn basic(user: &str, pass: &str) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let raw = format!("{user}:{pass}").into_bytes();
     let mut out = String::from("Basic ");

@@ -47,7 +47,8 @@ fn every_checker_passes() {
     let started = Instant::now();
     let n = seeds();
     let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
-    let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up) = (0, 0, 0, 0, 0);
+    let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up, mut listed) =
+        (0, 0, 0, 0, 0, 0);
     let mut failures = Vec::new();
     for i in 0..n {
         let o = run_cluster_seed(BASE + i, None);
@@ -60,6 +61,7 @@ fn every_checker_passes() {
         refusals += o.refusals;
         moves += o.moves;
         caught_up += o.caught_up;
+        listed += o.listed;
         if !o.violations.is_empty() {
             failures.push(format!("{}\n  {}", show(&o), o.violations.join("\n  ")));
         }
@@ -67,11 +69,12 @@ fn every_checker_passes() {
     println!(
         "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
          {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, \
-         {moves} persistent sessions moved ({caught_up} messages caught up), {:.1} s",
+         {moves} persistent sessions moved ({caught_up} messages caught up), {listed} clients listed \
+         cluster-wide, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0);
+    assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0 && listed > 0);
 }
 
 /// Runs the seeds under a planted fault; returns those on which `checker` failed.
@@ -142,6 +145,11 @@ fn catch_up_reads_that_bring_nothing_are_caught_by_c9() {
 #[test]
 fn a_claim_that_drops_the_session_record_is_caught_by_c9() {
     assert!(!caught(ClusterMutation::LoseRecord, "C9").is_empty());
+}
+
+#[test]
+fn lost_answers_to_a_cluster_wide_client_list_are_caught_by_c10() {
+    assert!(!caught(ClusterMutation::LoseAnswers, "C10").is_empty());
 }
 
 #[test]

@@ -12,6 +12,7 @@ use crate::admin::v4::{self, Op, Routed, V4Reply};
 use crate::admin::v4_query::{ClientFilter, ClientView, RetainedQuery, SubscriptionFilter};
 use crate::admin::{self, ControlAction, Credentials, PendingConfig, V4Write, code};
 use crate::api::{BrokerEvent, Output};
+use crate::cluster::nodes::ListKind;
 use crate::codec::reason;
 use crate::conn::CloseReason;
 use crate::session::Session;
@@ -99,14 +100,25 @@ impl Broker {
                 "uptime": self.uptime(),
                 "version": env!("CARGO_PKG_VERSION"),
             }])),
-            Op::ListNodes => V4Reply::data(json!([{
-                "connections": self.sessions.values().filter(|s| s.conn.is_some()).count(),
-                "node_status": "Running",
-                "uptime": self.uptime(),
-                "version": env!("CARGO_PKG_VERSION"),
-            }])),
+            Op::ListNodes => V4Reply::data(self.cluster_nodes().unwrap_or_else(|| {
+                json!([{
+                    "connections": self.sessions.values().filter(|s| s.conn.is_some()).count(),
+                    "node_status": "Running",
+                    "uptime": self.uptime(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                }])
+            })),
             Op::GetMetrics => V4Reply::json(200, &self.metrics_json()),
             Op::GetPrometheus => V4Reply::text(self.prometheus_text()),
+            Op::ListClients if self.cluster.is_some() => {
+                return self.cluster_clients(req_id, ListKind::Clients, query);
+            }
+            Op::GetClient if self.cluster.is_some() => {
+                return self.cluster_clients(req_id, ListKind::Client, param);
+            }
+            Op::ListClientsByUsername if self.cluster.is_some() => {
+                return self.cluster_clients(req_id, ListKind::Username, param);
+            }
             Op::ListClients => self.v4_clients(&ClientFilter::parse(query)?),
             Op::GetClient => self.v4_clients(&ClientFilter {
                 client_id: Some(param.to_owned()),
@@ -198,13 +210,7 @@ impl Broker {
     }
 
     fn uptime(&self) -> String {
-        let secs = self.now.since(self.started) / 1000;
-        format!(
-            "{} Hours, {} minutes, {} seconds",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
+        uptime_text(self.now.since(self.started) / 1000)
     }
 
     /// Every session, in client id order.
@@ -214,21 +220,25 @@ impl Broker {
             .filter_map(|sid| self.sessions.get(sid).map(|s| &**s))
     }
 
-    fn v4_clients(&self, filter: &ClientFilter) -> V4Reply {
-        let items: Vec<Value> = self
-            .sessions_in_order()
-            .filter(|s| {
-                filter.matches(&ClientView {
-                    client_id: &s.client_id,
-                    username: s.username.as_deref().unwrap_or(""),
-                    connected: s.conn.is_some(),
-                    clean_start: s.clean_start,
-                    proto_name: s.version.name(),
-                    proto_ver: s.version.level(),
-                })
+    /// The sessions `filter` matches, in client id order.
+    pub(super) fn matching_clients<'a>(
+        &'a self,
+        filter: &'a ClientFilter,
+    ) -> impl Iterator<Item = &'a Session> + 'a {
+        self.sessions_in_order().filter(|s| {
+            filter.matches(&ClientView {
+                client_id: &s.client_id,
+                username: s.username.as_deref().unwrap_or(""),
+                connected: s.conn.is_some(),
+                clean_start: s.clean_start,
+                proto_name: s.version.name(),
+                proto_ver: s.version.level(),
             })
-            .map(client_item)
-            .collect();
+        })
+    }
+
+    fn v4_clients(&self, filter: &ClientFilter) -> V4Reply {
+        let items: Vec<Value> = self.matching_clients(filter).map(client_item).collect();
         paged(items, filter.paging, false)
     }
 
@@ -384,7 +394,7 @@ impl Broker {
 }
 
 /// One session in NanoMQ's v4 item shape.
-fn client_item(s: &Session) -> Value {
+pub(super) fn client_item(s: &Session) -> Value {
     let mut m = Map::new();
     m.insert("client_id".into(), json!(s.client_id));
     m.insert(
@@ -468,4 +478,14 @@ mod tests {
         assert_eq!(datetime(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(datetime(1_777_888_944_000), "2026-05-04 10:02:24");
     }
+}
+
+/// NanoMQ's uptime text.
+pub(super) fn uptime_text(secs: u64) -> String {
+    format!(
+        "{} Hours, {} minutes, {} seconds",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }

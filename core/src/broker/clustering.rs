@@ -41,6 +41,7 @@ impl Broker {
         if self.config.cluster.enable {
             let epoch = self.rng.next_u64();
             self.cluster = Some(Box::new(Cluster::new(self.config.cluster.clone(), epoch)));
+            self.arm_heartbeat(self.now);
         }
     }
 
@@ -182,6 +183,9 @@ impl Broker {
     pub(super) fn cluster_message(&mut self, sid: u64, subject: &str, payload: Bytes) {
         if sid == crate::cluster::owner::KICK_SID {
             return self.cluster_kick(&payload);
+        }
+        if sid >= crate::cluster::nodes::ANSWER_SID {
+            return self.cluster_node_message(sid, &payload);
         }
         let Some(c) = self.cluster.as_deref_mut() else {
             return;

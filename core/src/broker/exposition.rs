@@ -476,7 +476,7 @@ impl Broker {
         };
         let k = &c.counters;
         let claims = c.owner.counters;
-        let families: [(&str, &str, &str, u64); 15] = [
+        let families: [(&str, &str, &str, u64); 17] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -566,6 +566,18 @@ impl Broker {
                 "counter",
                 "Messages catch-up reads of the durable stream brought to resumed sessions.",
                 claims.caught_up,
+            ),
+            (
+                "tidemq_cluster_nodes",
+                "gauge",
+                "Nodes whose heartbeat this node heard within node_ttl, itself included.",
+                c.nodes.live().count() as u64 + 1,
+            ),
+            (
+                "tidemq_cluster_heartbeats_ignored_total",
+                "counter",
+                "Heartbeats ignored: malformed, this node's own name from another node, or past 64 nodes.",
+                c.nodes.ignored,
             ),
         ];
         for (name, kind, help, value) in families {

@@ -41,6 +41,9 @@ pub struct ClusterConfig {
     /// How often a persistent session's cursor may be written to its record (10..=60000 ms):
     /// shorter means fewer messages delivered again after a move, more bucket writes.
     pub record_interval_ms: u64,
+    /// A node not heard of for this long is gone (2s..=5m); each node's heartbeat goes out
+    /// every third of it.
+    pub node_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -56,6 +59,7 @@ impl Default for ClusterConfig {
             retained_max_bytes: 32 * 1024 * 1024,
             sessions_max_bytes: 64 * 1024 * 1024,
             record_interval_ms: 1000,
+            node_ttl_ms: 10_000,
             publish_timeout_ms: 10_000,
             durable_max_bytes: 10 * 1024 * 1024 * 1024,
             durable_max_age_ms: 7 * 24 * 3600 * 1000,
@@ -91,6 +95,9 @@ impl ClusterConfig {
         }
         if !(10..=60_000).contains(&self.record_interval_ms) {
             return err("cluster.record_interval", "must be between 10ms and 60s");
+        }
+        if !(2000..=300_000).contains(&self.node_ttl_ms) {
+            return err("cluster.node_ttl", "must be between 2s and 5m");
         }
         if self.durable_max_bytes < 1024 * 1024 {
             return err("cluster.durable_max_bytes", "must be at least 1MB");

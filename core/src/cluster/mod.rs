@@ -12,6 +12,7 @@
 pub mod config;
 pub mod envelope;
 pub(crate) mod interest;
+pub mod nodes;
 pub mod owner;
 pub mod record;
 pub mod subject;
@@ -95,6 +96,8 @@ pub(crate) struct Cluster {
     pub catchups_failed: Vec<CatchUp>,
     /// The records' tick, when armed.
     pub record_tick: Option<crate::api::Instant>,
+    /// The other nodes heard of, and admin lists gathered from them.
+    pub nodes: nodes::Nodes,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -133,6 +136,7 @@ impl Cluster {
             catchups_waiting: VecDeque::new(),
             catchups_failed: Vec::new(),
             record_tick: None,
+            nodes: nodes::Nodes::default(),
         }
     }
 

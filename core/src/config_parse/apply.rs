@@ -246,6 +246,7 @@ fn apply_one(c: &mut Config, e: &Entry, format: Format) -> Result<Applied, Strin
         "cluster.sessions_max_bytes" => c.cluster.sessions_max_bytes = size(v)?,
         "cluster.publish_timeout" => c.cluster.publish_timeout_ms = millis(v)?,
         "cluster.record_interval" => c.cluster.record_interval_ms = millis(v)?,
+        "cluster.node_ttl" => c.cluster.node_ttl_ms = millis(v)?,
         "cluster.durable_max_bytes" => c.cluster.durable_max_bytes = size(v)?,
         "cluster.durable_max_age" => c.cluster.durable_max_age_ms = millis(v)?,
 
