@@ -468,6 +468,16 @@ pub(crate) fn datetime(unix_ms: u64) -> String {
     )
 }
 
+/// NanoMQ's uptime text.
+pub(super) fn uptime_text(secs: u64) -> String {
+    format!(
+        "{} Hours, {} minutes, {} seconds",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::datetime;
@@ -478,14 +488,4 @@ mod tests {
         assert_eq!(datetime(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(datetime(1_777_888_944_000), "2026-05-04 10:02:24");
     }
-}
-
-/// NanoMQ's uptime text.
-pub(super) fn uptime_text(secs: u64) -> String {
-    format!(
-        "{} Hours, {} minutes, {} seconds",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
