@@ -154,6 +154,10 @@ pub enum Input {
     ClusterDurableDone { token: u64, seq: Option<u64> },
     /// Cluster mode: the [`Output::ClusterRetain`] of `key` could not be written.
     ClusterRetainFailed { key: String },
+    /// Cluster mode: the node's connection to NATS went down or came back. Down for
+    /// `cluster.node_ttl`, the node closes its clients' connections (v5 DISCONNECT 0x9C, Use
+    /// another server) and refuses CONNECTs until it is back.
+    ClusterLink { up: bool },
     /// Cluster mode: the retained bucket's entry `key` changed (from the node's one watch of
     /// it, in the bucket's order): its new value, or `None` once deleted.
     ClusterRetained { key: String, value: Option<Bytes> },

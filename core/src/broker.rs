@@ -49,6 +49,7 @@ mod admin_v4_bridge;
 mod admin_v4_mqtt;
 mod auth;
 mod bridging;
+mod cluster_link;
 mod cluster_nodes;
 mod cluster_owner;
 mod cluster_session;
@@ -296,6 +297,7 @@ impl Broker {
                 revision,
                 previous,
             } => self.cluster_claimed(token, revision, previous),
+            Input::ClusterLink { up } => self.cluster_link(up),
             Input::ClusterRetainFailed { key } => {
                 if let Some(c) = self.cluster.as_deref_mut() {
                     c.own_retained_seen(&key);
@@ -461,6 +463,7 @@ impl Broker {
                 Timer::ClusterRecords => self.record_tick(),
                 Timer::ClusterHeartbeat => self.heartbeat_tick(at),
                 Timer::ClusterGather => self.gather_tick(at),
+                Timer::ClusterCutOff => self.cut_off_tick(at),
             }
         }
     }

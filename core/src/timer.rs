@@ -27,6 +27,8 @@ pub(crate) enum Timer {
     ClusterHeartbeat,
     /// Cluster mode: admin lists stop waiting for nodes that did not answer.
     ClusterGather,
+    /// Cluster mode: the node has been without NATS for `node_ttl`.
+    ClusterCutOff,
 }
 
 #[derive(Debug, Default)]

@@ -1091,6 +1091,71 @@ fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
     assert_eq!(value(&text, "tidemq_cluster_caught_up_total"), 3.0);
 }
 
+/// What the node routes to a moved session while its catch-up read runs waits behind the
+/// read: the session gets each publisher's messages in stream order (newer ones from the feed
+/// and from this node's own publishers after the older ones the read brings).
+#[test]
+fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 6 });
+    let previous = record_of("b", "roam", &["x/+"], 3);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, ack) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
+    assert!(ack.session_present);
+    let token = cluster_outputs(&h, mark)
+        .iter()
+        .find_map(|o| match o {
+            Output::ClusterCatchUp { token, .. } => Some(*token),
+            _ => None,
+        })
+        .expect("a catch-up read");
+    // The feed goes on before the read answers, and a publisher here sends one too.
+    let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq: 7,
+        subject,
+        payload,
+    });
+    let p = h.client("p", V5);
+    let mark = h.log.len();
+    h.publish(p, "x/2", "eight", QoS::AtLeastOnce, false);
+    answer_durable(&mut h, mark, true);
+    assert!(
+        h.publishes_acked(c).is_empty(),
+        "newer ones wait for the read"
+    );
+    for (seq, text) in [(4, "four"), (5, "five")] {
+        let (subject, payload) = from_stream("b", seq, "x/1", text, QoS::AtLeastOnce);
+        h.input(Input::ClusterCatchUpMessage {
+            token,
+            seq,
+            subject,
+            payload,
+        });
+    }
+    h.input(Input::ClusterCatchUpDone { token, ok: true });
+    let texts: Vec<Bytes> = h
+        .publishes_acked(c)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(texts, ["four", "five", "seven", "eight"]);
+    // Once caught up, deliveries go straight on.
+    let (subject, payload) = from_stream("b", 9, "x/1", "nine", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq: 9,
+        subject,
+        payload,
+    });
+    let texts: Vec<Bytes> = h
+        .publishes_acked(c)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(texts, ["nine"]);
+}
+
 #[test]
 fn a_record_that_cannot_resume_is_not_resumed() {
     let mut h = Harness::with_config(clustered("a"));

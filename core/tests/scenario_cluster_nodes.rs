@@ -338,3 +338,35 @@ fn a_lone_node_answers_its_lists_at_once() {
     assert_eq!(v["data"], json!([]));
     assert_eq!(v["cluster"]["answered"], json!(["a"]));
 }
+
+/// A node without NATS for `node_ttl` sends its clients to another server (v5 DISCONNECT
+/// 0x9C, 3.1.1 closed) and refuses CONNECTs (v5 0x9C, 3.1.1 3) until NATS is back; a shorter
+/// outage changes nothing for them.
+#[test]
+fn a_node_cut_off_from_nats_sends_its_clients_to_another_server() {
+    let mut h = Harness::with_config(clustered("a"));
+    let v5 = h.client("five", V5);
+    let v3 = h.client("three", V311);
+    h.input(Input::ClusterLink { up: false });
+    h.advance(9_000);
+    h.input(Input::ClusterLink { up: true });
+    h.input(Input::ClusterLink { up: false });
+    h.advance(9_999);
+    assert!(!h.is_closed(v5) && !h.is_closed(v3), "within node_ttl");
+    h.advance(1);
+    assert_eq!(h.disconnect_reason(v5), Some(0x9C));
+    assert!(h.is_closed(v5) && h.is_closed(v3));
+    assert_eq!(
+        value(&scrape(&mut h), "tidemq_cluster_cut_off"),
+        1.0,
+        "the gauge says so"
+    );
+    let (_, ack) = h.connect("again", V5, true, ConnectOpts::default());
+    assert_eq!(ack.code.0, 0x9C);
+    let (_, ack) = h.connect("again3", V311, true, ConnectOpts::default());
+    assert_eq!(ack.code.0, 3);
+    h.input(Input::ClusterLink { up: true });
+    let (_, ack) = h.connect("again", V5, true, ConnectOpts::default());
+    assert_eq!(ack.code.0, 0);
+    assert_eq!(value(&scrape(&mut h), "tidemq_cluster_cut_off"), 0.0);
+}

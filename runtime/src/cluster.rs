@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::{Input, RecordAnswer};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -129,13 +129,34 @@ pub fn durable_stream(prefix: &str) -> String {
     format!("{}_DURABLE", prefix.to_ascii_uppercase())
 }
 
-async fn connect(config: &ClusterConfig, echo: bool) -> Result<Client, String> {
+/// Connects to NATS; `link`, when given, is told whenever the connection goes down or comes
+/// back.
+async fn connect(
+    config: &ClusterConfig,
+    echo: bool,
+    link: Option<watch::Sender<bool>>,
+) -> Result<Client, String> {
     let mut options = ConnectOptions::new()
         .name(format!("tidemq-{}", config.node_name))
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None);
     if !echo {
         options = options.no_echo();
+    }
+    if let Some(link) = link {
+        options = options.event_callback(move |event| {
+            match event {
+                async_nats::Event::Connected => {
+                    link.send_replace(true);
+                }
+                async_nats::Event::Disconnected => {
+                    warn!("cluster: the connection to NATS is down; reconnecting");
+                    link.send_replace(false);
+                }
+                _ => {}
+            }
+            std::future::ready(())
+        });
     }
     options
         .connect(config.nats_urls.as_slice())
@@ -188,8 +209,10 @@ impl ClusterLink {
         config: &ClusterConfig,
         inputs: mpsc::Sender<Input>,
     ) -> Result<ClusterLink, String> {
-        let plain = connect(config, false).await?;
-        let queued = connect(config, true).await?;
+        let (link, link_rx) = watch::channel(true);
+        let plain = connect(config, false, Some(link)).await?;
+        let queued = connect(config, true, None).await?;
+        tokio::spawn(report_link(link_rx, inputs.clone()));
         let js = jetstream::new(plain.clone());
         let bucket = retained_bucket(&config.subject_prefix);
         // JetStream may still be electing its leaders when the node starts (servers started
@@ -449,6 +472,17 @@ async fn run_commands(
     }
     for reader in readers.into_values() {
         reader.abort();
+    }
+}
+
+/// Tells the core when the connection to NATS goes down or comes back (the last state of a
+/// flapping link wins).
+async fn report_link(mut link: watch::Receiver<bool>, inputs: mpsc::Sender<Input>) {
+    while link.changed().await.is_ok() {
+        let up = *link.borrow_and_update();
+        if inputs.send(Input::ClusterLink { up }).await.is_err() {
+            return;
+        }
     }
 }
 

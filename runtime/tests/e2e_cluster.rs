@@ -596,6 +596,52 @@ fn the_admin_lists_describe_every_node_of_the_cluster() {
     }
 }
 
+/// A node without NATS for `node_ttl` sends its clients to another server (v5 DISCONNECT
+/// 0x9C) and refuses CONNECTs until NATS is back; then it serves again.
+#[test]
+fn a_node_cut_off_from_nats_sends_its_clients_elsewhere_until_it_is_back() {
+    let (mut nats, _dir, a, b) = cluster("cutoff");
+    until_routed(a.port, b.port, "c/probe");
+    let client = mosquitto_sub(
+        a.port,
+        &["-i", "cut", "-t", "c/x", "-V", "5", "-W", "60", "-d"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    for i in 0..3 {
+        nats.kill9(i);
+    }
+    let out =
+        cut_within(client, Duration::from_secs(30)).expect("node a kept its client without NATS");
+    eprintln!(
+        "node a sent its client away {} ms after the NATS servers died",
+        start.elapsed().as_millis()
+    );
+    assert!(
+        out.contains("Received DISCONNECT (156)"),
+        "a DISCONNECT with 0x9C (Use another server): {out}"
+    );
+    let (accepted, why) = try_pub(a.port, &["-t", "c/x", "-m", "m", "-V", "5"]);
+    assert!(!accepted, "a CONNECT is refused while cut off");
+    eprintln!("while cut off: {}", why.trim());
+    nats.restart_all();
+    let back = Instant::now();
+    loop {
+        if try_pub(a.port, &["-t", "c/x", "-m", "m", "-V", "5"]).0 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "node a never took clients again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "node a accepts clients {:?} after NATS is back",
+        back.elapsed()
+    );
+}
+
 /// A persistent session moves with its client: subscribed on node a, away while QoS 1
 /// messages are published, back on node b without subscribing again, it gets them there
 /// (its record in the sessions bucket, a catch-up read of the durable stream).

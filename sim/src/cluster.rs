@@ -84,6 +84,9 @@ pub enum ClusterMutation {
     LoseRecord,
     /// The last node's answers to other nodes' admin lists are lost (C10).
     LoseAnswers,
+    /// A moved session's client library hands one publisher's two messages to its
+    /// application in swapped order, once (C4).
+    MoverSwaps,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -162,6 +165,8 @@ struct Client {
     roams: usize,
     /// Nodes a mover left whose session there may not have ended yet (its kick on its way).
     left: BTreeSet<usize>,
+    /// `MoverSwaps` swapped two of its messages.
+    swapped: bool,
 }
 
 impl Client {
@@ -466,6 +471,31 @@ fn level(rng: &mut Rng) -> &'static str {
     rng.pick(from).copied().unwrap_or("a")
 }
 
+/// Swaps the last two messages of `got` if one publisher sent both on one topic, new ones
+/// (`MoverSwaps`); whether it did.
+fn swap_last_two(got: &mut [Got]) -> bool {
+    let n = got.len();
+    if n < 2 {
+        return false;
+    }
+    let (Some(a), Some(b)) = (got.get(n - 2), got.get(n - 1)) else {
+        return false;
+    };
+    let same = match (tag(&a.payload), tag(&b.payload)) {
+        (Some((pa, _)), Some((pb, _))) => pa == pb && a.topic == b.topic,
+        _ => false,
+    };
+    let fresh = !got
+        .iter()
+        .take(n - 2)
+        .any(|g| g.payload == a.payload || g.payload == b.payload);
+    if !(same && fresh && !a.retain && !b.retain && a.payload != b.payload) {
+        return false;
+    }
+    got.swap(n - 2, n - 1);
+    true
+}
+
 /// A few topics and filters start with `$`: wildcards first must not match those.
 fn dollar(rng: &mut Rng, levels: &mut [&str]) {
     if rng.chance(40)
@@ -665,6 +695,13 @@ impl ClusterWorld {
                 let before = c.got.len();
                 let via = self.via.filter(|v| v.0 == n);
                 let answers = c.on_bytes(&bytes, via, (self.now, watched), &mut self.problems, idx);
+                if self.mutation == Some(ClusterMutation::MoverSwaps)
+                    && c.kind == Kind::Mover
+                    && c.roams > 0
+                    && !c.swapped
+                {
+                    c.swapped = swap_last_two(&mut c.got);
+                }
                 let version = c.version();
                 if self.log.is_some() {
                     let got: Vec<String> = c
@@ -857,6 +894,7 @@ impl ClusterWorld {
             cleared: false,
             roams: 0,
             left: BTreeSet::new(),
+            swapped: false,
         });
         self.connect(idx);
         idx
@@ -1656,8 +1694,13 @@ impl ClusterWorld {
         } else {
             self.publish_phase(PUBLISH_STEPS, cut);
         }
-        for nd in &mut self.nodes {
-            nd.cut = false;
+        for n in 0..self.nodes.len() {
+            if self.nodes.get(n).is_some_and(|nd| nd.cut) {
+                self.feed(n, Input::ClusterLink { up: true });
+            }
+            if let Some(nd) = self.nodes.get_mut(n) {
+                nd.cut = false;
+            }
         }
         self.drain();
         self.publishing = false;
@@ -1717,6 +1760,8 @@ impl ClusterWorld {
                 let on = step >= from && step < until;
                 if self.nodes.get(node).is_some_and(|nd| nd.cut != on) {
                     self.note(|| format!("node {node} cut={on}"));
+                    // Shorter than node_ttl: the node keeps its clients.
+                    self.feed(node, Input::ClusterLink { up: !on });
                 }
                 if let Some(nd) = self.nodes.get_mut(node) {
                     nd.cut = on;
@@ -2220,11 +2265,15 @@ impl ClusterWorld {
     /// subscription carries.
     fn check_c4(&self, out: &mut Vec<String>) {
         for (idx, c) in self.clients.iter().enumerate() {
-            // A session that moved gets what its catch-up read brings after what the new
-            // node's feed brought meanwhile.
-            if matches!(c.kind, Kind::Churn | Kind::Mover) {
+            // A churning client's clean sessions start afresh on each node.
+            if c.kind == Kind::Churn {
                 continue;
             }
+            // A moved session may get a message again (QoS 1, from its cursor on): each
+            // message's first arrival is in order, what its catch-up read brings before what
+            // the new node routes meanwhile. Its QoS 0 messages (live, at most once) may be
+            // overtaken across a move by a copy still on its way to the node it returns to.
+            let mut seen: BTreeSet<&Bytes> = BTreeSet::new();
             // Order holds per publisher, node and QoS (QoS 0 goes live, QoS 1/2 through the
             // stream): one that roamed has two paths.
             let from: BTreeMap<&Bytes, Path> = self
@@ -2234,10 +2283,16 @@ impl ClusterWorld {
                 .collect();
             let mut last: BTreeMap<(usize, Path, &str), (u64, &Got)> = BTreeMap::new();
             for g in c.got.iter().filter(|g| !g.retain) {
+                if c.kind == Kind::Mover && !seen.insert(&g.payload) {
+                    continue;
+                }
                 let Some((publisher, seq)) = tag(&g.payload) else {
                     continue;
                 };
                 let node = from.get(&g.payload).copied().unwrap_or((usize::MAX, false));
+                if c.kind == Kind::Mover && node.1 {
+                    continue;
+                }
                 let Some((prev, early)) = last.insert((publisher, node, &g.topic), (seq, g)) else {
                     continue;
                 };

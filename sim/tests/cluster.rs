@@ -153,6 +153,11 @@ fn lost_answers_to_a_cluster_wide_client_list_are_caught_by_c10() {
 }
 
 #[test]
+fn a_moved_sessions_messages_out_of_order_are_caught_by_c4() {
+    assert!(!caught(ClusterMutation::MoverSwaps, "C4").is_empty());
+}
+
+#[test]
 fn a_claim_that_does_not_read_what_it_replaced_is_caught_by_c8() {
     assert!(!caught(ClusterMutation::BlindClaim, "C8").is_empty());
 }

@@ -229,6 +229,7 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
+        c.deferred.remove(&sid);
         if let Some((key, revision)) = c.owner.let_go(sid) {
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });

@@ -10,6 +10,8 @@
 //! at sequence `p` has had every message up to `p` it was owed. A stale cursor only delivers
 //! again (QoS 1 allows it); it is written at most once per `cluster.record_interval`.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use super::Broker;
@@ -18,13 +20,14 @@ use crate::cluster::envelope::Envelope;
 use crate::cluster::owner::{self, Asker, Grant};
 use crate::cluster::record::{self, SessionRecord};
 use crate::cluster::subject::{self, Space};
-use crate::cluster::{CATCHUP_BYTES, CatchUp, MAX_CATCHUPS};
+use crate::cluster::{CATCHUP_BYTES, CatchUp, DEFERRED_BYTES, Deferred, MAX_CATCHUPS};
 use crate::codec::{Connect, reason};
 use crate::conn::{CloseReason, ConnState};
 use crate::durable::{options_byte, options_from_byte, version_from_level};
 use crate::ids::SessionId;
+use crate::metrics::DropReason;
 use crate::persist::RecoveredSession;
-use crate::session::{NEVER_EXPIRES, Session, Subscription};
+use crate::session::{Delivery, NEVER_EXPIRES, Session, Subscription};
 use crate::timer::Timer;
 use crate::topic;
 
@@ -515,30 +518,31 @@ impl Broker {
 
     /// Starts waiting catch-up reads while there is room and the feed has started.
     pub(super) fn start_catch_ups(&mut self) {
-        let Some(c) = self.cluster.as_deref_mut() else {
-            return;
-        };
-        while c.catchups.len() < MAX_CATCHUPS {
-            let Some(feed) = c.feed_seq else {
-                return;
-            };
-            let Some(mut cu) = c.catchups_waiting.pop_front() else {
-                return;
-            };
-            // Before the feed started: what it had not read is this read's.
-            let own = c.own_high;
-            let range = *cu.range.get_or_insert((feed, own));
-            let (from, to) = (cu.from, range.0.max(range.1));
-            let sid = cu.sid;
-            if from > to || !self.sessions.contains_key(&sid) {
-                if let Some(h) = c.owner.held_mut(sid) {
-                    h.catching_up = false;
+        let mut over = Vec::new();
+        if let Some(c) = self.cluster.as_deref_mut() {
+            while c.catchups.len() < MAX_CATCHUPS {
+                let Some(feed) = c.feed_seq else {
+                    break;
+                };
+                let Some(mut cu) = c.catchups_waiting.pop_front() else {
+                    break;
+                };
+                // Before the feed started: what it had not read is this read's.
+                let own = c.own_high;
+                let range = *cu.range.get_or_insert((feed, own));
+                let (from, to) = (cu.from, range.0.max(range.1));
+                let sid = cu.sid;
+                if from > to || !self.sessions.contains_key(&sid) {
+                    over.push(sid);
+                    continue;
                 }
-                continue;
+                let token = c.start_catch_up(cu);
+                self.outputs
+                    .push_back(Output::ClusterCatchUp { token, from, to });
             }
-            let token = c.start_catch_up(cu);
-            self.outputs
-                .push_back(Output::ClusterCatchUp { token, from, to });
+        }
+        for sid in over {
+            self.caught_up(sid);
         }
     }
 
@@ -576,6 +580,49 @@ impl Broker {
         self.take_copy(topic, envelope, super::clustering::Takers::Session(sid));
     }
 
+    /// Delivers now, or, while `sid`'s catch-up read runs, after what the read brings (a
+    /// moved session gets each publisher's messages in order). Held back as its queue would
+    /// hold it: at most `msq_len`, past it dropped as from a full queue.
+    pub(super) fn deliver_after_catch_up(&mut self, sid: SessionId, d: Delivery) {
+        let ledger = self.memory.ledger.clone();
+        let limit = self.config.msq_len as usize;
+        let catching_up = self
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.owner.held(sid).is_some_and(|h| h.catching_up));
+        if !catching_up {
+            return self.deliver(sid, d);
+        }
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let deferred = c.deferred.entry(sid).or_insert_with(|| Deferred {
+            items: VecDeque::new(),
+            charge: ledger.charge(0),
+        });
+        if deferred.items.len() >= limit {
+            return self.drop_message(sid, DropReason::QueueFull);
+        }
+        deferred.items.push_back(d);
+        let bytes = deferred.items.len() * DEFERRED_BYTES;
+        deferred.charge.set(bytes);
+    }
+
+    /// `sid`'s catch-up is over (or cannot run): what waited behind it is delivered.
+    fn caught_up(&mut self, sid: SessionId) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if let Some(h) = c.owner.held_mut(sid) {
+            h.catching_up = false;
+        }
+        if let Some(deferred) = c.deferred.remove(&sid) {
+            for d in deferred.items {
+                self.deliver(sid, d);
+            }
+        }
+    }
+
     /// A catch-up read ended: the next one waiting starts. One that failed is tried again
     /// from the message after the last one read, [`CATCHUP_ATTEMPTS`] times at once, then at
     /// each records tick; its session's cursor stays until it is done.
@@ -587,9 +634,7 @@ impl Broker {
             return;
         };
         if ok {
-            if let Some(h) = c.owner.held_mut(cu.sid) {
-                h.catching_up = false;
-            }
+            self.caught_up(cu.sid);
         } else {
             cu.attempts += 1;
             if cu.attempts < CATCHUP_ATTEMPTS {

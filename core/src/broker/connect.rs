@@ -32,6 +32,10 @@ impl Broker {
         if let Err((code, detail)) = self.check_connect(&connect) {
             return self.refuse_connect(id, &connect, code, detail);
         }
+        if self.cluster.as_deref().is_some_and(|c| c.cut_off) {
+            let detail = "the node is cut off from the cluster";
+            return self.refuse_connect(id, &connect, reason::USE_ANOTHER_SERVER, detail);
+        }
         match self.credentials_verdict(&connect, by_certificate) {
             Verdict::Accept => self.complete_connect(id, connect),
             Verdict::Refuse(code) => {

@@ -476,7 +476,7 @@ impl Broker {
         };
         let k = &c.counters;
         let claims = c.owner.counters;
-        let families: [(&str, &str, &str, u64); 17] = [
+        let families: [(&str, &str, &str, u64); 18] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -572,6 +572,12 @@ impl Broker {
                 "gauge",
                 "Nodes whose heartbeat this node heard within node_ttl, itself included.",
                 c.nodes.live().count() as u64 + 1,
+            ),
+            (
+                "tidemq_cluster_cut_off",
+                "gauge",
+                "1 while the node, without NATS for node_ttl, sends its clients to another server.",
+                u64::from(c.cut_off),
             ),
             (
                 "tidemq_cluster_heartbeats_ignored_total",

@@ -161,7 +161,11 @@ impl Broker {
                 continue;
             }
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, ids, 0);
-            self.deliver(key.0, delivery);
+            // A catch-up read's own deliveries go straight in; others wait behind it.
+            match only {
+                None => self.deliver_after_catch_up(key.0, delivery),
+                Some(_) => self.deliver(key.0, delivery),
+            }
         }
     }
 }

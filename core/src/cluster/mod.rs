@@ -39,6 +39,16 @@ pub const MAX_CATCHUPS: usize = 64;
 
 /// What one catch-up read costs while it runs or waits.
 pub(crate) const CATCHUP_BYTES: usize = 96;
+/// What a delivery held back behind a catch-up read costs beyond its message (counted with
+/// the message).
+pub(crate) const DEFERRED_BYTES: usize = 96;
+
+/// Deliveries to a session whose catch-up read runs, held back so that what the read brings
+/// (older) comes first: a moved session gets each publisher's messages in order.
+pub(crate) struct Deferred {
+    pub items: VecDeque<crate::session::Delivery>,
+    pub charge: Charge,
+}
 
 /// A catch-up read for a session resumed here: the stream from `from`, another node's
 /// messages up to `to_all` (the feed's place when the session resumed), this node's up to
@@ -94,10 +104,17 @@ pub(crate) struct Cluster {
     pub catchups: BTreeMap<u64, CatchUp>,
     pub catchups_waiting: VecDeque<CatchUp>,
     pub catchups_failed: Vec<CatchUp>,
+    /// Deliveries held back behind catch-up reads, by session (at most `msq_len` each).
+    pub deferred: BTreeMap<SessionId, Deferred>,
     /// The records' tick, when armed.
     pub record_tick: Option<crate::api::Instant>,
     /// The other nodes heard of, and admin lists gathered from them.
     pub nodes: nodes::Nodes,
+    /// Since when the connection to NATS has been down, the timer at which that makes the
+    /// node cut off, and whether it is (clients sent to another server).
+    pub link_down_since: Option<crate::api::Instant>,
+    pub cut_off_at: Option<crate::api::Instant>,
+    pub cut_off: bool,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -135,8 +152,12 @@ impl Cluster {
             catchups: BTreeMap::new(),
             catchups_waiting: VecDeque::new(),
             catchups_failed: Vec::new(),
+            deferred: BTreeMap::new(),
             record_tick: None,
             nodes: nodes::Nodes::default(),
+            link_down_since: None,
+            cut_off_at: None,
+            cut_off: false,
         }
     }
 

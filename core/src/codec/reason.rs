@@ -76,6 +76,7 @@ pub const QUOTA_EXCEEDED: ReasonCode = ReasonCode(0x97);
 pub const ADMINISTRATIVE_ACTION: ReasonCode = ReasonCode(0x98);
 pub const PAYLOAD_FORMAT_INVALID: ReasonCode = ReasonCode(0x99);
 pub const QOS_NOT_SUPPORTED: ReasonCode = ReasonCode(0x9B);
+pub const USE_ANOTHER_SERVER: ReasonCode = ReasonCode(0x9C);
 
 /// 3.1/3.1.1 CONNACK return codes.
 pub mod v3 {

@@ -293,6 +293,17 @@ impl NatsCluster {
         self.wait_ready();
     }
 
+    /// Starts every server that is not running on its store, then waits until they are ready
+    /// (one at a time would wait for a quorum that needs the next).
+    pub fn restart_all(&mut self) {
+        for server in &mut self.servers {
+            if !server.running() {
+                server.spawn(&self.bin);
+            }
+        }
+        self.wait_ready();
+    }
+
     /// Waits until every running server is healthy and they agree on a JetStream meta leader.
     pub fn wait_ready(&mut self) {
         match self.try_ready() {
