@@ -1156,6 +1156,46 @@ fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
     assert_eq!(texts, ["nine"]);
 }
 
+/// Held deliveries have limits: QoS 0 (live, at most once) is never held, and a catch-up read
+/// that keeps failing stops holding what came meanwhile (its cursor stays until it succeeds).
+#[test]
+fn a_failing_catch_up_holds_deliveries_no_longer_and_never_holds_qos0() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 6 });
+    let previous = record_of("b", "roam", &["x/+"], 3);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let (c, _) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
+    let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq: 7,
+        subject,
+        payload,
+    });
+    let p = h.client("p", V5);
+    h.publish(p, "x/2", "live", QoS::AtMostOnce, false);
+    let texts = |h: &mut Harness| -> Vec<Bytes> {
+        h.publishes_acked(c)
+            .into_iter()
+            .map(|p| p.payload)
+            .collect()
+    };
+    assert_eq!(texts(&mut h), ["live"], "QoS 0 goes straight on");
+    for attempt in 1..=3 {
+        let token = h
+            .log
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::ClusterCatchUp { token, .. } => Some(*token),
+                _ => None,
+            })
+            .unwrap();
+        assert!(texts(&mut h).is_empty(), "held during attempt {attempt}");
+        h.input(Input::ClusterCatchUpDone { token, ok: false });
+    }
+    assert_eq!(texts(&mut h), ["seven"], "released after the last attempt");
+}
+
 #[test]
 fn a_record_that_cannot_resume_is_not_resumed() {
     let mut h = Harness::with_config(clustered("a"));

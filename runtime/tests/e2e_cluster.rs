@@ -25,6 +25,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::api::Api;
+use support::browser::Browser;
 use support::nats::NatsCluster;
 use support::{Dir, Running, free_port, mosquitto_pub, mosquitto_sub};
 
@@ -590,6 +591,52 @@ fn the_admin_lists_describe_every_node_of_the_cluster() {
     let (listed, cluster) = clients_listed(&a, "/api/v4/clients?conn_state=connected");
     assert_eq!(listed, vec![("left-1".to_owned(), "node-a".to_owned())]);
     assert_eq!(cluster["answered"], serde_json::json!(["node-a"]));
+    for mut client in [left, right] {
+        let _ = client.kill();
+        let _ = client.wait();
+    }
+}
+
+/// The dashboard of one node shows the cluster: its overview lists both nodes (this one
+/// first), its client list the clients of both with the node each is on.
+#[test]
+fn the_dashboard_shows_the_whole_cluster() {
+    let (_nats, _dir, a, b) = cluster("dashboard");
+    let start = Instant::now();
+    while nodes_listed(&a) != ["node-a", "node-b"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node a never heard of node b"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = mosquitto_sub(a.port, &["-i", "left-1", "-t", "d/x", "-W", "60"]);
+    let right = mosquitto_sub(b.port, &["-i", "right-1", "-t", "d/x", "-W", "60"]);
+    let browser = Browser::start();
+    browser.go(&format!("http://127.0.0.1:{}/dashboard", a.api.port));
+    browser.until(
+        "the sign-in form",
+        "return !document.getElementById('login-view').hidden",
+    );
+    browser.type_into("#login-username", "admin");
+    browser.type_into("#login-password", "public");
+    browser.click("#login-submit");
+    browser.until(
+        "both nodes on the overview",
+        "const rows = [...document.querySelectorAll('[data-testid=node-row]')]; \
+         return !document.getElementById('ov-cluster').hidden && \
+         rows.map((r) => r.dataset.node).join(',') === 'node-a,node-b'",
+    );
+    browser.screenshot("cluster-overview.png");
+    browser.click("#nav-clients");
+    browser.until(
+        "the clients of both nodes with their node",
+        "const rows = [...document.querySelectorAll('[data-testid=client-row]')]; \
+         const seen = rows.map((r) => r.dataset.clientId + '@' + r.querySelector('[data-testid=client-node]').textContent).join(','); \
+         const shown = getComputedStyle(document.querySelector('#clients-table th.cluster-only')).display !== 'none'; \
+         return shown && seen === 'left-1@node-a,right-1@node-b'",
+    );
+    browser.screenshot("cluster-clients.png");
     for mut client in [left, right] {
         let _ = client.kill();
         let _ = client.wait();

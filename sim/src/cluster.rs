@@ -1694,14 +1694,7 @@ impl ClusterWorld {
         } else {
             self.publish_phase(PUBLISH_STEPS, cut);
         }
-        for n in 0..self.nodes.len() {
-            if self.nodes.get(n).is_some_and(|nd| nd.cut) {
-                self.feed(n, Input::ClusterLink { up: true });
-            }
-            if let Some(nd) = self.nodes.get_mut(n) {
-                nd.cut = false;
-            }
-        }
+        self.heal();
         self.drain();
         self.publishing = false;
 
@@ -1802,8 +1795,19 @@ impl ClusterWorld {
             }
             self.tick();
         }
-        for nd in &mut self.nodes {
-            nd.cut = false;
+        self.heal();
+    }
+
+    /// Every cut node is connected again, and its core told so.
+    fn heal(&mut self) {
+        for n in 0..self.nodes.len() {
+            if self.nodes.get(n).is_some_and(|nd| nd.cut) {
+                self.note(|| format!("node {n} cut=false"));
+                self.feed(n, Input::ClusterLink { up: true });
+            }
+            if let Some(nd) = self.nodes.get_mut(n) {
+                nd.cut = false;
+            }
         }
     }
 

@@ -272,7 +272,8 @@ impl Broker {
         else {
             return;
         };
-        let missing: Vec<String> = g.waiting.iter().cloned().collect();
+        let mut missing: Vec<String> = g.waiting.iter().chain(&g.gone).cloned().collect();
+        missing.sort();
         let reply = match filter_of(g.list, &g.query) {
             Ok(filter) => self.merged_clients(&filter, g.answers, &missing),
             Err(reply) => reply,
@@ -335,7 +336,7 @@ impl Broker {
         V4Reply::json(200, &Value::Object(m))
     }
 
-    /// `GET /nodes` in cluster mode: this node and every node heard of within `node_ttl`.
+    /// `GET /nodes` in cluster mode: this node, then every node heard of within `node_ttl`.
     pub(super) fn cluster_nodes(&mut self) -> Option<Value> {
         self.forget_silent_nodes();
         let c = self.cluster.as_deref()?;
@@ -357,7 +358,11 @@ impl Broker {
                 "version": h.version,
             }));
         }
-        items.sort_by(|a, b| node_of(a).cmp(node_of(b)));
+        // This node first (one node's view of itself comes first, as on a single node), then
+        // the others by name.
+        if let Some(others) = items.get_mut(1..) {
+            others.sort_by(|a, b| node_of(a).cmp(node_of(b)));
+        }
         Some(Value::Array(items))
     }
 }

@@ -229,7 +229,13 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        c.deferred.remove(&sid);
+        if let Some(deferred) = c.deferred.remove(&sid) {
+            let n = deferred.items.len() as u64;
+            self.count_dropped(crate::metrics::DropReason::SessionEnded, n);
+        }
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
         if let Some((key, revision)) = c.owner.let_go(sid) {
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });

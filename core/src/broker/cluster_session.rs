@@ -21,10 +21,11 @@ use crate::cluster::owner::{self, Asker, Grant};
 use crate::cluster::record::{self, SessionRecord};
 use crate::cluster::subject::{self, Space};
 use crate::cluster::{CATCHUP_BYTES, CatchUp, DEFERRED_BYTES, Deferred, MAX_CATCHUPS};
-use crate::codec::{Connect, reason};
+use crate::codec::{Connect, QoS, reason};
 use crate::conn::{CloseReason, ConnState};
 use crate::durable::{options_byte, options_from_byte, version_from_level};
 use crate::ids::SessionId;
+use crate::memory::FAIR_QUEUE;
 use crate::metrics::DropReason;
 use crate::persist::RecoveredSession;
 use crate::session::{Delivery, NEVER_EXPIRES, Session, Subscription};
@@ -505,6 +506,10 @@ impl Broker {
         if let Some(h) = c.owner.held_mut(sid) {
             h.catching_up = true;
         }
+        c.deferred.entry(sid).or_insert_with(|| Deferred {
+            items: VecDeque::new(),
+            charge: ledger.charge(0),
+        });
         let range = c.feed_seq.map(|all| (all, c.own_high));
         c.catchups_waiting.push_back(CatchUp {
             sid,
@@ -580,46 +585,64 @@ impl Broker {
         self.take_copy(topic, envelope, super::clustering::Takers::Session(sid));
     }
 
-    /// Delivers now, or, while `sid`'s catch-up read runs, after what the read brings (a
-    /// moved session gets each publisher's messages in order). Held back as its queue would
-    /// hold it: at most `msq_len`, past it dropped as from a full queue.
+    /// Delivers now, or, while `sid`'s catch-up read runs (or waits for its turn), after what
+    /// the read brings: a moved session gets each publisher's QoS 1/2 messages in order.
+    /// QoS 0 (live, at most once, not in the stream) is not held. What is held counts with
+    /// the session's queue: at most `msq_len` together, and past the memory budget's high
+    /// mark at most [`FAIR_QUEUE`] held, as a queue would stop there.
     pub(super) fn deliver_after_catch_up(&mut self, sid: SessionId, d: Delivery) {
-        let ledger = self.memory.ledger.clone();
-        let limit = self.config.msq_len as usize;
-        let catching_up = self
+        let holding = self
             .cluster
             .as_deref()
-            .is_some_and(|c| c.owner.held(sid).is_some_and(|h| h.catching_up));
-        if !catching_up {
+            .is_some_and(|c| c.deferred.contains_key(&sid));
+        if !holding || d.qos == QoS::AtMostOnce {
             return self.deliver(sid, d);
         }
-        let Some(c) = self.cluster.as_deref_mut() else {
+        let queued = self.sessions.get(&sid).map_or(0, |s| s.queue.len());
+        let limit = self.config.msq_len as usize;
+        let pressed = self.memory.under_pressure(self.config.max_memory);
+        let Some(deferred) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.deferred.get_mut(&sid))
+        else {
             return;
         };
-        let deferred = c.deferred.entry(sid).or_insert_with(|| Deferred {
-            items: VecDeque::new(),
-            charge: ledger.charge(0),
-        });
-        if deferred.items.len() >= limit {
+        if deferred.items.len() + queued >= limit {
             return self.drop_message(sid, DropReason::QueueFull);
+        }
+        if deferred.items.len() >= FAIR_QUEUE && pressed {
+            return self.drop_message(sid, DropReason::MemoryBudget);
         }
         deferred.items.push_back(d);
         let bytes = deferred.items.len() * DEFERRED_BYTES;
         deferred.charge.set(bytes);
     }
 
-    /// `sid`'s catch-up is over (or cannot run): what waited behind it is delivered.
+    /// `sid`'s catch-up is over (or cannot run): its cursor may move again, and what waited
+    /// behind it is delivered.
     fn caught_up(&mut self, sid: SessionId) {
-        let Some(c) = self.cluster.as_deref_mut() else {
-            return;
-        };
-        if let Some(h) = c.owner.held_mut(sid) {
+        if let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        {
             h.catching_up = false;
         }
-        if let Some(deferred) = c.deferred.remove(&sid) {
-            for d in deferred.items {
-                self.deliver(sid, d);
-            }
+        self.stop_holding(sid);
+    }
+
+    /// What waited behind `sid`'s catch-up read is delivered; later deliveries go straight on.
+    fn stop_holding(&mut self, sid: SessionId) {
+        let Some(deferred) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.deferred.remove(&sid))
+        else {
+            return;
+        };
+        for d in deferred.items {
+            self.deliver(sid, d);
         }
     }
 
@@ -641,8 +664,11 @@ impl Broker {
                 c.catchups_waiting.push_front(cu);
             } else {
                 cu.attempts = 0;
+                let sid = cu.sid;
                 c.catchups_failed.push(cu);
                 self.arm_record_tick();
+                // Retried at each tick, its cursor held; live deliveries wait no longer.
+                self.stop_holding(sid);
             }
         }
         self.start_catch_ups();

@@ -39,6 +39,10 @@ pub const GATHER_WAIT_MS: u64 = 2000;
 pub const GATHER_BYTES: usize = 4 << 20;
 /// Below nats-server's default `max_payload` (1 MiB), with room for the answer's frame.
 pub const MAX_ANSWER_BYTES: usize = 512 << 10;
+/// An answer's bytes beyond its items.
+const ANSWER_FRAME: usize = 4096;
+/// An answer held parsed takes about this many times its bytes.
+const PARSED_FACTOR: usize = 2;
 /// What a known node or a waiting gather costs beyond its strings.
 const ENTRY_BYTES: usize = 160;
 
@@ -61,13 +65,14 @@ impl Heartbeat {
 
     pub fn parse(payload: &[u8]) -> Option<Heartbeat> {
         let h: Heartbeat = serde_json::from_slice(payload).ok()?;
-        // The same bound as `cluster.node_name`; anything else is not a node of ours.
-        let name_ok = (1..=64).contains(&h.node.len())
-            && h.node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        (name_ok && h.epoch.len() <= 16 && h.version.len() <= 64).then_some(h)
+        (node_name_ok(&h.node) && h.epoch.len() <= 16 && h.version.len() <= 64).then_some(h)
     }
+}
+
+/// The same bound as `cluster.node_name`; anything else is not a node of ours (and would not
+/// make a subject).
+fn node_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// What an admin list asks of every node.
@@ -114,7 +119,7 @@ impl Ask {
 
     pub fn parse(payload: &[u8]) -> Option<Ask> {
         let ask: Ask = serde_json::from_slice(payload).ok()?;
-        (ask.from.len() <= 64 && ask.query.len() <= 8192).then_some(ask)
+        (node_name_ok(&ask.from) && ask.query.len() <= 8192).then_some(ask)
     }
 }
 
@@ -124,10 +129,11 @@ impl Answer {
     }
 
     pub fn parse(payload: &[u8]) -> Option<Answer> {
-        if payload.len() > MAX_ANSWER_BYTES + 4096 {
+        if payload.len() > MAX_ANSWER_BYTES + ANSWER_FRAME {
             return None;
         }
-        serde_json::from_slice(payload).ok()
+        let answer: Answer = serde_json::from_slice(payload).ok()?;
+        node_name_ok(&answer.node).then_some(answer)
     }
 }
 
@@ -161,9 +167,12 @@ pub(crate) struct Gather {
     pub list: ListKind,
     pub query: String,
     pub deadline: Instant,
-    /// Nodes asked that have not answered yet.
+    /// Nodes asked that have not answered yet, and those that fell silent meanwhile.
     pub waiting: BTreeSet<String>,
+    pub gone: Vec<String>,
     pub answers: Vec<Answer>,
+    /// The bytes each node's answer may take (its share of [`GATHER_BYTES`]).
+    answer_limit: usize,
     charge: Charge,
 }
 
@@ -219,7 +228,16 @@ impl Nodes {
         self.known.retain(|_, k| now.since(k.seen_at) < ttl_ms);
         let mut done = Vec::new();
         for (&token, g) in &mut self.gathers {
-            g.waiting.retain(|n| self.known.contains_key(n));
+            let silent: Vec<String> = g
+                .waiting
+                .iter()
+                .filter(|n| !self.known.contains_key(*n))
+                .cloned()
+                .collect();
+            for n in silent {
+                g.waiting.remove(&n);
+                g.gone.push(n);
+            }
             if g.waiting.is_empty() {
                 done.push(token);
             }
@@ -246,7 +264,8 @@ impl Nodes {
         }
         self.next_token += 1;
         let waiting: BTreeSet<String> = self.known.keys().cloned().collect();
-        let asked = waiting.iter().cloned().collect();
+        let asked: Vec<String> = waiting.iter().cloned().collect();
+        let answer_limit = Self::answer_bytes(asked.len());
         let charge = ledger.charge(ENTRY_BYTES + query.len());
         self.gathers.insert(
             self.next_token,
@@ -256,7 +275,9 @@ impl Nodes {
                 query,
                 deadline,
                 waiting,
+                gone: Vec::new(),
                 answers: Vec::new(),
+                answer_limit,
                 charge,
             },
         );
@@ -269,15 +290,16 @@ impl Nodes {
     }
 
     /// A node's answer; `true` when its gather has every answer now. Answers for no gather
-    /// waiting, or from a node not asked (or twice), are dropped.
+    /// waiting, from a node not asked (or twice), or larger than that node's share are
+    /// dropped (the node then counts as not answering).
     pub fn answered(&mut self, answer: Answer, size: usize) -> bool {
         let Some(g) = self.gathers.get_mut(&answer.token) else {
             return false;
         };
-        if !g.waiting.remove(&answer.node) {
+        if size > g.answer_limit + ANSWER_FRAME || !g.waiting.remove(&answer.node) {
             return false;
         }
-        let held = g.charge.bytes() + size;
+        let held = g.charge.bytes() + size * PARSED_FACTOR;
         g.charge.set(held);
         g.answers.push(answer);
         g.waiting.is_empty()
@@ -332,7 +354,12 @@ mod tests {
             want: 10,
             max_bytes: 100,
         };
-        assert_eq!(Ask::parse(&ask.encode()), Some(ask));
+        assert_eq!(Ask::parse(&ask.encode()), Some(ask.clone()));
+        let bad_from = Ask {
+            from: "a.>".into(),
+            ..ask
+        };
+        assert_eq!(Ask::parse(&bad_from.encode()), None);
         let answer = Answer {
             token: 7,
             node: "b".into(),
@@ -366,11 +393,12 @@ mod tests {
         assert!(!nodes.answered(answer("x"), 10));
         assert!(!nodes.answered(answer("c"), 10));
         assert!(!nodes.answered(answer("c"), 10));
-        // b goes silent for the ttl: the gather has all it waits for.
+        // b goes silent for the ttl: the gather has all it waits for, b named as gone.
         assert_eq!(nodes.expire(Instant(11_500), 10_000), vec![token]);
         assert_eq!(nodes.live().count(), 1);
         let g = nodes.take(token).unwrap();
         assert_eq!(g.answers.len(), 1);
+        assert_eq!(g.gone, vec!["b".to_owned()]);
         assert!(ledger.used() > 0);
         drop(g);
     }

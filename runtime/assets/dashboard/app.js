@@ -295,14 +295,25 @@ function onProm(text) {
   if (current === 'overview') renderOverviewCounters();
 }
 
+// The answering node comes first; in a cluster every live node follows, each naming itself.
 function onNodes(nodes) {
-  const n = nodes && Array.isArray(nodes.data) ? nodes.data[0] : null;
+  const all = nodes && Array.isArray(nodes.data) ? nodes.data : [];
+  const n = all[0];
   if (!n) return;
   if (current === 'overview') {
     $('ov-uptime').textContent = fmtUptime(n.uptime);
     $('ov-uptime').title = n.uptime || '';
     $('ov-version').textContent = n.version || '–';
     $('ov-version').title = n.node_status || '';
+    const cluster = all.some((x) => x && x.node !== undefined);
+    $('ov-cluster').hidden = !cluster;
+    if (cluster) {
+      $('nodes-body').replaceChildren(...all.map((x, i) => el('tr', { data: { testid: 'node-row', node: String(x.node ?? '') } },
+        el('td', { class: 'mono' }, String(x.node ?? ''), i === 0 ? el('span', { class: 'badge good', text: 'this node' }) : null),
+        el('td', { class: 'num', text: fmtInt(Number(x.connections) || 0) }),
+        el('td', { text: fmtUptime(x.uptime), title: x.uptime || '' }),
+        el('td', { text: x.version || '' }))));
+    }
   }
 }
 
@@ -415,7 +426,7 @@ function messageRow(tbody, cols, text, isError) {
 }
 
 // A filtered, paged table: GET path?_page&_limit&<filters> → { data: [...], meta }.
-function pagedList(prefix, path, what, cols, filters, row) {
+function pagedList(prefix, path, what, cols, filters, row, after) {
   const state = { page: 1, limit: 25 };
   const load = async () => {
     const tbody = $(prefix + '-body');
@@ -431,13 +442,14 @@ function pagedList(prefix, path, what, cols, filters, row) {
     if (!list.length) messageRow(tbody, cols, `No ${what} match.`);
     else tbody.replaceChildren(...list.map(row));
     pager(prefix, state, res && res.meta, list.length, load);
+    if (after) after(res, list);
   };
   return { load, first: () => { state.page = 1; load(); } };
 }
 const val = (id) => $(id).value.trim();
 
 // ---------- clients ----------
-const clients = pagedList('clients', '/clients', 'clients', 8, () => ({
+const clients = pagedList('clients', '/clients', 'clients', 9, () => ({
   _like_clientid: val('client-filter'), username: val('client-username'), conn_state: val('client-state'), proto_ver: val('client-proto'),
 }), (c) => {
   const id = String(c.client_id ?? '');
@@ -448,11 +460,24 @@ const clients = pagedList('clients', '/clients', 'clients', 8, () => ({
     el('td', { class: 'mono' }, el('a', { href: '#/subscriptions', text: id, title: 'Show its subscriptions', on: { click: () => { $('sub-clientid').value = id; } } })),
     el('td', { class: c.username ? '' : 'muted', text: c.username || '—' }),
     el('td', {}, el('span', { class: 'badge ' + (connected ? 'good' : 'idle'), text: connected ? 'connected' : 'disconnected' })),
+    el('td', { class: 'cluster-only mono', text: String(c.node ?? ''), data: { testid: 'client-node' } }),
     el('td', { text: protoText(c.proto_name, c.proto_ver) }),
     el('td', { class: 'num', text: c.keepalive !== undefined ? `${c.keepalive} s` : '' }),
     el('td', { text: c.clean_start ? 'yes' : 'no' }),
     el('td', { class: 'mono muted', text: c.will_topic || '' }),
     el('td', { class: 'actions' }, kick));
+}, (res) => {
+  // A cluster's list: the node column shows, and nodes that did not answer are named.
+  const cluster = res && res.cluster && typeof res.cluster === 'object' ? res.cluster : null;
+  $('clients-table').classList.toggle('cluster', !!cluster);
+  const missing = cluster && Array.isArray(cluster.missing) ? cluster.missing : [];
+  const truncated = cluster && Array.isArray(cluster.truncated) ? cluster.truncated : [];
+  const note = [
+    missing.length ? `Not answering, their clients are not listed: ${missing.join(', ')}.` : '',
+    truncated.length ? `Sent part of their list (use smaller pages): ${truncated.join(', ')}.` : '',
+  ].filter(Boolean).join(' ');
+  $('clients-cluster-note').textContent = note;
+  $('clients-cluster-note').hidden = !note;
 });
 
 async function onKick(btn, id) {

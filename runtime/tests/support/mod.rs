@@ -2,6 +2,7 @@
 //! Helpers for end-to-end tests that start `tidemq` with a configuration file.
 
 pub mod api;
+pub mod browser;
 pub mod nats;
 
 use std::net::{TcpListener, TcpStream};
