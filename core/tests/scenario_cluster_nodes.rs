@@ -370,3 +370,83 @@ fn a_node_cut_off_from_nats_sends_its_clients_to_another_server() {
     assert_eq!(ack.code.0, 0);
     assert_eq!(value(&scrape(&mut h), "tidemq_cluster_cut_off"), 0.0);
 }
+
+/// Subscription lists describe the cluster too: asked of every node, merged by client id and
+/// filter, each item naming its node; a node answers with its own subscriptions.
+#[test]
+fn a_subscription_list_names_the_subscriptions_of_every_node() {
+    let mut h = Harness::with_config(clustered("a"));
+    let c1 = h.client("c1", V5);
+    h.subscribe(c1, "a/b", tidemq_core::codec::QoS::AtLeastOnce);
+    hear(&mut h, "b", 1);
+    let mark = h.log.len();
+    get(&mut h, 8, "/api/v4/subscriptions", "");
+    let (_, payload) = published(&h, mark)
+        .into_iter()
+        .find(|(s, _)| s == "tmq.n.b.ask")
+        .expect("b is asked");
+    let ask = Ask::parse(&payload).unwrap();
+    assert_eq!(ask.list, ListKind::Subscriptions);
+    h.input(Input::ClusterMessage {
+        sid: ANSWER_SID,
+        subject: "tmq.n.a.answer".to_owned(),
+        payload: Answer {
+            token: ask.token,
+            node: "b".to_owned(),
+            count: 1,
+            items: vec![json!({ "clientid": "c0", "topic": "x/#", "qos": 0, "node": "b" })],
+            truncated: false,
+        }
+        .encode(),
+    });
+    let (status, v) = reply(&h, mark, 8).unwrap();
+    assert_eq!(status, 200);
+    let subs: Vec<(&str, &str, &str)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["clientid"].as_str().unwrap(),
+                s["topic"].as_str().unwrap(),
+                s["node"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(subs, vec![("c0", "x/#", "b"), ("c1", "a/b", "a")]);
+    // The same key order as on one node: data first.
+    let body = h
+        .log
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::AdminReply {
+                req_id: 8, body, ..
+            } => Some(body.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(body.starts_with(b"{\"data\""), "{body:?}");
+
+    // Asked by another node: this node's subscriptions of one client.
+    let mark = h.log.len();
+    h.input(Input::ClusterMessage {
+        sid: ASK_SID,
+        subject: "tmq.n.a.ask".to_owned(),
+        payload: Ask {
+            from: "b".to_owned(),
+            token: 3,
+            list: ListKind::ClientSubscriptions,
+            query: "c1".to_owned(),
+            want: 10,
+            max_bytes: 10_000,
+        }
+        .encode(),
+    });
+    let (subject, payload) = published(&h, mark).pop().unwrap();
+    assert_eq!(subject, "tmq.n.b.answer");
+    let answer = Answer::parse(&payload).unwrap();
+    assert_eq!(answer.count, 1);
+    assert_eq!(answer.items[0]["topic"], "a/b");
+    assert_eq!(answer.items[0]["node"], "a");
+}

@@ -598,7 +598,7 @@ fn the_admin_lists_describe_every_node_of_the_cluster() {
 }
 
 /// The dashboard of one node shows the cluster: its overview lists both nodes (this one
-/// first), its client list the clients of both with the node each is on.
+/// first), its client and subscription lists those of both with the node each is on.
 #[test]
 fn the_dashboard_shows_the_whole_cluster() {
     let (_nats, _dir, a, b) = cluster("dashboard");
@@ -637,6 +637,13 @@ fn the_dashboard_shows_the_whole_cluster() {
          return shown && seen === 'left-1@node-a,right-1@node-b'",
     );
     browser.screenshot("cluster-clients.png");
+    browser.click("#nav-subscriptions");
+    browser.until(
+        "the subscriptions of both nodes with their node",
+        "const rows = [...document.querySelectorAll('[data-testid=sub-row]')]; \
+         const seen = rows.map((r) => r.dataset.clientId + '@' + r.querySelector('[data-testid=sub-node]').textContent).join(','); \
+         return seen === 'left-1@node-a,right-1@node-b'",
+    );
     for mut client in [left, right] {
         let _ = client.kill();
         let _ = client.wait();

@@ -111,13 +111,19 @@ impl Broker {
             Op::GetMetrics => V4Reply::json(200, &self.metrics_json()),
             Op::GetPrometheus => V4Reply::text(self.prometheus_text()),
             Op::ListClients if self.cluster.is_some() => {
-                return self.cluster_clients(req_id, ListKind::Clients, query);
+                return self.cluster_list(req_id, ListKind::Clients, query);
             }
             Op::GetClient if self.cluster.is_some() => {
-                return self.cluster_clients(req_id, ListKind::Client, param);
+                return self.cluster_list(req_id, ListKind::Client, param);
             }
             Op::ListClientsByUsername if self.cluster.is_some() => {
-                return self.cluster_clients(req_id, ListKind::Username, param);
+                return self.cluster_list(req_id, ListKind::Username, param);
+            }
+            Op::ListSubscriptions if self.cluster.is_some() => {
+                return self.cluster_list(req_id, ListKind::Subscriptions, query);
+            }
+            Op::ListClientSubscriptions if self.cluster.is_some() => {
+                return self.cluster_list(req_id, ListKind::ClientSubscriptions, param);
             }
             Op::ListClients => self.v4_clients(&ClientFilter::parse(query)?),
             Op::GetClient => self.v4_clients(&ClientFilter {
@@ -214,7 +220,7 @@ impl Broker {
     }
 
     /// Every session, in client id order.
-    fn sessions_in_order(&self) -> impl Iterator<Item = &Session> {
+    pub(super) fn sessions_in_order(&self) -> impl Iterator<Item = &Session> {
         self.by_client_id
             .values()
             .filter_map(|sid| self.sessions.get(sid).map(|s| &**s))
@@ -242,17 +248,27 @@ impl Broker {
         paged(items, filter.paging, false)
     }
 
-    fn v4_subscriptions(&self, filter: &SubscriptionFilter) -> V4Reply {
-        let mut items = Vec::new();
-        for s in self.sessions_in_order() {
-            for (raw, sub) in &s.subscriptions {
+    /// The subscriptions `filter` matches, by client id, each client's in filter order.
+    pub(super) fn subscription_items<'a>(
+        &'a self,
+        filter: &'a SubscriptionFilter,
+    ) -> impl Iterator<Item = Value> + 'a {
+        self.sessions_in_order().flat_map(move |s| {
+            s.subscriptions.iter().filter_map(move |(raw, sub)| {
                 let qos = sub.options.qos as u8;
-                if filter.matches(&s.client_id, raw, qos) {
-                    items.push(json!({ "clientid": s.client_id, "topic": raw, "qos": qos }));
-                }
-            }
-        }
-        paged(items, filter.paging, true)
+                filter
+                    .matches(&s.client_id, raw, qos)
+                    .then(|| json!({ "clientid": s.client_id, "topic": raw, "qos": qos }))
+            })
+        })
+    }
+
+    fn v4_subscriptions(&self, filter: &SubscriptionFilter) -> V4Reply {
+        paged(
+            self.subscription_items(filter).collect(),
+            filter.paging,
+            true,
+        )
     }
 
     /// The subscription tree level by level, NanoMQ's v4 keys (`clientid`, always present).

@@ -9,7 +9,7 @@ use super::Broker;
 use super::admin_v4::{client_item, uptime_text};
 use crate::admin::code;
 use crate::admin::v4::V4Reply;
-use crate::admin::v4_query::ClientFilter;
+use crate::admin::v4_query::{ClientFilter, Paging, SubscriptionFilter};
 use crate::api::{Instant, Output};
 use crate::cluster::nodes::{
     self, ANSWER_SID, ASK_SID, Answer, Ask, GATHER_WAIT_MS, HEARTBEAT_SID, Heartbeat, ListKind,
@@ -135,8 +135,8 @@ impl Broker {
             .unwrap_or(usize::MAX)
             .min(nodes::MAX_ANSWER_BYTES);
         // The asker checked the query; one that does not parse here gets an empty part.
-        let part = filter_of(ask.list, &ask.query)
-            .map(|f| self.local_clients(&f, want, max_bytes))
+        let part = wanted(ask.list, &ask.query)
+            .map(|w| self.local_part(&w, want, max_bytes))
             .unwrap_or(Part {
                 count: 0,
                 items: Vec::new(),
@@ -159,9 +159,13 @@ impl Broker {
         });
     }
 
-    /// This node's clients matching `filter` in client id order: all are counted, the first
-    /// `want` listed within `max_bytes` of JSON.
-    fn local_clients(&self, filter: &ClientFilter, want: usize, max_bytes: usize) -> Part {
+    /// This node's items of list `w` in order (clients by id, subscriptions by client id and
+    /// filter): all are counted, the first `want` listed within `max_bytes` of JSON.
+    fn local_part(&self, w: &Wanted, want: usize, max_bytes: usize) -> Part {
+        let items: Box<dyn Iterator<Item = Value> + '_> = match w {
+            Wanted::Clients(filter) => Box::new(self.matching_clients(filter).map(client_item)),
+            Wanted::Subscriptions(filter) => Box::new(self.subscription_items(filter)),
+        };
         let node = self.cluster.as_deref().map(|c| c.config.node_name.clone());
         let mut part = Part {
             count: 0,
@@ -169,12 +173,11 @@ impl Broker {
             truncated: false,
         };
         let mut bytes = 0usize;
-        for s in self.matching_clients(filter) {
+        for mut item in items {
             part.count += 1;
             if part.items.len() >= want || part.truncated {
                 continue;
             }
-            let mut item = client_item(s);
             if let (Some(node), Value::Object(m)) = (&node, &mut item) {
                 m.insert("node".into(), json!(node));
             }
@@ -188,20 +191,20 @@ impl Broker {
         part
     }
 
-    /// A v4 client list in cluster mode: this node's part now, the others' when they answer.
-    /// `None`: answered later.
-    pub(super) fn cluster_clients(
+    /// A v4 client or subscription list in cluster mode: this node's part now, the others'
+    /// when they answer. `None`: answered later.
+    pub(super) fn cluster_list(
         &mut self,
         req_id: u64,
         list: ListKind,
         query: &str,
     ) -> Result<Option<V4Reply>, V4Reply> {
-        let filter = filter_of(list, query)?;
+        let w = wanted(list, query)?;
         self.forget_silent_nodes();
         let deadline = self.now.plus_ms(GATHER_WAIT_MS);
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
-            return Ok(Some(self.merged_clients(&filter, Vec::new(), &[])));
+            return Ok(Some(self.merged(&w, Vec::new(), &[])));
         };
         let (token, asked) = match c
             .nodes
@@ -213,10 +216,10 @@ impl Broker {
         if asked.is_empty() {
             let g = c.nodes.take(token);
             drop(g);
-            return Ok(Some(self.merged_clients(&filter, Vec::new(), &[])));
+            return Ok(Some(self.merged(&w, Vec::new(), &[])));
         }
-        let want = filter
-            .paging
+        let want = w
+            .paging()
             .map_or(u64::MAX, |p| p.page.saturating_mul(p.limit) as u64);
         let ask = Ask {
             from: c.config.node_name.clone(),
@@ -274,26 +277,20 @@ impl Broker {
         };
         let mut missing: Vec<String> = g.waiting.iter().chain(&g.gone).cloned().collect();
         missing.sort();
-        let reply = match filter_of(g.list, &g.query) {
-            Ok(filter) => self.merged_clients(&filter, g.answers, &missing),
+        let reply = match wanted(g.list, &g.query) {
+            Ok(w) => self.merged(&w, g.answers, &missing),
             Err(reply) => reply,
         };
         self.v4_reply(g.req_id, reply);
         self.arm_gather_timer();
     }
 
-    /// This node's part and the others', in client id order, paged as asked; `cluster` says
-    /// which nodes answered, which did not, and which sent fewer items than wanted.
-    fn merged_clients(
-        &self,
-        filter: &ClientFilter,
-        answers: Vec<Answer>,
-        missing: &[String],
-    ) -> V4Reply {
-        let want = filter
-            .paging
-            .map_or(usize::MAX, |p| p.page.saturating_mul(p.limit));
-        let own = self.local_clients(filter, want, usize::MAX);
+    /// This node's part and the others', in order, paged as asked; `cluster` says which
+    /// nodes answered, which did not, and which sent fewer items than wanted.
+    fn merged(&self, w: &Wanted, answers: Vec<Answer>, missing: &[String]) -> V4Reply {
+        let paging = w.paging();
+        let want = paging.map_or(usize::MAX, |p| p.page.saturating_mul(p.limit));
+        let own = self.local_part(w, want, usize::MAX);
         let mut count = own.count;
         let mut answered = Vec::new();
         let mut truncated = Vec::new();
@@ -311,10 +308,14 @@ impl Broker {
         }
         answered.sort();
         // Stable: one client id on two nodes (a move under way) keeps both, this node's first.
-        items.sort_by(|a, b| client_id(a).cmp(client_id(b)));
+        items.sort_by(|a, b| order_of(a).cmp(&order_of(b)));
         let mut m = Map::new();
+        // Key order as on one node: the subscription list has its data first.
+        if matches!(w, Wanted::Subscriptions(_)) {
+            m.insert("data".into(), Value::Null);
+        }
         m.insert("code".into(), json!(0));
-        match filter.paging {
+        match paging {
             Some(p) => {
                 let start = (p.page - 1).saturating_mul(p.limit);
                 let page: Vec<Value> = items.into_iter().skip(start).take(p.limit).collect();
@@ -367,18 +368,38 @@ impl Broker {
     }
 }
 
+/// What a list asks for, parsed: its filter (and paging).
+enum Wanted {
+    Clients(ClientFilter),
+    Subscriptions(SubscriptionFilter),
+}
+
+impl Wanted {
+    fn paging(&self) -> Option<Paging> {
+        match self {
+            Wanted::Clients(f) => f.paging,
+            Wanted::Subscriptions(f) => f.paging,
+        }
+    }
+}
+
 /// The filter a list asks for: the query's, or the path's client id or user name.
-fn filter_of(list: ListKind, query: &str) -> Result<ClientFilter, V4Reply> {
+fn wanted(list: ListKind, query: &str) -> Result<Wanted, V4Reply> {
     Ok(match list {
-        ListKind::Clients => ClientFilter::parse(query)?,
-        ListKind::Client => ClientFilter {
+        ListKind::Clients => Wanted::Clients(ClientFilter::parse(query)?),
+        ListKind::Client => Wanted::Clients(ClientFilter {
             client_id: Some(query.to_owned()),
             ..ClientFilter::default()
-        },
-        ListKind::Username => ClientFilter {
+        }),
+        ListKind::Username => Wanted::Clients(ClientFilter {
             username: Some(query.to_owned()),
             ..ClientFilter::default()
-        },
+        }),
+        ListKind::Subscriptions => Wanted::Subscriptions(SubscriptionFilter::parse(query)?),
+        ListKind::ClientSubscriptions => Wanted::Subscriptions(SubscriptionFilter {
+            client_id: Some(query.to_owned()),
+            ..SubscriptionFilter::default()
+        }),
     })
 }
 
@@ -386,6 +407,9 @@ fn node_of(item: &Value) -> &str {
     item.get("node").and_then(Value::as_str).unwrap_or("")
 }
 
-fn client_id(item: &Value) -> &str {
-    item.get("client_id").and_then(Value::as_str).unwrap_or("")
+/// Where an item goes in a merged list: clients by id, subscriptions by client id and filter.
+fn order_of(item: &Value) -> (&str, &str) {
+    let text = |k: &str| item.get(k).and_then(Value::as_str);
+    let client = text("client_id").or_else(|| text("clientid")).unwrap_or("");
+    (client, text("topic").unwrap_or(""))
 }

@@ -98,6 +98,10 @@ pub enum ListKind {
     Client,
     /// `GET /clients/username/{name}`.
     Username,
+    /// `GET /subscriptions?query`.
+    Subscriptions,
+    /// `GET /subscriptions/{clientid}`.
+    ClientSubscriptions,
 }
 
 /// One node's part of a list.

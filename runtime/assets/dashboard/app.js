@@ -466,19 +466,21 @@ const clients = pagedList('clients', '/clients', 'clients', 9, () => ({
     el('td', { text: c.clean_start ? 'yes' : 'no' }),
     el('td', { class: 'mono muted', text: c.will_topic || '' }),
     el('td', { class: 'actions' }, kick));
-}, (res) => {
-  // A cluster's list: the node column shows, and nodes that did not answer are named.
+}, (res) => clusterNote('clients', res));
+
+// A cluster's list: the node column shows, and nodes that did not answer are named.
+function clusterNote(prefix, res) {
   const cluster = res && res.cluster && typeof res.cluster === 'object' ? res.cluster : null;
-  $('clients-table').classList.toggle('cluster', !!cluster);
+  $(prefix + '-table').classList.toggle('cluster', !!cluster);
   const missing = cluster && Array.isArray(cluster.missing) ? cluster.missing : [];
   const truncated = cluster && Array.isArray(cluster.truncated) ? cluster.truncated : [];
   const note = [
-    missing.length ? `Not answering, their clients are not listed: ${missing.join(', ')}.` : '',
+    missing.length ? `Not answering, so not listed here: ${missing.join(', ')}.` : '',
     truncated.length ? `Sent part of their list (use smaller pages): ${truncated.join(', ')}.` : '',
   ].filter(Boolean).join(' ');
-  $('clients-cluster-note').textContent = note;
-  $('clients-cluster-note').hidden = !note;
-});
+  $(prefix + '-cluster-note').textContent = note;
+  $(prefix + '-cluster-note').hidden = !note;
+}
 
 async function onKick(btn, id) {
   if (btn.dataset.confirm !== '1') { // the first click arms the button for 4 s
@@ -500,7 +502,7 @@ async function onKick(btn, id) {
 }
 
 // ---------- subscriptions ----------
-const subs = pagedList('subs', '/subscriptions', 'subscriptions', 4, () => ({
+const subs = pagedList('subs', '/subscriptions', 'subscriptions', 5, () => ({
   clientid: val('sub-clientid'), topic: val('sub-topic'), qos: val('sub-qos'), share: val('sub-share'),
 }), (s) => {
   const topic = String(s.topic ?? '');
@@ -509,8 +511,9 @@ const subs = pagedList('subs', '/subscriptions', 'subscriptions', 4, () => ({
     el('td', { class: 'mono', text: s.clientid ?? '' }),
     el('td', { class: 'mono', text: topic }),
     el('td', {}, el('span', { class: 'badge qos', text: `QoS ${s.qos}` })),
-    el('td', { class: share ? '' : 'muted', text: share ? share[1] : '—' }));
-});
+    el('td', { class: share ? '' : 'muted', text: share ? share[1] : '—' }),
+    el('td', { class: 'cluster-only mono', text: String(s.node ?? ''), data: { testid: 'sub-node' } }));
+}, (res) => clusterNote('subs', res));
 
 // ---------- topic tree ----------
 async function loadTree() {
