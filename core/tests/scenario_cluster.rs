@@ -1003,6 +1003,25 @@ fn records(h: &Harness, from: usize, client_id: &str) -> Vec<(u64, String, u64, 
         .collect()
 }
 
+/// The payloads `c` received (and acknowledged) since last asked.
+fn payloads(h: &mut Harness, c: tidemq_core::ConnId) -> Vec<Bytes> {
+    h.publishes_acked(c)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect()
+}
+
+/// Message `seq` of node b in the durable stream, as catch-up read `token` brings it.
+fn catch_up_message(h: &mut Harness, token: u64, seq: u64, topic: &str, text: &str) {
+    let (subject, payload) = from_stream("b", seq, topic, text, QoS::AtLeastOnce);
+    h.input(Input::ClusterCatchUpMessage {
+        token,
+        seq,
+        subject,
+        payload,
+    });
+}
+
 /// Another node's record of `client_id`: its subscriptions (QoS 1) and cursor.
 fn record_of(node: &str, client_id: &str, filters: &[&str], cursor: u64) -> Bytes {
     let mut session = RecoveredSession {
@@ -1020,16 +1039,23 @@ fn record_of(node: &str, client_id: &str, filters: &[&str], cursor: u64) -> Byte
     record::record_value(format!("{node} 1f").as_bytes(), client_id, &record)
 }
 
-#[test]
-fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
-    let mut h = Harness::with_config(clustered("a"));
-    // This node's feed has read the stream up to 6; the session's record says 3.
+/// Client `roam` connects with a persistent session whose record node b wrote (filter `x/+`,
+/// cursor 3) while this node's feed has read the stream up to 6: the session resumes. The
+/// client, and where the log stood before its CONNECT.
+fn resume_roam(h: &mut Harness) -> (tidemq_core::ConnId, usize) {
     h.input(Input::ClusterFeedStart { seq: 6 });
     let previous = record_of("b", "roam", &["x/+"], 3);
     let opts = ConnectOpts::default().session_expiry(300);
     let mark = h.log.len();
-    let (c, ack) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
+    let (c, ack) = connect_claimed(h, "roam", opts, Some(20), Some((previous, 19)));
     assert!(ack.session_present, "the session came with its record");
+    (c, mark)
+}
+
+#[test]
+fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
+    let mut h = Harness::with_config(clustered("a"));
+    let (c, mark) = resume_roam(&mut h);
     // The node that held it is told to let it go; the stream is read from the cursor on.
     let outs = cluster_outputs(&h, mark);
     assert!(outs.iter().any(
@@ -1097,12 +1123,7 @@ fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
 #[test]
 fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
     let mut h = Harness::with_config(clustered("a"));
-    h.input(Input::ClusterFeedStart { seq: 6 });
-    let previous = record_of("b", "roam", &["x/+"], 3);
-    let opts = ConnectOpts::default().session_expiry(300);
-    let mark = h.log.len();
-    let (c, ack) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
-    assert!(ack.session_present);
+    let (c, mark) = resume_roam(&mut h);
     let token = cluster_outputs(&h, mark)
         .iter()
         .find_map(|o| match o {
@@ -1126,20 +1147,10 @@ fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
         "newer ones wait for the read"
     );
     for (seq, text) in [(4, "four"), (5, "five")] {
-        let (subject, payload) = from_stream("b", seq, "x/1", text, QoS::AtLeastOnce);
-        h.input(Input::ClusterCatchUpMessage {
-            token,
-            seq,
-            subject,
-            payload,
-        });
+        catch_up_message(&mut h, token, seq, "x/1", text);
     }
     h.input(Input::ClusterCatchUpDone { token, ok: true });
-    let texts: Vec<Bytes> = h
-        .publishes_acked(c)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let texts = payloads(&mut h, c);
     assert_eq!(texts, ["four", "five", "seven", "eight"]);
     // Once caught up, deliveries go straight on.
     let (subject, payload) = from_stream("b", 9, "x/1", "nine", QoS::AtLeastOnce);
@@ -1148,11 +1159,7 @@ fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
         subject,
         payload,
     });
-    let texts: Vec<Bytes> = h
-        .publishes_acked(c)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let texts = payloads(&mut h, c);
     assert_eq!(texts, ["nine"]);
 }
 
@@ -1161,10 +1168,7 @@ fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
 #[test]
 fn a_failing_catch_up_holds_deliveries_no_longer_and_never_holds_qos0() {
     let mut h = Harness::with_config(clustered("a"));
-    h.input(Input::ClusterFeedStart { seq: 6 });
-    let previous = record_of("b", "roam", &["x/+"], 3);
-    let opts = ConnectOpts::default().session_expiry(300);
-    let (c, _) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
+    let (c, _) = resume_roam(&mut h);
     let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
     h.input(Input::ClusterFeedMessage {
         seq: 7,
@@ -1376,13 +1380,7 @@ fn a_catch_up_waits_for_the_feed_and_goes_on_after_a_failure() {
         .expect("a catch-up once the feed starts");
     assert_eq!((from, to), (3, 5));
     // One message read, then the read fails: the next starts after it.
-    let (subject, payload) = from_stream("b", 3, "w/1", "three", QoS::AtLeastOnce);
-    h.input(Input::ClusterCatchUpMessage {
-        token,
-        seq: 3,
-        subject,
-        payload,
-    });
+    catch_up_message(&mut h, token, 3, "w/1", "three");
     let mark = h.log.len();
     h.input(Input::ClusterCatchUpDone { token, ok: false });
     let (mut token, from, to) = catch_ups(&h, mark).pop().expect("tried again");
@@ -1399,19 +1397,9 @@ fn a_catch_up_waits_for_the_feed_and_goes_on_after_a_failure() {
     h.advance(1000);
     let (token, from, to) = catch_ups(&h, mark).pop().expect("tried again at the tick");
     assert_eq!((from, to), (4, 5));
-    let (subject, payload) = from_stream("b", 5, "w/2", "five", QoS::AtLeastOnce);
-    h.input(Input::ClusterCatchUpMessage {
-        token,
-        seq: 5,
-        subject,
-        payload,
-    });
+    catch_up_message(&mut h, token, 5, "w/2", "five");
     h.input(Input::ClusterCatchUpDone { token, ok: true });
-    let texts: Vec<Bytes> = h
-        .publishes_acked(c)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let texts = payloads(&mut h, c);
     assert_eq!(texts, ["three", "five"]);
 }
 
@@ -1470,11 +1458,7 @@ fn a_cursor_does_not_pass_this_nodes_own_messages_not_yet_routed() {
         token,
         seq: Some(11),
     });
-    let texts: Vec<Bytes> = h
-        .publishes_acked(c)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let texts = payloads(&mut h, c);
     assert_eq!(texts, ["late"]);
     answer_records(&mut h, mark);
     let mark = h.log.len();
@@ -1508,13 +1492,7 @@ fn a_record_taken_for_a_connect_that_went_stays_here_as_an_offline_session() {
     assert!(rec.session.disconnected_at_unix_ms.is_some());
     let (token, from, to) = catch_ups(&h, mark).pop().expect("a catch-up");
     assert_eq!((from, to), (3, 4));
-    let (subject, payload) = from_stream("b", 3, "g/1", "kept", QoS::AtLeastOnce);
-    h.input(Input::ClusterCatchUpMessage {
-        token,
-        seq: 3,
-        subject,
-        payload,
-    });
+    catch_up_message(&mut h, token, 3, "g/1", "kept");
     h.input(Input::ClusterCatchUpDone { token, ok: true });
     // The client comes back: its session, and what it was owed.
     let opts = ConnectOpts::default().session_expiry(300);

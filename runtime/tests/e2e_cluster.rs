@@ -515,6 +515,20 @@ fn nodes_listed(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `node` lists both nodes (the other's heartbeat came).
+fn until_both_listed(node: &Node) {
+    let start = Instant::now();
+    while nodes_listed(node) != ["node-a", "node-b"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the other node was never heard of: {:?}",
+            nodes_listed(node)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("both nodes listed after {:?}", start.elapsed());
+}
+
 /// (client id, node) of each connected client `GET /api/v4/clients` on `node` lists.
 fn clients_listed(node: &Node, path: &str) -> (Vec<(String, String)>, serde_json::Value) {
     let v = node.api.get(path);
@@ -538,16 +552,7 @@ fn clients_listed(node: &Node, path: &str) -> (Vec<(String, String)>, serde_json
 #[test]
 fn the_admin_lists_describe_every_node_of_the_cluster() {
     let (_nats, _dir, a, b) = cluster("lists");
-    let start = Instant::now();
-    while nodes_listed(&a) != ["node-a", "node-b"] {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "node a never heard of node b: {:?}",
-            nodes_listed(&a)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("node a lists both nodes after {:?}", start.elapsed());
+    until_both_listed(&a);
     let left = mosquitto_sub(a.port, &["-i", "left-1", "-t", "l/x", "-W", "60"]);
     let right = mosquitto_sub(b.port, &["-i", "right-1", "-t", "l/x", "-W", "60"]);
     let both = vec![
@@ -602,14 +607,7 @@ fn the_admin_lists_describe_every_node_of_the_cluster() {
 #[test]
 fn the_dashboard_shows_the_whole_cluster() {
     let (_nats, _dir, a, b) = cluster("dashboard");
-    let start = Instant::now();
-    while nodes_listed(&a) != ["node-a", "node-b"] {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "node a never heard of node b"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_both_listed(&a);
     let left = mosquitto_sub(a.port, &["-i", "left-1", "-t", "d/x", "-W", "60"]);
     let right = mosquitto_sub(b.port, &["-i", "right-1", "-t", "d/x", "-W", "60"]);
     let browser = Browser::start();
