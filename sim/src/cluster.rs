@@ -87,6 +87,8 @@ pub enum ClusterMutation {
     /// A moved session's client library hands one publisher's two messages to its
     /// application in swapped order, once (C4).
     MoverSwaps,
+    /// The runtime never tells a node its NATS connection went down (C11).
+    LinkUnreported,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -120,6 +122,8 @@ enum Kind {
     Member(usize),
     /// Reads the retained set at the end (C3).
     Auditor,
+    /// Connects to a node cut off from NATS, or just back (C11); subscribes to nothing.
+    Prober,
     /// A persistent session with QoS 1 filters held throughout, that leaves its node while
     /// messages flow (DISCONNECT, or a dropped connection) and resumes on another without
     /// subscribing again: its record and a catch-up read of the stream bring it along (C9).
@@ -167,6 +171,11 @@ struct Client {
     left: BTreeSet<usize>,
     /// `MoverSwaps` swapped two of its messages.
     swapped: bool,
+    /// Its node is cut off from NATS for longer than `node_ttl`: a DISCONNECT or a refused
+    /// CONNECT is expected, and kept here (reason code), as is a close.
+    expect_away: bool,
+    away: Option<u8>,
+    closed_away: bool,
 }
 
 impl Client {
@@ -207,6 +216,7 @@ impl Client {
             };
             match p {
                 Packet::ConnAck(a) if a.code.0 == 0 => self.up = true,
+                Packet::ConnAck(a) if self.expect_away => self.away = Some(a.code.0),
                 Packet::ConnAck(a) => {
                     problems.push(format!("C0 client {me} refused: {:?}", a.code))
                 }
@@ -228,6 +238,10 @@ impl Client {
                 Packet::SubAck(a) if a.reasons.iter().any(|r| r.0 >= 0x80) => {
                     // Judged by the subscriber (`subscribe_with`): a node may be full.
                     self.refused.insert(a.packet_id);
+                }
+                Packet::Disconnect(d) if self.expect_away => {
+                    self.away = Some(d.reason.0);
+                    self.up = false;
                 }
                 Packet::Disconnect(d) => {
                     problems.push(format!("C0 client {me} disconnected: {:?}", d.reason));
@@ -399,6 +413,8 @@ pub struct ClusterOutcome {
     pub caught_up: u64,
     /// Connected clients the cluster-wide client list had to name (C10).
     pub listed: u64,
+    /// Clients a node cut off from NATS past `node_ttl` had to send away (C11).
+    pub sent_away: u64,
     pub violations: Vec<String>,
     /// The run's events, when asked for.
     pub log: Vec<String>,
@@ -453,8 +469,19 @@ pub struct ClusterWorld {
     log: Option<Vec<String>>,
     /// The cluster-wide client list asked of one node (C10).
     audit: Option<ListAudit>,
+    /// A node cut off from NATS past `node_ttl` at the end of the run (C11).
+    long_cut: Option<LongCut>,
     /// Admin replies, by request id.
     replies: BTreeMap<u64, (u16, Bytes)>,
+}
+
+/// A node cut off from NATS for longer than `node_ttl`: the clients it had, a client that
+/// tried to connect meanwhile, and one that connected once NATS was back.
+struct LongCut {
+    node: usize,
+    clients: Vec<usize>,
+    during: usize,
+    after: usize,
 }
 
 /// A v4 client list asked of one node once every node's heartbeat is current: who should be
@@ -639,6 +666,7 @@ impl ClusterWorld {
             problems: Vec::new(),
             log: None,
             audit: None,
+            long_cut: None,
             replies: BTreeMap::new(),
         }
     }
@@ -732,7 +760,13 @@ impl ClusterWorld {
                 }
             }
             Output::Close { conn } => {
-                if let Some(idx) = self.by_conn.get(&conn.0) {
+                let idx = self.by_conn.get(&conn.0).copied();
+                if let Some(c) = idx.and_then(|i| self.clients.get_mut(i))
+                    && c.expect_away
+                {
+                    c.closed_away = true;
+                    c.up = false;
+                } else if let Some(idx) = idx {
                     self.problems
                         .push(format!("C0 client {idx} closed by node {n}"));
                 } else {
@@ -875,6 +909,11 @@ impl ClusterWorld {
     // ----- clients ------------------------------------------------------------------------
 
     fn add_client(&mut self, kind: Kind, node: usize) -> usize {
+        self.add_client_quiet(kind, node, false)
+    }
+
+    /// A new client of `node`; with `expect_away` a refused CONNECT is kept, not a problem.
+    fn add_client_quiet(&mut self, kind: Kind, node: usize, expect_away: bool) -> usize {
         let idx = self.clients.len();
         let v5 = self.rng.chance(500);
         self.clients.push(Client {
@@ -895,6 +934,9 @@ impl ClusterWorld {
             roams: 0,
             left: BTreeSet::new(),
             swapped: false,
+            expect_away,
+            away: None,
+            closed_away: false,
         });
         self.connect(idx);
         idx
@@ -941,7 +983,11 @@ impl ClusterWorld {
         if persistent {
             self.settle_owner(node);
         }
-        if self.clients.get(idx).is_some_and(|c| !c.up) {
+        if self
+            .clients
+            .get(idx)
+            .is_some_and(|c| !c.up && !c.expect_away)
+        {
             self.problems
                 .push(format!("C0 client {idx} not connected after CONNECT"));
         }
@@ -1743,6 +1789,7 @@ impl ClusterWorld {
             self.subscribe(idx, "$s/#", QoS::AtLeastOnce);
         }
         self.drain();
+        self.cut_past_ttl();
         self.outcome()
     }
 
@@ -2063,6 +2110,63 @@ impl ClusterWorld {
         }
     }
 
+    /// On some seeds, one node loses NATS for longer than `node_ttl` once everything is
+    /// delivered: its clients must be sent away, a CONNECT meanwhile refused, and one after
+    /// NATS is back accepted (C11).
+    fn cut_past_ttl(&mut self) {
+        if !self.rng.chance(300) {
+            return;
+        }
+        let node = self.rng.below(self.nodes.len() as u64) as usize;
+        let Some(ttl) = self
+            .nodes
+            .get(node)
+            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
+        else {
+            return;
+        };
+        let clients: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients.get(i).is_some_and(|c| c.up && c.node == node))
+            .collect();
+        for &i in &clients {
+            if let Some(c) = self.clients.get_mut(i) {
+                c.expect_away = true;
+            }
+        }
+        self.note(|| format!("node {node} cut past node_ttl"));
+        if let Some(nd) = self.nodes.get_mut(node) {
+            nd.cut = true;
+        }
+        if self.mutation != Some(ClusterMutation::LinkUnreported) {
+            self.feed(node, Input::ClusterLink { up: false });
+        }
+        for _ in 0..=ttl {
+            self.tick();
+            self.drain();
+        }
+        // A clean session sent away ends with its subscriptions; a persistent one stays.
+        for &i in &clients {
+            if let Some(c) = self.clients.get_mut(i)
+                && c.kind != Kind::Mover
+                && !c.up
+            {
+                c.cleared = true;
+            }
+        }
+        let during = self.add_client_quiet(Kind::Prober, node, true);
+        self.drain();
+        self.heal();
+        self.drain();
+        let after = self.add_client_quiet(Kind::Prober, node, false);
+        self.drain();
+        self.long_cut = Some(LongCut {
+            node,
+            clients,
+            during,
+            after,
+        });
+    }
+
     // ----- the checkers -------------------------------------------------------------------
 
     fn outcome(mut self) -> ClusterOutcome {
@@ -2077,6 +2181,7 @@ impl ClusterWorld {
         self.check_c8(&mut violations);
         self.check_c9(&mut violations);
         self.check_c10(&mut violations);
+        self.check_c11(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -2101,6 +2206,7 @@ impl ClusterWorld {
                 .sum(),
             caught_up: self.engine.caught_up,
             listed: self.audit.as_ref().map_or(0, |a| a.want.len() as u64),
+            sent_away: self.long_cut.as_ref().map_or(0, |c| c.clients.len() as u64),
             violations,
             log: self.log.unwrap_or_default(),
         }
@@ -2452,6 +2558,46 @@ impl ClusterWorld {
                     r.client, r.conn, r.node
                 ));
             }
+        }
+    }
+
+    /// C11: a node without NATS for longer than `node_ttl` sent every client away (v5
+    /// DISCONNECT 0x9C, 3.1.1 closed), refused a CONNECT meanwhile (0x9C / 3), and accepted
+    /// one once NATS was back.
+    fn check_c11(&self, out: &mut Vec<String>) {
+        let Some(cut) = &self.long_cut else {
+            return;
+        };
+        let n = cut.node;
+        for &i in &cut.clients {
+            let Some(c) = self.clients.get(i) else {
+                continue;
+            };
+            let sent_away = if c.v5 {
+                c.away == Some(0x9C)
+            } else {
+                c.closed_away
+            };
+            if !sent_away {
+                out.push(format!(
+                    "C11 node {n}: client {i} not sent away (v5 {}, reason {:?}, closed {})",
+                    c.v5, c.away, c.closed_away
+                ));
+            }
+        }
+        if let Some(c) = self.clients.get(cut.during) {
+            let want = if c.v5 { 0x9C } else { 3 };
+            if c.up || c.away != Some(want) {
+                out.push(format!(
+                    "C11 node {n}: a CONNECT without NATS got {:?} (up {})",
+                    c.away, c.up
+                ));
+            }
+        }
+        if self.clients.get(cut.after).is_some_and(|c| !c.up) {
+            out.push(format!(
+                "C11 node {n}: a CONNECT once NATS was back was not accepted"
+            ));
         }
     }
 

@@ -47,8 +47,8 @@ fn every_checker_passes() {
     let started = Instant::now();
     let n = seeds();
     let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
-    let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up, mut listed) =
-        (0, 0, 0, 0, 0, 0);
+    let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up, mut listed, mut away) =
+        (0, 0, 0, 0, 0, 0, 0);
     let mut failures = Vec::new();
     for i in 0..n {
         let o = run_cluster_seed(BASE + i, None);
@@ -62,6 +62,7 @@ fn every_checker_passes() {
         moves += o.moves;
         caught_up += o.caught_up;
         listed += o.listed;
+        away += o.sent_away;
         if !o.violations.is_empty() {
             failures.push(format!("{}\n  {}", show(&o), o.violations.join("\n  ")));
         }
@@ -70,11 +71,11 @@ fn every_checker_passes() {
         "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
          {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, \
          {moves} persistent sessions moved ({caught_up} messages caught up), {listed} clients listed \
-         cluster-wide, {:.1} s",
+         cluster-wide, {away} clients sent away by a node cut off past node_ttl, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0 && listed > 0);
+    assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0 && listed > 0 && away > 0);
 }
 
 /// Runs the seeds under a planted fault; returns those on which `checker` failed.
@@ -155,6 +156,11 @@ fn lost_answers_to_a_cluster_wide_client_list_are_caught_by_c10() {
 #[test]
 fn a_moved_sessions_messages_out_of_order_are_caught_by_c4() {
     assert!(!caught(ClusterMutation::MoverSwaps, "C4").is_empty());
+}
+
+#[test]
+fn a_node_never_told_its_link_is_down_is_caught_by_c11() {
+    assert!(!caught(ClusterMutation::LinkUnreported, "C11").is_empty());
 }
 
 #[test]
