@@ -1024,13 +1024,18 @@ fn catch_up_message(h: &mut Harness, token: u64, seq: u64, topic: &str, text: &s
 
 /// Another node's record of `client_id`: its subscriptions (QoS 1) and cursor.
 fn record_of(node: &str, client_id: &str, filters: &[&str], cursor: u64) -> Bytes {
+    record_with_qos(node, client_id, filters, 1, cursor)
+}
+
+/// The same with the subscriptions' QoS (the v5 options byte's low bits).
+fn record_with_qos(node: &str, client_id: &str, filters: &[&str], qos: u8, cursor: u64) -> Bytes {
     let mut session = RecoveredSession {
         version: 5,
         expiry_secs: 300,
         ..Default::default()
     };
     for f in filters {
-        session.subscriptions.insert((*f).to_owned(), (1, None));
+        session.subscriptions.insert((*f).to_owned(), (qos, None));
     }
     let record = SessionRecord {
         cursor: Some(cursor),
@@ -1198,6 +1203,30 @@ fn a_failing_catch_up_holds_deliveries_no_longer_and_never_holds_qos0() {
         h.input(Input::ClusterCatchUpDone { token, ok: false });
     }
     assert_eq!(texts(&mut h), ["seven"], "released after the last attempt");
+}
+
+/// A moved session's QoS 0 subscription gets QoS 1 messages from the stream too (as QoS 0):
+/// those wait behind the catch-up read like any other stream message.
+#[test]
+fn a_moved_sessions_qos0_subscription_keeps_the_order_of_stream_messages() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 6 });
+    let previous = record_with_qos("b", "roam", &["x/+"], 0, 3);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, ack) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
+    assert!(ack.session_present);
+    let (token, _, _) = catch_ups(&h, mark).pop().expect("a catch-up read");
+    let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq: 7,
+        subject,
+        payload,
+    });
+    assert!(payloads(&mut h, c).is_empty(), "held behind the read");
+    catch_up_message(&mut h, token, 4, "x/1", "four");
+    h.input(Input::ClusterCatchUpDone { token, ok: true });
+    assert_eq!(payloads(&mut h, c), ["four", "seven"]);
 }
 
 #[test]

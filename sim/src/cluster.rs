@@ -2573,10 +2573,11 @@ impl ClusterWorld {
             let Some(c) = self.clients.get(i) else {
                 continue;
             };
+            // 3.1.1 has no server DISCONNECT: closed without one.
             let sent_away = if c.v5 {
                 c.away == Some(0x9C)
             } else {
-                c.closed_away
+                c.closed_away && c.away.is_none()
             };
             if !sent_away {
                 out.push(format!(

@@ -595,7 +595,8 @@ impl Broker {
             .cluster
             .as_deref()
             .is_some_and(|c| c.deferred.contains_key(&sid));
-        if !holding || d.qos == QoS::AtMostOnce {
+        // A QoS 0 message is not in the stream; a QoS 1/2 one to a QoS 0 subscription is.
+        if !holding || d.msg.qos == QoS::AtMostOnce {
             return self.deliver(sid, d);
         }
         let queued = self.sessions.get(&sid).map_or(0, |s| s.queue.len());

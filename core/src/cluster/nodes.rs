@@ -300,8 +300,12 @@ impl Nodes {
         let Some(g) = self.gathers.get_mut(&answer.token) else {
             return false;
         };
-        if size > g.answer_limit + ANSWER_FRAME || !g.waiting.remove(&answer.node) {
+        if !g.waiting.remove(&answer.node) {
             return false;
+        }
+        if size > g.answer_limit + ANSWER_FRAME {
+            g.gone.push(answer.node);
+            return g.waiting.is_empty();
         }
         let held = g.charge.bytes() + size * PARSED_FACTOR;
         g.charge.set(held);

@@ -297,7 +297,7 @@ function onProm(text) {
 
 // The answering node comes first; in a cluster every live node follows, each naming itself.
 function onNodes(nodes) {
-  const all = nodes && Array.isArray(nodes.data) ? nodes.data : [];
+  const all = nodes && Array.isArray(nodes.data) ? nodes.data.filter((x) => x && typeof x === 'object') : [];
   const n = all[0];
   if (!n) return;
   if (current === 'overview') {
@@ -422,7 +422,10 @@ function pager(prefix, state, meta, shown, reload) {
 }
 
 function messageRow(tbody, cols, text, isError) {
-  tbody.replaceChildren(el('tr', { class: 'empty' }, el('td', { colSpan: cols, class: isError ? 'error' : 'muted', text })));
+  // The columns shown (a cluster-only one is hidden on a single node).
+  const table = tbody.closest('table');
+  const shown = table ? [...table.querySelectorAll('thead th')].filter((th) => getComputedStyle(th).display !== 'none').length : 0;
+  tbody.replaceChildren(el('tr', { class: 'empty' }, el('td', { colSpan: shown || cols, class: isError ? 'error' : 'muted', text })));
 }
 
 // A filtered, paged table: GET path?_page&_limit&<filters> → { data: [...], meta }.
