@@ -515,10 +515,14 @@ fn nodes_listed(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `node` lists both nodes (the other's heartbeat came).
+/// Waits until `node` lists both nodes (the other's heartbeat came), itself first.
 fn until_both_listed(node: &Node) {
     let start = Instant::now();
-    while nodes_listed(node) != ["node-a", "node-b"] {
+    let both = |mut names: Vec<String>| {
+        names.sort();
+        names == ["node-a", "node-b"]
+    };
+    while !both(nodes_listed(node)) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the other node was never heard of: {:?}",
@@ -552,7 +556,10 @@ fn clients_listed(node: &Node, path: &str) -> (Vec<(String, String)>, serde_json
 #[test]
 fn the_admin_lists_describe_every_node_of_the_cluster() {
     let (_nats, _dir, a, b) = cluster("lists");
+    // Each node asks the nodes it has heard of: both must have heard of each other.
     until_both_listed(&a);
+    until_both_listed(&b);
+    assert_eq!(nodes_listed(&b)[0], "node-b", "the answering node first");
     let left = mosquitto_sub(a.port, &["-i", "left-1", "-t", "l/x", "-W", "60"]);
     let right = mosquitto_sub(b.port, &["-i", "right-1", "-t", "l/x", "-W", "60"]);
     let both = vec![
@@ -610,6 +617,15 @@ fn the_dashboard_shows_the_whole_cluster() {
     until_both_listed(&a);
     let left = mosquitto_sub(a.port, &["-i", "left-1", "-t", "d/x", "-W", "60"]);
     let right = mosquitto_sub(b.port, &["-i", "right-1", "-t", "d/x", "-W", "60"]);
+    // Both connected before the page loads its list once.
+    let start = Instant::now();
+    while clients_listed(&a, "/api/v4/clients").0.len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "clients not listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let browser = Browser::start();
     browser.go(&format!("http://127.0.0.1:{}/dashboard", a.api.port));
     browser.until(
