@@ -1011,6 +1011,16 @@ fn payloads(h: &mut Harness, c: tidemq_core::ConnId) -> Vec<Bytes> {
         .collect()
 }
 
+/// Message `seq` of node b in the durable stream, as this node's feed brings it.
+fn feed_message(h: &mut Harness, seq: u64, topic: &str, text: &str) {
+    let (subject, payload) = from_stream("b", seq, topic, text, QoS::AtLeastOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq,
+        subject,
+        payload,
+    });
+}
+
 /// Message `seq` of node b in the durable stream, as catch-up read `token` brings it.
 fn catch_up_message(h: &mut Harness, token: u64, seq: u64, topic: &str, text: &str) {
     let (subject, payload) = from_stream("b", seq, topic, text, QoS::AtLeastOnce);
@@ -1048,8 +1058,13 @@ fn record_with_qos(node: &str, client_id: &str, filters: &[&str], qos: u8, curso
 /// cursor 3) while this node's feed has read the stream up to 6: the session resumes. The
 /// client, and where the log stood before its CONNECT.
 fn resume_roam(h: &mut Harness) -> (tidemq_core::ConnId, usize) {
+    resume_roam_at(h, 1)
+}
+
+/// The same with the record's subscription at `qos`.
+fn resume_roam_at(h: &mut Harness, qos: u8) -> (tidemq_core::ConnId, usize) {
     h.input(Input::ClusterFeedStart { seq: 6 });
-    let previous = record_of("b", "roam", &["x/+"], 3);
+    let previous = record_with_qos("b", "roam", &["x/+"], qos, 3);
     let opts = ConnectOpts::default().session_expiry(300);
     let mark = h.log.len();
     let (c, ack) = connect_claimed(h, "roam", opts, Some(20), Some((previous, 19)));
@@ -1094,12 +1109,7 @@ fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
     };
     assert_eq!(texts(h.publishes_acked(c)), ["four", "six"]);
     // The live feed goes on from 7.
-    let (subject, payload) = from_stream("b", 7, "x/3", "seven", QoS::AtLeastOnce);
-    h.input(Input::ClusterFeedMessage {
-        seq: 7,
-        subject,
-        payload,
-    });
+    feed_message(&mut h, 7, "x/3", "seven");
     assert_eq!(texts(h.publishes_acked(c)), ["seven"]);
     // Once acknowledged, the cursor moves to the feed's place at the next tick.
     let mark = h.log.len();
@@ -1129,20 +1139,9 @@ fn a_persistent_session_resumes_from_another_nodes_record_and_catches_up() {
 fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
     let mut h = Harness::with_config(clustered("a"));
     let (c, mark) = resume_roam(&mut h);
-    let token = cluster_outputs(&h, mark)
-        .iter()
-        .find_map(|o| match o {
-            Output::ClusterCatchUp { token, .. } => Some(*token),
-            _ => None,
-        })
-        .expect("a catch-up read");
+    let (token, _, _) = catch_ups(&h, mark).pop().expect("a catch-up read");
     // The feed goes on before the read answers, and a publisher here sends one too.
-    let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
-    h.input(Input::ClusterFeedMessage {
-        seq: 7,
-        subject,
-        payload,
-    });
+    feed_message(&mut h, 7, "x/1", "seven");
     let p = h.client("p", V5);
     let mark = h.log.len();
     h.publish(p, "x/2", "eight", QoS::AtLeastOnce, false);
@@ -1158,12 +1157,7 @@ fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
     let texts = payloads(&mut h, c);
     assert_eq!(texts, ["four", "five", "seven", "eight"]);
     // Once caught up, deliveries go straight on.
-    let (subject, payload) = from_stream("b", 9, "x/1", "nine", QoS::AtLeastOnce);
-    h.input(Input::ClusterFeedMessage {
-        seq: 9,
-        subject,
-        payload,
-    });
+    feed_message(&mut h, 9, "x/1", "nine");
     let texts = payloads(&mut h, c);
     assert_eq!(texts, ["nine"]);
 }
@@ -1174,20 +1168,10 @@ fn a_moved_session_gets_what_its_catch_up_brings_before_what_came_meanwhile() {
 fn a_failing_catch_up_holds_deliveries_no_longer_and_never_holds_qos0() {
     let mut h = Harness::with_config(clustered("a"));
     let (c, _) = resume_roam(&mut h);
-    let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
-    h.input(Input::ClusterFeedMessage {
-        seq: 7,
-        subject,
-        payload,
-    });
+    feed_message(&mut h, 7, "x/1", "seven");
     let p = h.client("p", V5);
     h.publish(p, "x/2", "live", QoS::AtMostOnce, false);
-    let texts = |h: &mut Harness| -> Vec<Bytes> {
-        h.publishes_acked(c)
-            .into_iter()
-            .map(|p| p.payload)
-            .collect()
-    };
+    let texts = |h: &mut Harness| payloads(h, c);
     assert_eq!(texts(&mut h), ["live"], "QoS 0 goes straight on");
     for attempt in 1..=3 {
         let token = h
@@ -1210,19 +1194,9 @@ fn a_failing_catch_up_holds_deliveries_no_longer_and_never_holds_qos0() {
 #[test]
 fn a_moved_sessions_qos0_subscription_keeps_the_order_of_stream_messages() {
     let mut h = Harness::with_config(clustered("a"));
-    h.input(Input::ClusterFeedStart { seq: 6 });
-    let previous = record_with_qos("b", "roam", &["x/+"], 0, 3);
-    let opts = ConnectOpts::default().session_expiry(300);
-    let mark = h.log.len();
-    let (c, ack) = connect_claimed(&mut h, "roam", opts, Some(20), Some((previous, 19)));
-    assert!(ack.session_present);
+    let (c, mark) = resume_roam_at(&mut h, 0);
     let (token, _, _) = catch_ups(&h, mark).pop().expect("a catch-up read");
-    let (subject, payload) = from_stream("b", 7, "x/1", "seven", QoS::AtLeastOnce);
-    h.input(Input::ClusterFeedMessage {
-        seq: 7,
-        subject,
-        payload,
-    });
+    feed_message(&mut h, 7, "x/1", "seven");
     assert!(payloads(&mut h, c).is_empty(), "held behind the read");
     catch_up_message(&mut h, token, 4, "x/1", "four");
     h.input(Input::ClusterCatchUpDone { token, ok: true });
