@@ -140,7 +140,7 @@ impl Broker {
     /// subscription); `message_drop` counts undeliverable messages, including those that
     /// matched no subscription (all NanoMQ counts).
     fn broker_info(&self) -> Value {
-        let connected = self.sessions.values().filter(|s| s.conn.is_some()).count();
+        let connected = self.connected_clients();
         json!({
             "client_size": connected,
             "message_in": self.stats.messages_received,

@@ -102,7 +102,7 @@ impl Broker {
             }])),
             Op::ListNodes => V4Reply::data(self.cluster_nodes().unwrap_or_else(|| {
                 json!([{
-                    "connections": self.sessions.values().filter(|s| s.conn.is_some()).count(),
+                    "connections": self.connected_clients(),
                     "node_status": "Running",
                     "uptime": self.uptime(),
                     "version": env!("CARGO_PKG_VERSION"),

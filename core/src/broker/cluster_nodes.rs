@@ -35,7 +35,7 @@ impl Broker {
 
     /// This node's heartbeat goes out; nodes silent for `node_ttl` are forgotten.
     pub(super) fn heartbeat_tick(&mut self, at: Instant) {
-        let connections = self.sessions.values().filter(|s| s.conn.is_some()).count() as u64;
+        let connections = self.connected_clients() as u64;
         let started_at = self.wall().of(self.started);
         let now = self.now;
         let Some(c) = self.cluster.as_deref_mut() else {
@@ -203,7 +203,12 @@ impl Broker {
         self.forget_silent_nodes();
         let deadline = self.now.plus_ms(GATHER_WAIT_MS);
         let ledger = self.memory.ledger.clone();
-        let Some(c) = self.cluster.as_deref_mut() else {
+        // Alone (as far as this node knows): answered at once.
+        let Some(c) = self
+            .cluster
+            .as_deref_mut()
+            .filter(|c| c.nodes.live().next().is_some())
+        else {
             return Ok(Some(self.merged(&w, Vec::new(), &[])));
         };
         let (token, asked) = match c
@@ -213,11 +218,6 @@ impl Broker {
             Ok(gather) => gather,
             Err(nodes::GatherRefused::Busy) => return Err(V4Reply::code(503, code::UNKNOWN)),
         };
-        if asked.is_empty() {
-            let g = c.nodes.take(token);
-            drop(g);
-            return Ok(Some(self.merged(&w, Vec::new(), &[])));
-        }
         let want = w
             .paging()
             .map_or(u64::MAX, |p| p.page.saturating_mul(p.limit) as u64);
@@ -344,7 +344,7 @@ impl Broker {
         let now = self.wall_now();
         let mut items = vec![json!({
             "node": c.config.node_name,
-            "connections": self.sessions.values().filter(|s| s.conn.is_some()).count(),
+            "connections": self.connected_clients(),
             "node_status": "Running",
             "uptime": uptime_text(self.now.since(self.started) / 1000),
             "version": env!("CARGO_PKG_VERSION"),

@@ -229,16 +229,14 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        if let Some(deferred) = c.deferred.remove(&sid) {
-            let n = deferred.items.len() as u64;
-            self.count_dropped(crate::metrics::DropReason::SessionEnded, n);
-        }
-        let Some(c) = self.cluster.as_deref_mut() else {
-            return;
-        };
+        let held = c.deferred.remove(&sid).map_or(0, |d| d.items.len());
         if let Some((key, revision)) = c.owner.let_go(sid) {
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });
+        }
+        // What waited behind a catch-up read goes with the session.
+        if held > 0 {
+            self.count_dropped(crate::metrics::DropReason::SessionEnded, held as u64);
         }
     }
 }

@@ -33,6 +33,13 @@ pub(super) fn bridge_state(b: &Bridge) -> &'static str {
 }
 
 impl Broker {
+    /// Sessions with a connection: the clients connected now.
+    pub(super) fn connected_clients(&self) -> usize {
+        self.sessions.values().filter(|s| s.conn.is_some()).count()
+    }
+}
+
+impl Broker {
     pub(super) fn process_stats(&mut self, rss_bytes: u64, cpu_percent: f64) {
         let cpu = if cpu_percent.is_finite() {
             cpu_percent.clamp(0.0, 100_000.0)
@@ -55,7 +62,7 @@ impl Broker {
             .filter(|n| !n.subscribers.is_empty())
             .count();
         Gauges {
-            connections: self.sessions.values().filter(|s| s.conn.is_some()).count() as u64,
+            connections: self.connected_clients() as u64,
             sessions: self.sessions.len() as u64,
             topics: topics as u64,
             subscribers: self
