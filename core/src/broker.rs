@@ -52,6 +52,7 @@ mod bridging;
 mod cluster_link;
 mod cluster_nodes;
 mod cluster_owner;
+mod cluster_qos2;
 mod cluster_session;
 mod clustering;
 mod connect;

@@ -110,6 +110,9 @@ pub(crate) struct DurableMark {
     /// The sequence number the input that accepted it depends on: a QoS 2 delivery of it
     /// waits until that is durable (0: nothing).
     needs: AtomicU64,
+    /// Cluster mode: its sequence in the durable stream (0: not there), by which a moved
+    /// session knows what it was sent.
+    stream_seq: AtomicU64,
 }
 
 impl DurableMark {
@@ -124,6 +127,14 @@ impl DurableMark {
 
     pub fn needs(&self) -> u64 {
         self.needs.load(Ordering::Relaxed)
+    }
+
+    pub fn set_stream_seq(&self, seq: u64) {
+        self.stream_seq.store(seq, Ordering::Relaxed);
+    }
+
+    pub fn stream_seq(&self) -> u64 {
+        self.stream_seq.load(Ordering::Relaxed)
     }
 }
 

@@ -24,6 +24,13 @@ pub(crate) struct Inflight<T> {
     seq: u64,
 }
 
+impl<T> Inflight<T> {
+    /// Sent on the current connection (or, waiting for something, its turn taken).
+    pub fn sent(&self) -> bool {
+        self.sent
+    }
+}
+
 /// Outbound messages in flight at one peer, by packet id, in send order.
 #[derive(Debug)]
 pub(crate) struct OutWindow<T> {
@@ -150,6 +157,16 @@ impl<T> OutWindow<T> {
     /// Messages in flight on the current connection: what counts against its window.
     pub fn sent_count(&self) -> usize {
         self.inflight.len() - self.unsent
+    }
+
+    /// Whether everything in flight went out on the current connection.
+    pub fn all_sent(&self) -> bool {
+        self.unsent == 0
+    }
+
+    /// Everything in flight, by packet id.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &Inflight<T>)> {
+        self.inflight.iter().map(|(id, f)| (*id, f))
     }
 
     /// Packet ids in send order.

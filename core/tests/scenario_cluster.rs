@@ -17,7 +17,7 @@ use harness::*;
 use tidemq_core::cluster::envelope::{Envelope, Stamp};
 use tidemq_core::cluster::record::{self, SessionRecord};
 use tidemq_core::cluster::{ClusterConfig, subject};
-use tidemq_core::codec::{Properties, QoS, ReasonCode};
+use tidemq_core::codec::{Packet, Properties, QoS, ReasonCode};
 use tidemq_core::persist::RecoveredSession;
 use tidemq_core::{Config, Input, Output};
 
@@ -1050,6 +1050,7 @@ fn record_with_qos(node: &str, client_id: &str, filters: &[&str], qos: u8, curso
     let record = SessionRecord {
         cursor: Some(cursor),
         session,
+        ..Default::default()
     };
     record::record_value(format!("{node} 1f").as_bytes(), client_id, &record)
 }
@@ -1221,6 +1222,7 @@ fn a_record_that_cannot_resume_is_not_resumed() {
     let stale = SessionRecord {
         cursor: Some(1),
         session: stale,
+        ..Default::default()
     };
     for (client_id, previous) in [
         ("c1", record::record_value(b"b 1f", "c1", &stale)),
@@ -1543,5 +1545,232 @@ fn of_two_connects_on_one_node_the_newer_claim_keeps_the_session() {
     assert!(
         h.connect_on(conn, "resumer", V5, false, ConnectOpts::default())
             .is_none()
+    );
+}
+
+/// Writes answered for every record write since `from`, at increasing revisions from `rev`.
+fn answer_records(h: &mut Harness, from: usize, client_id: &str, rev: &mut u64) {
+    let mut from = from;
+    loop {
+        let written = records(h, from, client_id);
+        from = h.log.len();
+        if written.is_empty() {
+            return;
+        }
+        for (token, ..) in written {
+            *rev += 1;
+            h.input(Input::ClusterRecorded {
+                token,
+                answer: tidemq_core::RecordAnswer::Written(*rev),
+            });
+        }
+    }
+}
+
+/// Node b's QoS 2 message `seq`, as this node's feed brings it.
+fn feed_qos2(h: &mut Harness, seq: u64, topic: &str, text: &str) {
+    let (subject, payload) = from_stream("b", seq, topic, text, QoS::ExactlyOnce);
+    h.input(Input::ClusterFeedMessage {
+        seq,
+        subject,
+        payload,
+    });
+}
+
+/// A QoS 2 message to a persistent session goes out only once its record holds its packet id
+/// and sequence, and its PUBREL once the record holds its released stage; a finished one
+/// stays in the record until the cursor passes it.
+#[test]
+fn a_persistent_sessions_qos2_packets_wait_for_its_record() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 1 });
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(&mut h, "q", opts, Some(4), None);
+    h.subscribe(c, "x/+", QoS::ExactlyOnce);
+    let mut rev = 4;
+    answer_records(&mut h, mark, "q", &mut rev);
+    let mark = h.log.len();
+    feed_qos2(&mut h, 2, "x/1", "two");
+    feed_qos2(&mut h, 3, "x/1", "three");
+    assert!(h.recv(c).is_empty(), "no PUBLISH before the record has it");
+    let (token, _, _, rec) = records(&h, mark, "q").pop().expect("a record write");
+    assert_eq!(
+        rec.qos2_window.len(),
+        1,
+        "the write on its way carries the first"
+    );
+    let (pid2, &(seq, released)) = rec.qos2_window.iter().next().unwrap();
+    assert_eq!((seq, released), (2, false));
+    let mark = h.log.len();
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    let first = h.publishes(c);
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].packet_id, first[0].dup), (Some(*pid2), false));
+    // The second came while the first write was on its way: the next write carries it.
+    let (token, _, _, rec) = records(&h, mark, "q").pop().expect("the next write");
+    let pid3 = rec
+        .qos2_window
+        .iter()
+        .find(|(_, (seq, _))| *seq == 3)
+        .map(|(pid, _)| *pid)
+        .expect("the second in the window");
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    assert_eq!(h.publishes(c)[0].payload, "three");
+    // PUBREC of the second: its PUBREL waits for the released stage to be written.
+    let mark = h.log.len();
+    h.pubrec(c, pid3);
+    assert!(h.recv(c).is_empty(), "no PUBREL before the record has it");
+    let (token, _, _, rec) = records(&h, mark, "q").pop().expect("the released stage");
+    assert_eq!(rec.qos2_window.get(&pid3), Some(&(3, true)));
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    assert!(matches!(h.recv_one(c), Packet::PubRel(a) if a.packet_id == pid3));
+    h.pubcomp(c, pid3);
+    // Finished past the cursor (the first is still in flight): kept as finished.
+    let mark = h.log.len();
+    h.advance(1000);
+    let (token, _, _, rec) = records(&h, mark, "q").pop().expect("a tick's write");
+    assert_eq!(rec.cursor, Some(1), "not past the first, still in flight");
+    assert_eq!(rec.qos2_done.iter().copied().collect::<Vec<_>>(), [3]);
+    assert_eq!(rec.qos2_window.keys().copied().collect::<Vec<_>>(), [*pid2]);
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    // Once the first is done too, the cursor passes both and the marks go.
+    let mark = h.log.len();
+    h.pubrec(c, *pid2);
+    answer_records(&mut h, mark, "q", &mut rev);
+    assert!(matches!(h.recv_one(c), Packet::PubRel(a) if a.packet_id == *pid2));
+    h.pubcomp(c, *pid2);
+    let mark = h.log.len();
+    h.advance(1000);
+    let (_, _, _, rec) = records(&h, mark, "q").pop().expect("a tick's write");
+    assert_eq!(rec.cursor, Some(3));
+    assert!(rec.qos2_done.is_empty() && rec.qos2_window.is_empty());
+}
+
+/// A session resumed from another node's record with QoS 2 messages in flight sends none of
+/// them twice: a PUBLISH stage one goes out again with its packet id and DUP once the
+/// stream brings its message, a released one as PUBREL, and finished ones not at all.
+#[test]
+fn a_moved_session_sends_no_qos2_message_twice() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 8 });
+    let mut session = RecoveredSession {
+        version: 5,
+        expiry_secs: 300,
+        ..Default::default()
+    };
+    session.subscriptions.insert("x/+".to_owned(), (2, None));
+    let record = SessionRecord {
+        cursor: Some(3),
+        qos2_window: [(5, (4, false)), (6, (5, true)), (9, (7, false))].into(),
+        qos2_done: [6].into(),
+        session,
+    };
+    let previous = record::record_value(b"b 1f", "m", &record);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let conn = h.accept();
+    h.connect_on(conn, "m", V5, false, opts);
+    let (token, _, _) = claims(&h, mark).pop().expect("a claim");
+    let (c, ack, after) = connect_claimed_with(&mut h, conn, token, Some(20), Some((previous, 19)));
+    assert!(ack.session_present);
+    // Resent in order once the stream brings the first one's message.
+    assert!(after.is_empty(), "{after:?}");
+    let (read, _, _) = catch_ups(&h, mark).pop().expect("a catch-up read");
+    for seq in 4..=8 {
+        let (subject, payload) = from_stream("b", seq, "x/1", &format!("m{seq}"), QoS::ExactlyOnce);
+        h.input(Input::ClusterCatchUpMessage {
+            token: read,
+            seq,
+            subject,
+            payload,
+        });
+    }
+    h.input(Input::ClusterCatchUpDone {
+        token: read,
+        ok: true,
+    });
+    let mut rev = 20;
+    answer_records(&mut h, mark, "m", &mut rev);
+    let got: Vec<(Option<u16>, bool, Bytes)> = h
+        .recv(c)
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.packet_id, p.dup, p.payload),
+            Packet::PubRel(a) => (Some(a.packet_id), false, Bytes::from("PUBREL")),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // 4 and 7 again under their ids, with DUP; 5 released (its PUBREL again) and 6 finished,
+    // neither sent as a message; 8 new.
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0], (Some(5), true, Bytes::from("m4")));
+    assert_eq!(got[1], (Some(6), false, Bytes::from("PUBREL")));
+    assert_eq!(got[2], (Some(9), true, Bytes::from("m7")));
+    assert_eq!((got[3].1, &got[3].2), (false, &Bytes::from("m8")));
+    assert!(
+        ![5, 6, 9].contains(&got[3].0.unwrap()),
+        "a new message takes a free id"
+    );
+}
+
+/// An entry a session resumed with whose message the stream no longer has (expired, or cut
+/// by the stream's limits) leaves the window once the stream is read past it, counted as
+/// dropped, and what waited behind it goes out.
+#[test]
+fn a_resumed_qos2_entry_whose_message_is_gone_is_dropped() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 6 });
+    let mut session = RecoveredSession {
+        version: 5,
+        expiry_secs: 300,
+        ..Default::default()
+    };
+    session.subscriptions.insert("x/+".to_owned(), (1, None));
+    let record = SessionRecord {
+        cursor: Some(3),
+        qos2_window: [(5, (4, false))].into(),
+        session,
+        ..Default::default()
+    };
+    let previous = record::record_value(b"b 1f", "g", &record);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(&mut h, "g", opts, Some(20), Some((previous, 19)));
+    let (read, _, _) = catch_ups(&h, mark).pop().expect("a catch-up read");
+    catch_up_message(&mut h, read, 5, "x/1", "five");
+    h.input(Input::ClusterCatchUpDone {
+        token: read,
+        ok: true,
+    });
+    assert!(
+        h.recv(c).is_empty(),
+        "nothing passes the entry waiting for its message"
+    );
+    h.advance(1000);
+    assert_eq!(payloads(&mut h, c), ["five"]);
+    let text = scrape(&mut h);
+    assert_eq!(
+        value(
+            &text,
+            "tidemq_messages_dropped_total{reason=\"store_failed\"}"
+        ),
+        1.0
     );
 }

@@ -89,6 +89,9 @@ pub enum ClusterMutation {
     MoverSwaps,
     /// The runtime never tells a node its NATS connection went down (C11).
     LinkUnreported,
+    /// The sessions bucket hands a claim the record it replaced without its QoS 2 state, as
+    /// a node of the last version wrote records (C12).
+    ForgetQos2,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -176,6 +179,9 @@ struct Client {
     expect_away: bool,
     away: Option<u8>,
     closed_away: bool,
+    /// QoS 2 packet ids received and not yet released: a PUBLISH again with one of them is
+    /// the same message (delivered to the application on first receipt).
+    qos2_held: BTreeSet<u16>,
 }
 
 impl Client {
@@ -221,8 +227,16 @@ impl Client {
                     problems.push(format!("C0 client {me} refused: {:?}", a.code))
                 }
                 Packet::Publish(p) => {
-                    if p.qos == QoS::AtLeastOnce {
-                        out.push(Packet::PubAck(ack(p.packet_id.unwrap_or(0))));
+                    let pid = p.packet_id.unwrap_or(0);
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => out.push(Packet::PubAck(ack(pid))),
+                        QoS::ExactlyOnce => {
+                            out.push(Packet::PubRec(ack(pid)));
+                            if !self.qos2_held.insert(pid) {
+                                continue;
+                            }
+                        }
                     }
                     self.got.push(Got {
                         topic: p.topic,
@@ -235,6 +249,12 @@ impl Client {
                         via,
                     });
                 }
+                Packet::PubRel(a) => {
+                    self.qos2_held.remove(&a.packet_id);
+                    out.push(Packet::PubComp(ack(a.packet_id)));
+                }
+                // This client's own QoS 2 publish was received.
+                Packet::PubRec(a) => out.push(Packet::PubRel(ack(a.packet_id))),
                 Packet::SubAck(a) if a.reasons.iter().any(|r| r.0 >= 0x80) => {
                     // Judged by the subscriber (`subscribe_with`): a node may be full.
                     self.refused.insert(a.packet_id);
@@ -411,6 +431,8 @@ pub struct ClusterOutcome {
     /// Moves of persistent sessions between nodes, and the messages catch-up reads brought.
     pub moves: u64,
     pub caught_up: u64,
+    /// QoS 2 deliveries to sessions that moved, after their first move (C12).
+    pub moved_qos2: u64,
     /// Connected clients the cluster-wide client list had to name (C10).
     pub listed: u64,
     /// Clients a node cut off from NATS past `node_ttl` had to send away (C11).
@@ -571,10 +593,10 @@ fn subjects(raw: &str) -> usize {
 }
 
 fn qos_of(q: u64) -> QoS {
-    if q == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     }
 }
 
@@ -937,6 +959,7 @@ impl ClusterWorld {
             expect_away,
             away: None,
             closed_away: false,
+            qos2_held: BTreeSet::new(),
         });
         self.connect(idx);
         idx
@@ -955,6 +978,10 @@ impl ClusterWorld {
         c.rx.clear();
         let (node, version) = (c.node, c.version());
         let persistent = c.kind == Kind::Mover;
+        if !persistent {
+            // A clean start: the session, and what the client held for it, are new.
+            c.qos2_held.clear();
+        }
         self.by_conn.insert(conn, idx);
         self.feed(
             node,
@@ -1217,7 +1244,7 @@ impl ClusterWorld {
 
     fn publish(&mut self, idx: usize) {
         let topic = random_topic(&mut self.rng);
-        let qos = qos_of(self.rng.below(2));
+        let qos = qos_of(self.rng.below(3));
         let retain = self.rng.chance(120);
         let clear = retain && self.rng.chance(250);
         self.publish_to(idx, topic, qos, retain, clear);
@@ -1421,6 +1448,14 @@ impl ClusterWorld {
                     && let Some((value, _)) = &mut previous
                 {
                     *value = Bytes::copy_from_slice(record::owner_line(value));
+                }
+                if self.mutation == Some(ClusterMutation::ForgetQos2)
+                    && let Some((value, _)) = &mut previous
+                    && let (line, Some(Ok(mut rec))) = record::parse_value(value, &key)
+                {
+                    rec.qos2_window.clear();
+                    rec.qos2_done.clear();
+                    *value = record::record_value(line, &key, &rec);
                 }
                 self.note(|| format!("sessions {key} = node {n} at {revision}"));
                 (n, "claim", &key, revision).hash(&mut self.hash);
@@ -1682,13 +1717,14 @@ impl ClusterWorld {
                 Some(Kind::Mover) => {
                     for _ in 0..self.rng.range(1, 2) {
                         let f = random_filter(&mut self.rng);
-                        self.subscribe_with(idx, &f, QoS::AtLeastOnce, false);
+                        let qos = qos_of(self.rng.range(1, 2));
+                        self.subscribe_with(idx, &f, qos, false);
                     }
                 }
                 Some(Kind::Stable | Kind::Churn) => {
                     for _ in 0..self.rng.range(1, 3) {
                         let f = random_filter(&mut self.rng);
-                        let qos = qos_of(self.rng.below(2));
+                        let qos = qos_of(self.rng.below(3));
                         self.subscribe(idx, &f, qos);
                     }
                     if self.rng.chance(300) {
@@ -2182,6 +2218,7 @@ impl ClusterWorld {
         self.check_c9(&mut violations);
         self.check_c10(&mut violations);
         self.check_c11(&mut violations);
+        self.check_c12(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -2205,6 +2242,12 @@ impl ClusterWorld {
                 .map(|c| c.roams as u64)
                 .sum(),
             caught_up: self.engine.caught_up,
+            moved_qos2: self
+                .clients
+                .iter()
+                .filter(|c| c.kind == Kind::Mover && c.roams > 0)
+                .map(|c| c.got.iter().filter(|g| g.qos == QoS::ExactlyOnce).count() as u64)
+                .sum(),
             listed: self.audit.as_ref().map_or(0, |a| a.want.len() as u64),
             sent_away: self.long_cut.as_ref().map_or(0, |c| c.clients.len() as u64),
             violations,
@@ -2385,13 +2428,14 @@ impl ClusterWorld {
             // overtaken across a move by a copy still on its way to the node it returns to.
             let mut seen: BTreeSet<&Bytes> = BTreeSet::new();
             // Order holds per publisher, node and QoS (QoS 0 goes live, QoS 1/2 through the
-            // stream): one that roamed has two paths.
+            // stream): one that roamed has two paths. MQTT orders per topic and delivered QoS
+            // (a QoS 2 PUBLISH to a persistent session waits for its record, QoS 1 does not).
             let from: BTreeMap<&Bytes, Path> = self
                 .sent
                 .iter()
                 .map(|s| (&s.payload, (s.node, s.qos == QoS::AtMostOnce)))
                 .collect();
-            let mut last: BTreeMap<(usize, Path, &str), (u64, &Got)> = BTreeMap::new();
+            let mut last: BTreeMap<(usize, Path, QoS, &str), (u64, &Got)> = BTreeMap::new();
             for g in c.got.iter().filter(|g| !g.retain) {
                 if c.kind == Kind::Mover && !seen.insert(&g.payload) {
                     continue;
@@ -2403,7 +2447,8 @@ impl ClusterWorld {
                 if c.kind == Kind::Mover && node.1 {
                     continue;
                 }
-                let Some((prev, early)) = last.insert((publisher, node, &g.topic), (seq, g)) else {
+                let key = (publisher, node, g.qos, g.topic.as_str());
+                let Some((prev, early)) = last.insert(key, (seq, g)) else {
                     continue;
                 };
                 if prev < seq {
@@ -2449,6 +2494,28 @@ impl ClusterWorld {
                     s.publisher,
                     s.node
                 ));
+            }
+        }
+    }
+
+    /// C12: a persistent session that moves between nodes gets each QoS 2 message once: its
+    /// client (which, like any, takes a PUBLISH again with a packet id it holds as the same
+    /// message) never sees one twice, wherever the session was when it went out.
+    fn check_c12(&self, out: &mut Vec<String>) {
+        for (idx, c) in self.clients.iter().enumerate() {
+            if c.kind != Kind::Mover {
+                continue;
+            }
+            let mut seen: BTreeMap<&Bytes, &Got> = BTreeMap::new();
+            // An empty payload (a retained message cleared) is not one message.
+            let live = c.got.iter().filter(|g| !g.retain && !g.payload.is_empty());
+            for g in live.filter(|g| g.qos == QoS::ExactlyOnce) {
+                if let Some(first) = seen.insert(&g.payload, g) {
+                    out.push(format!(
+                        "C12 client {idx} (moved {} times) got QoS 2 message {:?} on {} twice: on node {} at {}, again on node {} at {}",
+                        c.roams, g.payload, g.topic, first.node, first.at, g.node, g.at
+                    ));
+                }
             }
         }
     }

@@ -49,6 +49,7 @@ fn every_checker_passes() {
     let (mut messages, mut deliveries, mut copies, mut retained) = (0, 0, 0, 0);
     let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up, mut listed, mut away) =
         (0, 0, 0, 0, 0, 0, 0);
+    let mut moved_qos2 = 0;
     let mut failures = Vec::new();
     for i in 0..n {
         let o = run_cluster_seed(BASE + i, None);
@@ -61,6 +62,7 @@ fn every_checker_passes() {
         refusals += o.refusals;
         moves += o.moves;
         caught_up += o.caught_up;
+        moved_qos2 += o.moved_qos2;
         listed += o.listed;
         away += o.sent_away;
         if !o.violations.is_empty() {
@@ -70,12 +72,14 @@ fn every_checker_passes() {
     println!(
         "cluster: {n} seeds ({cut} with a partition, {restarts} with a restart), {messages} messages, {deliveries} deliveries, \
          {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, \
-         {moves} persistent sessions moved ({caught_up} messages caught up), {listed} clients listed \
+         {moves} persistent sessions moved ({caught_up} messages caught up, {moved_qos2} QoS 2 deliveries \
+         to sessions that moved), {listed} clients listed \
          cluster-wide, {away} clients sent away by a node cut off past node_ttl, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0 && listed > 0 && away > 0);
+    assert!(moved_qos2 > 0);
 }
 
 /// Runs the seeds under a planted fault; returns those on which `checker` failed.
@@ -161,6 +165,11 @@ fn a_moved_sessions_messages_out_of_order_are_caught_by_c4() {
 #[test]
 fn a_node_never_told_its_link_is_down_is_caught_by_c11() {
     assert!(!caught(ClusterMutation::LinkUnreported, "C11").is_empty());
+}
+
+#[test]
+fn records_without_their_qos2_state_are_caught_by_c12() {
+    assert!(!caught(ClusterMutation::ForgetQos2, "C12").is_empty());
 }
 
 #[test]

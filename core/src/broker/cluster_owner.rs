@@ -42,6 +42,10 @@ impl Broker {
                 Some(cursor) => cursor,
                 None => held.cursor.or(feed),
             };
+            if grant.resumed_cursor.is_some() {
+                let (window, done) = grant.resumed_qos2;
+                held.qos2.resume(window, done);
+            }
             self.write_record(sid);
             return;
         }

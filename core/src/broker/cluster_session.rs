@@ -15,9 +15,11 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::Broker;
+use super::cluster_qos2::resume_window;
 use crate::api::{ConnId, Output, RecordAnswer};
 use crate::cluster::envelope::Envelope;
 use crate::cluster::owner::{self, Asker, Grant};
+use crate::cluster::qos2::Window;
 use crate::cluster::record::{self, SessionRecord};
 use crate::cluster::subject::{self, Space};
 use crate::cluster::{CATCHUP_BYTES, CatchUp, DEFERRED_BYTES, Deferred, MAX_CATCHUPS};
@@ -158,18 +160,23 @@ impl Broker {
             return;
         };
         let resumed_cursor = resumed.as_ref().map(|rec| rec.cursor);
+        let resumed_qos2 = resumed
+            .as_ref()
+            .map(|rec| (rec.qos2_window.clone(), rec.qos2_done.clone()))
+            .unwrap_or_default();
         if let Some(c) = self.cluster.as_deref_mut() {
             let grant = Grant {
                 key,
                 line,
                 revision,
                 resumed_cursor,
+                resumed_qos2,
             };
             c.owner.grant(id, grant);
         }
         // The memory budget was checked when the CONNECT came.
         let catch_up_from = resumed.and_then(|rec| {
-            self.resume_from_record(client_id, rec.session);
+            self.resume_from_record(client_id, rec.session, &rec.qos2_window);
             rec.cursor
         });
         self.complete_connect(id, *connect);
@@ -192,7 +199,7 @@ impl Broker {
         let ledger = self.memory.ledger.clone();
         let (now, wall) = (self.now, self.wall_now());
         let cursor = rec.cursor;
-        let sid = self.resume_from_record(client_id, rec.session);
+        let sid = self.resume_from_record(client_id, rec.session, &rec.qos2_window);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -203,7 +210,9 @@ impl Broker {
         self.offline_by_end.insert(sid, s);
         self.arm_session_timer(sid);
         if let Some(c) = self.cluster.as_deref_mut() {
-            c.owner.hold(sid, claim, true, &ledger).cursor = cursor;
+            let held = c.owner.hold(sid, claim, true, &ledger);
+            held.cursor = cursor;
+            held.qos2.resume(rec.qos2_window, rec.qos2_done);
         }
         self.write_record(sid);
         if let Some(cursor) = cursor {
@@ -255,8 +264,13 @@ impl Broker {
     }
 
     /// A session of `client_id` as another node's record left it: offline, with its
-    /// subscriptions; the CONNECT then resumes it as any session here.
-    fn resume_from_record(&mut self, client_id: &str, rs: RecoveredSession) -> SessionId {
+    /// subscriptions and QoS 2 window; the CONNECT then resumes it as any session here.
+    fn resume_from_record(
+        &mut self,
+        client_id: &str,
+        rs: RecoveredSession,
+        qos2_window: &Window,
+    ) -> SessionId {
         let sid = self.next_session_id;
         self.next_session_id += 1;
         let version = version_from_level(rs.version);
@@ -264,6 +278,15 @@ impl Broker {
         s.expiry_secs = rs.expiry_secs;
         s.clean_start = false;
         self.restore_subscriptions(sid, &mut s, rs.subscriptions);
+        let ledger = self.memory.ledger.clone();
+        let store = &mut self.store;
+        resume_window(
+            &mut s,
+            qos2_window,
+            || store.next_message_id(),
+            self.now,
+            &ledger,
+        );
         self.sessions.insert(sid, Box::new(s));
         self.by_client_id.insert(client_id.to_owned(), sid);
         if let Some(c) = self.cluster.as_deref_mut() {
@@ -369,11 +392,18 @@ impl Broker {
                 .collect(),
             ..Default::default()
         };
+        let (cursor, line, client_id) = (h.cursor, h.line.clone(), s.client_id.clone());
+        let (qos2_window, qos2_done) = self.qos2_to_write(sid);
         let rec = SessionRecord {
-            cursor: h.cursor,
+            cursor,
+            qos2_window,
+            qos2_done,
             session,
         };
-        let value = record::record_value(&h.line, &s.client_id, &rec);
+        let value = record::record_value(&line, &client_id, &rec);
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
         let Some((token, key, revision)) = c.owner.write(sid) else {
             return;
         };
@@ -401,6 +431,7 @@ impl Broker {
                 if let Some(h) = c.owner.held_mut(sid) {
                     h.revision = revision;
                 }
+                self.qos2_recorded(sid, true);
             }
             RecordAnswer::Failed => {
                 c.owner.counters.records_failed += 1;
@@ -408,6 +439,7 @@ impl Broker {
                 if let Some(h) = c.owner.held_mut(sid) {
                     h.dirty = true;
                 }
+                self.qos2_recorded(sid, false);
             }
             RecordAnswer::Fenced => {
                 c.owner.counters.records_failed += 1;
@@ -420,6 +452,9 @@ impl Broker {
                 return self.end_session(sid);
             }
         }
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
         if let Some((key, revision)) = c.owner.finish_ending(sid) {
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });
@@ -459,25 +494,37 @@ impl Broker {
         };
         let mut any = false;
         let mut to_write = Vec::new();
+        let mut resumed = Vec::new();
         for (sid, h) in c.owner.holders() {
             if !h.keeps_record {
                 continue;
             }
             any = true;
-            let settled = self
-                .sessions
-                .get(sid)
-                .is_some_and(|s| s.queue.is_empty() && s.inflight.len() == 0);
-            let moves = settled && !h.catching_up && feed > h.cursor;
+            // Not past a message still on its way to the client.
+            let Some(session) = self.sessions.get(sid) else {
+                continue;
+            };
+            let target = match (feed, pending_low(session, c.deferred.get(sid))) {
+                (Some(feed), Some(low)) => Some(feed.min(low.saturating_sub(1))),
+                (feed, _) => feed,
+            };
+            let moves = !h.catching_up && target > h.cursor;
             if moves || h.dirty {
-                to_write.push((*sid, moves));
+                to_write.push((*sid, moves.then_some(target).flatten()));
+            }
+            if !h.catching_up && !h.qos2.resumed.is_empty() {
+                resumed.push(*sid);
             }
         }
         let mut writes = Vec::new();
-        for (sid, moves) in to_write {
+        let mut room = Vec::new();
+        for (sid, moved_to) in to_write {
             if let Some(h) = c.owner.held_mut(sid) {
-                if moves {
-                    h.cursor = feed;
+                if let Some(cursor) = moved_to {
+                    h.cursor = Some(cursor);
+                    if h.qos2.cursor_moved(cursor) {
+                        room.push(sid);
+                    }
                 }
                 h.dirty = true;
                 if h.writing.is_none() {
@@ -485,12 +532,37 @@ impl Broker {
                 }
             }
         }
+        // What a resumed window waited for and the feed has passed will not come.
+        for sid in resumed {
+            self.qos2_give_up(sid, feed.unwrap_or(0));
+        }
         for sid in writes {
             self.write_record(sid);
+        }
+        for sid in room {
+            self.pump(sid);
         }
         self.start_catch_ups();
         if any {
             self.arm_record_tick();
+        }
+    }
+
+    /// Routes a delivery to session `sid`; `behind_catch_up`: it waits behind a catch-up
+    /// read that runs for the session (a catch-up read's own deliveries do not). What the
+    /// session had already (a QoS 2 message finished, or in the window it resumed with) is
+    /// not delivered again.
+    pub(super) fn deliver_routed(&mut self, sid: SessionId, d: Delivery, behind_catch_up: bool) {
+        if self.cluster.is_none() {
+            return self.deliver(sid, d);
+        }
+        let Some(d) = self.qos2_unless_had(sid, d) else {
+            return;
+        };
+        if behind_catch_up {
+            self.deliver_after_catch_up(sid, d);
+        } else {
+            self.deliver(sid, d);
         }
     }
 
@@ -582,7 +654,12 @@ impl Broker {
             return;
         }
         c.owner.counters.caught_up += 1;
-        self.take_copy(topic, envelope, super::clustering::Takers::Session(sid));
+        self.take_copy(
+            topic,
+            envelope,
+            super::clustering::Takers::Session(sid),
+            seq,
+        );
     }
 
     /// Delivers now, or, while `sid`'s catch-up read runs (or waits for its turn), after what
@@ -590,7 +667,7 @@ impl Broker {
     /// QoS 0 (live, at most once, not in the stream) is not held. What is held counts with
     /// the session's queue: at most `msq_len` together, and past the memory budget's high
     /// mark at most [`FAIR_QUEUE`] held, as a queue would stop there.
-    pub(super) fn deliver_after_catch_up(&mut self, sid: SessionId, d: Delivery) {
+    fn deliver_after_catch_up(&mut self, sid: SessionId, d: Delivery) {
         let holding = self
             .cluster
             .as_deref()
@@ -674,4 +751,21 @@ impl Broker {
         }
         self.start_catch_ups();
     }
+}
+
+/// The lowest stream sequence among the deliveries `s` has not finished: queued, in flight,
+/// or held behind a catch-up read. One pass per records tick while it has any.
+fn pending_low(s: &Session, deferred: Option<&Deferred>) -> Option<u64> {
+    if s.queue.is_empty() && s.inflight.len() == 0 && deferred.is_none() {
+        return None;
+    }
+    let in_flight = s.inflight.iter().map(|(_, f)| &f.item);
+    let held = deferred.into_iter().flat_map(|d| d.items.iter());
+    s.queue
+        .iter()
+        .chain(in_flight)
+        .chain(held)
+        .map(|d| d.msg.durable.stream_seq())
+        .filter(|&seq| seq != 0)
+        .min()
 }

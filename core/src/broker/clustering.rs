@@ -212,7 +212,7 @@ impl Broker {
             None => Takers::Plain(Some(number)),
             Some((filter, group)) => Takers::Group(filter, group),
         };
-        self.take_copy(topic, envelope, takers);
+        self.take_copy(topic, envelope, takers, 0);
     }
 
     /// A QoS 1/2 message of another node from the durable stream: routed to every local
@@ -232,11 +232,18 @@ impl Broker {
         if c.is_own(&envelope.stamp) {
             return;
         }
-        self.take_copy(topic, envelope, Takers::Plain(None));
+        self.take_copy(topic, envelope, Takers::Plain(None), seq);
     }
 
     /// A message from another node taken here (counted), unless it has expired on its way.
-    pub(super) fn take_copy(&mut self, topic: String, envelope: Envelope, takers: Takers) {
+    /// `seq`: its place in the durable stream (0 for a copy from a NATS subscription).
+    pub(super) fn take_copy(
+        &mut self,
+        topic: String,
+        envelope: Envelope,
+        takers: Takers,
+        seq: u64,
+    ) {
         let ledger = self.memory.ledger.clone();
         if let Some(c) = self.cluster.as_deref_mut() {
             c.counters.received += 1;
@@ -246,6 +253,7 @@ impl Broker {
         };
         let retain = envelope.retain;
         let msg = self.message_from(topic, envelope, retain, expires_at, &ledger);
+        msg.durable.set_stream_seq(seq);
         match &takers {
             Takers::Plain(via) => self.route(&msg, false, *via),
             Takers::Group(filter, group) => self.route_to_group(&msg, filter, group),
@@ -403,14 +411,13 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        let ok = seq.is_some();
         c.own_high = c.own_high.max(seq.unwrap_or(0));
-        let ready = c.answered(token, ok);
+        let ready = c.answered(token, seq);
         let Some(conn) = ready.first().map(|(w, _)| w.conn) else {
             return;
         };
-        for (w, ok) in ready {
-            let w = *w;
+        for (w, seq) in ready {
+            let (w, ok) = (*w, seq.is_some());
             let qos = w.content.qos;
             let sender = Sender {
                 conn: w.conn,
@@ -426,7 +433,13 @@ impl Broker {
                 }
             }
             if ok {
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    c.routing_seq = seq.unwrap_or(0);
+                }
                 self.finish_publish(sender, qos, reason::SUCCESS, Some(w.content));
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    c.routing_seq = 0;
+                }
             } else if w.version.is_v5() {
                 self.finish_publish(sender, qos, reason::UNSPECIFIED_ERROR, None);
             } else {

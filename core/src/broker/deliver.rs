@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use super::Broker;
+use super::cluster_qos2::Qos2Wait;
 use crate::api::ConnId;
 use crate::codec::{Ack, Packet, ProtocolVersion, PublishRef, QoS, reason};
 use crate::conn::ConnState;
@@ -36,9 +37,11 @@ impl Broker {
             Some(conn)
                 if session.queue.is_empty()
                     && session.replays.is_empty()
+                    && session.inflight.all_sent()
                     && self.can_write(conn)
                     && (d.qos == QoS::AtMostOnce
-                        || session.inflight.len() < self.inflight_limit(conn)) =>
+                        || (session.inflight.len() < self.inflight_limit(conn)
+                            && self.qos2_has_room(sid, &d))) =>
             {
                 if !self.keep_delivery(sid, &mut d) {
                     return self.drop_message(sid, DropReason::StoreFailed);
@@ -130,6 +133,13 @@ impl Broker {
         // must be durable before the PUBLISH leaves (else a new id could mean a second
         // delivery); for QoS 1 a lost record only costs a resend under a new id.
         self.store.out_state(session, d.entry, pid, d.qos, false);
+        // Likewise in a cluster, for the session's record in the sessions bucket.
+        if self.cluster.is_some() && self.qos2_recorded_first(sid, &d) {
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                session.inflight.push(pid, d);
+            }
+            return self.qos2_owe(sid, pid);
+        }
         if !self.write_publish(conn, version, &d, Some(pid), false) {
             self.forget_delivery(sid, d.entry);
         } else if let Some(session) = self.sessions.get_mut(&sid) {
@@ -314,7 +324,17 @@ impl Broker {
                 if session.inflight.sent_count() >= limit {
                     return;
                 }
-                self.resend(sid, conn, pid);
+                match self.cluster.as_ref().and_then(|_| self.qos2_wait(sid, pid)) {
+                    // Sent once its record is written.
+                    Some(Qos2Wait::Record) => {
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.inflight.mark_sent(pid);
+                        }
+                    }
+                    // Nothing after it goes before it.
+                    Some(Qos2Wait::Message) => return,
+                    None => self.resend(sid, conn, pid),
+                }
                 continue;
             }
             // Retained messages owed to a new subscription go before what came after it.
@@ -328,6 +348,9 @@ impl Broker {
                 return;
             };
             if front.qos != QoS::AtMostOnce && session.inflight.len() >= limit {
+                return;
+            }
+            if self.cluster.is_some() && !self.qos2_has_room(sid, front) {
                 return;
             }
             let Some(d) = self
@@ -348,25 +371,34 @@ impl Broker {
 
     /// Resends a message in flight before a reconnect: PUBLISH with DUP, or PUBREL.
     fn resend(&mut self, sid: SessionId, conn: ConnId, pid: u16) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.inflight.mark_sent(pid);
+        }
+        // Everything in flight went out once: resends carry DUP and finish even if the
+        // message has expired since.
+        self.send_in_flight(sid, conn, pid, true);
+    }
+
+    /// Writes the packet a message in flight is at: its PUBLISH (`dup`: not the first
+    /// time), or its PUBREL.
+    pub(super) fn send_in_flight(&mut self, sid: SessionId, conn: ConnId, pid: u16, dup: bool) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
         let version = session.version;
-        // Everything in flight went out once: resends carry DUP and finish even if the
-        // message has expired since.
-        session.inflight.mark_sent(pid);
         let Some(f) = session.inflight.get(pid) else {
             return;
         };
         match f.stage {
             OutStage::Published => {
                 let delivery = f.item.clone();
-                if !self.write_publish(conn, version, &delivery, Some(pid), true) {
+                if !self.write_publish(conn, version, &delivery, Some(pid), dup) {
                     // Larger than the client now accepts: forget it.
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.inflight.remove(pid);
                     }
                     self.forget_delivery(sid, delivery.entry);
+                    self.qos2_finished(sid, &delivery);
                 }
             }
             OutStage::Released => self.send(
@@ -407,11 +439,10 @@ impl Broker {
             Some(f) if f.item.qos == QoS::ExactlyOnce => {
                 if a.reason.is_error() {
                     // The receiver refused it: the flow ends here.
-                    let entry = session
-                        .inflight
-                        .remove(a.packet_id)
-                        .map_or(0, |f| f.item.entry);
-                    self.forget_delivery(sid, entry);
+                    if let Some(f) = session.inflight.remove(a.packet_id) {
+                        self.forget_delivery(sid, f.item.entry);
+                        self.qos2_finished(sid, &f.item);
+                    }
                     self.pump(sid);
                     return;
                 }
@@ -419,6 +450,9 @@ impl Broker {
                 session.inflight.release(a.packet_id);
                 self.store
                     .out_state(session, entry, a.packet_id, QoS::ExactlyOnce, true);
+                if self.cluster.is_some() && self.qos2_owe_release(sid, a.packet_id) {
+                    return;
+                }
                 self.send(
                     id,
                     version,
@@ -445,8 +479,10 @@ impl Broker {
                 .get(pid)
                 .is_some_and(|f| f.stage == OutStage::Released)
         {
-            let entry = session.inflight.remove(pid).map_or(0, |f| f.item.entry);
-            self.forget_delivery(sid, entry);
+            if let Some(f) = session.inflight.remove(pid) {
+                self.forget_delivery(sid, f.item.entry);
+                self.qos2_finished(sid, &f.item);
+            }
             self.pump(sid);
         }
     }

@@ -31,6 +31,9 @@ impl Broker {
         let msg = Arc::new(Message::new(
             id, content, origin, expires_at, self.now, ledger,
         ));
+        if let Some(c) = self.cluster.as_deref() {
+            msg.durable.set_stream_seq(c.routing_seq);
+        }
         if msg.retain {
             self.retain(&msg);
         }
@@ -162,10 +165,7 @@ impl Broker {
             }
             let delivery = Delivery::new(msg.clone(), qos.min(msg.qos), rap && msg.retain, ids, 0);
             // A catch-up read's own deliveries go straight in; others wait behind it.
-            match only {
-                None => self.deliver_after_catch_up(key.0, delivery),
-                Some(_) => self.deliver(key.0, delivery),
-            }
+            self.deliver_routed(key.0, delivery, only.is_none());
         }
     }
 }

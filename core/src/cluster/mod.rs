@@ -8,12 +8,14 @@
 //! - `interest`: the NATS subscriptions this node holds for its sessions' filters.
 //! - `owner`: one owner per client id, claimed in the sessions bucket.
 //! - `record`: a persistent session's record in that bucket, so it can resume elsewhere.
+//! - `qos2`: what that record says of its QoS 2 messages, so none goes out twice.
 
 pub mod config;
 pub mod envelope;
 pub(crate) mod interest;
 pub mod nodes;
 pub mod owner;
+pub(crate) mod qos2;
 pub mod record;
 pub mod subject;
 
@@ -90,7 +92,7 @@ pub(crate) struct Cluster {
     /// Per connection, its durable writes in the order they were asked for, and the answers
     /// that came before their turn.
     pipelines: BTreeMap<ConnId, VecDeque<u64>>,
-    answers: BTreeMap<u64, bool>,
+    answers: BTreeMap<u64, Option<u64>>,
     next_token: u64,
     /// Retained-bucket keys this node wrote and its watch has not handed back yet, with how
     /// many such writes (at most one entry per retained topic), the key counted in memory.
@@ -99,6 +101,9 @@ pub(crate) struct Cluster {
     pub feed_seq: Option<u64>,
     /// The highest sequence JetStream gave one of this node's durable writes.
     pub own_high: u64,
+    /// The stream sequence of this node's own message being routed now (0: none), which
+    /// the message carries to its deliveries.
+    pub routing_seq: u64,
     /// Catch-up reads running, by token, waiting for their turn, and failed ones to try
     /// again at the next records tick.
     pub catchups: BTreeMap<u64, CatchUp>,
@@ -145,6 +150,7 @@ impl Cluster {
             waiting: BTreeMap::new(),
             pipelines: BTreeMap::new(),
             answers: BTreeMap::new(),
+            routing_seq: 0,
             next_token: 0,
             retained_pending: BTreeMap::new(),
             feed_seq: None,
@@ -211,12 +217,13 @@ impl Cluster {
     /// The PUBLISH a durable write was for, no longer waiting.
     ///
     /// The answer to `token`, and with it every PUBLISH of that connection whose turn has
-    /// come: in the order they were sent, each with its answer.
-    pub fn answered(&mut self, token: u64, ok: bool) -> Vec<(Box<Waiting>, bool)> {
+    /// come: in the order they were sent, each with its answer (its stream sequence, or
+    /// `None` when refused).
+    pub fn answered(&mut self, token: u64, seq: Option<u64>) -> Vec<(Box<Waiting>, Option<u64>)> {
         let Some(conn) = self.waiting.get(&token).map(|w| w.conn) else {
             return Vec::new();
         };
-        self.answers.insert(token, ok);
+        self.answers.insert(token, seq);
         let mut ready = Vec::new();
         if let Some(queue) = self.pipelines.get_mut(&conn) {
             while let Some(&head) = queue.front() {

@@ -4,10 +4,11 @@
 //! DISCONNECT 0x8E), as a second connection with the same id does on one node. The bucket
 //! orders concurrent claims: the last written wins, and each winner kicks the one it replaced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
+use super::qos2::{ExactlyOnce, Window};
 use crate::api::ConnId;
 use crate::ids::SessionId;
 use crate::memory::{Charge, Ledger};
@@ -64,6 +65,8 @@ pub(crate) struct Held {
     pub catching_up: bool,
     /// The session has ended: the claim goes once the write on its way is answered.
     pub ending: bool,
+    /// Its QoS 2 messages as its record shows them.
+    pub qos2: ExactlyOnce,
     _charge: Charge,
 }
 
@@ -75,6 +78,8 @@ pub(crate) struct Grant {
     /// The cursor of the record the session resumes from (`Some(None)`: a record without
     /// one), or `None` for a new session.
     pub resumed_cursor: Option<Option<u64>>,
+    /// The QoS 2 window and finished messages of that record.
+    pub resumed_qos2: (Window, BTreeSet<u64>),
 }
 
 /// The claims of this node's sessions. At most one entry per session in each map.
@@ -187,12 +192,17 @@ impl Owner {
         ledger: &Ledger,
     ) -> &mut Held {
         let (key, line, revision) = claim;
-        let (charge, cursor, catching_up) = match self.held.remove(&sid) {
+        let (charge, cursor, catching_up, qos2) = match self.held.remove(&sid) {
             Some(old) => {
                 self.forget_key(&old.key, sid);
-                (old._charge, old.cursor, old.catching_up)
+                (old._charge, old.cursor, old.catching_up, old.qos2)
             }
-            None => (ledger.charge(CLAIM_BYTES + key.len()), None, false),
+            None => (
+                ledger.charge(CLAIM_BYTES + key.len()),
+                None,
+                false,
+                ExactlyOnce::new(ledger),
+            ),
         };
         self.by_key.insert(key.clone(), sid);
         self.held.entry(sid).or_insert(Held {
@@ -206,6 +216,7 @@ impl Owner {
             cursor,
             catching_up,
             ending: false,
+            qos2,
             _charge: charge,
         })
     }

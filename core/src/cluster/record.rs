@@ -1,14 +1,23 @@
 //! A persistent session's record in the sessions bucket, so the session can resume on another
 //! node: after the owner's line (`<node> <epoch>`, see `owner.rs`) comes its cursor in the
-//! durable stream and the session's own records (`SessionPut`, one `SubPut` per
-//! subscription) in the journal's binary form, each behind its length.
+//! durable stream, its outbound QoS 2 window and the QoS 2 messages it finished past the
+//! cursor (`broker/cluster_qos2.rs`), then the session's own records (`SessionPut`, one
+//! `SubPut` per subscription) in the journal's binary form, each behind its length.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::persist::{Record, Recovered, RecoveredSession};
 
-/// The body's format.
-const FORMAT: u8 = 1;
+/// The body's format; the first (no QoS 2 state) is still read.
+const FORMAT: u8 = 2;
+const FORMAT_WITHOUT_QOS2: u8 = 1;
+
+/// QoS 2 messages a record holds in flight at most; more wait for room.
+pub const MAX_QOS2_WINDOW: usize = 1024;
+/// QoS 2 messages finished past the cursor a record holds at most; more wait for the cursor.
+pub const MAX_QOS2_DONE: usize = 4096;
 
 /// The largest record a session may have: well within a NATS message (1 MB by default).
 /// A SUBSCRIBE that would grow a persistent session's record past it is refused.
@@ -26,6 +35,11 @@ pub struct SessionRecord {
     /// The durable stream's sequence up to which every message for the session was
     /// delivered (`None`: not known, nothing to catch up).
     pub cursor: Option<u64>,
+    /// Outbound QoS 2 messages in flight, by packet id: their stream sequence, and whether
+    /// PUBREL went (or may go) out.
+    pub qos2_window: BTreeMap<u16, (u64, bool)>,
+    /// Stream sequences past the cursor whose QoS 2 delivery finished: never sent again.
+    pub qos2_done: BTreeSet<u64>,
     pub session: RecoveredSession,
 }
 
@@ -41,6 +55,17 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
             out.put_u64(c);
         }
         None => out.put_u8(0),
+    }
+    // Bounded by MAX_QOS2_WINDOW and MAX_QOS2_DONE (checked before a delivery is sent).
+    out.put_u16(record.qos2_window.len().min(usize::from(u16::MAX)) as u16);
+    for (pid, (seq, released)) in record.qos2_window.iter().take(usize::from(u16::MAX)) {
+        out.put_u16(*pid);
+        out.put_u64(*seq);
+        out.put_u8(u8::from(*released));
+    }
+    out.put_u32(record.qos2_done.len() as u32);
+    for seq in &record.qos2_done {
+        out.put_u64(*seq);
     }
     let s = &record.session;
     let mut put = |r: Record| {
@@ -104,18 +129,51 @@ impl<'a> Reader<'a> {
         let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| "record cut short")?;
         Ok(u32::from_be_bytes(b))
     }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let b: [u8; 2] = self.take(2)?.try_into().map_err(|_| "record cut short")?;
+        Ok(u16::from_be_bytes(b))
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        Ok((u64::from(self.u32()?) << 32) | u64::from(self.u32()?))
+    }
 }
 
 fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static str> {
     let mut r = Reader(body);
-    if r.take(1)? != [FORMAT] {
-        return Err("record of another format");
-    }
+    let format = match r.take(1)? {
+        [FORMAT] => FORMAT,
+        [FORMAT_WITHOUT_QOS2] => FORMAT_WITHOUT_QOS2,
+        _ => return Err("record of another format"),
+    };
     let cursor = match r.take(1)? {
         [0] => None,
-        [1] => Some((u64::from(r.u32()?) << 32) | u64::from(r.u32()?)),
+        [1] => Some(r.u64()?),
         _ => return Err("bad cursor flag"),
     };
+    let mut qos2_window = BTreeMap::new();
+    let mut qos2_done = BTreeSet::new();
+    if format == FORMAT {
+        for _ in 0..r.u16()? {
+            let (pid, seq) = (r.u16()?, r.u64()?);
+            let released = match r.take(1)? {
+                [0] => false,
+                [1] => true,
+                _ => return Err("bad QoS 2 stage"),
+            };
+            if pid == 0 || qos2_window.insert(pid, (seq, released)).is_some() {
+                return Err("bad QoS 2 packet id");
+            }
+        }
+        let done = r.u32()? as usize;
+        if done > MAX_QOS2_DONE {
+            return Err("too many finished QoS 2 messages");
+        }
+        for _ in 0..done {
+            qos2_done.insert(r.u64()?);
+        }
+    }
     let mut recovered = Recovered::default();
     let mut records = 0;
     while !r.0.is_empty() {
@@ -142,7 +200,12 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
         .sessions
         .remove(client_id)
         .ok_or("record without its session")?;
-    Ok(SessionRecord { cursor, session })
+    Ok(SessionRecord {
+        cursor,
+        qos2_window,
+        qos2_done,
+        session,
+    })
 }
 
 #[cfg(test)]
@@ -165,6 +228,8 @@ mod tests {
             .insert("$share/g/x".to_owned(), (2, None));
         let record = SessionRecord {
             cursor: Some(u64::MAX - 1),
+            qos2_window: BTreeMap::from([(1, (7, false)), (65535, (u64::MAX, true))]),
+            qos2_done: BTreeSet::from([9, 12]),
             session,
         };
         let value = record_value(b"node-a 1f", "c/1", &record);
@@ -178,6 +243,16 @@ mod tests {
             let (_, parsed) = parse_value(&value[..cut], "c/1");
             assert_ne!(parsed, Some(Ok(record.clone())), "cut at {cut}");
         }
+        // A record of the first format (no QoS 2 state) still reads.
+        let mut old = vec![FORMAT_WITHOUT_QOS2];
+        old.extend_from_slice(&value[line.len() + 2..line.len() + 12]);
+        old.extend_from_slice(&value[line.len() + 12 + 2 + 2 * 11 + 4 + 2 * 8..]);
+        let without = SessionRecord {
+            qos2_window: BTreeMap::new(),
+            qos2_done: BTreeSet::new(),
+            ..record.clone()
+        };
+        assert_eq!(parse_body(&old, "c/1"), Ok(without));
         // An owner's line alone (a claim) has no record.
         assert_eq!(parse_value(b"node-a 1f", "c/1"), (&b"node-a 1f"[..], None));
     }

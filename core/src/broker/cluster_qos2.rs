@@ -1,0 +1,321 @@
+//! Cluster mode: a persistent session's QoS 2 messages go out exactly once, even when the
+//! session moves to another node (what the record keeps: `cluster/qos2.rs`).
+//!
+//! - A QoS 2 delivery of a stream message takes its packet id and its place in the window at
+//!   once, but its PUBLISH waits until a record holding (packet id, sequence) is written; its
+//!   PUBREL likewise waits for a record holding its released stage. Record writes are one at
+//!   a time per session, so one write carries every delivery that came while the last was on
+//!   its way. QoS 0 and QoS 1 never wait (QoS 1 may come again after a move).
+//! - Its PUBCOMP puts its sequence in the finished set, written lazily, until the cursor
+//!   passes it.
+//! - A session resumed from a record holds the record's window: a PUBLISH stage entry waits
+//!   for the stream to bring its message (the catch-up read, or the feed), then is resent with
+//!   its packet id and DUP; a released one resends its PUBREL. Finished messages and those in
+//!   the window are not delivered again when the stream brings them.
+//! - Room: at most `record::MAX_QOS2_WINDOW` in the window and `record::MAX_QOS2_DONE`
+//!   finished past the cursor (43 KiB of record at most, beside its subscriptions); past either, QoS 2 deliveries wait in
+//!   the session's queue (a client that never acknowledges one message stalls only itself).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::Broker;
+use crate::cluster::qos2::Window;
+use crate::codec::QoS;
+use crate::ids::SessionId;
+use crate::memory::Ledger;
+use crate::message::{Content, Message, Origin};
+use crate::metrics::DropReason;
+use crate::session::{Delivery, Session};
+use crate::window::OutStage;
+
+/// Why a message in flight does not go out on a resend yet.
+pub(super) enum Qos2Wait {
+    /// Its record is being written: it goes out when that is answered.
+    Record,
+    /// Resumed from a record: the stream has not brought its message yet.
+    Message,
+}
+
+impl Broker {
+    /// Whether delivery `d` to `sid` must be in the record before it goes out: a QoS 2
+    /// delivery of a stream message to a persistent session held here.
+    pub(super) fn qos2_recorded_first(&self, sid: SessionId, d: &Delivery) -> bool {
+        d.qos == QoS::ExactlyOnce
+            && d.msg.durable.stream_seq() != 0
+            && self
+                .cluster
+                .as_deref()
+                .and_then(|c| c.owner.held(sid))
+                .is_some_and(|h| h.keeps_record)
+    }
+
+    /// Whether delivery `d` may take a place in `sid`'s window now.
+    pub(super) fn qos2_has_room(&self, sid: SessionId, d: &Delivery) -> bool {
+        !self.qos2_recorded_first(sid, d)
+            || self
+                .cluster
+                .as_deref()
+                .and_then(|c| c.owner.held(sid))
+                .is_some_and(|h| h.qos2.has_room())
+    }
+
+    /// `pid`'s next packet (its first PUBLISH, or its PUBREL) waits for the record.
+    pub(super) fn qos2_owe(&mut self, sid: SessionId, pid: u16) {
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return;
+        };
+        h.qos2.owed.insert(pid);
+        h.qos2.recount();
+        h.dirty = true;
+        self.write_record(sid);
+    }
+
+    /// PUBREC came for `pid` (already marked released): whether its PUBREL waits for the
+    /// record (then it is owed).
+    pub(super) fn qos2_owe_release(&mut self, sid: SessionId, pid: u16) -> bool {
+        let owes = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.inflight.get(pid))
+            .is_some_and(|f| self.qos2_recorded_first(sid, &f.item));
+        if owes {
+            self.qos2_owe(sid, pid);
+        }
+        owes
+    }
+
+    /// Why `pid` of `sid` cannot be resent now, if it cannot.
+    pub(super) fn qos2_wait(&self, sid: SessionId, pid: u16) -> Option<Qos2Wait> {
+        let f = self.sessions.get(&sid)?.inflight.get(pid)?;
+        if f.stage == OutStage::Published && stands_in(&f.item) {
+            return Some(Qos2Wait::Message);
+        }
+        let h = self.cluster.as_deref()?.owner.held(sid)?;
+        h.qos2.owed.contains(&pid).then_some(Qos2Wait::Record)
+    }
+
+    /// A QoS 2 delivery's flow ended (PUBCOMP, refused by the client, or abandoned): the
+    /// stream will not bring it to this session again.
+    pub(super) fn qos2_finished(&mut self, sid: SessionId, d: &Delivery) {
+        let seq = d.msg.durable.stream_seq();
+        if d.qos != QoS::ExactlyOnce || seq == 0 {
+            return;
+        }
+        if let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+            && h.keeps_record
+        {
+            let cursor = h.cursor;
+            h.qos2.finish(seq, cursor);
+            h.dirty = true;
+        }
+    }
+
+    /// The window a record write of `sid` carries (noted as on its way), and the finished set.
+    pub(super) fn qos2_to_write(&mut self, sid: SessionId) -> (Window, BTreeSet<u64>) {
+        let window: Window = self
+            .sessions
+            .get(&sid)
+            .map(|s| {
+                s.inflight
+                    .iter()
+                    .filter(|(_, f)| {
+                        f.item.qos == QoS::ExactlyOnce && f.item.msg.durable.stream_seq() != 0
+                    })
+                    .map(|(pid, f)| {
+                        let seq = f.item.msg.durable.stream_seq();
+                        (pid, (seq, f.stage == OutStage::Released))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return (window, BTreeSet::new());
+        };
+        h.qos2.writing = Some(window.clone());
+        h.qos2.recount();
+        (window, h.qos2.done.clone())
+    }
+
+    /// A record write of `sid` was answered: written, the packets it vouches for go out, in
+    /// the order they were sent; not written, they wait for the next.
+    pub(super) fn qos2_recorded(&mut self, sid: SessionId, written: bool) {
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return;
+        };
+        let window = h.qos2.writing.take();
+        if let (true, Some(window)) = (written, window) {
+            h.qos2.recorded = window;
+        }
+        h.qos2.recount();
+        if h.qos2.owed.is_empty() {
+            return;
+        }
+        let Some(session) = self.sessions.get(&sid) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        for pid in session.inflight.ids_in_order() {
+            let Some(f) = session.inflight.get(pid) else {
+                continue;
+            };
+            let seq = f.item.msg.durable.stream_seq();
+            if h.qos2.owed.contains(&pid) && h.qos2.recorded_as(pid, seq, f.stage) {
+                h.qos2.owed.remove(&pid);
+                // Not on the current connection yet: the resend after the reconnect sends it.
+                if f.sent() {
+                    ready.push(pid);
+                }
+            }
+        }
+        h.qos2.recount();
+        let Some(conn) = session.conn else {
+            return;
+        };
+        for pid in ready {
+            self.send_in_flight(sid, conn, pid, false);
+        }
+    }
+
+    /// A delivery of a stream message to `sid`, unless the session had it: one at or below
+    /// its cursor, a finished one, or one in the window it resumed with is not delivered
+    /// again, and a resumed PUBLISH stage entry takes the message it waited for (and is
+    /// resent).
+    pub(super) fn qos2_unless_had(&mut self, sid: SessionId, d: Delivery) -> Option<Delivery> {
+        let seq = d.msg.durable.stream_seq();
+        if seq == 0 {
+            return Some(d);
+        }
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return Some(d);
+        };
+        // At or below the cursor: delivered already (here, or where the session was; a
+        // node's feed may lag the cursor the session came with).
+        if h.qos2.done.contains(&seq) || h.cursor.is_some_and(|c| seq <= c) {
+            return None;
+        }
+        let Some(&(pid, stage)) = h.qos2.resumed.get(&seq) else {
+            return Some(d);
+        };
+        if stage == OutStage::Published {
+            h.qos2.resumed.remove(&seq);
+            h.qos2.recount();
+            if let Some(f) = self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.inflight.get_mut(pid))
+                && f.item.msg.durable.stream_seq() == seq
+                && stands_in(&f.item)
+            {
+                let mut d = d;
+                d.qos = QoS::ExactlyOnce;
+                f.item = d;
+            }
+            self.pump(sid);
+        }
+        None
+    }
+
+    /// The entries `sid` resumed with whose message the stream no longer brings (it was read
+    /// past `upto`: expired, gone from the stream, or no longer subscribed to) leave the
+    /// window, counted as dropped.
+    pub(super) fn qos2_give_up(&mut self, sid: SessionId, upto: u64) {
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return;
+        };
+        let lost: Vec<(u64, u16)> = h
+            .qos2
+            .resumed
+            .range(..=upto)
+            .filter(|(_, (_, stage))| *stage == OutStage::Published)
+            .map(|(seq, (pid, _))| (*seq, *pid))
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        for (seq, _) in &lost {
+            h.qos2.resumed.remove(seq);
+        }
+        h.qos2.recount();
+        h.dirty = true;
+        for (seq, pid) in lost {
+            let gone = self
+                .sessions
+                .get_mut(&sid)
+                .filter(|s| {
+                    s.inflight.get(pid).is_some_and(|f| {
+                        f.item.msg.durable.stream_seq() == seq && stands_in(&f.item)
+                    })
+                })
+                .and_then(|s| s.inflight.remove(pid));
+            if gone.is_some() {
+                self.drop_message(sid, DropReason::StoreFailed);
+            }
+        }
+        self.pump(sid);
+    }
+}
+
+/// Whether `d` stands in for a message the stream has not brought back yet (no real message
+/// has an empty topic).
+fn stands_in(d: &Delivery) -> bool {
+    d.msg.topic.is_empty() && d.msg.durable.stream_seq() != 0
+}
+
+/// The window a session resumes with from a record: each entry in flight again under its
+/// packet id, standing for its message until the stream brings it (a released one needs
+/// none).
+pub(super) fn resume_window(
+    s: &mut Session,
+    window: &Window,
+    mut message_id: impl FnMut() -> u64,
+    now: crate::api::Instant,
+    ledger: &Ledger,
+) {
+    // In the order they were sent, as near as the record tells: the stream's.
+    let mut entries: Vec<(u64, u16, bool)> = window
+        .iter()
+        .map(|(&pid, &(seq, released))| (seq, pid, released))
+        .collect();
+    entries.sort_unstable();
+    for (seq, pid, released) in entries {
+        let content = Content {
+            topic: String::new(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Default::default(),
+        };
+        let msg = Message::new(message_id(), content, Origin::Cluster, None, now, ledger);
+        msg.durable.set_stream_seq(seq);
+        let d = Delivery::new(Arc::new(msg), QoS::ExactlyOnce, false, Vec::new(), 0);
+        s.inflight.push(pid, d);
+        if released {
+            s.inflight.release(pid);
+        }
+    }
+    s.inflight.mark_all_unsent();
+}
