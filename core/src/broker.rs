@@ -282,6 +282,7 @@ impl Broker {
                 if let Some(c) = self.cluster.as_deref_mut() {
                     c.feed_at(seq);
                 }
+                self.route_after_feed();
                 self.start_catch_ups();
             }
             Input::ClusterRecorded { token, answer } => self.cluster_recorded(token, answer),

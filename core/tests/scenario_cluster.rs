@@ -98,11 +98,12 @@ fn durable_tokens(h: &Harness, from: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Answers every durable write asked for since `from`.
+/// Answers every durable write asked for since `from`: the stream puts each after anything
+/// the tests' feeds read.
 fn answer_durable(h: &mut Harness, from: usize, ok: bool) -> usize {
     let tokens = durable_tokens(h, from);
     for &token in &tokens {
-        let seq = ok.then_some(token);
+        let seq = ok.then_some(1000 + token);
         h.input(Input::ClusterDurableDone { token, seq });
     }
     tokens.len()
@@ -1681,6 +1682,7 @@ fn a_moved_session_sends_no_qos2_message_twice() {
         qos2_window: [(5, (4, false)), (6, (5, true)), (9, (7, false))].into(),
         qos2_done: [6].into(),
         session,
+        ..Default::default()
     };
     let previous = record::record_value(b"b 1f", "m", &record);
     let opts = ConnectOpts::default().session_expiry(300);
@@ -1773,4 +1775,204 @@ fn a_resumed_qos2_entry_whose_message_is_gone_is_dropped() {
         ),
         1.0
     );
+}
+
+/// The durable writes asked for since `from`: (token, msg id).
+fn durable_writes(h: &Harness, from: usize) -> Vec<(u64, String)> {
+    h.log[from..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ClusterDurable { token, msg_id, .. } => Some((*token, msg_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A persistent session's QoS 2 PUBLISH is in its record, with the dedup id its stream write
+/// carries, before that write is made; its PUBCOMP waits for a record without the id.
+#[test]
+fn a_persistent_sessions_qos2_publish_is_recorded_before_it_is_stored() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 1 });
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(&mut h, "p", opts, Some(4), None);
+    let mut rev = 4;
+    answer_records(&mut h, mark, "p", &mut rev);
+    let mark = h.log.len();
+    h.send(
+        c,
+        &Packet::Publish(tidemq_core::codec::Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t".to_owned(),
+            packet_id: Some(9),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"once"),
+        }),
+    );
+    assert!(
+        durable_writes(&h, mark).is_empty(),
+        "no write before the record"
+    );
+    let (token, _, _, rec) = records(&h, mark, "p").pop().expect("a record write");
+    let stamp = rec
+        .qos2_inbound
+        .get(&9)
+        .cloned()
+        .expect("the id in the record");
+    assert_eq!(stamp.node, "a");
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    let writes = durable_writes(&h, mark);
+    let msg_id = format!("a.{}.{}", stamp.epoch, stamp.seq);
+    assert_eq!(writes.iter().map(|w| &w.1).collect::<Vec<_>>(), [&msg_id]);
+    assert!(h.recv(c).is_empty(), "no PUBREC before JetStream has it");
+    h.input(Input::ClusterDurableDone {
+        token: writes[0].0,
+        seq: Some(2),
+    });
+    assert!(matches!(h.recv_one(c), Packet::PubRec(a) if a.packet_id == 9));
+    // PUBREL: the PUBCOMP waits for a record without the id (a PUBREL again meanwhile too).
+    let mark = h.log.len();
+    h.pubrel(c, 9);
+    h.pubrel(c, 9);
+    assert!(
+        h.recv(c).is_empty(),
+        "no PUBCOMP before the record lost the id"
+    );
+    let (token, _, _, rec) = records(&h, mark, "p").pop().expect("a record write");
+    assert!(rec.qos2_inbound.is_empty());
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    assert!(matches!(h.recv_one(c), Packet::PubComp(a) if a.packet_id == 9 && a.reason.0 == 0));
+}
+
+/// Node b recorded a client's QoS 2 id (and maybe stored its message) when the client moved
+/// here: a PUBLISH again with that id is written under the dedup id b recorded (JetStream
+/// stores it once) and not routed here (the feed brings it), and its PUBREL is answered.
+#[test]
+fn a_qos2_publish_sent_again_after_a_move_is_stored_once() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 6 });
+    let sub = h.client("sub", V5);
+    h.subscribe(sub, "t", QoS::ExactlyOnce);
+    let stamp = Stamp {
+        node: "b".to_owned(),
+        epoch: 0x1f,
+        seq: 40,
+    };
+    let record = SessionRecord {
+        cursor: Some(3),
+        qos2_inbound: [(9, stamp.clone()), (10, Stamp { seq: 41, ..stamp })].into(),
+        session: RecoveredSession {
+            version: 5,
+            expiry_secs: 300,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let previous = record::record_value(b"b 1f", "m", &record);
+    let opts = ConnectOpts::default().session_expiry(300);
+    let connected = h.log.len();
+    let (c, ack) = connect_claimed(&mut h, "m", opts, Some(20), Some((previous, 19)));
+    assert!(ack.session_present);
+    let mark = h.log.len();
+    h.send(
+        c,
+        &Packet::Publish(tidemq_core::codec::Publish {
+            dup: true,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t".to_owned(),
+            packet_id: Some(9),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"again"),
+        }),
+    );
+    let writes = durable_writes(&h, mark);
+    assert_eq!(
+        writes.iter().map(|w| w.1.as_str()).collect::<Vec<_>>(),
+        ["b.31.40"]
+    );
+    h.input(Input::ClusterDurableDone {
+        token: writes[0].0,
+        seq: Some(40),
+    });
+    assert!(matches!(h.recv_one(c), Packet::PubRec(a) if a.packet_id == 9 && a.reason.0 == 0));
+    assert!(
+        h.recv(sub).is_empty(),
+        "not routed here: the feed brings it"
+    );
+    // A PUBLISH again now is the same message, written no more.
+    let mark = h.log.len();
+    h.send(
+        c,
+        &Packet::Publish(tidemq_core::codec::Publish {
+            dup: true,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t".to_owned(),
+            packet_id: Some(9),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"again"),
+        }),
+    );
+    assert!(durable_writes(&h, mark).is_empty());
+    assert!(matches!(h.recv_one(c), Packet::PubRec(a) if a.packet_id == 9));
+    // PUBREL for the other id (its PUBREC came from b): PUBCOMP once recorded, not 0x92.
+    h.pubrel(c, 10);
+    let mut rev = 20;
+    answer_records(&mut h, connected, "m", &mut rev);
+    let got = h.recv(c);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::PubComp(a) if a.packet_id == 10 && a.reason.0 == 0)),
+        "{got:?}"
+    );
+}
+
+/// A session that moved here publishes: its messages are acknowledged when JetStream has
+/// them but routed here only once the feed has read up to them, behind what it published
+/// through its last node.
+#[test]
+fn a_moved_publishers_messages_are_routed_behind_what_its_last_node_wrote() {
+    let mut h = Harness::with_config(clustered("a"));
+    let sub = h.client("sub", V5);
+    h.subscribe(sub, "x/+", QoS::AtLeastOnce);
+    let (c, _) = resume_roam(&mut h);
+    let mark = h.log.len();
+    let pid = h.publish(c, "x/1", "newer", QoS::AtLeastOnce, false);
+    let (token, _) = durable_writes(&h, mark).pop().expect("a durable write");
+    h.input(Input::ClusterDurableDone {
+        token,
+        seq: Some(9),
+    });
+    assert!(
+        h.recv(c)
+            .iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if Some(a.packet_id) == pid)),
+        "acknowledged once JetStream has it"
+    );
+    assert!(h.recv(sub).is_empty(), "not before the feed reads up to it");
+    // The feed brings what the client published through node b, then passes 9.
+    feed_message(&mut h, 8, "x/1", "older");
+    feed_message(&mut h, 10, "y/1", "other");
+    assert_eq!(payloads(&mut h, sub), ["older", "newer"]);
+    // Nothing of it waits any more: the next goes at once.
+    let mark = h.log.len();
+    h.publish(c, "x/1", "next", QoS::AtLeastOnce, false);
+    let (token, _) = durable_writes(&h, mark).pop().expect("a durable write");
+    h.input(Input::ClusterDurableDone {
+        token,
+        seq: Some(11),
+    });
+    assert_eq!(payloads(&mut h, sub), ["next"]);
 }

@@ -768,6 +768,38 @@ fn a_persistent_session_moves_between_nodes() {
     );
 }
 
+/// A persistent QoS 2 subscriber that moves between nodes gets each message once: what it
+/// completed on node a does not come again on node b, what was sent while it was away comes
+/// once each, in order.
+#[test]
+fn a_persistent_qos2_session_moves_and_gets_each_message_once() {
+    let (_nats, _dir, a, b) = cluster("move2");
+    until_routed(a.port, b.port, "q/probe");
+    let session = ["-i", "mover2", "-c", "-q", "2", "-V", "5", "-x", "3600"];
+    let first = mosquitto_sub(
+        a.port,
+        &[&session[..], &["-t", "q/x", "-C", "1", "-W", "30", "-v"]].concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    mosquitto_pub(b.port, &["-t", "q/x", "-m", "before", "-q", "2"]);
+    assert_eq!(lines_of(first), ["q/x before"]);
+    let away: Vec<String> = (1..=6).map(|i| format!("away-{i}")).collect();
+    for (i, m) in away.iter().enumerate() {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        mosquitto_pub(port, &["-t", "q/x", "-m", m, "-q", "2"]);
+    }
+    let back = mosquitto_sub(
+        b.port,
+        &[&session[..], &["-t", "q/unrelated", "-W", "30", "-v"]].concat(),
+    );
+    let got = lines_until(back, "q/x away-6", Duration::from_secs(30));
+    let want: Vec<String> = away.iter().map(|m| format!("q/x {m}")).collect();
+    assert_eq!(
+        got, want,
+        "each message sent while away once, in order, and no other"
+    );
+}
+
 /// `kill -9` of a node while publishers on the other send QoS 1: its persistent
 /// subscriber connects to the other node and gets every message that was acknowledged (some
 /// may come twice: at least once).

@@ -58,7 +58,7 @@ pub enum ClusterMutation {
     /// Node 0's watch lags to the end, then skips one change: the last write to a key by
     /// another node (C3).
     WatchSkips,
-    /// One FIFO hands over its second message before its first (C4).
+    /// One FIFO hands over its second QoS 0 message before its first (C4).
     Reorder,
     /// Every copy gets a fresh sequence number in its envelope, so the copy window cannot
     /// tell copies of one message apart (C1).
@@ -89,9 +89,12 @@ pub enum ClusterMutation {
     MoverSwaps,
     /// The runtime never tells a node its NATS connection went down (C11).
     LinkUnreported,
-    /// The sessions bucket hands a claim the record it replaced without its QoS 2 state, as
-    /// a node of the last version wrote records (C12).
+    /// The sessions bucket hands a claim the record it replaced without its outbound QoS 2
+    /// state, as a node of the last version wrote records (C12).
     ForgetQos2,
+    /// The same without the inbound QoS 2 ids: a mover's QoS 2 PUBLISH sent again after a
+    /// move is taken as new (C1, C12).
+    ForgetInboundQos2,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -182,6 +185,9 @@ struct Client {
     /// QoS 2 packet ids received and not yet released: a PUBLISH again with one of them is
     /// the same message (delivered to the application on first receipt).
     qos2_held: BTreeSet<u16>,
+    /// A persistent client's own QoS 2 PUBLISHes not yet completed, and whether PUBREC came
+    /// (PUBREL sent): sent again, in order, when its session is resumed.
+    qos2_out: BTreeMap<u16, (bool, Publish)>,
 }
 
 impl Client {
@@ -221,7 +227,23 @@ impl Client {
                 }
             };
             match p {
-                Packet::ConnAck(a) if a.code.0 == 0 => self.up = true,
+                Packet::ConnAck(a) if a.code.0 == 0 => {
+                    self.up = true;
+                    if a.session_present {
+                        for (pid, (released, p)) in &self.qos2_out {
+                            out.push(match released {
+                                true => Packet::PubRel(ack(*pid)),
+                                false => Packet::Publish(Publish {
+                                    dup: true,
+                                    ..p.clone()
+                                }),
+                            });
+                        }
+                    } else {
+                        // The session is new: what it had in flight is gone with it.
+                        self.qos2_out.clear();
+                    }
+                }
                 Packet::ConnAck(a) if self.expect_away => self.away = Some(a.code.0),
                 Packet::ConnAck(a) => {
                     problems.push(format!("C0 client {me} refused: {:?}", a.code))
@@ -253,8 +275,23 @@ impl Client {
                     self.qos2_held.remove(&a.packet_id);
                     out.push(Packet::PubComp(ack(a.packet_id)));
                 }
-                // This client's own QoS 2 publish was received.
-                Packet::PubRec(a) => out.push(Packet::PubRel(ack(a.packet_id))),
+                // This client's own QoS 2 publish was received (v5: a refusal ends it).
+                Packet::PubRec(a) => {
+                    let refused = a.reason.0 >= 0x80;
+                    match self.qos2_out.get_mut(&a.packet_id) {
+                        Some(_) if refused => {
+                            self.qos2_out.remove(&a.packet_id);
+                        }
+                        Some((released, _)) => *released = true,
+                        None => {}
+                    }
+                    if !refused {
+                        out.push(Packet::PubRel(ack(a.packet_id)));
+                    }
+                }
+                Packet::PubComp(a) => {
+                    self.qos2_out.remove(&a.packet_id);
+                }
                 Packet::SubAck(a) if a.reasons.iter().any(|r| r.0 >= 0x80) => {
                     // Judged by the subscriber (`subscribe_with`): a node may be full.
                     self.refused.insert(a.packet_id);
@@ -357,7 +394,7 @@ struct Node {
     kv: VecDeque<(String, Option<Bytes>)>,
     /// Durable-stream writes of QoS 1/2 messages waiting for the stream's acknowledgement:
     /// token, subject, envelope.
-    durable: VecDeque<(u64, String, Bytes)>,
+    durable: VecDeque<(u64, String, String, Bytes)>,
     /// The node feed's place in the stream: the next entry it reads.
     feed_at: usize,
     /// Acknowledgements of durable writes the stream took, on their way to the node:
@@ -387,6 +424,8 @@ struct Engine {
     bucket: Vec<Entry>,
     /// The durable stream: subject and envelope, in the order it took them.
     stream: Vec<(String, Bytes)>,
+    /// The stream's dedup ids (`Nats-Msg-Id`) and the sequence each was stored at.
+    msg_ids: BTreeMap<String, u64>,
     /// `FeedSkips` has skipped its entry.
     skipped: bool,
     /// The sessions bucket: key -> (value, revision), and its last revision.
@@ -901,12 +940,12 @@ impl ClusterWorld {
             Output::ClusterDurable {
                 token,
                 subject,
+                msg_id,
                 payload,
-                ..
             } => {
-                self.note(|| format!("node {n} durable write {token} {subject}"));
+                self.note(|| format!("node {n} durable write {token} {subject} as {msg_id}"));
                 if let Some(nd) = self.nodes.get_mut(n) {
-                    nd.durable.push_back((token, subject, payload));
+                    nd.durable.push_back((token, subject, msg_id, payload));
                 }
             }
             _ => {}
@@ -960,6 +999,7 @@ impl ClusterWorld {
             away: None,
             closed_away: false,
             qos2_held: BTreeSet::new(),
+            qos2_out: BTreeMap::new(),
         });
         self.connect(idx);
         idx
@@ -1178,14 +1218,24 @@ impl ClusterWorld {
     /// The stream takes node `n`'s oldest durable write, in order, and acknowledges it; the
     /// node then routes it and acknowledges its publisher.
     fn stream_takes(&mut self, n: usize) {
-        let Some((token, subject, payload)) =
+        let Some((token, subject, msg_id, payload)) =
             self.nodes.get_mut(n).and_then(|nd| nd.durable.pop_front())
         else {
             return;
         };
+        // A write with a dedup id the stream has is acknowledged at its first place (the
+        // runs are far shorter than `duplicate_window`).
+        if let Some(&at) = self.engine.msg_ids.get(&msg_id) {
+            self.note(|| format!("stream has node {n}'s write {token} already at {at}"));
+            if let Some(nd) = self.nodes.get_mut(n) {
+                nd.acks.push_back((token, at));
+            }
+            return;
+        }
         let at = self.engine.stream.len();
         self.note(|| format!("stream has node {n}'s write {token} at {at}"));
         self.engine.stream.push((subject, payload));
+        self.engine.msg_ids.insert(msg_id, at as u64 + 1);
         if let Some(nd) = self.nodes.get_mut(n) {
             nd.acks.push_back((token, at as u64 + 1));
         }
@@ -1275,6 +1325,18 @@ impl ClusterWorld {
             properties.payload_format_indicator = Some(1);
         }
         let node = c.node;
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: topic.clone(),
+            packet_id,
+            properties: properties.clone(),
+            payload: payload.clone(),
+        };
+        if let (Some(pid), true) = (packet_id, c.kind == Kind::Mover && qos == QoS::ExactlyOnce) {
+            c.qos2_out.insert(pid, (false, publish.clone()));
+        }
         self.sent.push(Sent {
             publisher: idx,
             node,
@@ -1286,18 +1348,7 @@ impl ClusterWorld {
             properties: properties.clone(),
         });
         self.note(|| format!("client {idx} publish {topic} {payload:?} {qos:?} retain={retain}"));
-        self.send(
-            idx,
-            &Packet::Publish(Publish {
-                dup: false,
-                qos,
-                retain,
-                topic,
-                packet_id,
-                properties,
-                payload,
-            }),
-        );
+        self.send(idx, &Packet::Publish(publish));
     }
 
     // ----- the engine ---------------------------------------------------------------------
@@ -1449,12 +1500,17 @@ impl ClusterWorld {
                 {
                     *value = Bytes::copy_from_slice(record::owner_line(value));
                 }
-                if self.mutation == Some(ClusterMutation::ForgetQos2)
+                if let Some(m @ (ClusterMutation::ForgetQos2 | ClusterMutation::ForgetInboundQos2)) =
+                    self.mutation
                     && let Some((value, _)) = &mut previous
                     && let (line, Some(Ok(mut rec))) = record::parse_value(value, &key)
                 {
-                    rec.qos2_window.clear();
-                    rec.qos2_done.clear();
+                    if m == ClusterMutation::ForgetQos2 {
+                        rec.qos2_window.clear();
+                        rec.qos2_done.clear();
+                    } else {
+                        rec.qos2_inbound.clear();
+                    }
                     *value = record::record_value(line, &key, &rec);
                 }
                 self.note(|| format!("sessions {key} = node {n} at {revision}"));
@@ -1599,10 +1655,18 @@ impl ClusterWorld {
         let Some(fifo) = self.engine.fifos.get_mut(&key) else {
             return;
         };
+        // Two messages of one subject the live path delivers (QoS 0: plain subscriptions pass
+        // over QoS 1/2 copies, which come through the feed).
+        let live = |m: Option<&(String, Bytes)>| {
+            m.and_then(|m| Envelope::decode(m.1.clone()).ok())
+                .is_some_and(|e| e.qos == QoS::AtMostOnce)
+        };
         let reorder = self.mutation == Some(ClusterMutation::Reorder)
             && !self.engine.reordered
             && fifo.len() >= 2
-            && fifo.front().map(|m| &m.0) == fifo.get(1).map(|m| &m.0);
+            && fifo.front().map(|m| &m.0) == fifo.get(1).map(|m| &m.0)
+            && live(fifo.front())
+            && live(fifo.get(1));
         let msg = if reorder {
             self.engine.reordered = true;
             fifo.remove(1)
@@ -1850,9 +1914,13 @@ impl ClusterWorld {
                 let kind = self.clients.get(idx).map(|c| c.kind);
                 let churn = kind == Some(Kind::Churn);
                 if kind == Some(Kind::Mover) {
-                    // Movers only subscribe (so a move needs no publish of theirs settled).
+                    // Movers publish at QoS 2 only (what a move must not duplicate; their
+                    // client sends again what it has not completed when it resumes).
                     if self.rng.chance(100) {
                         self.move_session(idx);
+                    } else if self.rng.chance(300) {
+                        let topic = random_topic(&mut self.rng);
+                        self.publish_to(idx, topic, QoS::ExactlyOnce, false, false);
                     }
                 } else if churn && self.rng.chance(40) {
                     self.leave_and_return(idx);
@@ -2443,6 +2511,16 @@ impl ClusterWorld {
                 let Some((publisher, seq)) = tag(&g.payload) else {
                     continue;
                 };
+                // A share group takes QoS 1/2 live from the node that routed the message: a
+                // publisher that moved has its messages routed by two nodes, with no order
+                // between the two nodes' live copies (docs/cluster.md, "Routing").
+                let moved = self
+                    .clients
+                    .get(publisher)
+                    .is_some_and(|p| p.kind == Kind::Mover && p.roams > 0);
+                if matches!(c.kind, Kind::Member(_)) && moved {
+                    continue;
+                }
                 let node = from.get(&g.payload).copied().unwrap_or((usize::MAX, false));
                 if c.kind == Kind::Mover && node.1 {
                     continue;

@@ -173,6 +173,15 @@ fn records_without_their_qos2_state_are_caught_by_c12() {
 }
 
 #[test]
+fn records_without_their_inbound_qos2_ids_are_caught() {
+    // The message sent again is stored twice: a subscriber that holds its filter (C1) or a
+    // moved one (C12) gets it twice.
+    let c1 = caught(ClusterMutation::ForgetInboundQos2, "C1");
+    let c12 = caught(ClusterMutation::ForgetInboundQos2, "C12");
+    assert!(!c1.is_empty() || !c12.is_empty());
+}
+
+#[test]
 fn a_claim_that_does_not_read_what_it_replaced_is_caught_by_c8() {
     assert!(!caught(ClusterMutation::BlindClaim, "C8").is_empty());
 }

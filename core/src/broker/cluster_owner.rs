@@ -43,8 +43,8 @@ impl Broker {
                 None => held.cursor.or(feed),
             };
             if grant.resumed_cursor.is_some() {
-                let (window, done) = grant.resumed_qos2;
-                held.qos2.resume(window, done);
+                held.qos2.resume(grant.resumed_qos2);
+                held.moved_in = true;
             }
             self.write_record(sid);
             return;
@@ -234,6 +234,8 @@ impl Broker {
             return;
         };
         let held = c.deferred.remove(&sid).map_or(0, |d| d.items.len());
+        // A QoS 2 PUBLISH whose record never came is not written: its client was never told.
+        let conns = c.abandon_unwritten(sid);
         if let Some((key, revision)) = c.owner.let_go(sid) {
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });
@@ -241,6 +243,14 @@ impl Broker {
         // What waited behind a catch-up read goes with the session.
         if held > 0 {
             self.count_dropped(crate::metrics::DropReason::SessionEnded, held as u64);
+        }
+        for conn in conns {
+            let ready = self
+                .cluster
+                .as_deref_mut()
+                .map(|c| c.ready(conn))
+                .unwrap_or_default();
+            self.finish_durable(ready);
         }
     }
 }

@@ -12,21 +12,30 @@
 //!   for the stream to bring its message (the catch-up read, or the feed), then is resent with
 //!   its packet id and DUP; a released one resends its PUBREL. Finished messages and those in
 //!   the window are not delivered again when the stream brings them.
+//! - Inbound, a QoS 2 PUBLISH of a persistent session waits for a record holding its id and
+//!   the stamp its stream write will carry (the write's dedup id) before that write is made;
+//!   its PUBCOMP waits for a record without the id. A session resumed with such ids answers a
+//!   PUBLISH again with one by writing it again under the recorded stamp (JetStream stores it
+//!   once; the feed brings it here if it is new), and a PUBREL as usual.
 //! - Room: at most `record::MAX_QOS2_WINDOW` in the window and `record::MAX_QOS2_DONE`
 //!   finished past the cursor (43 KiB of record at most, beside its subscriptions); past either, QoS 2 deliveries wait in
 //!   the session's queue (a client that never acknowledges one message stalls only itself).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::Broker;
-use crate::cluster::qos2::Window;
+use crate::api::Output;
+use crate::cluster::envelope::Stamp;
+use crate::cluster::qos2::{Inbound, Qos2Record, Window};
+use crate::cluster::record::MAX_QOS2_INBOUND;
 use crate::codec::QoS;
+use crate::codec::{Ack, Packet, reason};
 use crate::ids::SessionId;
 use crate::memory::Ledger;
 use crate::message::{Content, Message, Origin};
 use crate::metrics::DropReason;
 use crate::session::{Delivery, Session};
+use crate::window::InboundQos2;
 use crate::window::OutStage;
 
 /// Why a message in flight does not go out on a resend yet.
@@ -118,8 +127,81 @@ impl Broker {
         }
     }
 
-    /// The window a record write of `sid` carries (noted as on its way), and the finished set.
-    pub(super) fn qos2_to_write(&mut self, sid: SessionId) -> (Window, BTreeSet<u64>) {
+    /// Whether a QoS 2 PUBLISH of `sid` must be in the record before its stream write: a
+    /// persistent session held here.
+    pub(super) fn qos2_inbound_recorded_first(&self, sid: SessionId) -> bool {
+        self.cluster
+            .as_deref()
+            .and_then(|c| c.owner.held(sid))
+            .is_some_and(|h| h.keeps_record)
+    }
+
+    /// Inbound id `pid` of `sid`, whose stream write will carry `stamp`, goes in the record;
+    /// the write waits for it. False when the record holds as many as it may.
+    pub(super) fn qos2_owe_inbound(&mut self, sid: SessionId, pid: u16, stamp: Stamp) -> bool {
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        else {
+            return false;
+        };
+        if h.qos2.inbound.len() >= MAX_QOS2_INBOUND && !h.qos2.inbound.contains_key(&pid) {
+            return false;
+        }
+        h.qos2.inbound.insert(pid, stamp);
+        h.qos2.recount();
+        h.dirty = true;
+        self.write_record(sid);
+        true
+    }
+
+    /// PUBREL for inbound id `pid` of `sid`: true when its PUBCOMP waits for a record without
+    /// the id (then it is owed; a PUBREL again meanwhile waits with it).
+    pub(super) fn qos2_owe_pubcomp(&mut self, sid: SessionId, pid: u16) -> bool {
+        let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+            .filter(|h| h.keeps_record)
+        else {
+            return false;
+        };
+        if !h.qos2.releasing.insert(pid) {
+            return true;
+        }
+        h.qos2.inbound.remove(&pid);
+        h.qos2.resumed_inbound.remove(&pid);
+        h.qos2.recount();
+        h.dirty = true;
+        self.write_record(sid);
+        true
+    }
+
+    /// The stamp a PUBLISH again with inbound id `pid` is written again under: an id `sid`
+    /// resumed with whose stream write this node has not confirmed.
+    pub(super) fn qos2_resumed_inbound(&self, sid: SessionId, pid: u16) -> Option<Stamp> {
+        let h = self.cluster.as_deref()?.owner.held(sid)?;
+        if !h.qos2.resumed_inbound.contains(&pid) {
+            return None;
+        }
+        h.qos2.inbound.get(&pid).cloned()
+    }
+
+    /// The write again of resumed inbound id `pid` was answered: the message is stored.
+    pub(super) fn qos2_inbound_confirmed(&mut self, sid: SessionId, pid: u16) {
+        if let Some(h) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.owner.held_mut(sid))
+        {
+            h.qos2.resumed_inbound.remove(&pid);
+            h.qos2.recount();
+        }
+    }
+
+    /// What a record write of `sid` carries of its QoS 2 state (noted as on its way).
+    pub(super) fn qos2_to_write(&mut self, sid: SessionId) -> Qos2Record {
         let window: Window = self
             .sessions
             .get(&sid)
@@ -141,16 +223,25 @@ impl Broker {
             .as_deref_mut()
             .and_then(|c| c.owner.held_mut(sid))
         else {
-            return (window, BTreeSet::new());
+            return Qos2Record {
+                window,
+                ..Qos2Record::default()
+            };
         };
         h.qos2.writing = Some(window.clone());
+        h.qos2.inbound_writing = Some(h.qos2.inbound.clone());
         h.qos2.recount();
-        (window, h.qos2.done.clone())
+        Qos2Record {
+            window,
+            done: h.qos2.done.clone(),
+            inbound: h.qos2.inbound.clone(),
+        }
     }
 
     /// A record write of `sid` was answered: written, the packets it vouches for go out, in
     /// the order they were sent; not written, they wait for the next.
     pub(super) fn qos2_recorded(&mut self, sid: SessionId, written: bool) {
+        self.qos2_inbound_recorded(sid, written);
         let Some(h) = self
             .cluster
             .as_deref_mut()
@@ -189,6 +280,61 @@ impl Broker {
         };
         for pid in ready {
             self.send_in_flight(sid, conn, pid, false);
+        }
+    }
+
+    /// Inbound: the stream writes a record write of `sid` vouched for are made, and the
+    /// PUBCOMPs of ids it no longer holds are sent.
+    fn qos2_inbound_recorded(&mut self, sid: SessionId, written: bool) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(h) = c.owner.held_mut(sid) else {
+            return;
+        };
+        let inbound = h.qos2.inbound_writing.take();
+        if let (true, Some(inbound)) = (written, inbound) {
+            h.qos2.inbound_recorded = inbound;
+        }
+        let recorded: &Inbound = &h.qos2.inbound_recorded;
+        for (token, w) in c.waiting.iter_mut() {
+            let due = w.sid == sid
+                && w.unwritten
+                    .as_ref()
+                    .is_some_and(|u| recorded.get(&w.packet_id) == Some(&u.stamp));
+            if let Some(u) = w.unwritten.take_if(|_| due) {
+                self.outputs.push_back(Output::ClusterDurable {
+                    token: *token,
+                    subject: u.subject,
+                    msg_id: u.msg_id,
+                    payload: u.payload,
+                });
+            }
+        }
+        let released: Vec<u16> = h
+            .qos2
+            .releasing
+            .iter()
+            .copied()
+            .filter(|pid| written && !recorded.contains_key(pid))
+            .collect();
+        for pid in &released {
+            h.qos2.releasing.remove(pid);
+        }
+        h.qos2.recount();
+        for pid in released {
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            if !session.qos2_in.release(pid) {
+                continue;
+            }
+            self.store.in_qos2(session, pid, false);
+            let (conn, version) = (session.conn, session.version);
+            if let Some(conn) = conn {
+                let comp = Packet::PubComp(Ack::new(pid, reason::SUCCESS));
+                self.send(conn, version, &comp);
+            }
         }
     }
 
@@ -290,13 +436,16 @@ fn stands_in(d: &Delivery) -> bool {
 /// none).
 pub(super) fn resume_window(
     s: &mut Session,
-    window: &Window,
+    qos2: &Qos2Record,
     mut message_id: impl FnMut() -> u64,
     now: crate::api::Instant,
     ledger: &Ledger,
 ) {
+    // Ids the client sent and has not released: a PUBLISH again with one is not new.
+    s.qos2_in = InboundQos2::restored(qos2.inbound.keys().copied());
     // In the order they were sent, as near as the record tells: the stream's.
-    let mut entries: Vec<(u64, u16, bool)> = window
+    let mut entries: Vec<(u64, u16, bool)> = qos2
+        .window
         .iter()
         .map(|(&pid, &(seq, released))| (seq, pid, released))
         .collect();

@@ -19,7 +19,7 @@ use super::cluster_qos2::resume_window;
 use crate::api::{ConnId, Output, RecordAnswer};
 use crate::cluster::envelope::Envelope;
 use crate::cluster::owner::{self, Asker, Grant};
-use crate::cluster::qos2::Window;
+use crate::cluster::qos2::Qos2Record;
 use crate::cluster::record::{self, SessionRecord};
 use crate::cluster::subject::{self, Space};
 use crate::cluster::{CATCHUP_BYTES, CatchUp, DEFERRED_BYTES, Deferred, MAX_CATCHUPS};
@@ -160,10 +160,7 @@ impl Broker {
             return;
         };
         let resumed_cursor = resumed.as_ref().map(|rec| rec.cursor);
-        let resumed_qos2 = resumed
-            .as_ref()
-            .map(|rec| (rec.qos2_window.clone(), rec.qos2_done.clone()))
-            .unwrap_or_default();
+        let resumed_qos2 = resumed.as_ref().map(qos2_of).unwrap_or_default();
         if let Some(c) = self.cluster.as_deref_mut() {
             let grant = Grant {
                 key,
@@ -176,7 +173,7 @@ impl Broker {
         }
         // The memory budget was checked when the CONNECT came.
         let catch_up_from = resumed.and_then(|rec| {
-            self.resume_from_record(client_id, rec.session, &rec.qos2_window);
+            self.resume_from_record(client_id, &qos2_of(&rec), rec.session);
             rec.cursor
         });
         self.complete_connect(id, *connect);
@@ -199,7 +196,8 @@ impl Broker {
         let ledger = self.memory.ledger.clone();
         let (now, wall) = (self.now, self.wall_now());
         let cursor = rec.cursor;
-        let sid = self.resume_from_record(client_id, rec.session, &rec.qos2_window);
+        let qos2 = qos2_of(&rec);
+        let sid = self.resume_from_record(client_id, &qos2, rec.session);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -212,7 +210,8 @@ impl Broker {
         if let Some(c) = self.cluster.as_deref_mut() {
             let held = c.owner.hold(sid, claim, true, &ledger);
             held.cursor = cursor;
-            held.qos2.resume(rec.qos2_window, rec.qos2_done);
+            held.qos2.resume(qos2);
+            held.moved_in = true;
         }
         self.write_record(sid);
         if let Some(cursor) = cursor {
@@ -268,8 +267,8 @@ impl Broker {
     fn resume_from_record(
         &mut self,
         client_id: &str,
+        qos2: &Qos2Record,
         rs: RecoveredSession,
-        qos2_window: &Window,
     ) -> SessionId {
         let sid = self.next_session_id;
         self.next_session_id += 1;
@@ -280,13 +279,7 @@ impl Broker {
         self.restore_subscriptions(sid, &mut s, rs.subscriptions);
         let ledger = self.memory.ledger.clone();
         let store = &mut self.store;
-        resume_window(
-            &mut s,
-            qos2_window,
-            || store.next_message_id(),
-            self.now,
-            &ledger,
-        );
+        resume_window(&mut s, qos2, || store.next_message_id(), self.now, &ledger);
         self.sessions.insert(sid, Box::new(s));
         self.by_client_id.insert(client_id.to_owned(), sid);
         if let Some(c) = self.cluster.as_deref_mut() {
@@ -393,11 +386,12 @@ impl Broker {
             ..Default::default()
         };
         let (cursor, line, client_id) = (h.cursor, h.line.clone(), s.client_id.clone());
-        let (qos2_window, qos2_done) = self.qos2_to_write(sid);
+        let qos2 = self.qos2_to_write(sid);
         let rec = SessionRecord {
             cursor,
-            qos2_window,
-            qos2_done,
+            qos2_window: qos2.window,
+            qos2_done: qos2.done,
+            qos2_inbound: qos2.inbound,
             session,
         };
         let value = record::record_value(&line, &client_id, &rec);
@@ -649,7 +643,12 @@ impl Broker {
             c.counters.malformed += 1;
             return;
         };
-        let wanted = seq <= to_all || (seq <= to_own && c.is_own(&envelope.stamp));
+        // This node's own messages it has not routed yet (a moved session's, waiting for the
+        // feed; or whose answer JetStream has not given) reach the session when they are.
+        let own = c.is_own(&envelope.stamp)
+            && !c.after_feed.contains_key(&seq)
+            && !c.waiting_stamps.contains_key(&envelope.stamp.seq);
+        let wanted = seq <= to_all || (seq <= to_own && own);
         if !wanted {
             return;
         }
@@ -750,6 +749,15 @@ impl Broker {
             }
         }
         self.start_catch_ups();
+    }
+}
+
+/// The QoS 2 state of a record.
+fn qos2_of(rec: &SessionRecord) -> Qos2Record {
+    Qos2Record {
+        window: rec.qos2_window.clone(),
+        done: rec.qos2_done.clone(),
+        inbound: rec.qos2_inbound.clone(),
     }
 }
 

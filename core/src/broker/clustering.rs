@@ -10,13 +10,12 @@ use bytes::Bytes;
 
 use super::Broker;
 use super::inbound::Sender;
-use crate::api::ConnId;
 use crate::api::Output;
-use crate::cluster::envelope::{self, Envelope};
+use crate::cluster::envelope::{self, Envelope, Stamp};
 use crate::cluster::interest::{Key, Refusal};
 use crate::cluster::subject::{self, Space};
-use crate::cluster::{Cluster, Waiting};
-use crate::codec::{ProtocolVersion, QoS, reason};
+use crate::cluster::{AfterFeed, Cluster, MAX_ROUTED_AFTER_FEED, Unwritten, Waiting};
+use crate::codec::{QoS, reason};
 use crate::conn::CloseReason;
 use crate::ids::SessionId;
 use crate::memory::MESSAGE_BYTES;
@@ -223,14 +222,19 @@ impl Broker {
             return;
         };
         c.feed_at(seq);
+        self.route_after_feed();
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
         let topic = subject::subject_to_topic(&c.config.subject_prefix, Space::Durable, subject);
         let (Ok(topic), Ok(envelope)) = (topic, Envelope::decode(payload)) else {
             c.counters.malformed += 1;
             return;
         };
-        // This node routed its own when JetStream took them.
+        // This node routes its own when JetStream answers for them, or, if the feed reads one
+        // first, now: in the stream's order with what other nodes wrote.
         if c.is_own(&envelope.stamp) {
-            return;
+            return self.route_own_on_feed(seq, envelope.stamp.seq);
         }
         self.take_copy(topic, envelope, Takers::Plain(None), seq);
     }
@@ -345,17 +349,26 @@ impl Broker {
 
     /// A client's QoS 1/2 message, accepted by every check: written to the durable stream
     /// first. The connection reads nothing more until JetStream answers; then it is routed
-    /// and acknowledged, or refused.
+    /// and acknowledged, or refused. A persistent session's QoS 2 message waits for its
+    /// record to hold its id first (`cluster_qos2.rs`); `again`: the stamp a resumed inbound
+    /// id was recorded with, written again under it.
     pub(super) fn cluster_write_durable(
         &mut self,
-        id: ConnId,
-        sid: SessionId,
-        version: ProtocolVersion,
-        pid: u16,
+        sender: Sender,
         content: Content,
+        again: Option<Stamp>,
     ) {
+        let Sender {
+            conn: id,
+            sid,
+            version,
+            packet_id: pid,
+        } = sender;
         let wall_now = self.wall_now();
         let ledger = self.memory.ledger.clone();
+        let recorded_first = again.is_none()
+            && content.qos == QoS::ExactlyOnce
+            && self.qos2_inbound_recorded_first(sid);
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -370,7 +383,8 @@ impl Broker {
             // `cluster_carries` checked the length of the same subject.
             return;
         };
-        let stamp = c.stamp();
+        let is_again = again.is_some();
+        let stamp = again.unwrap_or_else(|| c.stamp());
         let expires = content
             .properties
             .message_expiry_interval
@@ -387,6 +401,26 @@ impl Broker {
         );
         let msg_id = format!("{}.{}.{}", stamp.node, stamp.epoch, stamp.seq);
         let charge = ledger.charge(MESSAGE_BYTES + payload.len() + content.topic.len());
+        if recorded_first && !self.qos2_owe_inbound(sid, pid, stamp.clone()) {
+            // The record holds as many unreleased ids as it may.
+            if version.is_v5() {
+                return self.finish_publish(sender, QoS::ExactlyOnce, reason::QUOTA_EXCEEDED, None);
+            }
+            let why = "too many unreleased QoS 2 messages for the session's record";
+            return self.drop_conn(id, CloseReason::error(reason::QUOTA_EXCEEDED, why));
+        }
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let stamp_seq = stamp.seq;
+        let behind_feed = c.owner.held(sid).is_some_and(|h| h.moved_in)
+            || c.after_feed.values().any(|a| a.sid == sid);
+        let unwritten = recorded_first.then(|| Unwritten {
+            stamp,
+            subject: subject.clone(),
+            msg_id: msg_id.clone(),
+            payload: payload.clone(),
+        });
         let token = c.wait(Waiting {
             conn: id,
             sid,
@@ -394,14 +428,21 @@ impl Broker {
             packet_id: pid,
             content,
             feed_at: c.feed_seq.unwrap_or(0),
+            unwritten,
+            again: is_again,
+            stamp_seq,
+            routed: false,
+            behind_feed,
             _charge: charge,
         });
-        self.outputs.push_back(Output::ClusterDurable {
-            token,
-            subject,
-            msg_id,
-            payload,
-        });
+        if !recorded_first {
+            self.outputs.push_back(Output::ClusterDurable {
+                token,
+                subject,
+                msg_id,
+                payload,
+            });
+        }
     }
 
     /// JetStream answered a durable write: the message goes on as any other (routed, then
@@ -413,6 +454,95 @@ impl Broker {
         };
         c.own_high = c.own_high.max(seq.unwrap_or(0));
         let ready = c.answered(token, seq);
+        self.finish_durable(ready);
+    }
+
+    /// The feed read this node's own message at `seq` (stamp sequence `stamp_seq`) before
+    /// JetStream's answer came: routed now, acknowledged when the answer comes.
+    fn route_own_on_feed(&mut self, seq: u64, stamp_seq: u64) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(&token) = c.waiting_stamps.get(&stamp_seq) else {
+            return;
+        };
+        let Some(w) = c.waiting.get_mut(&token) else {
+            return;
+        };
+        if w.routed || w.again || w.unwritten.is_some() {
+            return;
+        }
+        w.routed = true;
+        // Routed in the stream's order: a moved session's later ones need wait no more.
+        let sid = w.sid;
+        let waits = c.after_feed.values().any(|a| a.sid == sid);
+        if let Some(h) = c.owner.held_mut(sid).filter(|_| !waits) {
+            h.moved_in = false;
+        }
+        let Some(w) = c.waiting.get_mut(&token) else {
+            return;
+        };
+        // Only its QoS is needed when the answer comes.
+        let rest = Content {
+            topic: String::new(),
+            payload: Bytes::new(),
+            qos: w.content.qos,
+            retain: false,
+            properties: Default::default(),
+        };
+        let (sid, content) = (w.sid, std::mem::replace(&mut w.content, rest));
+        c.routing_seq = seq;
+        self.accept_publish(sid, content);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.routing_seq = 0;
+        }
+    }
+
+    /// Whether write `w`, stored at `seq`, waits for the feed before it is routed
+    /// here: the session moved here, and the feed has not read past what its last node wrote
+    /// (at most [`MAX_ROUTED_AFTER_FEED`] wait; past it they go at once).
+    fn routes_after_feed(&self, w: &Waiting, seq: Option<u64>) -> bool {
+        let Some(c) = self.cluster.as_deref() else {
+            return false;
+        };
+        // Also behind an earlier one of the session still waiting (it may have ended here).
+        c.feed_seq < seq
+            && c.after_feed.len() < MAX_ROUTED_AFTER_FEED
+            && (w.behind_feed
+                || c.owner.held(w.sid).is_some_and(|h| h.moved_in)
+                || c.after_feed.values().any(|a| a.sid == w.sid))
+    }
+
+    /// The feed read up to its place: moved sessions' messages up to there are routed, in
+    /// the stream's order. Once a session's have all been, what its last node wrote is
+    /// behind, and its next ones are routed when JetStream has them.
+    pub(super) fn route_after_feed(&mut self) {
+        loop {
+            let Some(c) = self.cluster.as_deref_mut() else {
+                return;
+            };
+            let feed = c.feed_seq.unwrap_or(0);
+            let Some(entry) = c.after_feed.first_entry().filter(|e| *e.key() <= feed) else {
+                return;
+            };
+            let (seq, after) = entry.remove_entry();
+            // Its later messages may go straight on once none of its waits any more.
+            let waits = c.after_feed.values().any(|a| a.sid == after.sid);
+            if let Some(h) = c.owner.held_mut(after.sid).filter(|_| !waits) {
+                h.moved_in = false;
+            }
+            c.routing_seq = seq;
+            self.accept_publish(after.sid, after.content);
+            if let Some(c) = self.cluster.as_deref_mut() {
+                c.routing_seq = 0;
+            }
+        }
+    }
+
+    /// Durable writes answered, in their connection's order: each routed and acknowledged,
+    /// or refused; a write again of a resumed QoS 2 id is only acknowledged (or, unanswered,
+    /// its connection closed: the client sends it again later).
+    pub(super) fn finish_durable(&mut self, ready: Vec<(Box<Waiting>, Option<u64>)>) {
         let Some(conn) = ready.first().map(|(w, _)| w.conn) else {
             return;
         };
@@ -432,7 +562,34 @@ impl Broker {
                     c.counters.durable_failed += 1;
                 }
             }
-            if ok {
+            if w.again {
+                if ok {
+                    self.qos2_inbound_confirmed(w.sid, w.packet_id);
+                    self.finish_publish(sender, qos, reason::SUCCESS, None);
+                } else {
+                    let why = "the cluster could not confirm a QoS 2 message sent again";
+                    self.drop_conn(w.conn, CloseReason::error(reason::UNSPECIFIED_ERROR, why));
+                }
+            } else if ok && w.routed {
+                // The feed read it first and it was routed then.
+                self.finish_publish(sender, qos, reason::SUCCESS, None);
+            } else if ok && self.routes_after_feed(&w, seq) {
+                // A moved session's message: acknowledged now, routed behind what its last
+                // node wrote.
+                let seq = seq.unwrap_or(0);
+                let ledger = self.memory.ledger.clone();
+                let bytes = MESSAGE_BYTES + w.content.payload.len() + w.content.topic.len();
+                let (sid, content) = (w.sid, w.content);
+                self.finish_publish(sender, qos, reason::SUCCESS, None);
+                if let Some(c) = self.cluster.as_deref_mut() {
+                    let after = AfterFeed {
+                        sid,
+                        content,
+                        _charge: ledger.charge(bytes),
+                    };
+                    c.after_feed.insert(seq, after);
+                }
+            } else if ok {
                 if let Some(c) = self.cluster.as_deref_mut() {
                     c.routing_seq = seq.unwrap_or(0);
                 }

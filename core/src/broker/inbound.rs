@@ -122,6 +122,18 @@ impl Broker {
             if session.qos2_in.contains(pid) {
                 // A resend of a message already accepted: acknowledge, never deliver twice.
                 session.qos2_in.seen_again(pid);
+                // In a cluster, an id the session came with from another node whose stream
+                // write may never have been made is written again under its dedup id.
+                if let Some(stamp) = self.qos2_resumed_inbound(sid, pid) {
+                    let sender = Sender {
+                        conn: id,
+                        sid,
+                        version,
+                        packet_id: pid,
+                    };
+                    let content = Content::from_publish(p);
+                    return self.cluster_write_durable(sender, content, Some(stamp));
+                }
                 return self.send(id, version, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)));
             }
             // Ids left unreleased by an earlier connection do not count (v5 §4.9).
@@ -196,7 +208,13 @@ impl Broker {
         match accepted {
             // In a cluster a QoS 1/2 message is in JetStream before anything else happens.
             Some(content) if qos != QoS::AtMostOnce && self.cluster.is_some() => {
-                self.cluster_write_durable(id, sid, version, pid, content);
+                let sender = Sender {
+                    conn: id,
+                    sid,
+                    version,
+                    packet_id: pid,
+                };
+                self.cluster_write_durable(sender, content, None);
             }
             accepted => {
                 let sender = Sender {
@@ -252,6 +270,16 @@ impl Broker {
         version: ProtocolVersion,
         pid: u16,
     ) {
+        // In a cluster a persistent session's record must lose the id first (`cluster_qos2.rs`).
+        if self.cluster.is_some()
+            && self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.qos2_in.contains(pid))
+            && self.qos2_owe_pubcomp(sid, pid)
+        {
+            return;
+        }
         if let Some(session) = self.sessions.get_mut(&sid)
             && session.qos2_in.release(pid)
         {
@@ -271,7 +299,7 @@ impl Broker {
     }
 
     /// Stores (if retained) and routes a message published by a client.
-    fn accept_publish(&mut self, sid: SessionId, mut content: Content) {
+    pub(super) fn accept_publish(&mut self, sid: SessionId, mut content: Content) {
         if self.is_own_origin(&content.properties) {
             // Our own message, back through a loop of bridges: it was delivered here already.
             return;

@@ -74,7 +74,38 @@ pub(crate) struct Waiting {
     /// The node feed's place when the write was asked for: the stream puts the message
     /// after it, and until it is routed no session's cursor may pass that place.
     pub feed_at: u64,
+    /// A QoS 2 PUBLISH whose write waits for the session's record to hold its id.
+    pub unwritten: Option<Unwritten>,
+    /// A PUBLISH again with an inbound QoS 2 id the session resumed with: written again under
+    /// the dedup id its last node recorded, not routed here (the feed brings it).
+    pub again: bool,
+    /// The sequence in its stamp (this node's), and whether it was routed already: the feed
+    /// read it before JetStream's answer came.
+    pub stamp_seq: u64,
+    pub routed: bool,
+    /// Written for a session that moved here, before its last node's writes were read: it
+    /// is routed once the feed reaches it (even if the session has ended meanwhile).
+    pub behind_feed: bool,
     pub _charge: Charge,
+}
+
+/// Messages of moved sessions JetStream has, routed here once the feed reaches them.
+pub const MAX_ROUTED_AFTER_FEED: usize = 4096;
+
+/// A message of a moved session, stored, waiting for the feed to reach it before it is
+/// routed here (what the session's last node wrote before comes first).
+pub(crate) struct AfterFeed {
+    pub sid: SessionId,
+    pub content: Content,
+    pub _charge: Charge,
+}
+
+/// A durable write not yet asked for.
+pub(crate) struct Unwritten {
+    pub stamp: Stamp,
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: bytes::Bytes,
 }
 
 /// A node's cluster state. Exists only in cluster mode.
@@ -89,6 +120,8 @@ pub(crate) struct Cluster {
     pub counters: Counters,
     /// Durable writes awaited, by token; at most one per connection.
     pub waiting: BTreeMap<u64, Box<Waiting>>,
+    /// The durable writes awaited by the sequence in their stamp (this node's own ones).
+    pub waiting_stamps: BTreeMap<u64, u64>,
     /// Per connection, its durable writes in the order they were asked for, and the answers
     /// that came before their turn.
     pipelines: BTreeMap<ConnId, VecDeque<u64>>,
@@ -104,6 +137,8 @@ pub(crate) struct Cluster {
     /// The stream sequence of this node's own message being routed now (0: none), which
     /// the message carries to its deliveries.
     pub routing_seq: u64,
+    /// Messages of moved sessions waiting for the feed, by stream sequence.
+    pub after_feed: BTreeMap<u64, AfterFeed>,
     /// Catch-up reads running, by token, waiting for their turn, and failed ones to try
     /// again at the next records tick.
     pub catchups: BTreeMap<u64, CatchUp>,
@@ -150,7 +185,9 @@ impl Cluster {
             waiting: BTreeMap::new(),
             pipelines: BTreeMap::new(),
             answers: BTreeMap::new(),
+            waiting_stamps: BTreeMap::new(),
             routing_seq: 0,
+            after_feed: BTreeMap::new(),
             next_token: 0,
             retained_pending: BTreeMap::new(),
             feed_seq: None,
@@ -210,6 +247,10 @@ impl Cluster {
             .entry(waiting.conn)
             .or_default()
             .push_back(self.next_token);
+        if !waiting.again {
+            self.waiting_stamps
+                .insert(waiting.stamp_seq, self.next_token);
+        }
         self.waiting.insert(self.next_token, Box::new(waiting));
         self.next_token
     }
@@ -224,15 +265,21 @@ impl Cluster {
             return Vec::new();
         };
         self.answers.insert(token, seq);
+        self.ready(conn)
+    }
+
+    /// Every PUBLISH of `conn` whose answer came, in order, up to the first still waiting.
+    pub fn ready(&mut self, conn: ConnId) -> Vec<(Box<Waiting>, Option<u64>)> {
         let mut ready = Vec::new();
         if let Some(queue) = self.pipelines.get_mut(&conn) {
             while let Some(&head) = queue.front() {
-                let Some(ok) = self.answers.remove(&head) else {
+                let Some(seq) = self.answers.remove(&head) else {
                     break;
                 };
                 queue.pop_front();
                 if let Some(w) = self.waiting.remove(&head) {
-                    ready.push((w, ok));
+                    self.waiting_stamps.remove(&w.stamp_seq);
+                    ready.push((w, seq));
                 }
             }
             if queue.is_empty() {
@@ -240,6 +287,34 @@ impl Cluster {
             }
         }
         ready
+    }
+
+    /// The writes of session `sid` not yet asked for are dropped; the connections whose
+    /// later writes may be ready now.
+    pub fn abandon_unwritten(&mut self, sid: SessionId) -> Vec<ConnId> {
+        let tokens: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.sid == sid && w.unwritten.is_some())
+            .map(|(token, _)| *token)
+            .collect();
+        let mut conns = Vec::new();
+        for token in tokens {
+            let Some(w) = self.waiting.remove(&token) else {
+                continue;
+            };
+            self.waiting_stamps.remove(&w.stamp_seq);
+            if let Some(queue) = self.pipelines.get_mut(&w.conn) {
+                queue.retain(|t| *t != token);
+                if queue.is_empty() {
+                    self.pipelines.remove(&w.conn);
+                }
+            }
+            if !conns.contains(&w.conn) {
+                conns.push(w.conn);
+            }
+        }
+        conns
     }
 
     /// A catch-up read starts: its token.

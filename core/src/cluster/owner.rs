@@ -4,11 +4,11 @@
 //! DISCONNECT 0x8E), as a second connection with the same id does on one node. The bucket
 //! orders concurrent claims: the last written wins, and each winner kicks the one it replaced.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::qos2::{ExactlyOnce, Window};
+use super::qos2::{ExactlyOnce, Qos2Record};
 use crate::api::ConnId;
 use crate::ids::SessionId;
 use crate::memory::{Charge, Ledger};
@@ -16,8 +16,9 @@ use crate::memory::{Charge, Ledger};
 /// The subscription id of a node's kick subject (interest numbers its subscriptions from 1).
 pub const KICK_SID: u64 = 0;
 
-/// What one claim on its way or held costs beyond its key.
-const CLAIM_BYTES: usize = 160;
+/// What one claim on its way or held costs beyond its key (a held one's QoS 2 state counts
+/// its entries itself).
+const CLAIM_BYTES: usize = 512;
 
 /// Who asked for a claim: an open session, or a CONNECT of a persistent session that waits
 /// for the claim (and the record it replaces) before its session opens.
@@ -67,6 +68,10 @@ pub(crate) struct Held {
     pub ending: bool,
     /// Its QoS 2 messages as its record shows them.
     pub qos2: ExactlyOnce,
+    /// Resumed from another node's record, and none of its messages written here read by
+    /// the feed yet: its messages are routed here in the stream's order, behind what its
+    /// last node wrote.
+    pub moved_in: bool,
     _charge: Charge,
 }
 
@@ -78,8 +83,8 @@ pub(crate) struct Grant {
     /// The cursor of the record the session resumes from (`Some(None)`: a record without
     /// one), or `None` for a new session.
     pub resumed_cursor: Option<Option<u64>>,
-    /// The QoS 2 window and finished messages of that record.
-    pub resumed_qos2: (Window, BTreeSet<u64>),
+    /// The QoS 2 state of that record.
+    pub resumed_qos2: Qos2Record,
 }
 
 /// The claims of this node's sessions. At most one entry per session in each map.
@@ -217,6 +222,7 @@ impl Owner {
             catching_up,
             ending: false,
             qos2,
+            moved_in: false,
             _charge: charge,
         })
     }
@@ -415,5 +421,12 @@ mod tests {
         ] {
             assert_eq!(parse_kick(bad), None);
         }
+    }
+
+    #[test]
+    fn a_held_claim_costs_what_it_is_charged() {
+        // The entry in `held`, its map node and the entry in `by_key` (beside the key).
+        let held = std::mem::size_of::<Held>() + std::mem::size_of::<SessionId>() + 64;
+        assert!(held <= CLAIM_BYTES, "{held}");
     }
 }

@@ -2,6 +2,12 @@
 //! show them, so that the session, moved to another node, sends none of them twice (the
 //! broker's side is `broker/cluster_qos2.rs`).
 //!
+//! Inbound, a client's QoS 2 PUBLISH to a persistent session is in the record with the stamp
+//! its stream write will carry (its dedup id) before that write is made, and stays there until
+//! its PUBREL: the next node answers a PUBLISH again with that id by writing it again under the
+//! same dedup id (stored once), and a PUBREL with PUBCOMP. The PUBCOMP waits for a record
+//! without the id, so a client reusing it is never taken for a resend.
+//!
 //! A message is known by its sequence in the durable stream. Before its PUBLISH first goes
 //! out, its (packet id, sequence) is in a record the bucket acknowledged; before its PUBREL
 //! goes out, so is its released stage; once its PUBCOMP came, its sequence stays in the
@@ -11,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::envelope::Stamp;
 use crate::memory::{Charge, Ledger};
 use crate::window::OutStage;
 
@@ -21,6 +28,17 @@ const ENTRY_BYTES: usize = 48;
 
 /// A QoS 2 window as written in a record: packet id -> (stream sequence, released).
 pub(crate) type Window = BTreeMap<u16, (u64, bool)>;
+
+/// Inbound QoS 2 ids awaiting PUBREL -> the stamp of their stream write.
+pub(crate) type Inbound = BTreeMap<u16, Stamp>;
+
+/// The QoS 2 state a record carries.
+#[derive(Default)]
+pub(crate) struct Qos2Record {
+    pub window: Window,
+    pub done: BTreeSet<u64>,
+    pub inbound: Inbound,
+}
 
 pub(crate) struct ExactlyOnce {
     /// The window in the last record the bucket acknowledged.
@@ -34,6 +52,15 @@ pub(crate) struct ExactlyOnce {
     /// Resumed from a record: sequence -> packet id of messages in flight there, until the
     /// stream brings the message (PUBLISH stage) or the flow ends (PUBREL stage).
     pub resumed: BTreeMap<u64, (u16, OutStage)>,
+    /// Inbound ids as the next record write carries them, as the write on its way and the
+    /// last acknowledged one have them.
+    pub inbound: Inbound,
+    pub inbound_writing: Option<Inbound>,
+    pub inbound_recorded: Inbound,
+    /// Inbound ids whose PUBREL came: their PUBCOMP waits for a record without them.
+    pub releasing: BTreeSet<u16>,
+    /// Inbound ids resumed from a record whose stream write this node has not confirmed.
+    pub resumed_inbound: BTreeSet<u16>,
     charge: Charge,
 }
 
@@ -45,12 +72,25 @@ impl ExactlyOnce {
             owed: BTreeSet::new(),
             done: BTreeSet::new(),
             resumed: BTreeMap::new(),
+            inbound: Inbound::new(),
+            inbound_writing: None,
+            inbound_recorded: Inbound::new(),
+            releasing: BTreeSet::new(),
+            resumed_inbound: BTreeSet::new(),
             charge: ledger.charge(0),
         }
     }
 
-    /// Resumed from a record with this window and finished set.
-    pub fn resume(&mut self, window: Window, done: BTreeSet<u64>) {
+    /// Resumed from a record with this QoS 2 state.
+    pub fn resume(&mut self, record: Qos2Record) {
+        let Qos2Record {
+            window,
+            done,
+            inbound,
+        } = record;
+        self.resumed_inbound = inbound.keys().copied().collect();
+        self.inbound_recorded = inbound.clone();
+        self.inbound = inbound;
         self.resumed = window
             .iter()
             .map(|(&pid, &(seq, released))| {
@@ -105,7 +145,14 @@ impl ExactlyOnce {
             + self.writing.as_ref().map_or(0, Window::len)
             + self.owed.len()
             + self.done.len()
-            + self.resumed.len();
-        self.charge.set(entries * ENTRY_BYTES);
+            + self.resumed.len()
+            + self.releasing.len()
+            + self.resumed_inbound.len();
+        // An inbound entry holds a stamp (its node's name, at most 64 bytes).
+        let inbound = self.inbound.len()
+            + self.inbound_writing.as_ref().map_or(0, Inbound::len)
+            + self.inbound_recorded.len();
+        self.charge
+            .set(entries * ENTRY_BYTES + inbound * (ENTRY_BYTES + 64));
     }
 }

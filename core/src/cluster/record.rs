@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::envelope::Stamp;
 use crate::persist::{Record, Recovered, RecoveredSession};
 
 /// The body's format; the first (no QoS 2 state) is still read.
@@ -18,6 +19,9 @@ const FORMAT_WITHOUT_QOS2: u8 = 1;
 pub const MAX_QOS2_WINDOW: usize = 1024;
 /// QoS 2 messages finished past the cursor a record holds at most; more wait for the cursor.
 pub const MAX_QOS2_DONE: usize = 4096;
+/// Inbound QoS 2 ids awaiting PUBREL a record holds at most; past it a QoS 2 PUBLISH is
+/// refused (v5 PUBREC 0x97; 3.1.1 closed).
+pub const MAX_QOS2_INBOUND: usize = 1024;
 
 /// The largest record a session may have: well within a NATS message (1 MB by default).
 /// A SUBSCRIBE that would grow a persistent session's record past it is refused.
@@ -40,6 +44,9 @@ pub struct SessionRecord {
     pub qos2_window: BTreeMap<u16, (u64, bool)>,
     /// Stream sequences past the cursor whose QoS 2 delivery finished: never sent again.
     pub qos2_done: BTreeSet<u64>,
+    /// Inbound QoS 2 ids awaiting PUBREL, each with the stamp its message is (or is being)
+    /// written to the stream with: its dedup id, so a resend on another node is stored once.
+    pub qos2_inbound: BTreeMap<u16, Stamp>,
     pub session: RecoveredSession,
 }
 
@@ -66,6 +73,17 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
     out.put_u32(record.qos2_done.len() as u32);
     for seq in &record.qos2_done {
         out.put_u64(*seq);
+    }
+    out.put_u16(record.qos2_inbound.len().min(usize::from(u16::MAX)) as u16);
+    for (pid, stamp) in record.qos2_inbound.iter().take(usize::from(u16::MAX)) {
+        out.put_u16(*pid);
+        // Node names are at most 64 bytes (`cluster.node_name`).
+        let node = stamp.node.as_bytes();
+        let node = node.get(..node.len().min(255)).unwrap_or_default();
+        out.put_u8(node.len() as u8);
+        out.put_slice(node);
+        out.put_u64(stamp.epoch);
+        out.put_u64(stamp.seq);
     }
     let s = &record.session;
     let mut put = |r: Record| {
@@ -154,6 +172,7 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
     };
     let mut qos2_window = BTreeMap::new();
     let mut qos2_done = BTreeSet::new();
+    let mut qos2_inbound = BTreeMap::new();
     if format == FORMAT {
         for _ in 0..r.u16()? {
             let (pid, seq) = (r.u16()?, r.u64()?);
@@ -172,6 +191,19 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
         }
         for _ in 0..done {
             qos2_done.insert(r.u64()?);
+        }
+        for _ in 0..r.u16()? {
+            let pid = r.u16()?;
+            let len = usize::from(r.take(1)?.first().copied().unwrap_or(0));
+            let node = std::str::from_utf8(r.take(len)?).map_err(|_| "bad node name")?;
+            let stamp = Stamp {
+                node: node.to_owned(),
+                epoch: r.u64()?,
+                seq: r.u64()?,
+            };
+            if pid == 0 || qos2_inbound.insert(pid, stamp).is_some() {
+                return Err("bad inbound QoS 2 packet id");
+            }
         }
     }
     let mut recovered = Recovered::default();
@@ -204,6 +236,7 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
         cursor,
         qos2_window,
         qos2_done,
+        qos2_inbound,
         session,
     })
 }
@@ -230,6 +263,14 @@ mod tests {
             cursor: Some(u64::MAX - 1),
             qos2_window: BTreeMap::from([(1, (7, false)), (65535, (u64::MAX, true))]),
             qos2_done: BTreeSet::from([9, 12]),
+            qos2_inbound: BTreeMap::from([(
+                3,
+                Stamp {
+                    node: "node-b".to_owned(),
+                    epoch: 0x1f,
+                    seq: 40,
+                },
+            )]),
             session,
         };
         let value = record_value(b"node-a 1f", "c/1", &record);
@@ -246,10 +287,12 @@ mod tests {
         // A record of the first format (no QoS 2 state) still reads.
         let mut old = vec![FORMAT_WITHOUT_QOS2];
         old.extend_from_slice(&value[line.len() + 2..line.len() + 12]);
-        old.extend_from_slice(&value[line.len() + 12 + 2 + 2 * 11 + 4 + 2 * 8..]);
+        let qos2_bytes = 2 + 2 * 11 + 4 + 2 * 8 + 2 + (2 + 1 + 6 + 16);
+        old.extend_from_slice(&value[line.len() + 12 + qos2_bytes..]);
         let without = SessionRecord {
             qos2_window: BTreeMap::new(),
             qos2_done: BTreeSet::new(),
+            qos2_inbound: BTreeMap::new(),
             ..record.clone()
         };
         assert_eq!(parse_body(&old, "c/1"), Ok(without));
