@@ -1033,13 +1033,13 @@ fn catch_up_message(h: &mut Harness, token: u64, seq: u64, topic: &str, text: &s
     });
 }
 
-/// Another node's record of `client_id`: its subscriptions (QoS 1) and cursor.
-fn record_of(node: &str, client_id: &str, filters: &[&str], cursor: u64) -> Bytes {
-    record_with_qos(node, client_id, filters, 1, cursor)
+/// A record of a session subscribed to `x/+` at `qos` with cursor `cursor`.
+fn record_at(qos: u8, cursor: u64) -> SessionRecord {
+    session_record(&["x/+"], qos, cursor)
 }
 
-/// The same with the subscriptions' QoS (the v5 options byte's low bits).
-fn record_with_qos(node: &str, client_id: &str, filters: &[&str], qos: u8, cursor: u64) -> Bytes {
+/// A record of a session subscribed to `filters` at `qos` with cursor `cursor`.
+fn session_record(filters: &[&str], qos: u8, cursor: u64) -> SessionRecord {
     let mut session = RecoveredSession {
         version: 5,
         expiry_secs: 300,
@@ -1048,11 +1048,21 @@ fn record_with_qos(node: &str, client_id: &str, filters: &[&str], qos: u8, curso
     for f in filters {
         session.subscriptions.insert((*f).to_owned(), (qos, None));
     }
-    let record = SessionRecord {
+    SessionRecord {
         cursor: Some(cursor),
         session,
         ..Default::default()
-    };
+    }
+}
+
+/// Another node's record of `client_id`: its subscriptions (QoS 1) and cursor.
+fn record_of(node: &str, client_id: &str, filters: &[&str], cursor: u64) -> Bytes {
+    record_with_qos(node, client_id, filters, 1, cursor)
+}
+
+/// The same with the subscriptions' QoS (the v5 options byte's low bits).
+fn record_with_qos(node: &str, client_id: &str, filters: &[&str], qos: u8, cursor: u64) -> Bytes {
+    let record = session_record(filters, qos, cursor);
     record::record_value(format!("{node} 1f").as_bytes(), client_id, &record)
 }
 
@@ -1671,18 +1681,10 @@ fn a_persistent_sessions_qos2_packets_wait_for_its_record() {
 fn a_moved_session_sends_no_qos2_message_twice() {
     let mut h = Harness::with_config(clustered("a"));
     h.input(Input::ClusterFeedStart { seq: 8 });
-    let mut session = RecoveredSession {
-        version: 5,
-        expiry_secs: 300,
-        ..Default::default()
-    };
-    session.subscriptions.insert("x/+".to_owned(), (2, None));
     let record = SessionRecord {
-        cursor: Some(3),
         qos2_window: [(5, (4, false)), (6, (5, true)), (9, (7, false))].into(),
         qos2_done: [6].into(),
-        session,
-        ..Default::default()
+        ..record_at(2, 3)
     };
     let previous = record::record_value(b"b 1f", "m", &record);
     let opts = ConnectOpts::default().session_expiry(300);
@@ -1739,17 +1741,9 @@ fn a_moved_session_sends_no_qos2_message_twice() {
 fn a_resumed_qos2_entry_whose_message_is_gone_is_dropped() {
     let mut h = Harness::with_config(clustered("a"));
     h.input(Input::ClusterFeedStart { seq: 6 });
-    let mut session = RecoveredSession {
-        version: 5,
-        expiry_secs: 300,
-        ..Default::default()
-    };
-    session.subscriptions.insert("x/+".to_owned(), (1, None));
     let record = SessionRecord {
-        cursor: Some(3),
         qos2_window: [(5, (4, false))].into(),
-        session,
-        ..Default::default()
+        ..record_at(1, 3)
     };
     let previous = record::record_value(b"b 1f", "g", &record);
     let opts = ConnectOpts::default().session_expiry(300);
@@ -1777,6 +1771,20 @@ fn a_resumed_qos2_entry_whose_message_is_gone_is_dropped() {
     );
 }
 
+/// Client `c` sends a QoS 2 PUBLISH with packet id `pid` on topic `t`.
+fn send_qos2(h: &mut Harness, c: tidemq_core::ConnId, pid: u16, text: &'static str, dup: bool) {
+    let p = tidemq_core::codec::Publish {
+        dup,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: "t".to_owned(),
+        packet_id: Some(pid),
+        properties: Properties::default(),
+        payload: Bytes::from_static(text.as_bytes()),
+    };
+    h.send(c, &Packet::Publish(p));
+}
+
 /// The durable writes asked for since `from`: (token, msg id).
 fn durable_writes(h: &Harness, from: usize) -> Vec<(u64, String)> {
     h.log[from..]
@@ -1800,18 +1808,7 @@ fn a_persistent_sessions_qos2_publish_is_recorded_before_it_is_stored() {
     let mut rev = 4;
     answer_records(&mut h, mark, "p", &mut rev);
     let mark = h.log.len();
-    h.send(
-        c,
-        &Packet::Publish(tidemq_core::codec::Publish {
-            dup: false,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: "t".to_owned(),
-            packet_id: Some(9),
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"once"),
-        }),
-    );
+    send_qos2(&mut h, c, 9, "once", false);
     assert!(
         durable_writes(&h, mark).is_empty(),
         "no write before the record"
@@ -1885,18 +1882,7 @@ fn a_qos2_publish_sent_again_after_a_move_is_stored_once() {
     let (c, ack) = connect_claimed(&mut h, "m", opts, Some(20), Some((previous, 19)));
     assert!(ack.session_present);
     let mark = h.log.len();
-    h.send(
-        c,
-        &Packet::Publish(tidemq_core::codec::Publish {
-            dup: true,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: "t".to_owned(),
-            packet_id: Some(9),
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"again"),
-        }),
-    );
+    send_qos2(&mut h, c, 9, "again", true);
     let writes = durable_writes(&h, mark);
     assert_eq!(
         writes.iter().map(|w| w.1.as_str()).collect::<Vec<_>>(),
@@ -1913,18 +1899,7 @@ fn a_qos2_publish_sent_again_after_a_move_is_stored_once() {
     );
     // A PUBLISH again now is the same message, written no more.
     let mark = h.log.len();
-    h.send(
-        c,
-        &Packet::Publish(tidemq_core::codec::Publish {
-            dup: true,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: "t".to_owned(),
-            packet_id: Some(9),
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"again"),
-        }),
-    );
+    send_qos2(&mut h, c, 9, "again", true);
     assert!(durable_writes(&h, mark).is_empty());
     assert!(matches!(h.recv_one(c), Packet::PubRec(a) if a.packet_id == 9));
     // PUBREL for the other id (its PUBREC came from b): PUBCOMP once recorded, not 0x92.

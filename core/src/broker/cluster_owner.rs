@@ -23,6 +23,11 @@ impl Broker {
             .is_none_or(|c| subject::name_key(client_id, c.max_subject_len()).is_ok())
     }
 
+    /// The claim session `sid` holds here, if any.
+    pub(super) fn held_mut(&mut self, sid: SessionId) -> Option<&mut crate::cluster::owner::Held> {
+        self.cluster.as_deref_mut()?.owner.held_mut(sid)
+    }
+
     /// Claims the client id of session `sid`, unless it holds or asks for a claim already.
     /// A session opened by a CONNECT that waited for its claim takes that one.
     pub(super) fn cluster_claim(&mut self, sid: SessionId) {

@@ -71,11 +71,7 @@ impl Broker {
 
     /// `pid`'s next packet (its first PUBLISH, or its PUBREL) waits for the record.
     pub(super) fn qos2_owe(&mut self, sid: SessionId, pid: u16) {
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        else {
+        let Some(h) = self.held_mut(sid) else {
             return;
         };
         h.qos2.owed.insert(pid);
@@ -115,10 +111,7 @@ impl Broker {
         if d.qos != QoS::ExactlyOnce || seq == 0 {
             return;
         }
-        if let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
+        if let Some(h) = self.held_mut(sid)
             && h.keeps_record
         {
             let cursor = h.cursor;
@@ -139,11 +132,7 @@ impl Broker {
     /// Inbound id `pid` of `sid`, whose stream write will carry `stamp`, goes in the record;
     /// the write waits for it. False when the record holds as many as it may.
     pub(super) fn qos2_owe_inbound(&mut self, sid: SessionId, pid: u16, stamp: Stamp) -> bool {
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        else {
+        let Some(h) = self.held_mut(sid) else {
             return false;
         };
         if h.qos2.inbound.len() >= MAX_QOS2_INBOUND && !h.qos2.inbound.contains_key(&pid) {
@@ -159,12 +148,7 @@ impl Broker {
     /// PUBREL for inbound id `pid` of `sid`: true when its PUBCOMP waits for a record without
     /// the id (then it is owed; a PUBREL again meanwhile waits with it).
     pub(super) fn qos2_owe_pubcomp(&mut self, sid: SessionId, pid: u16) -> bool {
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-            .filter(|h| h.keeps_record)
-        else {
+        let Some(h) = self.held_mut(sid).filter(|h| h.keeps_record) else {
             return false;
         };
         if !h.qos2.releasing.insert(pid) {
@@ -190,11 +174,7 @@ impl Broker {
 
     /// The write again of resumed inbound id `pid` was answered: the message is stored.
     pub(super) fn qos2_inbound_confirmed(&mut self, sid: SessionId, pid: u16) {
-        if let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        {
+        if let Some(h) = self.held_mut(sid) {
             h.qos2.resumed_inbound.remove(&pid);
             h.qos2.recount();
         }
@@ -218,11 +198,7 @@ impl Broker {
                     .collect()
             })
             .unwrap_or_default();
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        else {
+        let Some(h) = self.held_mut(sid) else {
             return Qos2Record {
                 window,
                 ..Qos2Record::default()
@@ -347,11 +323,7 @@ impl Broker {
         if seq == 0 {
             return Some(d);
         }
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        else {
+        let Some(h) = self.held_mut(sid) else {
             return Some(d);
         };
         // At or below the cursor: delivered already (here, or where the session was; a
@@ -385,11 +357,7 @@ impl Broker {
     /// past `upto`: expired, gone from the stream, or no longer subscribed to) leave the
     /// window, counted as dropped.
     pub(super) fn qos2_give_up(&mut self, sid: SessionId, upto: u64) {
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        else {
+        let Some(h) = self.held_mut(sid) else {
             return;
         };
         let lost: Vec<(u64, u16)> = h

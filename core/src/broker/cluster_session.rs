@@ -350,11 +350,7 @@ impl Broker {
     /// Session `sid` changed (subscriptions, connected or not, expiry): its record is written
     /// again, at once unless a write is on its way.
     pub(super) fn cluster_session_changed(&mut self, sid: SessionId) {
-        let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        else {
+        let Some(h) = self.held_mut(sid) else {
             return;
         };
         if h.keeps_record {
@@ -699,11 +695,7 @@ impl Broker {
     /// `sid`'s catch-up is over (or cannot run): its cursor may move again, and what waited
     /// behind it is delivered.
     fn caught_up(&mut self, sid: SessionId) {
-        if let Some(h) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.owner.held_mut(sid))
-        {
+        if let Some(h) = self.held_mut(sid) {
             h.catching_up = false;
         }
         self.stop_holding(sid);
