@@ -1735,10 +1735,10 @@ fn a_moved_session_sends_no_qos2_message_twice() {
 }
 
 /// An entry a session resumed with whose message the stream no longer has (expired, or cut
-/// by the stream's limits) leaves the window once the stream is read past it, counted as
-/// dropped, and what waited behind it goes out.
+/// by the stream's limits) goes on to PUBREL once the stream is read past it (a client that
+/// has the message finishes its flow), and what waited behind it goes out.
 #[test]
-fn a_resumed_qos2_entry_whose_message_is_gone_is_dropped() {
+fn a_resumed_qos2_entry_whose_message_is_gone_is_released() {
     let mut h = Harness::with_config(clustered("a"));
     h.input(Input::ClusterFeedStart { seq: 6 });
     let record = SessionRecord {
@@ -1760,14 +1760,18 @@ fn a_resumed_qos2_entry_whose_message_is_gone_is_dropped() {
         "nothing passes the entry waiting for its message"
     );
     h.advance(1000);
-    assert_eq!(payloads(&mut h, c), ["five"]);
-    let text = scrape(&mut h);
-    assert_eq!(
-        value(
-            &text,
-            "tidemq_messages_dropped_total{reason=\"store_failed\"}"
-        ),
-        1.0
+    let mut rev = 20;
+    answer_records(&mut h, mark, "g", &mut rev);
+    let got = h.recv(c);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::PubRel(a) if a.packet_id == 5)),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::Publish(p) if p.payload == "five")),
+        "{got:?}"
     );
 }
 
@@ -1950,4 +1954,34 @@ fn a_moved_publishers_messages_are_routed_behind_what_its_last_node_wrote() {
         seq: Some(11),
     });
     assert_eq!(payloads(&mut h, sub), ["next"]);
+}
+
+/// A QoS 2 PUBLISH sent again on a new connection while its first write is still on its way
+/// is written under the same dedup id (JetStream keeps it once), not as a new message.
+#[test]
+fn a_qos2_publish_sent_again_before_its_write_is_answered_keeps_its_dedup_id() {
+    let mut h = Harness::with_config(clustered("a"));
+    h.input(Input::ClusterFeedStart { seq: 1 });
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(&mut h, "p", opts.clone(), Some(4), None);
+    let mut rev = 4;
+    answer_records(&mut h, mark, "p", &mut rev);
+    let mark = h.log.len();
+    send_qos2(&mut h, c, 9, "once", false);
+    answer_records(&mut h, mark, "p", &mut rev);
+    let first = durable_writes(&h, mark);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // The connection drops before JetStream answers; the client comes back and sends it again.
+    h.close(c);
+    let (c, ack) = connect_claimed(&mut h, "p", opts, Some(rev + 1), None);
+    assert!(ack.session_present);
+    let mark = h.log.len();
+    send_qos2(&mut h, c, 9, "once", true);
+    let again = durable_writes(&h, mark);
+    assert_eq!(
+        again.iter().map(|w| &w.1).collect::<Vec<_>>(),
+        [&first[0].1],
+        "written again under the first write's dedup id"
+    );
 }

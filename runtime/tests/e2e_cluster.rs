@@ -533,6 +533,25 @@ fn until_both_listed(node: &Node) {
     eprintln!("both nodes listed after {:?}", start.elapsed());
 }
 
+/// Waits until `node`'s admin API lists `filter` among `client_id`'s subscriptions (a
+/// persistent session's SUBACK waits for its record, and nothing routes to it before).
+fn until_subscribed(node: &Node, client_id: &str, filter: &str) {
+    let start = Instant::now();
+    let quoted = format!("\"{filter}\"");
+    while !node
+        .api
+        .get(&format!("/api/v4/subscriptions/{client_id}"))
+        .to_string()
+        .contains(&quoted)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{client_id} never subscribed to {filter}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// (client id, node) of each connected client `GET /api/v4/clients` on `node` lists.
 fn clients_listed(node: &Node, path: &str) -> (Vec<(String, String)>, serde_json::Value) {
     let v = node.api.get(path);
@@ -723,7 +742,7 @@ fn a_persistent_session_moves_between_nodes() {
         a.port,
         &[&session[..], &["-t", "m/x", "-C", "1", "-W", "30", "-v"]].concat(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    until_subscribed(&a, "mover", "m/x");
     mosquitto_pub(b.port, &["-t", "m/x", "-m", "before", "-q", "1"]);
     assert_eq!(lines_of(first), ["m/x before"]);
     // Away: published on both nodes, each acknowledged once JetStream has it.
@@ -780,7 +799,7 @@ fn a_persistent_qos2_session_moves_and_gets_each_message_once() {
         a.port,
         &[&session[..], &["-t", "q/x", "-C", "1", "-W", "30", "-v"]].concat(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    until_subscribed(&a, "mover2", "q/x");
     mosquitto_pub(b.port, &["-t", "q/x", "-m", "before", "-q", "2"]);
     assert_eq!(lines_of(first), ["q/x before"]);
     let away: Vec<String> = (1..=6).map(|i| format!("away-{i}")).collect();

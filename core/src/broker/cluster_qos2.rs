@@ -18,7 +18,8 @@
 //!   PUBLISH again with one by writing it again under the recorded stamp (JetStream stores it
 //!   once; the feed brings it here if it is new), and a PUBREL as usual.
 //! - Room: at most `record::MAX_QOS2_WINDOW` in the window and `record::MAX_QOS2_DONE`
-//!   finished past the cursor (43 KiB of record at most, beside its subscriptions); past either, QoS 2 deliveries wait in
+//!   finished past the cursor (51 KiB of record at most with 1,024 inbound ids' 85 KiB, beside its
+//!   subscriptions); past either, QoS 2 deliveries wait in
 //!   the session's queue (a client that never acknowledges one message stalls only itself).
 
 use std::sync::Arc;
@@ -33,7 +34,6 @@ use crate::codec::{Ack, Packet, reason};
 use crate::ids::SessionId;
 use crate::memory::Ledger;
 use crate::message::{Content, Message, Origin};
-use crate::metrics::DropReason;
 use crate::session::{Delivery, Session};
 use crate::window::InboundQos2;
 use crate::window::OutStage;
@@ -163,13 +163,35 @@ impl Broker {
     }
 
     /// The stamp a PUBLISH again with inbound id `pid` is written again under: an id `sid`
-    /// resumed with whose stream write this node has not confirmed.
-    pub(super) fn qos2_resumed_inbound(&self, sid: SessionId, pid: u16) -> Option<Stamp> {
+    /// resumed with whose stream write this node has not confirmed, or whose first write is
+    /// still on its way (the client sent it again on a new connection).
+    pub(super) fn qos2_inbound_unconfirmed(&self, sid: SessionId, pid: u16) -> Option<Stamp> {
         let h = self.cluster.as_deref()?.owner.held(sid)?;
-        if !h.qos2.resumed_inbound.contains(&pid) {
+        let accepted = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.qos2_in.contains(pid));
+        if accepted && !h.qos2.resumed_inbound.contains(&pid) {
             return None;
         }
         h.qos2.inbound.get(&pid).cloned()
+    }
+
+    /// Inbound id `pid` of `sid` is let go without PUBCOMP: its PUBLISH was refused (the
+    /// client ends that flow), so the record must not keep it for a later PUBLISH with it.
+    pub(super) fn qos2_forget_inbound(&mut self, sid: SessionId, pid: u16) {
+        if let Some(session) = self.sessions.get_mut(&sid) {
+            session.qos2_in.release(pid);
+        }
+        let Some(h) = self.held_mut(sid) else {
+            return;
+        };
+        if h.qos2.inbound.remove(&pid).is_some() {
+            h.qos2.resumed_inbound.remove(&pid);
+            h.qos2.recount();
+            h.dirty = true;
+            self.write_record(sid);
+        }
     }
 
     /// The write again of resumed inbound id `pid` was answered: the message is stored.
@@ -257,6 +279,8 @@ impl Broker {
         for pid in ready {
             self.send_in_flight(sid, conn, pid, false);
         }
+        // One that could not go (expired, or too large now) made room.
+        self.pump(sid);
     }
 
     /// Inbound: the stream writes a record write of `sid` vouched for are made, and the
@@ -353,41 +377,34 @@ impl Broker {
         None
     }
 
-    /// The entries `sid` resumed with whose message the stream no longer brings (it was read
-    /// past `upto`: expired, gone from the stream, or no longer subscribed to) leave the
-    /// window, counted as dropped.
+    /// Entries `sid` resumed with whose message the stream no longer brings (it was read past
+    /// `upto`: expired, gone from the stream, or no longer subscribed to) go on to PUBREL: a
+    /// client that has the message finishes its flow, one that has not answers PUBCOMP all
+    /// the same; the id is free only then.
     pub(super) fn qos2_give_up(&mut self, sid: SessionId, upto: u64) {
-        let Some(h) = self.held_mut(sid) else {
+        let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let lost: Vec<(u64, u16)> = h
-            .qos2
-            .resumed
-            .range(..=upto)
-            .filter(|(_, (_, stage))| *stage == OutStage::Published)
-            .map(|(seq, (pid, _))| (*seq, *pid))
+        let lost: Vec<(u16, u64)> = session
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.stage == OutStage::Published && stands_in(&f.item))
+            .map(|(pid, f)| (pid, f.item.msg.durable.stream_seq()))
+            .filter(|(_, seq)| *seq <= upto)
             .collect();
         if lost.is_empty() {
             return;
         }
-        for (seq, _) in &lost {
-            h.qos2.resumed.remove(seq);
+        for (pid, _) in &lost {
+            session.inflight.release(*pid);
         }
-        h.qos2.recount();
-        h.dirty = true;
-        for (seq, pid) in lost {
-            let gone = self
-                .sessions
-                .get_mut(&sid)
-                .filter(|s| {
-                    s.inflight.get(pid).is_some_and(|f| {
-                        f.item.msg.durable.stream_seq() == seq && stands_in(&f.item)
-                    })
-                })
-                .and_then(|s| s.inflight.remove(pid));
-            if gone.is_some() {
-                self.drop_message(sid, DropReason::StoreFailed);
+        if let Some(h) = self.held_mut(sid) {
+            for (_, seq) in &lost {
+                h.qos2.resumed.remove(seq);
             }
+        }
+        for (pid, _) in lost {
+            self.qos2_owe(sid, pid);
         }
         self.pump(sid);
     }

@@ -6,11 +6,13 @@
 //! a catch-up read of the durable stream brings what it was owed past its cursor.
 //!
 //! The cursor: the node feed reads the whole stream in order, and this node routes its own
-//! messages before the feed reaches them, so a session with nothing pending when the feed is
-//! at sequence `p` has had every message up to `p` it was owed. A stale cursor only delivers
-//! again (QoS 1 allows it); it is written at most once per `cluster.record_interval`.
+//! messages by the time the feed reaches them (or holds the cursor below them), so when the
+//! feed is at sequence `p` a session has had every message up to `p` it was owed except those
+//! it still has queued or in flight: its cursor is `p`, or just below the lowest of those. A
+//! stale cursor only delivers again (QoS 1 allows it; QoS 2 is marked, `cluster_qos2.rs`); it
+//! is written at most once per `cluster.record_interval`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -466,8 +468,9 @@ impl Broker {
         }
     }
 
-    /// Each `cluster.record_interval`: a session with nothing pending moves its cursor to the feed's place, and
-    /// the records that changed (or failed) are written.
+    /// Each `cluster.record_interval`: a session's cursor moves to the feed's place, or just
+    /// below the lowest message it still has pending, and the records that changed (or
+    /// failed) are written.
     pub(super) fn record_tick(&mut self) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
@@ -502,7 +505,8 @@ impl Broker {
             if moves || h.dirty {
                 to_write.push((*sid, moves.then_some(target).flatten()));
             }
-            if !h.catching_up && !h.qos2.resumed.is_empty() {
+            // Stand-ins wait unsent (and so does all of a disconnected session's window).
+            if !h.catching_up && (!h.qos2.resumed.is_empty() || !session.inflight.all_sent()) {
                 resumed.push(*sid);
             }
         }
@@ -573,12 +577,17 @@ impl Broker {
             charge: ledger.charge(0),
         });
         let range = c.feed_seq.map(|all| (all, c.own_high));
+        let unrouted: BTreeSet<u64> = c.after_feed.keys().copied().collect();
+        let unanswered: BTreeSet<u64> = c.waiting_stamps.keys().copied().collect();
+        let bytes = CATCHUP_BYTES + 16 * (unrouted.len() + unanswered.len());
         c.catchups_waiting.push_back(CatchUp {
             sid,
             from,
             range,
             attempts: 0,
-            _charge: ledger.charge(CATCHUP_BYTES),
+            unrouted,
+            unanswered,
+            _charge: ledger.charge(bytes),
         });
         self.start_catch_ups();
     }
@@ -641,9 +650,8 @@ impl Broker {
         };
         // This node's own messages it has not routed yet (a moved session's, waiting for the
         // feed; or whose answer JetStream has not given) reach the session when they are.
-        let own = c.is_own(&envelope.stamp)
-            && !c.after_feed.contains_key(&seq)
-            && !c.waiting_stamps.contains_key(&envelope.stamp.seq);
+        let unrouted = cu.unrouted.contains(&seq) || cu.unanswered.contains(&envelope.stamp.seq);
+        let own = c.is_own(&envelope.stamp) && !unrouted;
         let wanted = seq <= to_all || (seq <= to_own && own);
         if !wanted {
             return;

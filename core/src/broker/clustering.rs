@@ -234,6 +234,11 @@ impl Broker {
         // This node routes its own when JetStream answers for them, or, if the feed reads one
         // first, now: in the stream's order with what other nodes wrote.
         if c.is_own(&envelope.stamp) {
+            // Stored by a write again for a session that moved back here after this node
+            // had given up the first write: nobody routed it here yet.
+            if c.abandoned.remove(&envelope.stamp.seq) {
+                return self.take_copy(topic, envelope, Takers::Plain(None), seq);
+            }
             return self.route_own_on_feed(seq, envelope.stamp.seq);
         }
         self.take_copy(topic, envelope, Takers::Plain(None), seq);
@@ -400,7 +405,9 @@ impl Broker {
             &content.payload,
         );
         let msg_id = format!("{}.{}.{}", stamp.node, stamp.epoch, stamp.seq);
-        let charge = ledger.charge(MESSAGE_BYTES + payload.len() + content.topic.len());
+        // A write that waits for the record holds its envelope too.
+        let held = if recorded_first { payload.len() } else { 0 };
+        let charge = ledger.charge(MESSAGE_BYTES + payload.len() + content.topic.len() + held);
         if recorded_first && !self.qos2_owe_inbound(sid, pid, stamp.clone()) {
             // The record holds as many unreleased ids as it may.
             if version.is_v5() {
@@ -547,7 +554,9 @@ impl Broker {
             return;
         };
         for (w, seq) in ready {
-            let (w, ok) = (*w, seq.is_some());
+            // Read by the feed already: stored, whatever the answer says.
+            let ok = seq.is_some() || w.routed;
+            let w = *w;
             let qos = w.content.qos;
             let sender = Sender {
                 conn: w.conn,
@@ -598,6 +607,10 @@ impl Broker {
                     c.routing_seq = 0;
                 }
             } else if w.version.is_v5() {
+                // The client ends this flow: its id must not stay in the record.
+                if qos == QoS::ExactlyOnce {
+                    self.qos2_forget_inbound(w.sid, w.packet_id);
+                }
                 self.finish_publish(sender, qos, reason::UNSPECIFIED_ERROR, None);
             } else {
                 self.drop_conn(

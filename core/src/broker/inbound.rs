@@ -115,29 +115,29 @@ impl Broker {
             );
         }
         let pid = p.packet_id.unwrap_or(0);
+        // In a cluster, an id whose stream write this node has not seen answered (the session
+        // came with it from another node, or its first write is still on its way) is written
+        // again under the same dedup id, once the PUBLISH passes every check below.
+        let mut again = None;
         if p.qos == QoS::ExactlyOnce {
+            let pending = match self.cluster {
+                Some(_) => self.qos2_inbound_unconfirmed(sid, pid),
+                None => None,
+            };
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;
             };
-            if session.qos2_in.contains(pid) {
+            if let Some(stamp) = pending {
+                session.qos2_in.seen_again(pid);
+                again = Some(stamp);
+            } else if session.qos2_in.contains(pid) {
                 // A resend of a message already accepted: acknowledge, never deliver twice.
                 session.qos2_in.seen_again(pid);
-                // In a cluster, an id the session came with from another node whose stream
-                // write may never have been made is written again under its dedup id.
-                if let Some(stamp) = self.qos2_resumed_inbound(sid, pid) {
-                    let sender = Sender {
-                        conn: id,
-                        sid,
-                        version,
-                        packet_id: pid,
-                    };
-                    let content = Content::from_publish(p);
-                    return self.cluster_write_durable(sender, content, Some(stamp));
-                }
                 return self.send(id, version, &Packet::PubRec(Ack::new(pid, reason::SUCCESS)));
             }
             // Ids left unreleased by an earlier connection do not count (v5 §4.9).
-            if session.qos2_in.this_connection() >= usize::from(receive_maximum) {
+            if again.is_none() && session.qos2_in.this_connection() >= usize::from(receive_maximum)
+            {
                 return self.drop_conn(
                     id,
                     CloseReason::error(
@@ -214,7 +214,7 @@ impl Broker {
                     version,
                     packet_id: pid,
                 };
-                self.cluster_write_durable(sender, content, None);
+                self.cluster_write_durable(sender, content, again);
             }
             accepted => {
                 let sender = Sender {
@@ -223,6 +223,10 @@ impl Broker {
                     version,
                     packet_id: pid,
                 };
+                // Refused now: the id the session kept for it is let go with the flow.
+                if again.is_some() && code != reason::SUCCESS {
+                    self.qos2_forget_inbound(sid, pid);
+                }
                 self.finish_publish(sender, qos, code, accepted);
             }
         }

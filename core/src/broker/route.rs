@@ -62,6 +62,12 @@ impl Broker {
                 self.store.persist(Record::RetainDel { topic }, true);
             }
         } else {
+            // The retained copy is not the stream's message (its replays are new deliveries
+            // a moved session must not take for the stream's).
+            let msg = &match msg.durable.stream_seq() {
+                0 => msg.clone(),
+                _ => Arc::new(self.copy_of(msg)),
+            };
             self.retained.insert(&msg.topic, msg.clone());
             if keep {
                 let wall = self.wall();
@@ -71,6 +77,20 @@ impl Broker {
                     .persist(Record::RetainPut { topic, msg_id }, true);
             }
         }
+    }
+
+    /// A copy of `msg` as a message of its own.
+    fn copy_of(&mut self, msg: &Message) -> Message {
+        let content = Content {
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            qos: msg.qos,
+            retain: msg.retain,
+            properties: msg.properties.clone(),
+        };
+        let id = self.store.next_message_id();
+        let ledger = &self.memory.ledger;
+        Message::new(id, content, msg.origin, msg.expires_at, self.now, ledger)
     }
 
     /// Delivers `msg` to every matching subscription: once per session for its non-shared

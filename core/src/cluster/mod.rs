@@ -21,7 +21,7 @@ pub mod subject;
 
 pub use config::ClusterConfig;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::api::ConnId;
 use crate::codec::ProtocolVersion;
@@ -61,6 +61,11 @@ pub(crate) struct CatchUp {
     pub from: u64,
     pub range: Option<(u64, u64)>,
     pub attempts: u8,
+    /// This node's own messages not routed yet when the read was asked for (by stream
+    /// sequence, and by stamp sequence for those JetStream had not answered): they reach
+    /// the session when they are, not through the read.
+    pub unrouted: BTreeSet<u64>,
+    pub unanswered: BTreeSet<u64>,
     pub _charge: Charge,
 }
 
@@ -88,6 +93,9 @@ pub(crate) struct Waiting {
     pub behind_feed: bool,
     pub _charge: Charge,
 }
+
+/// Writes given up before they were made whose stamps a node remembers.
+pub const MAX_ABANDONED: usize = 4096;
 
 /// Messages of moved sessions JetStream has, routed here once the feed reaches them.
 pub const MAX_ROUTED_AFTER_FEED: usize = 4096;
@@ -122,6 +130,10 @@ pub(crate) struct Cluster {
     pub waiting: BTreeMap<u64, Box<Waiting>>,
     /// The durable writes awaited by the sequence in their stamp (this node's own ones).
     pub waiting_stamps: BTreeMap<u64, u64>,
+    /// Stamp sequences of this node's writes given up before they were made (at most
+    /// [`MAX_ABANDONED`], the oldest forgotten first): one written again later under the
+    /// same stamp is routed here when the feed reads it.
+    pub abandoned: BTreeSet<u64>,
     /// Per connection, its durable writes in the order they were asked for, and the answers
     /// that came before their turn.
     pipelines: BTreeMap<ConnId, VecDeque<u64>>,
@@ -186,6 +198,7 @@ impl Cluster {
             pipelines: BTreeMap::new(),
             answers: BTreeMap::new(),
             waiting_stamps: BTreeMap::new(),
+            abandoned: BTreeSet::new(),
             routing_seq: 0,
             after_feed: BTreeMap::new(),
             next_token: 0,
@@ -278,7 +291,9 @@ impl Cluster {
                 };
                 queue.pop_front();
                 if let Some(w) = self.waiting.remove(&head) {
-                    self.waiting_stamps.remove(&w.stamp_seq);
+                    if self.waiting_stamps.get(&w.stamp_seq) == Some(&head) {
+                        self.waiting_stamps.remove(&w.stamp_seq);
+                    }
                     ready.push((w, seq));
                 }
             }
@@ -303,7 +318,13 @@ impl Cluster {
             let Some(w) = self.waiting.remove(&token) else {
                 continue;
             };
-            self.waiting_stamps.remove(&w.stamp_seq);
+            if self.waiting_stamps.get(&w.stamp_seq) == Some(&token) {
+                self.waiting_stamps.remove(&w.stamp_seq);
+                self.abandoned.insert(w.stamp_seq);
+                if self.abandoned.len() > MAX_ABANDONED {
+                    self.abandoned.pop_first();
+                }
+            }
             if let Some(queue) = self.pipelines.get_mut(&w.conn) {
                 queue.retain(|t| *t != token);
                 if queue.is_empty() {

@@ -197,16 +197,18 @@ impl Owner {
         ledger: &Ledger,
     ) -> &mut Held {
         let (key, line, revision) = claim;
-        let (charge, cursor, catching_up, qos2) = match self.held.remove(&sid) {
+        let (charge, cursor, catching_up, qos2, moved_in) = match self.held.remove(&sid) {
             Some(old) => {
                 self.forget_key(&old.key, sid);
-                (old._charge, old.cursor, old.catching_up, old.qos2)
+                let kept = (old.cursor, old.catching_up, old.qos2, old.moved_in);
+                (old._charge, kept.0, kept.1, kept.2, kept.3)
             }
             None => (
                 ledger.charge(CLAIM_BYTES + key.len()),
                 None,
                 false,
                 ExactlyOnce::new(ledger),
+                false,
             ),
         };
         self.by_key.insert(key.clone(), sid);
@@ -222,7 +224,7 @@ impl Owner {
             catching_up,
             ending: false,
             qos2,
-            moved_in: false,
+            moved_in,
             _charge: charge,
         })
     }

@@ -108,14 +108,14 @@ impl ExactlyOnce {
     }
 
     /// Whether another QoS 2 message may enter the window: room in the record for it, and
-    /// for its sequence once finished.
+    /// for the sequences of everything in the window once finished.
     pub fn has_room(&self) -> bool {
-        self.recorded
+        let window = self
+            .recorded
             .len()
             .max(self.writing.as_ref().map_or(0, Window::len))
-            + self.owed.len()
-            < MAX_QOS2_WINDOW
-            && self.done.len() < MAX_QOS2_DONE
+            + self.owed.len();
+        window < MAX_QOS2_WINDOW && self.done.len() + window < MAX_QOS2_DONE
     }
 
     /// Whether the packet of `pid` at `stage` for `seq` may go out: the record says so.

@@ -55,7 +55,12 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
     let mut out = BytesMut::with_capacity(owner_line.len() + 64);
     out.put_slice(owner_line);
     out.put_u8(b'\n');
-    out.put_u8(FORMAT);
+    // Without QoS 2 state in the first format: a node of the last version reads it too (a
+    // cluster being upgraded).
+    let qos2 = !(record.qos2_window.is_empty()
+        && record.qos2_done.is_empty()
+        && record.qos2_inbound.is_empty());
+    out.put_u8(if qos2 { FORMAT } else { FORMAT_WITHOUT_QOS2 });
     match record.cursor {
         Some(c) => {
             out.put_u8(1);
@@ -63,27 +68,8 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
         }
         None => out.put_u8(0),
     }
-    // Bounded by MAX_QOS2_WINDOW and MAX_QOS2_DONE (checked before a delivery is sent).
-    out.put_u16(record.qos2_window.len().min(usize::from(u16::MAX)) as u16);
-    for (pid, (seq, released)) in record.qos2_window.iter().take(usize::from(u16::MAX)) {
-        out.put_u16(*pid);
-        out.put_u64(*seq);
-        out.put_u8(u8::from(*released));
-    }
-    out.put_u32(record.qos2_done.len() as u32);
-    for seq in &record.qos2_done {
-        out.put_u64(*seq);
-    }
-    out.put_u16(record.qos2_inbound.len().min(usize::from(u16::MAX)) as u16);
-    for (pid, stamp) in record.qos2_inbound.iter().take(usize::from(u16::MAX)) {
-        out.put_u16(*pid);
-        // Node names are at most 64 bytes (`cluster.node_name`).
-        let node = stamp.node.as_bytes();
-        let node = node.get(..node.len().min(255)).unwrap_or_default();
-        out.put_u8(node.len() as u8);
-        out.put_slice(node);
-        out.put_u64(stamp.epoch);
-        out.put_u64(stamp.seq);
+    if qos2 {
+        put_qos2(&mut out, record);
     }
     let s = &record.session;
     let mut put = |r: Record| {
@@ -107,6 +93,33 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
         });
     }
     out.freeze()
+}
+
+/// A record's QoS 2 state (format 2).
+fn put_qos2(out: &mut BytesMut, record: &SessionRecord) {
+    // Bounded by MAX_QOS2_WINDOW and MAX_QOS2_DONE (a QoS 2 delivery of the stream waits
+    // for room) and MAX_QOS2_INBOUND (a QoS 2 PUBLISH past it is refused).
+    out.put_u16(record.qos2_window.len().min(usize::from(u16::MAX)) as u16);
+    for (pid, (seq, released)) in record.qos2_window.iter().take(usize::from(u16::MAX)) {
+        out.put_u16(*pid);
+        out.put_u64(*seq);
+        out.put_u8(u8::from(*released));
+    }
+    out.put_u32(record.qos2_done.len() as u32);
+    for seq in &record.qos2_done {
+        out.put_u64(*seq);
+    }
+    out.put_u16(record.qos2_inbound.len().min(usize::from(u16::MAX)) as u16);
+    for (pid, stamp) in record.qos2_inbound.iter().take(usize::from(u16::MAX)) {
+        out.put_u16(*pid);
+        // Node names are at most 64 bytes (`cluster.node_name`).
+        let node = stamp.node.as_bytes();
+        let node = node.get(..node.len().min(255)).unwrap_or_default();
+        out.put_u8(node.len() as u8);
+        out.put_slice(node);
+        out.put_u64(stamp.epoch);
+        out.put_u64(stamp.seq);
+    }
 }
 
 /// The owner's line of a sessions-bucket value.
@@ -171,6 +184,7 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
         _ => return Err("bad cursor flag"),
     };
     let mut qos2_window = BTreeMap::new();
+    let mut window_seqs = BTreeSet::new();
     let mut qos2_done = BTreeSet::new();
     let mut qos2_inbound = BTreeMap::new();
     if format == FORMAT {
@@ -181,12 +195,16 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
                 [1] => true,
                 _ => return Err("bad QoS 2 stage"),
             };
-            if pid == 0 || qos2_window.insert(pid, (seq, released)).is_some() {
-                return Err("bad QoS 2 packet id");
+            // Sequence 0 is no stream message; one message is in flight under one id only.
+            let twice = !window_seqs.insert(seq);
+            if pid == 0 || seq == 0 || twice || qos2_window.insert(pid, (seq, released)).is_some() {
+                return Err("bad QoS 2 window entry");
             }
         }
         let done = r.u32()? as usize;
-        if done > MAX_QOS2_DONE {
+        // Past the cap a reader still takes what a writer may have (its window finishing
+        // while the cursor is held).
+        if done > MAX_QOS2_DONE + MAX_QOS2_WINDOW {
             return Err("too many finished QoS 2 messages");
         }
         for _ in 0..done {
@@ -195,6 +213,10 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
         for _ in 0..r.u16()? {
             let pid = r.u16()?;
             let len = usize::from(r.take(1)?.first().copied().unwrap_or(0));
+            // `cluster.node_name` is at most 64 bytes.
+            if len > 64 {
+                return Err("bad node name");
+            }
             let node = std::str::from_utf8(r.take(len)?).map_err(|_| "bad node name")?;
             let stamp = Stamp {
                 node: node.to_owned(),
@@ -295,7 +317,11 @@ mod tests {
             qos2_inbound: BTreeMap::new(),
             ..record.clone()
         };
-        assert_eq!(parse_body(&old, "c/1"), Ok(without));
+        assert_eq!(parse_body(&old, "c/1"), Ok(without.clone()));
+        // Without QoS 2 state the first format is written (a node of the last version reads it).
+        let plain = record_value(b"n 1", "c/1", &without);
+        assert_eq!(plain.get(4), Some(&FORMAT_WITHOUT_QOS2));
+        assert_eq!(parse_value(&plain, "c/1").1, Some(Ok(without)));
         // An owner's line alone (a claim) has no record.
         assert_eq!(parse_value(b"node-a 1f", "c/1"), (&b"node-a 1f"[..], None));
     }
