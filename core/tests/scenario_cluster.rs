@@ -1014,7 +1014,12 @@ fn payloads(h: &mut Harness, c: tidemq_core::ConnId) -> Vec<Bytes> {
 
 /// Message `seq` of node b in the durable stream, as this node's feed brings it.
 fn feed_message(h: &mut Harness, seq: u64, topic: &str, text: &str) {
-    let (subject, payload) = from_stream("b", seq, topic, text, QoS::AtLeastOnce);
+    feed_at_qos(h, seq, topic, text, QoS::AtLeastOnce);
+}
+
+/// The same at `qos`.
+fn feed_at_qos(h: &mut Harness, seq: u64, topic: &str, text: &str, qos: QoS) {
+    let (subject, payload) = from_stream("b", seq, topic, text, qos);
     h.input(Input::ClusterFeedMessage {
         seq,
         subject,
@@ -1427,26 +1432,8 @@ fn a_cursor_does_not_pass_this_nodes_own_messages_not_yet_routed() {
     let mark = h.log.len();
     let (c, _) = connect_claimed(&mut h, "sub", opts, Some(3), None);
     h.subscribe(c, "own/x", QoS::AtLeastOnce);
-    // Every record write since `from` answered, those its answers cause too.
-    let answer_records = |h: &mut Harness, from: usize| {
-        let mut done = std::collections::BTreeSet::new();
-        loop {
-            let open: Vec<u64> = records(h, from, "sub")
-                .into_iter()
-                .map(|r| r.0)
-                .filter(|t| !done.contains(t))
-                .collect();
-            if open.is_empty() {
-                return;
-            }
-            for token in open {
-                done.insert(token);
-                let answer = tidemq_core::RecordAnswer::Written(100 + token);
-                h.input(Input::ClusterRecorded { token, answer });
-            }
-        }
-    };
-    answer_records(&mut h, mark);
+    let mut rev = 100;
+    answer_records(&mut h, mark, "sub", &mut rev);
     // A local QoS 1 publish: JetStream takes it at 11, the answer is late; the feed reads
     // it (its own, passed over) and 12 meanwhile.
     let p = h.client("p", V5);
@@ -1476,7 +1463,7 @@ fn a_cursor_does_not_pass_this_nodes_own_messages_not_yet_routed() {
     });
     let texts = payloads(&mut h, c);
     assert_eq!(texts, ["late"]);
-    answer_records(&mut h, mark);
+    answer_records(&mut h, mark, "sub", &mut rev);
     let mark = h.log.len();
     h.advance(1000);
     let cursor = records(&h, mark, "sub").last().and_then(|r| r.3.cursor);
@@ -1578,14 +1565,16 @@ fn answer_records(h: &mut Harness, from: usize, client_id: &str, rev: &mut u64) 
     }
 }
 
-/// Node b's QoS 2 message `seq`, as this node's feed brings it.
-fn feed_qos2(h: &mut Harness, seq: u64, topic: &str, text: &str) {
-    let (subject, payload) = from_stream("b", seq, topic, text, QoS::ExactlyOnce);
-    h.input(Input::ClusterFeedMessage {
-        seq,
-        subject,
-        payload,
-    });
+/// A persistent session's client `client_id` connected once the feed has started at 1, its
+/// record writes answered; the revision last written.
+fn persistent(h: &mut Harness, client_id: &str) -> (tidemq_core::ConnId, u64) {
+    h.input(Input::ClusterFeedStart { seq: 1 });
+    let opts = ConnectOpts::default().session_expiry(300);
+    let mark = h.log.len();
+    let (c, _) = connect_claimed(h, client_id, opts, Some(4), None);
+    let mut rev = 4;
+    answer_records(h, mark, client_id, &mut rev);
+    (c, rev)
 }
 
 /// A QoS 2 message to a persistent session goes out only once its record holds its packet id
@@ -1594,16 +1583,13 @@ fn feed_qos2(h: &mut Harness, seq: u64, topic: &str, text: &str) {
 #[test]
 fn a_persistent_sessions_qos2_packets_wait_for_its_record() {
     let mut h = Harness::with_config(clustered("a"));
-    h.input(Input::ClusterFeedStart { seq: 1 });
-    let opts = ConnectOpts::default().session_expiry(300);
+    let (c, mut rev) = persistent(&mut h, "q");
     let mark = h.log.len();
-    let (c, _) = connect_claimed(&mut h, "q", opts, Some(4), None);
     h.subscribe(c, "x/+", QoS::ExactlyOnce);
-    let mut rev = 4;
     answer_records(&mut h, mark, "q", &mut rev);
     let mark = h.log.len();
-    feed_qos2(&mut h, 2, "x/1", "two");
-    feed_qos2(&mut h, 3, "x/1", "three");
+    feed_at_qos(&mut h, 2, "x/1", "two", QoS::ExactlyOnce);
+    feed_at_qos(&mut h, 3, "x/1", "three", QoS::ExactlyOnce);
     assert!(h.recv(c).is_empty(), "no PUBLISH before the record has it");
     let (token, _, _, rec) = records(&h, mark, "q").pop().expect("a record write");
     assert_eq!(
@@ -1805,12 +1791,7 @@ fn durable_writes(h: &Harness, from: usize) -> Vec<(u64, String)> {
 #[test]
 fn a_persistent_sessions_qos2_publish_is_recorded_before_it_is_stored() {
     let mut h = Harness::with_config(clustered("a"));
-    h.input(Input::ClusterFeedStart { seq: 1 });
-    let opts = ConnectOpts::default().session_expiry(300);
-    let mark = h.log.len();
-    let (c, _) = connect_claimed(&mut h, "p", opts, Some(4), None);
-    let mut rev = 4;
-    answer_records(&mut h, mark, "p", &mut rev);
+    let (c, mut rev) = persistent(&mut h, "p");
     let mark = h.log.len();
     send_qos2(&mut h, c, 9, "once", false);
     assert!(
@@ -1961,12 +1942,8 @@ fn a_moved_publishers_messages_are_routed_behind_what_its_last_node_wrote() {
 #[test]
 fn a_qos2_publish_sent_again_before_its_write_is_answered_keeps_its_dedup_id() {
     let mut h = Harness::with_config(clustered("a"));
-    h.input(Input::ClusterFeedStart { seq: 1 });
+    let (c, mut rev) = persistent(&mut h, "p");
     let opts = ConnectOpts::default().session_expiry(300);
-    let mark = h.log.len();
-    let (c, _) = connect_claimed(&mut h, "p", opts.clone(), Some(4), None);
-    let mut rev = 4;
-    answer_records(&mut h, mark, "p", &mut rev);
     let mark = h.log.len();
     send_qos2(&mut h, c, 9, "once", false);
     answer_records(&mut h, mark, "p", &mut rev);

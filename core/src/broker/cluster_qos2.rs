@@ -50,13 +50,7 @@ impl Broker {
     /// Whether delivery `d` to `sid` must be in the record before it goes out: a QoS 2
     /// delivery of a stream message to a persistent session held here.
     pub(super) fn qos2_recorded_first(&self, sid: SessionId, d: &Delivery) -> bool {
-        d.qos == QoS::ExactlyOnce
-            && d.msg.durable.stream_seq() != 0
-            && self
-                .cluster
-                .as_deref()
-                .and_then(|c| c.owner.held(sid))
-                .is_some_and(|h| h.keeps_record)
+        d.qos == QoS::ExactlyOnce && d.msg.durable.stream_seq() != 0 && self.keeps_record(sid)
     }
 
     /// Whether delivery `d` may take a place in `sid`'s window now.
@@ -75,9 +69,7 @@ impl Broker {
             return;
         };
         h.qos2.owed.insert(pid);
-        h.qos2.recount();
-        h.dirty = true;
-        self.write_record(sid);
+        self.qos2_changed(sid);
     }
 
     /// PUBREC came for `pid` (already marked released): whether its PUBREL waits for the
@@ -92,6 +84,15 @@ impl Broker {
             self.qos2_owe(sid, pid);
         }
         owes
+    }
+
+    /// `sid`'s QoS 2 state changed in a way its record must show: counted, and written.
+    fn qos2_changed(&mut self, sid: SessionId) {
+        if let Some(h) = self.held_mut(sid) {
+            h.qos2.recount();
+            h.dirty = true;
+        }
+        self.write_record(sid);
     }
 
     /// Why `pid` of `sid` cannot be resent now, if it cannot.
@@ -120,9 +121,9 @@ impl Broker {
         }
     }
 
-    /// Whether a QoS 2 PUBLISH of `sid` must be in the record before its stream write: a
-    /// persistent session held here.
-    pub(super) fn qos2_inbound_recorded_first(&self, sid: SessionId) -> bool {
+    /// Whether `sid` is a persistent session held here: its QoS 2 state is in its record
+    /// (a QoS 2 PUBLISH of it is there before its stream write).
+    pub(super) fn keeps_record(&self, sid: SessionId) -> bool {
         self.cluster
             .as_deref()
             .and_then(|c| c.owner.held(sid))
@@ -139,9 +140,7 @@ impl Broker {
             return false;
         }
         h.qos2.inbound.insert(pid, stamp);
-        h.qos2.recount();
-        h.dirty = true;
-        self.write_record(sid);
+        self.qos2_changed(sid);
         true
     }
 
@@ -156,9 +155,7 @@ impl Broker {
         }
         h.qos2.inbound.remove(&pid);
         h.qos2.resumed_inbound.remove(&pid);
-        h.qos2.recount();
-        h.dirty = true;
-        self.write_record(sid);
+        self.qos2_changed(sid);
         true
     }
 
@@ -188,9 +185,7 @@ impl Broker {
         };
         if h.qos2.inbound.remove(&pid).is_some() {
             h.qos2.resumed_inbound.remove(&pid);
-            h.qos2.recount();
-            h.dirty = true;
-            self.write_record(sid);
+            self.qos2_changed(sid);
         }
     }
 

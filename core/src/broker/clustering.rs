@@ -371,9 +371,8 @@ impl Broker {
         } = sender;
         let wall_now = self.wall_now();
         let ledger = self.memory.ledger.clone();
-        let recorded_first = again.is_none()
-            && content.qos == QoS::ExactlyOnce
-            && self.qos2_inbound_recorded_first(sid);
+        let recorded_first =
+            again.is_none() && content.qos == QoS::ExactlyOnce && self.keeps_record(sid);
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
