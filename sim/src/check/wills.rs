@@ -16,6 +16,12 @@ pub struct WillCheck {
     seen: BTreeMap<Tag, (u32, u32)>,
     /// When the broker first sent each will to the watcher.
     sent_at: BTreeMap<Tag, u64>,
+    /// QoS 0 wills sent to the watcher: when, and on which connection.
+    sent_qos0_on: BTreeMap<Tag, (u64, u64)>,
+    /// The watcher's connections: when something last reached it on each, and when each
+    /// was lost.
+    watcher_got_at: BTreeMap<u64, u64>,
+    watcher_lost_at: BTreeMap<u64, u64>,
 }
 
 impl WillCheck {
@@ -24,16 +30,27 @@ impl WillCheck {
             Ev::BrokerSent {
                 pkt: Sent::Publish(p),
                 actor,
-                ..
+                conn,
             } => {
                 if let Tag::Will { .. } = p.tag
                     && replay.role(*actor) == Some(Role::Watcher)
                 {
                     self.sent_at.entry(p.tag).or_insert(e.at);
+                    if p.qos == 0 {
+                        self.sent_qos0_on.entry(p.tag).or_insert((e.at, *conn));
+                    }
                 }
             }
-            Ev::Delivered(d) if matches!(d.publish.tag, Tag::Will { .. }) => {
-                self.delivered(e.at, d, replay, out);
+            Ev::Delivered(d) => {
+                if replay.role(d.actor) == Some(Role::Watcher) {
+                    self.watcher_got_at.insert(d.conn, e.at);
+                }
+                if matches!(d.publish.tag, Tag::Will { .. }) {
+                    self.delivered(e.at, d, replay, out);
+                }
+            }
+            Ev::ClientLost { actor, conn } if replay.role(*actor) == Some(Role::Watcher) => {
+                self.watcher_lost_at.entry(*conn).or_insert(e.at);
             }
             _ => {}
         }
@@ -141,6 +158,7 @@ impl WillCheck {
             if w.cancelled
                 || restarted
                 || watcher_away
+                || self.lost_in_flight(&w.tag)
                 // Only a will never stored for the watcher (QoS 0) can die with held output.
                 || (!durable.will_records.contains_key(&w.tag)
                     && watcher_output_died_held(entries, replay, due))
@@ -161,6 +179,19 @@ impl WillCheck {
                 ));
             }
         }
+    }
+}
+
+impl WillCheck {
+    /// A QoS 0 will sent on a watcher connection that was lost before anything sent after it
+    /// arrived (a keep-alive cut after a suspension, say) died on the way.
+    fn lost_in_flight(&self, tag: &Tag) -> bool {
+        self.sent_qos0_on.get(tag).is_some_and(|(sent, conn)| {
+            self.watcher_lost_at
+                .get(conn)
+                .is_some_and(|lost| lost >= sent)
+                && self.watcher_got_at.get(conn).is_none_or(|got| got < sent)
+        })
     }
 }
 
