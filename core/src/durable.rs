@@ -236,6 +236,7 @@ impl Durability {
                 qos: d.qos,
                 retain: d.retain,
                 subscription_ids: d.subscription_ids.clone(),
+                sent: None,
             },
             true,
         );
@@ -256,6 +257,21 @@ impl Durability {
     /// resend under a new id, a lost QoS 2 one could mean a second delivery.
     pub fn out_state(&mut self, session: &Session, entry: u64, pid: u16, qos: QoS, released: bool) {
         if entry == 0 || !session.durable {
+            return;
+        }
+        // Sent in the input that stored it (the usual case): the same record says so. It
+        // is gated already, so a QoS 2 PUBLISH waits for it as for an `OutState`.
+        if !released
+            && let Some(Record::QueuePut {
+                client_id,
+                entry: e,
+                sent: sent @ None,
+                ..
+            }) = self.records.last_mut()
+            && *e == entry
+            && *client_id == session.client_id
+        {
+            *sent = Some(pid);
             return;
         }
         let client_id = session.client_id.clone();
@@ -517,8 +533,9 @@ impl Durability {
                 qos: d.qos,
                 retain: d.retain,
                 subscription_ids: d.subscription_ids.clone(),
+                sent: state.and_then(|(pid, released)| (!released).then_some(pid)),
             });
-            if let Some((pid, released)) = state {
+            if let Some((pid, released @ true)) = state {
                 out.push(Record::OutState {
                     client_id: client_id.clone(),
                     entry: d.entry,

@@ -165,6 +165,16 @@ fn sample_records() -> Vec<Record> {
             qos: QoS::ExactlyOnce,
             retain: false,
             subscription_ids: vec![1, 268_435_455],
+            sent: None,
+        },
+        Record::QueuePut {
+            client_id: "client-1".to_owned(),
+            entry: 8,
+            msg_id: 42,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            subscription_ids: vec![],
+            sent: Some(65_535),
         },
         Record::OutState {
             client_id: "client-1".to_owned(),
@@ -343,16 +353,20 @@ fn any_record() -> impl Strategy<Value = Record> {
             any::<u64>(),
             qos(),
             any::<bool>(),
-            prop::collection::vec(any::<u32>(), 0..4)
+            prop::collection::vec(any::<u32>(), 0..4),
+            prop::option::of(any::<u16>())
         )
             .prop_map(
-                |(client_id, entry, msg_id, qos, retain, subscription_ids)| Record::QueuePut {
-                    client_id,
-                    entry,
-                    msg_id,
-                    qos,
-                    retain,
-                    subscription_ids,
+                |(client_id, entry, msg_id, qos, retain, subscription_ids, sent)| {
+                    Record::QueuePut {
+                        client_id,
+                        entry,
+                        msg_id,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        sent,
+                    }
                 }
             ),
         (key(), any::<u64>(), any::<u16>(), any::<bool>()).prop_map(
@@ -443,6 +457,7 @@ fn small_record() -> impl Strategy<Value = Record> {
                 qos,
                 retain: false,
                 subscription_ids: vec![],
+                sent: None,
             }
         ),
         (client.clone(), entry.clone(), 1u16..3, any::<bool>()).prop_map(
@@ -1124,6 +1139,7 @@ fn record_fields_out_of_range_are_refused() {
         qos: QoS::AtLeastOnce,
         retain: false,
         subscription_ids: vec![],
+        sent: None,
     }
     .encode(&mut body);
     let n = body.len();
@@ -1399,6 +1415,7 @@ fn queue_put(client_id: &str, entry: u64, msg_id: u64) -> Record {
         qos: QoS::ExactlyOnce,
         retain: false,
         subscription_ids: vec![4],
+        sent: None,
     }
 }
 
@@ -1836,6 +1853,7 @@ fn state_as_records(r: &Recovered) -> Vec<Record> {
                 qos: d.qos,
                 retain: d.retain,
                 subscription_ids: d.subscription_ids.clone(),
+                sent: None,
             });
             if let Some((packet_id, released)) = d.out_state {
                 out.push(Record::OutState {

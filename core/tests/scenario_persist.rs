@@ -1649,3 +1649,37 @@ fn snapshot_then_the_records_after_it_restore_what_the_whole_journal_restores() 
     from_snapshot.prune();
     assert_eq!(from_snapshot, from_journal);
 }
+
+#[test]
+fn a_qos1_delivery_sent_at_once_is_one_record_and_a_restart_resends_it_under_its_packet_id() {
+    let config = durable_config(SyncMode::Fsync);
+    let mut h = harness_with(config.clone());
+    h.auto_persist = true;
+    let (s, _) = persistent_v5(&mut h, "s", true);
+    subscribe_durably(&mut h, s, "t", Q1);
+    let p = h.client("p", V5);
+    let mark = h.persisted.len();
+    h.publish(p, "t", "m", Q1, false);
+    let got = h.publishes(s);
+    assert_eq!(got.len(), 1);
+    let pid = got[0].packet_id.unwrap();
+    // The body, then the delivery with the packet id it went out under: no `OutState`.
+    let records = records_since(&h, mark);
+    assert!(
+        matches!(&records[..], [Record::MsgPut(_), Record::QueuePut { client_id, sent: Some(sent), .. }]
+            if client_id == "s" && *sent == pid),
+        "{records:?}"
+    );
+
+    // Unacknowledged when the broker stops: after the restart it goes again, same id, DUP.
+    h.close(s);
+    let mut h = restart(&h, config, 0);
+    let (s, present) = persistent_v5(&mut h, "s", false);
+    assert!(present);
+    let again = h.publishes(s);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (again[0].packet_id, again[0].dup, payload_of(&again[0])),
+        (Some(pid), true, "m")
+    );
+}

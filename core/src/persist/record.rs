@@ -49,7 +49,9 @@ pub enum Record {
     },
     /// Boxed: a message is most of a record's size, and records are moved in batches.
     MsgPut(Box<StoredMessage>),
-    /// A message owed to a session, in `entry` order.
+    /// A message owed to a session, in `entry` order. `sent`: the packet id it went out
+    /// under in the same input, as an `OutState` (not released) would say; one record
+    /// instead of two for the usual delivery.
     QueuePut {
         client_id: String,
         entry: u64,
@@ -57,6 +59,7 @@ pub enum Record {
         qos: QoS,
         retain: bool,
         subscription_ids: Vec<u32>,
+        sent: Option<u16>,
     },
     /// An outbound QoS 2 delivery got its packet id (`released`: PUBREL sent).
     OutState {
@@ -114,6 +117,8 @@ const T_RETAIN_PUT: u8 = 11;
 const T_RETAIN_DEL: u8 = 12;
 const T_BRIDGE_PUT: u8 = 13;
 const T_BRIDGE_DEL: u8 = 14;
+/// A `QueuePut` with the packet id it went out under.
+const T_QUEUE_PUT_SENT: u8 = 15;
 
 fn put_str(out: &mut BytesMut, s: &str) {
     put_bytes(out, s.as_bytes());
@@ -200,8 +205,13 @@ impl Record {
                 qos,
                 retain,
                 subscription_ids,
+                sent,
             } => {
-                out.put_u8(T_QUEUE_PUT);
+                out.put_u8(if sent.is_some() {
+                    T_QUEUE_PUT_SENT
+                } else {
+                    T_QUEUE_PUT
+                });
                 put_str(out, client_id);
                 out.put_u64(*entry);
                 out.put_u64(*msg_id);
@@ -210,6 +220,9 @@ impl Record {
                 out.put_u32(subscription_ids.len() as u32);
                 for id in subscription_ids {
                     out.put_u32(*id);
+                }
+                if let Some(pid) = sent {
+                    out.put_u16(*pid);
                 }
             }
             Record::OutState {
@@ -279,7 +292,8 @@ impl Record {
     /// Reads one record body; every byte must be used.
     pub fn decode(body: &[u8]) -> Result<Record, &'static str> {
         let mut r = Cursor { buf: body };
-        let record = match r.u8()? {
+        let kind = r.u8()?;
+        let record = match kind {
             T_SESSION_PUT => Record::SessionPut {
                 client_id: r.string()?,
                 version: r.u8()?,
@@ -328,7 +342,7 @@ impl Record {
                     expires_at_unix_ms,
                 }))
             }
-            T_QUEUE_PUT => {
+            T_QUEUE_PUT | T_QUEUE_PUT_SENT => {
                 let client_id = r.string()?;
                 let entry = r.u64()?;
                 let msg_id = r.u64()?;
@@ -342,6 +356,11 @@ impl Record {
                 for _ in 0..n {
                     subscription_ids.push(r.u32()?);
                 }
+                let sent = if kind == T_QUEUE_PUT_SENT {
+                    Some(r.u16()?)
+                } else {
+                    None
+                };
                 Record::QueuePut {
                     client_id,
                     entry,
@@ -349,6 +368,7 @@ impl Record {
                     qos,
                     retain,
                     subscription_ids,
+                    sent,
                 }
             }
             T_OUT_STATE => Record::OutState {

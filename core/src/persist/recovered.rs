@@ -89,6 +89,7 @@ impl Recovered {
                 qos,
                 retain,
                 subscription_ids,
+                sent,
             } => {
                 if let Some(s) = self.sessions.get_mut(&client_id) {
                     s.queue.insert(
@@ -98,7 +99,7 @@ impl Recovered {
                             qos,
                             retain,
                             subscription_ids,
-                            out_state: None,
+                            out_state: sent.map(|pid| (pid, false)),
                         },
                     );
                 }

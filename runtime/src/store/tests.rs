@@ -730,6 +730,7 @@ impl Gen {
                     subscription_ids: (0..self.rng.below(3))
                         .map(|_| 1 + self.rng.below(1000) as u32)
                         .collect(),
+                    sent: self.rng.one_in(2).then(|| 1 + self.rng.below(65535) as u16),
                 }
             }
             12 => Record::OutState {
@@ -827,6 +828,7 @@ fn live_records(state: &Recovered) -> Vec<Record> {
                 qos: d.qos,
                 retain: d.retain,
                 subscription_ids: d.subscription_ids.clone(),
+                sent: None,
             });
             if let Some((packet_id, released)) = d.out_state {
                 out.push(Record::OutState {
