@@ -13,10 +13,12 @@ use tidemq_sim::trace::{AckKind, Ev, Got, Sent};
 
 /// After a store failure a durable session's SUBSCRIBE is refused (SUBACK 0x97): it adds no
 /// durable subscriber, so a later QoS 1 publish on a matching topic needs no store and is
-/// acknowledged (model fix: P3 counted the refused filter as a durable subscription).
+/// acknowledged (model fix: P3 counted the refused filter as a durable subscription). First
+/// seen on seed 1005383; since a delivery sent at once is one record, that seed's store fails
+/// elsewhere, and 1005439 is the first S6 seed from there that shows the case again.
 #[test]
 fn a_subscription_refused_after_a_store_failure_makes_no_durable_subscriber() {
-    let seed = 1_005_383;
+    let seed = 1_005_439;
     let out = run_seed_in(seed, Family::S6, None);
     for v in &out.violations {
         println!(
