@@ -535,12 +535,13 @@ impl Durability {
                 subscription_ids: d.subscription_ids.clone(),
                 sent: state.and_then(|(pid, released)| (!released).then_some(pid)),
             });
-            if let Some((pid, released @ true)) = state {
+            // A released delivery keeps its own record; an unreleased one is in the put.
+            if let Some((pid, true)) = state {
                 out.push(Record::OutState {
                     client_id: client_id.clone(),
                     entry: d.entry,
                     packet_id: pid,
-                    released,
+                    released: true,
                 });
             }
         }

@@ -180,9 +180,6 @@ impl WillCheck {
             }
         }
     }
-}
-
-impl WillCheck {
     /// A QoS 0 will sent on a watcher connection that was lost before anything sent after it
     /// arrived (a keep-alive cut after a suspension, say) died on the way.
     fn lost_in_flight(&self, tag: &Tag) -> bool {
