@@ -131,14 +131,45 @@ pub fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let running = Running {
+    let mut running = Running {
         child,
         log: log.to_owned(),
     };
-    wait_for("the broker to listen", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    // The listener is bound before the broker serves it (a cluster node first opens its
+    // JetStream buckets): only a CONNACK says it is ready.
+    wait_for(
+        "the broker to answer CONNECT",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                // Its log follows, from `Running`'s drop.
+                panic!("the broker exited ({status}) before serving");
+            }
+            answers_connect(port)
+        },
+    );
     running
+}
+
+/// Whether an MQTT 3.1.1 CONNECT (clean session, no client id) to `port` gets a CONNACK
+/// within a second; the connection is then closed with DISCONNECT.
+pub fn answers_connect(port: u16) -> bool {
+    use std::io::{Read, Write};
+    const CONNECT: [u8; 14] = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0];
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut connack = [0u8; 4];
+    let answered = stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .is_ok()
+        && stream.write_all(&CONNECT).is_ok()
+        && stream.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20;
+    if answered {
+        let _ = stream.write_all(&[0xE0, 0]);
+    }
+    answered
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by
