@@ -984,8 +984,18 @@ fn the_admin_api_kicks_a_client_connected_on_another_node() {
     assert!(ack.session_present);
 }
 
-/// The session records written since `from`: (token, key, revision, record).
+/// The session records node "a" wrote since `from`: (token, key, revision, record).
 fn records(h: &Harness, from: usize, client_id: &str) -> Vec<(u64, String, u64, SessionRecord)> {
+    records_of(h, "a", from, client_id)
+}
+
+/// The session records `node` wrote since `from`.
+fn records_of(
+    h: &Harness,
+    node: &str,
+    from: usize,
+    client_id: &str,
+) -> Vec<(u64, String, u64, SessionRecord)> {
     h.log[from..]
         .iter()
         .filter_map(|o| match o {
@@ -996,7 +1006,11 @@ fn records(h: &Harness, from: usize, client_id: &str) -> Vec<(u64, String, u64, 
                 revision,
             } => {
                 let (line, record) = record::parse_value(value, client_id);
-                assert!(line.starts_with(b"a "), "the owner's line leads");
+                assert!(
+                    line.strip_prefix(node.as_bytes())
+                        .is_some_and(|rest| rest.starts_with(b" ")),
+                    "the owner's line leads"
+                );
                 Some((*token, key.clone(), *revision, record?.ok()?))
             }
             _ => None,
@@ -1548,9 +1562,14 @@ fn of_two_connects_on_one_node_the_newer_claim_keeps_the_session() {
 
 /// Writes answered for every record write since `from`, at increasing revisions from `rev`.
 fn answer_records(h: &mut Harness, from: usize, client_id: &str, rev: &mut u64) {
+    answer_records_of(h, "a", from, client_id, rev);
+}
+
+/// [`answer_records`] for the records `node` writes.
+fn answer_records_of(h: &mut Harness, node: &str, from: usize, client_id: &str, rev: &mut u64) {
     let mut from = from;
     loop {
-        let written = records(h, from, client_id);
+        let written = records_of(h, node, from, client_id);
         from = h.log.len();
         if written.is_empty() {
             return;
@@ -1835,6 +1854,70 @@ fn a_persistent_sessions_qos2_publish_is_recorded_before_it_is_stored() {
         answer: tidemq_core::RecordAnswer::Written(rev),
     });
     assert!(matches!(h.recv_one(c), Packet::PubComp(a) if a.packet_id == 9 && a.reason.0 == 0));
+}
+
+/// Once JetStream confirmed a persistent session's QoS 2 message, the next record marks its
+/// id stored; the node the session moves to then answers a PUBLISH again with that id without
+/// writing it: the client may come back after the stream's `duplicate_window`, when a write
+/// again would be stored twice.
+#[test]
+fn a_confirmed_qos2_publish_is_marked_stored_and_not_written_again_after_a_move() {
+    let mut h = Harness::with_config(clustered("a"));
+    let (c, mut rev) = persistent(&mut h, "p");
+    let mark = h.log.len();
+    send_qos2(&mut h, c, 9, "once", false);
+    let (token, _, _, rec) = records(&h, mark, "p").pop().expect("a record write");
+    assert!(rec.qos2_inbound_stored.is_empty(), "not stored yet");
+    rev += 1;
+    h.input(Input::ClusterRecorded {
+        token,
+        answer: tidemq_core::RecordAnswer::Written(rev),
+    });
+    let writes = durable_writes(&h, mark);
+    h.input(Input::ClusterDurableDone {
+        token: writes[0].0,
+        seq: Some(2),
+    });
+    assert!(matches!(h.recv_one(c), Packet::PubRec(a) if a.packet_id == 9));
+    // The client is gone before its PUBREL; the records tick writes the mark.
+    let mark = h.log.len();
+    h.advance(1000);
+    let (_, _, _, rec) = records(&h, mark, "p")
+        .pop()
+        .expect("the records tick writes the mark");
+    assert_eq!(rec.qos2_inbound.keys().copied().collect::<Vec<_>>(), [9]);
+    assert_eq!(
+        rec.qos2_inbound_stored.iter().copied().collect::<Vec<_>>(),
+        [9]
+    );
+
+    // Node b resumes the session from that record: the PUBLISH again is a resend.
+    let mut b = Harness::with_config(clustered("b"));
+    b.input(Input::ClusterFeedStart { seq: 6 });
+    let previous = record::record_value(
+        b"a 1f",
+        "p",
+        &SessionRecord {
+            cursor: Some(3),
+            ..rec
+        },
+    );
+    let opts = ConnectOpts::default().session_expiry(300);
+    let connected = b.log.len();
+    let (c, ack) = connect_claimed(&mut b, "p", opts, Some(20), Some((previous, 19)));
+    assert!(ack.session_present);
+    let mark = b.log.len();
+    send_qos2(&mut b, c, 9, "once", true);
+    assert!(durable_writes(&b, mark).is_empty(), "no write again");
+    assert!(matches!(b.recv_one(c), Packet::PubRec(a) if a.packet_id == 9 && a.reason.0 == 0));
+    b.pubrel(c, 9);
+    answer_records_of(&mut b, "b", connected, "p", &mut 20);
+    let got = b.recv(c);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::PubComp(a) if a.packet_id == 9 && a.reason.0 == 0)),
+        "{got:?}"
+    );
 }
 
 /// Node b recorded a client's QoS 2 id (and maybe stored its message) when the client moved

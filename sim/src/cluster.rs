@@ -95,6 +95,11 @@ pub enum ClusterMutation {
     /// The same without the inbound QoS 2 ids: a mover's QoS 2 PUBLISH sent again after a
     /// move is taken as new (C1, C12).
     ForgetInboundQos2,
+    /// The sessions bucket hands a claim the record it replaced with every inbound QoS 2 id
+    /// marked stored, as if a node marked ids before JetStream confirmed their writes: a
+    /// mover's PUBLISH sent again whose first write was given up is answered without a write,
+    /// and its message comes late (C4) or never (C1).
+    StoredEarly,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -1500,16 +1505,21 @@ impl ClusterWorld {
                 {
                     *value = Bytes::copy_from_slice(record::owner_line(value));
                 }
-                if let Some(m @ (ClusterMutation::ForgetQos2 | ClusterMutation::ForgetInboundQos2)) =
-                    self.mutation
+                if let Some(
+                    m @ (ClusterMutation::ForgetQos2
+                    | ClusterMutation::ForgetInboundQos2
+                    | ClusterMutation::StoredEarly),
+                ) = self.mutation
                     && let Some((value, _)) = &mut previous
                     && let (line, Some(Ok(mut rec))) = record::parse_value(value, &key)
                 {
-                    if m == ClusterMutation::ForgetQos2 {
-                        rec.qos2_window.clear();
-                        rec.qos2_done.clear();
-                    } else {
-                        rec.qos2_inbound.clear();
+                    match m {
+                        ClusterMutation::ForgetQos2 => {
+                            rec.qos2_window.clear();
+                            rec.qos2_done.clear();
+                        }
+                        ClusterMutation::ForgetInboundQos2 => rec.qos2_inbound.clear(),
+                        _ => rec.qos2_inbound_stored = rec.qos2_inbound.keys().copied().collect(),
                     }
                     *value = record::record_value(line, &key, &rec);
                 }

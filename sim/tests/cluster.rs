@@ -182,6 +182,25 @@ fn records_without_their_inbound_qos2_ids_are_caught() {
 }
 
 #[test]
+fn inbound_qos2_ids_marked_stored_before_their_write_are_caught() {
+    // Rare: a mover must leave while its QoS 2 write waits, and that write be given up. Its
+    // message then comes late, from a later write (C4), or never (C1).
+    let seeds = 1200;
+    let mut hits = Vec::new();
+    for i in 0..seeds {
+        let o = run_cluster_seed(BASE + i, Some(ClusterMutation::StoredEarly));
+        if o.failed("C1") || o.failed("C4") {
+            hits.push(o.seed);
+        }
+    }
+    println!(
+        "StoredEarly: C1 or C4 failed on {}/{seeds} seeds {hits:x?}",
+        hits.len()
+    );
+    assert!(!hits.is_empty());
+}
+
+#[test]
 fn a_claim_that_does_not_read_what_it_replaced_is_caught_by_c8() {
     assert!(!caught(ClusterMutation::BlindClaim, "C8").is_empty());
 }

@@ -16,7 +16,10 @@
 //!   the stamp its stream write will carry (the write's dedup id) before that write is made;
 //!   its PUBCOMP waits for a record without the id. A session resumed with such ids answers a
 //!   PUBLISH again with one by writing it again under the recorded stamp (JetStream stores it
-//!   once; the feed brings it here if it is new), and a PUBREL as usual.
+//!   once; the feed brings it here if it is new), and a PUBREL as usual. Once JetStream
+//!   confirmed the write, the next record (the records tick's, or any earlier one) marks the id
+//!   stored, and a PUBLISH again with a marked id is answered without a write: a client back
+//!   after more than the stream's `duplicate_window` would otherwise have it stored twice.
 //! - Room: at most `record::MAX_QOS2_WINDOW` in the window and `record::MAX_QOS2_DONE`
 //!   finished past the cursor (51 KiB of record at most with 1,024 inbound ids' 85 KiB, beside its
 //!   subscriptions); past either, QoS 2 deliveries wait in
@@ -140,6 +143,7 @@ impl Broker {
             return false;
         }
         h.qos2.inbound.insert(pid, stamp);
+        h.qos2.stored.remove(&pid);
         self.qos2_changed(sid);
         true
     }
@@ -155,6 +159,7 @@ impl Broker {
         }
         h.qos2.inbound.remove(&pid);
         h.qos2.resumed_inbound.remove(&pid);
+        h.qos2.stored.remove(&pid);
         self.qos2_changed(sid);
         true
     }
@@ -185,16 +190,27 @@ impl Broker {
         };
         if h.qos2.inbound.remove(&pid).is_some() {
             h.qos2.resumed_inbound.remove(&pid);
+            h.qos2.stored.remove(&pid);
             self.qos2_changed(sid);
         }
     }
 
-    /// The write again of resumed inbound id `pid` was answered: the message is stored.
-    pub(super) fn qos2_inbound_confirmed(&mut self, sid: SessionId, pid: u16) {
-        if let Some(h) = self.held_mut(sid) {
-            h.qos2.resumed_inbound.remove(&pid);
-            h.qos2.recount();
+    /// JetStream confirmed the stream write of inbound id `pid` of `sid`, made under
+    /// `stamp`: the message is stored, and the next record says so (written lazily: the
+    /// records tick's, unless one goes earlier).
+    pub(super) fn qos2_inbound_confirmed(&mut self, sid: SessionId, pid: u16, stamp: &Stamp) {
+        let Some(h) = self.held_mut(sid) else {
+            return;
+        };
+        // Only the write the record holds the id for (not one of an id since reused).
+        if h.qos2.inbound.get(&pid) != Some(stamp) {
+            return;
         }
+        h.qos2.resumed_inbound.remove(&pid);
+        if h.qos2.stored.insert(pid) {
+            h.dirty = true;
+        }
+        h.qos2.recount();
     }
 
     /// What a record write of `sid` carries of its QoS 2 state (noted as on its way).
@@ -228,6 +244,7 @@ impl Broker {
             window,
             done: h.qos2.done.clone(),
             inbound: h.qos2.inbound.clone(),
+            stored: h.qos2.stored.clone(),
         }
     }
 

@@ -390,6 +390,7 @@ impl Broker {
             qos2_window: qos2.window,
             qos2_done: qos2.done,
             qos2_inbound: qos2.inbound,
+            qos2_inbound_stored: qos2.stored,
             session,
         };
         let value = record::record_value(&line, &client_id, &rec);
@@ -758,6 +759,7 @@ fn qos2_of(rec: &SessionRecord) -> Qos2Record {
         window: rec.qos2_window.clone(),
         done: rec.qos2_done.clone(),
         inbound: rec.qos2_inbound.clone(),
+        stored: rec.qos2_inbound_stored.clone(),
     }
 }
 

@@ -419,6 +419,7 @@ impl Broker {
             return;
         };
         let stamp_seq = stamp.seq;
+        let recorded_stamp = (recorded_first || is_again).then(|| stamp.clone());
         let behind_feed = c.owner.held(sid).is_some_and(|h| h.moved_in)
             || c.after_feed.values().any(|a| a.sid == sid);
         let unwritten = recorded_first.then(|| Unwritten {
@@ -438,6 +439,7 @@ impl Broker {
             again: is_again,
             stamp_seq,
             routed: false,
+            recorded_stamp,
             behind_feed,
             _charge: charge,
         });
@@ -570,9 +572,11 @@ impl Broker {
                     c.counters.durable_failed += 1;
                 }
             }
+            if ok && let Some(stamp) = &w.recorded_stamp {
+                self.qos2_inbound_confirmed(w.sid, w.packet_id, stamp);
+            }
             if w.again {
                 if ok {
-                    self.qos2_inbound_confirmed(w.sid, w.packet_id);
                     self.finish_publish(sender, qos, reason::SUCCESS, None);
                 } else {
                     let why = "the cluster could not confirm a QoS 2 message sent again";

@@ -88,6 +88,9 @@ pub(crate) struct Waiting {
     /// read it before JetStream's answer came.
     pub stamp_seq: u64,
     pub routed: bool,
+    /// A persistent session's inbound QoS 2 write: the stamp its record holds the id with,
+    /// for the record's stored mark once JetStream confirms it.
+    pub recorded_stamp: Option<Stamp>,
     /// Written for a session that moved here, before its last node's writes were read: it
     /// is routed once the feed reaches it (even if the session has ended meanwhile).
     pub behind_feed: bool,

@@ -6,7 +6,10 @@
 //! its stream write will carry (its dedup id) before that write is made, and stays there until
 //! its PUBREL: the next node answers a PUBLISH again with that id by writing it again under the
 //! same dedup id (stored once), and a PUBREL with PUBCOMP. The PUBCOMP waits for a record
-//! without the id, so a client reusing it is never taken for a resend.
+//! without the id, so a client reusing it is never taken for a resend. Once JetStream confirms
+//! the write, the next record marks the id stored: the next node answers a PUBLISH again with
+//! a marked id without writing it, since past the stream's `duplicate_window` (2 minutes) a
+//! write again would store the message twice.
 //!
 //! A message is known by its sequence in the durable stream. Before its PUBLISH first goes
 //! out, its (packet id, sequence) is in a record the bucket acknowledged; before its PUBREL
@@ -38,6 +41,8 @@ pub(crate) struct Qos2Record {
     pub window: Window,
     pub done: BTreeSet<u64>,
     pub inbound: Inbound,
+    /// Those of `inbound` whose stream write was confirmed.
+    pub stored: BTreeSet<u16>,
 }
 
 pub(crate) struct ExactlyOnce {
@@ -61,6 +66,9 @@ pub(crate) struct ExactlyOnce {
     pub releasing: BTreeSet<u16>,
     /// Inbound ids resumed from a record whose stream write this node has not confirmed.
     pub resumed_inbound: BTreeSet<u16>,
+    /// Inbound ids whose stream write was confirmed (here, or as the record says), for the
+    /// next record write.
+    pub stored: BTreeSet<u16>,
     charge: Charge,
 }
 
@@ -77,6 +85,7 @@ impl ExactlyOnce {
             inbound_recorded: Inbound::new(),
             releasing: BTreeSet::new(),
             resumed_inbound: BTreeSet::new(),
+            stored: BTreeSet::new(),
             charge: ledger.charge(0),
         }
     }
@@ -87,8 +96,15 @@ impl ExactlyOnce {
             window,
             done,
             inbound,
+            stored,
         } = record;
-        self.resumed_inbound = inbound.keys().copied().collect();
+        // A stored one needs no write again: a PUBLISH again with it is a resend.
+        self.resumed_inbound = inbound
+            .keys()
+            .copied()
+            .filter(|pid| !stored.contains(pid))
+            .collect();
+        self.stored = stored;
         self.inbound_recorded = inbound.clone();
         self.inbound = inbound;
         self.resumed = window
@@ -147,7 +163,8 @@ impl ExactlyOnce {
             + self.done.len()
             + self.resumed.len()
             + self.releasing.len()
-            + self.resumed_inbound.len();
+            + self.resumed_inbound.len()
+            + self.stored.len();
         // An inbound entry holds a stamp (its node's name, at most 64 bytes).
         let inbound = self.inbound.len()
             + self.inbound_writing.as_ref().map_or(0, Inbound::len)

@@ -11,8 +11,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::envelope::Stamp;
 use crate::persist::{Record, Recovered, RecoveredSession};
 
-/// The body's format; the first (no QoS 2 state) is still read.
-const FORMAT: u8 = 2;
+/// The body's format; the earlier ones are still read, and written when they say all (a node
+/// of the last version reads them during an upgrade).
+const FORMAT: u8 = 3;
+/// Without inbound QoS 2 ids marked stored.
+const FORMAT_WITHOUT_STORED: u8 = 2;
 const FORMAT_WITHOUT_QOS2: u8 = 1;
 
 /// QoS 2 messages a record holds in flight at most; more wait for room.
@@ -47,6 +50,10 @@ pub struct SessionRecord {
     /// Inbound QoS 2 ids awaiting PUBREL, each with the stamp its message is (or is being)
     /// written to the stream with: its dedup id, so a resend on another node is stored once.
     pub qos2_inbound: BTreeMap<u16, Stamp>,
+    /// Those of `qos2_inbound` whose stream write JetStream confirmed: a PUBLISH again with
+    /// one is answered without a write (past the stream's `duplicate_window` a write again
+    /// would store it twice).
+    pub qos2_inbound_stored: BTreeSet<u16>,
     pub session: RecoveredSession,
 }
 
@@ -55,12 +62,17 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
     let mut out = BytesMut::with_capacity(owner_line.len() + 64);
     out.put_slice(owner_line);
     out.put_u8(b'\n');
-    // Without QoS 2 state in the first format: a node of the last version reads it too (a
-    // cluster being upgraded).
+    // The oldest format that says all: a node of the last version reads it too (a cluster
+    // being upgraded).
     let qos2 = !(record.qos2_window.is_empty()
         && record.qos2_done.is_empty()
         && record.qos2_inbound.is_empty());
-    out.put_u8(if qos2 { FORMAT } else { FORMAT_WITHOUT_QOS2 });
+    let stored = stored_ids(record);
+    out.put_u8(match (qos2, stored.is_empty()) {
+        (false, _) => FORMAT_WITHOUT_QOS2,
+        (true, true) => FORMAT_WITHOUT_STORED,
+        (true, false) => FORMAT,
+    });
     match record.cursor {
         Some(c) => {
             out.put_u8(1);
@@ -70,6 +82,13 @@ pub fn record_value(owner_line: &[u8], client_id: &str, record: &SessionRecord) 
     }
     if qos2 {
         put_qos2(&mut out, record);
+    }
+    if qos2 && !stored.is_empty() {
+        // At most the inbound ids' number, itself at most MAX_QOS2_INBOUND.
+        out.put_u16(stored.len().min(usize::from(u16::MAX)) as u16);
+        for pid in stored.iter().take(usize::from(u16::MAX)) {
+            out.put_u16(*pid);
+        }
     }
     let s = &record.session;
     let mut put = |r: Record| {
@@ -120,6 +139,16 @@ fn put_qos2(out: &mut BytesMut, record: &SessionRecord) {
         out.put_u64(stamp.epoch);
         out.put_u64(stamp.seq);
     }
+}
+
+/// The stored marks a record can carry: those of its inbound ids.
+fn stored_ids(record: &SessionRecord) -> Vec<u16> {
+    record
+        .qos2_inbound_stored
+        .iter()
+        .copied()
+        .filter(|pid| record.qos2_inbound.contains_key(pid))
+        .collect()
 }
 
 /// The owner's line of a sessions-bucket value.
@@ -175,6 +204,7 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
     let mut r = Reader(body);
     let format = match r.take(1)? {
         [FORMAT] => FORMAT,
+        [FORMAT_WITHOUT_STORED] => FORMAT_WITHOUT_STORED,
         [FORMAT_WITHOUT_QOS2] => FORMAT_WITHOUT_QOS2,
         _ => return Err("record of another format"),
     };
@@ -187,7 +217,8 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
     let mut window_seqs = BTreeSet::new();
     let mut qos2_done = BTreeSet::new();
     let mut qos2_inbound = BTreeMap::new();
-    if format == FORMAT {
+    let mut qos2_inbound_stored = BTreeSet::new();
+    if format != FORMAT_WITHOUT_QOS2 {
         for _ in 0..r.u16()? {
             let (pid, seq) = (r.u16()?, r.u64()?);
             let released = match r.take(1)? {
@@ -228,6 +259,14 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
             }
         }
     }
+    if format == FORMAT {
+        for _ in 0..r.u16()? {
+            let pid = r.u16()?;
+            if !qos2_inbound.contains_key(&pid) || !qos2_inbound_stored.insert(pid) {
+                return Err("bad stored inbound QoS 2 packet id");
+            }
+        }
+    }
     let mut recovered = Recovered::default();
     let mut records = 0;
     while !r.0.is_empty() {
@@ -259,6 +298,7 @@ fn parse_body(body: &[u8], client_id: &str) -> Result<SessionRecord, &'static st
         qos2_window,
         qos2_done,
         qos2_inbound,
+        qos2_inbound_stored,
         session,
     })
 }
@@ -293,6 +333,7 @@ mod tests {
                     seq: 40,
                 },
             )]),
+            qos2_inbound_stored: BTreeSet::new(),
             session,
         };
         let value = record_value(b"node-a 1f", "c/1", &record);
@@ -317,6 +358,30 @@ mod tests {
             qos2_inbound: BTreeMap::new(),
             ..record.clone()
         };
+        // Without stored marks the second format is written; with one, the third.
+        assert_eq!(value.get(10), Some(&FORMAT_WITHOUT_STORED));
+        let stored = SessionRecord {
+            qos2_inbound_stored: BTreeSet::from([3]),
+            ..record.clone()
+        };
+        let marked = record_value(b"node-a 1f", "c/1", &stored);
+        assert_eq!(marked.get(10), Some(&FORMAT));
+        assert_eq!(parse_value(&marked, "c/1").1, Some(Ok(stored.clone())));
+        for cut in 10..marked.len() {
+            let (_, parsed) = parse_value(&marked[..cut], "c/1");
+            assert_ne!(parsed, Some(Ok(stored.clone())), "cut at {cut}");
+        }
+        // A mark for an id the record does not hold is neither written nor read.
+        let stray = SessionRecord {
+            qos2_inbound_stored: BTreeSet::from([4]),
+            ..record.clone()
+        };
+        assert_eq!(record_value(b"node-a 1f", "c/1", &stray), value);
+        let mut bad = marked.to_vec();
+        let at = line.len() + 11 + qos2_bytes;
+        assert_eq!(bad.get(at..at + 4), Some(&[0, 1, 0, 3][..]));
+        bad[at + 3] = 4;
+        assert!(matches!(parse_value(&bad, "c/1").1, Some(Err(_))));
         assert_eq!(parse_body(&old, "c/1"), Ok(without.clone()));
         // Without QoS 2 state the first format is written (a node of the last version reads it).
         let plain = record_value(b"n 1", "c/1", &without);
