@@ -301,6 +301,7 @@ impl Broker {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
+        let unwritten = c.unwritten_of(sid);
         let Some(h) = c.owner.held_mut(sid) else {
             return;
         };
@@ -309,14 +310,19 @@ impl Broker {
             h.qos2.inbound_recorded = inbound;
         }
         let recorded: &Inbound = &h.qos2.inbound_recorded;
-        for (token, w) in c.waiting.iter_mut() {
-            let due = w.sid == sid
-                && w.unwritten
-                    .as_ref()
-                    .is_some_and(|u| recorded.get(&w.packet_id) == Some(&u.stamp));
+        let mut asked = Vec::new();
+        for token in unwritten {
+            let Some(w) = c.waiting.get_mut(&token) else {
+                continue;
+            };
+            let due = w
+                .unwritten
+                .as_ref()
+                .is_some_and(|u| recorded.get(&w.packet_id) == Some(&u.stamp));
             if let Some(u) = w.unwritten.take_if(|_| due) {
+                asked.push(token);
                 self.outputs.push_back(Output::ClusterDurable {
-                    token: *token,
+                    token,
                     subject: u.subject,
                     msg_id: u.msg_id,
                     payload: u.payload,
@@ -334,6 +340,9 @@ impl Broker {
             h.qos2.releasing.remove(pid);
         }
         h.qos2.recount();
+        for token in asked {
+            c.written(sid, token);
+        }
         for pid in released {
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;

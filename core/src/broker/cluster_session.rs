@@ -481,7 +481,7 @@ impl Broker {
         c.catchups_waiting.extend(failed);
         // Not past this node's own messages JetStream may have taken but not yet answered
         // for: they are routed when the answer comes, after the feed has passed them.
-        let unrouted = c.waiting.values().map(|w| w.feed_at).min();
+        let unrouted = c.waiting.first_key_value().map(|(_, w)| w.feed_at);
         let feed = match (c.feed_seq, unrouted) {
             (Some(feed), Some(cap)) => Some(feed.min(cap)),
             (feed, _) => feed,
@@ -578,7 +578,7 @@ impl Broker {
             charge: ledger.charge(0),
         });
         let range = c.feed_seq.map(|all| (all, c.own_high));
-        let unrouted: BTreeSet<u64> = c.after_feed.keys().copied().collect();
+        let unrouted = c.after_feed.seqs();
         let unanswered: BTreeSet<u64> = c.waiting_stamps.keys().copied().collect();
         let bytes = CATCHUP_BYTES + 16 * (unrouted.len() + unanswered.len());
         c.catchups_waiting.push_back(CatchUp {

@@ -420,8 +420,7 @@ impl Broker {
         };
         let stamp_seq = stamp.seq;
         let recorded_stamp = (recorded_first || is_again).then(|| stamp.clone());
-        let behind_feed = c.owner.held(sid).is_some_and(|h| h.moved_in)
-            || c.after_feed.values().any(|a| a.sid == sid);
+        let behind_feed = c.owner.held(sid).is_some_and(|h| h.moved_in) || c.after_feed.holds(sid);
         let unwritten = recorded_first.then(|| Unwritten {
             stamp,
             subject: subject.clone(),
@@ -483,7 +482,7 @@ impl Broker {
         w.routed = true;
         // Routed in the stream's order: a moved session's later ones need wait no more.
         let sid = w.sid;
-        let waits = c.after_feed.values().any(|a| a.sid == sid);
+        let waits = c.after_feed.holds(sid);
         if let Some(h) = c.owner.held_mut(sid).filter(|_| !waits) {
             h.moved_in = false;
         }
@@ -518,7 +517,7 @@ impl Broker {
             && c.after_feed.len() < MAX_ROUTED_AFTER_FEED
             && (w.behind_feed
                 || c.owner.held(w.sid).is_some_and(|h| h.moved_in)
-                || c.after_feed.values().any(|a| a.sid == w.sid))
+                || c.after_feed.holds(w.sid))
     }
 
     /// The feed read up to its place: moved sessions' messages up to there are routed, in
@@ -530,12 +529,11 @@ impl Broker {
                 return;
             };
             let feed = c.feed_seq.unwrap_or(0);
-            let Some(entry) = c.after_feed.first_entry().filter(|e| *e.key() <= feed) else {
+            let Some((seq, after)) = c.after_feed.pop_upto(feed) else {
                 return;
             };
-            let (seq, after) = entry.remove_entry();
             // Its later messages may go straight on once none of its waits any more.
-            let waits = c.after_feed.values().any(|a| a.sid == after.sid);
+            let waits = c.after_feed.holds(after.sid);
             if let Some(h) = c.owner.held_mut(after.sid).filter(|_| !waits) {
                 h.moved_in = false;
             }

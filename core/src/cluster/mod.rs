@@ -111,12 +111,71 @@ pub(crate) struct AfterFeed {
     pub _charge: Charge,
 }
 
+/// Messages of moved sessions waiting for the feed, by stream sequence, with how many each
+/// session has there (asked of every write of a moved session).
+#[derive(Default)]
+pub(crate) struct AfterFeedQueue {
+    by_seq: BTreeMap<u64, AfterFeed>,
+    per_session: BTreeMap<SessionId, usize>,
+}
+
+impl AfterFeedQueue {
+    pub fn insert(&mut self, seq: u64, after: AfterFeed) {
+        let sid = after.sid;
+        if let Some(old) = self.by_seq.insert(seq, after) {
+            self.forget(old.sid);
+        }
+        *self.per_session.entry(sid).or_default() += 1;
+    }
+
+    /// The first message at or below `feed`, taken off.
+    pub fn pop_upto(&mut self, feed: u64) -> Option<(u64, AfterFeed)> {
+        let entry = self.by_seq.first_entry().filter(|e| *e.key() <= feed)?;
+        let (seq, after) = entry.remove_entry();
+        self.forget(after.sid);
+        Some((seq, after))
+    }
+
+    /// Whether a message of `sid` waits here.
+    pub fn holds(&self, sid: SessionId) -> bool {
+        self.per_session.contains_key(&sid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    /// The stream sequences waiting.
+    pub fn seqs(&self) -> BTreeSet<u64> {
+        self.by_seq.keys().copied().collect()
+    }
+
+    fn forget(&mut self, sid: SessionId) {
+        if let Some(n) = self.per_session.get_mut(&sid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_session.remove(&sid);
+            }
+        }
+    }
+}
+
 /// A durable write not yet asked for.
 pub(crate) struct Unwritten {
     pub stamp: Stamp,
     pub subject: String,
     pub msg_id: String,
     pub payload: bytes::Bytes,
+}
+
+/// `token` off `sid`'s list of writes not yet asked for.
+fn unlist(unwritten: &mut BTreeMap<SessionId, BTreeSet<u64>>, sid: SessionId, token: u64) {
+    if let Some(tokens) = unwritten.get_mut(&sid) {
+        tokens.remove(&token);
+        if tokens.is_empty() {
+            unwritten.remove(&sid);
+        }
+    }
 }
 
 /// A node's cluster state. Exists only in cluster mode.
@@ -129,8 +188,12 @@ pub(crate) struct Cluster {
     pub interest: interest::Interest,
     pub owner: owner::Owner,
     pub counters: Counters,
-    /// Durable writes awaited, by token; at most one per connection.
+    /// Durable writes awaited, by token; at most one per connection. Tokens grow and the
+    /// feed's place never goes back, so the first entry has the lowest `feed_at`.
     pub waiting: BTreeMap<u64, Box<Waiting>>,
+    /// The tokens of those not yet asked for (their record first), by session: a record's
+    /// answer looks at its session's only.
+    unwritten: BTreeMap<SessionId, BTreeSet<u64>>,
     /// The durable writes awaited by the sequence in their stamp (this node's own ones).
     pub waiting_stamps: BTreeMap<u64, u64>,
     /// Stamp sequences of this node's writes given up before they were made (at most
@@ -153,7 +216,7 @@ pub(crate) struct Cluster {
     /// the message carries to its deliveries.
     pub routing_seq: u64,
     /// Messages of moved sessions waiting for the feed, by stream sequence.
-    pub after_feed: BTreeMap<u64, AfterFeed>,
+    pub after_feed: AfterFeedQueue,
     /// Catch-up reads running, by token, waiting for their turn, and failed ones to try
     /// again at the next records tick.
     pub catchups: BTreeMap<u64, CatchUp>,
@@ -198,12 +261,13 @@ impl Cluster {
             owner: Default::default(),
             counters: Counters::default(),
             waiting: BTreeMap::new(),
+            unwritten: BTreeMap::new(),
             pipelines: BTreeMap::new(),
             answers: BTreeMap::new(),
             waiting_stamps: BTreeMap::new(),
             abandoned: BTreeSet::new(),
             routing_seq: 0,
-            after_feed: BTreeMap::new(),
+            after_feed: AfterFeedQueue::default(),
             next_token: 0,
             retained_pending: BTreeMap::new(),
             feed_seq: None,
@@ -267,8 +331,27 @@ impl Cluster {
             self.waiting_stamps
                 .insert(waiting.stamp_seq, self.next_token);
         }
+        if waiting.unwritten.is_some() {
+            self.unwritten
+                .entry(waiting.sid)
+                .or_default()
+                .insert(self.next_token);
+        }
         self.waiting.insert(self.next_token, Box::new(waiting));
         self.next_token
+    }
+
+    /// The tokens of `sid`'s writes not yet asked for, oldest first.
+    pub fn unwritten_of(&self, sid: SessionId) -> Vec<u64> {
+        self.unwritten
+            .get(&sid)
+            .map(|t| t.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Write `token` of `sid` is asked for now.
+    pub fn written(&mut self, sid: SessionId, token: u64) {
+        unlist(&mut self.unwritten, sid, token);
     }
 
     /// The PUBLISH a durable write was for, no longer waiting.
@@ -297,6 +380,9 @@ impl Cluster {
                     if self.waiting_stamps.get(&w.stamp_seq) == Some(&head) {
                         self.waiting_stamps.remove(&w.stamp_seq);
                     }
+                    if w.unwritten.is_some() {
+                        unlist(&mut self.unwritten, w.sid, head);
+                    }
                     ready.push((w, seq));
                 }
             }
@@ -310,12 +396,7 @@ impl Cluster {
     /// The writes of session `sid` not yet asked for are dropped; the connections whose
     /// later writes may be ready now.
     pub fn abandon_unwritten(&mut self, sid: SessionId) -> Vec<ConnId> {
-        let tokens: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.sid == sid && w.unwritten.is_some())
-            .map(|(token, _)| *token)
-            .collect();
+        let tokens = self.unwritten.remove(&sid).unwrap_or_default();
         let mut conns = Vec::new();
         for token in tokens {
             let Some(w) = self.waiting.remove(&token) else {
