@@ -15,6 +15,7 @@ mod harness;
 use bytes::Bytes;
 use harness::*;
 use tidemq_core::cluster::envelope::{Envelope, Stamp};
+use tidemq_core::cluster::nodes::{HEARTBEAT_SID, Heartbeat};
 use tidemq_core::cluster::record::{self, SessionRecord};
 use tidemq_core::cluster::{ClusterConfig, subject};
 use tidemq_core::codec::{Packet, Properties, QoS, ReasonCode};
@@ -1232,6 +1233,84 @@ fn a_moved_sessions_qos0_subscription_keeps_the_order_of_stream_messages() {
     catch_up_message(&mut h, token, 4, "x/1", "four");
     h.input(Input::ClusterCatchUpDone { token, ok: true });
     assert_eq!(payloads(&mut h, c), ["four", "seven"]);
+}
+
+/// A node's start died with its client connected: the session's record has no disconnect
+/// time. A node that saw that start end (silent for `node_ttl`: forgotten at a heartbeat tick,
+/// its clients gone by a third of the ttl later; or its own earlier start) counts the
+/// session's expiry from then. A node that did not see it end resumes it, however late.
+#[test]
+fn a_dead_nodes_session_expires_counted_from_when_its_end_was_seen() {
+    const T0: u64 = 1_700_000_000_000;
+    let record_of = |line: &[u8]| {
+        let rec = SessionRecord {
+            cursor: Some(1),
+            session: RecoveredSession {
+                version: 5,
+                expiry_secs: 20,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        record::record_value(line, "m", &rec)
+    };
+    // (owner line, whether node b heard of a, when the client comes back, resumed?)
+    let cases: [(&[u8], bool, u64, bool); 5] = [
+        // a forgotten at the tick at 13,332 ms: gone by 16,665; expired from 36,665.
+        (b"a 1f", true, 36_000, true),
+        (b"a 1f", true, 37_000, false),
+        (b"a 1f", false, 60_000, true),
+        // b's own earlier start: ended before this one began (at 0).
+        (b"b 5", false, 19_000, true),
+        (b"b 5", false, 21_000, false),
+    ];
+    let hear = |h: &mut Harness, epoch: &str| {
+        let beat = Heartbeat {
+            node: "a".to_owned(),
+            epoch: epoch.to_owned(),
+            connections: 1,
+            started_at: T0,
+            version: "9.9.9".to_owned(),
+        };
+        h.input(Input::ClusterMessage {
+            sid: HEARTBEAT_SID,
+            subject: "tmq.h.a".to_owned(),
+            payload: beat.encode(),
+        });
+    };
+    for (line, heard, back_at, resumed) in cases {
+        let mut h = Harness::with_config(clustered("b"));
+        h.input(Input::WallClock { unix_ms: T0 });
+        h.input(Input::ClusterFeedStart { seq: 2 });
+        h.advance(0);
+        if heard {
+            hear(&mut h, "1f");
+        }
+        h.advance(back_at);
+        let opts = ConnectOpts::default().session_expiry(300);
+        let (_, ack) = connect_claimed(&mut h, "m", opts, Some(20), Some((record_of(line), 19)));
+        assert_eq!(
+            ack.session_present,
+            resumed,
+            "{} heard={heard} back at {back_at}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    // a restarts at 5 s: its first start ended before the new one's first heartbeat.
+    for (back_at, resumed) in [(24_000, true), (26_000, false)] {
+        let mut h = Harness::with_config(clustered("b"));
+        h.input(Input::WallClock { unix_ms: T0 });
+        h.input(Input::ClusterFeedStart { seq: 2 });
+        h.advance(0);
+        hear(&mut h, "1f");
+        h.advance(5_000);
+        hear(&mut h, "20");
+        h.advance(back_at - 5_000);
+        let opts = ConnectOpts::default().session_expiry(300);
+        let previous = Some((record_of(b"a 1f"), 19));
+        let (_, ack) = connect_claimed(&mut h, "m", opts, Some(20), previous);
+        assert_eq!(ack.session_present, resumed, "restarted, back at {back_at}");
+    }
 }
 
 #[test]

@@ -100,6 +100,9 @@ pub enum ClusterMutation {
     /// mover's PUBLISH sent again whose first write was given up is answered without a write,
     /// and its message comes late (C4) or never (C1).
     StoredEarly,
+    /// The heartbeats of a node that restarted never reach the others: they do not see its
+    /// first start end, and a session that start held does not expire (C13).
+    EndUnseen,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -139,7 +142,13 @@ enum Kind {
     /// messages flow (DISCONNECT, or a dropped connection) and resumes on another without
     /// subscribing again: its record and a catch-up read of the stream bring it along (C9).
     Mover,
+    /// A persistent session with a short expiry ([`EXPIRER_EXPIRY_S`]) whose node restarts
+    /// under it; it comes back later, to that node or another (C13).
+    Expirer,
 }
+
+/// The session expiry of an [`Kind::Expirer`], in seconds.
+const EXPIRER_EXPIRY_S: u32 = 2;
 
 #[derive(Debug, Clone)]
 struct Got {
@@ -193,6 +202,8 @@ struct Client {
     /// A persistent client's own QoS 2 PUBLISHes not yet completed, and whether PUBREC came
     /// (PUBREL sent): sent again, in order, when its session is resumed.
     qos2_out: BTreeMap<u16, (bool, Publish)>,
+    /// What the last accepted CONNACK said of the session.
+    present: Option<bool>,
 }
 
 impl Client {
@@ -234,6 +245,7 @@ impl Client {
             match p {
                 Packet::ConnAck(a) if a.code.0 == 0 => {
                     self.up = true;
+                    self.present = Some(a.session_present);
                     if a.session_present {
                         for (pid, (released, p)) in &self.qos2_out {
                             out.push(match released {
@@ -481,6 +493,10 @@ pub struct ClusterOutcome {
     pub listed: u64,
     /// Clients a node cut off from NATS past `node_ttl` had to send away (C11).
     pub sent_away: u64,
+    /// Sessions whose node restarted under them (C13): resumed within their expiry, and
+    /// not resumed past it.
+    pub ended_resumed: u64,
+    pub ended_expired: u64,
     pub violations: Vec<String>,
     /// The run's events, when asked for.
     pub log: Vec<String>,
@@ -537,6 +553,9 @@ pub struct ClusterWorld {
     audit: Option<ListAudit>,
     /// A node cut off from NATS past `node_ttl` at the end of the run (C11).
     long_cut: Option<LongCut>,
+    ended: Option<EndedStart>,
+    /// Nodes restarted in this run.
+    restarted_nodes: BTreeSet<usize>,
     /// Admin replies, by request id.
     replies: BTreeMap<u64, (u16, Bytes)>,
 }
@@ -548,6 +567,16 @@ struct LongCut {
     clients: Vec<usize>,
     during: usize,
     after: usize,
+}
+
+/// A node restarted under an [`Kind::Expirer`]'s session, which came back `away_ms` later to
+/// node `back_on`; what the CONNACK said of the session.
+struct EndedStart {
+    node: usize,
+    back_on: usize,
+    client: usize,
+    away_ms: u64,
+    present: Option<bool>,
 }
 
 /// A v4 client list asked of one node once every node's heartbeat is current: who should be
@@ -733,6 +762,8 @@ impl ClusterWorld {
             log: None,
             audit: None,
             long_cut: None,
+            ended: None,
+            restarted_nodes: BTreeSet::new(),
             replies: BTreeMap::new(),
         }
     }
@@ -925,6 +956,12 @@ impl ClusterWorld {
                 {
                     return;
                 }
+                if self.mutation == Some(ClusterMutation::EndUnseen)
+                    && self.restarted_nodes.contains(&n)
+                    && subject.contains(".h.")
+                {
+                    return;
+                }
                 if let Some(nd) = self.nodes.get_mut(n) {
                     nd.plain.push_back(Op::Pub { subject, payload });
                 }
@@ -981,7 +1018,8 @@ impl ClusterWorld {
     /// A new client of `node`; with `expect_away` a refused CONNECT is kept, not a problem.
     fn add_client_quiet(&mut self, kind: Kind, node: usize, expect_away: bool) -> usize {
         let idx = self.clients.len();
-        let v5 = self.rng.chance(500);
+        // An expirer's expiry is a v5 property (3.1.1 sessions take the configured one).
+        let v5 = self.rng.chance(500) || kind == Kind::Expirer;
         self.clients.push(Client {
             kind,
             node,
@@ -1005,6 +1043,7 @@ impl ClusterWorld {
             closed_away: false,
             qos2_held: BTreeSet::new(),
             qos2_out: BTreeMap::new(),
+            present: None,
         });
         self.connect(idx);
         idx
@@ -1022,7 +1061,11 @@ impl ClusterWorld {
         c.up = false;
         c.rx.clear();
         let (node, version) = (c.node, c.version());
-        let persistent = c.kind == Kind::Mover;
+        let persistent = matches!(c.kind, Kind::Mover | Kind::Expirer);
+        let expiry = match c.kind {
+            Kind::Expirer => EXPIRER_EXPIRY_S,
+            _ => 3600,
+        };
         if !persistent {
             // A clean start: the session, and what the client held for it, are new.
             c.qos2_held.clear();
@@ -1042,7 +1085,7 @@ impl ClusterWorld {
                 clean_start: !persistent,
                 keep_alive: 0,
                 properties: Properties {
-                    session_expiry_interval: persistent.then_some(3600),
+                    session_expiry_interval: persistent.then_some(expiry),
                     ..Properties::default()
                 },
                 client_id: format!("c{idx}"),
@@ -1844,7 +1887,7 @@ impl ClusterWorld {
             self.restarted = true;
             self.publish_phase(PUBLISH_STEPS / 2, cut);
             self.drain();
-            self.restart(node);
+            self.restart(node, true);
             self.drain();
             self.publish_phase(PUBLISH_STEPS / 2, None);
         } else {
@@ -1890,6 +1933,7 @@ impl ClusterWorld {
             }
         }
         self.drain();
+        self.end_a_start_under_a_session();
 
         // A fresh subscriber to every topic on every node reads the retained set (`#` does
         // not match topics starting with `$`).
@@ -2085,11 +2129,13 @@ impl ClusterWorld {
 
     /// Node `n` stops and starts again, with nothing in flight: a new core (a new epoch), its
     /// NATS subscriptions gone with its connections, a new watch that replays the bucket; its
-    /// clients connect again and subscribe to what they held.
-    fn restart(&mut self, n: usize) {
+    /// clients connect again and subscribe to what they held (with `reconnect`; else they
+    /// stay away).
+    fn restart(&mut self, n: usize, reconnect: bool) {
         // Nothing in flight: what the node's clients sent is taken first.
         self.settle_durable(n);
         self.note(|| format!("node {n} restarts"));
+        self.restarted_nodes.insert(n);
         self.engine.subs.retain(|(node, _), _| *node != n);
         self.engine
             .fifos
@@ -2130,13 +2176,16 @@ impl ClusterWorld {
                 c.up = false;
             }
         }
+        if !reconnect {
+            return;
+        }
         for idx in here {
             self.connect(idx);
             let Some(c) = self.clients.get_mut(idx) else {
                 continue;
             };
             // Held again as each is subscribed again; a mover's came back with its record.
-            let (plain, shared) = if c.kind == Kind::Mover {
+            let (plain, shared) = if matches!(c.kind, Kind::Mover | Kind::Expirer) {
                 (c.filters.clone(), c.shared.clone())
             } else {
                 (
@@ -2227,6 +2276,73 @@ impl ClusterWorld {
     /// On some seeds, one node loses NATS for longer than `node_ttl` once everything is
     /// delivered: its clients must be sent away, a CONNECT meanwhile refused, and one after
     /// NATS is back accepted (C11).
+    /// On some seeds a persistent session with a short expiry ([`Kind::Expirer`]) is on a
+    /// node that restarts (its connection dies with the node, so its record has no
+    /// disconnect time); the client comes back, to that node or another, either within its
+    /// expiry or well past it (C13).
+    fn end_a_start_under_a_session(&mut self) {
+        if !self.rng.chance(300) {
+            return;
+        }
+        let nodes = self.nodes.len() as u64;
+        let node = self.rng.below(nodes) as usize;
+        let back_on = self.rng.below(nodes) as usize;
+        let Some(ttl) = self
+            .nodes
+            .get(node)
+            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
+        else {
+            return;
+        };
+        let idx = self.add_client(Kind::Expirer, node);
+        self.subscribe(idx, &format!("e/{idx}"), QoS::AtLeastOnce);
+        self.drain();
+        // Every node hears the others' current starts, and the record is written.
+        for _ in 0..ttl / 3 + 500 {
+            self.tick();
+            self.drain();
+        }
+        // Gone with the node: not reconnected when it comes back.
+        if let Some(c) = self.clients.get_mut(idx) {
+            c.node = usize::MAX;
+            c.up = false;
+        }
+        // Its other clients (subscribed to nothing by now) stay away.
+        self.restart(node, false);
+        self.drain();
+        let expiry_ms = u64::from(EXPIRER_EXPIRY_S) * 1000;
+        let away_ms = if self.rng.chance(500) {
+            expiry_ms - 500
+        } else {
+            expiry_ms + ttl / 3 + 500
+        };
+        self.note(|| format!("client {idx} back on node {back_on} in {away_ms} ms"));
+        for _ in 0..away_ms {
+            self.tick();
+            self.drain();
+        }
+        if let Some(c) = self.clients.get_mut(idx) {
+            c.node = back_on;
+            c.present = None;
+        }
+        self.connect(idx);
+        self.drain();
+        let present = self.clients.get(idx).and_then(|c| c.present);
+        // A new session holds nothing of the old one.
+        if present == Some(false)
+            && let Some(c) = self.clients.get_mut(idx)
+        {
+            c.filters.clear();
+        }
+        self.ended = Some(EndedStart {
+            node,
+            back_on,
+            client: idx,
+            away_ms,
+            present,
+        });
+    }
+
     fn cut_past_ttl(&mut self) {
         if !self.rng.chance(300) {
             return;
@@ -2261,7 +2377,7 @@ impl ClusterWorld {
         // A clean session sent away ends with its subscriptions; a persistent one stays.
         for &i in &clients {
             if let Some(c) = self.clients.get_mut(i)
-                && c.kind != Kind::Mover
+                && !matches!(c.kind, Kind::Mover | Kind::Expirer)
                 && !c.up
             {
                 c.cleared = true;
@@ -2297,6 +2413,7 @@ impl ClusterWorld {
         self.check_c10(&mut violations);
         self.check_c11(&mut violations);
         self.check_c12(&mut violations);
+        self.check_c13(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -2328,6 +2445,14 @@ impl ClusterWorld {
                 .sum(),
             listed: self.audit.as_ref().map_or(0, |a| a.want.len() as u64),
             sent_away: self.long_cut.as_ref().map_or(0, |c| c.clients.len() as u64),
+            ended_resumed: self
+                .ended
+                .as_ref()
+                .map_or(0, |e| u64::from(e.present == Some(true))),
+            ended_expired: self
+                .ended
+                .as_ref()
+                .map_or(0, |e| u64::from(e.present == Some(false))),
             violations,
             log: self.log.unwrap_or_default(),
         }
@@ -2719,6 +2844,36 @@ impl ClusterWorld {
     /// C11: a node without NATS for longer than `node_ttl` sent every client away (v5
     /// DISCONNECT 0x9C, 3.1.1 closed), refused a CONNECT meanwhile (0x9C / 3), and accepted
     /// one once NATS was back.
+    /// C13: a session whose node's start ended under it (no disconnect time in its record)
+    /// is resumed within its expiry counted from that end, and not resumed once it has passed
+    /// by more than the time the others take to see the end (a heartbeat interval).
+    fn check_c13(&self, out: &mut Vec<String>) {
+        let Some(e) = &self.ended else {
+            return;
+        };
+        let Some(ttl) = self
+            .nodes
+            .get(e.node)
+            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
+        else {
+            return;
+        };
+        let expiry_ms = u64::from(EXPIRER_EXPIRY_S) * 1000;
+        let want = if e.away_ms < expiry_ms {
+            Some(true)
+        } else if e.away_ms > expiry_ms + ttl / 3 {
+            Some(false)
+        } else {
+            None
+        };
+        if want.is_some() && e.present != want {
+            out.push(format!(
+                "C13 client {} back on node {} {} ms after node {} restarted: session present {:?}, want {want:?}",
+                e.client, e.back_on, e.away_ms, e.node, e.present
+            ));
+        }
+    }
+
     fn check_c11(&self, out: &mut Vec<String>) {
         let Some(cut) = &self.long_cut else {
             return;
@@ -2905,7 +3060,7 @@ pub fn expired_retained_after_restart() -> Vec<Vec<String>> {
     w.drain();
     w.now += 10_000;
     w.tick();
-    w.restart(1);
+    w.restart(1, true);
     w.drain();
     (0..2)
         .map(|node| {

@@ -3,8 +3,9 @@
 //! must be caught by its checker on some seed; a seed replays to the same trace. The known
 //! core issues K1–K3 have scripted tests, ignored until the core is fixed.
 //!
-//! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 1000, a few seconds); `SIM_CLUSTER_SEED=s`
-//! replays one seed with its event log (`replay`).
+//! `SIM_CLUSTER_SEEDS=n` runs n seeds (default 1000, a few seconds) from `SIM_CLUSTER_BASE`
+//! (default `BASE`; `scripts/test` takes one from the commit hash, so each commit explores its
+//! own); `SIM_CLUSTER_SEED=s` replays one seed with its event log (`replay`).
 
 #![allow(
     clippy::unwrap_used,
@@ -20,6 +21,21 @@ use tidemq_sim::cluster::{ClusterMutation, ClusterOutcome, ClusterWorld, run_clu
 const BASE: u64 = 0xC105_7E40_0000;
 /// Seeds each planted fault gets to show itself.
 const MUTATION_SEEDS: u64 = 64;
+
+/// Where `every_checker_passes` starts (decimal, or hex with `0x`).
+fn base() -> u64 {
+    std::env::var("SIM_CLUSTER_BASE")
+        .ok()
+        .and_then(|s| parse_seed(&s))
+        .unwrap_or(BASE)
+}
+
+fn parse_seed(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
 
 fn seeds() -> u64 {
     std::env::var("SIM_CLUSTER_SEEDS")
@@ -50,9 +66,12 @@ fn every_checker_passes() {
     let (mut cut, mut restarts, mut refusals, mut moves, mut caught_up, mut listed, mut away) =
         (0, 0, 0, 0, 0, 0, 0);
     let mut moved_qos2 = 0;
+    let (mut ended_resumed, mut ended_expired) = (0, 0);
     let mut failures = Vec::new();
+    let base = base();
+    println!("cluster seeds {base:#x}..{:#x}", base + n);
     for i in 0..n {
-        let o = run_cluster_seed(BASE + i, None);
+        let o = run_cluster_seed(base.wrapping_add(i), None);
         messages += o.messages;
         deliveries += o.deliveries;
         copies += o.copies;
@@ -65,6 +84,8 @@ fn every_checker_passes() {
         moved_qos2 += o.moved_qos2;
         listed += o.listed;
         away += o.sent_away;
+        ended_resumed += o.ended_resumed;
+        ended_expired += o.ended_expired;
         if !o.violations.is_empty() {
             failures.push(format!("{}\n  {}", show(&o), o.violations.join("\n  ")));
         }
@@ -74,12 +95,15 @@ fn every_checker_passes() {
          {copies} engine copies, {retained} retained writes, {refusals} subscriptions refused by a full node, \
          {moves} persistent sessions moved ({caught_up} messages caught up, {moved_qos2} QoS 2 deliveries \
          to sessions that moved), {listed} clients listed \
-         cluster-wide, {away} clients sent away by a node cut off past node_ttl, {:.1} s",
+         cluster-wide, {away} clients sent away by a node cut off past node_ttl, sessions whose \
+         node restarted under them {ended_resumed} resumed within their expiry and \
+         {ended_expired} expired, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(messages > 0 && deliveries > 0 && moves > 0 && caught_up > 0 && listed > 0 && away > 0);
     assert!(moved_qos2 > 0);
+    assert!(ended_resumed > 0 && ended_expired > 0);
 }
 
 /// Runs the seeds under a planted fault; returns those on which `checker` failed.
@@ -201,6 +225,11 @@ fn inbound_qos2_ids_marked_stored_before_their_write_are_caught() {
 }
 
 #[test]
+fn a_start_whose_end_goes_unseen_is_caught_by_c13() {
+    assert!(!caught(ClusterMutation::EndUnseen, "C13").is_empty());
+}
+
+#[test]
 fn a_claim_that_does_not_read_what_it_replaced_is_caught_by_c8() {
     assert!(!caught(ClusterMutation::BlindClaim, "C8").is_empty());
 }
@@ -239,11 +268,7 @@ fn replay() {
     let Some(seed) = std::env::var("SIM_CLUSTER_SEED").ok() else {
         return;
     };
-    let seed = seed
-        .strip_prefix("0x")
-        .map(|h| u64::from_str_radix(h, 16))
-        .unwrap_or_else(|| seed.parse())
-        .expect("a seed");
+    let seed = parse_seed(&seed).expect("a seed");
     let o = ClusterWorld::new(seed, None).verbose().run();
     for line in &o.log {
         println!("{line}");

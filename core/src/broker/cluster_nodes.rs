@@ -85,10 +85,20 @@ impl Broker {
     /// Nodes not heard of for `node_ttl` are gone; gathers stop waiting for them.
     fn forget_silent_nodes(&mut self) {
         let now = self.now;
+        let wall = self.wall_now();
+        let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
-        for token in c.nodes.expire(now, c.config.node_ttl_ms) {
+        // A silent node's clients were all gone by a third of the ttl from now: its last
+        // heartbeat came at least a ttl ago, and a node cut from NATS sends its clients away
+        // a ttl after its link went down (within a heartbeat of the last one heard).
+        let ttl = c.config.node_ttl_ms;
+        for (node, epoch) in c.nodes.silent(now, ttl) {
+            c.nodes
+                .note_ended(&node, &epoch, wall.saturating_add(ttl / 3), &ledger);
+        }
+        for token in c.nodes.expire(now, ttl) {
             self.finish_gather(token);
         }
     }
@@ -96,6 +106,7 @@ impl Broker {
     /// A message on one of the node's own subjects: a heartbeat, a question, an answer.
     pub(super) fn cluster_node_message(&mut self, sid: u64, payload: &Bytes) {
         let now = self.now;
+        let wall = self.wall_now();
         let ledger = self.memory.ledger.clone();
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
@@ -103,6 +114,11 @@ impl Broker {
         match sid {
             HEARTBEAT_SID => match Heartbeat::parse(payload) {
                 Some(h) if h.node != c.config.node_name => {
+                    // A new start: the last one had ended before it began.
+                    if let Some(old) = c.nodes.epoch_of(&h.node).filter(|e| *e != h.epoch) {
+                        let old = old.to_owned();
+                        c.nodes.note_ended(&h.node, &old, wall, &ledger);
+                    }
                     c.nodes.heard(h, now, &ledger);
                 }
                 // This node's own name from elsewhere: two nodes share a name.

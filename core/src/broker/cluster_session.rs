@@ -245,17 +245,26 @@ impl Broker {
     }
 
     /// The record in a replaced entry, if it is another owner's and its session has not
-    /// expired.
+    /// expired. A session whose node's start ended with it connected (no disconnect time in
+    /// its record) counts as disconnected when that start was seen to end, if this node saw
+    /// it: this node's own earlier start (ended before this one began), or another node's
+    /// (`nodes::Nodes::ended_by`). Otherwise it does not expire until resumed.
     fn record_to_resume(&self, value: &Bytes, client_id: &str) -> Option<SessionRecord> {
         let c = self.cluster.as_deref()?;
         let (line, rec) = record::parse_value(value, client_id);
+        let owner = owner::parse_claim(line);
+        let own = c.config.node_name.as_str();
         // This node's own line: a session of this start that ended here.
-        if owner::parse_claim(line) == Some((c.config.node_name.as_str(), c.epoch)) {
+        if owner == Some((own, c.epoch)) {
             return None;
         }
         let rec = rec?.ok()?;
         let s = &rec.session;
-        let expired = match s.disconnected_at_unix_ms {
+        let ended = owner.and_then(|(node, epoch)| match node == own {
+            true => Some(self.wall().of(self.started)),
+            false => c.nodes.ended_by(node, epoch),
+        });
+        let expired = match s.disconnected_at_unix_ms.or(ended) {
             Some(at) if s.expiry_secs != NEVER_EXPIRES => {
                 self.wall_now().saturating_sub(at) >= u64::from(s.expiry_secs) * 1000
             }

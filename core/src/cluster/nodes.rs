@@ -7,7 +7,7 @@
 //! `<prefix>.n.<asker>.answer` with its own part; the asker merges the parts it got within
 //! [`GATHER_WAIT_MS`] and says which nodes did not answer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ pub fn node_own(sid: u64) -> bool {
 
 /// The most nodes this node keeps track of; heartbeats of more are counted and ignored.
 pub const MAX_NODES: usize = 64;
+/// Ended starts of other nodes remembered at most (the oldest forgotten first).
+pub const MAX_ENDED: usize = 64;
 /// Gathers waiting for answers at once; an admin list past it is answered 503.
 pub const MAX_GATHERS: usize = 4;
 /// How long a gather waits for the nodes' answers.
@@ -200,6 +202,10 @@ pub(crate) struct Nodes {
     /// Heartbeats ignored: not a heartbeat, this node's own name from elsewhere, or a node
     /// past [`MAX_NODES`].
     pub ignored: u64,
+    /// Starts of other nodes seen to end (silent for the ttl, or followed by a new start), by
+    /// (name, epoch): the wall time (Unix ms) by which their clients' connections had ended.
+    ended: BTreeMap<(String, u64), (u64, Charge)>,
+    ended_order: VecDeque<(String, u64)>,
 }
 
 impl Nodes {
@@ -224,6 +230,46 @@ impl Nodes {
             },
         );
         true
+    }
+
+    /// The epoch of `node`'s start heard last, if it is live.
+    pub fn epoch_of(&self, node: &str) -> Option<&str> {
+        self.known.get(node).map(|k| k.heartbeat.epoch.as_str())
+    }
+
+    /// The live nodes that `expire` at `now` would forget, with their epochs.
+    pub fn silent(&self, now: Instant, ttl_ms: u64) -> Vec<(String, String)> {
+        self.known
+            .values()
+            .filter(|k| now.since(k.seen_at) >= ttl_ms)
+            .map(|k| (k.heartbeat.node.clone(), k.heartbeat.epoch.clone()))
+            .collect()
+    }
+
+    /// `node`'s start `epoch` (hex, as its heartbeats carry it) ended: its clients'
+    /// connections had all ended by wall time `by`.
+    pub fn note_ended(&mut self, node: &str, epoch: &str, by: u64, ledger: &Ledger) {
+        let Ok(epoch) = u64::from_str_radix(epoch, 16) else {
+            return;
+        };
+        let key = (node.to_owned(), epoch);
+        if self.ended.contains_key(&key) {
+            return;
+        }
+        while self.ended.len() >= MAX_ENDED {
+            let Some(oldest) = self.ended_order.pop_front() else {
+                break;
+            };
+            self.ended.remove(&oldest);
+        }
+        let charge = ledger.charge(ENTRY_BYTES + node.len());
+        self.ended_order.push_back(key.clone());
+        self.ended.insert(key, (by, charge));
+    }
+
+    /// By when the connections of `node`'s start `epoch` had ended, if this node saw it end.
+    pub fn ended_by(&self, node: &str, epoch: u64) -> Option<u64> {
+        self.ended.get(&(node.to_owned(), epoch)).map(|(by, _)| *by)
     }
 
     /// Forgets the nodes not heard of within `ttl_ms` before `now`; gathers stop waiting
@@ -409,6 +455,30 @@ mod tests {
         assert_eq!(g.gone, vec!["b".to_owned()]);
         assert!(ledger.used() > 0);
         drop(g);
+    }
+
+    #[test]
+    fn ended_starts_are_remembered_by_name_and_epoch_and_bounded() {
+        let ledger = Ledger::default();
+        let mut nodes = Nodes::default();
+        assert!(nodes.heard(beat("b"), Instant(0), &ledger));
+        assert_eq!(nodes.epoch_of("b"), Some("ab"));
+        assert!(nodes.silent(Instant(9_999), 10_000).is_empty());
+        assert_eq!(
+            nodes.silent(Instant(10_000), 10_000),
+            vec![("b".to_owned(), "ab".to_owned())]
+        );
+        nodes.note_ended("b", "ab", 77, &ledger);
+        nodes.note_ended("b", "ab", 99, &ledger);
+        nodes.note_ended("b", "not hex", 99, &ledger);
+        assert_eq!(nodes.ended_by("b", 0xab), Some(77));
+        assert_eq!(nodes.ended_by("b", 0xac), None);
+        for i in 0..MAX_ENDED as u64 {
+            nodes.note_ended("c", &format!("{i:x}"), i, &ledger);
+        }
+        assert_eq!(nodes.ended_by("b", 0xab), None, "the oldest forgotten");
+        assert_eq!(nodes.ended_by("c", 0), Some(0));
+        assert_eq!(nodes.ended.len(), MAX_ENDED);
     }
 
     #[test]
