@@ -819,6 +819,63 @@ fn a_persistent_qos2_session_moves_and_gets_each_message_once() {
     );
 }
 
+/// `kill -9` of a node holding two persistent sessions, one with a 2 s expiry and one with an
+/// hour's: node b sees the node's start end (silent for `node_ttl`, 3 s here) and counts their
+/// expiry from then. Both clients come back to node b well after 2 s: the short one starts
+/// afresh and does not get what was published meanwhile; the long one resumes and does.
+#[test]
+fn a_dead_nodes_session_expires_counted_from_its_end() {
+    let (_nats, _dir, a, b) = cluster("expire");
+    until_routed(a.port, b.port, "e/probe");
+    let short = ["-i", "short", "-c", "-q", "1", "-V", "5", "-x", "2"];
+    let long = ["-i", "long", "-c", "-q", "1", "-V", "5", "-x", "3600"];
+    let subs: Vec<Child> = [&short, &long]
+        .iter()
+        .map(|session| {
+            mosquitto_sub(
+                a.port,
+                &[&session[..], &["-t", "e/x", "-W", "30", "-v"]].concat(),
+            )
+        })
+        .collect();
+    until_subscribed(&a, "short", "e/x");
+    until_subscribed(&a, "long", "e/x");
+    // The records with the subscriptions are written (at the latest at the records tick).
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL: the records keep no disconnect time.
+    drop(a);
+    for sub in subs {
+        let _ = lines_until(sub, "", Duration::from_millis(100));
+    }
+    mosquitto_pub(b.port, &["-t", "e/x", "-m", "while-away", "-q", "1"]);
+    // b forgets a node_ttl after its last heartbeat, at one of its own (a third of the ttl
+    // apart), and a's clients count as gone a third of the ttl later: 3 + 1 + 1 s, then the
+    // short expiry of 2 s, and a margin.
+    std::thread::sleep(Duration::from_secs(9));
+    let back = |session: &[&str]| {
+        mosquitto_sub(
+            b.port,
+            &[session, &["-t", "e/unrelated", "-W", "5", "-v"]].concat(),
+        )
+    };
+    let got_long = lines_until(back(&long[..]), "e/x while-away", Duration::from_secs(10));
+    assert_eq!(
+        got_long.last().map(String::as_str),
+        Some("e/x while-away"),
+        "the long session resumes with what it was owed: {got_long:?}"
+    );
+    let got_short = lines_of(back(&short[..]));
+    assert!(
+        !got_short.iter().any(|l| l.contains("while-away")),
+        "the short session expired: {got_short:?}"
+    );
+    let metrics = b.api.call("GET", "/api/v4/prometheus", None).text;
+    assert!(
+        metrics.contains("tidemq_cluster_sessions_resumed_total 1\n"),
+        "only the long session resumed: {metrics}"
+    );
+}
+
 /// `kill -9` of a node while publishers on the other send QoS 1: its persistent
 /// subscriber connects to the other node and gets every message that was acknowledged (some
 /// may come twice: at least once).
