@@ -994,6 +994,13 @@ impl ClusterWorld {
         }
     }
 
+    /// Node `n`'s `node_ttl`.
+    fn node_ttl(&self, n: usize) -> Option<u64> {
+        self.nodes
+            .get(n)
+            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
+    }
+
     /// One millisecond passes; due timers fire.
     fn tick(&mut self) {
         self.now += 1;
@@ -2223,11 +2230,7 @@ impl ClusterWorld {
     /// cluster's connected clients (`GET /api/v4/clients?conn_state=connected`), answered
     /// once the other nodes' parts came or their wait ended (C10).
     fn ask_for_clients(&mut self) {
-        let Some(ttl) = self
-            .nodes
-            .first()
-            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
-        else {
+        let Some(ttl) = self.node_ttl(0) else {
             return;
         };
         for _ in 0..ttl / 3 + 50 {
@@ -2287,11 +2290,7 @@ impl ClusterWorld {
         let nodes = self.nodes.len() as u64;
         let node = self.rng.below(nodes) as usize;
         let back_on = self.rng.below(nodes) as usize;
-        let Some(ttl) = self
-            .nodes
-            .get(node)
-            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
-        else {
+        let Some(ttl) = self.node_ttl(node) else {
             return;
         };
         let idx = self.add_client(Kind::Expirer, node);
@@ -2348,11 +2347,7 @@ impl ClusterWorld {
             return;
         }
         let node = self.rng.below(self.nodes.len() as u64) as usize;
-        let Some(ttl) = self
-            .nodes
-            .get(node)
-            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
-        else {
+        let Some(ttl) = self.node_ttl(node) else {
             return;
         };
         let clients: Vec<usize> = (0..self.clients.len())
@@ -2851,11 +2846,7 @@ impl ClusterWorld {
         let Some(e) = &self.ended else {
             return;
         };
-        let Some(ttl) = self
-            .nodes
-            .get(e.node)
-            .map(|nd| nd.broker.config().cluster.node_ttl_ms)
-        else {
+        let Some(ttl) = self.node_ttl(e.node) else {
             return;
         };
         let expiry_ms = u64::from(EXPIRER_EXPIRY_S) * 1000;
