@@ -1264,12 +1264,12 @@ fn a_dead_nodes_session_expires_counted_from_when_its_end_was_seen() {
         (b"b 5", false, 19_000, true),
         (b"b 5", false, 21_000, false),
     ];
-    let hear = |h: &mut Harness, epoch: &str| {
+    let hear = |h: &mut Harness, epoch: &str, started_at: u64| {
         let beat = Heartbeat {
             node: "a".to_owned(),
             epoch: epoch.to_owned(),
             connections: 1,
-            started_at: T0,
+            started_at,
             version: "9.9.9".to_owned(),
         };
         h.input(Input::ClusterMessage {
@@ -1284,7 +1284,7 @@ fn a_dead_nodes_session_expires_counted_from_when_its_end_was_seen() {
         h.input(Input::ClusterFeedStart { seq: 2 });
         h.advance(0);
         if heard {
-            hear(&mut h, "1f");
+            hear(&mut h, "1f", T0);
         }
         h.advance(back_at);
         let opts = ConnectOpts::default().session_expiry(300);
@@ -1302,14 +1302,44 @@ fn a_dead_nodes_session_expires_counted_from_when_its_end_was_seen() {
         h.input(Input::WallClock { unix_ms: T0 });
         h.input(Input::ClusterFeedStart { seq: 2 });
         h.advance(0);
-        hear(&mut h, "1f");
+        hear(&mut h, "1f", T0);
         h.advance(5_000);
-        hear(&mut h, "20");
+        hear(&mut h, "20", T0 + 5_000);
+        // A late heartbeat of the first start changes nothing.
+        hear(&mut h, "1f", T0);
         h.advance(back_at - 5_000);
         let opts = ConnectOpts::default().session_expiry(300);
         let previous = Some((record_of(b"a 1f"), 19));
         let (_, ack) = connect_claimed(&mut h, "m", opts, Some(20), previous);
         assert_eq!(ack.session_present, resumed, "restarted, back at {back_at}");
+    }
+    // Not ended after all: a silent a is heard again with the same start (and goes on); or
+    // b, cut from NATS for 40 s, heard nobody, which says nothing of the others, and a's
+    // session is taken over as soon as NATS is back. Either way it resumes.
+    for cut in [false, true] {
+        let mut h = Harness::with_config(clustered("b"));
+        h.input(Input::WallClock { unix_ms: T0 });
+        h.input(Input::ClusterFeedStart { seq: 2 });
+        h.advance(0);
+        hear(&mut h, "1f", T0);
+        if cut {
+            h.input(Input::ClusterLink { up: false });
+            h.advance(40_000);
+            h.input(Input::ClusterLink { up: true });
+            h.advance(500);
+        } else {
+            h.advance(14_000);
+            // Heard again, every 3 s from then on.
+            for _ in 0..15 {
+                h.advance(1_000);
+                hear(&mut h, "1f", T0);
+                h.advance(2_000);
+            }
+        }
+        let opts = ConnectOpts::default().session_expiry(300);
+        let previous = Some((record_of(b"a 1f"), 19));
+        let (_, ack) = connect_claimed(&mut h, "m", opts, Some(20), previous);
+        assert!(ack.session_present, "cut {cut}: a had not ended");
     }
 }
 

@@ -100,8 +100,9 @@ pub enum ClusterMutation {
     /// mover's PUBLISH sent again whose first write was given up is answered without a write,
     /// and its message comes late (C4) or never (C1).
     StoredEarly,
-    /// The heartbeats of a node that restarted never reach the others: they do not see its
-    /// first start end, and a session that start held does not expire (C13).
+    /// The heartbeats of a node that restarted never reach the others: they see its first
+    /// start end only through its silence, a ttl late, and a session that start held is
+    /// resumed past its expiry (C13).
     EndUnseen,
 }
 

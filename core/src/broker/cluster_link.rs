@@ -17,7 +17,9 @@ impl Broker {
             return;
         };
         if up {
-            c.link_down_since = None;
+            if c.link_down_since.take().is_some() {
+                c.link_up_at = now;
+            }
             self.timers
                 .arm(Timer::ClusterCutOff, &mut c.cut_off_at, None);
             if std::mem::take(&mut c.cut_off) {

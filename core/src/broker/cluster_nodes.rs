@@ -92,11 +92,15 @@ impl Broker {
         };
         // A silent node's clients were all gone by a third of the ttl from now: its last
         // heartbeat came at least a ttl ago, and a node cut from NATS sends its clients away
-        // a ttl after its link went down (within a heartbeat of the last one heard).
+        // a ttl after its link went down (within a heartbeat of the last one heard). Only
+        // if this node has heard all along: connected to NATS for the whole ttl.
         let ttl = c.config.node_ttl_ms;
+        let listening = c.link_down_since.is_none() && now.since(c.link_up_at) >= ttl;
         for (node, epoch) in c.nodes.silent(now, ttl) {
-            c.nodes
-                .note_ended(&node, &epoch, wall.saturating_add(ttl / 3), &ledger);
+            if listening {
+                c.nodes
+                    .note_ended(&node, &epoch, wall.saturating_add(ttl / 3), &ledger);
+            }
         }
         for token in c.nodes.expire(now, ttl) {
             self.finish_gather(token);
@@ -114,12 +118,19 @@ impl Broker {
         match sid {
             HEARTBEAT_SID => match Heartbeat::parse(payload) {
                 Some(h) if h.node != c.config.node_name => {
-                    // A new start: the last one had ended before it began.
-                    if let Some(old) = c.nodes.epoch_of(&h.node).filter(|e| *e != h.epoch) {
-                        let old = old.to_owned();
-                        c.nodes.note_ended(&h.node, &old, wall, &ledger);
+                    match c.nodes.start_of(&h.node) {
+                        // A later start: the last one had ended before it began.
+                        Some((old, started)) if old != h.epoch && h.started_at > started => {
+                            let old = old.to_owned();
+                            c.nodes.note_ended(&h.node, &old, wall, &ledger);
+                            c.nodes.heard(h, now, &ledger);
+                        }
+                        // A late heartbeat of an earlier start (or a second node of the name).
+                        Some((old, _)) if old != h.epoch => c.nodes.ignored += 1,
+                        _ => {
+                            c.nodes.heard(h, now, &ledger);
+                        }
                     }
-                    c.nodes.heard(h, now, &ledger);
                 }
                 // This node's own name from elsewhere: two nodes share a name.
                 Some(_) => {

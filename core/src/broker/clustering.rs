@@ -404,8 +404,10 @@ impl Broker {
             &content.payload,
         );
         let msg_id = format!("{}.{}.{}", stamp.node, stamp.epoch, stamp.seq);
-        // A write that waits for the record holds its envelope too.
-        let held = if recorded_first { payload.len() } else { 0 };
+        // A write that waits for the record holds its envelope too, and one for a recorded
+        // id its stamp (a name of at most 64 bytes, two numbers).
+        let held = if recorded_first { payload.len() } else { 0 }
+            + if recorded_first || is_again { 80 } else { 0 };
         let charge = ledger.charge(MESSAGE_BYTES + payload.len() + content.topic.len() + held);
         if recorded_first && !self.qos2_owe_inbound(sid, pid, stamp.clone()) {
             // The record holds as many unreleased ids as it may.

@@ -112,7 +112,8 @@ pub(crate) struct AfterFeed {
 }
 
 /// Messages of moved sessions waiting for the feed, by stream sequence, with how many each
-/// session has there (asked of every write of a moved session).
+/// session has there (asked of every write of a moved session). At most
+/// [`MAX_ROUTED_AFTER_FEED`], each charged with its message.
 #[derive(Default)]
 pub(crate) struct AfterFeedQueue {
     by_seq: BTreeMap<u64, AfterFeed>,
@@ -192,7 +193,8 @@ pub(crate) struct Cluster {
     /// feed's place never goes back, so the first entry has the lowest `feed_at`.
     pub waiting: BTreeMap<u64, Box<Waiting>>,
     /// The tokens of those not yet asked for (their record first), by session: a record's
-    /// answer looks at its session's only.
+    /// answer looks at its session's only. At most one entry per waiting write, which
+    /// `MESSAGE_BYTES` in each write's charge covers.
     unwritten: BTreeMap<SessionId, BTreeSet<u64>>,
     /// The durable writes awaited by the sequence in their stamp (this node's own ones).
     pub waiting_stamps: BTreeMap<u64, u64>,
@@ -231,6 +233,9 @@ pub(crate) struct Cluster {
     /// Since when the connection to NATS has been down, the timer at which that makes the
     /// node cut off, and whether it is (clients sent to another server).
     pub link_down_since: Option<crate::api::Instant>,
+    /// When the connection to NATS last came up (the start, at first): another node's
+    /// silence says it ended only once this node has been connected for a whole ttl.
+    pub link_up_at: crate::api::Instant,
     pub cut_off_at: Option<crate::api::Instant>,
     pub cut_off: bool,
 }
@@ -279,6 +284,7 @@ impl Cluster {
             record_tick: None,
             nodes: nodes::Nodes::default(),
             link_down_since: None,
+            link_up_at: crate::api::Instant(0),
             cut_off_at: None,
             cut_off: false,
         }

@@ -199,8 +199,8 @@ pub(crate) struct Nodes {
     /// When the next heartbeat goes out, and when the earliest gather gives up.
     pub heartbeat_at: Option<Instant>,
     pub gather_at: Option<Instant>,
-    /// Heartbeats ignored: not a heartbeat, this node's own name from elsewhere, or a node
-    /// past [`MAX_NODES`].
+    /// Heartbeats ignored: not a heartbeat, this node's own name from elsewhere, a node
+    /// past [`MAX_NODES`], or a late one of a start that a later one replaced.
     pub ignored: u64,
     /// Starts of other nodes seen to end (silent for the ttl, or followed by a new start), by
     /// (name, epoch): the wall time (Unix ms) by which their clients' connections had ended.
@@ -211,6 +211,12 @@ pub(crate) struct Nodes {
 impl Nodes {
     /// Another node's heartbeat: it is live until `ttl_ms` from `now`. `false` when ignored.
     pub fn heard(&mut self, h: Heartbeat, now: Instant, ledger: &Ledger) -> bool {
+        // Heard again: a silence taken for its end was not one.
+        if let Ok(epoch) = u64::from_str_radix(&h.epoch, 16)
+            && self.ended.remove(&(h.node.clone(), epoch)).is_some()
+        {
+            self.ended_order.retain(|k| *k != (h.node.clone(), epoch));
+        }
         if let Some(k) = self.known.get_mut(&h.node) {
             k.heartbeat = h;
             k.seen_at = now;
@@ -232,9 +238,11 @@ impl Nodes {
         true
     }
 
-    /// The epoch of `node`'s start heard last, if it is live.
-    pub fn epoch_of(&self, node: &str) -> Option<&str> {
-        self.known.get(node).map(|k| k.heartbeat.epoch.as_str())
+    /// The start of `node` heard last, if it is live: its epoch and its start's wall time.
+    pub fn start_of(&self, node: &str) -> Option<(&str, u64)> {
+        self.known
+            .get(node)
+            .map(|k| (k.heartbeat.epoch.as_str(), k.heartbeat.started_at))
     }
 
     /// The live nodes that `expire` at `now` would forget, with their epochs.
@@ -262,7 +270,8 @@ impl Nodes {
             };
             self.ended.remove(&oldest);
         }
-        let charge = ledger.charge(ENTRY_BYTES + node.len());
+        // The name is held twice: in the map and in the order.
+        let charge = ledger.charge(ENTRY_BYTES + 2 * node.len());
         self.ended_order.push_back(key.clone());
         self.ended.insert(key, (by, charge));
     }
@@ -462,7 +471,7 @@ mod tests {
         let ledger = Ledger::default();
         let mut nodes = Nodes::default();
         assert!(nodes.heard(beat("b"), Instant(0), &ledger));
-        assert_eq!(nodes.epoch_of("b"), Some("ab"));
+        assert_eq!(nodes.start_of("b"), Some(("ab", 1)));
         assert!(nodes.silent(Instant(9_999), 10_000).is_empty());
         assert_eq!(
             nodes.silent(Instant(10_000), 10_000),
@@ -473,6 +482,10 @@ mod tests {
         nodes.note_ended("b", "not hex", 99, &ledger);
         assert_eq!(nodes.ended_by("b", 0xab), Some(77));
         assert_eq!(nodes.ended_by("b", 0xac), None);
+        // Heard again: it had not ended.
+        assert!(nodes.heard(beat("b"), Instant(20_000), &ledger));
+        assert_eq!(nodes.ended_by("b", 0xab), None);
+        assert!(nodes.ended_order.is_empty());
         for i in 0..MAX_ENDED as u64 {
             nodes.note_ended("c", &format!("{i:x}"), i, &ledger);
         }

@@ -151,8 +151,8 @@ pub fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
     running
 }
 
-/// Whether an MQTT 3.1.1 CONNECT (clean session, no client id) to `port` gets a CONNACK
-/// within a second; the connection is then closed with DISCONNECT.
+/// Whether an MQTT 3.1.1 CONNECT (clean session, no client id) to `port` is accepted (a
+/// CONNACK with return code 0) within a second; the connection is then closed with DISCONNECT.
 pub fn answers_connect(port: u16) -> bool {
     use std::io::{Read, Write};
     const CONNECT: [u8; 14] = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0];
@@ -165,7 +165,8 @@ pub fn answers_connect(port: u16) -> bool {
         .is_ok()
         && stream.write_all(&CONNECT).is_ok()
         && stream.read_exact(&mut connack).is_ok()
-        && connack[0] == 0x20;
+        && connack[0] == 0x20
+        && connack[3] == 0;
     if answered {
         let _ = stream.write_all(&[0xE0, 0]);
     }
