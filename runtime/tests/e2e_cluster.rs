@@ -60,12 +60,13 @@ fn start_node(dir: &Dir, name: &str, urls: &[String]) -> Node {
         ),
     )
     .unwrap();
-    let running = support::start(
+    let mut running = support::start(
         &conf,
         &dir.file(&format!("{name}.pid")),
         &dir.file(&format!("{name}.log")),
         port,
     );
+    support::wait_serving(&mut running, port);
     Node {
         port,
         api: Api { port: http },

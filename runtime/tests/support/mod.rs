@@ -131,14 +131,22 @@ pub fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let mut running = Running {
+    let running = Running {
         child,
         log: log.to_owned(),
     };
-    // The listener is bound before the broker serves it (a cluster node first opens its
-    // JetStream buckets): only a CONNACK says it is ready.
+    wait_for("the broker to listen", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    running
+}
+
+/// Waits until the broker of `running` accepts an anonymous MQTT connection on `port`: its
+/// listener is bound before the broker serves it (a cluster node first opens its JetStream
+/// buckets), so an accepted TCP connection says too little. Fails at once if it exits.
+pub fn wait_serving(running: &mut Running, port: u16) {
     wait_for(
-        "the broker to answer CONNECT",
+        "the broker to accept a CONNECT",
         Duration::from_secs(60),
         || {
             if let Ok(Some(status)) = running.child.try_wait() {
@@ -148,7 +156,6 @@ pub fn start(conf: &Path, pid: &Path, log: &Path, port: u16) -> Running {
             answers_connect(port)
         },
     );
-    running
 }
 
 /// Whether an MQTT 3.1.1 CONNECT (clean session, no client id) to `port` is accepted (a
