@@ -95,9 +95,8 @@ impl Broker {
         // a ttl after its link went down (within a heartbeat of the last one heard). Only
         // if this node has heard all along: connected to NATS for the whole ttl.
         let ttl = c.config.node_ttl_ms;
-        let listening = c.link_down_since.is_none() && now.since(c.link_up_at) >= ttl;
-        for (node, epoch) in c.nodes.silent(now, ttl) {
-            if listening {
+        if c.link_down_since.is_none() && now.since(c.link_up_at) >= ttl {
+            for (node, epoch) in c.nodes.silent(now, ttl) {
                 c.nodes
                     .note_ended(&node, &epoch, wall.saturating_add(ttl / 3), &ledger);
             }

@@ -315,10 +315,9 @@ impl Broker {
             let Some(w) = c.waiting.get_mut(&token) else {
                 continue;
             };
-            let due = w
-                .unwritten
-                .as_ref()
-                .is_some_and(|u| recorded.get(&w.packet_id) == Some(&u.stamp));
+            let due = w.unwritten.is_some()
+                && w.recorded_stamp.is_some()
+                && recorded.get(&w.packet_id) == w.recorded_stamp.as_ref();
             if let Some(u) = w.unwritten.take_if(|_| due) {
                 asked.push(token);
                 self.outputs.push_back(Output::ClusterDurable {

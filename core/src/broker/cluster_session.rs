@@ -260,9 +260,12 @@ impl Broker {
         }
         let rec = rec?.ok()?;
         let s = &rec.session;
-        let ended = owner.and_then(|(node, epoch)| match node == own {
-            true => Some(self.wall().of(self.started)),
-            false => c.nodes.ended_by(node, epoch),
+        let ended = owner.and_then(|(node, epoch)| {
+            if node == own {
+                Some(self.wall().of(self.started))
+            } else {
+                c.nodes.ended_by(node, epoch)
+            }
         });
         let expired = match s.disconnected_at_unix_ms.or(ended) {
             Some(at) if s.expiry_secs != NEVER_EXPIRES => {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::Broker;
 use super::inbound::Sender;
 use crate::api::Output;
-use crate::cluster::envelope::{self, Envelope, Stamp};
+use crate::cluster::envelope::{self, Envelope, STAMP_BYTES, Stamp};
 use crate::cluster::interest::{Key, Refusal};
 use crate::cluster::subject::{self, Space};
 use crate::cluster::{AfterFeed, Cluster, MAX_ROUTED_AFTER_FEED, Unwritten, Waiting};
@@ -405,9 +405,13 @@ impl Broker {
         );
         let msg_id = format!("{}.{}.{}", stamp.node, stamp.epoch, stamp.seq);
         // A write that waits for the record holds its envelope too, and one for a recorded
-        // id its stamp (a name of at most 64 bytes, two numbers).
+        // id its stamp.
         let held = if recorded_first { payload.len() } else { 0 }
-            + if recorded_first || is_again { 80 } else { 0 };
+            + if recorded_first || is_again {
+                STAMP_BYTES
+            } else {
+                0
+            };
         let charge = ledger.charge(MESSAGE_BYTES + payload.len() + content.topic.len() + held);
         if recorded_first && !self.qos2_owe_inbound(sid, pid, stamp.clone()) {
             // The record holds as many unreleased ids as it may.
@@ -421,10 +425,9 @@ impl Broker {
             return;
         };
         let stamp_seq = stamp.seq;
-        let recorded_stamp = (recorded_first || is_again).then(|| stamp.clone());
+        let recorded_stamp = (recorded_first || is_again).then_some(stamp);
         let behind_feed = c.owner.held(sid).is_some_and(|h| h.moved_in) || c.after_feed.holds(sid);
         let unwritten = recorded_first.then(|| Unwritten {
-            stamp,
             subject: subject.clone(),
             msg_id: msg_id.clone(),
             payload: payload.clone(),

@@ -18,6 +18,9 @@ const RETAIN: u8 = 0b100;
 /// lower; this only bounds what a foreign writer could make a node decode.
 const MAX_USER_PROPERTIES: usize = 65_535;
 
+/// What a held [`Stamp`] costs at most: a node name (at most 64 bytes) and two numbers.
+pub const STAMP_BYTES: usize = 80;
+
 /// Which node sent a message, and its place among that node's messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {

@@ -161,9 +161,8 @@ impl AfterFeedQueue {
     }
 }
 
-/// A durable write not yet asked for.
+/// A durable write not yet asked for (its stamp is its `Waiting`'s `recorded_stamp`).
 pub(crate) struct Unwritten {
-    pub stamp: Stamp,
     pub subject: String,
     pub msg_id: String,
     pub payload: bytes::Bytes,
