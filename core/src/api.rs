@@ -200,7 +200,18 @@ pub enum Input {
         revision: Option<u64>,
         previous: Option<(Bytes, u64)>,
     },
+    /// Cluster mode: entries of the sessions bucket for the scan [`Output::ClusterScan`]
+    /// `token` (key, value, revision), at most [`SCAN_BATCH`] at once; `done` with the last
+    /// (also when the bucket could not be read on).
+    ClusterScanned {
+        token: u64,
+        entries: Vec<(String, Bytes, u64)>,
+        done: bool,
+    },
 }
+
+/// Most entries of the sessions bucket in one [`Input::ClusterScanned`].
+pub const SCAN_BATCH: usize = 64;
 
 /// The sessions bucket's answer to a record write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +391,9 @@ pub enum Output {
     ClusterLookup { token: u64, key: String },
     /// Cluster mode: delete `key` from the sessions bucket if it is still at `revision`.
     ClusterRelease { key: String, revision: u64 },
+    /// Cluster mode: read every entry of the sessions bucket and give them, in batches, as
+    /// [`Input::ClusterScanned`].
+    ClusterScan { token: u64 },
 }
 
 /// Observable facts, for logs and metrics.

@@ -53,6 +53,7 @@ mod cluster_link;
 mod cluster_nodes;
 mod cluster_owner;
 mod cluster_qos2;
+mod cluster_reaper;
 mod cluster_session;
 mod clustering;
 mod connect;
@@ -294,6 +295,11 @@ impl Broker {
             } => self.cluster_catch_up_message(token, seq, &subject, payload),
             Input::ClusterCatchUpDone { token, ok } => self.cluster_catch_up_done(token, ok),
             Input::ClusterLookedUp { token, entry } => self.cluster_looked_up(token, entry),
+            Input::ClusterScanned {
+                token,
+                entries,
+                done,
+            } => self.cluster_scanned(token, entries, done),
             Input::ClusterClaimed {
                 token,
                 revision,

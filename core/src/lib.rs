@@ -35,7 +35,8 @@ mod window;
 pub mod ws;
 
 pub use api::{
-    AuthMethod, AuthOutcome, BrokerEvent, ConnId, Input, Instant, Output, RecordAnswer, Secret,
+    AuthMethod, AuthOutcome, BrokerEvent, ConnId, Input, Instant, Output, RecordAnswer, SCAN_BATCH,
+    Secret,
 };
 pub use broker::{Broker, Stats};
 pub use config::{Config, ConfigError};

@@ -250,6 +250,7 @@ impl Driver {
                 | Output::ClusterCatchUp { .. }
                 | Output::ClusterLookup { .. }
                 | Output::ClusterRelease { .. }
+                | Output::ClusterScan { .. }
                 | Output::ClusterDurable { .. } => {}
             }
         }

@@ -50,6 +50,7 @@ fn cluster_outputs(h: &Harness, from: usize) -> Vec<Output> {
                     | Output::ClusterCatchUp { .. }
                     | Output::ClusterLookup { .. }
                     | Output::ClusterRelease { .. }
+                    | Output::ClusterScan { .. }
                     | Output::ClusterDurable { .. }
             )
         })

@@ -4,7 +4,7 @@
 //! bytes' meaning; a clustered broker with a claimed session (persistent or not, by the
 //! first byte) takes any of it as a bucket entry, a claim's previous value (a record to
 //! resume from), a catch-up message and a kick, and as another node's heartbeat, question
-//! and answer to a cluster-wide client list.
+//! and answer to a cluster-wide client list, and as an entry its reaper's scan finds.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +15,7 @@ use tidemq_core::cluster::owner::{self, KICK_SID};
 use tidemq_core::cluster::record;
 use tidemq_core::cluster::subject::{self, Space};
 use tidemq_core::codec::{Connect, Packet, Properties, ProtocolVersion, encode_packet};
-use tidemq_core::{Broker, Config, ConnId, Input, Instant, RecordAnswer};
+use tidemq_core::{Broker, Config, ConnId, Input, Instant, Output, RecordAnswer};
 
 fuzz_target!(|data: &[u8]| {
     // The first line is a subject or key; the rest an envelope.
@@ -37,6 +37,13 @@ fuzz_target!(|data: &[u8]| {
             back.as_deref(),
             Ok(text.as_str()),
             "a subject that is not canonical"
+        );
+    }
+    if let Ok(name) = subject::key_name(&text) {
+        assert_eq!(
+            subject::name_key(&name, usize::MAX).as_deref(),
+            Ok(text.as_str()),
+            "a key that is not canonical"
         );
     }
     let mut config = Config::default();
@@ -156,8 +163,8 @@ fuzz_target!(|data: &[u8]| {
         },
         Input::ClusterMessage {
             sid: ASK_SID,
-            subject: text,
-            payload,
+            subject: text.clone(),
+            payload: payload.clone(),
         },
     ];
     for input in inputs {
@@ -166,6 +173,22 @@ fuzz_target!(|data: &[u8]| {
     }
     // The list's wait ends.
     broker.handle_input(Instant(60_000), Input::Timeout);
+    while broker.poll_output().is_some() {}
+    // Node b falls silent and is taken for ended; this node, alone, scans the sessions
+    // bucket at its sixth heartbeat, and finds the entry there.
+    let mut scan = None;
+    for t in 7..=13 {
+        broker.handle_input(Instant(t * 10_000), Input::Timeout);
+        while let Some(out) = broker.poll_output() {
+            if let Output::ClusterScan { token } = out {
+                scan = Some(token);
+            }
+        }
+    }
+    let token = scan.expect("a scan of the sessions bucket");
+    let entries = vec![(text, payload, 3)];
+    let done = true;
+    broker.handle_input(Instant(130_001), Input::ClusterScanned { token, entries, done });
     while broker.poll_output().is_some() {}
     let _ = Answer::parse(b"");
 });

@@ -260,6 +260,7 @@ fn drain(broker: &mut Broker, model: &mut Model, now: u64) {
             | Output::ClusterCatchUp { .. }
             | Output::ClusterLookup { .. }
             | Output::ClusterRelease { .. }
+            | Output::ClusterScan { .. }
             | Output::ClusterDurable { .. } => panic!("a cluster output without cluster mode"),
         }
     }

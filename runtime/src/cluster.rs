@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tidemq_core::cluster::ClusterConfig;
-use tidemq_core::{Input, RecordAnswer};
+use tidemq_core::{Input, RecordAnswer, SCAN_BATCH};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -413,6 +413,27 @@ impl ClusterLink {
         });
     }
 
+    /// Reads every entry of the sessions bucket for the reaper, in batches; the last one says
+    /// done, also when the read stopped.
+    pub fn scan(&mut self, token: u64) {
+        let (store, inputs, limit) = (
+            self.sessions.clone(),
+            self.inputs.clone(),
+            self.publish_timeout,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = scan(&store, token, limit, &inputs).await {
+                warn!("cluster: the scan of the sessions bucket stopped: {e}");
+            }
+            let done = Input::ClusterScanned {
+                token,
+                entries: Vec::new(),
+                done: true,
+            };
+            let _ = inputs.send(done).await;
+        });
+    }
+
     /// Removes a claim unless another node's replaced it (then the revision differs).
     pub fn release(&mut self, key: String, revision: u64) {
         let store = self.sessions.clone();
@@ -713,6 +734,64 @@ async fn record(store: &kv::Store, key: &str, value: Bytes, revision: u64) -> Re
 }
 
 /// One catch-up read (see [`ClusterLink::catch_up`]): each pull is answered within `limit`.
+/// Most bytes of entries in one batch of a scan (one entry may pass it alone).
+const SCAN_BYTES: usize = 1 << 20;
+
+/// The entries of the sessions bucket, by key, in batches of at most [`SCAN_BATCH`] entries
+/// or [`SCAN_BYTES`]; each step waits at most `limit`.
+async fn scan(
+    store: &kv::Store,
+    token: u64,
+    limit: Duration,
+    inputs: &mpsc::Sender<Input>,
+) -> Result<(), String> {
+    let in_time = |e: tokio::time::error::Elapsed| format!("no answer in time ({e})");
+    let mut keys = tokio::time::timeout(limit, store.keys())
+        .await
+        .map_err(in_time)?
+        .map_err(|e| e.to_string())?;
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    while let Some(key) = tokio::time::timeout(limit, keys.next())
+        .await
+        .map_err(in_time)?
+    {
+        let key = key.map_err(|e| e.to_string())?;
+        let entry = tokio::time::timeout(limit, store.entry(&key))
+            .await
+            .map_err(in_time)?
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = entry.filter(|e| e.operation == kv::Operation::Put) {
+            bytes += key.len() + e.value.len();
+            entries.push((key, e.value, e.revision));
+        }
+        if entries.len() >= SCAN_BATCH || bytes >= SCAN_BYTES {
+            bytes = 0;
+            let batch = Input::ClusterScanned {
+                token,
+                entries: std::mem::take(&mut entries),
+                done: false,
+            };
+            inputs
+                .send(batch)
+                .await
+                .map_err(|_| "the broker stopped".to_owned())?;
+        }
+    }
+    if !entries.is_empty() {
+        let batch = Input::ClusterScanned {
+            token,
+            entries,
+            done: false,
+        };
+        inputs
+            .send(batch)
+            .await
+            .map_err(|_| "the broker stopped".to_owned())?;
+    }
+    Ok(())
+}
+
 async fn catch_up(
     stream: &jetstream::stream::Stream,
     token: u64,

@@ -1504,6 +1504,11 @@ impl Driver {
                         c.release(key, revision);
                     }
                 }
+                Output::ClusterScan { token } => {
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.scan(token);
+                    }
+                }
                 Output::ClusterRetain { key, value } => {
                     if let Some(c) = self.cluster.as_mut()
                         && !c.retain(key.clone(), value)

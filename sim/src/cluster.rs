@@ -104,6 +104,12 @@ pub enum ClusterMutation {
     /// start end only through its silence, a ttl late, and a session that start held is
     /// resumed past its expiry (C13).
     EndUnseen,
+    /// The sessions bucket's scans read nothing: the reaper never sees the record of an
+    /// expired session whose node restarted (C14).
+    ScanBlind,
+    /// Scans read every record with a session expiry of 0: the reaper deletes a record
+    /// whose session has an hour left (C14).
+    ScanZeroExpiry,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -146,6 +152,9 @@ enum Kind {
     /// A persistent session with a short expiry ([`EXPIRER_EXPIRY_S`]) whose node restarts
     /// under it; it comes back later, to that node or another (C13).
     Expirer,
+    /// A persistent session with an hour's expiry on a node that restarts under it; it never
+    /// comes back, and its record must stay (C14).
+    Keeper,
 }
 
 /// The session expiry of an [`Kind::Expirer`], in seconds.
@@ -384,6 +393,10 @@ enum OwnerOp {
         key: String,
         revision: u64,
     },
+    /// A read of every entry, for the reaper.
+    Scan {
+        token: u64,
+    },
 }
 
 /// An operation a node asked of the engine, waiting in one of its connections.
@@ -578,6 +591,11 @@ struct EndedStart {
     client: usize,
     away_ms: u64,
     present: Option<bool>,
+    /// Sessions of that start that never come back: one that expires like the client's,
+    /// whose record the reaper must have deleted by the end, and one with an hour left, whose
+    /// record must stay (C14).
+    orphan: usize,
+    keeper: usize,
 }
 
 /// A v4 client list asked of one node once every node's heartbeat is current: who should be
@@ -915,6 +933,12 @@ impl ClusterWorld {
                     nd.owner.push_back(OwnerOp::Release { key, revision });
                 }
             }
+            Output::ClusterScan { token } => {
+                self.note(|| format!("node {n} scans the sessions bucket ({token})"));
+                if let Some(nd) = self.nodes.get_mut(n) {
+                    nd.owner.push_back(OwnerOp::Scan { token });
+                }
+            }
             Output::ClusterSubscribe {
                 sid,
                 subject,
@@ -1026,8 +1050,8 @@ impl ClusterWorld {
     /// A new client of `node`; with `expect_away` a refused CONNECT is kept, not a problem.
     fn add_client_quiet(&mut self, kind: Kind, node: usize, expect_away: bool) -> usize {
         let idx = self.clients.len();
-        // An expirer's expiry is a v5 property (3.1.1 sessions take the configured one).
-        let v5 = self.rng.chance(500) || kind == Kind::Expirer;
+        // An expirer's or keeper's expiry is a v5 property (3.1.1 sessions take the configured one).
+        let v5 = self.rng.chance(500) || matches!(kind, Kind::Expirer | Kind::Keeper);
         self.clients.push(Client {
             kind,
             node,
@@ -1069,7 +1093,7 @@ impl ClusterWorld {
         c.up = false;
         c.rx.clear();
         let (node, version) = (c.node, c.version());
-        let persistent = matches!(c.kind, Kind::Mover | Kind::Expirer);
+        let persistent = matches!(c.kind, Kind::Mover | Kind::Expirer | Kind::Keeper);
         let expiry = match c.kind {
             Kind::Expirer => EXPIRER_EXPIRY_S,
             _ => 3600,
@@ -1643,6 +1667,49 @@ impl ClusterWorld {
                     self.engine.sessions.remove(&key);
                 }
             }
+            OwnerOp::Scan { token } => {
+                let mut entries: Vec<(String, Bytes, u64)> = Vec::new();
+                for (key, (value, revision)) in &self.engine.sessions {
+                    let value = match self.mutation {
+                        Some(ClusterMutation::ScanBlind) => continue,
+                        Some(ClusterMutation::ScanZeroExpiry) => {
+                            match record::parse_value(value, key) {
+                                (line, Some(Ok(mut rec))) => {
+                                    rec.session.expiry_secs = 0;
+                                    record::record_value(line, key, &rec)
+                                }
+                                _ => value.clone(),
+                            }
+                        }
+                        _ => value.clone(),
+                    };
+                    entries.push((key.clone(), value, *revision));
+                }
+                (n, "scan", entries.len()).hash(&mut self.hash);
+                let mut batches = entries.chunks(tidemq_core::SCAN_BATCH).peekable();
+                if batches.peek().is_none() {
+                    self.feed(
+                        n,
+                        Input::ClusterScanned {
+                            token,
+                            entries: Vec::new(),
+                            done: true,
+                        },
+                    );
+                }
+                while let Some(batch) = batches.next() {
+                    let done = batches.peek().is_none();
+                    let entries = batch.to_vec();
+                    self.feed(
+                        n,
+                        Input::ClusterScanned {
+                            token,
+                            entries,
+                            done,
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -2193,7 +2260,7 @@ impl ClusterWorld {
                 continue;
             };
             // Held again as each is subscribed again; a mover's came back with its record.
-            let (plain, shared) = if matches!(c.kind, Kind::Mover | Kind::Expirer) {
+            let (plain, shared) = if matches!(c.kind, Kind::Mover | Kind::Expirer | Kind::Keeper) {
                 (c.filters.clone(), c.shared.clone())
             } else {
                 (
@@ -2296,6 +2363,10 @@ impl ClusterWorld {
         };
         let idx = self.add_client(Kind::Expirer, node);
         self.subscribe(idx, &format!("e/{idx}"), QoS::AtLeastOnce);
+        let orphan = self.add_client(Kind::Expirer, node);
+        self.subscribe(orphan, &format!("e/{orphan}"), QoS::AtLeastOnce);
+        let keeper = self.add_client(Kind::Keeper, node);
+        self.subscribe(keeper, &format!("e/{keeper}"), QoS::AtLeastOnce);
         self.drain();
         // Every node hears the others' current starts, and the record is written.
         for _ in 0..ttl / 3 + 500 {
@@ -2303,9 +2374,11 @@ impl ClusterWorld {
             self.drain();
         }
         // Gone with the node: not reconnected when it comes back.
-        if let Some(c) = self.clients.get_mut(idx) {
-            c.node = usize::MAX;
-            c.up = false;
+        for i in [idx, orphan, keeper] {
+            if let Some(c) = self.clients.get_mut(i) {
+                c.node = usize::MAX;
+                c.up = false;
+            }
         }
         // Its other clients (subscribed to nothing by now) stay away.
         self.restart(node, false);
@@ -2334,13 +2407,37 @@ impl ClusterWorld {
         {
             c.filters.clear();
         }
+        // Long enough for the reaper to have scanned after the orphan expired: the lowest
+        // live node scans every six heartbeats once connected for a ttl (and restarted
+        // nodes count again from their start).
+        self.pass(3 * ttl + 6 * (ttl / 3 + 1) + 1000);
         self.ended = Some(EndedStart {
             node,
             back_on,
             client: idx,
             away_ms,
             present,
+            orphan,
+            keeper,
         });
+    }
+
+    /// Lets `ms` pass, from one node's deadline to the next: as many ticks, when nothing but
+    /// the nodes' timers acts meanwhile.
+    fn pass(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(|nd| nd.broker.poll_timeout())
+                .map(|at| at.0)
+                .min();
+            let at = next.map_or(end, |at| at.clamp(self.now + 1, end));
+            self.now = at - 1;
+            self.tick();
+            self.drain();
+        }
     }
 
     fn cut_past_ttl(&mut self) {
@@ -2373,7 +2470,7 @@ impl ClusterWorld {
         // A clean session sent away ends with its subscriptions; a persistent one stays.
         for &i in &clients {
             if let Some(c) = self.clients.get_mut(i)
-                && !matches!(c.kind, Kind::Mover | Kind::Expirer)
+                && !matches!(c.kind, Kind::Mover | Kind::Expirer | Kind::Keeper)
                 && !c.up
             {
                 c.cleared = true;
@@ -2410,6 +2507,7 @@ impl ClusterWorld {
         self.check_c11(&mut violations);
         self.check_c12(&mut violations);
         self.check_c13(&mut violations);
+        self.check_c14(&mut violations);
         let deliveries = self
             .clients
             .iter()
@@ -2862,6 +2960,39 @@ impl ClusterWorld {
             out.push(format!(
                 "C13 client {} back on node {} {} ms after node {} restarted: session present {:?}, want {want:?}",
                 e.client, e.back_on, e.away_ms, e.node, e.present
+            ));
+        }
+    }
+
+    /// C14: the reaper deleted the record of the session that expired with its node's start
+    /// and never came back, and left the one with an hour left and that of the client back.
+    fn check_c14(&self, out: &mut Vec<String>) {
+        let Some(e) = &self.ended else {
+            return;
+        };
+        let has_record = |idx: usize| {
+            let key = format!("c{idx}");
+            self.engine.sessions.get(&key).is_some_and(|(value, _)| {
+                matches!(record::parse_value(value, &key), (_, Some(Ok(_))))
+            })
+        };
+        if has_record(e.orphan) {
+            out.push(format!(
+                "C14 the record of client {} (expired with node {}'s start) was not reaped",
+                e.orphan, e.node
+            ));
+        }
+        // Back on a live node: that node's now.
+        if !has_record(e.client) {
+            out.push(format!(
+                "C14 the record of client {}, back on node {}, is gone",
+                e.client, e.back_on
+            ));
+        }
+        if !has_record(e.keeper) {
+            out.push(format!(
+                "C14 the record of client {} (an hour's expiry, node {} restarted) is gone",
+                e.keeper, e.node
             ));
         }
     }

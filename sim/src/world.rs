@@ -703,6 +703,7 @@ impl World {
             | Output::ClusterClaim { .. }
             | Output::ClusterLookup { .. }
             | Output::ClusterRelease { .. }
+            | Output::ClusterScan { .. }
             | Output::ClusterRecord { .. }
             | Output::ClusterCatchUp { .. }
             | Output::ClusterDurable { .. } => self.trace.push(Ev::Stuck(

@@ -310,3 +310,13 @@ fn k3_a_node_reads_its_own_retained_write() {
         ["P:0:1"]
     );
 }
+
+#[test]
+fn a_reaper_that_reads_nothing_is_caught_by_c14() {
+    assert!(!caught(ClusterMutation::ScanBlind, "C14").is_empty());
+}
+
+#[test]
+fn a_reaper_that_deletes_unexpired_records_is_caught_by_c14() {
+    assert!(!caught(ClusterMutation::ScanZeroExpiry, "C14").is_empty());
+}

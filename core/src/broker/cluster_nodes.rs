@@ -80,6 +80,7 @@ impl Broker {
             Some(next),
         );
         self.forget_silent_nodes();
+        self.reap_tick();
     }
 
     /// Nodes not heard of for `node_ttl` are gone; gathers stop waiting for them.

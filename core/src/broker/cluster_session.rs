@@ -245,35 +245,44 @@ impl Broker {
     }
 
     /// The record in a replaced entry, if it is another owner's and its session has not
-    /// expired. A session whose node's start ended with it connected (no disconnect time in
-    /// its record) counts as disconnected when that start was seen to end, if this node saw
-    /// it: this node's own earlier start (ended before this one began), or another node's
-    /// (`nodes::Nodes::ended_by`). Otherwise it does not expire until resumed.
+    /// expired (see [`Broker::session_expired`]).
     fn record_to_resume(&self, value: &Bytes, client_id: &str) -> Option<SessionRecord> {
         let c = self.cluster.as_deref()?;
         let (line, rec) = record::parse_value(value, client_id);
         let owner = owner::parse_claim(line);
-        let own = c.config.node_name.as_str();
         // This node's own line: a session of this start that ended here.
-        if owner == Some((own, c.epoch)) {
+        if owner == Some((c.config.node_name.as_str(), c.epoch)) {
             return None;
         }
         let rec = rec?.ok()?;
-        let s = &rec.session;
-        let ended = owner.and_then(|(node, epoch)| {
-            if node == own {
-                Some(self.wall().of(self.started))
-            } else {
-                c.nodes.ended_by(node, epoch)
-            }
-        });
-        let expired = match s.disconnected_at_unix_ms.or(ended) {
+        let ended = owner.and_then(|(node, epoch)| self.start_ended(node, epoch));
+        (!self.session_expired(&rec.session, ended) && rec.session.expiry_secs > 0).then_some(rec)
+    }
+
+    /// When `node`'s start `epoch` ended, if this node knows: its own earlier starts when this
+    /// one began, another node's when this node saw it end ([`nodes::Nodes::ended_by`]).
+    /// `None` for this start and for starts not seen to end.
+    ///
+    /// [`nodes::Nodes::ended_by`]: crate::cluster::nodes::Nodes::ended_by
+    pub(super) fn start_ended(&self, node: &str, epoch: u64) -> Option<u64> {
+        let c = self.cluster.as_deref()?;
+        if node == c.config.node_name {
+            (epoch != c.epoch).then(|| self.wall().of(self.started))
+        } else {
+            c.nodes.ended_by(node, epoch)
+        }
+    }
+
+    /// Whether a recorded session has expired: its expiry counted from its disconnect, or,
+    /// when its node's start ended with it connected (no disconnect time in its record),
+    /// from `ended`, when that start ended. Otherwise it does not expire until resumed.
+    pub(super) fn session_expired(&self, s: &RecoveredSession, ended: Option<u64>) -> bool {
+        match s.disconnected_at_unix_ms.or(ended) {
             Some(at) if s.expiry_secs != NEVER_EXPIRES => {
                 self.wall_now().saturating_sub(at) >= u64::from(s.expiry_secs) * 1000
             }
             _ => false,
-        };
-        (!expired && s.expiry_secs > 0).then_some(rec)
+        }
     }
 
     /// A session of `client_id` as another node's record left it: offline, with its

@@ -39,7 +39,8 @@ impl Broker {
     pub(super) fn cluster_start(&mut self) {
         if self.config.cluster.enable {
             let epoch = self.rng.next_u64();
-            self.cluster = Some(Box::new(Cluster::new(self.config.cluster.clone(), epoch)));
+            let config = self.config.cluster.clone();
+            self.cluster = Some(Box::new(Cluster::new(config, epoch, self.now)));
             self.arm_heartbeat(self.now);
         }
     }

@@ -476,7 +476,7 @@ impl Broker {
         };
         let k = &c.counters;
         let claims = c.owner.counters;
-        let families: [(&str, &str, &str, u64); 18] = [
+        let families: [(&str, &str, &str, u64); 19] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -566,6 +566,12 @@ impl Broker {
                 "counter",
                 "Messages catch-up reads of the durable stream brought to resumed sessions.",
                 claims.caught_up,
+            ),
+            (
+                "tidemq_cluster_records_reaped_total",
+                "counter",
+                "Session records of ended node starts, whose sessions expired, deleted by this node's scans.",
+                c.reaper.reaped,
             ),
             (
                 "tidemq_cluster_nodes",

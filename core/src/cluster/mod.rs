@@ -16,6 +16,7 @@ pub(crate) mod interest;
 pub mod nodes;
 pub mod owner;
 pub(crate) mod qos2;
+pub mod reaper;
 pub mod record;
 pub mod subject;
 
@@ -232,11 +233,13 @@ pub(crate) struct Cluster {
     /// Since when the connection to NATS has been down, the timer at which that makes the
     /// node cut off, and whether it is (clients sent to another server).
     pub link_down_since: Option<crate::api::Instant>,
-    /// When the connection to NATS last came up (the start, at first): another node's
+    /// When the connection to NATS last came up (the node's start, at first): another node's
     /// silence says it ended only once this node has been connected for a whole ttl.
     pub link_up_at: crate::api::Instant,
     pub cut_off_at: Option<crate::api::Instant>,
     pub cut_off: bool,
+    /// Deleting the records of ended starts whose sessions expired.
+    pub reaper: reaper::Reaper,
 }
 
 /// What the cluster path counted, for the metrics.
@@ -256,7 +259,8 @@ pub struct Counters {
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig, epoch: u64) -> Cluster {
+    /// A node's cluster state at its start, `now`.
+    pub fn new(config: ClusterConfig, epoch: u64, now: crate::api::Instant) -> Cluster {
         Cluster {
             config,
             epoch,
@@ -283,9 +287,10 @@ impl Cluster {
             record_tick: None,
             nodes: nodes::Nodes::default(),
             link_down_since: None,
-            link_up_at: crate::api::Instant(0),
+            link_up_at: now,
             cut_off_at: None,
             cut_off: false,
+            reaper: reaper::Reaper::default(),
         }
     }
 

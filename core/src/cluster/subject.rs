@@ -347,6 +347,13 @@ pub fn name_key(name: &str, max_len: usize) -> Result<String, SubjectError> {
     bounded(k, max_len)
 }
 
+/// The client id or bridge name a key written by [`name_key`] stands for.
+pub fn key_name(key: &str) -> Result<String, SubjectError> {
+    let mut out = Vec::with_capacity(key.len());
+    unescape_token(key, &mut out)?;
+    String::from_utf8(out).map_err(|_| SubjectError::BadToken)
+}
+
 /// How NATS matches a subscription `pattern` against a `subject`: tokens split on `.`, `*`
 /// one token, `>` (last only) one or more. The engine's rule, for the simulation's model of
 /// it; `runtime/tests/e2e_cluster_engine.rs` checks it against nats-server.

@@ -311,7 +311,8 @@ impl Harness {
                     | Output::ClusterCatchUp { .. }
                     | Output::ClusterLookup { .. }
                     | Output::ClusterRelease { .. }
-            | Output::ClusterDurable { .. } => {}
+                    | Output::ClusterScan { .. }
+                    | Output::ClusterDurable { .. } => {}
                 }
             }
             let Some(input) = pending.pop_front() else {
