@@ -2155,3 +2155,188 @@ fn a_qos2_publish_sent_again_before_its_write_is_answered_keeps_its_dedup_id() {
         "written again under the first write's dedup id"
     );
 }
+
+/// The scans of the sessions bucket asked since `from`, by token.
+fn scans(h: &Harness, from: usize) -> Vec<u64> {
+    cluster_outputs(h, from)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ClusterScan { token } => Some(token),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_reaper_deletes_what_a_returning_client_would_find_expired() {
+    const T0: u64 = 1_700_000_000_000;
+    let record_of = |line: &[u8], client_id: &str, expiry_secs: u32, gone: Option<u64>| {
+        let rec = SessionRecord {
+            cursor: Some(1),
+            session: RecoveredSession {
+                version: 5,
+                expiry_secs,
+                disconnected_at_unix_ms: gone,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        record::record_value(line, client_id, &rec)
+    };
+    let hear = |h: &mut Harness, node: &str, epoch: &str| {
+        let beat = Heartbeat {
+            node: node.to_owned(),
+            epoch: epoch.to_owned(),
+            connections: 1,
+            started_at: T0,
+            version: "9.9.9".to_owned(),
+        };
+        h.input(Input::ClusterMessage {
+            sid: HEARTBEAT_SID,
+            subject: format!("tmq.h.{node}"),
+            payload: beat.encode(),
+        });
+    };
+    let mut h = Harness::with_config(clustered("b"));
+    h.input(Input::WallClock { unix_ms: T0 });
+    h.input(Input::ClusterFeedStart { seq: 2 });
+    h.advance(0);
+    // a is heard once, then falls silent: forgotten at 13,332 ms, gone by 16,665.
+    hear(&mut h, "a", "1f");
+    let mark = h.log.len();
+    h.advance(16_000);
+    assert!(
+        scans(&h, mark).is_empty(),
+        "scanned before its sixth heartbeat"
+    );
+    h.advance(1_000);
+    let [token] = scans(&h, mark)[..] else {
+        panic!("no scan at the sixth heartbeat: {:?}", scans(&h, mark));
+    };
+    let entries = |gone_at_zero: u64| {
+        vec![
+            // a's start, 30 s from its end: expired from 46,665 ms.
+            ("m1".to_owned(), record_of(b"a 1f", "m1", 30, None), 11),
+            // A session that keeps no record, and a claim alone: nobody resumes them.
+            ("m2".to_owned(), record_of(b"a 1f", "m2", 0, None), 12),
+            ("m3".to_owned(), Bytes::from_static(b"a 1f"), 13),
+            // z's end went unseen: only its disconnect time counts.
+            (
+                "m4".to_owned(),
+                record_of(b"z 1", "m4", 1, Some(gone_at_zero)),
+                14,
+            ),
+            ("m5".to_owned(), record_of(b"z 1", "m5", 1, None), 15),
+            // b's own earlier start: ended when this one began (T0); 60 s.
+            ("m6".to_owned(), record_of(b"b 5", "m6", 60, None), 16),
+            // Never expires; not a client id's key; unreadable.
+            (
+                "m7".to_owned(),
+                record_of(b"a 1f", "m7", u32::MAX, None),
+                17,
+            ),
+            ("x.y".to_owned(), record_of(b"a 1f", "x.y", 0, None), 18),
+            (
+                "m8".to_owned(),
+                Bytes::from_static(b"a 1f\n\x09garbage"),
+                19,
+            ),
+        ]
+    };
+    let mark = h.log.len();
+    let mut first = entries(T0);
+    let rest = first.split_off(4);
+    h.input(Input::ClusterScanned {
+        token,
+        entries: first,
+        done: false,
+    });
+    h.input(Input::ClusterScanned {
+        token,
+        entries: rest,
+        done: true,
+    });
+    let want = |keys: &[(&str, u64)]| -> Vec<(String, u64)> {
+        keys.iter().map(|(k, r)| (k.to_string(), *r)).collect()
+    };
+    assert_eq!(
+        releases(&h, mark),
+        want(&[("m2", 12), ("m3", 13), ("m4", 14)])
+    );
+    // A late batch of a finished scan is not taken.
+    let mark = h.log.len();
+    h.input(Input::ClusterScanned {
+        token,
+        entries: entries(T0),
+        done: true,
+    });
+    assert!(releases(&h, mark).is_empty());
+    // The next scans, every 20 s: at 36.7 s nothing more; at 56.7 s m1 (from 46,665) and
+    // m6 (from 60 s past T0) apart, then at 76.7 s m6.
+    for (at, reaped) in [
+        (36_700, vec![]),
+        (56_700, vec![("m1", 11)]),
+        (76_700, vec![("m1", 11), ("m6", 16)]),
+    ] {
+        let mark = h.log.len();
+        h.advance(at - h.now.0);
+        let [token] = scans(&h, mark)[..] else {
+            panic!("no scan by {at}: {:?}", scans(&h, mark));
+        };
+        let later: Vec<_> = entries(T0)
+            .into_iter()
+            .skip(4)
+            .chain(entries(T0).into_iter().take(1))
+            .collect();
+        let mark = h.log.len();
+        h.input(Input::ClusterScanned {
+            token,
+            entries: later,
+            done: true,
+        });
+        let mut got = releases(&h, mark);
+        got.sort();
+        assert_eq!(got, want(&reaped), "at {at}");
+    }
+    assert_eq!(value_of(&mut h, "tidemq_cluster_records_reaped_total"), 6.0);
+}
+
+#[test]
+fn only_the_live_node_with_the_lowest_name_scans() {
+    let mut h = Harness::with_config(clustered("c"));
+    h.input(Input::WallClock {
+        unix_ms: 1_700_000_000_000,
+    });
+    h.input(Input::ClusterFeedStart { seq: 2 });
+    h.advance(0);
+    let beat = Heartbeat {
+        node: "b".to_owned(),
+        epoch: "1".to_owned(),
+        connections: 0,
+        started_at: 0,
+        version: "9.9.9".to_owned(),
+    };
+    let mark = h.log.len();
+    // b, lower, is heard every 3 s for a minute: c never scans.
+    for _ in 0..20 {
+        h.input(Input::ClusterMessage {
+            sid: HEARTBEAT_SID,
+            subject: "tmq.h.b".to_owned(),
+            payload: beat.encode(),
+        });
+        h.advance(3_000);
+    }
+    assert!(scans(&h, mark).is_empty());
+    // b falls silent: forgotten within a ttl and a heartbeat, then c is the lowest.
+    h.advance(14_000);
+    assert_eq!(scans(&h, mark).len(), 1);
+    // Cut from NATS: it does not know who lives, and scans no more until a ttl after.
+    h.input(Input::ClusterLink { up: false });
+    let mark = h.log.len();
+    h.advance(30_000);
+    h.input(Input::ClusterLink { up: true });
+    h.advance(9_000);
+    assert!(scans(&h, mark).is_empty());
+    h.advance(5_000);
+    assert_eq!(scans(&h, mark).len(), 1);
+}

@@ -822,10 +822,11 @@ fn a_persistent_qos2_session_moves_and_gets_each_message_once() {
 
 /// `kill -9` of a node holding two persistent sessions, one with a 2 s expiry and one with an
 /// hour's: node b sees the node's start end (silent for `node_ttl`, 3 s here) and counts their
-/// expiry from then. Both clients come back to node b well after 2 s: the short one starts
-/// afresh and does not get what was published meanwhile; the long one resumes and does.
+/// expiry from then. b, the only node left, deletes the short session's record in one of its
+/// scans. Both clients come back to node b well after 2 s: the short one starts afresh and
+/// does not get what was published meanwhile; the long one resumes and does.
 #[test]
-fn a_dead_nodes_session_expires_counted_from_its_end() {
+fn a_dead_nodes_session_expires_counted_from_its_end_and_its_record_is_reaped() {
     let (_nats, _dir, a, b) = cluster("expire");
     until_routed(a.port, b.port, "e/probe");
     let short = ["-i", "short", "-c", "-q", "1", "-V", "5", "-x", "2"];
@@ -853,6 +854,19 @@ fn a_dead_nodes_session_expires_counted_from_its_end() {
     // apart), and a's clients count as gone a third of the ttl later: 3 + 1 + 1 s, then the
     // short expiry of 2 s, and a margin.
     std::thread::sleep(Duration::from_secs(9));
+    // b, now the only node, scans the sessions bucket every two ttls (6 s) and deletes the
+    // short session's record once expired; the long one's stays.
+    let reaped = "tidemq_cluster_records_reaped_total 1\n";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut metrics = String::new();
+    while Instant::now() < deadline && !metrics.contains(reaped) {
+        std::thread::sleep(Duration::from_millis(250));
+        metrics = b.api.call("GET", "/api/v4/prometheus", None).text;
+    }
+    assert!(
+        metrics.contains(reaped),
+        "the expired record was not reaped: {metrics}"
+    );
     let back = |session: &[&str]| {
         mosquitto_sub(
             b.port,

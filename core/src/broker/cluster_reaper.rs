@@ -1,4 +1,5 @@
-//! Cluster mode: the reaper (`cluster/reaper.rs`). The node that scans deletes a sessions
+//! Cluster mode: when a recorded session has expired (the rule a resume follows too), and
+//! the reaper (`cluster/reaper.rs`). The node that scans deletes a sessions
 //! bucket entry when its owner's start has ended (as far as this node knows: see
 //! [`Broker::start_ended`]) and nobody would resume it: a claim without a record, or a record
 //! whose session expired by the rule a returning client's resume follows
@@ -10,8 +11,36 @@ use bytes::Bytes;
 use super::Broker;
 use crate::api::Output;
 use crate::cluster::{owner, record, subject};
+use crate::persist::RecoveredSession;
+use crate::session::NEVER_EXPIRES;
 
 impl Broker {
+    /// When `node`'s start `epoch` ended, if this node knows: its own earlier starts when this
+    /// one began, another node's when this node saw it end ([`nodes::Nodes::ended_by`]).
+    /// `None` for this start and for starts not seen to end.
+    ///
+    /// [`nodes::Nodes::ended_by`]: crate::cluster::nodes::Nodes::ended_by
+    pub(super) fn start_ended(&self, node: &str, epoch: u64) -> Option<u64> {
+        let c = self.cluster.as_deref()?;
+        if node == c.config.node_name {
+            (epoch != c.epoch).then(|| self.wall().of(self.started))
+        } else {
+            c.nodes.ended_by(node, epoch)
+        }
+    }
+
+    /// Whether a recorded session has expired: its expiry counted from its disconnect, or,
+    /// when its node's start ended with it connected (no disconnect time in its record),
+    /// from `ended`, when that start ended. Otherwise it does not expire until resumed.
+    pub(super) fn session_expired(&self, s: &RecoveredSession, ended: Option<u64>) -> bool {
+        match s.disconnected_at_unix_ms.or(ended) {
+            Some(at) if s.expiry_secs != NEVER_EXPIRES => {
+                self.wall_now().saturating_sub(at) >= u64::from(s.expiry_secs) * 1000
+            }
+            _ => false,
+        }
+    }
+
     /// At each heartbeat: a scan of the sessions bucket when one is due and this node is the
     /// live one with the lowest name, connected to NATS for a whole ttl (it knows which
     /// nodes live).

@@ -259,32 +259,6 @@ impl Broker {
         (!self.session_expired(&rec.session, ended) && rec.session.expiry_secs > 0).then_some(rec)
     }
 
-    /// When `node`'s start `epoch` ended, if this node knows: its own earlier starts when this
-    /// one began, another node's when this node saw it end ([`nodes::Nodes::ended_by`]).
-    /// `None` for this start and for starts not seen to end.
-    ///
-    /// [`nodes::Nodes::ended_by`]: crate::cluster::nodes::Nodes::ended_by
-    pub(super) fn start_ended(&self, node: &str, epoch: u64) -> Option<u64> {
-        let c = self.cluster.as_deref()?;
-        if node == c.config.node_name {
-            (epoch != c.epoch).then(|| self.wall().of(self.started))
-        } else {
-            c.nodes.ended_by(node, epoch)
-        }
-    }
-
-    /// Whether a recorded session has expired: its expiry counted from its disconnect, or,
-    /// when its node's start ended with it connected (no disconnect time in its record),
-    /// from `ended`, when that start ended. Otherwise it does not expire until resumed.
-    pub(super) fn session_expired(&self, s: &RecoveredSession, ended: Option<u64>) -> bool {
-        match s.disconnected_at_unix_ms.or(ended) {
-            Some(at) if s.expiry_secs != NEVER_EXPIRES => {
-                self.wall_now().saturating_sub(at) >= u64::from(s.expiry_secs) * 1000
-            }
-            _ => false,
-        }
-    }
-
     /// A session of `client_id` as another node's record left it: offline, with its
     /// subscriptions and QoS 2 window; the CONNECT then resumes it as any session here.
     fn resume_from_record(
