@@ -188,7 +188,14 @@ fuzz_target!(|data: &[u8]| {
     let token = scan.expect("a scan of the sessions bucket");
     let entries = vec![(text, payload, 3)];
     let done = true;
-    broker.handle_input(Instant(130_001), Input::ClusterScanned { token, entries, done });
+    broker.handle_input(
+        Instant(130_001),
+        Input::ClusterScanned {
+            token,
+            entries,
+            done,
+        },
+    );
     while broker.poll_output().is_some() {}
     let _ = Answer::parse(b"");
 });
