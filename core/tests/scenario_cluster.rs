@@ -2204,19 +2204,20 @@ fn the_reaper_deletes_what_a_returning_client_would_find_expired() {
     // a is heard once, then falls silent: forgotten at 13,332 ms, gone by 16,665.
     hear(&mut h, "a", "1f");
     let mark = h.log.len();
-    h.advance(16_000);
+    // The 18th heartbeat, at 56,661 ms, is the first scan's.
+    h.advance(56_000);
     assert!(
         scans(&h, mark).is_empty(),
-        "scanned before its sixth heartbeat"
+        "scanned before its 18th heartbeat"
     );
     h.advance(1_000);
     let [token] = scans(&h, mark)[..] else {
-        panic!("no scan at the sixth heartbeat: {:?}", scans(&h, mark));
+        panic!("no scan at the 18th heartbeat: {:?}", scans(&h, mark));
     };
     let entries = |gone_at_zero: u64| {
         vec![
-            // a's start, 30 s from its end: expired from 46,665 ms.
-            ("m1".to_owned(), record_of(b"a 1f", "m1", 30, None), 11),
+            // a's start, 90 s from its end: expired from 106,665 ms.
+            ("m1".to_owned(), record_of(b"a 1f", "m1", 90, None), 11),
             // A session that keeps no record, and a claim alone: nobody resumes them.
             ("m2".to_owned(), record_of(b"a 1f", "m2", 0, None), 12),
             ("m3".to_owned(), Bytes::from_static(b"a 1f"), 13),
@@ -2227,8 +2228,8 @@ fn the_reaper_deletes_what_a_returning_client_would_find_expired() {
                 14,
             ),
             ("m5".to_owned(), record_of(b"z 1", "m5", 1, None), 15),
-            // b's own earlier start: ended when this one began (T0); 60 s.
-            ("m6".to_owned(), record_of(b"b 5", "m6", 60, None), 16),
+            // b's own earlier start: ended when this one began (T0); 150 s.
+            ("m6".to_owned(), record_of(b"b 5", "m6", 150, None), 16),
             // Never expires; not a client id's key; unreadable.
             (
                 "m7".to_owned(),
@@ -2271,12 +2272,11 @@ fn the_reaper_deletes_what_a_returning_client_would_find_expired() {
         done: true,
     });
     assert!(releases(&h, mark).is_empty());
-    // The next scans, every 20 s: at 36.7 s nothing more; at 56.7 s m1 (from 46,665) and
-    // m6 (from 60 s past T0) apart, then at 76.7 s m6.
+    // The next scans, a minute apart: at 116.7 s m1 (from 106,665 ms), at 176.7 s m6 too
+    // (from 150 s past T0).
     for (at, reaped) in [
-        (36_700, vec![]),
-        (56_700, vec![("m1", 11)]),
-        (76_700, vec![("m1", 11), ("m6", 16)]),
+        (116_700, vec![("m1", 11)]),
+        (176_700, vec![("m1", 11), ("m6", 16)]),
     ] {
         let mark = h.log.len();
         h.advance(at - h.now.0);
@@ -2330,10 +2330,11 @@ fn only_the_live_node_with_the_lowest_name_scans() {
     // b falls silent: forgotten within a ttl and a heartbeat, then c is the lowest.
     h.advance(14_000);
     assert_eq!(scans(&h, mark).len(), 1);
-    // Cut from NATS: it does not know who lives, and scans no more until a ttl after.
+    // Cut from NATS past its next scan's time: it does not know who lives, and scans only a
+    // ttl after NATS is back.
     h.input(Input::ClusterLink { up: false });
     let mark = h.log.len();
-    h.advance(30_000);
+    h.advance(70_000);
     h.input(Input::ClusterLink { up: true });
     h.advance(9_000);
     assert!(scans(&h, mark).is_empty());

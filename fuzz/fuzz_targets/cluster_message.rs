@@ -175,9 +175,9 @@ fuzz_target!(|data: &[u8]| {
     broker.handle_input(Instant(60_000), Input::Timeout);
     while broker.poll_output().is_some() {}
     // Node b falls silent and is taken for ended; this node, alone, scans the sessions
-    // bucket at its sixth heartbeat, and finds the entry there.
+    // bucket at its 18th heartbeat (one per timeout here), and finds the entry there.
     let mut scan = None;
-    for t in 7..=13 {
+    for t in 7..=30 {
         broker.handle_input(Instant(t * 10_000), Input::Timeout);
         while let Some(out) = broker.poll_output() {
             if let Output::ClusterScan { token } = out {
@@ -189,7 +189,7 @@ fuzz_target!(|data: &[u8]| {
     let entries = vec![(text, payload, 3)];
     let done = true;
     broker.handle_input(
-        Instant(130_001),
+        Instant(300_001),
         Input::ClusterScanned {
             token,
             entries,

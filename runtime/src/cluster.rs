@@ -737,8 +737,10 @@ async fn record(store: &kv::Store, key: &str, value: Bytes, revision: u64) -> Re
 /// Most bytes of entries in one batch of a scan (one entry may pass it alone).
 const SCAN_BYTES: usize = 1 << 20;
 
-/// The entries of the sessions bucket, by key, in batches of at most [`SCAN_BATCH`] entries
-/// or [`SCAN_BYTES`]; each step waits at most `limit`.
+/// The entries of the sessions bucket in batches of at most [`SCAN_BATCH`] entries or
+/// [`SCAN_BYTES`]: one ordered read of every key's last entry (values included, not a request
+/// per key), ended by the entry after which nothing was pending. Each step waits at most
+/// `limit`.
 async fn scan(
     store: &kv::Store,
     token: u64,
@@ -746,26 +748,31 @@ async fn scan(
     inputs: &mpsc::Sender<Input>,
 ) -> Result<(), String> {
     let in_time = |e: tokio::time::error::Elapsed| format!("no answer in time ({e})");
-    let mut keys = tokio::time::timeout(limit, store.keys())
+    // An empty bucket's read would wait for its first write.
+    let info = tokio::time::timeout(limit, store.stream.get_info())
+        .await
+        .map_err(in_time)?
+        .map_err(|e| e.to_string())?;
+    if info.state.messages == 0 {
+        return Ok(());
+    }
+    let mut watch = tokio::time::timeout(limit, store.watch_with_history(">"))
         .await
         .map_err(in_time)?
         .map_err(|e| e.to_string())?;
     let mut entries = Vec::new();
     let mut bytes = 0;
-    while let Some(key) = tokio::time::timeout(limit, keys.next())
+    while let Some(entry) = tokio::time::timeout(limit, watch.next())
         .await
         .map_err(in_time)?
     {
-        let key = key.map_err(|e| e.to_string())?;
-        let entry = tokio::time::timeout(limit, store.entry(&key))
-            .await
-            .map_err(in_time)?
-            .map_err(|e| e.to_string())?;
-        if let Some(e) = entry.filter(|e| e.operation == kv::Operation::Put) {
-            bytes += key.len() + e.value.len();
-            entries.push((key, e.value, e.revision));
+        let entry = entry.map_err(|e| e.to_string())?;
+        let last = entry.seen_current;
+        if entry.operation == kv::Operation::Put {
+            bytes += entry.key.len() + entry.value.len();
+            entries.push((entry.key, entry.value, entry.revision));
         }
-        if entries.len() >= SCAN_BATCH || bytes >= SCAN_BYTES {
+        if !entries.is_empty() && (last || entries.len() >= SCAN_BATCH || bytes >= SCAN_BYTES) {
             bytes = 0;
             let batch = Input::ClusterScanned {
                 token,
@@ -777,17 +784,9 @@ async fn scan(
                 .await
                 .map_err(|_| "the broker stopped".to_owned())?;
         }
-    }
-    if !entries.is_empty() {
-        let batch = Input::ClusterScanned {
-            token,
-            entries,
-            done: false,
-        };
-        inputs
-            .send(batch)
-            .await
-            .map_err(|_| "the broker stopped".to_owned())?;
+        if last {
+            break;
+        }
     }
     Ok(())
 }

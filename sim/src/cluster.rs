@@ -36,6 +36,7 @@ use bytes::{Bytes, BytesMut};
 use tidemq_core::cluster::ClusterConfig;
 use tidemq_core::cluster::envelope::Envelope;
 use tidemq_core::cluster::nodes::node_own;
+use tidemq_core::cluster::reaper::REAP_EVERY_HEARTBEATS;
 use tidemq_core::cluster::record;
 use tidemq_core::cluster::subject::{DEFAULT_PREFIX, Space, nats_matches, subscription, topic_key};
 use tidemq_core::codec::{
@@ -2408,9 +2409,10 @@ impl ClusterWorld {
             c.filters.clear();
         }
         // Long enough for the reaper to have scanned after the orphan expired: the lowest
-        // live node scans every six heartbeats once connected for a ttl (and restarted
-        // nodes count again from their start).
-        self.pass(3 * ttl + 6 * (ttl / 3 + 1) + 1000);
+        // live node scans every [`REAP_EVERY_HEARTBEATS`] heartbeats once connected for a
+        // ttl (and restarted nodes count again from their start).
+        let between_scans = u64::from(REAP_EVERY_HEARTBEATS) * (ttl / 3 + 1);
+        self.pass(2 * ttl + between_scans + 1000);
         self.ended = Some(EndedStart {
             node,
             back_on,

@@ -5,8 +5,9 @@
 //! expired (`broker/cluster_reaper.rs`). Two nodes that both take themselves for the lowest
 //! for a while only read twice: every delete is made over the revision read.
 
-/// Heartbeats between scans: twice `node_ttl` (a heartbeat goes every third of it).
-pub const REAP_EVERY_HEARTBEATS: u32 = 6;
+/// Heartbeats between scans: six `node_ttl`s (a heartbeat goes every third of it), a minute
+/// by default. A scan reads the whole bucket; what it deletes only waits.
+pub const REAP_EVERY_HEARTBEATS: u32 = 18;
 
 #[derive(Debug, Default)]
 pub struct Reaper {
