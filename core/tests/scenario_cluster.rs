@@ -2168,7 +2168,7 @@ fn scans(h: &Harness, from: usize) -> Vec<u64> {
 }
 
 #[test]
-fn the_reaper_deletes_what_a_returning_client_would_find_expired() {
+fn the_reaper_deletes_what_nobody_would_resume() {
     const T0: u64 = 1_700_000_000_000;
     let record_of = |line: &[u8], client_id: &str, expiry_secs: u32, gone: Option<u64>| {
         let rec = SessionRecord {
@@ -2183,122 +2183,121 @@ fn the_reaper_deletes_what_a_returning_client_would_find_expired() {
         };
         record::record_value(line, client_id, &rec)
     };
-    let hear = |h: &mut Harness, node: &str, epoch: &str| {
+    let beat = |node: &str, epoch: &str, started_at: u64| {
         let beat = Heartbeat {
             node: node.to_owned(),
             epoch: epoch.to_owned(),
             connections: 1,
-            started_at: T0,
+            started_at,
             version: "9.9.9".to_owned(),
         };
-        h.input(Input::ClusterMessage {
+        Input::ClusterMessage {
             sid: HEARTBEAT_SID,
             subject: format!("tmq.h.{node}"),
             payload: beat.encode(),
-        });
+        }
     };
-    let mut h = Harness::with_config(clustered("b"));
+    // Node a scans (the lowest name). b restarts at 5 s and is heard from then on; d is
+    // heard once and falls silent (forgotten at 13,332 ms, gone by 16,665).
+    let mut h = Harness::with_config(clustered("a"));
     h.input(Input::WallClock { unix_ms: T0 });
     h.input(Input::ClusterFeedStart { seq: 2 });
     h.advance(0);
-    // a is heard once, then falls silent: forgotten at 13,332 ms, gone by 16,665.
-    hear(&mut h, "a", "1f");
+    h.input(beat("b", "1f", T0));
+    h.input(beat("d", "1", T0));
+    h.advance(5_000);
+    let until = |h: &mut Harness, at: u64| {
+        while h.now.0 < at {
+            h.input(beat("b", "20", T0 + 5_000));
+            h.advance((at - h.now.0).min(3_000));
+        }
+    };
+    let entries = vec![
+        // b's first start, 90 s from its end at 5 s: expired from 95 s.
+        ("m1".to_owned(), record_of(b"b 1f", "m1", 90, None), 11),
+        // A session that keeps no record, and a claim alone: nobody resumes them.
+        ("m2".to_owned(), record_of(b"b 1f", "m2", 0, None), 12),
+        ("m3".to_owned(), Bytes::from_static(b"b 1f"), 13),
+        // z's end went unseen: its entries stay, whatever their times say.
+        ("m4".to_owned(), record_of(b"z 1", "m4", 1, Some(T0)), 14),
+        ("m5".to_owned(), record_of(b"z 1", "m5", 1, None), 15),
+        // a's own earlier start: ended when this one began (T0); 150 s.
+        ("m6".to_owned(), record_of(b"a 5", "m6", 150, None), 16),
+        // Never expires; not a client id's key; unreadable; b's live start.
+        (
+            "m7".to_owned(),
+            record_of(b"b 1f", "m7", u32::MAX, None),
+            17,
+        ),
+        ("x.y".to_owned(), record_of(b"b 1f", "x.y", 0, None), 18),
+        (
+            "m8".to_owned(),
+            Bytes::from_static(b"b 1f\n\x09garbage"),
+            19,
+        ),
+        ("m9".to_owned(), Bytes::from_static(b"b 20"), 20),
+        // d is only silent: its claim waits five minutes past its end (316,665 ms).
+        ("m10".to_owned(), Bytes::from_static(b"d 1"), 21),
+    ];
+    let want = |keys: &[(&str, u64)]| -> Vec<(String, u64)> {
+        let mut w: Vec<_> = keys.iter().map(|(k, r)| (k.to_string(), *r)).collect();
+        w.sort();
+        w
+    };
+    // The 18th heartbeat, at 56,661 ms, is the first scan's; then one a minute.
     let mark = h.log.len();
-    // The 18th heartbeat, at 56,661 ms, is the first scan's.
-    h.advance(56_000);
+    until(&mut h, 56_000);
     assert!(
         scans(&h, mark).is_empty(),
         "scanned before its 18th heartbeat"
     );
-    h.advance(1_000);
-    let [token] = scans(&h, mark)[..] else {
-        panic!("no scan at the 18th heartbeat: {:?}", scans(&h, mark));
-    };
-    let entries = |gone_at_zero: u64| {
-        vec![
-            // a's start, 90 s from its end: expired from 106,665 ms.
-            ("m1".to_owned(), record_of(b"a 1f", "m1", 90, None), 11),
-            // A session that keeps no record, and a claim alone: nobody resumes them.
-            ("m2".to_owned(), record_of(b"a 1f", "m2", 0, None), 12),
-            ("m3".to_owned(), Bytes::from_static(b"a 1f"), 13),
-            // z's end went unseen: only its disconnect time counts.
-            (
-                "m4".to_owned(),
-                record_of(b"z 1", "m4", 1, Some(gone_at_zero)),
-                14,
-            ),
-            ("m5".to_owned(), record_of(b"z 1", "m5", 1, None), 15),
-            // b's own earlier start: ended when this one began (T0); 150 s.
-            ("m6".to_owned(), record_of(b"b 5", "m6", 150, None), 16),
-            // Never expires; not a client id's key; unreadable.
-            (
-                "m7".to_owned(),
-                record_of(b"a 1f", "m7", u32::MAX, None),
-                17,
-            ),
-            ("x.y".to_owned(), record_of(b"a 1f", "x.y", 0, None), 18),
-            (
-                "m8".to_owned(),
-                Bytes::from_static(b"a 1f\n\x09garbage"),
-                19,
-            ),
-        ]
-    };
-    let mark = h.log.len();
-    let mut first = entries(T0);
-    let rest = first.split_off(4);
-    h.input(Input::ClusterScanned {
-        token,
-        entries: first,
-        done: false,
-    });
-    h.input(Input::ClusterScanned {
-        token,
-        entries: rest,
-        done: true,
-    });
-    let want = |keys: &[(&str, u64)]| -> Vec<(String, u64)> {
-        keys.iter().map(|(k, r)| (k.to_string(), *r)).collect()
-    };
-    assert_eq!(
-        releases(&h, mark),
-        want(&[("m2", 12), ("m3", 13), ("m4", 14)])
-    );
-    // A late batch of a finished scan is not taken.
-    let mark = h.log.len();
-    h.input(Input::ClusterScanned {
-        token,
-        entries: entries(T0),
-        done: true,
-    });
-    assert!(releases(&h, mark).is_empty());
-    // The next scans, a minute apart: at 116.7 s m1 (from 106,665 ms), at 176.7 s m6 too
-    // (from 150 s past T0).
+    let first = [("m2", 12), ("m3", 13)];
+    let second = [("m1", 11), ("m2", 12), ("m3", 13)];
+    let third = [("m1", 11), ("m2", 12), ("m3", 13), ("m6", 16)];
+    let sixth = [("m1", 11), ("m2", 12), ("m3", 13), ("m6", 16), ("m10", 21)];
     for (at, reaped) in [
-        (116_700, vec![("m1", 11)]),
-        (176_700, vec![("m1", 11), ("m6", 16)]),
+        (56_700, &first[..]),
+        (116_700, &second[..]),
+        (176_700, &third[..]),
+        (236_700, &third[..]),
+        (296_700, &third[..]),
+        (356_700, &sixth[..]),
     ] {
         let mark = h.log.len();
-        h.advance(at - h.now.0);
+        until(&mut h, at);
         let [token] = scans(&h, mark)[..] else {
             panic!("no scan by {at}: {:?}", scans(&h, mark));
         };
-        let later: Vec<_> = entries(T0)
-            .into_iter()
-            .skip(4)
-            .chain(entries(T0).into_iter().take(1))
-            .collect();
+        // In two batches.
+        let mut batch = entries.clone();
+        let rest = batch.split_off(4);
         let mark = h.log.len();
         h.input(Input::ClusterScanned {
             token,
-            entries: later,
+            entries: batch,
+            done: false,
+        });
+        h.input(Input::ClusterScanned {
+            token,
+            entries: rest,
             done: true,
         });
         let mut got = releases(&h, mark);
         got.sort();
-        assert_eq!(got, want(&reaped), "at {at}");
+        assert_eq!(got, want(reaped), "at {at}");
+        // A late batch of a finished scan is not taken.
+        let mark = h.log.len();
+        h.input(Input::ClusterScanned {
+            token,
+            entries: entries.clone(),
+            done: true,
+        });
+        assert!(releases(&h, mark).is_empty());
     }
-    assert_eq!(value_of(&mut h, "tidemq_cluster_records_reaped_total"), 6.0);
+    assert_eq!(
+        value_of(&mut h, "tidemq_cluster_records_reaped_total"),
+        22.0
+    );
 }
 
 #[test]

@@ -112,6 +112,8 @@ pub struct ClusterLink {
     pending: Arc<Pending>,
     publishes: mpsc::UnboundedSender<(String, Bytes)>,
     retains: mpsc::UnboundedSender<(String, Option<Bytes>)>,
+    /// The reaper's read of the sessions bucket, while it runs: one at a time.
+    scan: Option<tokio::task::AbortHandle>,
 }
 
 /// The retained bucket's name for a subject prefix.
@@ -283,6 +285,7 @@ impl ClusterLink {
             pending,
             publishes,
             retains,
+            scan: None,
         })
     }
 
@@ -415,13 +418,17 @@ impl ClusterLink {
 
     /// Reads every entry of the sessions bucket for the reaper, in batches; the last one says
     /// done, also when the read stopped.
+    /// A read still running (the core gave it up) stops.
     pub fn scan(&mut self, token: u64) {
+        if let Some(running) = self.scan.take() {
+            running.abort();
+        }
         let (store, inputs, limit) = (
             self.sessions.clone(),
             self.inputs.clone(),
             self.publish_timeout,
         );
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = scan(&store, token, limit, &inputs).await {
                 warn!("cluster: the scan of the sessions bucket stopped: {e}");
             }
@@ -432,6 +439,7 @@ impl ClusterLink {
             };
             let _ = inputs.send(done).await;
         });
+        self.scan = Some(task.abort_handle());
     }
 
     /// Removes a claim unless another node's replaced it (then the revision differs).
@@ -733,7 +741,6 @@ async fn record(store: &kv::Store, key: &str, value: Bytes, revision: u64) -> Re
     RecordAnswer::Failed
 }
 
-/// One catch-up read (see [`ClusterLink::catch_up`]): each pull is answered within `limit`.
 /// Most bytes of entries in one batch of a scan (one entry may pass it alone).
 const SCAN_BYTES: usize = 1 << 20;
 
@@ -756,6 +763,9 @@ async fn scan(
     if info.state.messages == 0 {
         return Ok(());
     }
+    // Writes made meanwhile come too: the read ends once it has had as many entries as the
+    // bucket held when it began, if the watch has not said it is current before.
+    let mut left = info.state.messages;
     let mut watch = tokio::time::timeout(limit, store.watch_with_history(">"))
         .await
         .map_err(in_time)?
@@ -767,7 +777,8 @@ async fn scan(
         .map_err(in_time)?
     {
         let entry = entry.map_err(|e| e.to_string())?;
-        let last = entry.seen_current;
+        left = left.saturating_sub(1);
+        let last = entry.seen_current || left == 0;
         if entry.operation == kv::Operation::Put {
             bytes += entry.key.len() + entry.value.len();
             entries.push((entry.key, entry.value, entry.revision));
@@ -791,6 +802,7 @@ async fn scan(
     Ok(())
 }
 
+/// One catch-up read (see [`ClusterLink::catch_up`]): each pull is answered within `limit`.
 async fn catch_up(
     stream: &jetstream::stream::Stream,
     token: u64,

@@ -820,18 +820,20 @@ fn a_persistent_qos2_session_moves_and_gets_each_message_once() {
     );
 }
 
-/// `kill -9` of a node holding two persistent sessions, one with a 2 s expiry and one with an
-/// hour's: node b sees the node's start end (silent for `node_ttl`, 3 s here) and counts their
-/// expiry from then. b, the only node left, deletes the short session's record in one of its
-/// scans. Both clients come back to node b well after 2 s: the short one starts afresh and
-/// does not get what was published meanwhile; the long one resumes and does.
+/// `kill -9` of a node holding three persistent sessions, two with a 2 s expiry and one with
+/// an hour's: node b sees the node's start end (silent for `node_ttl`, 3 s here) and counts
+/// their expiry from then. Two clients come back to node b well after 2 s: the short one
+/// starts afresh and does not get what was published meanwhile; the long one resumes and does.
+/// b deletes nothing of a node that is only silent (not for minutes); node a, started again,
+/// deletes the record of the third, which never comes back.
 #[test]
 fn a_dead_nodes_session_expires_counted_from_its_end_and_its_record_is_reaped() {
-    let (_nats, _dir, a, b) = cluster("expire");
+    let (nats, dir, a, b) = cluster("expire");
     until_routed(a.port, b.port, "e/probe");
     let short = ["-i", "short", "-c", "-q", "1", "-V", "5", "-x", "2"];
     let long = ["-i", "long", "-c", "-q", "1", "-V", "5", "-x", "3600"];
-    let subs: Vec<Child> = [&short, &long]
+    let gone = ["-i", "gone", "-c", "-q", "1", "-V", "5", "-x", "2"];
+    let subs: Vec<Child> = [&short, &long, &gone]
         .iter()
         .map(|session| {
             mosquitto_sub(
@@ -840,8 +842,9 @@ fn a_dead_nodes_session_expires_counted_from_its_end_and_its_record_is_reaped() 
             )
         })
         .collect();
-    until_subscribed(&a, "short", "e/x");
-    until_subscribed(&a, "long", "e/x");
+    for id in ["short", "long", "gone"] {
+        until_subscribed(&a, id, "e/x");
+    }
     // The records with the subscriptions are written (at the latest at the records tick).
     std::thread::sleep(Duration::from_millis(1500));
     // SIGKILL: the records keep no disconnect time.
@@ -854,19 +857,6 @@ fn a_dead_nodes_session_expires_counted_from_its_end_and_its_record_is_reaped() 
     // apart), and a's clients count as gone a third of the ttl later: 3 + 1 + 1 s, then the
     // short expiry of 2 s, and a margin.
     std::thread::sleep(Duration::from_secs(9));
-    // b, now the only node, scans the sessions bucket every six ttls (18 s) and deletes the
-    // short session's record once expired; the long one's stays.
-    let reaped = "tidemq_cluster_records_reaped_total 1\n";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut metrics = String::new();
-    while Instant::now() < deadline && !metrics.contains(reaped) {
-        std::thread::sleep(Duration::from_millis(250));
-        metrics = b.api.call("GET", "/api/v4/prometheus", None).text;
-    }
-    assert!(
-        metrics.contains(reaped),
-        "the expired record was not reaped: {metrics}"
-    );
     let back = |session: &[&str]| {
         mosquitto_sub(
             b.port,
@@ -888,6 +878,35 @@ fn a_dead_nodes_session_expires_counted_from_its_end_and_its_record_is_reaped() 
     assert!(
         metrics.contains("tidemq_cluster_sessions_resumed_total 1\n"),
         "only the long session resumed: {metrics}"
+    );
+    // b scans every six ttls (18 s) and deletes nothing: a was only silent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut metrics = metrics;
+    while Instant::now() < deadline && metrics.contains("tidemq_cluster_scans_total 0\n") {
+        std::thread::sleep(Duration::from_millis(500));
+        metrics = b.api.call("GET", "/api/v4/prometheus", None).text;
+    }
+    assert!(
+        !metrics.contains("tidemq_cluster_scans_total 0\n"),
+        "b never scanned: {metrics}"
+    );
+    assert!(
+        metrics.contains("tidemq_cluster_records_reaped_total 0\n"),
+        "nothing of a silent node is deleted within minutes: {metrics}"
+    );
+    // a again, a new start of the lowest name: a ttl and 18 heartbeats (18 s) later it scans
+    // and deletes what its earlier start left and nobody resumed.
+    let a = start_node(&dir, "node-a", &nats.urls());
+    let reaped = "tidemq_cluster_records_reaped_total 1\n";
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut metrics = String::new();
+    while Instant::now() < deadline && !metrics.contains(reaped) {
+        std::thread::sleep(Duration::from_millis(500));
+        metrics = a.api.call("GET", "/api/v4/prometheus", None).text;
+    }
+    assert!(
+        metrics.contains(reaped),
+        "the expired record was not reaped: {metrics}"
     );
 }
 

@@ -111,6 +111,9 @@ pub enum ClusterMutation {
     /// Scans read every record with a session expiry of 0: the reaper deletes a record
     /// whose session has an hour left (C14).
     ScanZeroExpiry,
+    /// Scans read every entry as written by an earlier start of the scanning node: the
+    /// reaper deletes the claims of connected clients (C15).
+    ScanStaleOwners,
 }
 
 /// Decoding on the client side accepts anything MQTT allows.
@@ -1673,6 +1676,12 @@ impl ClusterWorld {
                 for (key, (value, revision)) in &self.engine.sessions {
                     let value = match self.mutation {
                         Some(ClusterMutation::ScanBlind) => continue,
+                        Some(ClusterMutation::ScanStaleOwners) => {
+                            let line = record::owner_line(value).len();
+                            let mut v = format!("n{n} 0").into_bytes();
+                            v.extend_from_slice(value.get(line..).unwrap_or_default());
+                            Bytes::from(v)
+                        }
                         Some(ClusterMutation::ScanZeroExpiry) => {
                             match record::parse_value(value, key) {
                                 (line, Some(Ok(mut rec))) => {
@@ -2345,13 +2354,12 @@ impl ClusterWorld {
         }
     }
 
-    /// On some seeds, one node loses NATS for longer than `node_ttl` once everything is
-    /// delivered: its clients must be sent away, a CONNECT meanwhile refused, and one after
-    /// NATS is back accepted (C11).
     /// On some seeds a persistent session with a short expiry ([`Kind::Expirer`]) is on a
     /// node that restarts (its connection dies with the node, so its record has no
     /// disconnect time); the client comes back, to that node or another, either within its
-    /// expiry or well past it (C13).
+    /// expiry or well past it (C13). Two more sessions of that start never come back, one
+    /// expiring as fast and one with an hour left ([`Kind::Keeper`]); time passes until the
+    /// reaper has scanned after the first expired (C14, C15).
     fn end_a_start_under_a_session(&mut self) {
         if !self.rng.chance(300) {
             return;
@@ -2413,6 +2421,7 @@ impl ClusterWorld {
         // ttl (and restarted nodes count again from their start).
         let between_scans = u64::from(REAP_EVERY_HEARTBEATS) * (ttl / 3 + 1);
         self.pass(2 * ttl + between_scans + 1000);
+        self.check_c15();
         self.ended = Some(EndedStart {
             node,
             back_on,
@@ -2442,6 +2451,9 @@ impl ClusterWorld {
         }
     }
 
+    /// On some seeds, one node loses NATS for longer than `node_ttl` once everything is
+    /// delivered: its clients must be sent away, a CONNECT meanwhile refused, and one after
+    /// NATS is back accepted (C11).
     fn cut_past_ttl(&mut self) {
         if !self.rng.chance(300) {
             return;
@@ -2996,6 +3008,26 @@ impl ClusterWorld {
                 "C14 the record of client {} (an hour's expiry, node {} restarted) is gone",
                 e.keeper, e.node
             ));
+        }
+    }
+
+    /// C15: the entry of every connected client names its node: the reaper deleted no
+    /// live claim (checked after it has scanned, in the phase that waits for it).
+    fn check_c15(&mut self) {
+        for (i, c) in self.clients.iter().enumerate() {
+            if !c.up || c.node == usize::MAX {
+                continue;
+            }
+            let key = format!("c{i}");
+            let owner = self.engine.sessions.get(&key).and_then(|(v, _)| {
+                tidemq_core::cluster::owner::parse_claim(v).map(|(n, _)| n.to_owned())
+            });
+            if owner.as_deref() != Some(format!("n{}", c.node).as_str()) {
+                self.problems.push(format!(
+                    "C15 client {i} is up on node {} but its entry names {owner:?}",
+                    c.node
+                ));
+            }
         }
     }
 

@@ -320,3 +320,8 @@ fn a_reaper_that_reads_nothing_is_caught_by_c14() {
 fn a_reaper_that_deletes_unexpired_records_is_caught_by_c14() {
     assert!(!caught(ClusterMutation::ScanZeroExpiry, "C14").is_empty());
 }
+
+#[test]
+fn a_reaper_that_deletes_live_claims_is_caught_by_c15() {
+    assert!(!caught(ClusterMutation::ScanStaleOwners, "C15").is_empty());
+}

@@ -71,7 +71,8 @@ impl Broker {
         self.outputs.push_back(Output::ClusterPublish {
             subject: nodes::heartbeat_subject(prefix, node),
             payload: heartbeat.encode(),
-            droppable: true,
+            // Never dropped when NATS is slow: a silence is taken for the node's end.
+            droppable: false,
         });
         let next = now.plus_ms((c.config.node_ttl_ms / 3).max(1));
         self.timers.arm(
@@ -96,7 +97,7 @@ impl Broker {
         // a ttl after its link went down (within a heartbeat of the last one heard). Only
         // if this node has heard all along: connected to NATS for the whole ttl.
         let ttl = c.config.node_ttl_ms;
-        if c.link_down_since.is_none() && now.since(c.link_up_at) >= ttl {
+        if c.heard_all_along(now) {
             for (node, epoch) in c.nodes.silent(now, ttl) {
                 c.nodes
                     .note_ended(&node, &epoch, wall.saturating_add(ttl / 3), &ledger);

@@ -42,8 +42,8 @@ impl Broker {
     }
 
     /// At each heartbeat: a scan of the sessions bucket when one is due and this node is the
-    /// live one with the lowest name, connected to NATS for a whole ttl (it knows which
-    /// nodes live).
+    /// live one with the lowest name, connected to NATS for a whole ttl (it has heard every
+    /// live node by then; the heartbeats between scans cover a new start too).
     pub(super) fn reap_tick(&mut self) {
         let now = self.now;
         let Some(c) = self.cluster.as_deref_mut() else {
@@ -51,13 +51,15 @@ impl Broker {
         };
         let own = c.config.node_name.as_str();
         let lowest = c.nodes.live().all(|k| k.heartbeat.node.as_str() > own);
-        let knows = c.link_down_since.is_none() && now.since(c.link_up_at) >= c.config.node_ttl_ms;
-        if let Some(token) = c.reaper.beat(lowest && knows) {
+        if let Some(token) = c.reaper.beat(lowest && c.heard_all_along(now)) {
             self.outputs.push_back(Output::ClusterScan { token });
         }
     }
 
-    /// Entries of the scan `token`: each one to reap is deleted over the revision read.
+    /// Entries of the scan `token`: each one to reap is deleted over the revision read, at
+    /// most [`MAX_REAPS_PER_SCAN`] per scan (the rest at the next).
+    ///
+    /// [`MAX_REAPS_PER_SCAN`]: crate::cluster::reaper::MAX_REAPS_PER_SCAN
     pub(super) fn cluster_scanned(
         &mut self,
         token: u64,
@@ -71,8 +73,11 @@ impl Broker {
             if !self.reapable(&key, &value) {
                 continue;
             }
-            if let Some(c) = self.cluster.as_deref_mut() {
-                c.reaper.reaped += 1;
+            let Some(c) = self.cluster.as_deref_mut() else {
+                return;
+            };
+            if !c.reaper.may_reap() {
+                break;
             }
             self.outputs
                 .push_back(Output::ClusterRelease { key, revision });
@@ -82,31 +87,66 @@ impl Broker {
         }
     }
 
+    /// Whether nobody would resume the entry: its owner's start surely ended, and it is a
+    /// claim alone (a session that keeps no record) or a record whose session expired,
+    /// counted from its disconnect time or else from that end. An owner that is live, or only
+    /// silent for less than the grace, keeps its entries whatever their times say.
     fn reapable(&self, key: &str, value: &Bytes) -> bool {
         let Some(c) = self.cluster.as_deref() else {
+            return false;
+        };
+        let Some((node, epoch)) = owner::parse_claim(record::owner_line(value)) else {
+            return false;
+        };
+        if (node, epoch) == (c.config.node_name.as_str(), c.epoch) {
+            return false;
+        }
+        let Some(ended_by) = self
+            .start_ended(node, epoch)
+            .filter(|&by| self.surely_ended(node, epoch, by))
+        else {
             return false;
         };
         let Ok(client_id) = subject::key_name(key) else {
             return false;
         };
-        let (line, rec) = record::parse_value(value, &client_id);
-        let Some((node, epoch)) = owner::parse_claim(line) else {
-            return false;
-        };
-        // This start's own: it ends them itself.
-        if (node, epoch) == (c.config.node_name.as_str(), c.epoch) {
-            return false;
-        }
-        let ended = self.start_ended(node, epoch);
-        match rec {
-            // A claim alone: a session that keeps no record.
-            None => ended.is_some(),
+        match record::parse_value(value, &client_id).1 {
+            None => true,
             Some(Ok(rec)) => {
                 let s = &rec.session;
-                self.session_expired(s, ended) || (ended.is_some() && s.expiry_secs == 0)
+                s.expiry_secs == 0 || self.session_expired(s, Some(ended_by))
             }
             // Not this version's to judge.
             Some(Err(_)) => false,
         }
     }
+
+    /// Whether a start seen to end by `ended_by` surely did, to delete what it left: it is
+    /// this node's own earlier start, another start of its node is live now, or it has been
+    /// silent for [`silence_grace_ms`] past that. A silence alone can be a live node whose
+    /// heartbeats do not arrive for a while (a resume may count from it: the client is
+    /// there; a delete cannot be taken back).
+    fn surely_ended(&self, node: &str, epoch: u64, ended_by: u64) -> bool {
+        let Some(c) = self.cluster.as_deref() else {
+            return false;
+        };
+        let now = self.wall_now();
+        if ended_by > now {
+            return false;
+        }
+        let restarted = c
+            .nodes
+            .start_of(node)
+            .is_some_and(|(live, _)| u64::from_str_radix(live, 16).is_ok_and(|e| e != epoch));
+        node == c.config.node_name
+            || restarted
+            || now.saturating_sub(ended_by) >= silence_grace_ms(c.config.node_ttl_ms)
+    }
+}
+
+/// How long a silent node's entries wait before they may go: 30 `node_ttl`s, at least five
+/// minutes (longer than the NATS client takes to find a dead connection, after which a node
+/// cut off sends its clients away within a ttl).
+fn silence_grace_ms(node_ttl_ms: u64) -> u64 {
+    (30 * node_ttl_ms).max(300_000)
 }

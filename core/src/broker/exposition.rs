@@ -476,7 +476,7 @@ impl Broker {
         };
         let k = &c.counters;
         let claims = c.owner.counters;
-        let families: [(&str, &str, &str, u64); 19] = [
+        let families: [(&str, &str, &str, u64); 20] = [
             (
                 "tidemq_cluster_nats_subscriptions",
                 "gauge",
@@ -568,9 +568,15 @@ impl Broker {
                 claims.caught_up,
             ),
             (
+                "tidemq_cluster_scans_total",
+                "counter",
+                "Reads of the whole sessions bucket this node made as the reaper.",
+                c.reaper.scans,
+            ),
+            (
                 "tidemq_cluster_records_reaped_total",
                 "counter",
-                "Session records of ended node starts, whose sessions expired, deleted by this node's scans.",
+                "Deletes asked for by this node's scans: entries of ended node starts nobody would resume.",
                 c.reaper.reaped,
             ),
             (

@@ -294,6 +294,12 @@ impl Cluster {
         }
     }
 
+    /// Whether this node has been connected to NATS for a whole `node_ttl` by `now`: only
+    /// then does another node's silence say anything.
+    pub fn heard_all_along(&self, now: crate::api::Instant) -> bool {
+        self.link_down_since.is_none() && now.since(self.link_up_at) >= self.config.node_ttl_ms
+    }
+
     /// This node wrote `key` in the retained bucket.
     pub fn own_retained_write(&mut self, key: &str, ledger: &Ledger) {
         self.retained_pending
