@@ -38,7 +38,7 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value 
         if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = stream.read(&mut buf).unwrap();
+        let n = read_some(&mut stream, &mut buf);
         assert!(n > 0, "chromedriver closed the connection");
         raw.extend_from_slice(&buf[..n]);
     };
@@ -48,7 +48,7 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value 
         .find_map(|l| l.strip_prefix("content-length:"))
         .map_or(0, |v| v.trim().parse().unwrap());
     while raw.len() < head_end + length {
-        let n = stream.read(&mut buf).unwrap();
+        let n = read_some(&mut stream, &mut buf);
         assert!(n > 0, "chromedriver closed the connection early");
         raw.extend_from_slice(&buf[..n]);
     }
@@ -57,6 +57,17 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value 
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     assert!(status < 400, "{method} {path}: {status} {body}");
     value["value"].clone()
+}
+
+/// One read, made again when a signal interrupts it (seen once as EINTR while other tests of
+/// the same process killed their brokers).
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> usize {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => return read.unwrap(),
+        }
+    }
 }
 
 pub struct Browser {
