@@ -417,8 +417,7 @@ impl ClusterLink {
     }
 
     /// Reads every entry of the sessions bucket for the reaper, in batches; the last one says
-    /// done, also when the read stopped.
-    /// A read still running (the core gave it up) stops.
+    /// done, also when the read stopped. A read still running (the core gave it up) stops.
     pub fn scan(&mut self, token: u64) {
         if let Some(running) = self.scan.take() {
             running.abort();

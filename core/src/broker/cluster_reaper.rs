@@ -1,10 +1,9 @@
 //! Cluster mode: when a recorded session has expired (the rule a resume follows too), and
-//! the reaper (`cluster/reaper.rs`). The node that scans deletes a sessions
-//! bucket entry when its owner's start has ended (as far as this node knows: see
-//! [`Broker::start_ended`]) and nobody would resume it: a claim without a record, or a record
-//! whose session expired by the rule a returning client's resume follows
-//! ([`Broker::session_expired`]). Never earlier than that resume would find it gone; an entry
-//! whose owner is live, or whose end this node did not see, stays.
+//! the reaper (`cluster/reaper.rs`). The node that scans deletes a sessions bucket entry
+//! when its owner's start surely ended ([`Broker::surely_ended`]) and nobody would resume it:
+//! a claim without a record, or a record whose session expired by the resume's rule
+//! ([`Broker::session_expired`]). An entry whose owner is live, only silent for a while, or
+//! not seen to end by this node, stays.
 
 use bytes::Bytes;
 

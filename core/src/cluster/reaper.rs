@@ -53,3 +53,26 @@ impl Reaper {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_comes_every_18_heartbeats_and_asks_for_at_most_256_deletes() {
+        let mut r = Reaper::default();
+        for _ in 1..REAP_EVERY_HEARTBEATS {
+            assert_eq!(r.beat(true), None);
+        }
+        assert_eq!(r.beat(true), Some(1));
+        assert!((0..MAX_REAPS_PER_SCAN).all(|_| r.may_reap()));
+        assert!(!r.may_reap());
+        // Not the scanning node when due: the next beat that may scan does.
+        for _ in 0..REAP_EVERY_HEARTBEATS {
+            assert_eq!(r.beat(false), None);
+        }
+        assert_eq!(r.beat(true), Some(2));
+        assert!(r.may_reap());
+        assert_eq!((r.scans, r.reaped), (2, u64::from(MAX_REAPS_PER_SCAN) + 1));
+    }
+}
